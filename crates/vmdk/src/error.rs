@@ -1,0 +1,160 @@
+//! The library's one public error type: a kind, a message naming what is wrong, the file it
+//! concerns, and the underlying cause where there is one.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What class of problem an [`Error`] reports. Callers match on this; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operating system refused or failed an I/O operation.
+    Io,
+    /// The file is not a VMDK image (or not one we recognise).
+    NotVmdk,
+    /// The file is a VMDK image but its metadata is malformed, truncated or inconsistent.
+    Corrupt,
+    /// The image uses a feature or variant this library does not handle.
+    Unsupported,
+    /// An extent or backing path leaves the image's directory and unsafe paths were not allowed.
+    UnsafePath,
+    /// A child's `parentCID` does not match its parent's `CID`.
+    CidMismatch,
+    /// The backing chain is cyclic, too deep, or a backing file is missing.
+    BackingChain,
+    /// An access outside the virtual disk, or an invalid argument from the caller.
+    InvalidArgument,
+    /// A write was attempted on an image or extent that cannot be written.
+    ReadOnly,
+    /// A compressed grain could not be decompressed.
+    Decompress,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorKind::Io => "I/O error",
+            ErrorKind::NotVmdk => "not a VMDK image",
+            ErrorKind::Corrupt => "corrupt image",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::UnsafePath => "unsafe path",
+            ErrorKind::CidMismatch => "CID mismatch",
+            ErrorKind::BackingChain => "backing chain error",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::ReadOnly => "read-only",
+            ErrorKind::Decompress => "decompression error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// An error from the library. Its `Display` reads `'<file>': <message>` when a file is known.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    path: Option<PathBuf>,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a human-readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            path: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Shorthand for a [`ErrorKind::Corrupt`] error.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::Unsupported`] error.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidArgument`] error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// An I/O error with what we were doing when it happened.
+    pub fn io(err: io::Error, what: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Io,
+            path: None,
+            message: format!("{}: {}", what.into(), err),
+            source: Some(Box::new(err)),
+        }
+    }
+
+    /// Attach the file this error concerns, unless one is already attached (the innermost file
+    /// is the most precise).
+    pub fn with_path(mut self, path: impl AsRef<Path>) -> Self {
+        if self.path.is_none() {
+            self.path = Some(path.as_ref().to_path_buf());
+        }
+        self
+    }
+
+    /// Attach an underlying cause.
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// What class of problem this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The file this error concerns, if known.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The message without the file name.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "'{}': {}", p.display(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match e.kind {
+            ErrorKind::InvalidArgument => io::ErrorKind::InvalidInput,
+            ErrorKind::ReadOnly => io::ErrorKind::PermissionDenied,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}

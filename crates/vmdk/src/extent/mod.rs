@@ -1,0 +1,76 @@
+//! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
+//! nothing, for ZERO extents).
+
+pub mod compressed;
+pub mod grain_table;
+pub mod sparse;
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::format::descriptor::{ExtentAccess, ExtentType};
+use crate::map::{ExtentFile, MapTarget};
+pub use sparse::{GrainState, SparseExtent, SparseFlavor};
+
+/// How an extent stores its bytes.
+#[derive(Debug)]
+pub enum ExtentKind {
+    /// Bytes stored contiguously in `file` from byte `offset` (FLAT and VMFS extents).
+    Flat {
+        /// The host file.
+        file: Arc<ExtentFile>,
+        /// Byte offset of the extent's first byte in the file.
+        offset: u64,
+    },
+    /// No storage: reads as zeros.
+    Zero,
+    /// Grain directory / grain tables / grains.
+    Sparse(SparseExtent),
+}
+
+/// One extent of an image, placed in the virtual disk.
+#[derive(Debug)]
+pub struct Extent {
+    /// Virtual byte offset where this extent starts.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Access mode from the descriptor line.
+    pub access: ExtentAccess,
+    /// Type keyword from the descriptor line.
+    pub kind_keyword: ExtentType,
+    /// Storage.
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    /// The host file, if any.
+    pub fn file(&self) -> Option<&Arc<ExtentFile>> {
+        match &self.kind {
+            ExtentKind::Flat { file, .. } => Some(file),
+            ExtentKind::Zero => None,
+            ExtentKind::Sparse(s) => Some(s.file()),
+        }
+    }
+
+    /// Map `[off, off+len)` relative to the extent start.
+    pub fn map(&self, off: u64, len: u64, emit: &mut dyn FnMut(u64, MapTarget)) -> Result<()> {
+        match &self.kind {
+            ExtentKind::Flat { file, offset } => {
+                emit(
+                    len,
+                    MapTarget::Data {
+                        file: file.clone(),
+                        offset: offset + off,
+                    },
+                );
+                Ok(())
+            }
+            ExtentKind::Zero => {
+                emit(len, MapTarget::Zero);
+                Ok(())
+            }
+            ExtentKind::Sparse(s) => s.map(off, len, emit),
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! Opening an image: probing what a file is, following its descriptor to its extents and its
+//! backing chain, and answering reads and mapping queries over the whole virtual disk.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::extent::{compressed, Extent, ExtentKind, SparseExtent};
+use crate::format::cowd_header::COWD_MAGIC;
+use crate::format::descriptor::{
+    Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE, MAX_DESCRIPTOR_SIZE,
+};
+use crate::format::sesparse_header;
+use crate::format::sparse_header::{SparseHeader, SPARSE_MAGIC};
+use crate::format::SECTOR_SIZE;
+use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
+use crate::paths;
+use crate::storage::{FileStorage, Storage};
+
+/// Deepest backing chain we follow by default.
+pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Open for writing (backing files are always opened read-only).
+    pub writable: bool,
+    /// Allow extent and backing paths outside the image's directory (absolute, `..`,
+    /// symlinks leading out) and device files. Off by default: only for trusted images.
+    pub allow_unsafe_paths: bool,
+    /// Open a child even when its `parentCID` differs from its parent's `CID`.
+    pub ignore_cid_mismatch: bool,
+    /// Follow `parentFileNameHint` to open the backing chain.
+    pub open_backing: bool,
+    /// Deepest backing chain accepted.
+    pub max_chain_depth: u32,
+    /// Grain tables cached per sparse extent.
+    pub grain_table_cache: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            writable: false,
+            allow_unsafe_paths: false,
+            ignore_cid_mismatch: false,
+            open_backing: true,
+            max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
+            grain_table_cache: crate::extent::sparse::DEFAULT_GT_CACHE,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Default options (read-only, safe paths, CID checked).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set [`OpenOptions::writable`].
+    pub fn writable(mut self, v: bool) -> Self {
+        self.writable = v;
+        self
+    }
+    /// Set [`OpenOptions::allow_unsafe_paths`].
+    pub fn allow_unsafe_paths(mut self, v: bool) -> Self {
+        self.allow_unsafe_paths = v;
+        self
+    }
+    /// Set [`OpenOptions::ignore_cid_mismatch`].
+    pub fn ignore_cid_mismatch(mut self, v: bool) -> Self {
+        self.ignore_cid_mismatch = v;
+        self
+    }
+    /// Set [`OpenOptions::open_backing`].
+    pub fn open_backing(mut self, v: bool) -> Self {
+        self.open_backing = v;
+        self
+    }
+    /// Open `path` with these options.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Image> {
+        Image::open_with(path, self)
+    }
+}
+
+/// Where an image's descriptor text lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptorLocation {
+    /// The image file is the descriptor.
+    File,
+    /// Embedded in the (sparse) image file at this byte offset, with room for this many bytes.
+    Embedded {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes reserved.
+        capacity: u64,
+    },
+    /// No descriptor on disk (a bare COWD/seSparse/headerless sparse extent); one was made up.
+    Synthesized,
+}
+
+/// What kind of file was probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A text descriptor.
+    Descriptor,
+    /// A VMDK4 (`KDMV`) sparse extent.
+    Vmdk4Sparse,
+    /// An ESX `COWD` sparse extent.
+    Cowd,
+    /// An seSparse extent.
+    SeSparse,
+}
+
+/// Look at the first bytes of a file and say what VMDK file it is, if any. Content decides,
+/// never the file name.
+pub fn probe(head: &[u8]) -> Option<FileFormat> {
+    if head.len() >= 4 {
+        let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if magic == SPARSE_MAGIC {
+            return Some(FileFormat::Vmdk4Sparse);
+        }
+        if magic == COWD_MAGIC {
+            return Some(FileFormat::Cowd);
+        }
+    }
+    if sesparse_header::is_sesparse(head) {
+        return Some(FileFormat::SeSparse);
+    }
+    if Descriptor::probe(head) {
+        return Some(FileFormat::Descriptor);
+    }
+    None
+}
+
+/// An open VMDK image: its descriptor, its extents and its backing chain.
+///
+/// `Image` is `Send + Sync`: share it (e.g. in an `Arc`) and read from many threads at once.
+#[derive(Debug)]
+pub struct Image {
+    pub(crate) path: PathBuf,
+    pub(crate) descriptor: Descriptor,
+    pub(crate) desc_location: DescriptorLocation,
+    pub(crate) format: FileFormat,
+    pub(crate) extents: Vec<Extent>,
+    pub(crate) size: u64,
+    pub(crate) backing: Option<Box<Image>>,
+    pub(crate) writable: bool,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) write_state: crate::write::WriteState,
+}
+
+fn open_storage(path: &Path, writable: bool, allow_unsafe: bool) -> Result<Arc<dyn Storage>> {
+    paths::check_file_type(path, allow_unsafe)?;
+    let s = FileStorage::open(path, writable).map_err(|e| {
+        Error::io(
+            e,
+            if writable {
+                "cannot open for writing"
+            } else {
+                "cannot open"
+            },
+        )
+        .with_path(path)
+    })?;
+    Ok(Arc::new(s))
+}
+
+fn read_head(storage: &dyn Storage, path: &Path, n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let r = storage
+            .read_at(&mut buf[got..], got as u64)
+            .map_err(|e| Error::io(e, "reading header").with_path(path))?;
+        if r == 0 {
+            break;
+        }
+        got += r;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+impl Image {
+    /// Open `path` read-only with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Image> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Open `path` with `opts`.
+    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
+        let mut visited = HashSet::new();
+        Self::open_layer(path.as_ref(), opts, opts.writable, 0, &mut visited)
+    }
+
+    fn open_layer(
+        path: &Path,
+        opts: &OpenOptions,
+        writable: bool,
+        depth: u32,
+        visited: &mut HashSet<PathBuf>,
+    ) -> Result<Image> {
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| Error::io(e, "cannot open").with_path(path))?;
+        if !visited.insert(canonical) {
+            return Err(Error::new(
+                ErrorKind::BackingChain,
+                "backing chain is cyclic (this file is its own ancestor)",
+            )
+            .with_path(path));
+        }
+        let storage = open_storage(path, writable, depth > 0 && opts.allow_unsafe_paths)?;
+        let head = read_head(&*storage, path, 4096)?;
+        let format = probe(&head).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotVmdk,
+                "not a VMDK image (no KDMV/COWD/seSparse magic and no descriptor)",
+            )
+            .with_path(path)
+        })?;
+        let mut image = match format {
+            FileFormat::Descriptor => {
+                let len = storage
+                    .len()
+                    .map_err(|e| Error::io(e, "getting file size").with_path(path))?;
+                if len > MAX_DESCRIPTOR_SIZE as u64 {
+                    return Err(Error::corrupt(format!(
+                        "descriptor file is {len} bytes (at most {MAX_DESCRIPTOR_SIZE})"
+                    ))
+                    .with_path(path));
+                }
+                let text = read_head(&*storage, path, len as usize)?;
+                let descriptor = parse_descriptor(&text, path)?;
+                Self::from_descriptor(
+                    path,
+                    storage,
+                    descriptor,
+                    DescriptorLocation::File,
+                    format,
+                    opts,
+                    writable,
+                )?
+            }
+            FileFormat::Vmdk4Sparse => {
+                let header = SparseHeader::parse(&head)
+                    .map_err(|m| Error::corrupt(m).with_path(path))?;
+                let embedded = Self::read_embedded_descriptor(&*storage, path, &header)?;
+                if header.capacity == 0 {
+                    // A KDMV header with no capacity is just a container for a descriptor
+                    // that names the real extents (seen from ESX tools).
+                    let Some((descriptor, loc)) = embedded else {
+                        return Err(Error::corrupt(
+                            "sparse header has zero capacity and no descriptor",
+                        )
+                        .with_path(path));
+                    };
+                    Self::from_descriptor(path, storage, descriptor, loc, format, opts, writable)?
+                } else {
+                    let file = Arc::new(ExtentFile::new(path, storage.clone()));
+                    let sparse = SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?;
+                    let (descriptor, loc) = match embedded {
+                        Some(d) => d,
+                        None => (
+                            synthesized_descriptor(
+                                if sparse.is_compressed() {
+                                    "streamOptimized"
+                                } else {
+                                    "monolithicSparse"
+                                },
+                                sparse.capacity(),
+                                ExtentType::Sparse,
+                                path,
+                            ),
+                            DescriptorLocation::Synthesized,
+                        ),
+                    };
+                    // The embedded descriptor names this very file; people rename files, so
+                    // the name in it is ignored and the file itself is the one extent.
+                    Self::single_extent(path, storage, descriptor, loc, format, sparse, writable)
+                }
+            }
+            FileFormat::Cowd | FileFormat::SeSparse => {
+                let file = Arc::new(ExtentFile::new(path, storage.clone()));
+                let (sparse, ct, kw) = if format == FileFormat::Cowd {
+                    (
+                        SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?,
+                        "vmfsSparse",
+                        ExtentType::VmfsSparse,
+                    )
+                } else {
+                    (
+                        SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?,
+                        "seSparse",
+                        ExtentType::SeSparse,
+                    )
+                };
+                let descriptor = synthesized_descriptor(ct, sparse.capacity(), kw, path);
+                Self::single_extent(
+                    path,
+                    storage,
+                    descriptor,
+                    DescriptorLocation::Synthesized,
+                    format,
+                    sparse,
+                    writable,
+                )
+            }
+        };
+        image.check_writable_open()?;
+        if opts.open_backing {
+            if let Some(hint) = image.descriptor.parent_file_name_hint.clone() {
+                if depth + 1 >= opts.max_chain_depth {
+                    return Err(Error::new(
+                        ErrorKind::BackingChain,
+                        format!(
+                            "backing chain deeper than {} images",
+                            opts.max_chain_depth
+                        ),
+                    )
+                    .with_path(path));
+                }
+                let bpath = paths::resolve(path, &hint, "backing file", opts.allow_unsafe_paths)?;
+                let backing = Self::open_layer(&bpath, opts, false, depth + 1, visited)
+                    .map_err(|e| {
+                        if e.kind() == ErrorKind::Io && !bpath.exists() {
+                            Error::new(
+                                ErrorKind::BackingChain,
+                                format!("backing file \"{hint}\" not found"),
+                            )
+                            .with_path(path)
+                        } else {
+                            e
+                        }
+                    })?;
+                let pcid = image.descriptor.parent_cid;
+                if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch
+                {
+                    return Err(Error::new(
+                        ErrorKind::CidMismatch,
+                        format!(
+                            "parentCID {:08x} does not match CID {:08x} of backing file '{}': \
+                             the parent changed after this image was made (use \
+                             --ignore-cid-mismatch / OpenOptions::ignore_cid_mismatch to open anyway)",
+                            pcid,
+                            backing.descriptor.cid,
+                            bpath.display()
+                        ),
+                    )
+                    .with_path(path));
+                }
+                image.backing = Some(Box::new(backing));
+            }
+        }
+        Ok(image)
+    }
+
+    fn read_embedded_descriptor(
+        storage: &dyn Storage,
+        path: &Path,
+        header: &SparseHeader,
+    ) -> Result<Option<(Descriptor, DescriptorLocation)>> {
+        if header.desc_offset == 0 || header.desc_size == 0 {
+            return Ok(None);
+        }
+        let max_sectors = MAX_DESCRIPTOR_SIZE as u64 / SECTOR_SIZE;
+        if header.desc_size > max_sectors {
+            return Err(Error::corrupt(format!(
+                "embedded descriptor is {} sectors (at most {max_sectors})",
+                header.desc_size
+            ))
+            .with_path(path));
+        }
+        let offset = header
+            .desc_offset
+            .checked_mul(SECTOR_SIZE)
+            .ok_or_else(|| Error::corrupt("descriptor offset overflows").with_path(path))?;
+        let capacity = header.desc_size * SECTOR_SIZE;
+        let mut buf = vec![0u8; capacity as usize];
+        storage.read_exact_at(&mut buf, offset).map_err(|_| {
+            Error::corrupt("file is truncated: embedded descriptor lies past its end")
+                .with_path(path)
+        })?;
+        let d = parse_descriptor(&buf, path)?;
+        Ok(Some((d, DescriptorLocation::Embedded { offset, capacity })))
+    }
+
+    fn single_extent(
+        path: &Path,
+        storage: Arc<dyn Storage>,
+        descriptor: Descriptor,
+        desc_location: DescriptorLocation,
+        format: FileFormat,
+        sparse: SparseExtent,
+        writable: bool,
+    ) -> Image {
+        let length = sparse.capacity();
+        let keyword = match sparse.flavor() {
+            crate::extent::SparseFlavor::Vmdk4 => ExtentType::Sparse,
+            crate::extent::SparseFlavor::Cowd => ExtentType::VmfsSparse,
+            crate::extent::SparseFlavor::SeSparse => ExtentType::SeSparse,
+        };
+        Image {
+            path: path.to_path_buf(),
+            descriptor,
+            desc_location,
+            format,
+            extents: vec![Extent {
+                start: 0,
+                length,
+                access: ExtentAccess::ReadWrite,
+                kind_keyword: keyword,
+                kind: ExtentKind::Sparse(sparse),
+            }],
+            size: length,
+            backing: None,
+            writable,
+            storage,
+            write_state: Default::default(),
+        }
+    }
+
+    fn from_descriptor(
+        path: &Path,
+        storage: Arc<dyn Storage>,
+        descriptor: Descriptor,
+        desc_location: DescriptorLocation,
+        format: FileFormat,
+        opts: &OpenOptions,
+        writable: bool,
+    ) -> Result<Image> {
+        let mut extents = Vec::with_capacity(descriptor.extents.len());
+        let mut start = 0u64;
+        for (i, line) in descriptor.extents.iter().enumerate() {
+            let extent = open_extent(path, line, i, start, opts, writable)?;
+            start = start.checked_add(extent.length).ok_or_else(|| {
+                Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
+            })?;
+            extents.push(extent);
+        }
+        if extents.is_empty() {
+            return Err(Error::corrupt("descriptor lists no extents").with_path(path));
+        }
+        Ok(Image {
+            path: path.to_path_buf(),
+            descriptor,
+            desc_location,
+            format,
+            extents,
+            size: start,
+            backing: None,
+            writable,
+            storage,
+            write_state: Default::default(),
+        })
+    }
+
+    /// The path the image was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Virtual disk size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// The descriptor (from the file, embedded, or made up for bare extents).
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+    /// Where the descriptor lives.
+    pub fn descriptor_location(&self) -> &DescriptorLocation {
+        &self.desc_location
+    }
+    /// What the opened file itself is.
+    pub fn file_format(&self) -> FileFormat {
+        self.format
+    }
+    /// The `createType`.
+    pub fn create_type(&self) -> &str {
+        &self.descriptor.create_type
+    }
+    /// The extents in disk order.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+    /// The backing image, if any.
+    pub fn backing(&self) -> Option<&Image> {
+        self.backing.as_deref()
+    }
+    /// Whether the image was opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+    /// Bytes the image's own files take on the host.
+    pub fn allocated_bytes(&self) -> u64 {
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        if seen.insert(self.path.clone()) {
+            total += self.storage.allocated_size().unwrap_or(0);
+        }
+        for e in &self.extents {
+            if let Some(f) = e.file() {
+                if seen.insert(f.path.clone()) {
+                    total += f.storage.allocated_size().unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(Error::invalid(format!(
+                "range {offset}+{len} is outside the {}-byte disk",
+                self.size
+            ))
+            .with_path(&self.path));
+        }
+        Ok(())
+    }
+
+    /// Index of the extent containing virtual byte `offset` (which must be inside the disk).
+    pub(crate) fn extent_index(&self, offset: u64) -> usize {
+        self.extents
+            .partition_point(|e| e.start + e.length <= offset)
+            .min(self.extents.len() - 1)
+    }
+
+    /// What this image alone (not its backing chain) holds in `[offset, offset+len)`.
+    /// Adjacent stretches with the same target are merged; data stretches are merged when
+    /// they are contiguous in the same file, so callers can issue large reads.
+    pub fn map_layer(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut b = MapBuilder::default();
+        self.map_layer_into(offset, len, 0, &mut b)?;
+        Ok(b.entries)
+    }
+
+    fn map_layer_into(&self, offset: u64, len: u64, depth: u32, b: &mut MapBuilder) -> Result<()> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut i = self.extent_index(offset);
+        while pos < end && i < self.extents.len() {
+            let e = &self.extents[i];
+            let e_end = e.start + e.length;
+            let n = e_end.min(end) - pos;
+            if e.access == ExtentAccess::NoAccess {
+                // VMware marks extents it must not touch; they read as zeros here rather
+                // than shifting the data after them (QEMU's mistake) or failing the disk.
+                b.push(pos, n, MapTarget::Zero, depth);
+            } else {
+                let mut at = pos;
+                e.map(pos - e.start, n, &mut |l, t| {
+                    b.push(at, l, t, depth);
+                    at += l;
+                })?;
+            }
+            pos += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// What `[offset, offset+len)` resolves to through the backing chain. Stretches that no
+    /// layer holds come back as [`MapTarget::Unallocated`] with the depth of the last layer.
+    pub fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut out = MapBuilder::default();
+        self.map_resolved(offset, len, 0, &mut out)?;
+        Ok(out.entries)
+    }
+
+    fn map_resolved(&self, offset: u64, len: u64, depth: u32, out: &mut MapBuilder) -> Result<()> {
+        let mut layer = MapBuilder::default();
+        self.map_layer_into(offset, len, depth, &mut layer)?;
+        for e in layer.entries {
+            match (&e.target, &self.backing) {
+                (MapTarget::Unallocated, Some(b)) => {
+                    // The part beyond a smaller parent reads as zeros.
+                    let inside = b.size.saturating_sub(e.start).min(e.length);
+                    if inside > 0 {
+                        b.map_resolved(e.start, inside, depth + 1, out)?;
+                    }
+                    out.push(e.start + inside, e.length - inside, MapTarget::Unallocated, depth);
+                }
+                _ => out.push(e.start, e.length, e.target, e.depth),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill `buf` with the virtual disk's bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        for e in self.map(offset, buf.len() as u64)? {
+            let s = (e.start - offset) as usize;
+            let dst = &mut buf[s..s + e.length as usize];
+            read_target(&e.target, dst)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fill `dst` with the bytes a map target stands for.
+pub fn read_target(target: &MapTarget, dst: &mut [u8]) -> Result<()> {
+    match target {
+        MapTarget::Data { file, offset } => file
+            .storage
+            .read_at_padded(dst, *offset)
+            .map_err(|e| Error::io(e, format!("reading at offset {offset}")).with_path(&file.path)),
+        MapTarget::Compressed {
+            file,
+            grain_offset,
+            grain_size,
+            in_grain,
+            has_marker,
+        } => compressed::read_part(file, *grain_offset, *grain_size, *in_grain, *has_marker, dst),
+        MapTarget::Zero | MapTarget::Unallocated => {
+            dst.fill(0);
+            Ok(())
+        }
+    }
+}
+
+fn parse_descriptor(text: &[u8], path: &Path) -> Result<Descriptor> {
+    Descriptor::parse(text)
+        .map_err(|e| Error::corrupt(format!("invalid descriptor: {e}")).with_path(path))
+}
+
+fn synthesized_descriptor(create_type: &str, capacity: u64, kind: ExtentType, path: &Path) -> Descriptor {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Descriptor {
+        version: 1,
+        encoding: None,
+        cid: CID_NONE,
+        parent_cid: CID_NONE,
+        create_type: create_type.to_string(),
+        parent_file_name_hint: None,
+        extents: vec![ExtentLine {
+            access: ExtentAccess::ReadWrite,
+            sectors: capacity / SECTOR_SIZE,
+            kind,
+            file: Some(name),
+            offset: 0,
+            extra: vec![],
+        }],
+        ddb: vec![],
+        other: vec![],
+    }
+}
+
+fn open_extent(
+    desc_path: &Path,
+    line: &ExtentLine,
+    index: usize,
+    start: u64,
+    opts: &OpenOptions,
+    writable: bool,
+) -> Result<Extent> {
+    let length = line.sectors.checked_mul(SECTOR_SIZE).ok_or_else(|| {
+        Error::corrupt(format!("extent {index} size overflows")).with_path(desc_path)
+    })?;
+    let mk = |kind| Extent {
+        start,
+        length,
+        access: line.access,
+        kind_keyword: line.kind,
+        kind,
+    };
+    if line.kind == ExtentType::Zero || line.access == ExtentAccess::NoAccess {
+        return Ok(mk(ExtentKind::Zero));
+    }
+    let name = line.file.as_deref().ok_or_else(|| {
+        Error::corrupt(format!("extent {index} has no file name")).with_path(desc_path)
+    })?;
+    let epath = paths::resolve(desc_path, name, "extent", opts.allow_unsafe_paths)?;
+    let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
+    let storage = open_storage(&epath, ext_writable, opts.allow_unsafe_paths)?;
+    let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
+    match line.kind {
+        ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
+            let offset = line.offset.checked_mul(SECTOR_SIZE).ok_or_else(|| {
+                Error::corrupt(format!("extent {index} offset overflows")).with_path(desc_path)
+            })?;
+            Ok(mk(ExtentKind::Flat { file, offset }))
+        }
+        ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
+            let head = read_head(&*storage, &epath, 4096)?;
+            let sparse = match probe(&head) {
+                Some(FileFormat::Vmdk4Sparse) if line.kind != ExtentType::SeSparse => {
+                    SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?
+                }
+                Some(FileFormat::Cowd) if line.kind != ExtentType::SeSparse => {
+                    SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?
+                }
+                Some(FileFormat::SeSparse) if line.kind == ExtentType::SeSparse => {
+                    SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?
+                }
+                _ => {
+                    return Err(Error::corrupt(format!(
+                        "extent file is not a {} extent",
+                        line.kind.keyword()
+                    ))
+                    .with_path(&epath))
+                }
+            };
+            Ok(mk(ExtentKind::Sparse(sparse)))
+        }
+        ExtentType::Zero => unreachable!("handled above"),
+    }
+}

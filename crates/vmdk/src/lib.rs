@@ -1,0 +1,41 @@
+//! # vmdk
+//!
+//! Open, read, write, create and check VMware VMDK virtual disks: monolithicSparse,
+//! monolithicFlat, twoGbMaxExtentSparse/Flat, streamOptimized (QEMU's and VMware's layouts),
+//! vmfs, vmfsSparse (COWD), seSparse, multi-extent descriptors and backing chains.
+//!
+//! The crate is layered:
+//! - [`format`]: on-disk structures as pure functions over byte slices (no I/O);
+//! - [`storage`]: positional I/O behind a small trait;
+//! - [`extent`] and [`image`]: opening files, following descriptors and chains;
+//! - [`map`]: the one mapping primitive that reads, `map`, convert and exports share.
+//!
+//! ```no_run
+//! let img = vmdk::Image::open("disk.vmdk")?;
+//! let mut buf = vec![0u8; 4096];
+//! img.read_at(&mut buf, 0)?;
+//! # Ok::<(), vmdk::Error>(())
+//! ```
+
+pub mod error;
+pub mod extent;
+pub mod format;
+pub mod image;
+pub mod map;
+pub mod paths;
+pub mod storage;
+pub mod write;
+
+pub use error::{Error, ErrorKind, Result};
+pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
+pub use map::{ExtentFile, MapEntry, MapTarget};
+pub use storage::{FileStorage, MemStorage, Storage};
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn image_is_send_sync() {
+        assert_send_sync::<crate::Image>();
+    }
+}

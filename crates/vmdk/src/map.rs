@@ -1,0 +1,156 @@
+//! The one mapping primitive everything shares: for a virtual range, what is there.
+//! Reads, `map`, `convert`, `check` and the NBD export's block status are all built on it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::storage::Storage;
+
+/// A file holding extent data, with the path it was opened from (for messages and `map`).
+#[derive(Debug)]
+pub struct ExtentFile {
+    /// Where the file lives.
+    pub path: std::path::PathBuf,
+    /// The open file.
+    pub storage: Arc<dyn Storage>,
+    /// Unique for the life of the process (keys per-thread caches safely).
+    id: u64,
+}
+
+impl ExtentFile {
+    /// Wrap an open storage.
+    pub fn new(path: impl Into<std::path::PathBuf>, storage: Arc<dyn Storage>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ExtentFile {
+            path: path.into(),
+            storage,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A process-unique identifier of this open file.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The path this file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What a stretch of the virtual disk holds.
+#[derive(Debug, Clone)]
+pub enum MapTarget {
+    /// Plain bytes at `offset` in `file`.
+    Data {
+        /// The host file.
+        file: Arc<ExtentFile>,
+        /// Byte offset in the file of the first byte of the stretch.
+        offset: u64,
+    },
+    /// Bytes inside one compressed grain: decompress the grain stored at `grain_offset` in
+    /// `file`, then take `grain_size` bytes starting `in_grain` bytes in.
+    Compressed {
+        /// The host file.
+        file: Arc<ExtentFile>,
+        /// Byte offset of the grain (its marker, when the extent has markers).
+        grain_offset: u64,
+        /// Uncompressed grain size in bytes.
+        grain_size: u64,
+        /// Where this stretch starts inside the uncompressed grain.
+        in_grain: u64,
+        /// Whether a 12-byte grain marker precedes the compressed stream.
+        has_marker: bool,
+    },
+    /// Reads as zeros in this layer (ZERO extent, zeroed grain); hides any backing file.
+    Zero,
+    /// Nothing in this layer: the backing file shows through (zeros if there is none).
+    Unallocated,
+}
+
+impl MapTarget {
+    /// Whether this target stores bytes (as opposed to zeros or nothing).
+    pub fn is_data(&self) -> bool {
+        matches!(self, MapTarget::Data { .. } | MapTarget::Compressed { .. })
+    }
+
+    /// The target that follows this one after `n` more bytes, if the two can form one entry.
+    pub(crate) fn advanced(&self, n: u64) -> MapTarget {
+        match self {
+            MapTarget::Data { file, offset } => MapTarget::Data {
+                file: file.clone(),
+                offset: offset + n,
+            },
+            MapTarget::Compressed {
+                file,
+                grain_offset,
+                grain_size,
+                in_grain,
+                has_marker,
+            } => MapTarget::Compressed {
+                file: file.clone(),
+                grain_offset: *grain_offset,
+                grain_size: *grain_size,
+                in_grain: in_grain + n,
+                has_marker: *has_marker,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Whether a stretch with target `next` starting right after `len` bytes of `self`
+    /// continues it (same kind, and for data, contiguous in the same file).
+    pub(crate) fn continues(&self, len: u64, next: &MapTarget) -> bool {
+        match (self, next) {
+            (MapTarget::Zero, MapTarget::Zero) => true,
+            (MapTarget::Unallocated, MapTarget::Unallocated) => true,
+            (MapTarget::Data { file: f1, offset: o1 }, MapTarget::Data { file: f2, offset: o2 }) => {
+                Arc::ptr_eq(f1, f2) && o1 + len == *o2
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One stretch of the virtual disk with a single target.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    /// Virtual byte offset.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// What is there.
+    pub target: MapTarget,
+    /// Which layer of the backing chain answered (0 = the image itself).
+    pub depth: u32,
+}
+
+/// Appends stretches, merging each with the previous one where they continue each other.
+#[derive(Debug, Default)]
+pub(crate) struct MapBuilder {
+    pub(crate) entries: Vec<MapEntry>,
+}
+
+impl MapBuilder {
+    pub(crate) fn push(&mut self, start: u64, length: u64, target: MapTarget, depth: u32) {
+        if length == 0 {
+            return;
+        }
+        if let Some(last) = self.entries.last_mut() {
+            if last.depth == depth
+                && last.start + last.length == start
+                && last.target.continues(last.length, &target)
+            {
+                last.length += length;
+                return;
+            }
+        }
+        self.entries.push(MapEntry {
+            start,
+            length,
+            target,
+            depth,
+        });
+    }
+}
