@@ -244,8 +244,8 @@ impl Image {
                 )?
             }
             FileFormat::Vmdk4Sparse => {
-                let header = SparseHeader::parse(&head)
-                    .map_err(|m| Error::corrupt(m).with_path(path))?;
+                let header =
+                    SparseHeader::parse(&head).map_err(|m| Error::corrupt(m).with_path(path))?;
                 let embedded = Self::read_embedded_descriptor(&*storage, path, &header)?;
                 if header.capacity == 0 {
                     // A KDMV header with no capacity is just a container for a descriptor
@@ -314,16 +314,13 @@ impl Image {
                 if depth + 1 >= opts.max_chain_depth {
                     return Err(Error::new(
                         ErrorKind::BackingChain,
-                        format!(
-                            "backing chain deeper than {} images",
-                            opts.max_chain_depth
-                        ),
+                        format!("backing chain deeper than {} images", opts.max_chain_depth),
                     )
                     .with_path(path));
                 }
                 let bpath = paths::resolve(path, &hint, "backing file", opts.allow_unsafe_paths)?;
-                let backing = Self::open_layer(&bpath, opts, false, depth + 1, visited)
-                    .map_err(|e| {
+                let backing =
+                    Self::open_layer(&bpath, opts, false, depth + 1, visited).map_err(|e| {
                         if e.kind() == ErrorKind::Io && !bpath.exists() {
                             Error::new(
                                 ErrorKind::BackingChain,
@@ -335,8 +332,7 @@ impl Image {
                         }
                     })?;
                 let pcid = image.descriptor.parent_cid;
-                if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch
-                {
+                if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch {
                     return Err(Error::new(
                         ErrorKind::CidMismatch,
                         format!(
@@ -582,7 +578,12 @@ impl Image {
                     if inside > 0 {
                         b.map_resolved(e.start, inside, depth + 1, out)?;
                     }
-                    out.push(e.start + inside, e.length - inside, MapTarget::Unallocated, depth);
+                    out.push(
+                        e.start + inside,
+                        e.length - inside,
+                        MapTarget::Unallocated,
+                        depth,
+                    );
                 }
                 _ => out.push(e.start, e.length, e.target, e.depth),
             }
@@ -615,7 +616,14 @@ pub fn read_target(target: &MapTarget, dst: &mut [u8]) -> Result<()> {
             grain_size,
             in_grain,
             has_marker,
-        } => compressed::read_part(file, *grain_offset, *grain_size, *in_grain, *has_marker, dst),
+        } => compressed::read_part(
+            file,
+            *grain_offset,
+            *grain_size,
+            *in_grain,
+            *has_marker,
+            dst,
+        ),
         MapTarget::Zero | MapTarget::Unallocated => {
             dst.fill(0);
             Ok(())
@@ -628,7 +636,12 @@ fn parse_descriptor(text: &[u8], path: &Path) -> Result<Descriptor> {
         .map_err(|e| Error::corrupt(format!("invalid descriptor: {e}")).with_path(path))
 }
 
-fn synthesized_descriptor(create_type: &str, capacity: u64, kind: ExtentType, path: &Path) -> Descriptor {
+fn synthesized_descriptor(
+    create_type: &str,
+    capacity: u64,
+    kind: ExtentType,
+    path: &Path,
+) -> Descriptor {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -17,6 +17,9 @@
 //! # Ok::<(), vmdk::Error>(())
 //! ```
 
+pub mod check;
+pub mod convert;
+pub mod create;
 pub mod error;
 pub mod extent;
 pub mod format;
@@ -26,6 +29,9 @@ pub mod paths;
 pub mod storage;
 pub mod write;
 
+pub use check::{check, CheckReport};
+pub use convert::{open_source, CompareResult, ConvertOptions, Source};
+pub use create::{create, AdapterType, CreateOptions, Subformat};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
 pub use map::{ExtentFile, MapEntry, MapTarget};

@@ -105,9 +105,16 @@ impl MapTarget {
         match (self, next) {
             (MapTarget::Zero, MapTarget::Zero) => true,
             (MapTarget::Unallocated, MapTarget::Unallocated) => true,
-            (MapTarget::Data { file: f1, offset: o1 }, MapTarget::Data { file: f2, offset: o2 }) => {
-                Arc::ptr_eq(f1, f2) && o1 + len == *o2
-            }
+            (
+                MapTarget::Data {
+                    file: f1,
+                    offset: o1,
+                },
+                MapTarget::Data {
+                    file: f2,
+                    offset: o2,
+                },
+            ) => Arc::ptr_eq(f1, f2) && o1 + len == *o2,
             _ => false,
         }
     }

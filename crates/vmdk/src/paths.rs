@@ -14,7 +14,9 @@ pub fn resolve(referrer: &Path, name: &str, what: &str, allow_unsafe: bool) -> R
         return Err(Error::corrupt(format!("empty {what} file name")).with_path(referrer));
     }
     if name.contains('\0') {
-        return Err(Error::corrupt(format!("{what} file name contains a NUL byte")).with_path(referrer));
+        return Err(
+            Error::corrupt(format!("{what} file name contains a NUL byte")).with_path(referrer),
+        );
     }
     let dir = referrer.parent().unwrap_or(Path::new(""));
     let dir = if dir.as_os_str().is_empty() {
@@ -40,10 +42,12 @@ pub fn resolve(referrer: &Path, name: &str, what: &str, allow_unsafe: bool) -> R
     if rel.is_absolute() {
         return Err(refuse("is absolute"));
     }
-    if rel
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
-    {
+    if rel.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    }) {
         return Err(refuse("leaves the image's directory"));
     }
     // Symlinks: compare where things really are. A missing file is left for the open to
@@ -62,8 +66,8 @@ pub fn resolve(referrer: &Path, name: &str, what: &str, allow_unsafe: bool) -> R
 /// Refuse files that are not regular files (FIFOs would hang an open, devices expose host
 /// disks) unless unsafe paths are allowed.
 pub fn check_file_type(path: &Path, allow_unsafe: bool) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(e, "cannot open file").with_path(path))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(e, "cannot open file").with_path(path))?;
     let ft = meta.file_type();
     if ft.is_file() {
         return Ok(());

@@ -39,3 +39,24 @@ impl Image {
         Ok(())
     }
 }
+
+impl Image {
+    /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
+    /// one image at once.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let _ = (buf, offset);
+        Err(Error::unsupported("write: not implemented yet"))
+    }
+
+    /// Write zeros over `[offset, offset+len)`. With `may_unmap`, whole grains may be
+    /// deallocated or marked zero instead of written, where that still reads back as zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        let _ = (offset, len, may_unmap);
+        Err(Error::unsupported("write zeroes: not implemented yet"))
+    }
+
+    /// Make all completed writes durable.
+    pub fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -11,13 +11,29 @@ fn check_subformat(sub: &str, extra: &str, size: &str) {
     } else {
         format!("subformat={sub},{extra}")
     };
-    qemu_img(&["create", "-f", "vmdk", "-o", &opts, img.to_str().unwrap(), size]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-o",
+        &opts,
+        img.to_str().unwrap(),
+        size,
+    ]);
     if sub == "streamOptimized" {
         // qemu can only write stream images through convert.
         let raw = d.path("src.raw");
         qemu_img(&["create", "-f", "raw", raw.to_str().unwrap(), size]);
         qemu_io_raw(&raw);
-        qemu_img(&["convert", "-O", "vmdk", "-o", &opts, raw.to_str().unwrap(), img.to_str().unwrap()]);
+        qemu_img(&[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            &opts,
+            raw.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
     } else {
         scribble(&img);
     }
@@ -26,11 +42,16 @@ fn check_subformat(sub: &str, extra: &str, size: &str) {
 
 fn qemu_io_raw(raw: &std::path::Path) {
     run(std::process::Command::new("qemu-io").args([
-        "-f", "raw",
-        "-c", "write -P 0x11 0 4k",
-        "-c", "write -P 0x22 60k 8k",
-        "-c", "write -P 0x33 1M 200k",
-        "-c", "write -P 0x44 3000k 1k",
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x11 0 4k",
+        "-c",
+        "write -P 0x22 60k 8k",
+        "-c",
+        "write -P 0x33 1M 200k",
+        "-c",
+        "write -P 0x44 3000k 1k",
         raw.to_str().unwrap(),
     ]));
 }

@@ -9,9 +9,7 @@ use crate::error::{Error, Result};
 use crate::extent::grain_table::{GrainTable, GrainTableCache};
 use crate::format::cowd_header::{CowdHeader, COWD_GT_ENTRIES};
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
-use crate::format::sesparse_header::{
-    self, SeSparseConstHeader, SeSparseGdEntry, SeSparseGtEntry,
-};
+use crate::format::sesparse_header::{self, SeSparseConstHeader, SeSparseGdEntry, SeSparseGtEntry};
 use crate::format::sparse_header::{SparseHeader, GD_AT_END, SPARSE_MAGIC};
 use crate::format::SECTOR_SIZE;
 use crate::map::{ExtentFile, MapTarget};
@@ -222,7 +220,10 @@ impl SparseExtent {
         }
         let h = SparseHeader::parse(&buf[512..1024]).map_err(|m| corrupt(file, m))?;
         if h.gd_offset == GD_AT_END {
-            return Err(corrupt(file, "footer does not give the grain directory offset"));
+            return Err(corrupt(
+                file,
+                "footer does not give the grain directory offset",
+            ));
         }
         Ok(h)
     }
@@ -262,11 +263,7 @@ impl SparseExtent {
     }
 
     /// Open an seSparse extent whose first sector is `first`.
-    pub fn open_sesparse(
-        file: Arc<ExtentFile>,
-        first: &[u8],
-        cache_tables: usize,
-    ) -> Result<Self> {
+    pub fn open_sesparse(file: Arc<ExtentFile>, first: &[u8], cache_tables: usize) -> Result<Self> {
         let file_len = file
             .storage
             .len()
@@ -291,7 +288,9 @@ impl SparseExtent {
         if gd_entries < needed || needed > MAX_GD_ENTRIES {
             return Err(corrupt(
                 &file,
-                format!("seSparse grain directory has {gd_entries} entries, capacity needs {needed}"),
+                format!(
+                    "seSparse grain directory has {gd_entries} entries, capacity needs {needed}"
+                ),
             ));
         }
         let gd_offset = h
@@ -367,15 +366,15 @@ impl SparseExtent {
         let raw = self.gd[gd_index].load(Ordering::Acquire);
         match self.flavor {
             SparseFlavor::Vmdk4 | SparseFlavor::Cowd => Ok((raw != 0).then_some(raw * SECTOR_SIZE)),
-            SparseFlavor::SeSparse => match sesparse_header::decode_gd_entry(raw)
-                .map_err(|m| corrupt(&self.file, m))?
-            {
-                SeSparseGdEntry::Unallocated => Ok(None),
-                SeSparseGdEntry::Table(i) => {
-                    let table_bytes = self.gt_entries * 8;
-                    Ok(Some(self.se_areas.0 + i as u64 * table_bytes))
+            SparseFlavor::SeSparse => {
+                match sesparse_header::decode_gd_entry(raw).map_err(|m| corrupt(&self.file, m))? {
+                    SeSparseGdEntry::Unallocated => Ok(None),
+                    SeSparseGdEntry::Table(i) => {
+                        let table_bytes = self.gt_entries * 8;
+                        Ok(Some(self.se_areas.0 + i as u64 * table_bytes))
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -432,12 +431,7 @@ impl SparseExtent {
 
     /// Map `[off, off+len)` of this extent (offsets relative to the extent), calling `emit`
     /// with consecutive `(length, target)` pieces.
-    pub fn map(
-        &self,
-        mut off: u64,
-        len: u64,
-        emit: &mut dyn FnMut(u64, MapTarget),
-    ) -> Result<()> {
+    pub fn map(&self, mut off: u64, len: u64, emit: &mut dyn FnMut(u64, MapTarget)) -> Result<()> {
         let end = off + len;
         let gt_cover = self.grain_size * self.gt_entries;
         while off < end {

@@ -86,7 +86,10 @@ impl CowdHeader {
     pub fn validate(&self) -> Result<(), String> {
         if self.grain_size == 0 || self.grain_size as u64 > super::sparse_header::MAX_GRAIN_SECTORS
         {
-            return Err(format!("invalid COWD grain size {} sectors", self.grain_size));
+            return Err(format!(
+                "invalid COWD grain size {} sectors",
+                self.grain_size
+            ));
         }
         let per_gd = self.grain_size as u64 * COWD_GT_ENTRIES as u64;
         let needed = (self.capacity as u64).div_ceil(per_gd);

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn markers_round_trip() {
-        let m = GrainMarker { lba: 128, size: 300 };
+        let m = GrainMarker {
+            lba: 128,
+            size: 300,
+        };
         let mut b = [0u8; 12];
         m.write(&mut b);
         assert_eq!(GrainMarker::parse(&b), Some(m));

@@ -231,11 +231,20 @@ mod tests {
             );
         }
         assert_eq!(decode_gt_entry(0).unwrap(), SeSparseGtEntry::Unallocated);
-        assert_eq!(decode_gt_entry(SESPARSE_GT_ZERO).unwrap(), SeSparseGtEntry::Zero);
-        assert_eq!(decode_gt_entry(0x1000_0000_0000_0005).unwrap(), SeSparseGtEntry::Zero);
+        assert_eq!(
+            decode_gt_entry(SESPARSE_GT_ZERO).unwrap(),
+            SeSparseGtEntry::Zero
+        );
+        assert_eq!(
+            decode_gt_entry(0x1000_0000_0000_0005).unwrap(),
+            SeSparseGtEntry::Zero
+        );
         assert!(decode_gt_entry(0x4000_0000_0000_0000).is_err());
         assert!(decode_gt_entry(0x0000_0000_0000_0001).is_err());
-        assert_eq!(decode_gd_entry(encode_gd_entry(7)).unwrap(), SeSparseGdEntry::Table(7));
+        assert_eq!(
+            decode_gd_entry(encode_gd_entry(7)).unwrap(),
+            SeSparseGdEntry::Table(7)
+        );
         assert!(decode_gd_entry(0x2000_0000_0000_0001).is_err());
     }
 

@@ -6,7 +6,9 @@ use std::process::Command;
 
 /// Run a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{:?} failed: {}\n{}",
