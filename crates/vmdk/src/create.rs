@@ -4,6 +4,13 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE};
+use crate::format::sparse_header::{
+    SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, FLAG_RGD,
+    FLAG_ZERO_GRAIN, NEWLINE_CHECK,
+};
+use crate::format::SECTOR_SIZE;
+use crate::storage::{FileStorage, Storage};
 
 /// The layout of a new image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,8 +138,285 @@ impl Default for CreateOptions {
     }
 }
 
+/// qemu-img's split size for twoGbMaxExtent* subformats.
+pub const SPLIT_SIZE: u64 = 0x8000_0000;
+/// Grain size qemu-img (and VMware) use for new sparse extents, in sectors.
+pub const DEFAULT_GRAIN_SECTORS: u64 = 128;
+/// Grain-table entries qemu-img (and VMware) use.
+pub const DEFAULT_GT_ENTRIES: u32 = 512;
+/// Sectors reserved for the embedded descriptor, as qemu-img does.
+pub const EMBEDDED_DESC_SECTORS: u64 = 20;
+
+/// Geometry recorded in the DDB: (cylinders, heads, sectors). VMware uses 255 heads for
+/// every adapter but IDE, and qemu-img follows it.
+pub fn geometry(size: u64, adapter: AdapterType) -> (u64, u32, u32) {
+    let heads = if adapter == AdapterType::Ide { 16 } else { 255 };
+    (size / (63 * heads as u64 * SECTOR_SIZE), heads, 63)
+}
+
+/// A fresh random CID (never the "no parent" value).
+pub fn random_cid() -> u32 {
+    loop {
+        let c: u32 = rand::random();
+        if c != CID_NONE {
+            return c;
+        }
+    }
+}
+
+/// The descriptor qemu-img would write for these options (plus a `ddb.uuid`), with the
+/// given extent lines and parent.
+pub fn default_descriptor(
+    opts: &CreateOptions,
+    size: u64,
+    extents: Vec<ExtentLine>,
+    parent: Option<(String, u32)>,
+) -> Result<Descriptor> {
+    let hw = match (&opts.hwversion, opts.compat6) {
+        (Some(_), true) => {
+            return Err(Error::invalid(
+                "compat6 cannot be enabled with hwversion set",
+            ))
+        }
+        (Some(h), false) => h.clone(),
+        (None, true) => "6".to_string(),
+        (None, false) => "4".to_string(),
+    };
+    let (cyl, heads, secs) = geometry(size, opts.adapter_type);
+    let (hint, parent_cid) = match parent {
+        Some((h, c)) => (Some(h), c),
+        None => (None, CID_NONE),
+    };
+    let uuid: [u8; 16] = rand::random();
+    let uuid = uuid
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i == 0 {
+                format!("{b:02x}")
+            } else {
+                format!(" {b:02x}")
+            }
+        })
+        .collect::<String>();
+    Ok(Descriptor {
+        version: 1,
+        encoding: None,
+        cid: random_cid(),
+        parent_cid,
+        create_type: opts.subformat.create_type().to_string(),
+        parent_file_name_hint: hint,
+        extents,
+        ddb: vec![
+            ("ddb.virtualHWVersion".into(), hw),
+            ("ddb.geometry.cylinders".into(), cyl.to_string()),
+            ("ddb.geometry.heads".into(), heads.to_string()),
+            ("ddb.geometry.sectors".into(), secs.to_string()),
+            ("ddb.adapterType".into(), opts.adapter_type.as_str().into()),
+            (
+                "ddb.toolsVersion".into(),
+                opts.toolsversion
+                    .clone()
+                    .unwrap_or_else(|| "2147483647".into()),
+            ),
+            ("ddb.uuid.image".into(), uuid),
+        ],
+        other: vec![],
+    })
+}
+
+/// The header and metadata layout of a new hosted sparse extent, as qemu-img makes it:
+/// header, embedded descriptor (if any), redundant GD + its tables, GD + its tables, all
+/// grain tables preallocated, data from the next grain boundary.
+pub fn sparse_layout(
+    capacity: u64,
+    zeroed_grain: bool,
+    compress: bool,
+    embed_desc: bool,
+) -> Result<SparseHeader> {
+    let sectors = capacity / SECTOR_SIZE;
+    let grains = sectors.div_ceil(DEFAULT_GRAIN_SECTORS);
+    let gt_count = grains.div_ceil(DEFAULT_GT_ENTRIES as u64);
+    if gt_count > crate::extent::sparse::MAX_GD_ENTRIES {
+        return Err(Error::invalid(format!(
+            "image size {capacity} is too large for a sparse VMDK extent"
+        )));
+    }
+    let gt_sectors = (DEFAULT_GT_ENTRIES as u64 * 4).div_ceil(SECTOR_SIZE);
+    let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
+    let (desc_offset, desc_size) = if embed_desc {
+        (1, EMBEDDED_DESC_SECTORS)
+    } else {
+        (0, 0)
+    };
+    let rgd_offset = 1 + desc_size;
+    let gd_offset = rgd_offset + gd_sectors + gt_sectors * gt_count;
+    let overhead =
+        (gd_offset + gd_sectors + gt_sectors * gt_count).next_multiple_of(DEFAULT_GRAIN_SECTORS);
+    let mut flags = FLAG_RGD | FLAG_NL_DETECT;
+    if compress {
+        flags |= FLAG_COMPRESSED | FLAG_MARKERS;
+    }
+    if zeroed_grain {
+        flags |= FLAG_ZERO_GRAIN;
+    }
+    Ok(SparseHeader {
+        version: if compress {
+            3
+        } else if zeroed_grain {
+            2
+        } else {
+            1
+        },
+        flags,
+        capacity: sectors,
+        grain_size: DEFAULT_GRAIN_SECTORS,
+        desc_offset,
+        desc_size,
+        num_gtes_per_gt: DEFAULT_GT_ENTRIES,
+        rgd_offset,
+        gd_offset,
+        overhead,
+        unclean_shutdown: false,
+        check_bytes: NEWLINE_CHECK,
+        compress_algorithm: if compress { COMPRESSION_DEFLATE } else { 0 },
+    })
+}
+
+/// Write a new sparse extent file laid out by [`sparse_layout`], with `desc` embedded.
+pub fn write_sparse_extent(path: &Path, header: &SparseHeader, desc: Option<&str>) -> Result<()> {
+    let f = FileStorage::create(path).map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+    let io = |e| Error::io(e, "writing new extent").with_path(path);
+    f.write_at(&header.serialize(), 0).map_err(io)?;
+    f.set_len(header.overhead * SECTOR_SIZE).map_err(io)?;
+    if let Some(d) = desc {
+        if d.len() as u64 > header.desc_size * SECTOR_SIZE {
+            return Err(Error::invalid("descriptor too long to embed").with_path(path));
+        }
+        f.write_at(d.as_bytes(), header.desc_offset * SECTOR_SIZE)
+            .map_err(io)?;
+    }
+    let gt_count = header.gd_entries();
+    let gt_sectors = (header.num_gtes_per_gt as u64 * 4).div_ceil(SECTOR_SIZE);
+    let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
+    for gd_start in [header.rgd_offset, header.gd_offset] {
+        let mut gd = Vec::with_capacity(gt_count as usize * 4);
+        for i in 0..gt_count {
+            let gt = gd_start + gd_sectors + i * gt_sectors;
+            let gt = u32::try_from(gt)
+                .map_err(|_| Error::invalid("image too large for 32-bit grain directory"))?;
+            gd.extend_from_slice(&gt.to_le_bytes());
+        }
+        f.write_at(&gd, gd_start * SECTOR_SIZE).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn flat_extent(path: &Path, size: u64) -> Result<()> {
+    let f = FileStorage::create(path).map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+    f.set_len(size)
+        .map_err(|e| Error::io(e, "could not resize file").with_path(path))
+}
+
 /// Create a new, empty image of `size` bytes (rounded up to 512) at `path`.
 pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
-    let _ = (path, size, opts);
-    Err(Error::unsupported("create: not implemented yet"))
+    let size = size
+        .checked_next_multiple_of(SECTOR_SIZE)
+        .ok_or_else(|| Error::invalid("image size too large"))?;
+    let sub = opts.subformat;
+    if sub.is_flat() && opts.backing_file.is_some() {
+        return Err(Error::invalid("Flat image can't have backing file"));
+    }
+    if sub.is_flat() && opts.zeroed_grain {
+        return Err(Error::invalid("Flat image can't enable zeroed grain"));
+    }
+    // Validate option combinations before touching the file system.
+    default_descriptor(opts, size, vec![], None)?;
+    let parent = match &opts.backing_file {
+        None => None,
+        Some(b) => {
+            let probe_path = path.with_file_name("x");
+            let bpath =
+                crate::paths::resolve(&probe_path, b, "backing file", opts.allow_unsafe_paths)?;
+            let parent = crate::image::OpenOptions::new()
+                .allow_unsafe_paths(opts.allow_unsafe_paths)
+                .open(&bpath)
+                .map_err(|e| {
+                    Error::new(e.kind(), format!("could not open backing file: {e}"))
+                        .with_path(path)
+                })?;
+            Some((b.clone(), parent.descriptor().cid))
+        }
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("image path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let (stem, ext) = match file_name.rfind('.') {
+        Some(i) if i > 0 => (&file_name[..i], &file_name[i..]),
+        _ => (&file_name[..], ""),
+    };
+    let sibling = |name: &str| path.with_file_name(name);
+    let line = |sectors: u64, kind: ExtentType, file: &str| ExtentLine {
+        access: ExtentAccess::ReadWrite,
+        sectors,
+        kind,
+        file: Some(file.to_string()),
+        offset: 0,
+        extra: vec![],
+    };
+    match sub {
+        Subformat::MonolithicSparse | Subformat::StreamOptimized => {
+            let compress = sub == Subformat::StreamOptimized;
+            let header = sparse_layout(size, opts.zeroed_grain, compress, true)?;
+            let desc = default_descriptor(
+                opts,
+                size,
+                vec![line(size / SECTOR_SIZE, ExtentType::Sparse, &file_name)],
+                parent,
+            )?;
+            write_sparse_extent(path, &header, Some(&desc.serialize()))
+        }
+        _ => {
+            let (kind, split) = match sub {
+                Subformat::MonolithicFlat => (ExtentType::Flat, false),
+                Subformat::Vmfs => (ExtentType::Vmfs, false),
+                Subformat::TwoGbMaxExtentFlat => (ExtentType::Flat, true),
+                _ => (ExtentType::Sparse, true),
+            };
+            let mut lines = Vec::new();
+            let mut done = 0u64;
+            let mut idx = 1;
+            while done < size || (size == 0 && idx == 1) {
+                let cur = if split {
+                    (size - done).min(SPLIT_SIZE)
+                } else {
+                    size - done
+                };
+                let name = match (split, kind) {
+                    (false, _) => format!("{stem}-flat{ext}"),
+                    (true, ExtentType::Flat) => format!("{stem}-f{idx:03}{ext}"),
+                    _ => format!("{stem}-s{idx:03}{ext}"),
+                };
+                if kind == ExtentType::Sparse {
+                    let h = sparse_layout(cur, opts.zeroed_grain, false, false)?;
+                    write_sparse_extent(&sibling(&name), &h, None)?;
+                } else {
+                    flat_extent(&sibling(&name), cur)?;
+                }
+                lines.push(line(cur / SECTOR_SIZE, kind, &name));
+                done += cur;
+                idx += 1;
+                if size == 0 {
+                    break;
+                }
+            }
+            let desc = default_descriptor(opts, size, lines, parent)?;
+            let f = FileStorage::create(path)
+                .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+            f.write_at(desc.serialize().as_bytes(), 0)
+                .map_err(|e| Error::io(e, "writing descriptor").with_path(path))
+        }
+    }
 }

@@ -37,6 +37,9 @@ pub struct OpenOptions {
     pub max_chain_depth: u32,
     /// Grain tables cached per sparse extent.
     pub grain_table_cache: usize,
+    /// Durable writes: flush data to stable storage before the grain-table entry that points
+    /// at it is written, so a power cut can never leave a table pointing at unwritten data.
+    pub durable: bool,
 }
 
 impl Default for OpenOptions {
@@ -48,6 +51,7 @@ impl Default for OpenOptions {
             open_backing: true,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
             grain_table_cache: crate::extent::sparse::DEFAULT_GT_CACHE,
+            durable: false,
         }
     }
 }
@@ -75,6 +79,11 @@ impl OpenOptions {
     /// Set [`OpenOptions::open_backing`].
     pub fn open_backing(mut self, v: bool) -> Self {
         self.open_backing = v;
+        self
+    }
+    /// Set [`OpenOptions::durable`].
+    pub fn durable(mut self, v: bool) -> Self {
+        self.durable = v;
         self
     }
     /// Open `path` with these options.
@@ -309,6 +318,7 @@ impl Image {
             }
         };
         image.check_writable_open()?;
+        image.write_state.durable = opts.durable;
         if opts.open_backing {
             if let Some(hint) = image.descriptor.parent_file_name_hint.clone() {
                 if depth + 1 >= opts.max_chain_depth {

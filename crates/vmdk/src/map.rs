@@ -75,30 +75,6 @@ impl MapTarget {
         matches!(self, MapTarget::Data { .. } | MapTarget::Compressed { .. })
     }
 
-    /// The target that follows this one after `n` more bytes, if the two can form one entry.
-    pub(crate) fn advanced(&self, n: u64) -> MapTarget {
-        match self {
-            MapTarget::Data { file, offset } => MapTarget::Data {
-                file: file.clone(),
-                offset: offset + n,
-            },
-            MapTarget::Compressed {
-                file,
-                grain_offset,
-                grain_size,
-                in_grain,
-                has_marker,
-            } => MapTarget::Compressed {
-                file: file.clone(),
-                grain_offset: *grain_offset,
-                grain_size: *grain_size,
-                in_grain: in_grain + n,
-                has_marker: *has_marker,
-            },
-            other => other.clone(),
-        }
-    }
-
     /// Whether a stretch with target `next` starting right after `len` bytes of `self`
     /// continues it (same kind, and for data, contiguous in the same file).
     pub(crate) fn continues(&self, len: u64, next: &MapTarget) -> bool {

@@ -1,12 +1,23 @@
-//! Writing to an open image (see the write-path issue). This module holds the per-image
-//! write state and the rules for which images may be opened for writing.
+//! Writing to an open image: routing writes to extents, the CID update on first write, and
+//! the rules for which images may be opened for writing.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::Image;
+use crate::extent::ExtentKind;
+use crate::format::descriptor::ExtentAccess;
+use crate::image::{DescriptorLocation, Image};
 
 /// Per-image state used by writers.
 #[derive(Debug, Default)]
-pub struct WriteState {}
+pub struct WriteState {
+    /// Flush data before metadata that points at it.
+    pub(crate) durable: bool,
+    cid_updated: AtomicBool,
+    new_cid: AtomicU32,
+    cid_lock: Mutex<()>,
+}
 
 impl Image {
     /// Refuse to open for writing what cannot be written safely.
@@ -15,13 +26,10 @@ impl Image {
             return Ok(());
         }
         for e in &self.extents {
-            if let crate::extent::ExtentKind::Sparse(s) = &e.kind {
-                if s.flavor() == crate::extent::SparseFlavor::SeSparse {
-                    return Err(Error::new(
-                        ErrorKind::ReadOnly,
-                        "seSparse images can only be opened read-only",
-                    )
-                    .with_path(&self.path));
+            if let ExtentKind::Sparse(s) = &e.kind {
+                if e.access == ExtentAccess::ReadWrite {
+                    s.check_writable()
+                        .map_err(|err| err.with_path(&self.path))?;
                 }
                 if let Some(h) = s.header() {
                     // VMware KB 2064959: version 3 adds changed-block tracking we would not
@@ -38,25 +46,267 @@ impl Image {
         }
         Ok(())
     }
-}
 
-impl Image {
+    /// The image's current CID (changed by the first write after open).
+    pub fn cid(&self) -> u32 {
+        if self.write_state.cid_updated.load(Ordering::Acquire) {
+            self.write_state.new_cid.load(Ordering::Acquire)
+        } else {
+            self.descriptor.cid
+        }
+    }
+
+    /// Give the image a new CID, once per open, before its first write, so children made
+    /// from it notice that it changed (as qemu does).
+    fn update_cid_once(&self) -> Result<()> {
+        if self.write_state.cid_updated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _g = self
+            .write_state
+            .cid_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.write_state.cid_updated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let cid = crate::create::random_cid();
+        self.write_cid(cid)?;
+        self.write_state.new_cid.store(cid, Ordering::Release);
+        self.write_state.cid_updated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn write_cid(&self, cid: u32) -> Result<()> {
+        let (offset, capacity) = match self.desc_location {
+            DescriptorLocation::Synthesized => return Ok(()),
+            DescriptorLocation::File => (
+                0,
+                self.storage
+                    .len()
+                    .map_err(|e| Error::io(e, "reading descriptor").with_path(&self.path))?,
+            ),
+            DescriptorLocation::Embedded { offset, capacity } => (offset, capacity),
+        };
+        let mut old = vec![0u8; capacity as usize];
+        self.storage
+            .read_exact_at(&mut old, offset)
+            .map_err(|e| Error::io(e, "reading descriptor").with_path(&self.path))?;
+        let old_len = old.iter().position(|&b| b == 0).unwrap_or(old.len());
+        old.truncate(old_len);
+        let new = replace_cid(&old, cid).unwrap_or_else(|| {
+            let mut d = self.descriptor.clone();
+            d.cid = cid;
+            d.serialize().into_bytes()
+        });
+        let io = |e| Error::io(e, "updating descriptor CID").with_path(&self.path);
+        match self.desc_location {
+            DescriptorLocation::File => {
+                self.storage.write_at(&new, 0).map_err(io)?;
+                if (new.len() as u64) < capacity {
+                    self.storage.set_len(new.len() as u64).map_err(io)?;
+                }
+            }
+            _ => {
+                if new.len() as u64 > capacity {
+                    return Err(
+                        Error::unsupported("descriptor no longer fits its reserved space")
+                            .with_path(&self.path),
+                    );
+                }
+                let mut padded = new;
+                padded.resize(old_len.max(padded.len()), 0);
+                self.storage.write_at(&padded, offset).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn writable_check(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "image was opened read-only").with_path(&self.path),
+            );
+        }
+        if offset.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(Error::invalid(format!(
+                "range {offset}+{len} is outside the {}-byte disk",
+                self.size
+            ))
+            .with_path(&self.path));
+        }
+        Ok(())
+    }
+
+    /// Bytes of the backing chain under `[virt, virt+buf.len())` (zeros without one, and
+    /// past the backing file's end).
+    fn read_below(&self, virt: u64, buf: &mut [u8]) -> Result<()> {
+        buf.fill(0);
+        if let Some(b) = &self.backing {
+            let inside = b.size().saturating_sub(virt).min(buf.len() as u64) as usize;
+            if inside > 0 {
+                b.read_at(&mut buf[..inside], virt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `f` for each extent piece of `[offset, offset+len)`.
+    fn for_each_extent(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&crate::extent::Extent, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut i = self.extent_index(offset);
+        while pos < end && i < self.extents.len() {
+            let e = &self.extents[i];
+            let n = (e.start + e.length).min(end) - pos;
+            if n > 0 {
+                if e.access != ExtentAccess::ReadWrite {
+                    return Err(Error::new(
+                        ErrorKind::ReadOnly,
+                        format!("extent {i} is {} and cannot be written", e.access.keyword()),
+                    )
+                    .with_path(&self.path));
+                }
+                f(e, pos - e.start, n, pos - offset)?;
+            }
+            pos += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
     /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
     /// one image at once.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        Err(Error::unsupported("write: not implemented yet"))
+        self.writable_check(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.update_cid_once()?;
+        let durable = self.write_state.durable;
+        self.for_each_extent(offset, buf.len() as u64, |e, rel, n, at| {
+            let data = &buf[at as usize..(at + n) as usize];
+            match &e.kind {
+                ExtentKind::Flat { file, offset: base } => file
+                    .storage
+                    .write_at(data, base + rel)
+                    .map_err(|err| Error::io(err, "writing data").with_path(&file.path)),
+                ExtentKind::Zero => {
+                    if data.iter().all(|&b| b == 0) {
+                        Ok(())
+                    } else {
+                        Err(
+                            Error::new(ErrorKind::ReadOnly, "cannot store data in a ZERO extent")
+                                .with_path(&self.path),
+                        )
+                    }
+                }
+                ExtentKind::Sparse(s) => {
+                    let start = e.start;
+                    let fill =
+                        move |ext_off: u64, dst: &mut [u8]| self.read_below(start + ext_off, dst);
+                    s.write(rel, data, &fill, durable)
+                }
+            }
+        })
     }
 
     /// Write zeros over `[offset, offset+len)`. With `may_unmap`, whole grains may be
     /// deallocated or marked zero instead of written, where that still reads back as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        let _ = (offset, len, may_unmap);
-        Err(Error::unsupported("write zeroes: not implemented yet"))
+        self.writable_check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.update_cid_once()?;
+        let durable = self.write_state.durable;
+        let no_backing = self.backing.is_none();
+        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+            ExtentKind::Flat { file, offset: base } => {
+                let zeros = vec![0u8; n.min(1 << 20) as usize];
+                let mut done = 0;
+                while done < n {
+                    let k = (n - done).min(zeros.len() as u64);
+                    file.storage
+                        .write_at(&zeros[..k as usize], base + rel + done)
+                        .map_err(|err| Error::io(err, "writing zeros").with_path(&file.path))?;
+                    done += k;
+                }
+                Ok(())
+            }
+            ExtentKind::Zero => Ok(()),
+            ExtentKind::Sparse(s) => {
+                let start = e.start;
+                let fill =
+                    move |ext_off: u64, dst: &mut [u8]| self.read_below(start + ext_off, dst);
+                let _ = may_unmap;
+                s.write_zeroes(rel, n, no_backing, &fill, durable)
+            }
+        })
     }
 
     /// Make all completed writes durable.
     pub fn flush(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(&self.path))?;
+        for e in &self.extents {
+            if let Some(f) = e.file() {
+                if e.access == ExtentAccess::ReadWrite {
+                    f.storage
+                        .flush()
+                        .map_err(|err| Error::io(err, "flushing").with_path(&f.path))?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// Replace the value of the `CID=` line in descriptor text, keeping every other byte.
+fn replace_cid(text: &[u8], cid: u32) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(text).ok()?;
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut done = false;
+    for line in s.split_inclusive('\n') {
+        let t = line.trim_start();
+        if !done && t.starts_with("CID") && t[3..].trim_start().starts_with('=') {
+            let ending = if line.ends_with("\r\n") {
+                "\r\n"
+            } else if line.ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            out.push_str(&format!("CID={cid:08x}{ending}"));
+            done = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    done.then(|| out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_cid;
+
+    #[test]
+    fn cid_line_replaced_in_place() {
+        let t = b"# Disk DescriptorFile\r\nversion=1\r\nCID=1234\r\nparentCID=ffffffff\r\nddb.x = \"y\"";
+        let n = replace_cid(t, 0xabcdef01).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&n).unwrap(),
+            "# Disk DescriptorFile\r\nversion=1\r\nCID=abcdef01\r\nparentCID=ffffffff\r\nddb.x = \"y\""
+        );
+        assert!(replace_cid(b"version=1\nparentCID=1\n", 1).is_none());
     }
 }

@@ -4,6 +4,7 @@
 pub mod compressed;
 pub mod grain_table;
 pub mod sparse;
+pub mod sparse_write;
 
 use std::sync::Arc;
 

@@ -76,6 +76,10 @@ pub struct SparseExtent {
     pub(crate) cache: GrainTableCache,
     /// Next free byte offset for appended grains/tables (writes only).
     pub(crate) next_free: Mutex<u64>,
+    /// Whether the header said GD_AT_END (VMware stream layout: footer at the end).
+    pub(crate) footer_layout: bool,
+    /// Coordination between concurrent writers (see `sparse_write.rs`).
+    pub(crate) write_locks: crate::extent::sparse_write::WriteLocks,
 }
 
 fn corrupt(file: &ExtentFile, msg: impl Into<String>) -> Error {
@@ -128,7 +132,8 @@ impl SparseExtent {
             .len()
             .map_err(|e| Error::io(e, "getting file size").with_path(&file.path))?;
         let mut header = SparseHeader::parse(first).map_err(|m| corrupt(&file, m))?;
-        if header.gd_offset == GD_AT_END {
+        let footer_layout = header.gd_offset == GD_AT_END;
+        if footer_layout {
             header = Self::read_footer(&file, file_len)?;
         }
         header
@@ -196,6 +201,8 @@ impl SparseExtent {
             has_marker: header.has_markers(),
             cache: GrainTableCache::new(cache_tables),
             next_free: Mutex::new(file_len.next_multiple_of(SECTOR_SIZE)),
+            footer_layout,
+            write_locks: Default::default(),
             flavor: SparseFlavor::Vmdk4,
             header: Some(header),
             file,
@@ -256,6 +263,8 @@ impl SparseExtent {
             has_marker: false,
             cache: GrainTableCache::new(cache_tables / 8),
             next_free: Mutex::new(file_len.next_multiple_of(SECTOR_SIZE)),
+            footer_layout: false,
+            write_locks: Default::default(),
             flavor: SparseFlavor::Cowd,
             header: None,
             file,
@@ -321,6 +330,8 @@ impl SparseExtent {
             has_marker: false,
             cache: GrainTableCache::new(cache_tables),
             next_free: Mutex::new(file_len),
+            footer_layout: false,
+            write_locks: Default::default(),
             flavor: SparseFlavor::SeSparse,
             header: None,
             file,
