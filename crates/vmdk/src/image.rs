@@ -40,6 +40,8 @@ pub struct OpenOptions {
     /// Durable writes: flush data to stable storage before the grain-table entry that points
     /// at it is written, so a power cut can never leave a table pointing at unwritten data.
     pub durable: bool,
+    /// How host files are opened (default: [`FileStorage`]).
+    pub storage_opener: Option<StorageOpener>,
 }
 
 impl Default for OpenOptions {
@@ -52,6 +54,7 @@ impl Default for OpenOptions {
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
             grain_table_cache: crate::extent::sparse::DEFAULT_GT_CACHE,
             durable: false,
+            storage_opener: None,
         }
     }
 }
@@ -159,9 +162,32 @@ pub struct Image {
     pub(crate) write_state: crate::write::WriteState,
 }
 
-fn open_storage(path: &Path, writable: bool, allow_unsafe: bool) -> Result<Arc<dyn Storage>> {
+/// Opens the host files of an image; replaceable so tests can interpose (e.g. a layer that
+/// records every write to simulate crashes).
+#[derive(Clone)]
+pub struct StorageOpener(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<dyn Fn(&Path, bool) -> std::io::Result<Arc<dyn Storage>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for StorageOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageOpener")
+    }
+}
+
+fn open_storage(
+    path: &Path,
+    writable: bool,
+    allow_unsafe: bool,
+    opener: Option<&StorageOpener>,
+) -> Result<Arc<dyn Storage>> {
     paths::check_file_type(path, allow_unsafe)?;
-    let s = FileStorage::open(path, writable).map_err(|e| {
+    let opened = match opener {
+        Some(o) => (o.0)(path, writable),
+        None => FileStorage::open(path, writable).map(|s| Arc::new(s) as Arc<dyn Storage>),
+    };
+    let s = opened.map_err(|e| {
         Error::io(
             e,
             if writable {
@@ -172,7 +198,7 @@ fn open_storage(path: &Path, writable: bool, allow_unsafe: bool) -> Result<Arc<d
         )
         .with_path(path)
     })?;
-    Ok(Arc::new(s))
+    Ok(s)
 }
 
 fn read_head(storage: &dyn Storage, path: &Path, n: usize) -> Result<Vec<u8>> {
@@ -220,7 +246,12 @@ impl Image {
             )
             .with_path(path));
         }
-        let storage = open_storage(path, writable, depth > 0 && opts.allow_unsafe_paths)?;
+        let storage = open_storage(
+            path,
+            writable,
+            depth > 0 && opts.allow_unsafe_paths,
+            opts.storage_opener.as_ref(),
+        )?;
         let head = read_head(&*storage, path, 4096)?;
         let format = probe(&head).ok_or_else(|| {
             Error::new(
@@ -702,7 +733,12 @@ fn open_extent(
     })?;
     let epath = paths::resolve(desc_path, name, "extent", opts.allow_unsafe_paths)?;
     let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
-    let storage = open_storage(&epath, ext_writable, opts.allow_unsafe_paths)?;
+    let storage = open_storage(
+        &epath,
+        ext_writable,
+        opts.allow_unsafe_paths,
+        opts.storage_opener.as_ref(),
+    )?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
