@@ -24,9 +24,12 @@ pub mod error;
 pub mod extent;
 pub mod format;
 pub mod image;
+pub mod io_adapter;
 pub mod map;
 pub mod paths;
+pub mod raw;
 pub mod storage;
+pub mod stream_writer;
 pub mod write;
 
 pub use check::{check, CheckReport};
@@ -34,6 +37,7 @@ pub use convert::{open_source, CompareResult, ConvertOptions, Source};
 pub use create::{create, AdapterType, CreateOptions, Subformat};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
+pub use io_adapter::ImageReader;
 pub use map::{ExtentFile, MapEntry, MapTarget};
 pub use storage::{FileStorage, MemStorage, Storage};
 

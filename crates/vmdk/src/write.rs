@@ -250,6 +250,32 @@ impl Image {
         })
     }
 
+    /// Deallocate what can be deallocated in `[offset, offset+len)` (whole grains of sparse
+    /// extents), keeping it reading as zeros. Advisory: parts that cannot be deallocated
+    /// keep their data, as a TRIM allows.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable_check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.update_cid_once()?;
+        let durable = self.write_state.durable;
+        let no_backing = self.backing.is_none();
+        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+            ExtentKind::Sparse(s) => s.discard(rel, n, no_backing, durable),
+            _ => Ok(()),
+        })
+    }
+
+    /// Whether [`Image::discard`] can deallocate anything in this image.
+    pub fn can_discard(&self) -> bool {
+        self.writable
+            && self.extents.iter().any(|e| {
+                matches!(&e.kind, ExtentKind::Sparse(s) if !s.is_compressed()
+                    && (self.backing.is_none() || s.zero_grain))
+            })
+    }
+
     /// Make all completed writes durable.
     pub fn flush(&self) -> Result<()> {
         if !self.writable {

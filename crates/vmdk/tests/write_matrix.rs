@@ -151,3 +151,33 @@ fn read_only_refuses_writes() {
     let e = image.write_at(&[1], 0).unwrap_err();
     assert_eq!(e.kind(), vmdk::ErrorKind::ReadOnly);
 }
+
+#[test]
+fn discard_and_reader_adapter() {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = Dir::new();
+    let img = dir.path("d.vmdk");
+    create(&img, 1 << 20, &CreateOptions::default()).unwrap();
+    let image = OpenOptions::new().writable(true).open(&img).unwrap();
+    image.write_at(&vec![7u8; 1 << 20], 0).unwrap();
+    assert!(image.can_discard());
+    // Grains 1 and 2 are whole inside the range; the partial edges keep their data.
+    image.discard(1000, 3 * 65536).unwrap();
+    let mut r = vmdk::ImageReader::new(&image);
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len(), 1 << 20);
+    assert!(all[..65536].iter().all(|&b| b == 7));
+    assert!(all[65536..3 * 65536].iter().all(|&b| b == 0));
+    assert!(all[3 * 65536..].iter().all(|&b| b == 7));
+    let map = image.map(0, 1 << 20).unwrap();
+    assert!(map
+        .iter()
+        .any(|e| matches!(e.target, vmdk::MapTarget::Unallocated) && e.start == 65536));
+    r.seek(SeekFrom::Start(65530)).unwrap();
+    let mut b = [0u8; 12];
+    r.read_exact(&mut b).unwrap();
+    assert_eq!(b, [7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0]);
+    drop(image);
+    qemu_img(&["check", img.to_str().unwrap()]);
+}

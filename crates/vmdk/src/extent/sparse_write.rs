@@ -287,6 +287,22 @@ impl SparseExtent {
         let run_start = first * gs;
         let run_end = (first + count) * gs;
         let stop = end.min(run_end);
+        if !self.compressed && pos == run_start && stop == run_end {
+            // Fully covered: write straight from the caller's buffer, no staging copy.
+            let at = self.reserve_space(count * gs)?;
+            self.file
+                .storage
+                .write_at(&data[(pos - off) as usize..(stop - off) as usize], at)
+                .map_err(io_err(self, "writing data"))?;
+            if durable {
+                self.sync()?;
+            }
+            let values: Vec<u32> = (0..count)
+                .map(|i| ((at + i * gs) / SECTOR_SIZE) as u32)
+                .collect();
+            self.set_entries(gd_index, table, slot(first), &values)?;
+            return Ok(stop);
+        }
         // Stage the run: backing (or zeros, for zeroed grains) then the new data on top.
         let mut buf = vec![0u8; (count * gs) as usize];
         for (i, st) in states.iter().enumerate() {
@@ -371,6 +387,49 @@ impl SparseExtent {
                 self.write(pos, &zeros, fill, durable)?;
             }
             pos = g_end;
+        }
+        Ok(())
+    }
+}
+
+impl SparseExtent {
+    /// Deallocate the whole grains inside `[off, off+len)` where the result still reads as
+    /// zeros: unallocated when nothing shows through (`hides_nothing`), zeroed-grain entries
+    /// otherwise when supported. Anything else is left alone (discard is advisory).
+    pub fn discard(&self, off: u64, len: u64, hides_nothing: bool, durable: bool) -> Result<()> {
+        self.check_writable()?;
+        if self.compressed {
+            return Ok(());
+        }
+        let gs = self.grain_size;
+        let first = off.div_ceil(gs);
+        let end_grain = (off + len) / gs;
+        for grain in first..end_grain {
+            let value = if hides_nothing {
+                0
+            } else if self.zero_grain {
+                1
+            } else {
+                continue;
+            };
+            let state = self.grain_state(grain)?;
+            let unchanged = match state {
+                GrainState::Unallocated => value == 0,
+                GrainState::Zero => value == 1,
+                GrainState::Allocated(_) => false,
+            };
+            if unchanged {
+                continue;
+            }
+            let gd_index = (grain / self.gt_entries) as usize;
+            let table = self.ensure_table(gd_index, durable)?;
+            let _r = self.write_locks.reserve(grain..grain + 1);
+            self.set_entries(
+                gd_index,
+                &table,
+                (grain % self.gt_entries) as usize,
+                &[value],
+            )?;
         }
         Ok(())
     }
