@@ -1,0 +1,279 @@
+//! Fixed newstyle negotiation: greeting, client flags, option haggling.
+
+use std::io::{self, Read, Write};
+
+use tracing::{debug, warn};
+
+use crate::proto::*;
+use crate::server::ExportCtx;
+
+/// Metadata context id handed out for `base:allocation`.
+pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
+
+/// Upper bound on options in one handshake. Real clients send fewer than ten;
+/// this only stops a peer from keeping a connection in negotiation forever.
+const MAX_OPTIONS: usize = 1024;
+
+/// What the client and server agreed on, for the transmission phase.
+#[derive(Debug, Clone)]
+pub(crate) struct Negotiated {
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// Context id of `base:allocation` if the client selected it.
+    pub meta_context: Option<u32>,
+    /// Export size as advertised.
+    pub size: u64,
+    /// Transmission flags as advertised.
+    pub flags: u16,
+}
+
+/// Mutable negotiation state while options are exchanged.
+#[derive(Default)]
+struct State {
+    structured: bool,
+    meta_context: Option<u32>,
+}
+
+enum Next {
+    Continue,
+    Abort,
+    Transmit(Negotiated),
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Run the handshake. `Ok(Some(..))` means transmission starts; `Ok(None)`
+/// means the client ended negotiation cleanly with `NBD_OPT_ABORT`. Any
+/// error means the connection must be dropped (hard disconnect).
+pub(crate) fn negotiate<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    ctx: &ExportCtx,
+) -> io::Result<Option<Negotiated>> {
+    w.write_all(&encode_greeting())?;
+    w.flush()?;
+
+    let mut cf = [0u8; 4];
+    r.read_exact(&mut cf)?;
+    let client_flags = u32::from_be_bytes(cf);
+    // The spec requires dropping clients that set flags we do not know
+    // (this also catches most non-NBD garbage early).
+    if client_flags & !KNOWN_CLIENT_FLAGS != 0 {
+        return Err(invalid(format!("unknown client flags {client_flags:#x}")));
+    }
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+
+    let mut st = State::default();
+    for _ in 0..MAX_OPTIONS {
+        let mut hdr = [0u8; OPTION_HEADER_LEN];
+        r.read_exact(&mut hdr)?;
+        let h = decode_option_header(&hdr).map_err(|e| invalid(e.to_string()))?;
+        if h.length > MAX_OPTION_LEN {
+            // The payload cannot be skipped without reading an arbitrary
+            // amount of data, so say why and hang up.
+            if h.option != OPT_EXPORT_NAME {
+                let _ = w.write_all(&encode_option_reply(
+                    h.option,
+                    REP_ERR_TOO_BIG,
+                    b"option data too large",
+                ));
+            }
+            return Err(invalid(format!(
+                "option {} length {} too large",
+                h.option, h.length
+            )));
+        }
+        // Bounded by MAX_OPTION_LEN above.
+        let mut data = vec![0u8; h.length as usize];
+        r.read_exact(&mut data)?;
+        debug!(option = h.option, length = h.length, "handshake option");
+
+        match handle_option(h.option, data, &mut st, w, ctx, no_zeroes)? {
+            Next::Continue => {}
+            Next::Abort => return Ok(None),
+            Next::Transmit(n) => {
+                w.flush()?;
+                return Ok(Some(n));
+            }
+        }
+    }
+    Err(invalid("too many options during negotiation"))
+}
+
+fn handle_option<W: Write>(
+    option: u32,
+    data: Vec<u8>,
+    st: &mut State,
+    w: &mut W,
+    ctx: &ExportCtx,
+    no_zeroes: bool,
+) -> io::Result<Next> {
+    let reply = |w: &mut W, ty: u32, msg: &str| -> io::Result<Next> {
+        w.write_all(&encode_option_reply(option, ty, msg.as_bytes()))?;
+        Ok(Next::Continue)
+    };
+
+    match option {
+        OPT_EXPORT_NAME => {
+            // No way to report errors here: an unknown name ends the session.
+            let name = String::from_utf8(data).map_err(|_| invalid("export name is not UTF-8"))?;
+            if !ctx.name_matches(&name) {
+                warn!(name = %name, "client asked for an unknown export");
+                return Err(invalid(format!("unknown export {name:?}")));
+            }
+            let size = ctx.export.size();
+            let flags = ctx.transmission_flags(st.structured);
+            w.write_all(&encode_export_name_reply(size, flags, no_zeroes))?;
+            Ok(Next::Transmit(Negotiated {
+                structured: st.structured,
+                meta_context: st.meta_context,
+                size,
+                flags,
+            }))
+        }
+        OPT_ABORT => {
+            // The client may already have closed; the ack is best effort.
+            let _ = w.write_all(&encode_option_reply(option, REP_ACK, &[]));
+            let _ = w.flush();
+            Ok(Next::Abort)
+        }
+        OPT_LIST => {
+            if !data.is_empty() {
+                return reply(w, REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+            }
+            let mut out = Vec::new();
+            put_option_reply(
+                &mut out,
+                option,
+                REP_SERVER,
+                &encode_rep_server(&ctx.name, ctx.description.as_deref()),
+            );
+            put_option_reply(&mut out, option, REP_ACK, &[]);
+            w.write_all(&out)?;
+            Ok(Next::Continue)
+        }
+        OPT_STARTTLS => {
+            if !data.is_empty() {
+                return reply(w, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+            }
+            reply(w, REP_ERR_POLICY, "TLS is not supported by this server")
+        }
+        OPT_INFO | OPT_GO => {
+            let req = match parse_info_request(&data) {
+                Ok(r) => r,
+                Err(e) => return reply(w, REP_ERR_INVALID, &e.to_string()),
+            };
+            if !ctx.name_matches(&req.name) {
+                return reply(
+                    w,
+                    REP_ERR_UNKNOWN,
+                    &format!("export {:?} not found", truncate_str(&req.name, 256)),
+                );
+            }
+            let size = ctx.export.size();
+            let flags = ctx.transmission_flags(st.structured);
+            let mut out = Vec::new();
+            put_option_reply(&mut out, option, REP_INFO, &encode_info_export(size, flags));
+            if req.requests.contains(&INFO_NAME) {
+                put_option_reply(
+                    &mut out,
+                    option,
+                    REP_INFO,
+                    &encode_info_string(INFO_NAME, &ctx.name),
+                );
+            }
+            if let (true, Some(d)) = (req.requests.contains(&INFO_DESCRIPTION), &ctx.description) {
+                put_option_reply(
+                    &mut out,
+                    option,
+                    REP_INFO,
+                    &encode_info_string(INFO_DESCRIPTION, d),
+                );
+            }
+            // Always sent (the spec allows unrequested info). We accept any
+            // alignment, so a client ignoring it loses nothing.
+            let min = if size % 512 == 0 { 512 } else { 1 };
+            put_option_reply(
+                &mut out,
+                option,
+                REP_INFO,
+                &encode_info_block_size(min, PREFERRED_BLOCK, MAX_PAYLOAD),
+            );
+            put_option_reply(&mut out, option, REP_ACK, &[]);
+            w.write_all(&out)?;
+            if option == OPT_GO {
+                Ok(Next::Transmit(Negotiated {
+                    structured: st.structured,
+                    meta_context: st.meta_context,
+                    size,
+                    flags,
+                }))
+            } else {
+                Ok(Next::Continue)
+            }
+        }
+        OPT_STRUCTURED_REPLY => {
+            if !data.is_empty() {
+                return reply(w, REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+            }
+            st.structured = true;
+            reply(w, REP_ACK, "")
+        }
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            let set = option == OPT_SET_META_CONTEXT;
+            if set {
+                // SET replaces the selection even when it fails.
+                st.meta_context = None;
+            }
+            if !st.structured {
+                return reply(
+                    w,
+                    REP_ERR_INVALID,
+                    "structured replies must be negotiated first",
+                );
+            }
+            let req = match parse_meta_context_request(&data) {
+                Ok(r) => r,
+                Err(e) => return reply(w, REP_ERR_INVALID, &e.to_string()),
+            };
+            if !ctx.name_matches(&req.export_name) {
+                return reply(
+                    w,
+                    REP_ERR_UNKNOWN,
+                    &format!("export {:?} not found", truncate_str(&req.export_name, 256)),
+                );
+            }
+            let selected = if set {
+                // `base:` alone is a listing wildcard and must not select anything.
+                req.queries.iter().any(|q| q == BASE_ALLOCATION)
+            } else {
+                req.queries.is_empty()
+                    || req
+                        .queries
+                        .iter()
+                        .any(|q| q == "base:" || q == BASE_ALLOCATION)
+            };
+            let mut out = Vec::new();
+            if selected {
+                // LIST replies carry a reserved id of zero.
+                let id = if set { BASE_ALLOCATION_ID } else { 0 };
+                put_option_reply(
+                    &mut out,
+                    option,
+                    REP_META_CONTEXT,
+                    &encode_rep_meta_context(id, BASE_ALLOCATION),
+                );
+                if set {
+                    st.meta_context = Some(BASE_ALLOCATION_ID);
+                }
+            }
+            put_option_reply(&mut out, option, REP_ACK, &[]);
+            w.write_all(&out)?;
+            Ok(Next::Continue)
+        }
+        OPT_EXTENDED_HEADERS => reply(w, REP_ERR_UNSUP, "extended headers are not supported"),
+        _ => reply(w, REP_ERR_UNSUP, "unsupported option"),
+    }
+}

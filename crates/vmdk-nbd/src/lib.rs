@@ -1,0 +1,122 @@
+//! A Network Block Device (NBD) server library, independent of any image format.
+//!
+//! Implement [`BlockExport`] for a backend, wrap it in an [`Arc`](std::sync::Arc),
+//! and hand it to a [`Server`] together with a bound TCP or Unix listener:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn demo(export: Arc<dyn vmdk_nbd::BlockExport>) -> std::io::Result<()> {
+//! use vmdk_nbd::{Server, ServerConfig};
+//! let listener = std::net::TcpListener::bind("127.0.0.1:10809")?;
+//! let server = Server::new(export, ServerConfig { persistent: true, ..Default::default() });
+//! let stop = server.shutdown_handle(); // call stop.shutdown() from e.g. a signal thread
+//! server.serve_tcp(listener)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Protocol coverage
+//!
+//! * Fixed newstyle handshake (`NBD_FLAG_NO_ZEROES` honoured), options
+//!   `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (refused with `ERR_POLICY`),
+//!   `INFO`, `GO` (export, name, description and block-size info),
+//!   `STRUCTURED_REPLY`, `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the
+//!   `base:allocation` context. Everything else, including extended headers,
+//!   gets `ERR_UNSUP`.
+//! * Commands `READ` (sparse structured reads, `DF`), `WRITE` (`FUA`), `DISC`,
+//!   `FLUSH`, `TRIM`, `WRITE_ZEROES` (`NO_HOLE`, `FUA`), `BLOCK_STATUS`
+//!   (`REQ_ONE`) and `CACHE` (accepted as a no-op).
+//! * The empty export name always selects the (single) export, as nbdkit does,
+//!   so `nbd://host` works whatever name was configured.
+//!
+//! # Threading model
+//!
+//! Blocking sockets and std threads: one thread per connection reads requests
+//! and hands them to `workers_per_client` worker threads, which may complete
+//! them out of order. Every reply is assembled into one buffer and written
+//! under a per-connection lock, so chunks never interleave.
+//!
+//! Connections beyond `max_clients` are not accepted until a slot frees up
+//! (they wait in the listen backlog), like `qemu-nbd --shared`.
+
+mod handshake;
+mod proto;
+mod server;
+mod socket;
+mod transmission;
+
+pub use server::{Server, ShutdownHandle};
+
+/// One extent of a block-status answer for the `base:allocation` context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStatus {
+    /// Length of the extent in bytes; must be non-zero.
+    pub length: u64,
+    /// The extent is not allocated in the backing store (`NBD_STATE_HOLE`).
+    pub hole: bool,
+    /// The extent reads as zeroes (`NBD_STATE_ZERO`).
+    pub zero: bool,
+}
+
+/// What an export serves.
+///
+/// All methods may be called concurrently from several worker threads (and
+/// several connections when `max_clients > 1`), hence `Send + Sync`. Offsets
+/// and lengths passed in are always within `0..size()`: the server validates
+/// requests before calling the export.
+pub trait BlockExport: Send + Sync + 'static {
+    /// Size of the export in bytes. Queried once per connection at negotiation.
+    fn size(&self) -> u64;
+    /// Fill `buf` with the bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Write `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Make all completed writes durable.
+    fn flush(&self) -> std::io::Result<()>;
+    /// Write zeros; `may_trim` is false when the client sent NBD_CMD_FLAG_NO_HOLE.
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> std::io::Result<()>;
+    /// Deallocate if possible (advisory). Only called when can_trim().
+    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()>;
+    /// Whether [`trim`](Self::trim) does anything; controls `NBD_FLAG_SEND_TRIM`.
+    fn can_trim(&self) -> bool {
+        false
+    }
+    /// Whether the export refuses writes; the server then advertises read-only.
+    fn is_read_only(&self) -> bool;
+    /// Allocation status of [offset, offset+len): contiguous, non-empty extents starting at offset,
+    /// covering at least the first byte (may cover less than len, may not go past size()).
+    fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>>;
+}
+
+/// Server settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Name of the export (the empty name also always selects it). Default `""`.
+    pub export_name: String,
+    /// Human-readable description sent with `NBD_OPT_LIST` / `NBD_INFO_DESCRIPTION`.
+    pub description: Option<String>,
+    /// Force read-only even if the export is writable.
+    pub read_only: bool,
+    /// Maximum number of simultaneous clients, like `qemu-nbd --shared` (default 1).
+    /// When greater than one, `NBD_FLAG_CAN_MULTI_CONN` is advertised: all
+    /// connections share one export object, so a flush is visible everywhere.
+    pub max_clients: usize,
+    /// Keep accepting after the last client disconnects (`qemu-nbd -t`).
+    /// Otherwise serving ends once every client that completed a handshake
+    /// has gone (connections that fail the handshake do not count).
+    pub persistent: bool,
+    /// Concurrent request handlers per connection (default 4).
+    pub workers_per_client: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            export_name: String::new(),
+            description: None,
+            read_only: false,
+            max_clients: 1,
+            persistent: false,
+            workers_per_client: 4,
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Accept loop, connection bookkeeping and shutdown.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader};
+use std::net::{Shutdown, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::handshake;
+use crate::proto::*;
+use crate::socket::{wait_readable, DeadlineReader, Listener, Socket};
+use crate::transmission;
+use crate::{BlockExport, ServerConfig};
+
+/// How often the accept loop re-checks for shutdown / finished clients.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Negotiation must finish within this time (qemu-nbd's default handshake
+/// limit), so a silent or trickling peer cannot hold a connection slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, in-flight requests get this long to complete before
+/// connections are closed hard.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Read buffer per connection; large enough that write payloads mostly
+/// bypass it while small request headers are batched.
+const READ_BUFFER: usize = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The export plus everything needed to describe it to clients.
+pub(crate) struct ExportCtx {
+    pub export: Arc<dyn BlockExport>,
+    pub name: String,
+    pub description: Option<String>,
+    /// Forced by the config or reported by the export.
+    pub read_only: bool,
+    pub multi_conn: bool,
+}
+
+impl ExportCtx {
+    /// The empty name is the "default export", which is our only one.
+    pub fn name_matches(&self, name: &str) -> bool {
+        name.is_empty() || name == self.name
+    }
+
+    pub fn transmission_flags(&self, structured: bool) -> u16 {
+        let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_CACHE;
+        if self.read_only {
+            f |= TFLAG_READ_ONLY;
+        } else {
+            f |= TFLAG_SEND_FUA | TFLAG_SEND_WRITE_ZEROES;
+            if self.export.can_trim() {
+                f |= TFLAG_SEND_TRIM;
+            }
+        }
+        // DF only makes sense (and is only allowed) with structured replies.
+        if structured {
+            f |= TFLAG_SEND_DF;
+        }
+        // Every connection uses the same export object, so a flush on one is
+        // visible to all.
+        if self.multi_conn {
+            f |= TFLAG_CAN_MULTI_CONN;
+        }
+        f
+    }
+}
+
+/// Shutdown state shared between the server, its handles and connections.
+struct Shared {
+    requested: AtomicBool,
+    conns: Mutex<HashMap<u64, Box<dyn Socket>>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn request_shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // Closing only the read side stops new requests (readers see EOF,
+        // handshakes fail) while in-flight replies can still be sent.
+        for s in lock(&self.conns).values() {
+            let _ = s.shutdown_socket(Shutdown::Read);
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, id: u64, sock: Box<dyn Socket>) {
+        let mut conns = lock(&self.conns);
+        // Checked under the lock so a concurrent shutdown cannot miss it.
+        if self.is_requested() {
+            let _ = sock.shutdown_socket(Shutdown::Read);
+        }
+        conns.insert(id, sock);
+    }
+
+    fn unregister(&self, id: u64) {
+        lock(&self.conns).remove(&id);
+    }
+
+    fn close_all(&self, ids: &[u64]) {
+        let conns = lock(&self.conns);
+        for id in ids {
+            if let Some(s) = conns.get(id) {
+                let _ = s.shutdown_socket(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Requests shutdown of a [`Server`] from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    /// Stop accepting connections and end the current ones: reading new
+    /// requests stops at once, in-flight requests get a short grace period,
+    /// then connections are closed. `serve_*` returns (after flushing the
+    /// export) shortly afterwards. Idempotent, and permanent: a `serve_*`
+    /// call made after shutdown returns immediately.
+    pub fn shutdown(&self) {
+        info!("NBD server shutdown requested");
+        self.shared.request_shutdown();
+    }
+}
+
+impl std::fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("requested", &self.shared.is_requested())
+            .finish()
+    }
+}
+
+/// An NBD server for one export.
+pub struct Server {
+    ctx: Arc<ExportCtx>,
+    config: ServerConfig,
+    shared: Arc<Shared>,
+}
+
+/// Connection accounting for one `serve_*` call.
+#[derive(Default)]
+struct ActiveState {
+    /// Live connection ids.
+    ids: Vec<u64>,
+    /// Connections that completed the handshake so far.
+    established: usize,
+}
+
+#[derive(Default)]
+struct Active {
+    state: Mutex<ActiveState>,
+    cv: Condvar,
+}
+
+/// Removes a connection from the books when its thread ends, even by panic.
+struct ConnGuard {
+    id: u64,
+    active: Arc<Active>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+        let mut st = lock(&self.active.state);
+        st.ids.retain(|&i| i != self.id);
+        self.active.cv.notify_all();
+    }
+}
+
+impl Server {
+    /// Create a server for `export`. Nothing happens until `serve_*` is called.
+    pub fn new(export: Arc<dyn BlockExport>, config: ServerConfig) -> Self {
+        let read_only = config.read_only || export.is_read_only();
+        let ctx = ExportCtx {
+            export,
+            name: config.export_name.clone(),
+            description: config.description.clone(),
+            read_only,
+            multi_conn: config.max_clients > 1,
+        };
+        Server {
+            ctx: Arc::new(ctx),
+            config,
+            shared: Arc::new(Shared {
+                requested: AtomicBool::new(false),
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Handle for shutting down from another thread (e.g. a signal handler thread).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serve clients on a bound TCP listener until shutdown is requested or,
+    /// unless `persistent`, until the clients are done. Flushes the export
+    /// before returning.
+    pub fn serve_tcp(&self, listener: TcpListener) -> io::Result<()> {
+        self.serve(&listener)
+    }
+
+    /// Like [`serve_tcp`](Self::serve_tcp) for a Unix-domain socket. The
+    /// socket file is left for the caller to remove.
+    pub fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
+        self.serve(&listener)
+    }
+
+    fn serve(&self, listener: &dyn Listener) -> io::Result<()> {
+        // Non-blocking so a connection that vanishes between poll() and
+        // accept() cannot block the loop past a shutdown request.
+        listener.set_nonblocking_listener(true)?;
+        info!(
+            listen = %listener.describe(),
+            export = %self.ctx.name,
+            size = self.ctx.export.size(),
+            read_only = self.ctx.read_only,
+            max_clients = self.config.max_clients.max(1),
+            "NBD server listening"
+        );
+        let active = Arc::new(Active::default());
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let result = self.accept_loop(listener, &active, &mut threads);
+        if let Err(e) = &result {
+            error!(error = %e, "accept loop failed");
+            self.shared.request_shutdown();
+        }
+
+        self.wind_down(&active);
+        for t in threads {
+            let _ = t.join();
+        }
+
+        let flushed = self.ctx.export.flush();
+        if let Err(e) = &flushed {
+            error!(error = %e, "final flush failed");
+        }
+        info!("NBD server stopped");
+        result.and(flushed)
+    }
+
+    fn accept_loop(
+        &self,
+        listener: &dyn Listener,
+        active: &Arc<Active>,
+        threads: &mut Vec<JoinHandle<()>>,
+    ) -> io::Result<()> {
+        let max_clients = self.config.max_clients.max(1);
+        loop {
+            if self.shared.is_requested() {
+                return Ok(());
+            }
+            {
+                let st = lock(&active.state);
+                if !self.config.persistent && st.established > 0 && st.ids.is_empty() {
+                    info!("all clients disconnected, stopping (not persistent)");
+                    return Ok(());
+                }
+                // At capacity: leave new connections in the backlog, like
+                // qemu-nbd, rather than refusing them.
+                if st.ids.len() >= max_clients {
+                    let _unused = active
+                        .cv
+                        .wait_timeout(st, POLL_INTERVAL)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+            }
+            threads.retain(|t| !t.is_finished());
+
+            if !wait_readable(listener.fd(), POLL_INTERVAL)? {
+                continue;
+            }
+            match listener.accept_socket() {
+                Ok((sock, peer)) => self.spawn_connection(sock, peer, active, threads),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if is_fatal_accept_error(&e) => return Err(e),
+                Err(e) => {
+                    // E.g. EMFILE or a connection aborted before accept:
+                    // back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn spawn_connection(
+        &self,
+        sock: Box<dyn Socket>,
+        peer: String,
+        active: &Arc<Active>,
+        threads: &mut Vec<JoinHandle<()>>,
+    ) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let peer = format!("{peer} #{id}");
+        let registered = match sock.try_clone_box() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot track connection, dropping it");
+                return;
+            }
+        };
+        lock(&active.state).ids.push(id);
+        self.shared.register(id, registered);
+        let guard = ConnGuard {
+            id,
+            active: Arc::clone(active),
+            shared: Arc::clone(&self.shared),
+        };
+        let ctx = Arc::clone(&self.ctx);
+        let workers = self.config.workers_per_client.max(1);
+        let spawned = thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                let on_established = || {
+                    lock(&guard.active.state).established += 1;
+                };
+                run_connection(&ctx, sock, &peer, workers, &on_established);
+                drop(guard);
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            // The closure (and with it the guard) was dropped, undoing the
+            // bookkeeping above.
+            Err(e) => error!(error = %e, "cannot start connection thread"),
+        }
+    }
+
+    /// Wait for connections to end: politely first if shutting down, then
+    /// by closing their sockets.
+    fn wind_down(&self, active: &Active) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut st = lock(&active.state);
+        while !st.ids.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(
+                    clients = st.ids.len(),
+                    "closing connections that did not finish in time"
+                );
+                self.shared.close_all(&st.ids);
+                break;
+            }
+            st = active
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        // After a hard close only export I/O already in progress remains.
+        while !st.ids.is_empty() {
+            st = active.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Errors that mean the listener itself is unusable.
+fn is_fatal_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOTSOCK)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::EFAULT)
+    )
+}
+
+/// Handshake then transmission for one client, on its own thread.
+fn run_connection(
+    ctx: &ExportCtx,
+    mut sock: Box<dyn Socket>,
+    peer: &str,
+    workers: usize,
+    on_established: &dyn Fn(),
+) {
+    info!(peer, "client connected");
+    let reader = match sock.try_clone_box() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(peer, error = %e, "cannot clone socket");
+            return;
+        }
+    };
+    let reader = DeadlineReader::new(reader, Some(Instant::now() + HANDSHAKE_TIMEOUT));
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+
+    match handshake::negotiate(&mut reader, &mut sock, ctx) {
+        Ok(Some(neg)) => {
+            // Idle clients are fine once connected.
+            if let Err(e) = reader.get_mut().clear_deadline() {
+                warn!(peer, error = %e, "cannot clear the handshake timeout");
+                return;
+            }
+            on_established();
+            info!(
+                peer,
+                size = neg.size,
+                flags = neg.flags,
+                structured = neg.structured,
+                block_status = neg.meta_context.is_some(),
+                "negotiation complete"
+            );
+            match transmission::serve(ctx, neg, &mut reader, &*sock, workers, peer) {
+                Ok(()) => {}
+                Err(e) => debug!(peer, error = %e, "connection ended with error"),
+            }
+        }
+        Ok(None) => debug!(peer, "client aborted negotiation"),
+        Err(e) => match e.kind() {
+            io::ErrorKind::UnexpectedEof => debug!(peer, "client left during negotiation"),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                warn!(peer, "negotiation timed out")
+            }
+            _ => warn!(peer, error = %e, "negotiation failed"),
+        },
+    }
+    info!(peer, "client disconnected");
+}

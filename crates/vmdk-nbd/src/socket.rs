@@ -1,0 +1,159 @@
+//! A small abstraction over TCP and Unix stream sockets (and their
+//! listeners) so the rest of the server is written once.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+/// A connected stream socket.
+pub(crate) trait Socket: Read + Write + Send + Sync {
+    /// Another handle to the same socket (dup'd descriptor).
+    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>>;
+    /// `shutdown(2)`: affects every handle of the socket, which is how other
+    /// threads blocked in `read`/`write` get woken up.
+    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()>;
+    fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Socket for TcpStream {
+    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+    fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+impl Socket for UnixStream {
+    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+    fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+/// A listening socket.
+pub(crate) trait Listener {
+    /// Accept one connection, returning a blocking socket and a peer label
+    /// for logs.
+    fn accept_socket(&self) -> io::Result<(Box<dyn Socket>, String)>;
+    fn set_nonblocking_listener(&self, nonblocking: bool) -> io::Result<()>;
+    fn fd(&self) -> RawFd;
+    /// Where we listen, for logs.
+    fn describe(&self) -> String;
+}
+
+impl Listener for TcpListener {
+    fn accept_socket(&self) -> io::Result<(Box<dyn Socket>, String)> {
+        let (stream, addr) = self.accept()?;
+        // The listener is non-blocking (so shutdown can interrupt accept);
+        // connections themselves use plain blocking I/O.
+        stream.set_nonblocking(false)?;
+        // Replies are written in one go; Nagle would only add latency.
+        let _ = stream.set_nodelay(true);
+        Ok((Box::new(stream), addr.to_string()))
+    }
+    fn set_nonblocking_listener(&self, nonblocking: bool) -> io::Result<()> {
+        self.set_nonblocking(nonblocking)
+    }
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    fn describe(&self) -> String {
+        match self.local_addr() {
+            Ok(a) => format!("tcp {a}"),
+            Err(_) => "tcp".to_string(),
+        }
+    }
+}
+
+impl Listener for UnixListener {
+    fn accept_socket(&self) -> io::Result<(Box<dyn Socket>, String)> {
+        let (stream, _addr) = self.accept()?;
+        stream.set_nonblocking(false)?;
+        // Unix clients are normally unnamed; the connection id added by the
+        // server tells them apart in logs.
+        Ok((Box::new(stream), "unix".to_string()))
+    }
+    fn set_nonblocking_listener(&self, nonblocking: bool) -> io::Result<()> {
+        self.set_nonblocking(nonblocking)
+    }
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    fn describe(&self) -> String {
+        match self
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        {
+            Some(p) => format!("unix {p}"),
+            None => "unix".to_string(),
+        }
+    }
+}
+
+/// Read half of a connection with an optional overall deadline.
+///
+/// A per-read timeout alone would let a peer trickle one byte at a time and
+/// hold a connection slot forever during negotiation; re-arming the socket
+/// timeout with the time left before every read bounds the whole handshake.
+pub(crate) struct DeadlineReader {
+    sock: Box<dyn Socket>,
+    deadline: Option<Instant>,
+}
+
+impl DeadlineReader {
+    pub fn new(sock: Box<dyn Socket>, deadline: Option<Instant>) -> Self {
+        DeadlineReader { sock, deadline }
+    }
+
+    /// Remove the deadline (and the socket read timeout).
+    pub fn clear_deadline(&mut self) -> io::Result<()> {
+        self.deadline = None;
+        self.sock.set_read_timeout_socket(None)
+    }
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.sock.set_read_timeout_socket(Some(left))?;
+        }
+        self.sock.read(buf)
+    }
+}
+
+/// Wait up to `timeout` for `fd` to become readable (a pending connection on
+/// a listener). Returns `Ok(false)` on timeout or signal interruption.
+pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd and nfds is 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}

@@ -1,0 +1,717 @@
+//! Transmission phase: one reader (the connection thread) decodes requests
+//! and feeds a small pool of workers, which execute them against the export
+//! and write replies under a per-connection lock.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use tracing::{debug, error, warn};
+
+use crate::handshake::Negotiated;
+use crate::proto::*;
+use crate::server::ExportCtx;
+use crate::socket::Socket;
+
+/// Bytes of READ/WRITE payload allowed in flight per connection (queued,
+/// being processed, or waiting to be sent). One request is always admitted,
+/// so a single maximum-size request still works.
+const MAX_INFLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many times a sparse read asks the export for block status before
+/// giving up and sending the rest as data.
+const MAX_STATUS_CALLS_PER_READ: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking worker must not take the whole connection down with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counting limit on in-flight payload bytes.
+struct Budget {
+    used: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            used: Mutex::new(0),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut used = lock(&self.used);
+        while *used > 0 && *used + n > MAX_INFLIGHT_BYTES {
+            used = self.cv.wait(used).unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += n;
+    }
+
+    fn release(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut used = lock(&self.used);
+        *used -= n;
+        self.cv.notify_all();
+    }
+}
+
+/// A decoded request on its way to a worker.
+struct Job {
+    req: Request,
+    /// Data of a WRITE, empty otherwise.
+    payload: Vec<u8>,
+    /// Budget held by this job, released once it is answered.
+    cost: u64,
+}
+
+/// Failure of one command, answered with an NBD error value.
+struct CmdError {
+    errno: u32,
+    msg: String,
+}
+
+impl CmdError {
+    fn new(errno: u32, msg: impl Into<String>) -> Self {
+        CmdError {
+            errno,
+            msg: msg.into(),
+        }
+    }
+
+    fn io(what: &str, e: &io::Error) -> Self {
+        CmdError::new(errno_for(e), format!("{what}: {e}"))
+    }
+}
+
+/// `Ok(None)`: plain success; `Ok(Some(buf))`: a complete reply to send.
+type CmdResult = Result<Option<Vec<u8>>, CmdError>;
+
+/// Map a backend error onto the small set of NBD error values.
+fn errno_for(e: &io::Error) -> u32 {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ENOSPC,
+        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EROFS) => EPERM,
+        Some(libc::EINVAL) => EINVAL,
+        Some(_) => EIO,
+        None => match e.kind() {
+            io::ErrorKind::PermissionDenied => EPERM,
+            io::ErrorKind::InvalidInput => EINVAL,
+            _ => EIO,
+        },
+    }
+}
+
+fn command_name(cmd: u16) -> &'static str {
+    match cmd {
+        CMD_READ => "read",
+        CMD_WRITE => "write",
+        CMD_DISC => "disc",
+        CMD_FLUSH => "flush",
+        CMD_TRIM => "trim",
+        CMD_CACHE => "cache",
+        CMD_WRITE_ZEROES => "write_zeroes",
+        CMD_BLOCK_STATUS => "block_status",
+        _ => "unknown",
+    }
+}
+
+/// A run of a READ answer: either real data or a known-zero hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    len: u64,
+    hole: bool,
+}
+
+fn push_segment(segs: &mut Vec<Segment>, offset: u64, len: u64, hole: bool) {
+    if let Some(last) = segs.last_mut() {
+        if last.hole == hole && last.offset + last.len == offset {
+            last.len += len;
+            return;
+        }
+    }
+    segs.push(Segment { offset, len, hole });
+}
+
+/// Per-connection state shared by the reader and the workers.
+struct Conn<'a> {
+    ctx: &'a ExportCtx,
+    neg: Negotiated,
+    peer: &'a str,
+    writer: Mutex<Box<dyn Socket>>,
+    /// Separate handle so the socket can be shut down without the write lock.
+    closer: Box<dyn Socket>,
+    budget: Budget,
+    /// Set once writing failed or a handler panicked: stop doing work.
+    broken: AtomicBool,
+    /// Something was written; flush when the client leaves.
+    dirty: AtomicBool,
+}
+
+/// Serve requests until the client disconnects. `reader` continues where the
+/// handshake left off (it may hold buffered request bytes).
+pub(crate) fn serve<R: Read>(
+    ctx: &ExportCtx,
+    neg: Negotiated,
+    reader: &mut R,
+    sock: &dyn Socket,
+    workers: usize,
+    peer: &str,
+) -> io::Result<()> {
+    let conn = Conn {
+        ctx,
+        neg,
+        peer,
+        writer: Mutex::new(sock.try_clone_box()?),
+        closer: sock.try_clone_box()?,
+        budget: Budget::new(),
+        broken: AtomicBool::new(false),
+        dirty: AtomicBool::new(false),
+    };
+    let workers = workers.max(1);
+    // Bounded queue: a client pipelining many small requests cannot make us
+    // queue an unbounded number of jobs.
+    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 4);
+    let rx = Mutex::new(rx);
+
+    let result = thread::scope(|s| {
+        let mut started = 0;
+        for i in 0..workers {
+            let spawned = thread::Builder::new()
+                .name(format!("nbd-worker-{i}"))
+                .spawn_scoped(s, || conn.worker_loop(&rx));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!(peer, error = %e, "could not start worker thread"),
+            }
+        }
+        if started == 0 {
+            return Err(io::Error::other("no worker threads"));
+        }
+        let r = conn.read_loop(reader, &tx);
+        // Closing the queue lets workers finish what is queued (a DISC must
+        // still answer outstanding requests) and exit.
+        drop(tx);
+        r
+    });
+
+    if conn.dirty.load(Ordering::Relaxed) {
+        if let Err(e) = ctx.export.flush() {
+            warn!(peer, error = %e, "flush after client disconnect failed");
+        }
+    }
+    result
+}
+
+/// Read a request header; `Ok(false)` on a clean EOF between requests.
+fn read_header<R: Read>(r: &mut R, buf: &mut [u8; REQUEST_LEN]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+impl Conn<'_> {
+    fn read_loop<R: Read>(&self, r: &mut R, tx: &SyncSender<Job>) -> io::Result<()> {
+        loop {
+            if self.broken.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let mut hdr = [0u8; REQUEST_LEN];
+            if !read_header(r, &mut hdr)? {
+                debug!(
+                    peer = self.peer,
+                    "client closed the connection without NBD_CMD_DISC"
+                );
+                return Ok(());
+            }
+            let req = match decode_request(&hdr) {
+                Ok(req) => req,
+                Err(e) => {
+                    // Without a valid header we cannot find the next request.
+                    warn!(peer = self.peer, error = %e, "invalid request, dropping connection");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+            };
+            debug!(
+                peer = self.peer,
+                handle = req.handle,
+                command = command_name(req.command),
+                flags = req.flags,
+                offset = req.offset,
+                length = req.length,
+                "request"
+            );
+
+            let mut payload = Vec::new();
+            let mut cost = 0;
+            match req.command {
+                CMD_DISC => return Ok(()),
+                CMD_WRITE => {
+                    if req.length > MAX_PAYLOAD {
+                        // The payload follows the header and we refuse to
+                        // buffer it, so the stream cannot be resynchronised.
+                        warn!(
+                            peer = self.peer,
+                            length = req.length,
+                            "write larger than the maximum block size, dropping connection"
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "write payload too large",
+                        ));
+                    }
+                    cost = u64::from(req.length);
+                    self.budget.acquire(cost);
+                    payload = vec![0u8; req.length as usize];
+                    if let Err(e) = r.read_exact(&mut payload) {
+                        self.budget.release(cost);
+                        return Err(e);
+                    }
+                }
+                // Oversized reads are rejected by the worker without allocating.
+                CMD_READ if req.length <= MAX_PAYLOAD => {
+                    cost = u64::from(req.length);
+                    self.budget.acquire(cost);
+                }
+                _ => {}
+            }
+            if let Err(mpsc::SendError(job)) = tx.send(Job { req, payload, cost }) {
+                self.budget.release(job.cost);
+                return Ok(());
+            }
+        }
+    }
+
+    fn worker_loop(&self, rx: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = lock(rx).recv();
+            let Ok(job) = job else { return };
+            let cost = job.cost;
+            if !self.broken.load(Ordering::Relaxed) {
+                let handled = catch_unwind(AssertUnwindSafe(|| self.handle(job)));
+                if handled.is_err() {
+                    error!(
+                        peer = self.peer,
+                        "request handler panicked, dropping connection"
+                    );
+                    self.break_connection();
+                }
+            }
+            self.budget.release(cost);
+        }
+    }
+
+    fn break_connection(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        // Wakes the reader (blocked in read) and any writer.
+        let _ = self.closer.shutdown_socket(Shutdown::Both);
+    }
+
+    /// Send one complete reply; replies from different workers never interleave.
+    fn send(&self, buf: &[u8]) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut w = lock(&self.writer);
+        if let Err(e) = w.write_all(buf).and_then(|_| w.flush()) {
+            debug!(peer = self.peer, error = %e, "sending reply failed");
+            drop(w);
+            self.break_connection();
+        }
+    }
+
+    fn handle(&self, job: Job) {
+        let req = job.req;
+        let result = match req.command {
+            CMD_READ => self.cmd_read(&req),
+            CMD_WRITE => self.cmd_write(&req, &job.payload),
+            CMD_FLUSH => self.cmd_flush(&req),
+            CMD_TRIM => self.cmd_trim(&req),
+            CMD_CACHE => self.cmd_cache(&req),
+            CMD_WRITE_ZEROES => self.cmd_write_zeroes(&req),
+            CMD_BLOCK_STATUS => self.cmd_block_status(&req),
+            other => Err(CmdError::new(EINVAL, format!("unknown command {other}"))),
+        };
+        // Free the write payload before the (possibly slow) send.
+        drop(job.payload);
+        match result {
+            Ok(Some(reply)) => self.send(&reply),
+            Ok(None) => self.send(&encode_simple_reply(req.handle, 0)),
+            Err(e) => {
+                debug!(
+                    peer = self.peer,
+                    handle = req.handle,
+                    command = command_name(req.command),
+                    errno = e.errno,
+                    message = %e.msg,
+                    "request failed"
+                );
+                // Structured errors carry a message; a READ must not get a
+                // simple reply once structured replies are on.
+                if self.neg.structured {
+                    self.send(&encode_error_chunk(req.handle, e.errno, &e.msg));
+                } else {
+                    self.send(&encode_simple_reply(req.handle, e.errno));
+                }
+            }
+        }
+    }
+
+    // ---- validation helpers -------------------------------------------------
+
+    fn check_flags(&self, req: &Request, allowed: u16) -> Result<(), CmdError> {
+        let bad = req.flags & !allowed;
+        if bad != 0 {
+            return Err(CmdError::new(
+                EINVAL,
+                format!("flags {bad:#x} not valid for {}", command_name(req.command)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, req: &Request, errno: u32) -> Result<(), CmdError> {
+        let end = req.offset.checked_add(u64::from(req.length));
+        match end {
+            Some(end) if end <= self.neg.size => Ok(()),
+            _ => Err(CmdError::new(
+                errno,
+                format!(
+                    "request [{}, +{}) is beyond the end of the export ({} bytes)",
+                    req.offset, req.length, self.neg.size
+                ),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), CmdError> {
+        if self.ctx.read_only {
+            return Err(CmdError::new(EPERM, "export is read-only"));
+        }
+        Ok(())
+    }
+
+    fn flush_if_fua(&self, req: &Request) -> Result<(), CmdError> {
+        if req.flags & CMD_FLAG_FUA != 0 {
+            self.ctx
+                .export
+                .flush()
+                .map_err(|e| CmdError::io("flush", &e))?;
+        }
+        Ok(())
+    }
+
+    // ---- commands -----------------------------------------------------------
+
+    fn cmd_read(&self, req: &Request) -> CmdResult {
+        let mut allowed = CMD_FLAG_FUA;
+        if self.neg.structured {
+            allowed |= CMD_FLAG_DF;
+        }
+        self.check_flags(req, allowed)?;
+        if req.length > MAX_PAYLOAD {
+            return Err(CmdError::new(
+                EINVAL,
+                format!(
+                    "read of {} bytes exceeds the maximum of {MAX_PAYLOAD}",
+                    req.length
+                ),
+            ));
+        }
+        self.check_range(req, EINVAL)?;
+        if self.neg.structured {
+            self.read_structured(req)
+        } else {
+            self.read_simple(req)
+        }
+    }
+
+    fn read_simple(&self, req: &Request) -> CmdResult {
+        // Header and data in one buffer so the reply is a single write.
+        let mut buf = vec![0u8; SIMPLE_REPLY_LEN + req.length as usize];
+        if req.length > 0 {
+            self.ctx
+                .export
+                .read_at(&mut buf[SIMPLE_REPLY_LEN..], req.offset)
+                .map_err(|e| CmdError::io("read", &e))?;
+        }
+        write_simple_reply(&mut buf, req.handle, 0);
+        Ok(Some(buf))
+    }
+
+    fn read_structured(&self, req: &Request) -> CmdResult {
+        if req.length == 0 {
+            return Ok(Some(encode_none_chunk(req.handle)));
+        }
+        let len = u64::from(req.length);
+        let mut segs = self.classify(req.offset, len);
+        if req.flags & CMD_FLAG_DF != 0 && segs.len() > 1 {
+            // "Don't fragment": one content chunk, zeroes sent explicitly.
+            segs = vec![Segment {
+                offset: req.offset,
+                len,
+                hole: false,
+            }];
+        }
+
+        let data_bytes: u64 = segs.iter().filter(|s| !s.hole).map(|s| s.len).sum();
+        let mut out =
+            Vec::with_capacity(segs.len() * (STRUCTURED_HEADER_LEN + 12) + data_bytes as usize);
+        let last = segs.len() - 1;
+        for (i, seg) in segs.iter().enumerate() {
+            // Everything is read before sending, so the last content chunk
+            // can carry DONE and no separate NONE chunk is needed.
+            let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+            // Segments lie within the request, so lengths fit in u32.
+            if seg.hole {
+                put_hole_chunk(&mut out, flags, req.handle, seg.offset, seg.len as u32);
+            } else {
+                put_structured_header(
+                    &mut out,
+                    flags,
+                    REPLY_TYPE_OFFSET_DATA,
+                    req.handle,
+                    8 + seg.len as u32,
+                );
+                out.extend_from_slice(&seg.offset.to_be_bytes());
+                let start = out.len();
+                out.resize(start + seg.len as usize, 0);
+                self.ctx
+                    .export
+                    .read_at(&mut out[start..], seg.offset)
+                    .map_err(|e| CmdError::io("read", &e))?;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Split [offset, offset+len) into data and known-zero runs using the
+    /// export's block status. Any trouble degrades to "all data", which is
+    /// always correct, just not sparse.
+    fn classify(&self, offset: u64, len: u64) -> Vec<Segment> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut segs = Vec::new();
+        for _ in 0..MAX_STATUS_CALLS_PER_READ {
+            if pos >= end {
+                break;
+            }
+            let extents = match self.ctx.export.block_status(pos, end - pos) {
+                Ok(e) => e,
+                Err(e) => {
+                    debug!(peer = self.peer, error = %e, "block status for sparse read failed");
+                    break;
+                }
+            };
+            let before = pos;
+            for e in extents {
+                if e.length == 0 || pos >= end {
+                    break;
+                }
+                let l = e.length.min(end - pos);
+                push_segment(&mut segs, pos, l, e.zero);
+                pos += l;
+            }
+            if pos == before {
+                break;
+            }
+        }
+        if pos < end {
+            push_segment(&mut segs, pos, end - pos, false);
+        }
+        segs
+    }
+
+    fn cmd_write(&self, req: &Request, data: &[u8]) -> CmdResult {
+        self.check_flags(req, CMD_FLAG_FUA)?;
+        self.check_writable()?;
+        self.check_range(req, ENOSPC)?;
+        if !data.is_empty() {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.ctx
+                .export
+                .write_at(data, req.offset)
+                .map_err(|e| CmdError::io("write", &e))?;
+        }
+        self.flush_if_fua(req)?;
+        Ok(None)
+    }
+
+    fn cmd_flush(&self, req: &Request) -> CmdResult {
+        self.check_flags(req, CMD_FLAG_FUA)?;
+        self.ctx
+            .export
+            .flush()
+            .map_err(|e| CmdError::io("flush", &e))?;
+        Ok(None)
+    }
+
+    fn cmd_trim(&self, req: &Request) -> CmdResult {
+        self.check_flags(req, CMD_FLAG_FUA)?;
+        self.check_writable()?;
+        if !self.ctx.export.can_trim() {
+            return Err(CmdError::new(
+                EINVAL,
+                "trim is not supported by this export",
+            ));
+        }
+        self.check_range(req, EINVAL)?;
+        if req.length > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.ctx
+                .export
+                .trim(req.offset, u64::from(req.length))
+                .map_err(|e| CmdError::io("trim", &e))?;
+        }
+        self.flush_if_fua(req)?;
+        Ok(None)
+    }
+
+    fn cmd_cache(&self, req: &Request) -> CmdResult {
+        // Advisory only; nothing to prefetch into, so just validate.
+        self.check_flags(req, CMD_FLAG_FUA)?;
+        self.check_range(req, EINVAL)?;
+        Ok(None)
+    }
+
+    fn cmd_write_zeroes(&self, req: &Request) -> CmdResult {
+        self.check_flags(req, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE)?;
+        self.check_writable()?;
+        self.check_range(req, ENOSPC)?;
+        if req.length > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+            let may_trim = req.flags & CMD_FLAG_NO_HOLE == 0;
+            self.ctx
+                .export
+                .write_zeroes(req.offset, u64::from(req.length), may_trim)
+                .map_err(|e| CmdError::io("write zeroes", &e))?;
+        }
+        self.flush_if_fua(req)?;
+        Ok(None)
+    }
+
+    fn cmd_block_status(&self, req: &Request) -> CmdResult {
+        self.check_flags(req, CMD_FLAG_FUA | CMD_FLAG_REQ_ONE)?;
+        let Some(context_id) = self.neg.meta_context else {
+            return Err(CmdError::new(EINVAL, "no metadata context was negotiated"));
+        };
+        if req.length == 0 {
+            return Err(CmdError::new(EINVAL, "block status of zero length"));
+        }
+        self.check_range(req, EINVAL)?;
+        let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
+        let extents = self
+            .ctx
+            .export
+            .block_status(req.offset, u64::from(req.length))
+            .map_err(|e| CmdError::io("block status", &e))?;
+
+        // Clip to the request (always required for REQ_ONE, and keeps every
+        // descriptor length within u32) and merge equal neighbours.
+        let end = req.offset + u64::from(req.length);
+        let mut pos = req.offset;
+        let mut descs: Vec<(u32, u32)> = Vec::new();
+        for e in extents {
+            if e.length == 0 || pos >= end {
+                break;
+            }
+            let l = e.length.min(end - pos);
+            let flags =
+                (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
+            match descs.last_mut() {
+                Some(last) if last.1 == flags => last.0 += l as u32,
+                _ => descs.push((l as u32, flags)),
+            }
+            pos += l;
+        }
+        if descs.is_empty() {
+            return Err(CmdError::new(EIO, "export returned no block status"));
+        }
+        if req_one {
+            descs.truncate(1);
+        }
+        Ok(Some(encode_block_status_chunk(
+            req.handle, context_id, &descs,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_merge_only_when_contiguous_and_same_kind() {
+        let mut s = Vec::new();
+        push_segment(&mut s, 0, 10, false);
+        push_segment(&mut s, 10, 5, false);
+        push_segment(&mut s, 15, 5, true);
+        push_segment(&mut s, 20, 5, true);
+        push_segment(&mut s, 25, 1, false);
+        assert_eq!(
+            s,
+            vec![
+                Segment {
+                    offset: 0,
+                    len: 15,
+                    hole: false
+                },
+                Segment {
+                    offset: 15,
+                    len: 10,
+                    hole: true
+                },
+                Segment {
+                    offset: 25,
+                    len: 1,
+                    hole: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(
+            errno_for(&io::Error::from_raw_os_error(libc::ENOSPC)),
+            ENOSPC
+        );
+        assert_eq!(errno_for(&io::Error::from_raw_os_error(libc::EROFS)), EPERM);
+        assert_eq!(errno_for(&io::Error::from_raw_os_error(libc::EBADMSG)), EIO);
+        assert_eq!(errno_for(&io::Error::other("x")), EIO);
+        assert_eq!(
+            errno_for(&io::Error::new(io::ErrorKind::InvalidInput, "x")),
+            EINVAL
+        );
+    }
+
+    #[test]
+    fn budget_admits_one_oversized_request() {
+        let b = Budget::new();
+        b.acquire(MAX_INFLIGHT_BYTES * 2);
+        b.release(MAX_INFLIGHT_BYTES * 2);
+        b.acquire(1);
+        b.acquire(MAX_INFLIGHT_BYTES - 1);
+        b.release(MAX_INFLIGHT_BYTES);
+        assert_eq!(*lock(&b.used), 0);
+    }
+}
