@@ -1,3 +1,98 @@
-fn main() {
-    println!("vmdk: work in progress");
+//! `vmdk`: a qemu-img / qemu-io style command-line tool for VMware VMDK images.
+//!
+//! This crate only parses arguments and prints results; everything about the format lives
+//! in the `vmdk` library.
+
+mod cmd;
+mod names;
+mod opts;
+mod output;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmdk",
+    version,
+    about = "Inspect, check, convert and edit VMware VMDK images (qemu-img / qemu-io style)"
+)]
+struct Cli {
+    /// Log what the library does to stderr (RUST_LOG filters it).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what an image is (like qemu-img info).
+    Info(cmd::info::Args),
+    /// Show where the image's data lives (like qemu-img map).
+    Map(cmd::map::Args),
+    /// Check an image's metadata for corruption and leaks (like qemu-img check).
+    Check(cmd::check::Args),
+    /// Convert an image to raw or VMDK (like qemu-img convert).
+    Convert(cmd::convert::Args),
+    /// Compare the contents of two images (like qemu-img compare).
+    Compare(cmd::compare::Args),
+    /// Create a new image (like qemu-img create).
+    Create(cmd::create::Args),
+    /// Run qemu-io style commands on an image (read, write, map, ...).
+    Io(cmd::io::Args),
+    /// Export an image over NBD (like qemu-nbd).
+    Serve(cmd::serve::Args),
+}
+
+fn init_logging(verbose: bool) {
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    if !verbose && env.is_none() {
+        return;
+    }
+    let filter = match env {
+        Some(v) => tracing_subscriber::EnvFilter::new(v),
+        None => tracing_subscriber::EnvFilter::new("debug"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// An error and its causes on one line, without repeating a cause its parent already shows.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if parts.iter().any(|p| p.contains(&s)) {
+            continue;
+        }
+        parts.push(s);
+    }
+    parts.join(": ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Info(a) => cmd::info::run(a),
+        Command::Map(a) => cmd::map::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
+        Command::Create(a) => cmd::create::run(a),
+        Command::Io(a) => cmd::io::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vmdk: {}", render_error(&e));
+            ExitCode::from(1)
+        }
+    }
 }

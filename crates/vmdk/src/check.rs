@@ -1,19 +1,67 @@
 //! Consistency checks, at least what `qemu-img check` finds for VMDK.
+//!
+//! For every sparse extent of the image (not its backing chain) the check walks the grain
+//! directory, the redundant grain directory when there is one, every grain table and every
+//! grain-table entry, and reports:
+//!
+//! * **corruptions**: grains pointing past the end of the file (what QEMU reports as "cluster
+//!   offset for sector N points after EOF"), grain tables lying past the end of the file or
+//!   overlapping the header, descriptor, directories or each other, grains overlapping
+//!   metadata or each other (two entries sharing a grain), compressed grains whose marker is
+//!   unreadable, claims more bytes than a grain can compress to, names the wrong sector or
+//!   runs past the end of the file, and undecodable seSparse entries;
+//! * **leaks**: space in the file that neither metadata nor any grain uses (stale
+//!   end-of-stream markers left behind by appends to QEMU-layout stream files, and VMware
+//!   stream footers, are metadata, not leaks);
+//! * **warnings**: a redundant grain directory or redundant grain tables that disagree with
+//!   the primary ones. The primary copy is the one every reader uses, and a crash between
+//!   the two table updates leaves exactly this state, so it does not count as corruption.
+//!
+//! Memory stays bounded by the file size: overlaps are found with two bitmaps of one bit
+//! per 512-byte sector of the extent file (metadata and grains), allocated zeroed so only
+//! the parts the file actually uses are ever touched. Time is bounded as well: a grain table
+//! that overlaps other metadata is reported and not walked, so a directory pointing many
+//! times at one table costs one walk.
 
-use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
+
+use crate::error::Result;
+use crate::extent::compressed::compress_bound;
+use crate::extent::{ExtentKind, GrainState, SparseExtent, SparseFlavor};
+use crate::format::cowd_header::COWD_HEADER_SIZE;
+use crate::format::marker::{
+    GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_GD, MARKER_GT,
+};
+use crate::format::SECTOR_SIZE;
 use crate::image::Image;
 
-/// What a check found. Exit codes follow qemu-img: 0 clean, 2 corruptions, 3 leaks only.
+/// At most this many corruption (and, separately, leak and warning) descriptions are kept;
+/// further ones are only counted.
+pub const MAX_MESSAGES: usize = 1000;
+
+/// Largest file offset (in sectors) tracked for overlaps: VMDK4 and COWD offsets are 32-bit
+/// sector numbers, plus room for the largest grain after the last one.
+const MAX_TRACKED_SECTORS: u64 = (1 << 32) + (1 << 21);
+
+/// What a check found. Exit codes follow qemu-img: 0 clean, 2 corruptions, 3 leaks only
+/// (and 1 when the check itself failed, see [`CheckReport::exit_code`]).
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
-    /// Human-readable descriptions of corruptions (each one counts).
+    /// Human-readable descriptions of corruptions (each one counts), at most
+    /// [`MAX_MESSAGES`]; see [`CheckReport::corruption_count`].
     pub corruptions: Vec<String>,
-    /// Human-readable descriptions of leaked clusters.
+    /// Corruptions found beyond the [`MAX_MESSAGES`] described ones.
+    pub more_corruptions: u64,
+    /// Human-readable descriptions of leaked space.
     pub leaks: Vec<String>,
-    /// Number of leaked clusters.
+    /// Number of leaked clusters (unused stretches, counted in grains, rounded up).
     pub leaked_clusters: u64,
+    /// Harmless inconsistencies: redundant metadata disagreeing with the primary copy.
+    pub warnings: Vec<String>,
     /// Errors that prevented checking parts of the image.
     pub check_errors: u64,
+    /// Descriptions of those errors.
+    pub errors: Vec<String>,
     /// Allocated grains.
     pub allocated_clusters: u64,
     /// Total grains.
@@ -22,12 +70,606 @@ pub struct CheckReport {
     pub compressed_clusters: u64,
     /// Grains not contiguous with their predecessor.
     pub fragmented_clusters: u64,
-    /// End of the used part of the image file.
+    /// End of the used part of the image file (single sparse extent images only).
     pub image_end_offset: Option<u64>,
 }
 
+impl CheckReport {
+    /// Corruptions found, described or not.
+    pub fn corruption_count(&self) -> u64 {
+        self.corruptions.len() as u64 + self.more_corruptions
+    }
+
+    /// Whether nothing at all was found.
+    pub fn is_clean(&self) -> bool {
+        self.corruption_count() == 0 && self.leaked_clusters == 0 && self.check_errors == 0
+    }
+
+    /// qemu-img's exit status: 1 check failed, 2 corruptions, 3 leaks only, 0 clean.
+    pub fn exit_code(&self) -> i32 {
+        if self.check_errors > 0 {
+            1
+        } else if self.corruption_count() > 0 {
+            2
+        } else if self.leaked_clusters > 0 {
+            3
+        } else {
+            0
+        }
+    }
+
+    fn corruption(&mut self, msg: String) {
+        if self.corruptions.len() < MAX_MESSAGES {
+            self.corruptions.push(msg);
+        } else {
+            self.more_corruptions += 1;
+        }
+    }
+
+    fn warning(&mut self, msg: String) {
+        if self.warnings.len() < MAX_MESSAGES {
+            self.warnings.push(msg);
+        }
+    }
+
+    fn error(&mut self, msg: String) {
+        self.check_errors += 1;
+        if self.errors.len() < MAX_MESSAGES {
+            self.errors.push(msg);
+        }
+    }
+}
+
 /// Check `image` (not its backing chain).
+///
+/// Problems found are reported in the [`CheckReport`]; an `Err` is never returned for a
+/// damaged image, only for failures that leave nothing to report.
 pub fn check(image: &Image) -> Result<CheckReport> {
-    let _ = image;
-    Err(Error::unsupported("check: not implemented yet"))
+    let mut r = CheckReport::default();
+    let multi = image.extents().len() > 1;
+    let mut ends = Vec::new();
+    for e in image.extents() {
+        if let ExtentKind::Sparse(s) = &e.kind {
+            let prefix = if multi {
+                format!("{}: ", s.file().path().display())
+            } else {
+                String::new()
+            };
+            let mut c = ExtentCheck {
+                s,
+                ext_start: e.start,
+                prefix,
+                r: &mut r,
+            };
+            ends.push(c.run());
+        }
+    }
+    if let [Some(end)] = ends[..] {
+        r.image_end_offset = Some(end);
+    }
+    Ok(r)
+}
+
+/// What already uses a stretch of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hit {
+    Free,
+    Meta,
+    Grain,
+}
+
+/// One bit per sector of a file, for metadata and for grains.
+struct SpaceMap {
+    sectors: u64,
+    meta: Vec<u64>,
+    grain: Vec<u64>,
+    /// End (bytes) of the furthest claim.
+    end: u64,
+}
+
+impl SpaceMap {
+    fn new(file_len: u64) -> SpaceMap {
+        let sectors = file_len.div_ceil(SECTOR_SIZE).min(MAX_TRACKED_SECTORS);
+        let words = sectors.div_ceil(64) as usize;
+        SpaceMap {
+            sectors,
+            meta: vec![0; words],
+            grain: vec![0; words],
+            end: 0,
+        }
+    }
+
+    /// Mark `[start, end)` (bytes, widened to whole sectors) as used by `what`. Stops at the
+    /// first sector something else already uses and says what that is; the part before it
+    /// stays marked, so repeated claims of the same stretch cost O(1) each.
+    fn claim(&mut self, what: Hit, start: u64, end: u64) -> Hit {
+        self.end = self.end.max(end.next_multiple_of(SECTOR_SIZE));
+        let s = start / SECTOR_SIZE;
+        let e = end.div_ceil(SECTOR_SIZE).min(self.sectors);
+        if s >= e {
+            return Hit::Free;
+        }
+        let (first_w, last_w) = ((s / 64) as usize, ((e - 1) / 64) as usize);
+        for w in first_w..=last_w {
+            let lo = if w == first_w { s % 64 } else { 0 };
+            let hi = if w == last_w { (e - 1) % 64 } else { 63 };
+            let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+            if self.meta[w] & mask != 0 {
+                return Hit::Meta;
+            }
+            if self.grain[w] & mask != 0 {
+                return Hit::Grain;
+            }
+            match what {
+                Hit::Meta => self.meta[w] |= mask,
+                _ => self.grain[w] |= mask,
+            }
+        }
+        Hit::Free
+    }
+
+    /// Maximal runs of unused sectors at or after sector `from`, as byte ranges, up to
+    /// `file_len` (sectors past the tracked range count as unused).
+    fn unused(&self, from: u64, file_len: u64) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        let mut run_start: Option<u64> = None;
+        let mut sector = from;
+        while sector < self.sectors {
+            let w = (sector / 64) as usize;
+            let used = self.meta[w] | self.grain[w];
+            if sector & 63 == 0 && sector + 64 <= self.sectors && (used == 0 || used == u64::MAX) {
+                // Whole word at once.
+                if used == 0 {
+                    run_start.get_or_insert(sector);
+                } else if let Some(rs) = run_start.take() {
+                    runs.push((rs * SECTOR_SIZE, sector * SECTOR_SIZE));
+                }
+                sector += 64;
+                continue;
+            }
+            if used & (1 << (sector % 64)) == 0 {
+                run_start.get_or_insert(sector);
+            } else if let Some(rs) = run_start.take() {
+                runs.push((rs * SECTOR_SIZE, sector * SECTOR_SIZE));
+            }
+            sector += 1;
+        }
+        let tracked_end = self.sectors * SECTOR_SIZE;
+        let file_end = file_len.next_multiple_of(SECTOR_SIZE).max(tracked_end);
+        match run_start {
+            Some(rs) => runs.push((rs * SECTOR_SIZE, file_end)),
+            None if file_end > tracked_end => runs.push((tracked_end, file_end)),
+            None => {}
+        }
+        runs
+    }
+}
+
+struct ExtentCheck<'a> {
+    s: &'a SparseExtent,
+    ext_start: u64,
+    prefix: String,
+    r: &'a mut CheckReport,
+}
+
+impl ExtentCheck<'_> {
+    fn corruption(&mut self, msg: String) {
+        let m = format!("{}{msg}", self.prefix);
+        self.r.corruption(m);
+    }
+
+    fn warning(&mut self, msg: String) {
+        let m = format!("{}{msg}", self.prefix);
+        self.r.warning(m);
+    }
+
+    fn error(&mut self, msg: String) {
+        let m = format!("{}{msg}", self.prefix);
+        self.r.error(m);
+    }
+
+    fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.s.file.storage.read_exact_at(buf, offset)
+    }
+
+    /// Claim the marker sector just before `offset` if it holds a metadata marker of `kind`.
+    fn claim_marker_before(&self, space: &mut SpaceMap, offset: u64, kind: u32) {
+        if !self.s.has_marker || offset < SECTOR_SIZE {
+            return;
+        }
+        let mut buf = [0u8; 512];
+        if self.read(&mut buf, offset - SECTOR_SIZE).is_ok()
+            && matches!(MetadataMarker::parse(&buf), Some(m) if m.kind == kind)
+        {
+            // A "marker" that is really the tail of other metadata is not our business.
+            let _ = space.claim(Hit::Meta, offset - SECTOR_SIZE, offset);
+        }
+    }
+
+    fn describe(hit: Hit) -> &'static str {
+        match hit {
+            Hit::Meta => "metadata",
+            _ => "a grain",
+        }
+    }
+
+    /// Check the extent; returns the end of its used space.
+    fn run(&mut self) -> Option<u64> {
+        let s = self.s;
+        let file_len = match s.file.storage.len() {
+            Ok(l) => l,
+            Err(e) => {
+                self.error(format!("cannot get the file size: {e}"));
+                return None;
+            }
+        };
+        let gs = s.grain_size;
+        self.r.total_clusters += s.capacity.div_ceil(gs);
+        let mut space = SpaceMap::new(file_len);
+        let mut leak_check = true;
+        let mut data_start = 0;
+        // Offset of the end-of-stream marker closing a QEMU-layout stream file.
+        let mut eos_at = None;
+
+        // Headers, descriptor, footer.
+        match s.flavor {
+            SparseFlavor::Vmdk4 => {
+                space.claim(Hit::Meta, 0, SECTOR_SIZE);
+                if let Some(h) = &s.header {
+                    if h.desc_offset != 0 && h.desc_size != 0 {
+                        let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
+                        let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
+                        if space.claim(Hit::Meta, start, end) != Hit::Free {
+                            self.corruption(format!(
+                                "embedded descriptor at offset {start} overlaps other metadata"
+                            ));
+                        }
+                    }
+                    data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
+                }
+                if s.footer_layout && file_len >= 1536 {
+                    space.claim(Hit::Meta, file_len - 1536, file_len);
+                } else if s.has_marker && file_len >= SECTOR_SIZE {
+                    let mut buf = [0u8; 512];
+                    let eos = file_len - SECTOR_SIZE;
+                    if self.read(&mut buf, eos).is_ok()
+                        && matches!(MetadataMarker::parse(&buf),
+                            Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
+                    {
+                        space.claim(Hit::Meta, eos, file_len);
+                        eos_at = Some(eos);
+                    }
+                }
+            }
+            SparseFlavor::Cowd => {
+                space.claim(Hit::Meta, 0, COWD_HEADER_SIZE as u64);
+            }
+            SparseFlavor::SeSparse => {
+                // The journal, bitmaps and preallocated areas are not described well enough
+                // to tell free space from used: overlaps are checked, leaks are not.
+                space.claim(Hit::Meta, 0, SECTOR_SIZE);
+                leak_check = false;
+            }
+        }
+        if s.compressed && !s.has_marker {
+            // Compressed grains without markers have no recorded length.
+            leak_check = false;
+        }
+
+        // Grain directories.
+        let width = s.entry_width as u64;
+        let gd_bytes = s.gd.len() as u64 * width;
+        self.claim_marker_before(&mut space, s.gd_offset, MARKER_GD);
+        if space.claim(Hit::Meta, s.gd_offset, s.gd_offset + gd_bytes) != Hit::Free {
+            self.corruption(format!(
+                "grain directory at offset {} overlaps other metadata",
+                s.gd_offset
+            ));
+        }
+        if let Some(rgd_off) = s.rgd_offset {
+            if space.claim(Hit::Meta, rgd_off, rgd_off + gd_bytes) != Hit::Free {
+                self.corruption(format!(
+                    "redundant grain directory at offset {rgd_off} overlaps other metadata"
+                ));
+            }
+        }
+
+        // Pass 1: grain tables (and their redundant copies) are metadata.
+        let gt_bytes = s.gt_entries * width;
+        let mut walk = vec![false; s.gd.len()];
+        for (i, good) in walk.iter_mut().enumerate() {
+            let rgt = s
+                .rgd
+                .as_ref()
+                .map(|rgd| rgd[i].load(Ordering::Acquire) * SECTOR_SIZE);
+            let gt = match s.gt_offset(i) {
+                Ok(gt) => gt,
+                Err(e) => {
+                    self.corruption(format!("grain directory entry {i}: {}", e.message()));
+                    continue;
+                }
+            };
+            if let Some(rgt) = rgt {
+                self.check_redundant_table(&mut space, i, gt, rgt, file_len, gt_bytes);
+            }
+            let Some(gt) = gt else { continue };
+            if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
+                self.corruption(format!(
+                    "grain table {i} at offset {gt} lies past the end of the file ({file_len} bytes)"
+                ));
+                continue;
+            }
+            self.claim_marker_before(&mut space, gt, MARKER_GT);
+            match space.claim(Hit::Meta, gt, gt + gt_bytes) {
+                Hit::Free => *good = true,
+                hit => self.corruption(format!(
+                    "grain table {i} at offset {gt} overlaps {}",
+                    Self::describe(hit)
+                )),
+            }
+        }
+
+        // Pass 2: the grains.
+        let mut next_contiguous: Option<u64> = None;
+        for (i, _) in walk.iter().enumerate().filter(|(_, g)| **g) {
+            let table = match s.table(i) {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.error(format!("cannot read grain table {i}: {e}"));
+                    continue;
+                }
+            };
+            for j in 0..(s.gt_entries as usize).min(table.len()) {
+                let grain = i as u64 * s.gt_entries + j as u64;
+                if grain.saturating_mul(gs) >= s.capacity {
+                    break;
+                }
+                let raw = table.get(j);
+                let state = match s.decode(raw) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.corruption(format!("grain table {i} entry {j}: {}", e.message()));
+                        continue;
+                    }
+                };
+                let GrainState::Allocated(off) = state else {
+                    continue;
+                };
+                let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
+                self.r.allocated_clusters += 1;
+                if s.compressed {
+                    self.r.compressed_clusters += 1;
+                }
+                if off >= file_len {
+                    self.corruption(format!(
+                        "cluster offset for sector {sector} points after end of file \
+                         ({off} >= {file_len})"
+                    ));
+                    continue;
+                }
+                let end = if s.compressed {
+                    match self.compressed_end(grain, off, file_len, sector) {
+                        Some(end) => end,
+                        None => continue,
+                    }
+                } else {
+                    off + gs
+                };
+                if next_contiguous.is_some_and(|n| n != off) {
+                    self.r.fragmented_clusters += 1;
+                }
+                next_contiguous = Some(end);
+                match space.claim(Hit::Grain, off, end) {
+                    Hit::Free => {}
+                    hit => self.corruption(format!(
+                        "grain for sector {sector} at offset {off} overlaps {}",
+                        if hit == Hit::Meta {
+                            "metadata"
+                        } else {
+                            "another grain"
+                        }
+                    )),
+                }
+            }
+        }
+
+        let used_end = space
+            .end
+            .max(data_start)
+            .min(file_len.next_multiple_of(SECTOR_SIZE));
+        if leak_check {
+            for (start, end) in space.unused(data_start / SECTOR_SIZE, file_len) {
+                let end = end.min(file_len.next_multiple_of(SECTOR_SIZE));
+                if end <= start {
+                    continue;
+                }
+                if s.has_marker
+                    && !s.footer_layout
+                    && end - start <= gs
+                    && self.is_zero_sector(end - SECTOR_SIZE)
+                {
+                    // An end-of-stream marker left behind when grains were appended, with
+                    // QEMU's slack before it.
+                    continue;
+                }
+                if eos_at == Some(end) && end - start < gs {
+                    // QEMU ends its stream files one grain after the last grain's sector,
+                    // leaving slack before the end-of-stream marker.
+                    continue;
+                }
+                self.r.leaked_clusters += (end - start).div_ceil(gs);
+                if self.r.leaks.len() < MAX_MESSAGES {
+                    let m = format!(
+                        "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
+                        self.prefix,
+                        end - start
+                    );
+                    self.r.leaks.push(m);
+                }
+            }
+        }
+        Some(used_end)
+    }
+
+    fn is_zero_sector(&self, offset: u64) -> bool {
+        let mut buf = [0u8; 512];
+        self.read(&mut buf, offset).is_ok() && buf.iter().all(|&b| b == 0)
+    }
+
+    /// Validate the compressed grain at `off`; returns the end of its record (sector
+    /// aligned), or `None` after reporting a corruption.
+    fn compressed_end(&mut self, grain: u64, off: u64, file_len: u64, sector: u64) -> Option<u64> {
+        let s = self.s;
+        if !s.has_marker {
+            return Some(off + SECTOR_SIZE);
+        }
+        let mut m = [0u8; GRAIN_MARKER_SIZE];
+        if off + GRAIN_MARKER_SIZE as u64 > file_len || self.read(&mut m, off).is_err() {
+            self.corruption(format!(
+                "compressed grain for sector {sector} at offset {off}: marker is unreadable"
+            ));
+            return None;
+        }
+        let marker = GrainMarker::parse(&m).expect("12 bytes");
+        let bound = compress_bound(s.grain_size);
+        if marker.size == 0 || marker.size as u64 > bound {
+            self.corruption(format!(
+                "compressed grain for sector {sector} at offset {off}: marker claims {} \
+                 compressed bytes (at most {bound} possible)",
+                marker.size
+            ));
+            return None;
+        }
+        let expect_lba = grain * s.grain_size / SECTOR_SIZE;
+        if marker.lba != expect_lba {
+            self.corruption(format!(
+                "compressed grain for sector {sector} at offset {off}: marker names sector {} \
+                 of the extent, expected {expect_lba}",
+                marker.lba
+            ));
+        }
+        let end = off + GRAIN_MARKER_SIZE as u64 + marker.size as u64;
+        if end > file_len {
+            self.corruption(format!(
+                "compressed grain for sector {sector} at offset {off} runs past the end of the \
+                 file ({end} > {file_len})"
+            ));
+            return None;
+        }
+        Some(end.next_multiple_of(SECTOR_SIZE))
+    }
+
+    /// Claim redundant table `i` and compare it with the primary.
+    fn check_redundant_table(
+        &mut self,
+        space: &mut SpaceMap,
+        i: usize,
+        gt: Option<u64>,
+        rgt: u64,
+        file_len: u64,
+        gt_bytes: u64,
+    ) {
+        let s = self.s;
+        match (gt, rgt) {
+            (None, 0) => return,
+            (Some(_), 0) => {
+                self.warning(format!(
+                    "redundant grain directory entry {i} is empty but the primary one is not"
+                ));
+                return;
+            }
+            (None, _) => {
+                self.warning(format!(
+                    "redundant grain directory entry {i} points at a table but the primary one \
+                     is empty"
+                ));
+            }
+            _ => {}
+        }
+        if rgt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
+            self.corruption(format!(
+                "redundant grain table {i} at offset {rgt} lies past the end of the file \
+                 ({file_len} bytes)"
+            ));
+            return;
+        }
+        let hit = space.claim(Hit::Meta, rgt, rgt + gt_bytes);
+        if hit != Hit::Free {
+            self.corruption(format!(
+                "redundant grain table {i} at offset {rgt} overlaps {}",
+                Self::describe(hit)
+            ));
+            return;
+        }
+        let Some(gt) = gt else { return };
+        if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
+            return; // reported by the caller
+        }
+        let mut buf = vec![0u8; gt_bytes as usize];
+        if let Err(e) = self.read(&mut buf, rgt) {
+            self.error(format!("cannot read redundant grain table {i}: {e}"));
+            return;
+        }
+        let primary = match s.table(i) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                self.error(format!("cannot read grain table {i}: {e}"));
+                return;
+            }
+        };
+        let w = s.entry_width;
+        let differing = buf
+            .chunks_exact(w)
+            .enumerate()
+            .filter(|(j, c)| {
+                let mut b = [0u8; 8];
+                b[..w].copy_from_slice(c);
+                *j < primary.len() && u64::from_le_bytes(b) != primary.get(*j)
+            })
+            .count();
+        if differing > 0 {
+            self.warning(format!(
+                "redundant grain table {i} differs from the primary in {differing} entries"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_map_claims_and_overlaps() {
+        let mut m = SpaceMap::new(1 << 20);
+        assert_eq!(m.claim(Hit::Meta, 0, 512), Hit::Free);
+        assert_eq!(m.claim(Hit::Grain, 65536, 131072), Hit::Free);
+        assert_eq!(m.claim(Hit::Grain, 65536 + 512, 65536 + 1024), Hit::Grain);
+        assert_eq!(m.claim(Hit::Grain, 0, 100), Hit::Meta);
+        // Unaligned end widens to the sector.
+        assert_eq!(m.claim(Hit::Grain, 131072, 131073), Hit::Free);
+        assert_eq!(m.claim(Hit::Grain, 131072 + 511, 131072 + 600), Hit::Grain);
+        assert_eq!(m.end, 131072 + 1024);
+        let unused = m.unused(1, 1 << 20);
+        assert_eq!(
+            unused,
+            vec![(512, 65536), (131072 + 512, 1 << 20)],
+            "{unused:?}"
+        );
+    }
+
+    #[test]
+    fn space_map_word_edges() {
+        let mut m = SpaceMap::new(64 * 512 * 3);
+        assert_eq!(m.claim(Hit::Meta, 63 * 512, 129 * 512), Hit::Free);
+        assert_eq!(m.claim(Hit::Grain, 128 * 512, 130 * 512), Hit::Meta);
+        assert_eq!(m.claim(Hit::Grain, 129 * 512, 130 * 512), Hit::Free);
+        assert_eq!(
+            m.unused(0, 64 * 512 * 3),
+            vec![(0, 63 * 512), (130 * 512, 192 * 512)]
+        );
+        assert_eq!(SpaceMap::new(0).unused(0, 0), vec![]);
+    }
 }

@@ -1,0 +1,128 @@
+//! `vmdk check`: the library's consistency check, reported like `qemu-img check`.
+//! Exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaked clusters only,
+//! 63 the image is not one that can be checked (raw).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::names::display;
+use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::output::{Node, OutputFormat};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// Image format (vmdk; raw images cannot be checked).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// Print nothing but errors.
+    #[arg(short = 'q')]
+    quiet: bool,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The image.
+    image: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    if image_format(&a.image, a.format.as_deref())? == Fmt::Raw {
+        eprintln!("vmdk: This image format does not support checks");
+        return Ok(63);
+    }
+    // Only the image itself is checked, so a missing backing file does not stop us.
+    let img = vmdk::Image::open_with(&a.image, &a.open.options().open_backing(false))?;
+    let r = vmdk::check(&img)?;
+    drop(img);
+
+    let mut err = std::io::stderr().lock();
+    for m in r.corruptions.iter().chain(&r.errors) {
+        writeln!(err, "ERROR: {m}")?;
+    }
+    if r.more_corruptions > 0 {
+        writeln!(
+            err,
+            "ERROR: ... and {} more corruptions not listed",
+            r.more_corruptions
+        )?;
+    }
+    for m in &r.leaks {
+        writeln!(err, "Leaked: {m}")?;
+    }
+    for m in &r.warnings {
+        writeln!(err, "Warning: {m}")?;
+    }
+    drop(err);
+
+    let corruptions = r.corruption_count();
+    let mut out = std::io::stdout().lock();
+    match a.output {
+        OutputFormat::Json => {
+            let nz = |v: u64| (v != 0).then_some(v);
+            let mut n = Node::dict();
+            n.put("check-errors", r.check_errors)
+                .put("filename", display(&a.image))
+                .put("format", "vmdk")
+                .put_opt("image-end-offset", r.image_end_offset.filter(|v| *v != 0))
+                .put_opt("corruptions", nz(corruptions))
+                .put_opt("leaks", nz(r.leaked_clusters))
+                .put_opt("total-clusters", nz(r.total_clusters))
+                .put_opt("allocated-clusters", nz(r.allocated_clusters))
+                .put_opt("fragmented-clusters", nz(r.fragmented_clusters))
+                .put_opt("compressed-clusters", nz(r.compressed_clusters));
+            n.print_json(&mut out)?;
+        }
+        OutputFormat::Human if !a.quiet => {
+            if corruptions == 0 && r.leaked_clusters == 0 && r.check_errors == 0 {
+                writeln!(out, "No errors were found on the image.")?;
+            } else {
+                if corruptions > 0 {
+                    writeln!(
+                        out,
+                        "\n{corruptions} errors were found on the image.\n\
+                         Data may be corrupted, or further writes to the image may corrupt it."
+                    )?;
+                }
+                if r.leaked_clusters > 0 {
+                    writeln!(
+                        out,
+                        "\n{} leaked clusters were found on the image.\n\
+                         This means waste of disk space, but no harm to data.",
+                        r.leaked_clusters
+                    )?;
+                }
+                if r.check_errors > 0 {
+                    writeln!(
+                        out,
+                        "\n{} internal errors have occurred during the check.",
+                        r.check_errors
+                    )?;
+                }
+            }
+            if r.total_clusters != 0 && r.allocated_clusters != 0 {
+                let alloc = r.allocated_clusters as f64;
+                writeln!(
+                    out,
+                    "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+                    r.allocated_clusters,
+                    r.total_clusters,
+                    alloc * 100.0 / r.total_clusters as f64,
+                    r.fragmented_clusters as f64 * 100.0 / alloc,
+                    r.compressed_clusters as f64 * 100.0 / alloc
+                )?;
+            }
+            if let Some(end) = r.image_end_offset.filter(|v| *v != 0) {
+                writeln!(out, "Image end offset: {end}")?;
+            }
+        }
+        OutputFormat::Human => {}
+    }
+    out.flush()?;
+    if r.check_errors > 0 {
+        eprintln!("vmdk: Check failed");
+    }
+    Ok(r.exit_code() as u8)
+}

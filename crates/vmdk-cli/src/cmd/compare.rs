@@ -1,0 +1,155 @@
+//! `vmdk compare`: are two images' contents the same? Messages and exit statuses follow
+//! `qemu-img compare`: 0 identical, 1 different, 2 an image could not be opened, 3 block
+//! status could not be read (strict mode), 4 data could not be read.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use vmdk::convert::Source;
+use vmdk::{CompareResult, MapTarget};
+
+use crate::opts::OpenArgs;
+use crate::render_error;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Format of the first image (vmdk or raw); probed when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    format_a: Option<String>,
+    /// Format of the second image (vmdk or raw); probed when absent.
+    #[arg(short = 'F', value_name = "FMT")]
+    format_b: Option<String>,
+    /// Show a progress bar on stderr.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Strict mode: sizes and allocation must match too.
+    #[arg(short = 's', long = "strict")]
+    strict: bool,
+    /// Print nothing; only the exit status tells.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Worker threads (0 = one per CPU).
+    #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
+    threads: usize,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// First image.
+    a: PathBuf,
+    /// Second image.
+    b: PathBuf,
+}
+
+fn fail(code: u8, e: impl Into<anyhow::Error>) -> Result<u8> {
+    eprintln!("vmdk: {}", render_error(&e.into()));
+    Ok(code)
+}
+
+/// Whether a map target counts as allocated for qemu's strict block-status comparison.
+fn allocated(t: &MapTarget) -> bool {
+    !matches!(t, MapTarget::Unallocated)
+}
+
+/// The first offset below `end` where one source has something allocated and the other
+/// does not.
+fn first_allocation_difference(
+    a: &dyn Source,
+    b: &dyn Source,
+    end: u64,
+) -> vmdk::Result<Option<u64>> {
+    const WINDOW: u64 = 1 << 30;
+    let mut pos = 0;
+    while pos < end {
+        let n = (end - pos).min(WINDOW);
+        let (ma, mb) = (a.map(pos, n)?, b.map(pos, n)?);
+        let (mut i, mut j) = (0, 0);
+        let mut at = pos;
+        while i < ma.len() && j < mb.len() {
+            if allocated(&ma[i].target) != allocated(&mb[j].target) {
+                return Ok(Some(at));
+            }
+            let ea = ma[i].start + ma[i].length;
+            let eb = mb[j].start + mb[j].length;
+            at = ea.min(eb);
+            if ea == at {
+                i += 1;
+            }
+            if eb == at {
+                j += 1;
+            }
+        }
+        pos += n;
+    }
+    Ok(None)
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let say = |s: &str| {
+        if !a.quiet {
+            println!("{s}");
+        }
+    };
+    let opts = a.open.options();
+    let sa = match vmdk::open_source(&a.a, a.format_a.as_deref(), &opts) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    let sb = match vmdk::open_source(&a.b, a.format_b.as_deref(), &opts) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    let (size_a, size_b) = (sa.size(), sb.size());
+    if a.strict && size_a != size_b {
+        say("Strict mode: Image size mismatch!");
+        return Ok(1);
+    }
+    let pb = super::progress_bar(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    };
+    let r = vmdk::convert::compare_with(&*sa, &*sb, a.threads, &progress);
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => return fail(4, e),
+    };
+    let common = size_a.min(size_b);
+    let content_diff = match r {
+        CompareResult::DiffersAt(off) => Some(off),
+        _ => None,
+    };
+    if a.strict {
+        let limit = content_diff.unwrap_or(common).min(common);
+        match first_allocation_difference(&*sa, &*sb, limit) {
+            Ok(Some(off)) => {
+                say(&format!("Strict mode: Offset {off} block status mismatch!"));
+                return Ok(1);
+            }
+            Ok(None) => {}
+            Err(e) => return fail(3, e),
+        }
+    }
+    match r {
+        CompareResult::Identical => {
+            say("Images are identical.");
+            Ok(0)
+        }
+        CompareResult::SizeDiffers { .. } => {
+            say("Warning: Image size mismatch!");
+            say("Images are identical.");
+            Ok(0)
+        }
+        CompareResult::DiffersAt(off) => {
+            if off >= common && size_a != size_b {
+                say("Warning: Image size mismatch!");
+            }
+            // qemu-img compares whole sectors and names the one holding the difference.
+            say(&format!("Content mismatch at offset {}!", off / 512 * 512));
+            Ok(1)
+        }
+    }
+}

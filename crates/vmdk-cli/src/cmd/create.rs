@@ -1,0 +1,139 @@
+//! `vmdk create`: a new, empty image, with qemu-img create's options and its
+//! "Formatting ..." line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::names::{display, path_combine};
+use crate::opts::{split_options, vmdk_options, VMDK_OPTIONS_HELP};
+use crate::size::parse_size;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT", default_value = "vmdk")]
+    format: String,
+    /// Options, comma separated key=value (`-o help` lists them).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Backing file, written relative to the new image as given.
+    #[arg(short = 'b', value_name = "BACKING")]
+    backing: Option<String>,
+    /// Backing file format (only vmdk).
+    #[arg(short = 'F', value_name = "FMT")]
+    backing_format: Option<String>,
+    /// Do not open the backing file to find the size (a SIZE is then required).
+    #[arg(short = 'u')]
+    unsafe_backing: bool,
+    /// Do not print the "Formatting" line.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Allow a backing file outside the new image's directory.
+    #[arg(long)]
+    allow_unsafe_paths: bool,
+    /// The new image.
+    file: PathBuf,
+    /// Virtual size in bytes, with optional k, M, G, T, P or E suffix (rounded up to 512).
+    size: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    if a.format != "vmdk" {
+        bail!(
+            "Unknown file format '{}' (only vmdk can be created)",
+            a.format
+        );
+    }
+    let opts = split_options(&a.options)?;
+    if opts.iter().any(|(k, _)| k == "help" || k == "?") {
+        print!("{VMDK_OPTIONS_HELP}");
+        return Ok(0);
+    }
+    let mut v = vmdk_options(&opts, true)?;
+    if let Some(b) = &a.backing {
+        v.create.backing_file = Some(b.clone());
+    }
+    if let Some(f) = &a.backing_format {
+        v.backing_fmt = Some(f.clone());
+    }
+    if let Some(f) = &v.backing_fmt {
+        if f != "vmdk" {
+            bail!("backing format '{f}' is not supported (a VMDK's backing file is a VMDK)");
+        }
+    }
+    v.create.allow_unsafe_paths = a.allow_unsafe_paths;
+    let name = display(&a.file);
+    let size = match (&a.size, v.size) {
+        (Some(s), _) => {
+            parse_size(s).map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?
+        }
+        (None, Some(s)) => s,
+        (None, None) => match &v.create.backing_file {
+            Some(b) if !a.unsafe_backing => {
+                let bpath = path_combine(&name, b);
+                let img = vmdk::OpenOptions::new()
+                    .allow_unsafe_paths(a.allow_unsafe_paths)
+                    .open(&bpath)?;
+                img.size()
+            }
+            _ => bail!("Image creation needs a size parameter"),
+        },
+    };
+    if !a.quiet {
+        let mut line = format!("Formatting '{name}', fmt=vmdk size={size}");
+        let mut given = v.given.clone();
+        if a.backing.is_some() && !given.iter().any(|(k, _)| k == "backing_file") {
+            given.insert(
+                0,
+                ("backing_file".into(), a.backing.clone().unwrap_or_default()),
+            );
+        }
+        if let Some(f) = &a.backing_format {
+            if !given.iter().any(|(k, _)| k == "backing_fmt") {
+                let at = given
+                    .iter()
+                    .position(|(k, _)| k != "backing_file")
+                    .unwrap_or(given.len());
+                given.insert(at, ("backing_fmt".into(), f.clone()));
+            }
+        }
+        let mut defaults = vec![
+            (
+                "compat6",
+                if v.create.compat6 { "on" } else { "off" }.to_string(),
+            ),
+            (
+                "hwversion",
+                v.create
+                    .hwversion
+                    .clone()
+                    .unwrap_or_else(|| "undefined".into()),
+            ),
+        ];
+        // qemu prints every option it was given plus the ones with defaults, in the order
+        // of its option table.
+        const ORDER: [&str; 9] = [
+            "backing_file",
+            "backing_fmt",
+            "adapter_type",
+            "compat6",
+            "hwversion",
+            "toolsversion",
+            "subformat",
+            "zeroed_grain",
+            "compression_level",
+        ];
+        for key in ORDER {
+            if let Some((_, val)) = given.iter().find(|(k, _)| k == key) {
+                line.push_str(&format!(" {key}={val}"));
+            } else if let Some(i) = defaults.iter().position(|(k, _)| *k == key) {
+                let (k, val) = defaults.remove(i);
+                line.push_str(&format!(" {k}={val}"));
+            }
+        }
+        println!("{line}");
+    }
+    vmdk::create(&a.file, size, &v.create)?;
+    Ok(0)
+}

@@ -1,0 +1,255 @@
+//! `vmdk info`: qemu-img info's fields (same JSON names), plus what qemu leaves out: extent
+//! access and type, adapter type, hardware version, geometry, UUID and unknown keys.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use vmdk::extent::ExtentKind;
+use vmdk::format::descriptor::CID_NONE;
+use vmdk::Image;
+
+use crate::names::{chain, display, extent_name, path_combine};
+use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::output::{Node, OutputFormat};
+use crate::size::size_to_str;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// Show the whole backing chain (a JSON array; human output separates images by a
+    /// blank line).
+    #[arg(long)]
+    backing_chain: bool,
+    /// Image format (vmdk or raw); probed from the content when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The image.
+    image: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let name = display(&a.image);
+    let infos = match image_format(&a.image, a.format.as_deref())? {
+        Fmt::Raw => vec![raw_info(&a.image, &name)?],
+        Fmt::Vmdk => {
+            let opts = a.open.options().open_backing(a.backing_chain);
+            let img = Image::open_with(&a.image, &opts)?;
+            let layers = chain(&img, &name);
+            let n = if a.backing_chain { layers.len() } else { 1 };
+            layers[..n].iter().map(|(i, n)| image_info(i, n)).collect()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match a.output {
+        OutputFormat::Json if a.backing_chain => Node::List(infos).print_json(&mut out)?,
+        OutputFormat::Json => infos[0].print_json(&mut out)?,
+        OutputFormat::Human => {
+            for (i, info) in infos.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                print_human(info, &mut out)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn raw_info(path: &std::path::Path, name: &str) -> Result<Node> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let raw = vmdk::raw::RawFile::open(path)?;
+    let mut n = Node::dict();
+    n.put("virtual-size", raw.size())
+        .put("filename", name)
+        .put("format", "raw")
+        .put("actual-size", meta.blocks() * 512)
+        .put("dirty-flag", false);
+    Ok(n)
+}
+
+/// The cluster size qemu reports: the first extent's grain size, when every extent is of
+/// the same kind (flat or sparse, compressed or not) and the first one is sparse.
+fn cluster_size(img: &Image) -> Option<u64> {
+    let kind = |k: &ExtentKind| match k {
+        ExtentKind::Sparse(s) => (false, s.is_compressed()),
+        _ => (true, false),
+    };
+    let first = img.extents().first()?;
+    if img
+        .extents()
+        .iter()
+        .any(|e| kind(&e.kind) != kind(&first.kind))
+    {
+        return None;
+    }
+    match &first.kind {
+        ExtentKind::Sparse(s) => Some(s.grain_size()),
+        _ => None,
+    }
+}
+
+/// ddb keys shown in their own fields (or well known to VMware); others are "unknown".
+const KNOWN_DDB: [&str; 12] = [
+    "adapterType",
+    "virtualHWVersion",
+    "toolsVersion",
+    "toolsInstallType",
+    "longContentID",
+    "thinProvisioned",
+    "deletable",
+    "encoding",
+    "geometry.",
+    "uuid",
+    "sidecars",
+    "iofilters",
+];
+
+fn image_info(img: &Image, name: &str) -> Node {
+    let d = img.descriptor();
+    let mut n = Node::dict();
+    n.put("virtual-size", img.size())
+        .put("filename", name)
+        .put_opt("cluster-size", cluster_size(img))
+        .put("format", "vmdk")
+        .put("actual-size", img.allocated_bytes())
+        .put("dirty-flag", false);
+    if let Some(hint) = &d.parent_file_name_hint {
+        n.put("backing-filename", hint.as_str())
+            .put("full-backing-filename", path_combine(name, hint))
+            .put("backing-filename-format", "vmdk");
+    }
+
+    let mut extents = Vec::new();
+    for (i, e) in img.extents().iter().enumerate() {
+        let mut x = Node::dict();
+        let sparse = match &e.kind {
+            ExtentKind::Sparse(s) => Some(s),
+            _ => None,
+        };
+        if sparse.is_some_and(|s| s.is_compressed()) {
+            x.put("compressed", true);
+        }
+        let fname = extent_name(img, name, i);
+        // qemu names the type only for extents listed in a descriptor file.
+        let listed = e.file().is_none_or(|f| f.path() != img.path());
+        x.put("virtual-size", e.length)
+            .put_opt("filename", fname)
+            .put_opt("cluster-size", sparse.map(|s| s.grain_size()))
+            .put("format", if listed { e.kind_keyword.keyword() } else { "" })
+            .put("access", e.access.keyword())
+            .put("type", e.kind_keyword.keyword());
+        if let ExtentKind::Flat { offset, .. } = &e.kind {
+            x.put("offset", *offset);
+        }
+        extents.push(x);
+    }
+
+    let mut data = Node::dict();
+    data.put("cid", d.cid)
+        .put("parent-cid", d.parent_cid)
+        .put("create-type", d.create_type.as_str())
+        .put("extents", extents)
+        .put_opt("adapter-type", d.ddb("adapterType"))
+        .put_opt("hwversion", d.ddb("virtualHWVersion"))
+        .put_opt("toolsversion", d.ddb("toolsVersion"));
+    let geo: Vec<(&str, Option<&str>)> = ["cylinders", "heads", "sectors"]
+        .iter()
+        .map(|k| (*k, d.ddb(&format!("geometry.{k}"))))
+        .collect();
+    if geo.iter().all(|(_, v)| v.is_some()) {
+        let mut g = Node::dict();
+        for (k, v) in geo {
+            let v = v.expect("checked");
+            match v.parse::<u64>() {
+                Ok(num) => g.put(k, num),
+                Err(_) => g.put(k, v),
+            };
+        }
+        data.put("geometry", g);
+    }
+    data.put_opt("uuid", d.ddb("uuid.image").or_else(|| d.ddb("uuid")));
+    if d.parent_cid != CID_NONE || d.parent_file_name_hint.is_some() {
+        data.put_opt("parent-uuid", d.ddb("uuid.parent"));
+    }
+    let mut unknown = Node::dict();
+    let mut any = false;
+    for (k, v) in &d.other {
+        unknown.put(k, v.trim_matches('"'));
+        any = true;
+    }
+    for (k, v) in &d.ddb {
+        let bare = k.strip_prefix("ddb.").unwrap_or(k);
+        if !KNOWN_DDB.iter().any(|p| bare.starts_with(p)) {
+            unknown.put(k, v.as_str());
+            any = true;
+        }
+    }
+    if any {
+        data.put("unknown-keys", unknown);
+    }
+
+    let mut spec = Node::dict();
+    spec.put("type", "vmdk").put("data", data);
+    n.put("format-specific", spec);
+    n
+}
+
+fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
+    let s = |k: &str| match info.get(k) {
+        Some(Node::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let int = |k: &str| match info.get(k) {
+        Some(Node::Int(n)) => Some(*n),
+        _ => None,
+    };
+    writeln!(out, "image: {}", s("filename").unwrap_or_default())?;
+    writeln!(out, "file format: {}", s("format").unwrap_or_default())?;
+    let vs = int("virtual-size").unwrap_or(0);
+    writeln!(out, "virtual size: {} ({vs} bytes)", size_to_str(vs))?;
+    if let Some(a) = int("actual-size") {
+        writeln!(out, "disk size: {}", size_to_str(a))?;
+    }
+    if let Some(c) = int("cluster-size") {
+        writeln!(out, "cluster_size: {c}")?;
+    }
+    if let Some(b) = s("backing-filename") {
+        write!(out, "backing file: {b}")?;
+        match s("full-backing-filename") {
+            None => write!(out, " (cannot determine actual path)")?,
+            Some(f) if f != b => write!(out, " (actual path: {f})")?,
+            _ => {}
+        }
+        writeln!(out)?;
+        if let Some(f) = s("backing-filename-format") {
+            writeln!(out, "backing file format: {f}")?;
+        }
+    }
+    if let Some(data) = info.get("format-specific").and_then(|f| f.get("data")) {
+        writeln!(out, "Format specific information:")?;
+        data.print_human(1, out)?;
+    }
+    Ok(())
+}
+
+/// The format-specific lines qemu-io's `info` prints, for `vmdk io`.
+pub fn format_specific(img: &Image) -> Node {
+    let info = image_info(img, &display(img.path()));
+    info.get("format-specific")
+        .and_then(|f| f.get("data"))
+        .cloned()
+        .unwrap_or_else(Node::dict)
+}
+
+/// The cluster size `vmdk io`'s `info` prints (0 when qemu would report none).
+pub fn io_cluster_size(img: &Image) -> u64 {
+    cluster_size(img).unwrap_or(0)
+}

@@ -1,0 +1,500 @@
+//! `vmdk io`: qemu-io's command language over an image: `read`, `write`, `discard`, `map`,
+//! `info`, `flush`. Output lines match qemu-io's; a failed command (including a pattern
+//! mismatch) makes the exit status 1 but later commands still run.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use vmdk::extent::ExtentKind;
+use vmdk::{Image, MapTarget};
+
+use crate::opts::{open_vmdk, OpenArgs};
+use crate::size::{cvtstr, parse_size};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// Open read-only (writes fail).
+    #[arg(short = 'r', long = "read-only")]
+    read_only: bool,
+    /// A command to run (repeatable; run in order). Without any, commands are read from
+    /// standard input, one per line.
+    #[arg(short = 'c', long = "cmd", value_name = "CMD")]
+    cmds: Vec<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The image.
+    image: PathBuf,
+}
+
+/// Commands that never modify the image.
+const READ_ONLY_COMMANDS: [&str; 9] = [
+    "read",
+    "r",
+    "map",
+    "info",
+    "i",
+    "flush",
+    "f",
+    "aio_flush",
+    "help",
+];
+
+/// Largest single read or write buffer.
+const MAX_IO: u64 = 1 << 31;
+
+const HELP: &str = "\
+read [-qv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset
+write [-cfquz] [-P pattern] off len -- writes a number of bytes at a specified offset
+discard [-q] off len -- discards (zeroes, deallocating where possible) a range of bytes
+map -- prints the allocation state of the image's own layer
+info -- prints information about the image
+flush -- flushes all writes to disk
+aio_flush -- same as flush
+quit -- exits
+help -- this list
+";
+
+pub fn run(a: Args) -> Result<u8> {
+    let cmds: Vec<String> = if a.cmds.is_empty() {
+        let mut v = Vec::new();
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            if !line.trim().is_empty() {
+                v.push(line);
+            }
+        }
+        v
+    } else {
+        a.cmds.clone()
+    };
+    let writes = cmds.iter().any(|c| {
+        c.split_whitespace()
+            .next()
+            .is_some_and(|w| !READ_ONLY_COMMANDS.contains(&w) && w != "quit" && w != "q")
+    });
+    let opts = a.open.options().writable(writes && !a.read_only);
+    let img = open_vmdk(&a.image, a.format.as_deref(), &opts)?;
+    let mut out = std::io::stdout().lock();
+    let mut failed = false;
+    for c in &cmds {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        let Some((&name, args)) = words.split_first() else {
+            continue;
+        };
+        let r = match name {
+            "read" | "r" => read(&img, args, &mut out),
+            "write" | "w" => write(&img, args, &mut out),
+            "discard" | "d" => discard(&img, args, &mut out),
+            "map" => map(&img, args, &mut out),
+            "info" | "i" => info(&img, &mut out),
+            "flush" | "f" | "aio_flush" => flush(&img, &mut out),
+            "help" => {
+                write!(out, "{HELP}")?;
+                Ok(true)
+            }
+            "quit" | "q" => break,
+            _ => {
+                out.flush()?;
+                eprintln!("command \"{name}\" not found");
+                Ok(false)
+            }
+        };
+        match r {
+            Ok(true) => {}
+            Ok(false) => failed = true,
+            Err(e) => {
+                // Usage errors.
+                writeln!(out, "{name}: {}", crate::render_error(&e))?;
+                failed = true;
+            }
+        }
+    }
+    out.flush()?;
+    img.flush()?;
+    Ok(u8::from(failed))
+}
+
+/// Options and positional arguments, getopt style: `spec` lists option letters, `:` after
+/// one that takes a value.
+struct Opts {
+    flags: Vec<(char, Option<String>)>,
+    args: Vec<String>,
+}
+
+impl Opts {
+    fn parse(words: &[&str], spec: &str) -> Result<Opts> {
+        let takes = |c: char| spec.find(c).map(|i| spec[i + 1..].starts_with(':'));
+        let mut flags = Vec::new();
+        let mut args = Vec::new();
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            if *w == "--" {
+                args.extend(it.by_ref().map(|s| s.to_string()));
+                break;
+            }
+            if w.len() > 1 && w.starts_with('-') {
+                for (i, c) in w[1..].char_indices() {
+                    match takes(c) {
+                        None => bail!("invalid option -- '{c}'"),
+                        Some(false) => flags.push((c, None)),
+                        Some(true) => {
+                            let rest = &w[1 + i + c.len_utf8()..];
+                            let v = if !rest.is_empty() {
+                                rest.to_string()
+                            } else {
+                                match it.next() {
+                                    Some(v) => v.to_string(),
+                                    None => bail!("option requires an argument -- '{c}'"),
+                                }
+                            };
+                            flags.push((c, Some(v)));
+                            break;
+                        }
+                    }
+                }
+            } else {
+                args.push(w.to_string());
+            }
+        }
+        Ok(Opts { flags, args })
+    }
+
+    fn has(&self, c: char) -> bool {
+        self.flags.iter().any(|(f, _)| *f == c)
+    }
+
+    fn value(&self, c: char) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == c)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// `off len`, qemu-io style numbers.
+    fn offset_len(&self, usage: &str) -> Result<(u64, u64)> {
+        if self.args.len() != 2 {
+            bail!("wrong number of arguments (usage: {usage})");
+        }
+        let off = parse_size(&self.args[0])
+            .map_err(|_| anyhow::anyhow!("non-numeric offset argument -- {}", self.args[0]))?;
+        let len = parse_size(&self.args[1])
+            .map_err(|_| anyhow::anyhow!("non-numeric length argument -- {}", self.args[1]))?;
+        Ok((off, len))
+    }
+}
+
+/// qemu-io's `parse_pattern`: a byte in C `strtol(..., 0)` notation.
+fn parse_pattern(s: &str) -> Result<u8> {
+    let v = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()
+    } else if s.len() > 1 && s.starts_with('0') {
+        i64::from_str_radix(&s[1..], 8).ok()
+    } else {
+        s.parse::<i64>().ok()
+    };
+    match v {
+        Some(v) if (0..=255).contains(&v) => Ok(v as u8),
+        _ => bail!("{s} is not a valid pattern byte"),
+    }
+}
+
+/// qemu-io's `timestr` for durations below an hour... and beyond.
+fn timestr(t: Duration) -> String {
+    let secs = t.as_secs();
+    let frac = t.subsec_nanos() as f64 / 1e9;
+    if secs == 0 {
+        format!("{frac:05.2} sec")
+    } else {
+        format!(
+            "{}:{:02}:{:05.2}",
+            secs / 3600,
+            (secs / 60) % 60,
+            (secs % 60) as f64 + frac
+        )
+    }
+}
+
+/// qemu-io's `print_report`.
+fn report(
+    out: &mut impl Write,
+    op: &str,
+    t: Duration,
+    offset: u64,
+    count: u64,
+) -> std::io::Result<()> {
+    let secs = t.as_secs_f64();
+    writeln!(out, "{op} {count}/{count} bytes at offset {offset}")?;
+    writeln!(
+        out,
+        "{}, 1 ops; {} ({}/sec and {:.4} ops/sec)",
+        cvtstr(count as f64),
+        timestr(t),
+        cvtstr(count as f64 / secs),
+        1.0 / secs
+    )
+}
+
+/// qemu-io's `dump_buffer`.
+fn dump_buffer(out: &mut impl Write, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    for (i, line) in buf.chunks(16).enumerate() {
+        write!(out, "{:08x}:  ", offset + i as u64 * 16)?;
+        for b in line {
+            write!(out, "{b:02x} ")?;
+        }
+        write!(out, " ")?;
+        for &b in line {
+            let c = if b.is_ascii_alphanumeric() {
+                b as char
+            } else {
+                '.'
+            };
+            write!(out, "{c}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn check_len(len: u64) -> Result<()> {
+    if len > MAX_IO {
+        bail!("length {len} is too large (at most {MAX_IO} bytes per request)");
+    }
+    Ok(())
+}
+
+fn read(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, "bCqvP:s:l:")?;
+    if o.has('b') {
+        bail!("vmstate is not supported");
+    }
+    let (offset, count) = o.offset_len("read [-qv] [-P pattern [-s off] [-l len]] off len")?;
+    check_len(count)?;
+    let pattern = o.value('P').map(parse_pattern).transpose()?;
+    let p_off = o.value('s').map(parse_size).transpose()?.unwrap_or(0);
+    let p_len = o.value('l').map(parse_size).transpose()?;
+    if pattern.is_none() && (p_len.is_some() || o.value('s').is_some()) {
+        bail!("-s and -l need -P");
+    }
+    let p_len = p_len.unwrap_or(count.saturating_sub(p_off));
+    if p_off.checked_add(p_len).is_none_or(|e| e > count) {
+        bail!("pattern verification range exceeds end of read data");
+    }
+    let mut buf = vec![0u8; count as usize];
+    let t0 = Instant::now();
+    if let Err(e) = img.read_at(&mut buf, offset) {
+        writeln!(out, "read failed: {e}")?;
+        return Ok(false);
+    }
+    let t = t0.elapsed();
+    let mut ok = true;
+    if let Some(p) = pattern {
+        let range = &buf[p_off as usize..(p_off + p_len) as usize];
+        if range.iter().any(|&b| b != p) {
+            writeln!(
+                out,
+                "Pattern verification failed at offset {}, {p_len} bytes",
+                offset + p_off
+            )?;
+            ok = false;
+        }
+    }
+    if o.has('q') {
+        return Ok(ok);
+    }
+    if o.has('v') {
+        dump_buffer(out, &buf, offset)?;
+    }
+    report(out, "read", t, offset, count)?;
+    Ok(ok)
+}
+
+fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, "bcCfnquzP:")?;
+    if o.has('b') {
+        bail!("vmstate is not supported");
+    }
+    let (offset, count) = o.offset_len("write [-cfquz] [-P pattern] off len")?;
+    let zero = o.has('z');
+    if zero && o.value('P').is_some() {
+        bail!("-z and -P cannot be specified at the same time");
+    }
+    if zero && o.has('c') {
+        bail!("-z and -c cannot be specified at the same time");
+    }
+    if o.has('u') && !zero {
+        bail!("-u requires -z to be specified");
+    }
+    let pattern = o.value('P').map(parse_pattern).transpose()?.unwrap_or(0xcd);
+    let t0 = Instant::now();
+    let r = if zero {
+        img.write_zeroes(offset, count, o.has('u'))
+    } else {
+        check_len(count)?;
+        if o.has('c')
+            && !img
+                .extents()
+                .iter()
+                .any(|e| matches!(&e.kind, ExtentKind::Sparse(s) if s.is_compressed()))
+        {
+            writeln!(
+                out,
+                "write failed: Operation not supported (the image has no compressed extent)"
+            )?;
+            return Ok(false);
+        }
+        let buf = vec![pattern; count as usize];
+        img.write_at(&buf, offset)
+    };
+    let r = r.and_then(|()| if o.has('f') { img.flush() } else { Ok(()) });
+    let t = t0.elapsed();
+    if let Err(e) = r {
+        writeln!(out, "write failed: {e}")?;
+        return Ok(false);
+    }
+    if !o.has('q') {
+        report(out, "wrote", t, offset, count)?;
+    }
+    Ok(true)
+}
+
+fn discard(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, "Cq")?;
+    let (offset, count) = o.offset_len("discard [-q] off len")?;
+    let t0 = Instant::now();
+    if let Err(e) = img.write_zeroes(offset, count, true) {
+        writeln!(out, "discard failed: {e}")?;
+        return Ok(false);
+    }
+    let t = t0.elapsed();
+    if !o.has('q') {
+        report(out, "discard", t, offset, count)?;
+    }
+    Ok(true)
+}
+
+fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    if !args.is_empty() {
+        bail!("wrong number of arguments (usage: map)");
+    }
+    const WINDOW: u64 = 1 << 30;
+    let size = img.size();
+    // (start, length, allocated) runs of this layer alone.
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    let mut pos = 0;
+    let print = |out: &mut dyn Write, (start, len, alloc): (u64, u64, bool)| {
+        writeln!(
+            out,
+            "{} ({len:#x}) bytes {} at offset {} ({start:#x})",
+            cvtstr(len as f64),
+            if alloc {
+                "    allocated"
+            } else {
+                "not allocated"
+            },
+            cvtstr(start as f64)
+        )
+    };
+    while pos < size {
+        let n = (size - pos).min(WINDOW);
+        let entries = match img.map_layer(pos, n) {
+            Ok(e) => e,
+            Err(e) => {
+                writeln!(out, "map failed: {e}")?;
+                return Ok(false);
+            }
+        };
+        for e in entries {
+            let alloc = !matches!(e.target, MapTarget::Unallocated);
+            match runs.last_mut() {
+                Some(last) if last.2 == alloc => last.1 += e.length,
+                _ => {
+                    if let Some(done) = runs.pop() {
+                        print(out, done)?;
+                    }
+                    runs.push((e.start, e.length, alloc));
+                }
+            }
+        }
+        pos += n;
+    }
+    if let Some(done) = runs.pop() {
+        print(out, done)?;
+    }
+    Ok(true)
+}
+
+fn info(img: &Image, out: &mut impl Write) -> Result<bool> {
+    writeln!(out, "format name: vmdk")?;
+    writeln!(
+        out,
+        "cluster size: {}",
+        cvtstr(super::info::io_cluster_size(img) as f64)
+    )?;
+    writeln!(out, "vm state offset: 0 bytes")?;
+    writeln!(out, "Format specific information:")?;
+    super::info::format_specific(img).print_human(1, out)?;
+    Ok(true)
+}
+
+fn flush(img: &Image, out: &mut impl Write) -> Result<bool> {
+    if let Err(e) = img.flush() {
+        writeln!(out, "flush failed: {e}")?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getopt_style() {
+        let o = Opts::parse(&["-P", "0xab", "-v", "0", "64k"], "qvP:").unwrap();
+        assert!(o.has('v'));
+        assert_eq!(o.value('P'), Some("0xab"));
+        assert_eq!(o.offset_len("").unwrap(), (0, 65536));
+        let o = Opts::parse(&["-qvP0x1", "1M", "512"], "qvP:").unwrap();
+        assert!(o.has('q') && o.has('v'));
+        assert_eq!(o.value('P'), Some("0x1"));
+        assert_eq!(o.offset_len("").unwrap(), (1 << 20, 512));
+        assert!(Opts::parse(&["-x"], "qv").is_err());
+        assert!(Opts::parse(&["-P"], "P:").is_err());
+        assert!(Opts::parse(&["1"], "").unwrap().offset_len("").is_err());
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(parse_pattern("0xab").unwrap(), 0xab);
+        assert_eq!(parse_pattern("171").unwrap(), 171);
+        assert_eq!(parse_pattern("010").unwrap(), 8);
+        assert_eq!(parse_pattern("0").unwrap(), 0);
+        assert!(parse_pattern("256").is_err());
+        assert!(parse_pattern("x").is_err());
+    }
+
+    #[test]
+    fn hexdump_like_qemu_io() {
+        let mut out = Vec::new();
+        let mut buf = vec![0xabu8; 20];
+        buf[16] = b'A';
+        dump_buffer(&mut out, &buf, 0xf000).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0000f000:  ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab  ................\n\
+             0000f010:  41 ab ab ab  A...\n"
+        );
+    }
+
+    #[test]
+    fn times_like_qemu_io() {
+        assert_eq!(timestr(Duration::from_millis(0)), "00.00 sec");
+        assert_eq!(timestr(Duration::from_millis(1500)), "0:00:01.50");
+    }
+}

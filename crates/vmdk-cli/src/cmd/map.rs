@@ -1,0 +1,400 @@
+//! `vmdk map`: where each stretch of the virtual disk lives, printed exactly like
+//! `qemu-img map` (same merging, same JSON text, same human columns).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use vmdk::convert::Source;
+use vmdk::extent::ExtentKind;
+use vmdk::raw::RawFile;
+use vmdk::{ExtentFile, Image, MapEntry, MapTarget};
+
+use crate::names::{chain, display, extent_name};
+use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::output::OutputFormat;
+use crate::size::parse_size;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// First byte to map (suffixes k, M, G... allowed).
+    #[arg(long, value_name = "OFFSET", value_parser = parse_size)]
+    start_offset: Option<u64>,
+    /// How many bytes to map at most.
+    #[arg(long, value_name = "LEN", value_parser = parse_size)]
+    max_length: Option<u64>,
+    /// Image format (vmdk or raw); probed from the content when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The image.
+    image: PathBuf,
+}
+
+/// How much is asked of the library at a time (qemu-img asks for 1 GiB too).
+const WINDOW: u64 = 1 << 30;
+
+/// One `qemu-img map` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QEntry {
+    pub start: u64,
+    pub length: u64,
+    pub depth: u32,
+    pub present: bool,
+    pub zero: bool,
+    pub data: bool,
+    pub compressed: bool,
+    pub offset: Option<u64>,
+    pub file: Option<Arc<str>>,
+}
+
+/// qemu-img's `entry_mergeable`.
+fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
+    curr.length != 0
+        && curr.zero == next.zero
+        && curr.data == next.data
+        && curr.compressed == next.compressed
+        && curr.depth == next.depth
+        && curr.present == next.present
+        && curr.file == next.file
+        && curr.offset.is_some() == next.offset.is_some()
+        && match (curr.offset, next.offset) {
+            (Some(a), Some(b)) => a + curr.length == b,
+            _ => true,
+        }
+}
+
+/// `%#-16x`: C prints 0 without the 0x prefix.
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// Merges entries and prints them the way qemu-img's `img_map` and `dump_map_entry` do.
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    curr: QEntry,
+}
+
+impl<W: Write> Printer<W> {
+    fn new(mut out: W, json: bool, start: u64) -> Result<Self> {
+        if json {
+            write!(out, "[")?;
+        } else {
+            writeln!(
+                out,
+                "{:<16}{:<16}{:<16}File",
+                "Offset", "Length", "Mapped to"
+            )?;
+        }
+        Ok(Printer {
+            out,
+            json,
+            curr: QEntry {
+                start,
+                length: 0,
+                depth: 0,
+                present: false,
+                zero: false,
+                data: false,
+                compressed: false,
+                offset: None,
+                file: None,
+            },
+        })
+    }
+
+    fn push(&mut self, mut next: QEntry) -> Result<()> {
+        if mergeable(&self.curr, &next) {
+            self.curr.length += next.length;
+            return Ok(());
+        }
+        if self.curr.length > 0 {
+            self.dump(Some(&mut next))?;
+        }
+        self.curr = next;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.dump(None)?;
+        if self.json {
+            writeln!(self.out, "]")?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn dump(&mut self, next: Option<&mut QEntry>) -> Result<()> {
+        let e = &self.curr;
+        if self.json {
+            write!(
+                self.out,
+                "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \
+                 \"data\": {}, \"compressed\": {}",
+                e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+            )?;
+            if let Some(o) = e.offset {
+                write!(self.out, ", \"offset\": {o}")?;
+            }
+            write!(self.out, "}}")?;
+            if next.is_some() {
+                writeln!(self.out, ",")?;
+            }
+        } else {
+            if e.data && e.offset.is_none() {
+                self.out.flush()?;
+                bail!("File contains external, encrypted or compressed clusters.");
+            }
+            if e.data && !e.zero {
+                writeln!(
+                    self.out,
+                    "{:<16}{:<16}{:<16}{}",
+                    hex(e.start),
+                    hex(e.length),
+                    hex(e.offset.unwrap_or(0)),
+                    e.file.as_deref().unwrap_or("")
+                )?;
+            }
+            // qemu: "This format ignores the distinction between 0, ZERO and ZERO|DATA."
+            if let Some(n) = next {
+                if !n.data || n.zero {
+                    n.data = false;
+                    n.zero = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns library map entries into qemu-img map entries: names files as qemu does, and finds
+/// the host file's holes inside flat extents (qemu reports them as `zero: true, data: true`).
+struct Converter {
+    names: HashMap<u64, Arc<str>>,
+    /// Flat extent files, opened again lazily to ask for their holes.
+    flat: HashMap<u64, Option<RawFile>>,
+    /// For a raw image, its name: qemu gives every stretch of a raw file an offset.
+    raw: Option<Arc<str>>,
+}
+
+impl Converter {
+    fn for_image(img: &Image, name: &str) -> Converter {
+        let mut names = HashMap::new();
+        let mut flat = HashMap::new();
+        for (layer, lname) in chain(img, name) {
+            for (i, e) in layer.extents().iter().enumerate() {
+                if let Some(f) = e.file() {
+                    let n = extent_name(layer, &lname, i).unwrap_or_else(|| display(f.path()));
+                    names.entry(f.id()).or_insert_with(|| Arc::from(n));
+                    if matches!(e.kind, ExtentKind::Flat { .. }) {
+                        flat.insert(f.id(), None);
+                    }
+                }
+            }
+        }
+        Converter {
+            names,
+            flat,
+            raw: None,
+        }
+    }
+
+    fn name(&mut self, file: &ExtentFile) -> Arc<str> {
+        self.names
+            .entry(file.id())
+            .or_insert_with(|| Arc::from(display(file.path())))
+            .clone()
+    }
+
+    /// `(length, is_hole)` pieces of `[off, off+len)` in a flat extent's file; past the end
+    /// of the file counts as a hole.
+    fn holes(&mut self, file: &ExtentFile, off: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        let slot = self.flat.get_mut(&file.id()).expect("flat file");
+        if slot.is_none() {
+            *slot = RawFile::open(file.path()).ok();
+        }
+        let Some(raw) = slot.as_ref() else {
+            return Ok(vec![(len, false)]);
+        };
+        let size = raw.size();
+        let mut out = Vec::new();
+        if off < size {
+            let n = len.min(size - off);
+            for e in raw.map(off, n)? {
+                out.push((e.length, matches!(e.target, MapTarget::Zero)));
+            }
+        }
+        if off + len > size {
+            out.push((off + len - off.max(size), true));
+        }
+        Ok(out)
+    }
+
+    fn convert(&mut self, e: &MapEntry, out: &mut Vec<QEntry>) -> Result<()> {
+        let base = QEntry {
+            start: e.start,
+            length: e.length,
+            depth: e.depth,
+            present: true,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        };
+        match &e.target {
+            MapTarget::Data { file, offset } if self.flat.contains_key(&file.id()) => {
+                let name = self.name(file);
+                let mut at = 0;
+                for (len, hole) in self.holes(file, *offset, e.length)? {
+                    out.push(QEntry {
+                        start: e.start + at,
+                        length: len,
+                        data: true,
+                        zero: hole,
+                        offset: Some(offset + at),
+                        file: Some(name.clone()),
+                        ..base.clone()
+                    });
+                    at += len;
+                }
+            }
+            MapTarget::Data { file, offset } => out.push(QEntry {
+                data: true,
+                offset: Some(*offset),
+                file: Some(self.name(file)),
+                ..base
+            }),
+            MapTarget::Compressed { .. } => out.push(QEntry {
+                data: true,
+                compressed: true,
+                ..base
+            }),
+            MapTarget::Zero if self.raw.is_some() => out.push(QEntry {
+                zero: true,
+                offset: Some(e.start),
+                file: self.raw.clone(),
+                ..base
+            }),
+            MapTarget::Zero => out.push(QEntry { zero: true, ..base }),
+            MapTarget::Unallocated => out.push(QEntry {
+                present: false,
+                zero: true,
+                ..base
+            }),
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let name = display(&a.image);
+    let start = a.start_offset.unwrap_or(0);
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printer = Printer::new(stdout, a.output == OutputFormat::Json, start)?;
+    let (source, mut conv): (Box<dyn Source>, Converter) =
+        match image_format(&a.image, a.format.as_deref())? {
+            Fmt::Vmdk => {
+                let img = Image::open_with(&a.image, &a.open.options())?;
+                let conv = Converter::for_image(&img, &name);
+                (Box::new(img), conv)
+            }
+            Fmt::Raw => {
+                let raw = RawFile::open(&a.image)?;
+                (
+                    Box::new(raw),
+                    Converter {
+                        names: HashMap::new(),
+                        flat: HashMap::new(),
+                        raw: Some(Arc::from(name.as_str())),
+                    },
+                )
+            }
+        };
+    let size = source.size();
+    let end = a
+        .max_length
+        .map_or(size, |m| start.saturating_add(m).min(size));
+    let mut pos = start;
+    let mut entries = Vec::new();
+    while pos < end {
+        let n = (end - pos).min(WINDOW);
+        entries.clear();
+        for e in source.map(pos, n)? {
+            conv.convert(&e, &mut entries)?;
+        }
+        for q in entries.drain(..) {
+            printer.push(q)?;
+        }
+        pos += n;
+    }
+    printer.finish()?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(start: u64, length: u64, data: bool, offset: Option<u64>) -> QEntry {
+        QEntry {
+            start,
+            length,
+            depth: 0,
+            present: true,
+            zero: !data,
+            data,
+            compressed: false,
+            offset,
+            file: offset.map(|_| Arc::from("a.vmdk")),
+        }
+    }
+
+    #[test]
+    fn merges_and_prints_like_qemu() {
+        let mut out = Vec::new();
+        let mut p = Printer::new(&mut out, true, 0).unwrap();
+        p.push(e(0, 512, true, Some(65536))).unwrap();
+        p.push(e(512, 512, true, Some(66048))).unwrap();
+        p.push(e(1024, 512, true, Some(0))).unwrap();
+        p.push(e(1536, 512, false, None)).unwrap();
+        p.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[{ \"start\": 0, \"length\": 1024, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"compressed\": false, \"offset\": 65536},\n\
+             { \"start\": 1024, \"length\": 512, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"compressed\": false, \"offset\": 0},\n\
+             { \"start\": 1536, \"length\": 512, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false, \"compressed\": false}]\n"
+        );
+        let mut out = Vec::new();
+        let mut p = Printer::new(&mut out, false, 0).unwrap();
+        p.push(e(0, 65536, true, Some(0))).unwrap();
+        p.push(e(65536, 512, false, None)).unwrap();
+        p.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Offset          Length          Mapped to       File\n\
+             0               0x10000         0               a.vmdk\n"
+        );
+        // An empty range still prints one zero-length entry, as qemu-img does.
+        let mut out = Vec::new();
+        Printer::new(&mut out, true, 4096)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[{ \"start\": 4096, \"length\": 0, \"depth\": 0, \"present\": false, \"zero\": false, \"data\": false, \"compressed\": false}]\n"
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! `vmdk serve`: export an image over NBD, like qemu-nbd.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use vmdk::{Image, MapTarget};
+use vmdk_nbd::{BlockExport, BlockStatus, Server, ServerConfig};
+
+use crate::opts::OpenArgs;
+
+/// Arguments of `vmdk serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Listen on this TCP address (default 127.0.0.1:10809; loopback unless you say
+    /// otherwise, since an export has no authentication).
+    #[arg(short = 'b', long, value_name = "ADDR:PORT", conflicts_with = "socket")]
+    pub bind: Option<String>,
+    /// Listen on this Unix socket instead of TCP.
+    #[arg(short = 'k', long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Export read-only.
+    #[arg(short = 'r', long)]
+    pub read_only: bool,
+    /// Export name clients ask for (the empty name always works).
+    #[arg(short = 'x', long, default_value = "")]
+    pub export_name: String,
+    /// Export description shown to clients.
+    #[arg(short = 'D', long)]
+    pub description: Option<String>,
+    /// Serve up to N clients at once.
+    #[arg(short = 'e', long, default_value_t = 1)]
+    pub shared: usize,
+    /// Keep serving after the last client disconnects.
+    #[arg(short = 't', long)]
+    pub persistent: bool,
+    /// Flush data before the metadata that points at it (slower, power-cut safe).
+    #[arg(long)]
+    pub durable: bool,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// The image to export.
+    pub image: PathBuf,
+}
+
+/// An opened image as an NBD export.
+struct ImageExport {
+    image: Arc<Image>,
+}
+
+fn io_err(e: vmdk::Error) -> std::io::Error {
+    e.into()
+}
+
+impl BlockExport for ImageExport {
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.image.read_at(buf, offset).map_err(io_err)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.image.write_at(buf, offset).map_err(io_err)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.image.flush().map_err(io_err)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> std::io::Result<()> {
+        self.image
+            .write_zeroes(offset, len, may_trim)
+            .map_err(io_err)
+    }
+    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.image.discard(offset, len).map_err(io_err)
+    }
+    fn can_trim(&self) -> bool {
+        self.image.can_discard()
+    }
+    fn is_read_only(&self) -> bool {
+        !self.image.is_writable()
+    }
+    fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
+        // Bound the work per request; the client asks again for the rest.
+        let len = len
+            .min(1 << 30)
+            .min(self.image.size().saturating_sub(offset));
+        let mut out: Vec<BlockStatus> = Vec::new();
+        for e in self.image.map(offset, len).map_err(io_err)? {
+            // As qemu-nbd: a hole is anything that is not data; zeros are flagged as such.
+            let (hole, zero) = match e.target {
+                MapTarget::Data { .. } | MapTarget::Compressed { .. } => (false, false),
+                MapTarget::Zero | MapTarget::Unallocated => (true, true),
+            };
+            match out.last_mut() {
+                Some(last) if last.hole == hole && last.zero == zero => last.length += e.length,
+                _ => out.push(BlockStatus {
+                    length: e.length,
+                    hole,
+                    zero,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Run the server until it is told to stop (SIGINT/SIGTERM) or, unless persistent, until
+/// its clients are done.
+pub fn run(args: Args) -> Result<u8> {
+    let writable = !args.read_only;
+    let opts = args.open.options().writable(writable).durable(args.durable);
+    let image = opts
+        .open(&args.image)
+        .with_context(|| format!("Could not open '{}'", args.image.display()))?;
+    let export = Arc::new(ImageExport {
+        image: Arc::new(image),
+    });
+    let config = ServerConfig {
+        export_name: args.export_name.clone(),
+        description: args.description.clone(),
+        read_only: args.read_only,
+        max_clients: args.shared.max(1),
+        persistent: args.persistent,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(export.clone(), config);
+    let handle = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+            handle.shutdown();
+        }
+    });
+    if let Some(path) = &args.socket {
+        if path.exists() {
+            bail!("socket path '{}' already exists", path.display());
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("binding '{}'", path.display()))?;
+        let r = server.serve_unix(listener);
+        let _ = std::fs::remove_file(path);
+        r.context("serving")?;
+    } else {
+        let addr = args.bind.as_deref().unwrap_or("127.0.0.1:10809");
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        server.serve_tcp(listener).context("serving")?;
+    }
+    export.image.flush().context("flushing the image")?;
+    Ok(0)
+}

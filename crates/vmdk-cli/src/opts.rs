@@ -1,0 +1,228 @@
+//! Flags shared by the subcommands that open images, and qemu-img's `-o key=value,...`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use vmdk::{AdapterType, CreateOptions, Image, OpenOptions, Subformat};
+
+/// How to open images.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OpenArgs {
+    /// Follow extent and backing file names that leave the image's directory (absolute
+    /// paths, `..`, symlinks out) and open device files. Only for images you trust.
+    #[arg(long)]
+    pub allow_unsafe_paths: bool,
+    /// Open a child image even when its parentCID does not match its parent's CID.
+    #[arg(long)]
+    pub ignore_cid_mismatch: bool,
+    /// Accepted for qemu-img compatibility (images are never locked).
+    #[arg(short = 'U', long = "force-share", hide = true)]
+    pub force_share: bool,
+}
+
+impl OpenArgs {
+    /// Library options for these flags.
+    pub fn options(&self) -> OpenOptions {
+        OpenOptions::new()
+            .allow_unsafe_paths(self.allow_unsafe_paths)
+            .ignore_cid_mismatch(self.ignore_cid_mismatch)
+    }
+}
+
+/// What an image file given on the command line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fmt {
+    Vmdk,
+    Raw,
+}
+
+/// `-f FMT`, or the format probed from the file's first 4 KiB.
+pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
+    match fmt {
+        Some("vmdk") => Ok(Fmt::Vmdk),
+        Some("raw") => Ok(Fmt::Raw),
+        Some(other) => bail!("unknown image format '{other}' (expected vmdk or raw)"),
+        None => {
+            use std::io::Read;
+            let mut head = Vec::with_capacity(4096);
+            std::fs::File::open(path)
+                .with_context(|| format!("Could not open '{}'", path.display()))?
+                .take(4096)
+                .read_to_end(&mut head)
+                .with_context(|| format!("Could not read '{}'", path.display()))?;
+            Ok(if vmdk::probe(&head).is_some() {
+                Fmt::Vmdk
+            } else {
+                Fmt::Raw
+            })
+        }
+    }
+}
+
+/// Open a VMDK image, refusing `-f raw`.
+pub fn open_vmdk(path: &Path, fmt: Option<&str>, opts: &OpenOptions) -> Result<Image> {
+    if let Some(f) = fmt {
+        if f != "vmdk" {
+            bail!("this command only works on vmdk images, not '{f}'");
+        }
+    }
+    Ok(Image::open_with(path, opts)?)
+}
+
+/// Split qemu-style `key=value,key=value` option strings (`,,` is a literal comma); several
+/// `-o` flags add up.
+pub fn split_options(opts: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for o in opts {
+        let mut cur = String::new();
+        let mut parts = Vec::new();
+        let mut chars = o.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    cur.push(',');
+                } else {
+                    parts.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        parts.push(cur);
+        for p in parts.into_iter().filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some((k, v)) => out.push((k.to_string(), v.to_string())),
+                None if p == "help" || p == "?" => out.push((p, String::new())),
+                None => bail!("Invalid parameter '{p}' (expected key=value)"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// qemu's boolean option values.
+pub fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
+    }
+}
+
+/// The `-o` options of the vmdk format.
+pub const VMDK_OPTIONS_HELP: &str = "\
+Creation options for 'vmdk':
+  adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX
+  backing_file=<str>      - File name of a base image
+  backing_fmt=<str>       - Image format of the base image (vmdk)
+  compat6=<bool (on/off)> - VMDK version 6 image
+  compression_level=<num> - zlib level (0-9) for compressed (streamOptimized) output
+  hwversion=<str>         - VMDK hardware version
+  size=<size>             - Virtual disk size
+  subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}
+  toolsversion=<str>      - VMware guest tools version
+  zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature
+";
+
+/// Options parsed from `-o` for a new VMDK image.
+#[derive(Debug, Clone, Default)]
+pub struct VmdkOptions {
+    pub create: CreateOptions,
+    pub backing_fmt: Option<String>,
+    pub size: Option<u64>,
+    /// Whether `compression_level` was given.
+    pub compression_level: Option<u32>,
+    /// What was given, in qemu's option order, for the "Formatting ..." line.
+    pub given: Vec<(String, String)>,
+}
+
+/// Parse `-o` options for a VMDK image. `allow_backing` says whether backing_file /
+/// backing_fmt / size are accepted (create) or not (convert).
+pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
+    let mut v = VmdkOptions::default();
+    for (k, val) in opts {
+        match k.as_str() {
+            "subformat" => v.create.subformat = Subformat::parse(val)?,
+            "adapter_type" => v.create.adapter_type = AdapterType::parse(val)?,
+            "hwversion" => {
+                v.create.hwversion = (val != "undefined").then(|| val.clone());
+            }
+            "toolsversion" => v.create.toolsversion = Some(val.clone()),
+            "compat6" => v.create.compat6 = parse_bool(k, val)?,
+            "zeroed_grain" => v.create.zeroed_grain = parse_bool(k, val)?,
+            "compression_level" => {
+                let l: u32 = val
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= 9)
+                    .with_context(|| format!("invalid compression_level '{val}' (0-9)"))?;
+                v.create.compression_level = l;
+                v.compression_level = Some(l);
+            }
+            "backing_file" if allow_backing => v.create.backing_file = Some(val.clone()),
+            "backing_fmt" if allow_backing => v.backing_fmt = Some(val.clone()),
+            "size" if allow_backing => v.size = Some(crate::size::parse_size(val)?),
+            _ => bail!("Invalid parameter '{k}'"),
+        }
+    }
+    // qemu-img prints the options in the order its option table lists them.
+    const ORDER: [&str; 9] = [
+        "backing_file",
+        "backing_fmt",
+        "adapter_type",
+        "compat6",
+        "hwversion",
+        "toolsversion",
+        "subformat",
+        "zeroed_grain",
+        "compression_level",
+    ];
+    for key in ORDER {
+        if let Some((k, val)) = opts.iter().rev().find(|(k, _)| k == key) {
+            v.given.push((k.clone(), val.clone()));
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_options() {
+        let o = split_options(&[
+            "subformat=streamOptimized,compat6=on".into(),
+            "a=b,,c".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("subformat".into(), "streamOptimized".into()),
+                ("compat6".into(), "on".into()),
+                ("a".into(), "b,c".into())
+            ]
+        );
+        assert!(split_options(&["bogus".into()]).is_err());
+    }
+
+    #[test]
+    fn parses_vmdk_options() {
+        let o = split_options(&[
+            "zeroed_grain=on,adapter_type=lsilogic,hwversion=6,compression_level=9".into(),
+        ])
+        .unwrap();
+        let v = vmdk_options(&o, false).unwrap();
+        assert!(v.create.zeroed_grain);
+        assert_eq!(v.create.adapter_type, AdapterType::Lsilogic);
+        assert_eq!(v.create.hwversion.as_deref(), Some("6"));
+        assert_eq!(v.compression_level, Some(9));
+        assert!(vmdk_options(&[("bogus".into(), "1".into())], false).is_err());
+        assert!(vmdk_options(&[("subformat".into(), "foo".into())], false).is_err());
+        assert!(vmdk_options(&[("compat6".into(), "maybe".into())], false).is_err());
+        assert!(vmdk_options(&[("backing_file".into(), "a".into())], false).is_err());
+        assert!(vmdk_options(&[("backing_file".into(), "a".into())], true).is_ok());
+    }
+}

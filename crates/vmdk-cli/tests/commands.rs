@@ -1,0 +1,409 @@
+//! `vmdk create`, `convert`, `compare` and `io`, with qemu-img / qemu-io as the oracle.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// qemu-io's output without its timing lines (which differ run to run).
+fn untimed(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.contains(" ops; "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn io(image: &Path, cmds: &[&str]) -> Run {
+    let img = s(image);
+    let mut args = vec!["io"];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(&img);
+    vmdk(&args)
+}
+
+#[test]
+fn create_every_subformat() {
+    let d = tempdir();
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+        "vmfs",
+    ] {
+        let p = d.path().join(format!("{sub}.vmdk"));
+        let out = vmdk_ok(&["create", "-o", &format!("subformat={sub}"), &s(&p), "3M"]);
+        assert_eq!(
+            out,
+            format!(
+                "Formatting '{}', fmt=vmdk size=3145728 compat6=off hwversion=undefined subformat={sub}\n",
+                s(&p)
+            )
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", &s(&p)])).unwrap();
+        assert_eq!(v["virtual-size"], 3145728, "{sub}");
+        assert_eq!(v["format-specific"]["data"]["create-type"], sub);
+        assert_eq!(tool("qemu-img", &["check", &s(&p)]).code, 0, "{sub}");
+    }
+}
+
+#[test]
+fn create_options_like_qemu() {
+    let d = tempdir();
+    let p = d.path().join("x.vmdk");
+    let q = d.path().join("q.vmdk");
+    let opts = "subformat=streamOptimized,adapter_type=lsilogic,zeroed_grain=on,hwversion=6,toolsversion=5";
+    let ours = vmdk_ok(&["create", "-o", opts, &s(&p), "1M"]);
+    let theirs = qemu_img(&["create", "-f", "vmdk", "-o", opts, &s(&q), "1M"]);
+    assert_eq!(ours.replace(&s(&p), "F"), theirs.replace(&s(&q), "F"));
+    // Sizes with suffixes, rounded up to whole sectors.
+    vmdk_ok(&["create", "-q", &s(&p), "1.5k"]);
+    assert_eq!(
+        vmdk(&["info", "--output=json", &s(&p)]).json()["virtual-size"],
+        1536
+    );
+    vmdk_ok(&["create", "-q", &s(&p), "1000"]);
+    assert_eq!(
+        vmdk(&["info", "--output=json", &s(&p)]).json()["virtual-size"],
+        1024
+    );
+    // Bad options.
+    for (args, msg) in [
+        (
+            vec!["create", "-o", "bogus=1", "y.vmdk", "1M"],
+            "Invalid parameter 'bogus'",
+        ),
+        (
+            vec!["create", "-o", "subformat=foo", "y.vmdk", "1M"],
+            "subformat",
+        ),
+        (
+            vec!["create", "-o", "zeroed_grain=maybe", "y.vmdk", "1M"],
+            "zeroed_grain",
+        ),
+        (
+            vec!["create", "y.vmdk", "12abc"],
+            "Invalid image size specified: '12abc'.",
+        ),
+        (
+            vec!["create", "y.vmdk"],
+            "Image creation needs a size parameter",
+        ),
+        (
+            vec!["create", "-b", "a.vmdk", "-F", "qcow2", "y.vmdk", "1M"],
+            "backing format",
+        ),
+    ] {
+        let r = vmdk(&args);
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.stderr.starts_with("vmdk: "), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg), "{args:?}: {}", r.stderr);
+    }
+    assert!(!d.path().join("y.vmdk").exists());
+}
+
+#[test]
+fn create_with_backing_takes_its_size() {
+    let d = tempdir();
+    let base = qemu_create(d.path(), "base.vmdk", "6M", &[]);
+    qemu_io(&base, &["write -P 3 1M 64k"]);
+    let top = d.path().join("top.vmdk");
+    let out = vmdk_ok(&["create", "-b", "base.vmdk", "-F", "vmdk", &s(&top)]);
+    assert_eq!(
+        out,
+        format!(
+            "Formatting '{}', fmt=vmdk size=6291456 backing_file=base.vmdk backing_fmt=vmdk \
+             compat6=off hwversion=undefined\n",
+            s(&top)
+        )
+    );
+    qemu_io(&top, &["read -P 3 1M 64k"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output=json", &s(&top)])).unwrap();
+    assert_eq!(v["backing-filename"], "base.vmdk");
+    assert_eq!(v["virtual-size"], 6291456);
+    // -u needs an explicit size.
+    let r = vmdk(&[
+        "create",
+        "-u",
+        "-b",
+        "base.vmdk",
+        &s(&d.path().join("u.vmdk")),
+    ]);
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn convert_to_raw_and_vmdk() {
+    let d = tempdir();
+    let a = qemu_create(d.path(), "a.vmdk", "8M", &[]);
+    qemu_io(&a, &["write -P 1 60k 10k", "write -P 2 3M 1M"]);
+    let ours = d.path().join("ours.raw");
+    let theirs = d.path().join("theirs.raw");
+    vmdk_ok(&["convert", "-O", "raw", &s(&a), &s(&ours)]);
+    qemu_img(&["convert", "-O", "raw", &s(&a), &s(&theirs)]);
+    assert!(std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap());
+
+    // raw (probed) -> streamOptimized, with threads, a level and a progress bar.
+    let st = d.path().join("st.vmdk");
+    vmdk_ok(&[
+        "convert",
+        "-p",
+        "-m",
+        "2",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized,compression_level=9",
+        &s(&ours),
+        &s(&st),
+    ]);
+    assert_eq!(
+        qemu_img(&["compare", &s(&a), &s(&st)]),
+        "Images are identical.\n"
+    );
+    let sparse = d.path().join("sp.vmdk");
+    vmdk_ok(&[
+        "convert",
+        "-f",
+        "vmdk",
+        "-O",
+        "vmdk",
+        "-o",
+        "adapter_type=lsilogic",
+        &s(&st),
+        &s(&sparse),
+    ]);
+    assert_eq!(tool("qemu-img", &["compare", &s(&a), &s(&sparse)]).code, 0);
+    assert_eq!(
+        vmdk(&["info", "--output=json", &s(&sparse)]).json()["format-specific"]["data"]
+            ["adapter-type"],
+        "lsilogic"
+    );
+
+    for args in [
+        vec!["convert", "-O", "qcow2", "a", "b"],
+        vec!["convert", "-O", "raw", "-o", "subformat=x", "a", "b"],
+        vec!["convert", "-O", "vmdk", "-o", "bogus=1", "a", "b"],
+    ] {
+        let r = vmdk(&args);
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
+    }
+    let r = vmdk(&[
+        "convert",
+        "-O",
+        "raw",
+        &s(&d.path().join("missing")),
+        &s(&ours),
+    ]);
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn compare_like_qemu() {
+    let d = tempdir();
+    let a = qemu_create(d.path(), "a.vmdk", "4M", &[]);
+    qemu_io(&a, &["write -P 1 0 1M"]);
+    let b = qemu_create(d.path(), "b.vmdk", "4M", &[]);
+    qemu_io(&b, &["write -P 1 0 1M"]);
+    let same = |x: &Path, y: &Path, extra: &[&str]| {
+        let (xs, ys) = (s(x), s(y));
+        let mut args = vec!["compare"];
+        args.extend_from_slice(extra);
+        args.push(&xs);
+        args.push(&ys);
+        let ours = vmdk(&args);
+        let theirs = tool("qemu-img", &args);
+        assert_eq!(ours.stdout, theirs.stdout, "{args:?}");
+        assert_eq!(ours.code, theirs.code, "{args:?}");
+        ours.code
+    };
+    assert_eq!(same(&a, &b, &[]), 0);
+    qemu_io(&b, &["write -P 2 700005 3"]);
+    assert_eq!(same(&a, &b, &[]), 1);
+
+    // Different sizes: the extra part must be zero unless strict.
+    let c = qemu_create(d.path(), "c.vmdk", "6M", &[]);
+    qemu_io(&c, &["write -P 1 0 1M"]);
+    assert_eq!(same(&a, &c, &[]), 0);
+    assert_eq!(same(&a, &c, &["-s"]), 1);
+    qemu_io(&c, &["write -P 3 5M 512"]);
+    assert_eq!(same(&a, &c, &[]), 1);
+
+    // Strict mode also compares allocation.
+    let e = qemu_create(d.path(), "e.vmdk", "4M", &[]);
+    qemu_io(&e, &["write -P 1 0 1M", "write -P 0 2M 64k"]);
+    assert_eq!(same(&a, &e, &[]), 0);
+    assert_eq!(same(&a, &e, &["-s"]), 1);
+
+    // raw against vmdk.
+    let raw = d.path().join("a.raw");
+    qemu_img(&["convert", "-O", "raw", &s(&a), &s(&raw)]);
+    assert_eq!(same(&a, &raw, &[]), 0);
+
+    let r = vmdk(&["compare", &s(&a), &s(&d.path().join("missing.vmdk"))]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
+    let r = vmdk(&["compare", "-q", &s(&a), &s(&b)]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+}
+
+#[test]
+fn io_reads_and_writes_like_qemu_io() {
+    let d = tempdir();
+    let ours = qemu_create(d.path(), "ours.vmdk", "4M", &[]);
+    let theirs = qemu_create(d.path(), "theirs.vmdk", "4M", &[]);
+    let cmds = [
+        "write -P 0xab 60k 10k",
+        "write 1M 64k",
+        "read -P 0xab 60k 10k",
+        "read -v 61435 40",
+        "read -P 0xcd -s 4k -l 1k 1020k 8k",
+        "map",
+        "flush",
+    ];
+    let o = io(&ours, &cmds).expect(0, "vmdk io");
+    let t = qemu_io(&theirs, &cmds);
+    assert_eq!(untimed(&o), untimed(&t));
+    // The timing lines have qemu-io's shape.
+    let timing = o.lines().nth(1).unwrap();
+    assert!(
+        timing.starts_with("10 KiB, 1 ops; ")
+            && timing.contains(" sec (")
+            && timing.ends_with(" ops/sec)"),
+        "{timing}"
+    );
+    // Same data on disk as qemu-io wrote.
+    assert_eq!(
+        tool("qemu-img", &["compare", &s(&ours), &s(&theirs)]).code,
+        0
+    );
+    qemu_io(&ours, &["read -P 0xab 60k 10k", "read -P 0xcd 1M 64k"]);
+    // And qemu-io's info lines.
+    let o = io(&ours, &["info"]).expect(0, "info");
+    let t = qemu_io(&ours, &["info"]);
+    let t_lines: Vec<&str> = t.lines().collect();
+    for line in &t_lines {
+        assert!(o.lines().any(|l| l == *line), "missing {line:?} in\n{o}");
+    }
+}
+
+#[test]
+fn io_failures() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "1M", &[]);
+    qemu_io(&img, &["write -P 1 0 64k"]);
+    // Pattern mismatch: reported, later commands still run, exit status 1.
+    let r = io(&img, &["read -P 2 0 4k", "read -P 1 0 4k"]);
+    assert_eq!(r.code, 1);
+    assert!(r
+        .stdout
+        .starts_with("Pattern verification failed at offset 0, 4096 bytes\n"));
+    assert_eq!(
+        r.stdout.matches("read 4096/4096 bytes at offset 0").count(),
+        2
+    );
+    let q = tool("qemu-io", &["-f", "vmdk", "-c", "read -P 2 0 4k", &s(&img)]);
+    assert_eq!(q.code, 1);
+    assert_eq!(
+        untimed(&q.stdout),
+        untimed(&r.stdout)
+            .lines()
+            .take(2)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    // Out of range, unknown command, read-only.
+    let r = io(&img, &["read 2M 4k"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.starts_with("read failed: "), "{}", r.stdout);
+    let r = io(&img, &["bogus"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("command \"bogus\" not found"));
+    let r = vmdk(&["io", "-r", "-c", "write 0 512", &s(&img)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.starts_with("write failed: "), "{}", r.stdout);
+    let r = io(&img, &["read 0"]);
+    assert_eq!(r.code, 1);
+    let r = io(&img, &["read -P 300 0 512"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("300 is not a valid pattern byte"),
+        "{}",
+        r.stdout
+    );
+    // Nothing was written by any of that.
+    qemu_io(&img, &["read -P 1 0 64k", "read -P 0 64k 960k"]);
+    let r = vmdk(&["io", "-c", "read 0 512", &s(&d.path().join("missing.vmdk"))]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.starts_with("vmdk: "));
+}
+
+#[test]
+fn io_discard_and_zero_writes() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "z.vmdk", "4M", &["zeroed_grain=on"]);
+    let r = io(
+        &img,
+        &[
+            "write -P 1 0 1M",
+            "discard 64k 128k",
+            "write -z -u 512k 64k",
+            "read -P 0 64k 128k",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r
+        .stdout
+        .contains("discard 131072/131072 bytes at offset 65536\n"));
+    qemu_io(
+        &img,
+        &[
+            "read -P 1 0 64k",
+            "read -P 0 64k 128k",
+            "read -P 0 512k 64k",
+            "read -P 1 576k 448k",
+        ],
+    );
+    assert_eq!(tool("qemu-img", &["check", &s(&img)]).code, 0);
+    // Stdin holds the commands when there is no -c.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmdk"))
+        .args(["io", &s(&img)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"write -P 7 2M 4k\n\nread -P 7 2M 4k\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("read 4096/4096 bytes at offset 2097152"));
+}
+
+#[test]
+fn errors_are_prefixed() {
+    let r = vmdk(&["info", "/nonexistent/x.vmdk"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let d = tempdir();
+    let p = d.path().join("not.vmdk");
+    std::fs::write(&p, b"hello").unwrap();
+    let r = vmdk(&["info", "-f", "vmdk", &s(&p)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not a VMDK image"), "{}", r.stderr);
+    // Probed as raw otherwise, like qemu-img.
+    let v = vmdk(&["info", "--output=json", &s(&p)]).json();
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["virtual-size"], 5);
+}

@@ -1,0 +1,361 @@
+//! `vmdk info` and `vmdk map` against qemu-img on images qemu made.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+/// The fields of `qemu-img info --output=json` we promise to reproduce.
+fn info_fields(v: &Value) -> Value {
+    let data = &v["format-specific"]["data"];
+    let extents: Vec<Value> = data["extents"]
+        .as_array()
+        .expect("extents")
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "virtual-size": e["virtual-size"],
+                "filename": e["filename"],
+                "cluster-size": e["cluster-size"],
+                "format": e["format"],
+                "compressed": e["compressed"],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "virtual-size": v["virtual-size"],
+        "filename": v["filename"],
+        "format": v["format"],
+        "cluster-size": v["cluster-size"],
+        "actual-size": v["actual-size"],
+        "backing-filename": v["backing-filename"],
+        "full-backing-filename": v["full-backing-filename"],
+        "backing-filename-format": v["backing-filename-format"],
+        "dirty-flag": v["dirty-flag"],
+        "type": v["format-specific"]["type"],
+        "cid": data["cid"],
+        "parent-cid": data["parent-cid"],
+        "create-type": data["create-type"],
+        "extents": extents,
+    })
+}
+
+fn assert_info_matches(image: &Path, chain: bool) {
+    let img = s(image);
+    let mut args = vec!["info", "--output=json"];
+    if chain {
+        args.push("--backing-chain");
+    }
+    args.push(&img);
+    let ours = vmdk(&args);
+    assert_eq!(ours.code, 0, "vmdk info: {}", ours.stderr);
+    let ours = ours.json();
+    let theirs: Value = serde_json::from_str(&qemu_img(&args)).unwrap();
+    if chain {
+        let (o, t) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
+        assert_eq!(o.len(), t.len(), "chain length");
+        for (o, t) in o.iter().zip(t) {
+            assert_eq!(info_fields(o), info_fields(t), "{}", image.display());
+        }
+    } else {
+        assert_eq!(
+            info_fields(&ours),
+            info_fields(&theirs),
+            "{}",
+            image.display()
+        );
+    }
+}
+
+fn assert_map_matches(image: &Path, extra: &[&str]) {
+    let img = s(image);
+    let mut args = vec!["map", "--output=json"];
+    args.extend_from_slice(extra);
+    args.push(&img);
+    let ours = vmdk(&args);
+    assert_eq!(ours.code, 0, "vmdk map: {}", ours.stderr);
+    let theirs = qemu_img(&args);
+    let (o, t): (Value, Value) = (ours.json(), serde_json::from_str(&theirs).unwrap());
+    assert_eq!(o, t, "map of {} {extra:?}", image.display());
+    // Not just the same values: the same text.
+    assert_eq!(ours.stdout, theirs, "map text of {}", image.display());
+}
+
+fn assert_human_map_matches(image: &Path) {
+    let img = s(image);
+    let ours = vmdk(&["map", &img]).expect(0, "vmdk map");
+    assert_eq!(
+        ours,
+        qemu_img(&["map", &img]),
+        "human map of {}",
+        image.display()
+    );
+}
+
+#[test]
+fn info_monolithic_sparse() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "10M", &[]);
+    qemu_io(&img, &["write -P 0xab 60k 10k"]);
+    assert_info_matches(&img, false);
+    let human = vmdk_ok(&["info", &s(&img)]);
+    assert!(
+        human.contains("virtual size: 10 MiB (10485760 bytes)\n"),
+        "{human}"
+    );
+    assert!(human.contains("cluster_size: 65536\n"), "{human}");
+    assert!(
+        human.contains("    create type: monolithicSparse\n"),
+        "{human}"
+    );
+    // qemu's own human lines come first, in its order.
+    let theirs = qemu_img(&["info", &s(&img)]);
+    let head: Vec<&str> = theirs.lines().take(5).collect();
+    let ours_head: Vec<&str> = human.lines().take(5).collect();
+    assert_eq!(ours_head, head);
+}
+
+#[test]
+fn info_stream_optimized() {
+    let d = tempdir();
+    let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
+    qemu_io(&src, &["write -P 1 0 100k", "write -P 2 3M 64k"]);
+    let img = d.path().join("s.vmdk");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&src),
+        &s(&img),
+    ]);
+    assert_info_matches(&img, false);
+}
+
+#[test]
+fn info_two_gb_max_extent_flat() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    assert_info_matches(&img, false);
+    let v = vmdk(&["info", "--output=json", &s(&img)]).json();
+    assert!(v.get("cluster-size").is_none());
+    let ext = &v["format-specific"]["data"]["extents"];
+    assert_eq!(ext.as_array().unwrap().len(), 3);
+    assert_eq!(ext[0]["access"], "RW");
+    assert_eq!(ext[0]["type"], "FLAT");
+}
+
+#[test]
+fn info_two_gb_max_extent_sparse_and_extras() {
+    let d = tempdir();
+    let img = qemu_create(
+        d.path(),
+        "t.vmdk",
+        "3G",
+        &["subformat=twoGbMaxExtentSparse", "adapter_type=lsilogic"],
+    );
+    assert_info_matches(&img, false);
+    let v = vmdk(&["info", "--output=json", &s(&img)]).json();
+    let data = &v["format-specific"]["data"];
+    assert_eq!(data["adapter-type"], "lsilogic");
+    assert_eq!(data["hwversion"], "4");
+    assert_eq!(data["geometry"]["heads"], 255);
+    assert_eq!(data["extents"][1]["type"], "SPARSE");
+}
+
+#[test]
+fn info_backing_chain() {
+    let d = tempdir();
+    let base = qemu_create(d.path(), "base.vmdk", "8M", &[]);
+    qemu_io(&base, &["write -P 1 0 64k"]);
+    let top = qemu_child(d.path(), "top.vmdk", &base, None);
+    assert_info_matches(&top, false);
+    assert_info_matches(&top, true);
+    let human = vmdk_ok(&["info", "--backing-chain", &s(&top)]);
+    assert!(
+        human.contains(&format!(
+            "backing file: base.vmdk (actual path: {})\n",
+            s(&base)
+        )),
+        "{human}"
+    );
+    assert!(human.contains("backing file format: vmdk\n"), "{human}");
+    assert!(
+        human.contains(&format!("\n\nimage: {}\n", s(&base))),
+        "{human}"
+    );
+    // A missing backing file does not stop plain info (qemu opens without backing too).
+    std::fs::remove_file(&base).unwrap();
+    let v = vmdk(&["info", "--output=json", &s(&top)]).json();
+    assert_eq!(v["backing-filename"], "base.vmdk");
+}
+
+#[test]
+fn info_unknown_keys_and_unsafe_paths() {
+    let d = tempdir();
+    let sub = d.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(d.path().join("data.raw"), vec![0u8; 1 << 20]).unwrap();
+    let desc = sub.join("evil.vmdk");
+    std::fs::write(
+        &desc,
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+         createType=\"monolithicFlat\"\nisNativeSnapshot=\"no\"\n\n\
+         RW 2048 FLAT \"../data.raw\" 0\n\nddb.adapterType = \"ide\"\nddb.custom.thing = \"x\"\n",
+    )
+    .unwrap();
+    let r = vmdk(&["info", &s(&desc)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
+    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+    for cmd in ["map", "check"] {
+        let r = vmdk(&[cmd, &s(&desc)]);
+        assert_eq!(r.code, 1, "{cmd}");
+        assert!(
+            r.stderr.contains("--allow-unsafe-paths"),
+            "{cmd}: {}",
+            r.stderr
+        );
+    }
+    let r = vmdk(&["io", "-c", "read 0 512", &s(&desc)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+
+    let v = vmdk(&["info", "--output=json", "--allow-unsafe-paths", &s(&desc)]).json();
+    let data = &v["format-specific"]["data"];
+    assert_eq!(data["cid"], 0x12345678);
+    assert_eq!(data["unknown-keys"]["isNativeSnapshot"], "no");
+    assert_eq!(data["unknown-keys"]["ddb.custom.thing"], "x");
+    assert_eq!(data["extents"][0]["filename"], s(&sub.join("../data.raw")));
+}
+
+#[test]
+fn map_sparse_unaligned_writes() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    qemu_io(
+        &img,
+        &[
+            "write -P 1 60k 10k",
+            "write -P 2 130k 200k",
+            "write -P 3 1M 64k",
+            "write -P 4 16383k 1k",
+            "write -P 5 8M 512",
+        ],
+    );
+    assert_map_matches(&img, &[]);
+    assert_map_matches(&img, &["--start-offset", "70000", "--max-length", "300k"]);
+    assert_map_matches(&img, &["--start-offset", "1M"]);
+    assert_map_matches(&img, &["--start-offset", "32M"]);
+    assert_human_map_matches(&img);
+}
+
+#[test]
+fn map_zeroed_grains() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "z.vmdk", "4M", &["zeroed_grain=on"]);
+    qemu_io(
+        &img,
+        &[
+            "write -P 1 0 256k",
+            "write -z 64k 128k",
+            "write -z 1M 64k",
+            "write -z 2M 1000",
+            "write -z 3M 100k",
+        ],
+    );
+    assert_map_matches(&img, &[]);
+    assert_human_map_matches(&img);
+}
+
+#[test]
+fn map_two_and_three_level_chains() {
+    let d = tempdir();
+    let base = qemu_create(d.path(), "base.vmdk", "4M", &["zeroed_grain=on"]);
+    qemu_io(&base, &["write -P 1 0 1M", "write -z 2M 128k"]);
+    let mid = qemu_child(d.path(), "mid.vmdk", &base, None);
+    qemu_io(&mid, &["write -P 2 60k 70k", "write -P 3 3M 64k"]);
+    assert_map_matches(&mid, &[]);
+    assert_human_map_matches(&mid);
+    let top = qemu_child(d.path(), "top.vmdk", &mid, None);
+    qemu_io(&top, &["write -P 4 512k 4k", "write -P 5 3M 1k"]);
+    assert_map_matches(&top, &[]);
+    assert_map_matches(&top, &["--start-offset", "100k", "--max-length", "1M"]);
+    assert_human_map_matches(&top);
+}
+
+#[test]
+fn map_child_larger_than_backing() {
+    let d = tempdir();
+    let base = qemu_create(d.path(), "small.vmdk", "1M", &[]);
+    qemu_io(&base, &["write -P 5 0 64k"]);
+    let top = qemu_child(d.path(), "big.vmdk", &base, Some("4M"));
+    qemu_io(&top, &["write -P 6 2M 64k"]);
+    assert_map_matches(&top, &[]);
+}
+
+#[test]
+fn map_stream_optimized() {
+    let d = tempdir();
+    let src = qemu_create(d.path(), "src.vmdk", "8M", &[]);
+    qemu_io(
+        &src,
+        &["write -P 1 0 200k", "write -P 2 1M 64k", "write -P 3 7M 1M"],
+    );
+    let img = d.path().join("s.vmdk");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&src),
+        &s(&img),
+    ]);
+    assert_map_matches(&img, &[]);
+    // Human output refuses compressed clusters, as qemu-img does.
+    let r = vmdk(&["map", &s(&img)]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("File contains external, encrypted or compressed clusters."),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn map_multi_extent_sparse_and_flat() {
+    let d = tempdir();
+    let t = qemu_create(
+        d.path(),
+        "t.vmdk",
+        "3G",
+        &["subformat=twoGbMaxExtentSparse"],
+    );
+    qemu_io(&t, &["write -P 1 2047M 2M", "write -P 2 0 4k"]);
+    assert_map_matches(&t, &[]);
+    assert_human_map_matches(&t);
+    let f = qemu_create(d.path(), "f.vmdk", "4M", &["subformat=monolithicFlat"]);
+    qemu_io(&f, &["write -P 1 1M 64k", "write -P 2 3M 4k"]);
+    assert_map_matches(&f, &[]);
+    assert_human_map_matches(&f);
+}
+
+#[test]
+fn map_raw() {
+    let d = tempdir();
+    let raw = d.path().join("r.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &s(&raw), "4M"]);
+    tool(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 1M 64k", &s(&raw)],
+    )
+    .expect(0, "qemu-io");
+    let ours = vmdk(&["map", "--output=json", "-f", "raw", &s(&raw)]);
+    let theirs = qemu_img(&["map", "--output=json", "-f", "raw", &s(&raw)]);
+    assert_eq!(ours.json(), serde_json::from_str::<Value>(&theirs).unwrap());
+}
