@@ -129,9 +129,7 @@ pub fn read_part(
                 }
                 None => vec![0u8; grain_size as usize],
             };
-            if let Err(e) = read_grain(file, grain_offset, has_marker, &mut g) {
-                return Err(e);
-            }
+            read_grain(file, grain_offset, has_marker, &mut g)?;
             *slot = Some((key, grain_offset, g));
         }
         let (_, _, g) = slot.as_ref().expect("filled above");

@@ -14,6 +14,8 @@ use crate::map::{ExtentFile, MapTarget};
 pub use sparse::{GrainState, SparseExtent, SparseFlavor};
 
 /// How an extent stores its bytes.
+// Images have a handful of extents, so the size of the sparse variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ExtentKind {
     /// Bytes stored contiguously in `file` from byte `offset` (FLAT and VMFS extents).
