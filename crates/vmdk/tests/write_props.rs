@@ -104,6 +104,16 @@ proptest! {
     fn flat(acts in proptest::collection::vec(act(), 1..25)) {
         run(Subformat::MonolithicFlat, false, false, &acts);
     }
+
+    #[test]
+    fn two_gb_flat(acts in proptest::collection::vec(act(), 1..25)) {
+        run(Subformat::TwoGbMaxExtentFlat, false, false, &acts);
+    }
+
+    #[test]
+    fn vmfs(acts in proptest::collection::vec(act(), 1..25)) {
+        run(Subformat::Vmfs, false, false, &acts);
+    }
 }
 
 /// Several threads write disjoint, interleaved stripes (sharing grains and grain tables)
