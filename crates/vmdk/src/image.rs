@@ -742,9 +742,14 @@ fn open_extent(
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-            let offset = line.offset.checked_mul(SECTOR_SIZE).ok_or_else(|| {
-                Error::corrupt(format!("extent {index} offset overflows")).with_path(desc_path)
-            })?;
+            // The whole extent must be addressable: reads add offsets inside it.
+            let offset = line
+                .offset
+                .checked_mul(SECTOR_SIZE)
+                .filter(|o| o.checked_add(length).is_some())
+                .ok_or_else(|| {
+                    Error::corrupt(format!("extent {index} offset overflows")).with_path(desc_path)
+                })?;
             Ok(mk(ExtentKind::Flat { file, offset }))
         }
         ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {

@@ -36,7 +36,17 @@ pub fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), Stri
     let n = DECOMPRESSOR.with(|d| {
         d.borrow_mut()
             .zlib_decompress(data, out)
-            .map_err(|e| format!("{e:?}"))
+            .map_err(|e| match e {
+                libdeflater::DecompressionError::BadData => {
+                    "invalid zlib data (bad header, deflate stream or checksum)".to_string()
+                }
+                libdeflater::DecompressionError::InsufficientSpace => {
+                    format!(
+                        "data decompresses to more than the {}-byte grain",
+                        out.len()
+                    )
+                }
+            })
     })?;
     out[n..].fill(0);
     Ok(())

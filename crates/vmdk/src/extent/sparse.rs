@@ -144,7 +144,8 @@ impl SparseExtent {
                 &file,
                 format!(
                     "file truncated, expecting at least {} bytes",
-                    header.overhead * SECTOR_SIZE
+                    // `overhead` comes from the file: widen so it cannot overflow.
+                    header.overhead as u128 * SECTOR_SIZE as u128
                 ),
             ));
         }
@@ -293,7 +294,8 @@ impl SparseExtent {
             .checked_mul(SECTOR_SIZE)
             .ok_or_else(|| corrupt(&file, "capacity overflows"))?;
         let needed = capacity.div_ceil(per_gd);
-        let gd_entries = h.grain_dir_size * SECTOR_SIZE / 8;
+        // From the file: saturate rather than overflow (only compared against `needed`).
+        let gd_entries = h.grain_dir_size.saturating_mul(SECTOR_SIZE) / 8;
         if gd_entries < needed || needed > MAX_GD_ENTRIES {
             return Err(corrupt(
                 &file,
@@ -328,7 +330,9 @@ impl SparseExtent {
             zero_grain: true,
             compressed: false,
             has_marker: false,
-            cache: GrainTableCache::new(cache_tables),
+            // Tables are 32 KiB (4096 eight-byte entries), 16 times a VMDK4 table: keep the
+            // cache's memory the same as for VMDK4 (and COWD, which divides by 8).
+            cache: GrainTableCache::new(cache_tables / 16),
             next_free: Mutex::new(file_len),
             footer_layout: false,
             write_locks: Default::default(),
@@ -382,7 +386,12 @@ impl SparseExtent {
                     SeSparseGdEntry::Unallocated => Ok(None),
                     SeSparseGdEntry::Table(i) => {
                         let table_bytes = self.gt_entries * 8;
-                        Ok(Some(self.se_areas.0 + i as u64 * table_bytes))
+                        self.se_areas
+                            .0
+                            .checked_add(i as u64 * table_bytes)
+                            .filter(|o| o.checked_add(table_bytes).is_some())
+                            .map(Some)
+                            .ok_or_else(|| corrupt(&self.file, "grain table offset overflows"))
                     }
                 }
             }
@@ -420,6 +429,8 @@ impl SparseExtent {
                         let off = i
                             .checked_mul(self.grain_size)
                             .and_then(|o| o.checked_add(self.se_areas.1))
+                            // Reads add offsets inside the grain.
+                            .filter(|o| o.checked_add(self.grain_size).is_some())
                             .ok_or_else(|| corrupt(&self.file, "grain index overflows"))?;
                         GrainState::Allocated(off)
                     }

@@ -1,0 +1,65 @@
+//! Open arbitrary bytes as an image file, then read and map (bounded). The input is split:
+//! the first byte picks how much of the rest is the image file (`image.vmdk`); the remainder
+//! becomes `extent.vmdk` beside it, so descriptors naming that file reach the extent parsers.
+//! Errors are fine; panics, hangs and huge allocations are the bugs.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use vmdk::Image;
+
+fn dir() -> &'static tempfile::TempDir {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+}
+
+/// At most this much of the disk is read per input.
+const READ_LIMIT: u64 = 8 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let cut = if sel == 0xff {
+        rest.len()
+    } else {
+        (rest.len() * sel as usize) / 255
+    };
+    let (image, extent) = rest.split_at(cut);
+    let d = dir().path();
+    let path = d.join("image.vmdk");
+    if std::fs::write(&path, image).is_err()
+        || std::fs::write(d.join("extent.vmdk"), extent).is_err()
+    {
+        return;
+    }
+    let Ok(img) = Image::open(&path) else {
+        return;
+    };
+    let size = img.size();
+    let n = size.min(READ_LIMIT);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < n {
+        let len = (n - off).min(buf.len() as u64) as usize;
+        if img.read_at(&mut buf[..len], off).is_err() {
+            break;
+        }
+        off += len as u64;
+    }
+    let _ = img.map(0, n);
+    // Unaligned reads in the middle and at the end of every extent.
+    for e in img.extents() {
+        for at in [
+            e.start + e.length / 2 + 123,
+            e.start + e.length.saturating_sub(700),
+        ] {
+            if at < size {
+                let len = 1000.min(size - at) as usize;
+                let _ = img.read_at(&mut buf[..len], at);
+                let _ = img.map(at, len as u64);
+            }
+        }
+    }
+});
