@@ -468,9 +468,12 @@ impl Image {
         writable: bool,
     ) -> Result<Image> {
         let mut extents = Vec::with_capacity(descriptor.extents.len());
+        // Many FLAT lines may name one file (a partitioned device split into ranges): open
+        // it once rather than once per line.
+        let mut flat_files = std::collections::HashMap::new();
         let mut start = 0u64;
         for (i, line) in descriptor.extents.iter().enumerate() {
-            let extent = open_extent(path, line, i, start, opts, writable)?;
+            let extent = open_extent(path, line, i, start, opts, writable, &mut flat_files)?;
             start = start.checked_add(extent.length).ok_or_else(|| {
                 Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
             })?;
@@ -714,6 +717,7 @@ fn open_extent(
     start: u64,
     opts: &OpenOptions,
     writable: bool,
+    flat_files: &mut std::collections::HashMap<(PathBuf, bool), Arc<ExtentFile>>,
 ) -> Result<Extent> {
     let length = line.sectors.checked_mul(SECTOR_SIZE).ok_or_else(|| {
         Error::corrupt(format!("extent {index} size overflows")).with_path(desc_path)
@@ -733,6 +737,26 @@ fn open_extent(
     })?;
     let epath = paths::resolve(desc_path, name, "extent", opts.allow_unsafe_paths)?;
     let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
+    let is_flat = matches!(
+        line.kind,
+        ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw
+    );
+    let shared = is_flat
+        .then(|| flat_files.get(&(epath.clone(), ext_writable)).cloned())
+        .flatten();
+    // The whole extent must be addressable: reads add offsets inside it.
+    let flat_offset = || {
+        line.offset
+            .checked_mul(SECTOR_SIZE)
+            .filter(|o| o.checked_add(length).is_some())
+            .ok_or_else(|| {
+                Error::corrupt(format!("extent {index} offset overflows")).with_path(desc_path)
+            })
+    };
+    if let Some(file) = shared {
+        let offset = flat_offset()?;
+        return Ok(mk(ExtentKind::Flat { file, offset }));
+    }
     let storage = open_storage(
         &epath,
         ext_writable,
@@ -740,16 +764,12 @@ fn open_extent(
         opts.storage_opener.as_ref(),
     )?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
+    if is_flat {
+        flat_files.insert((epath.clone(), ext_writable), file.clone());
+    }
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-            // The whole extent must be addressable: reads add offsets inside it.
-            let offset = line
-                .offset
-                .checked_mul(SECTOR_SIZE)
-                .filter(|o| o.checked_add(length).is_some())
-                .ok_or_else(|| {
-                    Error::corrupt(format!("extent {index} offset overflows")).with_path(desc_path)
-                })?;
+            let offset = flat_offset()?;
             Ok(mk(ExtentKind::Flat { file, offset }))
         }
         ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
