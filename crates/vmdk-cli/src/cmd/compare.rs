@@ -1,6 +1,6 @@
-//! `vmdk compare`: are two images' contents the same? Messages and exit statuses follow
-//! `qemu-img compare`: 0 identical, 1 different, 2 an image could not be opened, 3 block
-//! status could not be read (strict mode), 4 data could not be read.
+//! `vmdk compare`: are two images' contents the same? Messages follow `qemu-img compare`;
+//! exit statuses are 0 identical, 1 different, 2 any error (qemu-img splits errors further
+//! into 2 open, 3 block status, 4 read; scripts test for "neither 0 nor 1", which holds).
 
 use std::path::PathBuf;
 
@@ -115,7 +115,7 @@ pub fn run(a: Args) -> Result<u8> {
     }
     let r = match r {
         Ok(r) => r,
-        Err(e) => return fail(4, e),
+        Err(e) => return fail(2, e),
     };
     let common = size_a.min(size_b);
     let content_diff = match r {
@@ -130,7 +130,7 @@ pub fn run(a: Args) -> Result<u8> {
                 return Ok(1);
             }
             Ok(None) => {}
-            Err(e) => return fail(3, e),
+            Err(e) => return fail(2, e),
         }
     }
     match r {
