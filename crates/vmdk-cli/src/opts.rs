@@ -5,6 +5,20 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use vmdk::{AdapterType, CreateOptions, Image, OpenOptions, Subformat};
 
+/// qemu-img's vmdk creation options in the order of its option table, which is the order
+/// it prints them in.
+pub const OPTION_ORDER: [&str; 9] = [
+    "backing_file",
+    "backing_fmt",
+    "adapter_type",
+    "compat6",
+    "hwversion",
+    "toolsversion",
+    "subformat",
+    "zeroed_grain",
+    "compression_level",
+];
+
 /// How to open images.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct OpenArgs {
@@ -166,19 +180,7 @@ pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<Vm
             _ => bail!("Invalid parameter '{k}'"),
         }
     }
-    // qemu-img prints the options in the order its option table lists them.
-    const ORDER: [&str; 9] = [
-        "backing_file",
-        "backing_fmt",
-        "adapter_type",
-        "compat6",
-        "hwversion",
-        "toolsversion",
-        "subformat",
-        "zeroed_grain",
-        "compression_level",
-    ];
-    for key in ORDER {
+    for key in OPTION_ORDER {
         if let Some((k, val)) = opts.iter().rev().find(|(k, _)| k == key) {
             v.given.push((k.clone(), val.clone()));
         }

@@ -113,18 +113,7 @@ pub fn run(a: Args) -> Result<u8> {
         ];
         // qemu prints every option it was given plus the ones with defaults, in the order
         // of its option table.
-        const ORDER: [&str; 9] = [
-            "backing_file",
-            "backing_fmt",
-            "adapter_type",
-            "compat6",
-            "hwversion",
-            "toolsversion",
-            "subformat",
-            "zeroed_grain",
-            "compression_level",
-        ];
-        for key in ORDER {
+        for key in crate::opts::OPTION_ORDER {
             if let Some((_, val)) = given.iter().find(|(k, _)| k == key) {
                 line.push_str(&format!(" {key}={val}"));
             } else if let Some(i) = defaults.iter().position(|(k, _)| *k == key) {
