@@ -1,0 +1,1087 @@
+//! End-to-end tests of `vmdk serve`: the built binary serves images made by qemu-img /
+//! qemu-io, and real NBD clients (qemu-img, qemu-io, nbdinfo, nbdcopy) plus a hand-written
+//! hostile client talk to it over TCP and Unix sockets. Afterwards the image files are
+//! checked and read back with qemu directly.
+//!
+//! Tests skip (with a note on stderr) when qemu-img/qemu-io or the libnbd tools are missing.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// How long a server gets to start listening, or to exit after a signal.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// True (after saying so) when one of `tools` is missing.
+fn skip_without(tools: &[&str]) -> bool {
+    for t in tools {
+        if !have(t) {
+            eprintln!("skipping: {t} is not installed");
+            return true;
+        }
+    }
+    false
+}
+
+// ---- the server under test ----------------------------------------------------------------
+
+static SERVER_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Where a server listens.
+#[derive(Clone, Debug)]
+enum Endpoint {
+    Tcp(u16),
+    Unix(PathBuf),
+}
+
+/// A running `vmdk serve`; killed and reaped when dropped.
+struct Served {
+    child: Option<Child>,
+    endpoint: Endpoint,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Serve `image` on a free loopback TCP port with the extra `args`.
+    fn tcp(image: &Path, args: &[&str]) -> Served {
+        let mut last = String::new();
+        for _ in 0..5 {
+            // The kernel picks a free port; there is a small window in which someone else
+            // may take it, hence the retries.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("probing for a free port")
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut full = vec!["-b", &addr];
+            full.extend_from_slice(args);
+            match Served::start(image, &full, Endpoint::Tcp(port)) {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("vmdk serve did not start: {last}");
+    }
+
+    /// Serve `image` on the Unix socket `sock` with the extra `args`.
+    fn unix(image: &Path, sock: &Path, args: &[&str]) -> Served {
+        let sock_s = s(sock);
+        let mut full = vec!["-k", &sock_s];
+        full.extend_from_slice(args);
+        Served::start(image, &full, Endpoint::Unix(sock.to_path_buf()))
+            .unwrap_or_else(|e| panic!("vmdk serve did not start: {e}"))
+    }
+
+    fn start(image: &Path, args: &[&str], endpoint: Endpoint) -> Result<Served, String> {
+        let n = SERVER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let log = image.with_file_name(format!(
+            "{}.serve{n}.log",
+            image.file_name().unwrap().to_string_lossy()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_vmdk"))
+            .arg("serve")
+            .args(args)
+            .arg(image)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning vmdk serve");
+        let mut served = Served {
+            child: Some(child),
+            endpoint,
+            log,
+        };
+        // Poll until the server answers with an NBD greeting (no fixed sleeps). The probe
+        // connection then hangs up, which the server treats as a failed handshake: it
+        // neither counts as a client nor ends a non-persistent server.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = served.child.as_mut().unwrap().try_wait().unwrap() {
+                served.child = None;
+                return Err(format!("exited with {status}: {}", served.log_text()));
+            }
+            if served.probe() {
+                return Ok(served);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not listening after {DEADLINE:?}: {}",
+                    served.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn probe(&self) -> bool {
+        let mut greeting = [0u8; 18];
+        match &self.endpoint {
+            Endpoint::Tcp(port) => TcpStream::connect(("127.0.0.1", *port)).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                c.read_exact(&mut greeting)
+            }),
+            Endpoint::Unix(p) => UnixStream::connect(p).and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                c.read_exact(&mut greeting)
+            }),
+        }
+        .map(|_| greeting[..8] == *b"NBDMAGIC")
+        .unwrap_or(false)
+    }
+
+    /// The export's URI (default export name).
+    fn url(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(port) => format!("nbd://127.0.0.1:{port}"),
+            Endpoint::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self.endpoint {
+            Endpoint::Tcp(p) => p,
+            Endpoint::Unix(_) => panic!("not a TCP server"),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send `sig` (e.g. "TERM") and wait for the exit; returns the status and how long the
+    /// server took to go.
+    fn signal(&mut self, sig: &str) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("server already stopped");
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-s", sig, &child.id().to_string()])
+            .status()
+            .expect("running kill")
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, t0.elapsed());
+            }
+            if t0.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server still running {DEADLINE:?} after SIG{sig}: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Wait for the server to exit on its own.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if t0.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not exit by itself: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stop with SIGTERM, asserting a prompt, successful exit.
+    fn stop(&mut self) {
+        let (status, took) = self.signal("TERM");
+        assert_eq!(status.code(), Some(0), "exit status: {}", self.log_text());
+        assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+        if let Endpoint::Unix(p) = &self.endpoint {
+            assert!(!p.exists(), "socket file left behind");
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---- client helpers -----------------------------------------------------------------------
+
+/// Run a tool expecting success; returns stdout.
+fn ok(name: &str, args: &[&str]) -> String {
+    tool(name, args).expect(0, &format!("{name} {args:?}"))
+}
+
+/// `qemu-io -f raw [-t writeback] -c CMD... URL`, expecting success and no failed command.
+fn qemu_io_nbd(url: &str, cmds: &[String]) -> String {
+    qemu_io_nbd_with(&[], url, cmds)
+}
+
+/// `qemu_io_nbd` with extra qemu-io options (e.g. `-r`).
+fn qemu_io_nbd_with(opts: &[&str], url: &str, cmds: &[String]) -> String {
+    let mut args = vec!["-f", "raw", "-t", "writeback"];
+    args.extend_from_slice(opts);
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(url);
+    let r = tool("qemu-io", &args);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        r.code == 0 && !all.contains("failed") && !all.contains("rror"),
+        "qemu-io {cmds:?} on {url}: exit {}\n{all}",
+        r.code
+    );
+    r.stdout
+}
+
+fn cmds(list: &[&str]) -> Vec<String> {
+    list.iter().map(|c| c.to_string()).collect()
+}
+
+/// Regions of an allocation map as (start, length, data), neighbours with the same data
+/// flag merged.
+type Regions = Vec<(u64, u64, bool)>;
+
+fn push_region(out: &mut Regions, start: u64, len: u64, data: bool) {
+    if let Some(last) = out.last_mut() {
+        if last.2 == data && last.0 + last.1 == start {
+            last.1 += len;
+            return;
+        }
+    }
+    out.push((start, len, data));
+}
+
+/// `qemu-img map --output=json` of an image or export. For an export (`nbd`), also
+/// checks the flags our server must produce: data is never zero, non-data always is.
+fn qemu_map(args: &[&str], nbd: bool) -> Regions {
+    let mut full = vec!["map", "--output=json"];
+    full.extend_from_slice(args);
+    let out = ok("qemu-img", &full);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut regions = Vec::new();
+    let mut next = 0;
+    for e in v.as_array().unwrap() {
+        let start = e["start"].as_u64().unwrap();
+        let len = e["length"].as_u64().unwrap();
+        let data = e["data"].as_bool().unwrap();
+        let zero = e["zero"].as_bool().unwrap();
+        assert_eq!(start, next, "map not contiguous: {out}");
+        next = start + len;
+        if nbd {
+            assert_eq!(zero, !data, "export map entry {e}");
+        } else if !data {
+            // Unallocated and zeroed grains both read as zeros.
+            assert!(zero, "image map entry {e}");
+        }
+        push_region(&mut regions, start, len, data);
+    }
+    regions
+}
+
+/// `nbdinfo --map URL`: lines of "offset length type description".
+fn nbdinfo_map(url: &str) -> Regions {
+    let out = ok("nbdinfo", &["--map", url]);
+    let mut regions = Vec::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (start, len, ty): (u64, u64, u32) = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        );
+        // Our server says either plain data (0) or hole+zero (3).
+        assert!(ty == 0 || ty == 3, "unexpected type in {line:?}");
+        push_region(&mut regions, start, len, ty == 0);
+    }
+    regions
+}
+
+fn virtual_size(args: &[&str]) -> u64 {
+    let mut full = vec!["info", "--output=json"];
+    full.extend_from_slice(args);
+    let v: serde_json::Value = serde_json::from_str(&ok("qemu-img", &full)).unwrap();
+    v["virtual-size"].as_u64().unwrap()
+}
+
+/// Everything a read-only export must agree on with qemu's own view of `image`.
+fn check_read_only_export(dir: &Path, image: &Path) {
+    let img = s(image);
+    let srv = Served::tcp(image, &["--read-only", "--persistent"]);
+    let url = srv.url();
+
+    let size = virtual_size(&["-U", "-f", "vmdk", &img]);
+    assert_eq!(virtual_size(&[&url]), size);
+
+    let out = ok(
+        "qemu-img",
+        &["compare", "-U", "-f", "raw", &url, "-F", "vmdk", &img],
+    );
+    assert!(out.contains("identical"), "{out}");
+
+    let theirs = qemu_map(&["-U", "-f", "vmdk", &img], false);
+    let ours = qemu_map(&["-f", "raw", &url], true);
+    assert_eq!(ours, theirs, "qemu-img map of export vs image");
+    assert_eq!(nbdinfo_map(&url), theirs, "nbdinfo --map vs qemu-img map");
+
+    let want = dir.join(format!(
+        "{}.want.raw",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    let got = dir.join(format!(
+        "{}.got.raw",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    ok(
+        "qemu-img",
+        &["convert", "-U", "-f", "vmdk", "-O", "raw", &img, &s(&want)],
+    );
+    ok("nbdcopy", &[&url, &s(&got)]);
+    assert!(
+        std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+        "nbdcopy output differs from qemu-img convert"
+    );
+}
+
+/// A 64 MiB monolithicSparse image with data across grain and grain-table boundaries,
+/// explicit zeros written as data, and holes.
+fn sparse_image(dir: &Path, name: &str, opts: &[&str]) -> PathBuf {
+    let img = qemu_create(dir, name, "64M", opts);
+    qemu_io(
+        &img,
+        &[
+            "write -P 0xaa 60k 8k",    // across the first grain boundary
+            "write -P 0xbb 1020k 72k", // three grains
+            "write -P 0xcc 32764k 8k", // across the first grain table's end
+            "write -P 0 40M 64k",      // zeros as data
+            "write -P 0xdd 65532k 4k", // end of the last grain
+        ],
+    );
+    img
+}
+
+fn tools_for_reads() -> bool {
+    skip_without(&["qemu-img", "qemu-io", "nbdinfo", "nbdcopy"])
+}
+
+// ---- read-only exports of every layout ----------------------------------------------------
+
+#[test]
+fn serves_monolithic_sparse() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "sparse.vmdk", &["subformat=monolithicSparse"]);
+    check_read_only_export(dir.path(), &img);
+}
+
+#[test]
+fn serves_zeroed_grains() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "zeroed.vmdk", &["zeroed_grain=on"]);
+    qemu_io(
+        &img,
+        &[
+            "write -z 1M 128k", // over data: becomes zeroed grains
+            "write -z 8M 192k", // never allocated
+            "write -z 40M 64k", // over explicit zero data
+        ],
+    );
+    // Make sure the image really has zeroed grains, or this test proves nothing.
+    let map = ok("qemu-img", &["map", "--output=json", &s(&img)]);
+    assert!(
+        map.contains(r#""present": true, "zero": true, "data": false"#),
+        "{map}"
+    );
+    check_read_only_export(dir.path(), &img);
+}
+
+#[test]
+fn serves_two_level_chain() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let base = sparse_image(dir.path(), "base.vmdk", &[]);
+    let top = qemu_child(dir.path(), "top.vmdk", &base, None);
+    qemu_io(
+        &top,
+        &[
+            "write -P 0x11 64k 4k",  // partly overrides a base grain
+            "write -P 0x12 5M 100k", // over a base hole
+            "write -z 1024k 64k",    // zeros over base data
+        ],
+    );
+    check_read_only_export(dir.path(), &top);
+}
+
+#[test]
+fn serves_two_gb_max_extent_flat() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(
+        dir.path(),
+        "flat.vmdk",
+        "8M",
+        &["subformat=twoGbMaxExtentFlat"],
+    );
+    qemu_io(&img, &["write -P 0x42 100k 50k", "write -P 0x43 8188k 4k"]);
+    check_read_only_export(dir.path(), &img);
+}
+
+#[test]
+fn serves_stream_optimized_qemu_layout() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let src = sparse_image(dir.path(), "src.vmdk", &[]);
+    let img = dir.path().join("stream-qemu.vmdk");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            &s(&src),
+            &s(&img),
+        ],
+    );
+    check_read_only_export(dir.path(), &img);
+}
+
+#[test]
+fn serves_stream_optimized_vmware_layout() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let src = sparse_image(dir.path(), "src.vmdk", &[]);
+    let img = dir.path().join("stream-vmware.vmdk");
+    vmdk_ok(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&src),
+        &s(&img),
+    ]);
+    check_read_only_export(dir.path(), &img);
+}
+
+#[test]
+fn read_only_refuses_writes() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "ro.vmdk", &[]);
+    let before = std::fs::read(&img).unwrap();
+    let mut srv = Served::tcp(&img, &["-r", "-t"]);
+
+    // qemu refuses to open a read-only export for writing...
+    let r = tool(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 0 4k", &srv.url()],
+    );
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // ...and a client that writes anyway gets EPERM.
+    let mut c = RawClient::tcp(srv.port());
+    assert_eq!(c.flags & 2, 2, "read-only flag not advertised");
+    assert_eq!(c.write(0, &[1u8; 4096]), 1);
+    assert_eq!(c.request(CMD_WRITE_ZEROES, 0, 0, 4096), 1);
+    assert_eq!(c.request(CMD_TRIM, 0, 0, 4096), 1);
+    let (err, data) = c.read(60 * KIB, 8192);
+    assert_eq!(err, 0);
+    assert!(data.iter().all(|&b| b == 0xaa));
+    c.disconnect();
+    // Reading still works.
+    qemu_io_nbd_with(
+        &["-r"],
+        &srv.url(),
+        &cmds(&["read -P 0xaa 60k 8k", "read -P 0xbb 1020k 72k"]),
+    );
+    srv.stop();
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "read-only export modified the image"
+    );
+}
+
+/// Without --persistent the server exits (status 0) once its client has gone; clients
+/// that never finish negotiating do not count. A named export is found by its name.
+#[test]
+fn non_persistent_named_export() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "once.vmdk", "8M", &[]);
+    let mut srv = Served::tcp(&img, &["-x", "disk0", "-D", "a test disk"]);
+    let url = srv.url();
+    let r = tool(
+        "qemu-io",
+        &["-f", "raw", "-c", "read 0 4k", &format!("{url}/nope")],
+    );
+    assert_ne!(r.code, 0, "unknown export name accepted: {}", r.stdout);
+    if have("nbdinfo") {
+        let list = ok("nbdinfo", &["--list", &url]);
+        assert!(
+            list.contains("disk0") && list.contains("a test disk"),
+            "{list}"
+        );
+    }
+    qemu_io_nbd(&format!("{url}/disk0"), &cmds(&["write -P 0x77 1M 64k"]));
+    let status = srv.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", srv.log_text());
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    qemu_io(&img, &["read -P 0x77 1M 64k", "read -P 0 0 1M"]);
+}
+
+/// --ignore-cid-mismatch and --allow-unsafe-paths reach the image opener: without them
+/// the server refuses to start (status 1, a message naming the problem), with them it serves.
+#[test]
+fn open_options_are_honoured() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    // A child whose parent was written after the child was made.
+    let base = qemu_create(dir.path(), "cidbase.vmdk", "8M", &[]);
+    let top = qemu_child(dir.path(), "cidtop.vmdk", &base, None);
+    qemu_io(&base, &["write -P 0x5 0 4k"]);
+    let r = vmdk(&["serve", "-b", "127.0.0.1:1", &s(&top)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("parentCID"), "{}", r.stderr);
+    let srv = Served::tcp(&top, &["-r", "-t", "--ignore-cid-mismatch"]);
+    qemu_io_nbd_with(&["-r"], &srv.url(), &cmds(&["read -P 0x5 0 4k"]));
+    drop(srv);
+
+    // A child naming its parent by an absolute path outside its directory.
+    let other = tempdir();
+    let far = qemu_create(other.path(), "far.vmdk", "8M", &[]);
+    qemu_io(&far, &["write -P 0x6 4k 4k"]);
+    let child = dir.path().join("farchild.vmdk");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            &s(&far),
+            "-F",
+            "vmdk",
+            &s(&child),
+        ],
+    );
+    let r = vmdk(&["serve", "-b", "127.0.0.1:1", &s(&child)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let srv = Served::tcp(&child, &["-r", "-t", "--allow-unsafe-paths"]);
+    qemu_io_nbd_with(
+        &["-r"],
+        &srv.url(),
+        &cmds(&["read -P 0x6 4k 4k", "read -P 0 0 4k"]),
+    );
+}
+
+// ---- writes -------------------------------------------------------------------------------
+
+/// Writes, zero writes, discards and flushes over a Unix socket; after SIGTERM the image is
+/// clean and holds everything.
+#[test]
+fn writes_over_unix_socket_are_durable() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "rw.vmdk", &["zeroed_grain=on"]);
+    let sock = dir.path().join("nbd.sock");
+    let mut srv = Served::unix(&img, &sock, &["--persistent"]);
+    let url = srv.url();
+    let writes = cmds(&[
+        "write -P 0x51 62k 4k",     // across a grain boundary, into allocated grains
+        "write -P 0x52 7M 130k",    // new grains, last one partial
+        "write -P 0x53 32760k 16k", // new grain table
+        "write -z 1020k 72k",       // over data, partial grains at both ends
+        "write -z 12M 256k",        // fresh zeroed grains
+        "discard 40M 64k",          // a whole allocated grain (of zeros)
+        "discard 65472k 64k",       // the last grain (contents unspecified afterwards)
+        "flush",
+    ]);
+    qemu_io_nbd(&url, &writes);
+    let reads = cmds(&[
+        "read -P 0xaa 60k 2k",
+        "read -P 0x51 62k 4k",
+        "read -P 0xaa 66k 2k",
+        "read -P 0x52 7M 130k",
+        "read -P 0 7298k 62k",
+        "read -P 0x53 32760k 16k",
+        "read -P 0 1020k 72k",
+        "read -P 0 12M 256k",
+        "read -P 0 40M 64k",
+    ]);
+    qemu_io_nbd(&url, &reads);
+    // A client that only writes (no flush, no FUA) and then goes away.
+    {
+        let mut c = RawClient::unix(&sock);
+        assert_eq!(c.write(50 * MIB + 512, &[0x54; 3 * 4096]), 0);
+    }
+    srv.stop();
+
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    let mut on_disk: Vec<&str> = reads.iter().map(|c| c.as_str()).collect();
+    on_disk.push("read -P 0x54 52429312 12k");
+    on_disk.push("read -P 0 50M 512");
+    on_disk.push("read -P 0 52441600 3584");
+    qemu_io(&img, &on_disk);
+    // Zero writes became zeroed (or unallocated) grains, not data.
+    let map = qemu_map(&["-f", "vmdk", &s(&img)], false);
+    for (start, len, data) in map {
+        if start <= 12 * MIB && 12 * MIB + 256 * KIB <= start + len {
+            assert!(!data, "zero write left data at {start}+{len}");
+        }
+    }
+}
+
+/// Four clients (`--shared 4`) write interleaved, unaligned ranges at once, so they
+/// allocate and fill the same grains and grain tables concurrently.
+#[test]
+fn shared_concurrent_writers() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "shared.vmdk", "64M", &[]);
+    let mut srv = Served::tcp(&img, &["--shared", "4", "--persistent"]);
+    const CHUNK: u64 = 96 * KIB; // 1.5 grains: neighbours share a grain
+    const ROUNDS: u64 = 12;
+    let cmd_for = |client: u64, k: u64, verb: &str| {
+        // Every third round lands across the first grain table's end (32 MiB).
+        let shift = match k % 3 {
+            0 => 30 * MIB,
+            _ => 0,
+        };
+        let off = (k * 4 + client) * CHUNK + shift;
+        format!("{verb} -P {:#x} {off} {CHUNK}", 0x10 + client)
+    };
+    let url = srv.url();
+    let mut children = Vec::new();
+    for client in 0..4u64 {
+        let mut args: Vec<String> = cmds(&["-f", "raw", "-t", "writeback"]);
+        for k in 0..ROUNDS {
+            args.push("-c".into());
+            args.push(cmd_for(client, k, "write"));
+        }
+        args.push(url.clone());
+        children.push(
+            Command::new("qemu-io")
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let all = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !all.contains("failed"), "{all}");
+    }
+    srv.stop();
+
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    let mut reads = Vec::new();
+    for client in 0..4 {
+        for k in 0..ROUNDS {
+            reads.push(cmd_for(client, k, "read"));
+        }
+    }
+    let reads: Vec<&str> = reads.iter().map(|c| c.as_str()).collect();
+    qemu_io(&img, &reads);
+}
+
+// ---- signals ------------------------------------------------------------------------------
+
+/// SIGINT with a client still connected (idle, after unflushed writes): the server exits
+/// promptly with status 0 and the writes are in the image.
+#[test]
+fn sigint_with_idle_client_is_prompt_and_durable() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "sig.vmdk", "16M", &[]);
+    let mut srv = Served::tcp(&img, &["--durable"]);
+    let mut c = RawClient::tcp(srv.port());
+    assert_eq!(c.write(0, &[0x61; 70 * 1024]), 0);
+    assert_eq!(c.write(9 * MIB + 4096, &[0x62; 4096]), 0);
+    assert_eq!(c.request(CMD_WRITE_ZEROES, 0, 4096, 8192), 0);
+    let (status, took) = srv.signal("INT");
+    assert_eq!(status.code(), Some(0), "{}", srv.log_text());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The idle client sees the connection end.
+    assert!(c.is_closed());
+
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    qemu_io(
+        &img,
+        &[
+            "read -P 0x61 0 4k",
+            "read -P 0 4k 8k",
+            "read -P 0x61 12k 58k",
+            "read -P 0 70k 4k",
+            "read -P 0x62 9220k 4k",
+        ],
+    );
+}
+
+/// SIGTERM while a client has pipelined reads and stopped reading the replies (so workers
+/// are stuck sending): the server still exits, with status 0, within its grace period.
+#[test]
+fn sigterm_with_stuck_client() {
+    if skip_without(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(
+        dir.path(),
+        "stuck.vmdk",
+        "64M",
+        &["subformat=twoGbMaxExtentFlat"],
+    );
+    let mut srv = Served::tcp(&img, &[]);
+    let mut c = RawClient::tcp(srv.port());
+    for i in 0..400u64 {
+        c.send_header(CMD_READ, 0, (i % 60) * MIB, 1 << 20);
+    }
+    // Let the replies fill the socket buffers.
+    let mut first = [0u8; 16];
+    c.stream.read_exact(&mut first).unwrap();
+    let (status, took) = srv.signal("TERM");
+    assert_eq!(status.code(), Some(0), "{}", srv.log_text());
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+// ---- hostile clients ----------------------------------------------------------------------
+
+#[test]
+fn hostile_clients_do_not_hurt() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "hostile.vmdk", &[]);
+    let mut srv = Served::tcp(&img, &["--persistent", "--shared", "2"]);
+    let port = srv.port();
+    let url = srv.url();
+    let healthy = || {
+        qemu_io_nbd(
+            &url,
+            &cmds(&["read -P 0xaa 60k 8k", "read -P 0xbb 1020k 72k"]),
+        )
+    };
+
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    };
+    // Garbage instead of the client flags: dropped.
+    let mut c = connect();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed(&mut c), "garbage handshake not dropped");
+    healthy();
+
+    // An option claiming 1 GiB of data: refused with ERR_TOO_BIG, then dropped.
+    let mut c = connect();
+    c.read_exact(&mut greeting).unwrap();
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut opt = IHAVEOPT.to_be_bytes().to_vec();
+    opt.extend_from_slice(&7u32.to_be_bytes());
+    opt.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    c.write_all(&opt).unwrap();
+    let mut rep = [0u8; 20];
+    c.read_exact(&mut rep).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(rep[12..16].try_into().unwrap()),
+        (1 << 31) + 9
+    );
+    assert!(closed(&mut c), "oversized option not dropped");
+    healthy();
+
+    // Requests the server must refuse without losing the connection.
+    let mut c = RawClient::tcp(port);
+    let size = c.size;
+    assert_eq!(size, 64 * MIB);
+    assert_eq!(c.request(CMD_READ, 0, 0, 1 << 30), EINVAL, "1 GiB read");
+    assert_eq!(
+        c.request(CMD_READ, 0, size - 512, 4096),
+        EINVAL,
+        "read past end"
+    );
+    assert_eq!(
+        c.request(CMD_READ, 0, u64::MAX - 10, 4096),
+        EINVAL,
+        "offset overflow"
+    );
+    assert_eq!(c.write(size - 512, &[9u8; 1024]), ENOSPC, "write past end");
+    assert_eq!(
+        c.request(CMD_WRITE_ZEROES, 0, size, 1),
+        ENOSPC,
+        "zeroes past end"
+    );
+    assert_eq!(c.request(CMD_TRIM, 0, size - 1, 2), EINVAL, "trim past end");
+    assert_eq!(c.request(99, 0, 0, 0), EINVAL, "unknown command");
+    assert_eq!(c.request(CMD_READ, 0x8000, 0, 512), EINVAL, "unknown flag");
+    let (err, data) = c.read(60 * KIB, 8192);
+    assert_eq!(err, 0);
+    assert!(
+        data.iter().all(|&b| b == 0xaa),
+        "connection unusable after errors"
+    );
+    c.disconnect();
+    healthy();
+
+    // A write header announcing more than the maximum payload: dropped.
+    let mut c = RawClient::tcp(port);
+    c.send_header(CMD_WRITE, 0, 0, 64 << 20);
+    assert!(c.is_closed(), "oversized write not dropped");
+    healthy();
+
+    // A bad request magic: dropped.
+    let mut c = RawClient::tcp(port);
+    c.stream.write_all(&[0x55; 28]).unwrap();
+    assert!(c.is_closed(), "bad magic not dropped");
+    healthy();
+
+    // Hanging up in the middle of a write payload: nothing of it may reach the image.
+    let mut c = RawClient::tcp(port);
+    c.send_header(CMD_WRITE, 0, 1020 * KIB, 1 << 20);
+    c.stream.write_all(&[0xee; 300 * 1024]).unwrap();
+    drop(c);
+    // Hanging up in the middle of a request header, and in the handshake.
+    let mut c = RawClient::tcp(port);
+    c.stream.write_all(&REQUEST_MAGIC.to_be_bytes()).unwrap();
+    drop(c);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    drop(c);
+    healthy();
+
+    // Many pipelined requests, then hanging up without reading a single reply.
+    let mut c = RawClient::tcp(port);
+    // (Few enough that the headers fit in the socket buffers.)
+    for i in 0..500u64 {
+        c.send_header(CMD_READ, 0, (i % 64) * MIB, 64 * 1024);
+    }
+    drop(c);
+    healthy();
+
+    srv.stop();
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    qemu_io(&img, &["read -P 0xbb 1020k 72k", "read -P 0 1092k 4k"]);
+}
+
+// ---- a minimal raw NBD client ---------------------------------------------------------------
+
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Whether the peer has closed `s` (EOF or reset within a few seconds). `s` must have a
+/// read timeout.
+fn closed(s: &mut dyn Stream) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Reset by the server.
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Fixed-newstyle client with simple replies: enough to misbehave precisely.
+struct RawClient {
+    stream: Box<dyn Stream>,
+    size: u64,
+    flags: u16,
+    handle: u64,
+}
+
+impl RawClient {
+    fn tcp(port: u16) -> RawClient {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_nodelay(true).unwrap();
+        RawClient::handshake(Box::new(s))
+    }
+
+    fn unix(path: &Path) -> RawClient {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        RawClient::handshake(Box::new(s))
+    }
+
+    fn handshake(mut stream: Box<dyn Stream>) -> RawClient {
+        let mut g = [0u8; 18];
+        stream.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        assert_eq!(u64::from_be_bytes(g[8..16].try_into().unwrap()), IHAVEOPT);
+        // FIXED_NEWSTYLE | NO_ZEROES, then NBD_OPT_GO for the default export.
+        let mut out = 3u32.to_be_bytes().to_vec();
+        out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        out.extend_from_slice(&7u32.to_be_bytes());
+        out.extend_from_slice(&6u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes()); // name length
+        out.extend_from_slice(&0u16.to_be_bytes()); // no info requests
+        stream.write_all(&out).unwrap();
+        let (mut size, mut flags) = (None, 0);
+        loop {
+            let mut h = [0u8; 20];
+            stream.read_exact(&mut h).unwrap();
+            let ty = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            let mut data = vec![0u8; len];
+            stream.read_exact(&mut data).unwrap();
+            assert_eq!(ty & (1 << 31), 0, "option error {ty:#x}");
+            if ty == 3 && data[..2] == [0, 0] {
+                size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()));
+                flags = u16::from_be_bytes(data[10..12].try_into().unwrap());
+            }
+            if ty == 1 {
+                break;
+            }
+        }
+        RawClient {
+            stream,
+            size: size.expect("no NBD_INFO_EXPORT"),
+            flags,
+            handle: 0,
+        }
+    }
+
+    fn send_header(&mut self, cmd: u16, flags: u16, offset: u64, len: u32) -> u64 {
+        self.handle += 1;
+        let mut h = REQUEST_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&cmd.to_be_bytes());
+        h.extend_from_slice(&self.handle.to_be_bytes());
+        h.extend_from_slice(&offset.to_be_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&h).unwrap();
+        self.handle
+    }
+
+    /// Read a simple reply for `handle`; returns its error value.
+    fn reply(&mut self, handle: u64) -> u32 {
+        let mut r = [0u8; 16];
+        self.stream.read_exact(&mut r).unwrap();
+        assert_eq!(
+            u32::from_be_bytes(r[..4].try_into().unwrap()),
+            SIMPLE_REPLY_MAGIC
+        );
+        assert_eq!(u64::from_be_bytes(r[8..16].try_into().unwrap()), handle);
+        u32::from_be_bytes(r[4..8].try_into().unwrap())
+    }
+
+    /// A command without payload whose successful reply carries no data either.
+    fn request(&mut self, cmd: u16, flags: u16, offset: u64, len: u32) -> u32 {
+        let h = self.send_header(cmd, flags, offset, len);
+        self.reply(h)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
+        let h = self.send_header(CMD_WRITE, 0, offset, data.len() as u32);
+        self.stream.write_all(data).unwrap();
+        self.reply(h)
+    }
+
+    fn read(&mut self, offset: u64, len: u32) -> (u32, Vec<u8>) {
+        let h = self.send_header(CMD_READ, 0, offset, len);
+        let err = self.reply(h);
+        let mut data = vec![0u8; if err == 0 { len as usize } else { 0 }];
+        self.stream.read_exact(&mut data).unwrap();
+        (err, data)
+    }
+
+    fn disconnect(mut self) {
+        self.send_header(CMD_DISC, 0, 0, 0);
+        assert!(
+            self.is_closed(),
+            "server kept the connection after NBD_CMD_DISC"
+        );
+    }
+
+    fn is_closed(&mut self) -> bool {
+        closed(&mut self.stream)
+    }
+}
