@@ -109,9 +109,16 @@ impl BlockExport for ImageExport {
 pub fn run(args: Args) -> Result<u8> {
     let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
-    let image = opts
-        .open(&args.image)
-        .with_context(|| format!("Could not open '{}'", args.image.display()))?;
+    let image = match opts.open(&args.image) {
+        // Like qemu's auto-read-only: an image that cannot be written (seSparse, VMware
+        // stream layout, version 3) is still worth serving.
+        Err(e) if writable && e.kind() == vmdk::ErrorKind::ReadOnly => {
+            tracing::warn!("{e}; exporting read-only");
+            opts.writable(false).open(&args.image)
+        }
+        r => r,
+    }
+    .with_context(|| format!("Could not open '{}'", args.image.display()))?;
     let export = Arc::new(ImageExport {
         image: Arc::new(image),
     });
