@@ -1,0 +1,418 @@
+//! Writing streamOptimized images in VMware's layout, the one vSphere imports.
+//!
+//! ```text
+//! sector 0        header (version 3, flags NL_DETECT|COMPRESSED|MARKERS, gd_offset = GD_AT_END)
+//! sector 1..      embedded descriptor (createType="streamOptimized"), NUL padded
+//! overhead        grains in ascending LBA order: 12-byte grain marker {lba, size} + zlib
+//!                 stream, padded to a sector; all-zero grains are left out. After the last
+//!                 grain of each grain table's span: a GT marker (type 1) and the table.
+//! then            GD marker (type 2) + grain directory (0 for tables that hold nothing),
+//!                 footer marker (type 3) + a copy of the header carrying the real gd_offset,
+//!                 end-of-stream marker (an all-zero sector).
+//! ```
+//!
+//! The file is written front to back and never revisited, so it can go to a pipe-like
+//! destination, and memory stays at one grain table plus the grain directory whatever the
+//! disk size. Compression is separate from writing: [`GrainEncoder`] turns grains into
+//! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
+//! records down in disk order; [`crate::convert::convert_to_vmdk`] runs encoders on all cores.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::create::{CreateOptions, Subformat};
+use crate::error::{Error, Result};
+use crate::extent::compressed::compress_bound;
+use crate::format::descriptor::{ExtentAccess, ExtentLine, ExtentType};
+use crate::format::marker::{
+    GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT,
+};
+use crate::format::sparse_header::{
+    SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END,
+    NEWLINE_CHECK,
+};
+use crate::format::SECTOR_SIZE;
+
+/// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
+pub const GRAIN_SECTORS: u64 = 128;
+/// Grain-table entries per table.
+pub const GT_ENTRIES: u64 = 512;
+/// Sectors reserved for the embedded descriptor (at least; more if it needs more).
+pub const DESC_SECTORS: u64 = 20;
+/// Highest zlib level accepted (libdeflate goes to 12; levels 0-9 mean what they mean to zlib).
+pub const MAX_LEVEL: u32 = 12;
+
+const SECTOR: usize = SECTOR_SIZE as usize;
+
+/// Compresses grains into finished stream records: grain marker, zlib stream, zero padding to
+/// a sector boundary. One per thread; cheap to keep, costly to create.
+pub struct GrainEncoder {
+    comp: libdeflater::Compressor,
+}
+
+impl std::fmt::Debug for GrainEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrainEncoder").finish_non_exhaustive()
+    }
+}
+
+impl GrainEncoder {
+    /// An encoder at zlib `level` (0-9 as zlib, up to 12 for libdeflate's slower levels).
+    pub fn new(level: u32) -> Result<GrainEncoder> {
+        let lvl =
+            libdeflater::CompressionLvl::new(level.min(i32::MAX as u32) as i32).map_err(|_| {
+                Error::invalid(format!("invalid compression level {level} (0-{MAX_LEVEL})"))
+            })?;
+        Ok(GrainEncoder {
+            comp: libdeflater::Compressor::new(lvl),
+        })
+    }
+
+    /// Append the record for the grain starting at virtual sector `lba` to `out`. `data` is the
+    /// whole grain (the last grain of a disk may be shorter; it is compressed as it is, and
+    /// readers zero-fill the rest). Returns the record's length (a multiple of 512).
+    pub fn encode(&mut self, lba: u64, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
+        let start = out.len();
+        let bound = self.comp.zlib_compress_bound(data.len());
+        out.resize(start + GRAIN_MARKER_SIZE + bound, 0);
+        let n = self
+            .comp
+            .zlib_compress(data, &mut out[start + GRAIN_MARKER_SIZE..])
+            .map_err(|e| Error::new(crate::ErrorKind::Io, format!("compression failed: {e:?}")))?;
+        debug_assert!(n as u64 <= compress_bound(data.len() as u64));
+        GrainMarker {
+            lba,
+            size: n as u32,
+        }
+        .write(&mut out[start..start + GRAIN_MARKER_SIZE]);
+        let len = (GRAIN_MARKER_SIZE + n).next_multiple_of(SECTOR);
+        out.truncate(start + GRAIN_MARKER_SIZE + n);
+        out.resize(start + len, 0);
+        Ok(len)
+    }
+}
+
+/// Writes one streamOptimized file front to back. Feed it grains in ascending order, then
+/// call [`StreamWriter::finish`]; a writer dropped unfinished leaves an invalid file.
+#[derive(Debug)]
+pub struct StreamWriter {
+    file: File,
+    path: PathBuf,
+    /// Next byte offset to write (sector aligned).
+    pos: u64,
+    header: SparseHeader,
+    capacity: u64,
+    grain_size: u64,
+    total_grains: u64,
+    /// Grain directory: sector of each grain table (0 = none).
+    gd: Vec<u32>,
+    /// The table being filled, and which one it is.
+    gt: Vec<u32>,
+    gt_index: u64,
+    gt_used: bool,
+    /// Grains must arrive in ascending order: the next acceptable grain number.
+    next_grain: u64,
+    encoder: Option<GrainEncoder>,
+    level: u32,
+    scratch: Vec<u8>,
+}
+
+impl StreamWriter {
+    /// Create (or truncate) `path` as a streamOptimized image of `size` bytes (rounded up to
+    /// 512), with the descriptor [`crate::create::default_descriptor`] makes for `opts`.
+    /// `level` is the zlib level [`StreamWriter::write_grain`] compresses at.
+    pub fn create(
+        path: &Path,
+        size: u64,
+        opts: &CreateOptions,
+        level: u32,
+    ) -> Result<StreamWriter> {
+        if opts.backing_file.is_some() {
+            return Err(Error::unsupported(
+                "streamOptimized images cannot have a backing file",
+            ));
+        }
+        if level > MAX_LEVEL {
+            return Err(Error::invalid(format!(
+                "invalid compression level {level} (0-{MAX_LEVEL})"
+            )));
+        }
+        let size = size
+            .checked_next_multiple_of(SECTOR_SIZE)
+            .ok_or_else(|| Error::invalid("image size too large"))?;
+        let sectors = size / SECTOR_SIZE;
+        let grain_size = GRAIN_SECTORS * SECTOR_SIZE;
+        let total_grains = sectors.div_ceil(GRAIN_SECTORS);
+        let gd_len = total_grains.div_ceil(GT_ENTRIES);
+        if gd_len > crate::extent::sparse::MAX_GD_ENTRIES {
+            return Err(Error::invalid(format!(
+                "image size {size} is too large for a streamOptimized VMDK"
+            )));
+        }
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::invalid("image path has no file name").with_path(path))?
+            .to_string_lossy()
+            .into_owned();
+        let mut dopts = opts.clone();
+        dopts.subformat = Subformat::StreamOptimized;
+        let desc = crate::create::default_descriptor(
+            &dopts,
+            size,
+            vec![ExtentLine {
+                access: ExtentAccess::ReadWrite,
+                sectors,
+                kind: ExtentType::Sparse,
+                file: Some(file_name),
+                offset: 0,
+                extra: vec![],
+            }],
+            None,
+        )?
+        .serialize();
+        let desc_sectors = (desc.len() as u64).div_ceil(SECTOR_SIZE).max(DESC_SECTORS);
+        let overhead = (1 + desc_sectors).next_multiple_of(GRAIN_SECTORS);
+        let header = SparseHeader {
+            version: 3,
+            flags: FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
+            capacity: sectors,
+            grain_size: GRAIN_SECTORS,
+            desc_offset: 1,
+            desc_size: desc_sectors,
+            num_gtes_per_gt: GT_ENTRIES as u32,
+            rgd_offset: 0,
+            gd_offset: GD_AT_END,
+            overhead,
+            unclean_shutdown: false,
+            check_bytes: NEWLINE_CHECK,
+            compress_algorithm: COMPRESSION_DEFLATE,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        let mut head = vec![0u8; (overhead * SECTOR_SIZE) as usize];
+        head[..SECTOR].copy_from_slice(&header.serialize());
+        head[SECTOR..SECTOR + desc.len()].copy_from_slice(desc.as_bytes());
+        let mut w = StreamWriter {
+            file,
+            path: path.to_path_buf(),
+            pos: 0,
+            header,
+            capacity: size,
+            grain_size,
+            total_grains,
+            gd: vec![0; gd_len as usize],
+            gt: vec![0; GT_ENTRIES as usize],
+            gt_index: 0,
+            gt_used: false,
+            next_grain: 0,
+            encoder: None,
+            level,
+            scratch: Vec::new(),
+        };
+        w.append(&head)?;
+        Ok(w)
+    }
+
+    /// Grain size in bytes.
+    pub fn grain_size(&self) -> u64 {
+        self.grain_size
+    }
+
+    /// Virtual size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn append(&mut self, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, self.pos)
+            .map_err(|e| Error::io(e, "writing stream image").with_path(&self.path))?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn sector_now(&self) -> Result<u32> {
+        u32::try_from(self.pos / SECTOR_SIZE).map_err(|_| {
+            Error::unsupported("stream image grows past 2 TiB of compressed data (32-bit offsets)")
+                .with_path(&self.path)
+        })
+    }
+
+    /// Write the table being filled, if it holds anything.
+    fn flush_gt(&mut self) -> Result<()> {
+        if !self.gt_used {
+            return Ok(());
+        }
+        let table_sectors = (GT_ENTRIES * 4).div_ceil(SECTOR_SIZE);
+        let mut buf = Vec::with_capacity(SECTOR + (table_sectors * SECTOR_SIZE) as usize);
+        buf.extend_from_slice(
+            &MetadataMarker {
+                num_sectors: table_sectors,
+                kind: MARKER_GT,
+            }
+            .serialize(),
+        );
+        for e in &self.gt {
+            buf.extend_from_slice(&e.to_le_bytes());
+        }
+        buf.resize(SECTOR + (table_sectors * SECTOR_SIZE) as usize, 0);
+        let table_sector = self.sector_now()? + 1;
+        self.append(&buf)?;
+        self.gd[self.gt_index as usize] = table_sector;
+        self.gt.fill(0);
+        self.gt_used = false;
+        Ok(())
+    }
+
+    /// Point grain `grain`'s table entry at the current position, switching tables as needed.
+    fn claim(&mut self, grain: u64) -> Result<()> {
+        if grain < self.next_grain || grain >= self.total_grains {
+            return Err(Error::invalid(format!(
+                "grain {grain} out of order or outside the disk (next is {}, {} grains)",
+                self.next_grain, self.total_grains
+            )));
+        }
+        let t = grain / GT_ENTRIES;
+        if t != self.gt_index {
+            self.flush_gt()?;
+            self.gt_index = t;
+        }
+        let s = self.sector_now()?;
+        self.gt[(grain % GT_ENTRIES) as usize] = s;
+        self.gt_used = true;
+        self.next_grain = grain + 1;
+        Ok(())
+    }
+
+    /// Lay down a batch of records made by [`GrainEncoder::encode`]: `records` holds them back
+    /// to back, and `grains` lists `(grain number, offset of its record in records)` in
+    /// ascending grain order, continuing after everything written before.
+    pub fn write_encoded(&mut self, records: &[u8], grains: &[(u64, usize)]) -> Result<()> {
+        let mut done = 0usize;
+        for (i, &(grain, off)) in grains.iter().enumerate() {
+            let end = grains.get(i + 1).map_or(records.len(), |g| g.1);
+            if off != done
+                || end < off
+                || end > records.len()
+                || !(end - off).is_multiple_of(SECTOR)
+            {
+                return Err(Error::invalid(
+                    "grain records are not laid out back to back",
+                ));
+            }
+            if grain / GT_ENTRIES != self.gt_index && self.gt_used {
+                // The table's span is complete: its table goes right after its grains.
+                self.flush_gt()?;
+            }
+            self.claim(grain)?;
+            self.append(&records[off..end])?;
+            done = end;
+        }
+        if done != records.len() {
+            return Err(Error::invalid("grain records left over"));
+        }
+        Ok(())
+    }
+
+    /// Compress and write grain number `grain` (`data` is the whole grain, shorter only for
+    /// the disk's last grain). All-zero grains are skipped: they read as zeros anyway.
+    pub fn write_grain(&mut self, grain: u64, data: &[u8]) -> Result<()> {
+        if is_zero(data) {
+            return Ok(());
+        }
+        let expect = self.grain_size.min(
+            self.capacity - (grain.min(self.total_grains) * self.grain_size).min(self.capacity),
+        );
+        if data.len() as u64 != expect || grain >= self.total_grains {
+            return Err(Error::invalid(format!(
+                "grain {grain}: got {} bytes, expected {expect}",
+                data.len()
+            )));
+        }
+        if self.encoder.is_none() {
+            self.encoder = Some(GrainEncoder::new(self.level)?);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.encoder.as_mut().expect("made above").encode(
+            grain * GRAIN_SECTORS,
+            data,
+            &mut scratch,
+        )?;
+        let r = self.write_encoded(&scratch, &[(grain, 0)]);
+        self.scratch = scratch;
+        r
+    }
+
+    /// Write the last grain table, the grain directory, the footer and the end-of-stream
+    /// marker. Like `qemu-img convert`, this does not sync: the data is in the page cache
+    /// (call [`StreamWriter::finish_sync`] for durability).
+    pub fn finish(mut self) -> Result<()> {
+        self.flush_gt()?;
+        let gd_sectors = (self.gd.len() as u64 * 4).div_ceil(SECTOR_SIZE).max(1);
+        let mut buf = Vec::with_capacity((gd_sectors as usize + 4) * SECTOR);
+        buf.extend_from_slice(
+            &MetadataMarker {
+                num_sectors: gd_sectors,
+                kind: MARKER_GD,
+            }
+            .serialize(),
+        );
+        let gd_sector = self.pos / SECTOR_SIZE + 1;
+        for e in &self.gd {
+            buf.extend_from_slice(&e.to_le_bytes());
+        }
+        buf.resize(SECTOR + (gd_sectors * SECTOR_SIZE) as usize, 0);
+        buf.extend_from_slice(
+            &MetadataMarker {
+                num_sectors: 1,
+                kind: MARKER_FOOTER,
+            }
+            .serialize(),
+        );
+        let mut footer = self.header.clone();
+        footer.gd_offset = gd_sector;
+        buf.extend_from_slice(&footer.serialize());
+        buf.extend_from_slice(
+            &MetadataMarker {
+                num_sectors: 0,
+                kind: MARKER_EOS,
+            }
+            .serialize(),
+        );
+        self.append(&buf)
+    }
+
+    /// [`StreamWriter::finish`], then make the file durable.
+    pub fn finish_sync(self) -> Result<()> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(e, "syncing stream image").with_path(&self.path))?;
+        let path = self.path.clone();
+        self.finish()?;
+        file.sync_data()
+            .map_err(|e| Error::io(e, "syncing stream image").with_path(&path))
+    }
+}
+
+/// Whether every byte of `b` is zero (vectorised; stops at the first non-zero 256 bytes).
+pub fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets aligned middle bytes.
+    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
+    pre.iter().all(|&x| x == 0)
+        && post.iter().all(|&x| x == 0)
+        && mid
+            .chunks(16)
+            .all(|c| c.iter().fold(0u128, |a, &x| a | x) == 0)
+}
