@@ -234,7 +234,7 @@ impl<'a> Planner<'a> {
                 entries.push(MapEntry {
                     start: s,
                     length: t - s,
-                    target: advance(&e.target, s - e.start),
+                    target: e.target.advanced(s - e.start),
                     depth: e.depth,
                 });
             }
@@ -256,30 +256,6 @@ impl<'a> Planner<'a> {
                 entries,
             }));
         }
-    }
-}
-
-/// The target of the stretch that starts `n` bytes into a stretch with target `t`.
-fn advance(t: &MapTarget, n: u64) -> MapTarget {
-    match t {
-        MapTarget::Data { file, offset } => MapTarget::Data {
-            file: file.clone(),
-            offset: offset + n,
-        },
-        MapTarget::Compressed {
-            file,
-            grain_offset,
-            grain_size,
-            in_grain,
-            has_marker,
-        } => MapTarget::Compressed {
-            file: file.clone(),
-            grain_offset: *grain_offset,
-            grain_size: *grain_size,
-            in_grain: in_grain + n,
-            has_marker: *has_marker,
-        },
-        other => other.clone(),
     }
 }
 
@@ -687,7 +663,7 @@ pub fn convert_to_vmdk(
         for (s, e) in runs {
             let off = task.start + s as u64;
             if has_backing && is_zero(&buf[s..e]) {
-                img.write_zeroes(off, (e - s) as u64, false)?;
+                img.write_zeroes(off, (e - s) as u64, true)?;
             } else {
                 img.write_at(&buf[s..e], off)?;
             }
@@ -877,7 +853,7 @@ fn map_or_past_end(s: &dyn Source, start: u64, end: u64) -> Result<Vec<MapEntry>
 }
 
 fn read_piece(e: &MapEntry, off: u64, buf: &mut [u8]) -> Result<()> {
-    read_target(&advance(&e.target, off - e.start), buf)
+    read_target(&e.target.advanced(off - e.start), buf)
 }
 
 /// The first offset in `[start, end)` where `a` and `b` differ (past the end of the shorter

@@ -75,6 +75,30 @@ impl MapTarget {
         matches!(self, MapTarget::Data { .. } | MapTarget::Compressed { .. })
     }
 
+    /// The target of the stretch that starts `n` bytes into a stretch with this target.
+    pub fn advanced(&self, n: u64) -> MapTarget {
+        match self {
+            MapTarget::Data { file, offset } => MapTarget::Data {
+                file: file.clone(),
+                offset: offset + n,
+            },
+            MapTarget::Compressed {
+                file,
+                grain_offset,
+                grain_size,
+                in_grain,
+                has_marker,
+            } => MapTarget::Compressed {
+                file: file.clone(),
+                grain_offset: *grain_offset,
+                grain_size: *grain_size,
+                in_grain: in_grain + n,
+                has_marker: *has_marker,
+            },
+            other => other.clone(),
+        }
+    }
+
     /// Whether a stretch with target `next` starting right after `len` bytes of `self`
     /// continues it (same kind, and for data, contiguous in the same file).
     pub(crate) fn continues(&self, len: u64, next: &MapTarget) -> bool {

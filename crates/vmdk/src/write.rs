@@ -122,6 +122,17 @@ impl Image {
         Ok(())
     }
 
+    /// Checks shared by every modifying call; `false` when there is nothing to do. The CID
+    /// changes before the first byte of the first write lands.
+    fn begin_write(&self, offset: u64, len: u64) -> Result<bool> {
+        self.writable_check(offset, len)?;
+        if len == 0 {
+            return Ok(false);
+        }
+        self.update_cid_once()?;
+        Ok(true)
+    }
+
     fn writable_check(&self, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
             return Err(
@@ -183,11 +194,9 @@ impl Image {
     /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
     /// one image at once.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.writable_check(offset, buf.len() as u64)?;
-        if buf.is_empty() {
+        if !self.begin_write(offset, buf.len() as u64)? {
             return Ok(());
         }
-        self.update_cid_once()?;
         let durable = self.write_state.durable;
         self.for_each_extent(offset, buf.len() as u64, |e, rel, n, at| {
             let data = &buf[at as usize..(at + n) as usize];
@@ -219,11 +228,9 @@ impl Image {
     /// Write zeros over `[offset, offset+len)`. With `may_unmap`, whole grains may be
     /// deallocated or marked zero instead of written, where that still reads back as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        self.writable_check(offset, len)?;
-        if len == 0 {
+        if !self.begin_write(offset, len)? {
             return Ok(());
         }
-        self.update_cid_once()?;
         let durable = self.write_state.durable;
         let no_backing = self.backing.is_none();
         self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
@@ -244,8 +251,7 @@ impl Image {
                 let start = e.start;
                 let fill =
                     move |ext_off: u64, dst: &mut [u8]| self.read_below(start + ext_off, dst);
-                let _ = may_unmap;
-                s.write_zeroes(rel, n, no_backing, &fill, durable)
+                s.write_zeroes(rel, n, may_unmap, no_backing, &fill, durable)
             }
         })
     }
@@ -254,11 +260,9 @@ impl Image {
     /// extents), keeping it reading as zeros. Advisory: parts that cannot be deallocated
     /// keep their data, as a TRIM allows.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.writable_check(offset, len)?;
-        if len == 0 {
+        if !self.begin_write(offset, len)? {
             return Ok(());
         }
-        self.update_cid_once()?;
         let durable = self.write_state.durable;
         let no_backing = self.backing.is_none();
         self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {

@@ -181,3 +181,22 @@ fn discard_and_reader_adapter() {
     drop(image);
     qemu_img(&["check", img.to_str().unwrap()]);
 }
+
+#[test]
+fn write_zeroes_no_hole_keeps_space_allocated() {
+    let dir = Dir::new();
+    let img = dir.path("d.vmdk");
+    create(&img, 1 << 20, &CreateOptions::default()).unwrap();
+    let image = OpenOptions::new().writable(true).open(&img).unwrap();
+    // May unmap: fresh grains stay unallocated (they read as zeros anyway).
+    image.write_zeroes(0, 65536, true).unwrap();
+    // No hole: the zeros are stored.
+    image.write_zeroes(65536, 65536, false).unwrap();
+    let map = image.map(0, 2 * 65536).unwrap();
+    assert!(matches!(map[0].target, vmdk::MapTarget::Unallocated));
+    assert_eq!(map[0].length, 65536);
+    assert!(matches!(map[1].target, vmdk::MapTarget::Data { .. }));
+    let mut buf = vec![1u8; 2 * 65536];
+    image.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+}

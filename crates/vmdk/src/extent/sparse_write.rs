@@ -352,10 +352,13 @@ impl SparseExtent {
     /// Write zeros over `[off, off+len)`. Whole grains become zeroed-grain entries where the
     /// extent supports them, stay unallocated where that reads as zeros (`hides_nothing`:
     /// no backing file shows through), and are written with zeros otherwise.
+    /// Without `may_unmap` (NBD's NO_HOLE) no grain is left unallocated: zeros are stored,
+    /// as a zeroed-grain entry where the extent has them (QEMU does the same).
     pub fn write_zeroes(
         &self,
         off: u64,
         len: u64,
+        may_unmap: bool,
         hides_nothing: bool,
         fill: Fill,
         durable: bool,
@@ -379,7 +382,7 @@ impl SparseExtent {
                     self.set_entries(gd_index, &table, (grain % self.gt_entries) as usize, &[1])?;
                 }
             } else if state == GrainState::Zero
-                || (state == GrainState::Unallocated && hides_nothing)
+                || (may_unmap && state == GrainState::Unallocated && hides_nothing)
             {
                 // Already reads as zeros.
             } else {
