@@ -19,6 +19,9 @@ thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
 }
 
+// SAFETY: every method forwards its arguments unchanged to the system allocator, which
+// upholds GlobalAlloc's contract; the only addition is recording a size in a thread-local
+// Cell (try_with, so it never allocates or panics during thread teardown).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
