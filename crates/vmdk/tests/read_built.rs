@@ -595,3 +595,37 @@ fn descriptor_larger_than_sparse_capacity() {
         .iter()
         .all(|e| matches!(e.target, MapTarget::Unallocated)));
 }
+
+/// Writes into a COWD (vmfsSparse) extent, in place and into new grains; qemu reads the
+/// result the same.
+#[test]
+fn cowd_writes() {
+    let d = Dir::new();
+    let len = 4 * MIB;
+    let mut disk = disk_with(len, &[(0, 4096, 1)]);
+    build::write(
+        d.0.path(),
+        "x-delta.vmdk",
+        &build::cowd(&disk, 8, None, &build::nonzero),
+    );
+    let sectors = len / SECTOR;
+    let desc = build::descriptor(
+        0x1234abcd,
+        0xffffffff,
+        "vmfsSparse",
+        None,
+        &[format!("RW {sectors} VMFSSPARSE \"x-delta.vmdk\"")],
+    );
+    let p = build::write(d.0.path(), "x.vmdk", desc.as_bytes());
+    let img = vmdk::OpenOptions::new().writable(true).open(&p).unwrap();
+    for (off, n, v) in [
+        (100usize, 300usize, 7u8),
+        (3 * MIB + 4000, 10_000, 8),
+        (MIB, 65536, 9),
+    ] {
+        img.write_at(&vec![v; n], off as u64).unwrap();
+        disk[off..off + n].fill(v);
+    }
+    drop(img);
+    check_all("cowd after writes", &p, &disk, true);
+}
