@@ -628,4 +628,8 @@ fn cowd_writes() {
     }
     drop(img);
     check_all("cowd after writes", &p, &disk, true);
+    // The header's free sector moved past everything we appended.
+    let delta = std::fs::read(d.0.path().join("x-delta.vmdk")).unwrap();
+    let free = u32::from_le_bytes(delta[28..32].try_into().unwrap()) as u64 * 512;
+    assert_eq!(free, delta.len() as u64);
 }

@@ -113,6 +113,14 @@ impl SparseExtent {
             )
             .with_path(&self.file.path));
         }
+        if self.flavor == SparseFlavor::Cowd {
+            // ESX allocates at the header's freeSector: move it past the new space before
+            // anything points there, or ESX would later hand the same sectors out again.
+            self.file
+                .storage
+                .write_at(&((end / SECTOR_SIZE) as u32).to_le_bytes(), 28)
+                .map_err(io_err(self, "updating COWD free sector"))?;
+        }
         *next = end;
         Ok(off)
     }
