@@ -10,9 +10,9 @@
 //! * Input ends at the first NUL byte, because embedded descriptors are padded with NULs up to
 //!   the size of their reserved area. The text before it may be at most [`MAX_DESCRIPTOR_SIZE`]
 //!   bytes (QEMU's cap); bytes after the NUL are not looked at.
-//! * The text must be UTF-8 (a leading byte-order mark is skipped). Invalid UTF-8 is an error
-//!   naming its line rather than a lossy decode, because a mangled extent file name would
-//!   silently point at the wrong file.
+//! * The text is UTF-8 (a leading byte-order mark is skipped). Text that is not valid UTF-8
+//!   (Windows tools write `encoding="windows-1252"`) is decoded as Latin-1, byte for
+//!   character, so such images still open; no byte can become ASCII that way.
 //! * Lines end in LF or CRLF; a missing final newline is fine. Blank lines and lines starting
 //!   with `#` (after leading whitespace) are comments and are not kept: [`Descriptor::serialize`]
 //!   writes the customary comments itself.
@@ -286,13 +286,18 @@ impl Descriptor {
             )));
         }
         let text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
-        let text = std::str::from_utf8(text).map_err(|e| {
-            let line = 1 + text[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            DescriptorError::at(line, "descriptor is not valid UTF-8")
-        })?;
+        // Windows-made descriptors declare `encoding="windows-1252"` and carry such bytes in
+        // comments and ddb values; refusing them would make the disk unreadable. Decode
+        // them as Latin-1 instead (every byte is a character, nothing becomes ASCII, so a
+        // file name can be wrong but never turns into a path separator or `..`).
+        let latin1: String;
+        let text = match std::str::from_utf8(text) {
+            Ok(t) => t,
+            Err(_) => {
+                latin1 = text.iter().map(|&b| b as char).collect();
+                &latin1
+            }
+        };
 
         let mut version = None;
         let mut encoding = None;
@@ -1379,12 +1384,11 @@ ddb.toolsVersion = \"2147483647\"
     }
 
     #[test]
-    fn invalid_utf8_names_its_line() {
+    fn invalid_utf8_is_read_as_latin1() {
         let mut buf = b"version=1\nCID=1\ncreateType=\"x\"\nRW 1 FLAT \"caf".to_vec();
         buf.extend_from_slice(b"\xe9.vmdk\" 0\n");
-        let e = Descriptor::parse(&buf).unwrap_err();
-        assert_eq!(e.line, Some(4));
-        assert!(e.message.contains("UTF-8"));
+        let d = Descriptor::parse(&buf).unwrap();
+        assert_eq!(d.extents[0].file.as_deref(), Some("caf\u{e9}.vmdk"));
         // Valid multi-byte names are fine.
         let d = Descriptor::parse(
             "version=1\nCID=1\ncreateType=\"x\"\nRW 1 FLAT \"café ü.vmdk\" 0\n".as_bytes(),
