@@ -90,6 +90,16 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // A reader that went away (`vmdk map | head`) is not an error worth a message; exit
+        // as a process killed by SIGPIPE would, as qemu-img does.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("vmdk: {}", render_error(&e));
             ExitCode::from(1)
