@@ -18,6 +18,9 @@ use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::paths;
 use crate::storage::{FileStorage, Storage};
 
+/// Most memory the grain directories of one image's extents may take together.
+pub const MAX_DIRECTORY_MEMORY: u64 = 1 << 30;
+
 /// Deepest backing chain we follow by default.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
 
@@ -472,11 +475,24 @@ impl Image {
         // it once rather than once per line.
         let mut flat_files = std::collections::HashMap::new();
         let mut start = 0u64;
+        // Each sparse extent's directory is bounded by its file, but a descriptor may name
+        // one file thousands of times: bound what all of them hold together.
+        let mut directory_bytes = 0u64;
         for (i, line) in descriptor.extents.iter().enumerate() {
             let extent = open_extent(path, line, i, start, opts, writable, &mut flat_files)?;
             start = start.checked_add(extent.length).ok_or_else(|| {
                 Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
             })?;
+            if let ExtentKind::Sparse(s) = &extent.kind {
+                directory_bytes += s.directory_memory();
+                if directory_bytes > MAX_DIRECTORY_MEMORY {
+                    return Err(Error::corrupt(format!(
+                        "the extents' grain directories need more than {} MiB of memory",
+                        MAX_DIRECTORY_MEMORY >> 20
+                    ))
+                    .with_path(path));
+                }
+            }
             extents.push(extent);
         }
         if extents.is_empty() {

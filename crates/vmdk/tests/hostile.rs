@@ -1132,3 +1132,25 @@ fn odd_files() {
         let _ = open_and_read(&q, &OpenOptions::default());
     });
 }
+
+/// A descriptor naming one big-directory sparse file many times must not add up to
+/// gigabytes of grain directories in memory.
+#[test]
+fn many_extents_sharing_a_big_directory() {
+    let d = Dir::new();
+    let big = d.path("big.vmdk");
+    // 16 TiB: 4 MiB of directory (8 MiB with the redundant copy) in memory per extent.
+    vmdk::create(&big, 16 << 40, &vmdk::CreateOptions::default()).unwrap();
+    let sectors = (16u64 << 40) / 512;
+    let lines: Vec<String> = (0..200)
+        .map(|_| format!("RW {sectors} SPARSE \"big.vmdk\""))
+        .collect();
+    let desc = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"custom\"\n{}\n",
+        lines.join("\n")
+    );
+    let p = d.path("many.vmdk");
+    std::fs::write(&p, desc).unwrap();
+    let e = expect_err("many big extents", &p, &[ErrorKind::Corrupt], "many.vmdk");
+    assert!(e.message().contains("grain directories"), "{e}");
+}

@@ -366,6 +366,12 @@ impl SparseExtent {
     pub fn header(&self) -> Option<&SparseHeader> {
         self.header.as_ref()
     }
+    /// Bytes of memory the in-memory grain directories take.
+    pub fn directory_memory(&self) -> u64 {
+        let per = std::mem::size_of::<AtomicU64>() as u64;
+        (self.gd.len() + self.rgd.as_ref().map_or(0, |r| r.len())) as u64 * per
+    }
+
     /// Number of grain-directory entries.
     pub fn gd_len(&self) -> usize {
         self.gd.len()
