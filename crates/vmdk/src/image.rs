@@ -229,7 +229,15 @@ impl Image {
     /// Open `path` with `opts`.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         let mut visited = HashSet::new();
-        Self::open_layer(path.as_ref(), opts, opts.writable, 0, &mut visited)
+        let mut directory_bytes = 0;
+        Self::open_layer(
+            path.as_ref(),
+            opts,
+            opts.writable,
+            0,
+            &mut visited,
+            &mut directory_bytes,
+        )
     }
 
     fn open_layer(
@@ -238,6 +246,7 @@ impl Image {
         writable: bool,
         depth: u32,
         visited: &mut HashSet<PathBuf>,
+        directory_bytes: &mut u64,
     ) -> Result<Image> {
         let canonical = path
             .canonicalize()
@@ -352,6 +361,16 @@ impl Image {
             }
         };
         image.check_writable_open()?;
+        // The same bound across the whole chain: a deep chain of big directories is as
+        // hungry as one descriptor repeating them.
+        *directory_bytes += image.directory_memory();
+        if *directory_bytes > MAX_DIRECTORY_MEMORY {
+            return Err(Error::corrupt(format!(
+                "the backing chain's grain directories need more than {} MiB of memory",
+                MAX_DIRECTORY_MEMORY >> 20
+            ))
+            .with_path(path));
+        }
         image.write_state.durable = opts.durable;
         if opts.open_backing {
             if let Some(hint) = image.descriptor.parent_file_name_hint.clone() {
@@ -364,17 +383,18 @@ impl Image {
                 }
                 let bpath = paths::resolve(path, &hint, "backing file", opts.allow_unsafe_paths)?;
                 let backing =
-                    Self::open_layer(&bpath, opts, false, depth + 1, visited).map_err(|e| {
-                        if e.kind() == ErrorKind::Io && !bpath.exists() {
-                            Error::new(
-                                ErrorKind::BackingChain,
-                                format!("backing file \"{hint}\" not found"),
-                            )
-                            .with_path(path)
-                        } else {
-                            e
-                        }
-                    })?;
+                    Self::open_layer(&bpath, opts, false, depth + 1, visited, directory_bytes)
+                        .map_err(|e| {
+                            if e.kind() == ErrorKind::Io && !bpath.exists() {
+                                Error::new(
+                                    ErrorKind::BackingChain,
+                                    format!("backing file \"{hint}\" not found"),
+                                )
+                                .with_path(path)
+                            } else {
+                                e
+                            }
+                        })?;
                 let pcid = image.descriptor.parent_cid;
                 if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch {
                     return Err(Error::new(
@@ -510,6 +530,17 @@ impl Image {
             storage,
             write_state: Default::default(),
         })
+    }
+
+    /// Bytes of memory this image's (not its backing chain's) grain directories take.
+    pub fn directory_memory(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|e| match &e.kind {
+                ExtentKind::Sparse(s) => s.directory_memory(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The path the image was opened from.
