@@ -491,6 +491,22 @@ impl Image {
         writable: bool,
     ) -> Result<Image> {
         let mut extents = Vec::with_capacity(descriptor.extents.len());
+        // The grain-table cache budget is per image: share it among the sparse extents
+        // (a twoGbMaxExtentSparse disk of 1000 extents gets no more memory than one).
+        let sparse_lines = descriptor
+            .extents
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.kind,
+                    ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse
+                )
+            })
+            .count()
+            .max(1);
+        let mut opts = opts.clone();
+        opts.grain_table_cache = (opts.grain_table_cache / sparse_lines).max(16);
+        let opts = &opts;
         // Many FLAT lines may name one file (a partitioned device split into ranges): open
         // it once rather than once per line.
         let mut flat_files = std::collections::HashMap::new();
