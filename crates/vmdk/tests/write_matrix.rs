@@ -200,3 +200,52 @@ fn write_zeroes_no_hole_keeps_space_allocated() {
     image.read_at(&mut buf, 0).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
 }
+
+#[test]
+fn chain_flattened_into_every_subformat() {
+    let dir = Dir::new();
+    let base = dir.path("base.vmdk");
+    qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "4M"]);
+    qemu_io(&base, &["write -P 0x31 0 1M", "write -P 0x32 3M 100k"]);
+    let mid = dir.path("mid.vmdk");
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        mid.to_str().unwrap(),
+    ]);
+    qemu_io(&mid, &["write -P 0x33 500k 70k", "write -z 3M 64k"]);
+    let top = dir.path("top.vmdk");
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-b",
+        "mid.vmdk",
+        "-F",
+        "vmdk",
+        top.to_str().unwrap(),
+    ]);
+    qemu_io(&top, &["write -P 0x34 2M 4k"]);
+    let expected = qemu_raw(&top);
+    let src = Image::open(&top).unwrap();
+    for sub in [
+        Subformat::MonolithicSparse,
+        Subformat::StreamOptimized,
+        Subformat::TwoGbMaxExtentFlat,
+    ] {
+        let out = dir.path(&format!("flat-{}.vmdk", sub.create_type()));
+        let opts = CreateOptions {
+            subformat: sub,
+            ..Default::default()
+        };
+        vmdk::convert::convert_to_vmdk(&src, &out, &opts, &Default::default(), &|_, _| {}).unwrap();
+        assert_same(sub.create_type(), &qemu_raw(&out), &expected);
+        assert!(Image::open(&out).unwrap().backing().is_none());
+        qemu_img(&["check", out.to_str().unwrap()]);
+    }
+}
