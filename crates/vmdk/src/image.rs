@@ -612,7 +612,7 @@ impl Image {
         total
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(Error::invalid(format!(
                 "range {offset}+{len} is outside the {}-byte disk",

@@ -139,14 +139,7 @@ impl Image {
                 Error::new(ErrorKind::ReadOnly, "image was opened read-only").with_path(&self.path),
             );
         }
-        if offset.checked_add(len).is_none_or(|e| e > self.size) {
-            return Err(Error::invalid(format!(
-                "range {offset}+{len} is outside the {}-byte disk",
-                self.size
-            ))
-            .with_path(&self.path));
-        }
-        Ok(())
+        self.check_range(offset, len)
     }
 
     /// Bytes of the backing chain under `[virt, virt+buf.len())` (zeros without one, and

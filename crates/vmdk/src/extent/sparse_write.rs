@@ -295,40 +295,32 @@ impl SparseExtent {
         let run_start = first * gs;
         let run_end = (first + count) * gs;
         let stop = end.min(run_end);
-        if !self.compressed && pos == run_start && stop == run_end {
-            // Fully covered: write straight from the caller's buffer, no staging copy.
-            let at = self.reserve_space(count * gs)?;
-            self.file
-                .storage
-                .write_at(&data[(pos - off) as usize..(stop - off) as usize], at)
-                .map_err(io_err(self, "writing data"))?;
-            if durable {
-                self.sync()?;
+        let new_data = &data[(pos - off) as usize..(stop - off) as usize];
+        // Fully covered runs are written straight from the caller's buffer; others are
+        // staged: backing (or zeros, for zeroed grains), then the new data on top.
+        let staged;
+        let src: &[u8] = if pos == run_start && stop == run_end {
+            new_data
+        } else {
+            let mut buf = vec![0u8; (count * gs) as usize];
+            for (i, st) in states.iter().enumerate() {
+                let g0 = run_start + i as u64 * gs;
+                let covered = pos <= g0 && stop >= g0 + gs;
+                if !covered && *st == GrainState::Unallocated {
+                    let len = gs.min(self.capacity.saturating_sub(g0));
+                    fill(
+                        g0,
+                        &mut buf[i * gs as usize..i * gs as usize + len as usize],
+                    )?;
+                }
             }
-            let values: Vec<u32> = (0..count)
-                .map(|i| ((at + i * gs) / SECTOR_SIZE) as u32)
-                .collect();
-            self.set_entries(gd_index, table, slot(first), &values)?;
-            return Ok(stop);
-        }
-        // Stage the run: backing (or zeros, for zeroed grains) then the new data on top.
-        let mut buf = vec![0u8; (count * gs) as usize];
-        for (i, st) in states.iter().enumerate() {
-            let g0 = run_start + i as u64 * gs;
-            let covered = pos <= g0 && stop >= g0 + gs;
-            if !covered && *st == GrainState::Unallocated {
-                let len = gs.min(self.capacity.saturating_sub(g0));
-                fill(
-                    g0,
-                    &mut buf[i * gs as usize..i * gs as usize + len as usize],
-                )?;
-            }
-        }
-        buf[(pos - run_start) as usize..(stop - run_start) as usize]
-            .copy_from_slice(&data[(pos - off) as usize..(stop - off) as usize]);
+            buf[(pos - run_start) as usize..(stop - run_start) as usize].copy_from_slice(new_data);
+            staged = buf;
+            &staged
+        };
         let values: Vec<u32> = if self.compressed {
             let mut v = Vec::with_capacity(count as usize);
-            for (i, chunk) in buf.chunks(gs as usize).enumerate() {
+            for (i, chunk) in src.chunks(gs as usize).enumerate() {
                 let lba = (run_start + i as u64 * gs) / SECTOR_SIZE;
                 let rec = compress_grain(chunk, lba, self.has_marker)?;
                 let at = self.reserve_space(rec.len() as u64)?;
@@ -344,7 +336,7 @@ impl SparseExtent {
             let at = self.reserve_space(count * gs)?;
             self.file
                 .storage
-                .write_at(&buf, at)
+                .write_at(src, at)
                 .map_err(io_err(self, "writing data"))?;
             (0..count)
                 .map(|i| ((at + i * gs) / SECTOR_SIZE) as u32)
