@@ -75,6 +75,29 @@ pub fn render_error(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// What the user can do about an error, in terms of this command's flags (the library's
+/// messages name only the problem and the file).
+pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<vmdk::Error>())?
+        .kind();
+    match kind {
+        vmdk::ErrorKind::UnsafePath => Some(
+            "hint: if you trust this image, allow the directory it names with --allow-path DIR \
+             (or VMDK_ALLOW_PATHS=DIR), or every path with --allow-unsafe-paths",
+        ),
+        vmdk::ErrorKind::ForeignFormat => {
+            Some("hint: pass -f raw to read the file's bytes as a raw disk anyway")
+        }
+        vmdk::ErrorKind::Locked => Some(
+            "hint: -U (--force-share) reads the image anyway, although another process may be \
+             changing it",
+        ),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -102,6 +125,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vmdk: {}", render_error(&e));
+            if let Some(hint) = hint(&e) {
+                eprintln!("{hint}");
+            }
             ExitCode::from(1)
         }
     }

@@ -1,9 +1,10 @@
 //! Flags shared by the subcommands that open images, and qemu-img's `-o key=value,...`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use vmdk::{AdapterType, CreateOptions, Image, OpenOptions, Subformat};
+use vmdk::format::foreign::ForeignFormat;
+use vmdk::{AdapterType, CreateOptions, FileFormat, Image, OpenOptions, Subformat};
 
 /// qemu-img's vmdk creation options in the order of its option table, which is the order
 /// it prints them in.
@@ -22,25 +23,40 @@ pub const OPTION_ORDER: [&str; 9] = [
 /// How to open images.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct OpenArgs {
-    /// Follow extent and backing file names that leave the image's directory (absolute
-    /// paths, `..`, symlinks out) and open device files. Only for images you trust.
+    /// Trust extent and backing files inside DIR (and below it) although they lie outside
+    /// the image's directory; repeatable. `VMDK_ALLOW_PATHS` (colon-separated) adds more.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_path: Vec<PathBuf>,
+    /// Follow extent and backing file names wherever they lead and open device files.
+    /// Only for images you trust.
     #[arg(long)]
     pub allow_unsafe_paths: bool,
     /// Open a child image even when its parentCID does not match its parent's CID.
     #[arg(long)]
     pub ignore_cid_mismatch: bool,
-    /// Accepted for qemu-img compatibility (images are never locked).
-    #[arg(short = 'U', long = "force-share", hide = true)]
+    /// Open read-only without excluding other users of the image, which may be writing it
+    /// (qemu-img's -U); without it, an image another process writes is refused.
+    #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
 }
 
 impl OpenArgs {
-    /// Library options for these flags.
+    /// Library options for these flags (and `VMDK_ALLOW_PATHS`).
     pub fn options(&self) -> OpenOptions {
-        OpenOptions::new()
+        let mut o = OpenOptions::new()
             .allow_unsafe_paths(self.allow_unsafe_paths)
             .ignore_cid_mismatch(self.ignore_cid_mismatch)
+            .force_share(self.force_share);
+        o.allow_paths = allowed_dirs(&self.allow_path);
+        o
     }
+}
+
+/// `--allow-path` directories followed by those of `VMDK_ALLOW_PATHS`.
+pub fn allowed_dirs(flags: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = flags.to_vec();
+    dirs.extend(vmdk::paths::PathPolicy::dirs_from_env());
+    dirs
 }
 
 /// What an image file given on the command line is.
@@ -48,28 +64,29 @@ impl OpenArgs {
 pub enum Fmt {
     Vmdk,
     Raw,
+    /// An image of another format: only `info` shows it; everything else refuses it.
+    Foreign(ForeignFormat),
 }
 
-/// `-f FMT`, or the format probed from the file's first 4 KiB.
+/// `-f FMT`, or the format probed from the file's content.
 pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     match fmt {
         Some("vmdk") => Ok(Fmt::Vmdk),
         Some("raw") => Ok(Fmt::Raw),
         Some(other) => bail!("unknown image format '{other}' (expected vmdk or raw)"),
-        None => {
-            use std::io::Read;
-            let mut head = Vec::with_capacity(4096);
-            std::fs::File::open(path)
-                .with_context(|| format!("Could not open '{}'", path.display()))?
-                .take(4096)
-                .read_to_end(&mut head)
-                .with_context(|| format!("Could not read '{}'", path.display()))?;
-            Ok(if vmdk::probe(&head).is_some() {
-                Fmt::Vmdk
-            } else {
-                Fmt::Raw
-            })
-        }
+        None => Ok(match vmdk::image::probe_path(path)? {
+            Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
+            Some(_) => Fmt::Vmdk,
+            None => Fmt::Raw,
+        }),
+    }
+}
+
+/// [`image_format`] for commands that read VMDK and raw only: another format is an error.
+pub fn vmdk_or_raw(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
+    match image_format(path, fmt)? {
+        Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f).into()),
+        f => Ok(f),
     }
 }
 

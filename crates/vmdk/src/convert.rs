@@ -16,20 +16,21 @@
 //! the writer, so memory is bounded (tens of MiB) whatever the disk size.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
+use crate::create::refuse_to_overwrite;
 use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
 use crate::extent::compressed::{compress_bound, inflate_into};
 use crate::format::marker::{GrainMarker, GRAIN_MARKER_SIZE};
 use crate::format::SECTOR_SIZE;
-use crate::image::{read_target, Image, OpenOptions};
+use crate::image::{read_target, FileFormat, Image, OpenOptions};
 use crate::map::{MapEntry, MapTarget};
 use crate::raw::RawFile;
+use crate::storage::FileId;
 use crate::stream_writer::{is_zero, GrainEncoder, StreamWriter, GRAIN_SECTORS};
 
 /// Anything convert and compare can read: a VMDK image or a raw file.
@@ -40,6 +41,8 @@ pub trait Source: Send + Sync {
     fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>>;
     /// Read bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Every host file the source reads (so an output never overwrites one of them).
+    fn file_ids(&self) -> Vec<FileId>;
 }
 
 impl Source for Image {
@@ -51,6 +54,9 @@ impl Source for Image {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         Image::read_at(self, buf, offset)
+    }
+    fn file_ids(&self) -> Vec<FileId> {
+        Image::file_ids(self)
     }
 }
 
@@ -64,10 +70,14 @@ impl Source for RawFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         RawFile::read_at(self, buf, offset)
     }
+    fn file_ids(&self) -> Vec<FileId> {
+        RawFile::file_id(self).into_iter().collect()
+    }
 }
 
-/// Open `path` as a source: `format` "raw" or "vmdk", or probed from content when `None`
-/// (a VMDK if [`crate::probe`] recognises its first 4 KiB, raw otherwise).
+/// Open `path` as a source: `format` "raw" or "vmdk", or probed from content when `None`:
+/// a VMDK file opens as an image, an image of another format (qcow2, VHD, ...) is refused
+/// with its name rather than read as raw bytes, and anything else is a raw disk.
 pub fn open_source(
     path: &Path,
     format: Option<&str>,
@@ -81,25 +91,18 @@ pub fn open_source(
                 "unknown source format '{other}' (expected raw or vmdk)"
             )))
         }
-        None => {
-            let f = File::open(path).map_err(|e| Error::io(e, "cannot open").with_path(path))?;
-            let mut head = vec![0u8; 4096];
-            let mut got = 0;
-            while got < head.len() {
-                match f.read_at(&mut head[got..], got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io(e, "reading header").with_path(path)),
-                }
+        None => match crate::image::probe_path(path)? {
+            Some(FileFormat::Foreign(f)) => {
+                return Err(crate::image::foreign_format_error(path, f))
             }
-            crate::image::probe(&head[..got]).is_some()
-        }
+            Some(_) => true,
+            None => false,
+        },
     };
     if is_vmdk {
         Ok(Box::new(Image::open_with(path, opts)?))
     } else {
-        Ok(Box::new(RawFile::open(path)?))
+        Ok(Box::new(RawFile::open_with(path, opts)?))
     }
 }
 
@@ -556,12 +559,12 @@ pub fn convert_to_raw(
             .with_path(dst));
         }
     }
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dst)
-        .map_err(|e| Error::io(e, "cannot create").with_path(dst))?;
+    refuse_to_overwrite(
+        dst,
+        &src.file_ids(),
+        "the source image (or one of its files)",
+    )?;
+    let out = crate::storage::FileStorage::create(dst)?.into_file();
     out.set_len(out_size)
         .map_err(|e| Error::io(e, "could not resize file").with_path(dst))?;
     let threads = worker_count(opts.threads);
@@ -626,11 +629,14 @@ pub fn convert_to_vmdk(
             "compression is not supported with flat subformats (use subformat=streamOptimized)",
         ));
     }
-    crate::create::create(dst, size, create)?;
-    let img = OpenOptions::new()
-        .writable(true)
-        .allow_unsafe_paths(create.allow_unsafe_paths)
-        .open(dst)?;
+    crate::create::create_sparing(dst, size, create, &src.file_ids())?;
+    let img = OpenOptions {
+        writable: true,
+        allow_unsafe_paths: create.allow_unsafe_paths,
+        allow_paths: create.allow_paths.clone(),
+        ..Default::default()
+    }
+    .open(dst)?;
     let has_backing = create.backing_file.is_some();
     let (ahead, max_task) = sizing(threads, 1, MAX_TASK_SPARSE);
     let pool = Pool::default();
@@ -688,6 +694,11 @@ fn convert_to_stream(
 ) -> Result<()> {
     let size = src.size();
     let level = opts.compression_level;
+    refuse_to_overwrite(
+        dst,
+        &src.file_ids(),
+        "the source image (or one of its files)",
+    )?;
     let mut writer = StreamWriter::create(dst, size, create, level)?;
     GrainEncoder::new(level)?;
     let (ahead, max_task) = sizing(threads, 2, MAX_TASK);

@@ -10,7 +10,20 @@ use crate::format::sparse_header::{
     FLAG_ZERO_GRAIN, NEWLINE_CHECK,
 };
 use crate::format::SECTOR_SIZE;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileId, FileStorage, Storage};
+
+/// Refuse to create (and so truncate) `path` when it is one of the files in `spare`, however
+/// it is named: a symlink or hard link to an input is the input.
+pub fn refuse_to_overwrite(path: &Path, spare: &[FileId], what: &str) -> Result<()> {
+    let id = FileId::of_path(path).map_err(|e| Error::io(e, "cannot stat").with_path(path))?;
+    if id.is_some_and(|id| spare.contains(&id)) {
+        return Err(
+            Error::invalid(format!("this file is {what}; refusing to overwrite it"))
+                .with_path(path),
+        );
+    }
+    Ok(())
+}
 
 /// The layout of a new image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,8 +129,13 @@ pub struct CreateOptions {
     pub zeroed_grain: bool,
     /// Backing file (as written into `parentFileNameHint`, relative to the new image).
     pub backing_file: Option<String>,
-    /// Allow a backing file outside the new image's directory.
+    /// Open the backing file's own extents and backing files wherever they are (see
+    /// [`crate::OpenOptions::allow_unsafe_paths`]). The backing file itself is the user's
+    /// choice and is opened wherever it is.
     pub allow_unsafe_paths: bool,
+    /// Directories the backing file's own extents and backing files may lie in (see
+    /// [`crate::OpenOptions::allow_paths`]).
+    pub allow_paths: Vec<std::path::PathBuf>,
     /// zlib level for streamOptimized data written later (0-9; qemu's default is 6... as zlib's).
     pub compression_level: u32,
 }
@@ -133,6 +151,7 @@ impl Default for CreateOptions {
             zeroed_grain: false,
             backing_file: None,
             allow_unsafe_paths: false,
+            allow_paths: Vec::new(),
             compression_level: 6,
         }
     }
@@ -285,7 +304,7 @@ pub fn sparse_layout(
 
 /// Write a new sparse extent file laid out by [`sparse_layout`], with `desc` embedded.
 pub fn write_sparse_extent(path: &Path, header: &SparseHeader, desc: Option<&str>) -> Result<()> {
-    let f = FileStorage::create(path).map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+    let f = FileStorage::create(path)?;
     let io = |e| Error::io(e, "writing new extent").with_path(path);
     f.write_at(&header.serialize(), 0).map_err(io)?;
     f.set_len(header.overhead * SECTOR_SIZE).map_err(io)?;
@@ -313,13 +332,29 @@ pub fn write_sparse_extent(path: &Path, header: &SparseHeader, desc: Option<&str
 }
 
 fn flat_extent(path: &Path, size: u64) -> Result<()> {
-    let f = FileStorage::create(path).map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+    let f = FileStorage::create(path)?;
     f.set_len(size)
         .map_err(|e| Error::io(e, "could not resize file").with_path(path))
 }
 
 /// Create a new, empty image of `size` bytes (rounded up to 512) at `path`.
+///
+/// A backing file is named as the user gave it (`parentFileNameHint`), relative to the new
+/// image's directory, and opened to read its CID wherever it is; whether the new image can
+/// later be opened with its backing depends on the path gate then (see [`crate::paths`]).
+/// Refuses to overwrite any file the backing chain uses.
 pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
+    create_sparing(path, size, opts, &[])
+}
+
+/// [`create`], refusing also to overwrite or truncate any of the files `spare` (typically
+/// the files of the image being converted into the new one).
+pub fn create_sparing(
+    path: &Path,
+    size: u64,
+    opts: &CreateOptions,
+    spare: &[FileId],
+) -> Result<()> {
     let size = size
         .checked_next_multiple_of(SECTOR_SIZE)
         .ok_or_else(|| Error::invalid("image size too large"))?;
@@ -335,19 +370,33 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     let parent = match &opts.backing_file {
         None => None,
         Some(b) => {
-            let probe_path = path.with_file_name("x");
-            let bpath =
-                crate::paths::resolve(&probe_path, b, "backing file", opts.allow_unsafe_paths)?;
-            let parent = crate::image::OpenOptions::new()
-                .allow_unsafe_paths(opts.allow_unsafe_paths)
-                .open(&bpath)
-                .map_err(|e| {
-                    Error::new(e.kind(), format!("could not open backing file: {e}"))
-                        .with_path(path)
-                })?;
+            if b.is_empty() || b.contains('\0') {
+                return Err(Error::invalid("invalid backing file name").with_path(path));
+            }
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let bpath = dir.join(b);
+            // Like qemu-img, read the backing file without excluding its other users: only
+            // its size and CID are needed.
+            let parent = crate::image::OpenOptions {
+                allow_unsafe_paths: opts.allow_unsafe_paths,
+                allow_paths: opts.allow_paths.clone(),
+                force_share: true,
+                ..Default::default()
+            }
+            .open(&bpath)
+            .map_err(|e| {
+                Error::new(e.kind(), format!("could not open backing file: {e}")).with_path(path)
+            })?;
+            let mut spare = spare.to_vec();
+            spare.extend(parent.file_ids());
+            refuse_to_overwrite(path, &spare, "the backing file (or one of its files)")?;
             Some((b.clone(), parent.descriptor().cid))
         }
     };
+    refuse_to_overwrite(path, spare, "the source image (or one of its files)")?;
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::invalid("image path has no file name"))?
@@ -399,6 +448,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
                     (true, ExtentType::Flat) => format!("{stem}-f{idx:03}{ext}"),
                     _ => format!("{stem}-s{idx:03}{ext}"),
                 };
+                refuse_to_overwrite(&sibling(&name), spare, "a file of the source image")?;
                 if kind == ExtentType::Sparse {
                     let h = sparse_layout(cur, opts.zeroed_grain, false, false)?;
                     write_sparse_extent(&sibling(&name), &h, None)?;
@@ -413,8 +463,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
                 }
             }
             let desc = default_descriptor(opts, size, lines, parent)?;
-            let f = FileStorage::create(path)
-                .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+            let f = FileStorage::create(path)?;
             f.write_at(desc.serialize().as_bytes(), 0)
                 .map_err(|e| Error::io(e, "writing descriptor").with_path(path))
         }

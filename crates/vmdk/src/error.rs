@@ -29,6 +29,11 @@ pub enum ErrorKind {
     ReadOnly,
     /// A compressed grain could not be decompressed.
     Decompress,
+    /// Another process holds the image in a way that excludes this use (QEMU's image
+    /// locking: a writer excludes other writers and readers that do not share).
+    Locked,
+    /// The file is an image of another format (qcow2, VHD, ...), not VMDK or raw.
+    ForeignFormat,
 }
 
 impl fmt::Display for ErrorKind {
@@ -44,6 +49,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::ReadOnly => "read-only",
             ErrorKind::Decompress => "decompression error",
+            ErrorKind::Locked => "image locked",
+            ErrorKind::ForeignFormat => "image of another format",
         };
         f.write_str(s)
     }

@@ -11,12 +11,14 @@ use crate::format::cowd_header::COWD_MAGIC;
 use crate::format::descriptor::{
     Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE, MAX_DESCRIPTOR_SIZE,
 };
+use crate::format::foreign::{self, ForeignFormat};
 use crate::format::sesparse_header;
 use crate::format::sparse_header::{SparseHeader, SPARSE_MAGIC};
 use crate::format::SECTOR_SIZE;
+use crate::lock::{FileRole, LockRequest};
 use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::paths;
-use crate::storage::{FileStorage, Storage};
+use crate::paths::{self, PathPolicy};
+use crate::storage::{FileId, FileStorage, Storage};
 
 /// Most memory the grain directories of one image's extents may take together.
 pub const MAX_DIRECTORY_MEMORY: u64 = 1 << 30;
@@ -29,9 +31,20 @@ pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
 pub struct OpenOptions {
     /// Open for writing (backing files are always opened read-only).
     pub writable: bool,
-    /// Allow extent and backing paths outside the image's directory (absolute, `..`,
-    /// symlinks leading out) and device files. Off by default: only for trusted images.
+    /// Allow extent and backing files anywhere (outside the image's directory and every
+    /// allowed directory) and device files. Off by default: only for trusted images.
     pub allow_unsafe_paths: bool,
+    /// Directories, besides the image's own, whose files (and their subdirectories' files)
+    /// an image may name as extents or backing files. The CLI fills this from
+    /// `--allow-path` and `VMDK_ALLOW_PATHS` ([`PathPolicy::dirs_from_env`]).
+    pub allow_paths: Vec<PathBuf>,
+    /// Take QEMU-compatible image locks on every file the image uses (see [`crate::lock`]),
+    /// so a `vmdk` and a QEMU process never write one image at once. On by default; turn it
+    /// off only when the caller excludes other users itself.
+    pub locking: bool,
+    /// Open read-only without excluding writers (qemu-img's `-U`/`--force-share`): the
+    /// image may change while it is read. Refused together with `writable`.
+    pub force_share: bool,
     /// Open a child even when its `parentCID` differs from its parent's `CID`.
     pub ignore_cid_mismatch: bool,
     /// Follow `parentFileNameHint` to open the backing chain.
@@ -52,6 +65,9 @@ impl Default for OpenOptions {
         OpenOptions {
             writable: false,
             allow_unsafe_paths: false,
+            allow_paths: Vec::new(),
+            locking: true,
+            force_share: false,
             ignore_cid_mismatch: false,
             open_backing: true,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
@@ -76,6 +92,33 @@ impl OpenOptions {
     pub fn allow_unsafe_paths(mut self, v: bool) -> Self {
         self.allow_unsafe_paths = v;
         self
+    }
+    /// Add a directory to [`OpenOptions::allow_paths`].
+    pub fn allow_path(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.allow_paths.push(dir.into());
+        self
+    }
+    /// Set [`OpenOptions::locking`].
+    pub fn locking(mut self, v: bool) -> Self {
+        self.locking = v;
+        self
+    }
+    /// Set [`OpenOptions::force_share`].
+    pub fn force_share(mut self, v: bool) -> Self {
+        self.force_share = v;
+        self
+    }
+    /// The path gate these options describe.
+    pub fn path_policy(&self) -> PathPolicy {
+        PathPolicy {
+            allow_unsafe: self.allow_unsafe_paths,
+            allowed_dirs: self.allow_paths.clone(),
+        }
+    }
+    /// The locks to take on a file of `role` opened `writable`, if locking is on.
+    fn lock_request(&self, role: FileRole, writable: bool) -> Option<LockRequest> {
+        self.locking
+            .then(|| LockRequest::for_open(role, writable, self.force_share))
     }
     /// Set [`OpenOptions::ignore_cid_mismatch`].
     pub fn ignore_cid_mismatch(mut self, v: bool) -> Self {
@@ -125,10 +168,20 @@ pub enum FileFormat {
     Cowd,
     /// An seSparse extent.
     SeSparse,
+    /// An image of another format (qcow2, VHD, ...), which this library does not read.
+    Foreign(ForeignFormat),
 }
 
-/// Look at the first bytes of a file and say what VMDK file it is, if any. Content decides,
-/// never the file name.
+impl FileFormat {
+    /// Whether this is one of the VMDK file kinds.
+    pub fn is_vmdk(self) -> bool {
+        !matches!(self, FileFormat::Foreign(_))
+    }
+}
+
+/// Look at the first bytes of a file and say what it is, if any format we know marks its
+/// start: a VMDK file, or another image format's header. Content decides, never the file
+/// name. Formats marked only at the end of the file need [`probe_storage`].
 pub fn probe(head: &[u8]) -> Option<FileFormat> {
     if head.len() >= 4 {
         let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
@@ -145,7 +198,67 @@ pub fn probe(head: &[u8]) -> Option<FileFormat> {
     if Descriptor::probe(head) {
         return Some(FileFormat::Descriptor);
     }
-    None
+    foreign::probe_head(head).map(FileFormat::Foreign)
+}
+
+/// What an open file holds: [`probe`] over its start, then the trailers of formats that
+/// mark their end (fixed VHD, DMG). `None` means no known format: a raw disk.
+pub fn probe_storage(storage: &dyn Storage) -> std::io::Result<Option<FileFormat>> {
+    Ok(probe_storage_full(storage)?.0)
+}
+
+/// [`probe_storage`], also returning the head and tail it read (for `info`'s sizes).
+pub(crate) fn probe_storage_full(
+    storage: &dyn Storage,
+) -> std::io::Result<(Option<FileFormat>, Vec<u8>, Vec<u8>)> {
+    let mut head = vec![0u8; foreign::HEAD_BYTES];
+    let n = read_upto(storage, &mut head, 0)?;
+    head.truncate(n);
+    let len = storage.len()?;
+    let tail_len = len.min(foreign::TAIL_BYTES as u64);
+    let mut tail = vec![0u8; tail_len as usize];
+    let n = read_upto(storage, &mut tail, len - tail_len)?;
+    tail.truncate(n);
+    let format = probe(&head).or_else(|| foreign::probe_tail(&tail).map(FileFormat::Foreign));
+    Ok((format, head, tail))
+}
+
+/// What the file at `path` is, as [`probe_storage`] says; `None` for a raw disk.
+pub fn probe_path(path: &Path) -> Result<Option<FileFormat>> {
+    let s =
+        FileStorage::open(path, false).map_err(|e| Error::io(e, "cannot open").with_path(path))?;
+    probe_storage(&s).map_err(|e| Error::io(e, "reading header").with_path(path))
+}
+
+/// The virtual size a foreign image's header records, if it is in a fixed field.
+pub fn foreign_virtual_size(path: &Path, format: ForeignFormat) -> Option<u64> {
+    let s = FileStorage::open(path, false).ok()?;
+    let (_, head, tail) = probe_storage_full(&s).ok()?;
+    foreign::virtual_size(format, &head, &tail)
+}
+
+/// The error for a file that is an image of another format.
+pub fn foreign_format_error(path: &Path, format: ForeignFormat) -> Error {
+    Error::new(
+        ErrorKind::ForeignFormat,
+        format!(
+            "this is a {} image, not VMDK; vmdk reads VMDK and raw images",
+            format.description()
+        ),
+    )
+    .with_path(path)
+}
+
+fn read_upto(storage: &dyn Storage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let r = storage.read_at(&mut buf[got..], offset + got as u64)?;
+        if r == 0 {
+            break;
+        }
+        got += r;
+    }
+    Ok(got)
 }
 
 /// An open VMDK image: its descriptor, its extents and its backing chain.
@@ -179,43 +292,39 @@ impl std::fmt::Debug for StorageOpener {
     }
 }
 
+/// Open one host file of an image. `role` decides which QEMU locks it gets; a custom
+/// opener (tests) locks as it likes.
 fn open_storage(
     path: &Path,
     writable: bool,
-    allow_unsafe: bool,
-    opener: Option<&StorageOpener>,
+    allow_devices: bool,
+    role: FileRole,
+    opts: &OpenOptions,
 ) -> Result<Arc<dyn Storage>> {
-    paths::check_file_type(path, allow_unsafe)?;
-    let opened = match opener {
-        Some(o) => (o.0)(path, writable),
-        None => FileStorage::open(path, writable).map(|s| Arc::new(s) as Arc<dyn Storage>),
-    };
-    let s = opened.map_err(|e| {
-        Error::io(
-            e,
-            if writable {
-                "cannot open for writing"
-            } else {
-                "cannot open"
-            },
-        )
-        .with_path(path)
-    })?;
-    Ok(s)
+    paths::check_file_type(path, allow_devices)?;
+    match &opts.storage_opener {
+        Some(o) => (o.0)(path, writable).map_err(|e| {
+            Error::io(
+                e,
+                if writable {
+                    "cannot open for writing"
+                } else {
+                    "cannot open"
+                },
+            )
+            .with_path(path)
+        }),
+        None => {
+            let s = FileStorage::open_locked(path, writable, opts.lock_request(role, writable))?;
+            Ok(Arc::new(s))
+        }
+    }
 }
 
 fn read_head(storage: &dyn Storage, path: &Path, n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let r = storage
-            .read_at(&mut buf[got..], got as u64)
-            .map_err(|e| Error::io(e, "reading header").with_path(path))?;
-        if r == 0 {
-            break;
-        }
-        got += r;
-    }
+    let got = read_upto(storage, &mut buf, 0)
+        .map_err(|e| Error::io(e, "reading header").with_path(path))?;
     buf.truncate(got);
     Ok(buf)
 }
@@ -228,6 +337,12 @@ impl Image {
 
     /// Open `path` with `opts`.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
+        if opts.force_share && opts.writable {
+            return Err(
+                Error::invalid("force-share=on can only be used with read-only images")
+                    .with_path(path.as_ref()),
+            );
+        }
         let mut visited = HashSet::new();
         let mut directory_bytes = 0;
         Self::open_layer(
@@ -262,16 +377,25 @@ impl Image {
             path,
             writable,
             depth > 0 && opts.allow_unsafe_paths,
-            opts.storage_opener.as_ref(),
+            FileRole::Metadata,
+            opts,
         )?;
         let head = read_head(&*storage, path, 4096)?;
-        let format = probe(&head).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotVmdk,
-                "not a VMDK image (no KDMV/COWD/seSparse magic and no descriptor)",
-            )
-            .with_path(path)
-        })?;
+        let format = match probe(&head) {
+            Some(f) if f.is_vmdk() => f,
+            _ => {
+                let probed = probe_storage(&*storage)
+                    .map_err(|e| Error::io(e, "reading header").with_path(path))?;
+                return Err(match probed {
+                    Some(FileFormat::Foreign(f)) => foreign_format_error(path, f),
+                    _ => Error::new(
+                        ErrorKind::NotVmdk,
+                        "not a VMDK image (no KDMV/COWD/seSparse magic and no descriptor)",
+                    )
+                    .with_path(path),
+                });
+            }
+        };
         let mut image = match format {
             FileFormat::Descriptor => {
                 let len = storage
@@ -359,6 +483,7 @@ impl Image {
                     writable,
                 )
             }
+            FileFormat::Foreign(_) => unreachable!("refused above"),
         };
         image.check_writable_open()?;
         // The same bound across the whole chain: a deep chain of big directories is as
@@ -381,7 +506,7 @@ impl Image {
                     )
                     .with_path(path));
                 }
-                let bpath = paths::resolve(path, &hint, "backing file", opts.allow_unsafe_paths)?;
+                let bpath = paths::resolve(path, &hint, "backing file", &opts.path_policy())?;
                 let backing =
                     Self::open_layer(&bpath, opts, false, depth + 1, visited, directory_bytes)
                         .map_err(|e| {
@@ -595,6 +720,24 @@ impl Image {
     pub fn is_writable(&self) -> bool {
         self.writable
     }
+    /// The identities of every host file this image and its backing chain use (descriptor,
+    /// extents, backing files), so a caller about to create or truncate a file can make sure
+    /// it is none of them, whatever its name.
+    pub fn file_ids(&self) -> Vec<FileId> {
+        let mut ids: Vec<FileId> = self.storage.file_id().into_iter().collect();
+        for e in &self.extents {
+            if let Some(id) = e.file().and_then(|f| f.storage.file_id()) {
+                ids.push(id);
+            }
+        }
+        if let Some(b) = &self.backing {
+            ids.extend(b.file_ids());
+        }
+        ids.sort_by_key(|i| (i.dev, i.ino));
+        ids.dedup();
+        ids
+    }
+
     /// Bytes the image's own files take on the host.
     pub fn allocated_bytes(&self) -> u64 {
         let mut seen = HashSet::new();
@@ -798,7 +941,7 @@ fn open_extent(
     let name = line.file.as_deref().ok_or_else(|| {
         Error::corrupt(format!("extent {index} has no file name")).with_path(desc_path)
     })?;
-    let epath = paths::resolve(desc_path, name, "extent", opts.allow_unsafe_paths)?;
+    let epath = paths::resolve(desc_path, name, "extent file", &opts.path_policy())?;
     let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
     let is_flat = matches!(
         line.kind,
@@ -820,12 +963,12 @@ fn open_extent(
         let offset = flat_offset()?;
         return Ok(mk(ExtentKind::Flat { file, offset }));
     }
-    let storage = open_storage(
-        &epath,
-        ext_writable,
-        opts.allow_unsafe_paths,
-        opts.storage_opener.as_ref(),
-    )?;
+    let role = if is_flat {
+        FileRole::Data
+    } else {
+        FileRole::Metadata
+    };
+    let storage = open_storage(&epath, ext_writable, opts.allow_unsafe_paths, role, opts)?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     if is_flat {
         flat_files.insert((epath.clone(), ext_writable), file.clone());

@@ -25,6 +25,7 @@ pub mod extent;
 pub mod format;
 pub mod image;
 pub mod io_adapter;
+pub mod lock;
 pub mod map;
 pub mod paths;
 pub mod raw;
@@ -39,7 +40,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
 pub use io_adapter::ImageReader;
 pub use map::{ExtentFile, MapEntry, MapTarget};
-pub use storage::{FileStorage, MemStorage, Storage};
+pub use storage::{FileId, FileStorage, MemStorage, Storage};
 
 #[cfg(test)]
 mod send_sync {

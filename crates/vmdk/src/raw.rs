@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::image::OpenOptions;
+use crate::lock::{FileRole, LockRequest};
 use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::storage::{FileStorage, Storage};
 
@@ -24,10 +26,18 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    /// Open `path` for reading.
+    /// Open `path` for reading, locked as QEMU locks a raw image it reads.
     pub fn open(path: &Path) -> Result<RawFile> {
-        let storage = FileStorage::open(path, false)
-            .map_err(|e| Error::io(e, "cannot open").with_path(path))?;
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Open `path` for reading with the locking choices of `opts` (`locking`,
+    /// `force_share`); a raw file holds only guest data, so it is locked as a flat extent.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<RawFile> {
+        let lock = opts
+            .locking
+            .then(|| LockRequest::for_open(FileRole::Data, false, opts.force_share));
+        let storage = FileStorage::open_locked(path, false, lock)?;
         let seek = File::open(path).map_err(|e| Error::io(e, "cannot open").with_path(path))?;
         let meta = seek
             .metadata()
@@ -52,6 +62,11 @@ impl RawFile {
             size,
             sparse_aware: meta.is_file(),
         })
+    }
+
+    /// The identity of the host file.
+    pub fn file_id(&self) -> Option<crate::storage::FileId> {
+        self.file.storage.file_id()
     }
 
     /// The path the file was opened from.

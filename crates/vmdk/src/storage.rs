@@ -8,6 +8,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use crate::error::{Error, Result};
+use crate::lock::LockRequest;
+
 /// A byte-addressed file that can be read and written at any offset from many threads at once.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read (short only at
@@ -23,6 +26,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn flush(&self) -> io::Result<()>;
     /// Bytes actually allocated on the host (for `info`'s "disk size"); `None` if unknown.
     fn allocated_size(&self) -> Option<u64> {
+        None
+    }
+    /// Which host file this is (device and inode), so callers can tell whether two names
+    /// are one file (hard links, symlinks); `None` when not a host file.
+    fn file_id(&self) -> Option<FileId> {
         None
     }
     /// Whether the storage is empty.
@@ -68,6 +76,41 @@ pub trait Storage: Send + Sync + fmt::Debug {
     }
 }
 
+/// The identity of a host file: its device and inode. Two paths name one file exactly when
+/// their `FileId`s are equal, however they are spelled (symlinks, hard links, `..`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub fn of_file(file: &File) -> io::Result<FileId> {
+        Ok(Self::of_metadata(&file.metadata()?))
+    }
+
+    /// The identity of the file `path` names (symlinks followed); `None` if it does not
+    /// exist.
+    pub fn of_path(path: &Path) -> io::Result<Option<FileId>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(Self::of_metadata(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn of_metadata(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
 /// A host file.
 #[derive(Debug)]
 pub struct FileStorage {
@@ -88,18 +131,55 @@ impl FileStorage {
         })
     }
 
-    /// Create (or truncate) `path` for reading and writing.
-    pub fn create(path: &Path) -> io::Result<Self> {
+    /// Open `path` for reading, and for writing too if `writable`, holding `lock`'s
+    /// QEMU-compatible locks for as long as the storage lives (see [`crate::lock`]).
+    pub fn open_locked(path: &Path, writable: bool, lock: Option<LockRequest>) -> Result<Self> {
+        let s = Self::open(path, writable).map_err(|e| {
+            Error::io(
+                e,
+                if writable {
+                    "cannot open for writing"
+                } else {
+                    "cannot open"
+                },
+            )
+            .with_path(path)
+        })?;
+        if let Some(req) = lock {
+            crate::lock::lock(&s.file, path, req)?;
+        }
+        Ok(s)
+    }
+
+    /// Create `path` (or empty an existing file) for reading and writing. As QEMU does, the
+    /// file is locked *before* it is truncated, so a file another process has open as an
+    /// image is refused instead of emptied under it; the creation lock is held until the
+    /// storage is dropped.
+    pub fn create(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
-            .open(path)?;
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        crate::lock::lock(&file, path, LockRequest::for_create())?;
+        file.set_len(0)
+            .map_err(|e| Error::io(e, "cannot truncate").with_path(path))?;
         Ok(FileStorage {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The open file, taken out of the storage (its locks go with it).
+    pub fn into_file(self) -> File {
+        self.file
     }
 
     /// The path this storage was opened from.
@@ -132,6 +212,9 @@ impl Storage for FileStorage {
     fn allocated_size(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+    fn file_id(&self) -> Option<FileId> {
+        FileId::of_file(&self.file).ok()
     }
 }
 

@@ -188,12 +188,7 @@ impl StreamWriter {
             check_bytes: NEWLINE_CHECK,
             compress_algorithm: COMPRESSION_DEFLATE,
         };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        let file = crate::storage::FileStorage::create(path)?.into_file();
         let mut head = vec![0u8; (overhead * SECTOR_SIZE) as usize];
         head[..SECTOR].copy_from_slice(&header.serialize());
         head[SECTOR..SECTOR + desc.len()].copy_from_slice(desc.as_bytes());

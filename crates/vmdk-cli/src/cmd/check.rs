@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::names::display;
-use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
 use crate::output::{Node, OutputFormat};
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    if image_format(&a.image, a.format.as_deref())? == Fmt::Raw {
+    if vmdk_or_raw(&a.image, a.format.as_deref())? == Fmt::Raw {
         eprintln!("vmdk: This image format does not support checks");
         return Ok(63);
     }

@@ -40,7 +40,11 @@ pub struct Args {
 }
 
 fn fail(code: u8, e: impl Into<anyhow::Error>) -> Result<u8> {
-    eprintln!("vmdk: {}", render_error(&e.into()));
+    let e = e.into();
+    eprintln!("vmdk: {}", render_error(&e));
+    if let Some(h) = crate::hint(&e) {
+        eprintln!("{h}");
+    }
     Ok(code)
 }
 

@@ -29,7 +29,11 @@ pub struct Args {
     /// Do not print the "Formatting" line.
     #[arg(short = 'q')]
     quiet: bool,
-    /// Allow a backing file outside the new image's directory.
+    /// Trust the backing file's own extent and backing files inside DIR (repeatable; see
+    /// `vmdk info --help`).
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
+    /// Follow the backing file's own extent and backing file names wherever they lead.
     #[arg(long)]
     allow_unsafe_paths: bool,
     /// The new image.
@@ -63,6 +67,7 @@ pub fn run(a: Args) -> Result<u8> {
         }
     }
     v.create.allow_unsafe_paths = a.allow_unsafe_paths;
+    v.create.allow_paths = crate::opts::allowed_dirs(&a.allow_path);
     let name = display(&a.file);
     let size = match (&a.size, v.size) {
         (Some(s), _) => {
@@ -72,9 +77,13 @@ pub fn run(a: Args) -> Result<u8> {
         (None, None) => match &v.create.backing_file {
             Some(b) if !a.unsafe_backing => {
                 let bpath = path_combine(&name, b);
-                let img = vmdk::OpenOptions::new()
+                // Only its size is needed: read it without excluding its other users, as
+                // qemu-img does.
+                let mut o = vmdk::OpenOptions::new()
                     .allow_unsafe_paths(a.allow_unsafe_paths)
-                    .open(&bpath)?;
+                    .force_share(true);
+                o.allow_paths = v.create.allow_paths.clone();
+                let img = o.open(&bpath)?;
                 img.size()
             }
             _ => bail!("Image creation needs a size parameter"),
@@ -124,5 +133,37 @@ pub fn run(a: Args) -> Result<u8> {
         println!("{line}");
     }
     vmdk::create(&a.file, size, &v.create)?;
+    if let Some(b) = &v.create.backing_file {
+        note_backing_outside(&a.file, b, &v.create.allow_paths);
+    }
     Ok(0)
+}
+
+/// The backing file is written as the user named it; when it lies where the path gate will
+/// not follow by default, say how to open the new image rather than leave the user to find
+/// out from a refusal.
+fn note_backing_outside(image: &std::path::Path, backing: &str, allowed: &[PathBuf]) {
+    let policy = vmdk::paths::PathPolicy {
+        allow_unsafe: false,
+        allowed_dirs: allowed.to_vec(),
+    };
+    if vmdk::paths::resolve(image, backing, "backing file", &policy).is_ok() {
+        return;
+    }
+    let dir = std::path::Path::new(image)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .join(backing);
+    let dir = dir
+        .canonicalize()
+        .unwrap_or(dir)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "vmdk: note: the backing file '{backing}' lies outside the directory of '{}'; to open \
+         the image, trust its directory: --allow-path {dir} (or VMDK_ALLOW_PATHS={dir})",
+        image.display()
+    );
 }

@@ -35,7 +35,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
     let infos = match image_format(&a.image, a.format.as_deref())? {
-        Fmt::Raw => vec![raw_info(&a.image, &name)?],
+        Fmt::Raw => vec![raw_info(&a.image, &name, &a.open.options())?],
+        Fmt::Foreign(f) => vec![foreign_info(&a.image, &name, f)?],
         Fmt::Vmdk => {
             let opts = a.open.options().open_backing(a.backing_chain);
             let img = Image::open_with(&a.image, &opts)?;
@@ -61,17 +62,37 @@ pub fn run(a: Args) -> Result<u8> {
     Ok(0)
 }
 
-fn raw_info(path: &std::path::Path, name: &str) -> Result<Node> {
+fn raw_info(path: &std::path::Path, name: &str, opts: &vmdk::OpenOptions) -> Result<Node> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).with_context(|| format!("Could not open '{}'", path.display()))?;
-    let raw = vmdk::raw::RawFile::open(path)?;
+    let raw = vmdk::raw::RawFile::open_with(path, opts)?;
     let mut n = Node::dict();
     n.put("virtual-size", raw.size())
         .put("filename", name)
         .put("format", "raw")
         .put("actual-size", meta.blocks() * 512)
         .put("dirty-flag", false);
+    Ok(n)
+}
+
+/// An image of another format: say honestly what it is (qemu-img's field names), with the
+/// virtual size where its header keeps it in a fixed field.
+fn foreign_info(
+    path: &std::path::Path,
+    name: &str,
+    format: vmdk::format::foreign::ForeignFormat,
+) -> Result<Node> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("Could not open '{}'", path.display()))?;
+    let mut n = Node::dict();
+    if let Some(size) = vmdk::image::foreign_virtual_size(path, format) {
+        n.put("virtual-size", size);
+    }
+    n.put("filename", name)
+        .put("format", format.name())
+        .put("actual-size", meta.blocks() * 512);
     Ok(n)
 }
 
@@ -213,8 +234,10 @@ fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
     };
     writeln!(out, "image: {}", s("filename").unwrap_or_default())?;
     writeln!(out, "file format: {}", s("format").unwrap_or_default())?;
-    let vs = int("virtual-size").unwrap_or(0);
-    writeln!(out, "virtual size: {} ({vs} bytes)", size_to_str(vs))?;
+    // Only an image of another format whose header we do not parse lacks a size.
+    if let Some(vs) = int("virtual-size") {
+        writeln!(out, "virtual size: {} ({vs} bytes)", size_to_str(vs))?;
+    }
     if let Some(a) = int("actual-size") {
         writeln!(out, "disk size: {}", size_to_str(a))?;
     }

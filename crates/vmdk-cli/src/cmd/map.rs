@@ -13,7 +13,7 @@ use vmdk::raw::RawFile;
 use vmdk::{ExtentFile, Image, MapEntry, MapTarget};
 
 use crate::names::{chain, display, extent_name};
-use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use crate::size::parse_size;
 
@@ -222,7 +222,9 @@ impl Converter {
     fn holes(&mut self, file: &ExtentFile, off: u64, len: u64) -> Result<Vec<(u64, bool)>> {
         let slot = self.flat.get_mut(&file.id()).expect("flat file");
         if slot.is_none() {
-            *slot = RawFile::open(file.path()).ok();
+            // The image holds this file open (and locked) already; this second descriptor
+            // only asks lseek for holes, so it takes no locks of its own.
+            *slot = RawFile::open_with(file.path(), &vmdk::OpenOptions::new().locking(false)).ok();
         }
         let Some(raw) = slot.as_ref() else {
             return Ok(vec![(len, false)]);
@@ -304,14 +306,15 @@ pub fn run(a: Args) -> Result<u8> {
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printer = Printer::new(stdout, a.output == OutputFormat::Json, start)?;
     let (source, mut conv): (Box<dyn Source>, Converter) =
-        match image_format(&a.image, a.format.as_deref())? {
+        match vmdk_or_raw(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
                 let conv = Converter::for_image(&img, &name);
                 (Box::new(img), conv)
             }
+            Fmt::Foreign(_) => unreachable!("refused by vmdk_or_raw"),
             Fmt::Raw => {
-                let raw = RawFile::open(&a.image)?;
+                let raw = RawFile::open_with(&a.image, &a.open.options())?;
                 (
                     Box::new(raw),
                     Converter {

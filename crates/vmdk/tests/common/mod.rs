@@ -40,11 +40,12 @@ pub fn qemu_io(image: &Path, cmds: &[&str]) {
     );
 }
 
-/// The raw bytes qemu-img reads from `image`.
+/// The raw bytes qemu-img reads from `image` (with `-U`: the test may hold it open).
 pub fn qemu_raw(image: &Path) -> Vec<u8> {
     let raw = image.with_extension("oracle.raw");
     qemu_img(&[
         "convert",
+        "-U",
         "-f",
         "vmdk",
         "-O",
@@ -57,9 +58,13 @@ pub fn qemu_raw(image: &Path) -> Vec<u8> {
     data
 }
 
-/// Read the whole image with our library.
+/// Read the whole image with our library (sharing it with a writer the test may still hold
+/// open, as `qemu-img -U` does).
 pub fn our_raw(image: &Path) -> Vec<u8> {
-    let img = vmdk::Image::open(image).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
+    let img = vmdk::OpenOptions::new()
+        .force_share(true)
+        .open(image)
+        .unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
     let mut buf = vec![0u8; img.size() as usize];
     // Odd-sized chunks cross grain and extent boundaries on purpose.
     let chunk = 3 * 65536 + 4608;
