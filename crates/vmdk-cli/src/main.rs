@@ -45,6 +45,15 @@ enum Command {
     Io(cmd::io::Args),
     /// Export an image over NBD (like qemu-nbd).
     Serve(cmd::serve::Args),
+    /// Copy part of an image to a new image (like qemu-img dd).
+    Dd(cmd::dd::Args),
+    /// Measure the host space a new image needs (like qemu-img measure).
+    Measure(cmd::measure::Args),
+    /// List, create, apply or delete internal snapshots (VMDK has none; like qemu-img
+    /// snapshot).
+    Snapshot(cmd::snapshot::Args),
+    /// Time a run of reads or writes (like qemu-img bench).
+    Bench(cmd::bench::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -87,6 +96,10 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
             "hint: if you trust this image, allow the directory it names with --allow-path DIR \
              (or VMDK_ALLOW_PATHS=DIR), or every path with --allow-unsafe-paths",
         ),
+        vmdk::ErrorKind::CidMismatch => Some(
+            "hint: --ignore-cid-mismatch opens it anyway (the data may no longer match its \
+             parent)",
+        ),
         vmdk::ErrorKind::ForeignFormat => {
             Some("hint: pass -f raw to read the file's bytes as a raw disk anyway")
         }
@@ -110,6 +123,10 @@ fn main() -> ExitCode {
         Command::Create(a) => cmd::create::run(a),
         Command::Io(a) => cmd::io::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Dd(a) => cmd::dd::run(a),
+        Command::Measure(a) => cmd::measure::run(a),
+        Command::Snapshot(a) => cmd::snapshot::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -526,8 +526,7 @@ impl Image {
                         ErrorKind::CidMismatch,
                         format!(
                             "parentCID {:08x} does not match CID {:08x} of backing file '{}': \
-                             the parent changed after this image was made (use \
-                             --ignore-cid-mismatch / OpenOptions::ignore_cid_mismatch to open anyway)",
+                             the parent changed after this image was made",
                             pcid,
                             backing.descriptor.cid,
                             bpath.display()

@@ -1,14 +1,18 @@
 //! One module per subcommand. Each `run` returns the process exit status, or an error that
 //! `main` prints as `vmdk: <message>` with status 1.
 
+pub mod bench;
 pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod dd;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod measure;
 pub mod serve;
+pub mod snapshot;
 
 /// A progress bar on stderr for `-p`, or nothing.
 pub fn progress_bar(enabled: bool) -> Option<indicatif::ProgressBar> {

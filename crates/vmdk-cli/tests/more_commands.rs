@@ -1,0 +1,219 @@
+//! qemu-img commands beyond the everyday ones: `measure`, `snapshot`, `dd` and `bench`,
+//! against qemu-img on the same images where qemu-img can answer, and against what our own
+//! conversions produce where it cannot (QEMU's VMDK driver does not measure).
+
+mod common;
+
+use common::*;
+
+fn scribbled(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = qemu_create(dir, "m.vmdk", "64M", &[]);
+    qemu_io(
+        &img,
+        &[
+            "write -P 1 0 1M",
+            "write -P 2 10M 100k",
+            "write -P 3 40M 4k",
+        ],
+    );
+    img
+}
+
+#[test]
+fn measure_matches_what_convert_writes() {
+    let dir = tempdir();
+    let img = scribbled(dir.path());
+    let i = s(&img);
+    for sub in [
+        "monolithicSparse",
+        "twoGbMaxExtentSparse",
+        "streamOptimized",
+        "monolithicFlat",
+    ] {
+        let o = format!("subformat={sub}");
+        let m = vmdk(&["measure", "--output=json", "-O", "vmdk", "-o", &o, &i]).json();
+        let required = m["required"].as_u64().unwrap();
+        let full = m["fully-allocated"].as_u64().unwrap();
+        let out = dir.path().join(format!("out-{sub}.vmdk"));
+        vmdk_ok(&["convert", "-O", "vmdk", "-o", &o, &i, &s(&out)]);
+        let mut written = 0;
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let e = e.unwrap();
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("out-{sub}"))
+            {
+                written += e.metadata().unwrap().len();
+            }
+        }
+        match sub {
+            // The exact layout: header, descriptor, tables, and one grain per touched grain.
+            "monolithicSparse" => assert_eq!(required, written, "{sub}"),
+            // Descriptor files are counted at one block.
+            "twoGbMaxExtentSparse" | "monolithicFlat" => {
+                assert!(
+                    required >= written && required - written < 512,
+                    "{sub}: {required} vs {written}"
+                )
+            }
+            // Compressed sizes are known only after compressing: an upper bound.
+            _ => assert!(required >= written, "{sub}: {required} < {written}"),
+        }
+        assert!(full >= required, "{sub}");
+    }
+    // An empty image of a given size is its metadata; and raw as qemu-img says.
+    let m = vmdk_ok(&["measure", "-O", "vmdk", "--size", "1G"]);
+    assert!(
+        m.starts_with("required size: 196608\nfully allocated size: 1073938432\n"),
+        "{m}"
+    );
+    assert_eq!(
+        vmdk_ok(&["measure", "-O", "raw", &i]),
+        qemu_img(&["measure", "-O", "raw", &i])
+    );
+    assert_eq!(
+        vmdk_ok(&["measure", "--output=json", "-O", "raw", "--size", "3G"]),
+        qemu_img(&["measure", "--output=json", "-O", "raw", "--size", "3G"])
+    );
+    // qemu-img cannot measure for VMDK at all.
+    assert_ne!(
+        tool("qemu-img", &["measure", "-O", "vmdk", "--size", "1G"]).code,
+        0
+    );
+}
+
+#[test]
+fn snapshot_list_is_empty_and_the_rest_fails_like_qemu() {
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "a.vmdk", "1M", &[]);
+    let i = s(&img);
+    assert_eq!(
+        vmdk_ok(&["snapshot", "-l", &i]),
+        qemu_img(&["snapshot", "-l", &i])
+    );
+    for (flag, msg) in [
+        ("-c", "Could not create snapshot"),
+        ("-a", "Could not apply snapshot"),
+        ("-d", "Could not delete snapshot"),
+    ] {
+        let ours = vmdk(&["snapshot", flag, "s1", &i]);
+        let theirs = tool("qemu-img", &["snapshot", flag, "s1", &i]);
+        assert_eq!(ours.code, 1);
+        assert_eq!(theirs.code, 1);
+        assert!(
+            ours.stderr.contains(msg) && theirs.stderr.contains(msg),
+            "{}",
+            ours.stderr
+        );
+    }
+}
+
+#[test]
+fn dd_copies_the_blocks_asked_for() {
+    let dir = tempdir();
+    let img = scribbled(dir.path());
+    let i = s(&img);
+    let full = dir.path().join("full.raw");
+    qemu_img(&["convert", "-O", "raw", &i, &s(&full)]);
+    let all = std::fs::read(&full).unwrap();
+    let d = |n: &str| s(&dir.path().join(n));
+    // Plain count, as qemu-img dd.
+    vmdk_ok(&[
+        "dd",
+        "bs=1M",
+        "count=2",
+        &format!("if={i}"),
+        &format!("of={}", d("a.raw")),
+    ]);
+    qemu_img(&[
+        "dd",
+        "bs=1M",
+        "count=2",
+        &format!("if={i}"),
+        &format!("of={}", d("qa.raw")),
+    ]);
+    assert!(std::fs::read(d("a.raw")).unwrap() == std::fs::read(d("qa.raw")).unwrap());
+    // skip + count: the three blocks asked for (qemu-img 10 sizes this output
+    // count*bs - skip*bs and copies one block).
+    vmdk_ok(&[
+        "dd",
+        "bs=64k",
+        "skip=2",
+        "count=3",
+        &format!("if={i}"),
+        &format!("of={}", d("b.raw")),
+    ]);
+    assert!(std::fs::read(d("b.raw")).unwrap() == all[2 * 65536..5 * 65536]);
+    // skip alone: the rest of the disk; osize pads with zeros.
+    vmdk_ok(&[
+        "dd",
+        "bs=1M",
+        "skip=10",
+        "osize=60M",
+        &format!("if={i}"),
+        &format!("of={}", d("c.raw")),
+    ]);
+    let c = std::fs::read(d("c.raw")).unwrap();
+    assert_eq!(c.len(), 60 << 20);
+    assert!(c[..54 << 20] == all[10 << 20..]);
+    assert!(c[54 << 20..].iter().all(|&b| b == 0));
+    // To a VMDK, checked by qemu.
+    vmdk_ok(&[
+        "dd",
+        "-O",
+        "vmdk",
+        "bs=1M",
+        "count=11",
+        &format!("if={i}"),
+        &format!("of={}", d("e.vmdk")),
+    ]);
+    qemu_img(&["check", &d("e.vmdk")]);
+    let e = dir.path().join("e.raw");
+    qemu_img(&["convert", "-O", "raw", &d("e.vmdk"), &s(&e)]);
+    assert!(std::fs::read(&e).unwrap() == all[..11 << 20]);
+    // Errors: past the end, onto the input.
+    assert_ne!(
+        vmdk(&[
+            "dd",
+            "bs=1M",
+            "skip=65",
+            &format!("if={i}"),
+            &format!("of={}", d("x.raw"))
+        ])
+        .code,
+        0
+    );
+    let r = vmdk(&["dd", &format!("if={i}"), &format!("of={i}")]);
+    assert!(
+        r.code != 0 && r.stderr.contains("refusing to overwrite"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bench_prints_what_qemu_img_bench_prints() {
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "b.vmdk", "16M", &[]);
+    let i = s(&img);
+    for args in [
+        &["-c", "500"][..],
+        &[
+            "-w", "-c", "500", "-d", "4", "-s", "8k", "-S", "16k", "-o", "4k",
+        ],
+    ] {
+        let mut a = vec!["bench"];
+        a.extend_from_slice(args);
+        a.push(&i);
+        let ours = vmdk_ok(&a);
+        let theirs = qemu_img(&a);
+        let first = |t: &str| t.lines().next().unwrap().to_string();
+        assert_eq!(first(&ours), first(&theirs));
+        let last = ours.lines().last().unwrap();
+        assert!(
+            last.starts_with("Run completed in ") && last.ends_with(" seconds."),
+            "{ours}"
+        );
+    }
+    qemu_img(&["check", &i]);
+}
