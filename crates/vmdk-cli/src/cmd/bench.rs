@@ -147,7 +147,7 @@ pub fn run(a: Args) -> Result<u8> {
                         failed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    if a.flush_interval > 0 && (i + 1) % a.flush_interval == 0 {
+                    if a.flush_interval > 0 && (i + 1).is_multiple_of(a.flush_interval) {
                         if let Err(e) = img.flush() {
                             eprintln!("vmdk: flush failed: {e}");
                             failed.fetch_add(1, Ordering::Relaxed);
