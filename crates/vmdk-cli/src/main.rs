@@ -54,6 +54,13 @@ enum Command {
     Snapshot(cmd::snapshot::Args),
     /// Time a run of reads or writes (like qemu-img bench).
     Bench(cmd::bench::Args),
+    /// Write an overlay's data into its backing file and empty it (like qemu-img commit).
+    Commit(cmd::commit::Args),
+    /// Change an overlay's backing file (like qemu-img rebase).
+    Rebase(cmd::rebase::Args),
+    /// Change descriptor fields: adapter type, hardware and tools versions (like qemu-img
+    /// amend).
+    Amend(cmd::amend::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -127,6 +134,9 @@ fn main() -> ExitCode {
         Command::Measure(a) => cmd::measure::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Commit(a) => cmd::commit::run(a),
+        Command::Rebase(a) => cmd::rebase::run(a),
+        Command::Amend(a) => cmd::amend::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -17,7 +17,9 @@
 //! # Ok::<(), vmdk::Error>(())
 //! ```
 
+pub mod amend;
 pub mod check;
+pub mod commit;
 pub mod convert;
 pub mod create;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod map;
 pub mod measure;
 pub mod paths;
 pub mod raw;
+pub mod rebase;
 pub mod source_window;
 pub mod storage;
 pub mod stream_writer;

@@ -78,6 +78,19 @@ impl Image {
     }
 
     fn write_cid(&self, cid: u32) -> Result<()> {
+        self.edit_descriptor(&[("CID", Some(format!("{cid:08x}")))], |d| d.cid = cid)
+    }
+
+    /// Change descriptor lines in place, keeping every other byte (see
+    /// [`crate::format::descriptor_edit`]); `model` makes the same change to the parsed
+    /// descriptor, which is serialised instead when the text cannot be edited. A descriptor
+    /// embedded in a sparse file must still fit the space reserved for it. Images without a
+    /// descriptor on disk (bare COWD/seSparse extents) have nothing to edit.
+    pub(crate) fn edit_descriptor(
+        &self,
+        edits: &[crate::format::descriptor_edit::Edit],
+        model: impl FnOnce(&mut crate::format::descriptor::Descriptor),
+    ) -> Result<()> {
         let (offset, capacity) = match self.desc_location {
             DescriptorLocation::Synthesized => return Ok(()),
             DescriptorLocation::File => (
@@ -94,12 +107,12 @@ impl Image {
             .map_err(|e| Error::io(e, "reading descriptor").with_path(&self.path))?;
         let old_len = old.iter().position(|&b| b == 0).unwrap_or(old.len());
         old.truncate(old_len);
-        let new = replace_cid(&old, cid).unwrap_or_else(|| {
+        let new = crate::format::descriptor_edit::apply(&old, edits).unwrap_or_else(|| {
             let mut d = self.descriptor.clone();
-            d.cid = cid;
+            model(&mut d);
             d.serialize().into_bytes()
         });
-        let io = |e| Error::io(e, "updating descriptor CID").with_path(&self.path);
+        let io = |e| Error::io(e, "updating the descriptor").with_path(&self.path);
         match self.desc_location {
             DescriptorLocation::File => {
                 self.storage.write_at(&new, 0).map_err(io)?;
@@ -291,45 +304,5 @@ impl Image {
             }
         }
         Ok(())
-    }
-}
-
-/// Replace the value of the `CID=` line in descriptor text, keeping every other byte.
-fn replace_cid(text: &[u8], cid: u32) -> Option<Vec<u8>> {
-    let s = std::str::from_utf8(text).ok()?;
-    let mut out = String::with_capacity(s.len() + 8);
-    let mut done = false;
-    for line in s.split_inclusive('\n') {
-        let t = line.trim_start();
-        if !done && t.starts_with("CID") && t[3..].trim_start().starts_with('=') {
-            let ending = if line.ends_with("\r\n") {
-                "\r\n"
-            } else if line.ends_with('\n') {
-                "\n"
-            } else {
-                ""
-            };
-            out.push_str(&format!("CID={cid:08x}{ending}"));
-            done = true;
-        } else {
-            out.push_str(line);
-        }
-    }
-    done.then(|| out.into_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replace_cid;
-
-    #[test]
-    fn cid_line_replaced_in_place() {
-        let t = b"# Disk DescriptorFile\r\nversion=1\r\nCID=1234\r\nparentCID=ffffffff\r\nddb.x = \"y\"";
-        let n = replace_cid(t, 0xabcdef01).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&n).unwrap(),
-            "# Disk DescriptorFile\r\nversion=1\r\nCID=abcdef01\r\nparentCID=ffffffff\r\nddb.x = \"y\""
-        );
-        assert!(replace_cid(b"version=1\nparentCID=1\n", 1).is_none());
     }
 }

@@ -1,8 +1,10 @@
 //! One module per subcommand. Each `run` returns the process exit status, or an error that
 //! `main` prints as `vmdk: <message>` with status 1.
 
+pub mod amend;
 pub mod bench;
 pub mod check;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
@@ -11,6 +13,7 @@ pub mod info;
 pub mod io;
 pub mod map;
 pub mod measure;
+pub mod rebase;
 pub mod serve;
 pub mod snapshot;
 

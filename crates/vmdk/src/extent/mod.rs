@@ -3,6 +3,7 @@
 
 pub mod compressed;
 pub mod grain_table;
+mod make_empty;
 pub mod sparse;
 pub mod sparse_write;
 

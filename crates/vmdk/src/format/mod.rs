@@ -3,6 +3,7 @@
 
 pub mod cowd_header;
 pub mod descriptor;
+pub mod descriptor_edit;
 pub mod foreign;
 pub(crate) mod le;
 pub mod marker;

@@ -1,0 +1,66 @@
+//! `vmdk amend`: change descriptor fields of an existing image (adapter type, hardware and
+//! tools versions), keeping every other byte; QEMU's VMDK driver refuses amendment.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use vmdk::amend::AmendOptions;
+use vmdk::AdapterType;
+
+use crate::opts::{open_vmdk, parse_bool, split_options, OpenArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Options, comma separated key=value: adapter_type, hwversion, toolsversion, compat6.
+    #[arg(short = 'o', value_name = "OPTIONS", required = true)]
+    options: Vec<String>,
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// Show progress (accepted for qemu-img compatibility: amending is instant).
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Accepted for qemu-img compatibility.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The image.
+    image: PathBuf,
+}
+
+const HELP: &str = "\
+Amend options for 'vmdk':
+  adapter_type=<str>      - Virtual adapter type, can be one of ide, lsilogic, buslogic or legacyESX
+  compat6=<bool (on/off)> - VMDK version 6 image
+  hwversion=<str>         - VMDK hardware version
+  toolsversion=<str>      - VMware guest tools version
+";
+
+pub fn run(a: Args) -> Result<u8> {
+    let opts = split_options(&a.options)?;
+    if opts.iter().any(|(k, _)| k == "help" || k == "?") {
+        print!("{HELP}");
+        return Ok(0);
+    }
+    let mut m = AmendOptions::default();
+    for (k, v) in &opts {
+        match k.as_str() {
+            "adapter_type" => m.adapter_type = Some(AdapterType::parse(v)?),
+            "hwversion" => m.hwversion = Some(v.clone()),
+            "toolsversion" => m.toolsversion = Some(v.clone()),
+            "compat6" => m.compat6 = Some(parse_bool(k, v)?),
+            "subformat" | "zeroed_grain" | "backing_file" | "backing_fmt" | "size" => {
+                bail!("Changing '{k}' is not supported (convert the image instead)")
+            }
+            _ => bail!("Invalid parameter '{k}'"),
+        }
+    }
+    let o = a.open.options().writable(true).open_backing(false);
+    let img = open_vmdk(&a.image, a.format.as_deref(), &o)?;
+    vmdk::amend::amend(&img, &m)?;
+    Ok(0)
+}

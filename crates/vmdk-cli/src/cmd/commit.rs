@@ -1,0 +1,64 @@
+//! `vmdk commit`: write an overlay's data into its backing file, then empty the overlay
+//! (qemu-img commit; QEMU's VMDK driver leaves the overlay full).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use vmdk::commit::CommitOptions;
+
+use crate::opts::OpenArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// Commit into this image of the backing chain instead of the direct backing file
+    /// (implies -d).
+    #[arg(short = 'b', value_name = "BASE")]
+    base: Option<PathBuf>,
+    /// Leave the overlay as it is instead of emptying it.
+    #[arg(short = 'd')]
+    keep: bool,
+    /// Show progress.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Cache mode (accepted for qemu-img compatibility).
+    #[arg(short = 't', value_name = "CACHE")]
+    cache: Option<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The overlay.
+    image: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    if a.format.as_deref().is_some_and(|f| f != "vmdk") {
+        bail!("this command only works on vmdk images");
+    }
+    if a.open.force_share {
+        bail!("-U cannot be used when writing (force-share=on can only be used with read-only images)");
+    }
+    let pb = super::progress_bar(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    };
+    let c = CommitOptions {
+        keep_overlay: a.keep || a.base.is_some(),
+        base: a.base.clone(),
+    };
+    vmdk::commit::commit(&a.image, &c, &a.open.options(), &progress)?;
+    if let Some(pb) = &pb {
+        pb.finish();
+    }
+    if !a.quiet {
+        println!("Image committed.");
+    }
+    Ok(0)
+}

@@ -1,0 +1,65 @@
+//! `vmdk rebase`: give an overlay a new backing file, copying what differs so the guest sees
+//! the same disk (or, with -u, only rewriting the reference), as qemu-img rebase.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use vmdk::rebase::RebaseOptions;
+
+use crate::opts::OpenArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// The new backing file, relative to the image ("" makes the image standalone).
+    #[arg(short = 'b', value_name = "BACKING", required = true)]
+    backing: String,
+    /// Backing file format (only vmdk).
+    #[arg(short = 'F', value_name = "FMT")]
+    backing_format: Option<String>,
+    /// Unsafe: only change the reference; the data is not compared.
+    #[arg(short = 'u')]
+    unsafe_mode: bool,
+    /// Show progress.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Cache modes (accepted for qemu-img compatibility).
+    #[arg(short = 't', value_name = "CACHE")]
+    cache: Option<String>,
+    #[arg(short = 'T', value_name = "CACHE")]
+    src_cache: Option<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The overlay.
+    image: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    if a.format.as_deref().is_some_and(|f| f != "vmdk") {
+        bail!("this command only works on vmdk images");
+    }
+    if a.backing_format.as_deref().is_some_and(|f| f != "vmdk") {
+        bail!("backing format must be vmdk (a VMDK's backing file is a VMDK)");
+    }
+    let pb = super::progress_bar(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    };
+    let r = RebaseOptions {
+        backing: a.backing.clone(),
+        unsafe_mode: a.unsafe_mode,
+    };
+    vmdk::rebase::rebase(&a.image, &r, &a.open.options(), &progress)?;
+    if let Some(pb) = &pb {
+        pb.finish();
+    }
+    Ok(0)
+}

@@ -1,0 +1,174 @@
+//! Committing an overlay into its backing file (`qemu-img commit`): everything the layers
+//! above the base hold is written into the base, then the overlay is emptied (its grains
+//! deallocated and the file cut back to its metadata) so it reads through to the updated
+//! base. QEMU's VMDK driver cannot empty an image and leaves every grain in place; we do
+//! what the command promises.
+//!
+//! The base's CID changes with the first write, so the overlay's `parentCID` is updated to
+//! it afterwards; otherwise the overlay would no longer open over its own base.
+
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{read_target, Image, OpenOptions};
+use crate::map::MapTarget;
+use crate::storage::FileId;
+
+/// How to commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// Commit into this image of the backing chain (by file identity) instead of the
+    /// overlay's direct backing file. Images between it and the overlay are left stale, so
+    /// the overlay is not emptied then (as qemu-img's `-b` implies `-d`).
+    pub base: Option<std::path::PathBuf>,
+    /// Leave the overlay as it is (`-d`).
+    pub keep_overlay: bool,
+}
+
+/// Bytes copied per step.
+const CHUNK: u64 = 4 << 20;
+
+/// Commit `top` into its base. `opts` opens the chain (paths, CIDs); `progress` gets
+/// (bytes done, bytes total).
+pub fn commit(
+    top: &Path,
+    commit: &CommitOptions,
+    opts: &OpenOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<()> {
+    let chain_opts = OpenOptions {
+        writable: false,
+        force_share: false,
+        open_backing: true,
+        ..opts.clone()
+    };
+    let chain = Image::open_with(top, &chain_opts)?;
+    // Find the base: the direct backing file, or the named layer.
+    let mut layers: Vec<&Image> = Vec::new();
+    let mut cur = Some(&chain);
+    while let Some(l) = cur {
+        layers.push(l);
+        cur = l.backing();
+    }
+    if layers.len() < 2 {
+        return Err(Error::invalid("the image has no backing file to commit into").with_path(top));
+    }
+    let depth = match &commit.base {
+        None => 1,
+        Some(b) => {
+            let id = FileId::of_path(b)
+                .map_err(|e| Error::io(e, "cannot stat").with_path(b))?
+                .ok_or_else(|| Error::invalid("no such file").with_path(b))?;
+            layers
+                .iter()
+                .position(|l| l.storage.file_id() == Some(id))
+                .filter(|d| *d > 0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "'{}' is not in the backing chain of '{}'",
+                        b.display(),
+                        top.display()
+                    ))
+                })?
+        }
+    };
+    let base_path = layers[depth].path().to_path_buf();
+    // Our chain holds the base open for reading (and keeps other writers out); this second
+    // handle writes it and takes no lock of its own, which would conflict with ours.
+    let base = OpenOptions {
+        writable: true,
+        locking: false,
+        force_share: false,
+        ..opts.clone()
+    }
+    .open(&base_path)?;
+    let size = chain.size().min(base.size());
+    if chain.size() > base.size() {
+        // Data past the base's end would be lost; growing the base is `resize`'s job.
+        let beyond = chain.map(base.size(), chain.size() - base.size())?;
+        if beyond
+            .iter()
+            .any(|e| e.depth < depth as u32 && !matches!(e.target, MapTarget::Unallocated))
+        {
+            return Err(Error::unsupported(
+                "the overlay holds data past the end of the base; resize the base first",
+            )
+            .with_path(&base_path));
+        }
+    }
+    progress(0, size);
+    let mut buf = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let len = (size - pos).min(CHUNK);
+        for e in chain.map(pos, len)? {
+            if e.depth >= depth as u32 {
+                continue;
+            }
+            match &e.target {
+                MapTarget::Unallocated => {}
+                MapTarget::Zero => base.write_zeroes(e.start, e.length, true)?,
+                t => {
+                    buf.resize(e.length as usize, 0);
+                    read_target(t, &mut buf)?;
+                    base.write_at(&buf, e.start)?;
+                }
+            }
+        }
+        pos += len;
+        progress(pos, size);
+    }
+    base.flush()?;
+    let new_cid = base.cid();
+    drop(base);
+    let direct = depth == 1;
+    drop(chain);
+    // Point the overlay at the base's new CID, and empty it.
+    let top_img = OpenOptions {
+        writable: true,
+        open_backing: false,
+        force_share: false,
+        ..opts.clone()
+    }
+    .open(top)?;
+    if direct {
+        top_img.set_parent_cid(new_cid)?;
+    }
+    if direct && !commit.keep_overlay {
+        top_img.make_empty()?;
+    } else {
+        top_img.flush()?;
+    }
+    Ok(())
+}
+
+impl Image {
+    /// Deallocate every grain of this image's own extents (not its backing files'), so it
+    /// reads as its backing file. The image is consumed: its cached tables would be stale.
+    pub fn make_empty(self) -> Result<()> {
+        if !self.is_writable() {
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "the image is open read-only")
+                    .with_path(self.path()),
+            );
+        }
+        for e in self.extents() {
+            match &e.kind {
+                crate::extent::ExtentKind::Sparse(s) => s.make_empty()?,
+                crate::extent::ExtentKind::Zero => {}
+                crate::extent::ExtentKind::Flat { .. } => {
+                    return Err(Error::unsupported("a flat extent cannot be emptied")
+                        .with_path(self.path()))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `cid` as the parent's CID in the descriptor (after the parent changed).
+    pub fn set_parent_cid(&self, cid: u32) -> Result<()> {
+        self.edit_descriptor(&[("parentCID", Some(format!("{cid:08x}")))], |d| {
+            d.parent_cid = cid
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! Emptying a sparse extent (what `commit` does to the overlay it committed): every grain
+//! becomes unallocated again, so the backing file shows through, and the file is cut after
+//! its last metadata so the space comes back.
+//!
+//! Order for crash safety: the tables are zeroed (both copies) and flushed before the file
+//! is cut. A crash in between leaves unreferenced grains after the metadata (a leak that
+//! check reports), never a table pointing past the end of the file.
+
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::extent::sparse::{SparseExtent, SparseFlavor};
+use crate::format::SECTOR_SIZE;
+
+impl SparseExtent {
+    /// Deallocate every grain of this extent. The extent's cached tables are stale
+    /// afterwards: the caller drops the image (see [`crate::Image::make_empty`]).
+    pub(crate) fn make_empty(&self) -> Result<()> {
+        let path = &self.file.path;
+        if self.flavor != SparseFlavor::Vmdk4 || self.compressed {
+            return Err(Error::unsupported(
+                "emptying is supported for hosted sparse extents only (not stream, COWD or \
+                 seSparse extents)",
+            )
+            .with_path(path));
+        }
+        let Some(h) = self.header.as_ref() else {
+            return Err(Error::unsupported("extent without a header").with_path(path));
+        };
+        let storage = &self.file.storage;
+        let len = storage
+            .len()
+            .map_err(|e| Error::io(e, "getting file size").with_path(path))?;
+        let table_bytes = self.gt_entries * 4;
+        let dir_bytes = self.gd.len() as u64 * 4;
+        // Readers (qemu and ours) want the file to reach at least the header's `overhead`,
+        // where the first grain would go.
+        let mut end = SECTOR_SIZE
+            .max(h.overhead.saturating_mul(SECTOR_SIZE))
+            .max((h.desc_offset + h.desc_size) * SECTOR_SIZE)
+            .max(self.gd_offset + dir_bytes);
+        if let Some(r) = self.rgd_offset {
+            end = end.max(r + dir_bytes);
+        }
+        let zeros = vec![0u8; table_bytes as usize];
+        let dirs = std::iter::once(&self.gd).chain(self.rgd.as_ref());
+        for dir in dirs {
+            for e in dir.iter() {
+                let sector = e.load(Ordering::Acquire);
+                if sector == 0 {
+                    continue;
+                }
+                let off = sector
+                    .checked_mul(SECTOR_SIZE)
+                    .filter(|o| o.checked_add(table_bytes).is_some_and(|t| t <= len))
+                    .ok_or_else(|| {
+                        Error::corrupt(format!(
+                            "grain table at sector {sector} lies past the end of the file"
+                        ))
+                        .with_path(path)
+                    })?;
+                storage
+                    .write_at(&zeros, off)
+                    .map_err(|e| Error::io(e, "clearing a grain table").with_path(path))?;
+                end = end.max(off + table_bytes);
+            }
+        }
+        storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing cleared tables").with_path(path))?;
+        let end = end.next_multiple_of(SECTOR_SIZE);
+        if end < len {
+            storage
+                .set_len(end)
+                .map_err(|e| Error::io(e, "truncating the emptied extent").with_path(path))?;
+        }
+        Ok(())
+    }
+}
