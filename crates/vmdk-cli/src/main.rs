@@ -7,6 +7,7 @@ mod cmd;
 mod names;
 mod opts;
 mod output;
+mod progress;
 mod size;
 
 use std::process::ExitCode;
