@@ -9,6 +9,7 @@ mod opts;
 mod output;
 mod progress;
 mod size;
+mod spool;
 
 use std::process::ExitCode;
 

@@ -429,3 +429,30 @@ fn info_extent_access_and_uuid() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("fail"), "{}", r.stdout);
 }
+
+/// A failing `map --output=json` prints nothing on stdout (not a lone `[`): the image cannot
+/// be opened, or is not there at all. (A failure part way through is tested on a real
+/// seSparse file in `realworld.rs`.)
+#[test]
+fn map_json_prints_nothing_on_failure() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "64M", &[]);
+    qemu_io(&img, &["write -P 1 0 1M"]);
+    // The grain directory points past the end of the file.
+    patch(&img, 56, &(1u64 << 30).to_le_bytes());
+    for (what, path) in [
+        ("corrupt", s(&img)),
+        ("missing", s(&d.path().join("missing.vmdk"))),
+    ] {
+        for output in ["--output=json", "--output=human"] {
+            let r = vmdk(&["map", output, &path]);
+            assert_eq!(r.code, 1, "{what} {output}: {}", r.stdout);
+            assert_eq!(r.stdout, "", "{what} {output}");
+            assert!(
+                r.stderr.starts_with("vmdk: ") && r.stderr.contains(&path),
+                "{what} {output}: {}",
+                r.stderr
+            );
+        }
+    }
+}
