@@ -7,7 +7,9 @@ mod cmd;
 mod names;
 mod opts;
 mod output;
+mod progress;
 mod size;
+mod spool;
 
 use std::process::ExitCode;
 

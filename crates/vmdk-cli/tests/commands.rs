@@ -407,3 +407,63 @@ fn errors_are_prefixed() {
     assert_eq!(v["format"], "raw");
     assert_eq!(v["virtual-size"], 5);
 }
+
+/// The `-p` records printed when stderr is not a terminal (here a pipe), as qemu-img prints
+/// them: `    (P/100%)` ended by `\r`, starting at 0.00, rising, ending at 100.00 and a
+/// newline. Returns the percentages.
+fn progress_records(stderr: &str, what: &str) -> Vec<f64> {
+    let body = stderr
+        .strip_suffix("\r\n")
+        .unwrap_or_else(|| panic!("{what}: progress does not end the line: {stderr:?}"));
+    let pcts: Vec<f64> = body
+        .split('\r')
+        .map(|r| {
+            r.strip_prefix("    (")
+                .and_then(|r| r.strip_suffix("/100%)"))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: not a progress record: {r:?} in {stderr:?}"))
+        })
+        .collect();
+    assert_eq!(pcts.first(), Some(&0.0), "{what}: {stderr:?}");
+    assert_eq!(pcts.last(), Some(&100.0), "{what}: {stderr:?}");
+    assert!(pcts.windows(2).all(|w| w[0] < w[1]), "{what}: {pcts:?}");
+    // Throttled: at most one record per percent.
+    assert!(pcts.len() <= 101, "{what}: {} records", pcts.len());
+    pcts
+}
+
+#[test]
+fn progress_without_a_terminal() {
+    let d = tempdir();
+    let a = qemu_create(d.path(), "a.vmdk", "256M", &[]);
+    qemu_io(&a, &["write -P 1 0 200M", "write -P 2 250M 1M"]);
+    let raw = d.path().join("a.raw");
+    let r = vmdk(&["convert", "-p", "-O", "raw", &s(&a), &s(&raw)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    let pcts = progress_records(&r.stderr, "convert");
+    assert!(pcts.len() > 10, "{pcts:?}");
+    // Without -p, or with -q, nothing.
+    for flags in [&["-O", "raw"][..], &["-p", "-q", "-O", "raw"]] {
+        let mut args = vec!["convert"];
+        args.extend_from_slice(flags);
+        let (src, dst) = (s(&a), s(&d.path().join("b.raw")));
+        args.extend([src.as_str(), dst.as_str()]);
+        let r = vmdk(&args);
+        assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{flags:?}");
+    }
+
+    // compare reaches 100%, the verdict on stdout as without -p.
+    let r = vmdk(&["compare", "-p", &s(&a), &s(&raw)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Images are identical.\n");
+    progress_records(&r.stderr, "compare");
+    // Also when it stops at the first difference.
+    qemu_io(&a, &["write -P 3 1M 512"]);
+    let r = vmdk(&["compare", "-p", &s(&a), &s(&raw)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stdout, "Content mismatch at offset 1048576!\n");
+    progress_records(&r.stderr, "compare (different)");
+    let r = vmdk(&["compare", "-p", "-q", &s(&a), &s(&raw)]);
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (1, "", ""));
+}

@@ -359,3 +359,100 @@ fn map_raw() {
     let theirs = qemu_img(&["map", "--output=json", "-f", "raw", &s(&raw)]);
     assert_eq!(ours.json(), serde_json::from_str::<Value>(&theirs).unwrap());
 }
+
+/// Extent access comes from the descriptor line, in a descriptor file and in the descriptor
+/// embedded in a stream file alike; qemu-img shows no access (and drops non-RW lines from
+/// descriptor files, shrinking the disk). A descriptor VirtualBox has opened carries both
+/// its `ddb.uuid.image` and VMware's `ddb.uuid`: `uuid` is VMware's.
+#[test]
+fn info_extent_access_and_uuid() {
+    let d = tempdir();
+    std::fs::write(d.path().join("a-flat.vmdk"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(d.path().join("b-flat.vmdk"), vec![2u8; 1 << 20]).unwrap();
+    let desc = d.path().join("d.vmdk");
+    std::fs::write(
+        &desc,
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+         createType=\"monolithicFlat\"\n\n# Extent description\nRW 2048 FLAT \"a-flat.vmdk\" 0\n\
+         RDONLY 2048 FLAT \"b-flat.vmdk\" 0\n\n#DDB\n\
+         ddb.uuid = \"60 00 c2 9a 01 02 03 04-05 06 07 08 09 0a 0b 0c\"\n\
+         ddb.uuid.image=\"fd9d3b48-5f27-4c8f-92aa-ed3f683ce09d\"\n",
+    )
+    .unwrap();
+    let v = vmdk(&["info", "--output=json", &s(&desc)]).json();
+    assert_eq!(v["virtual-size"], 2 << 20);
+    let data = &v["format-specific"]["data"];
+    assert_eq!(data["extents"][0]["access"], "RW");
+    assert_eq!(data["extents"][1]["access"], "RDONLY");
+    assert_eq!(
+        data["uuid"],
+        "60 00 c2 9a 01 02 03 04-05 06 07 08 09 0a 0b 0c"
+    );
+    let human = vmdk_ok(&["info", &s(&desc)]);
+    assert!(human.contains("            access: RDONLY\n"), "{human}");
+    assert!(
+        human.contains("    uuid: 60 00 c2 9a 01 02 03 04-05 06 07 08 09 0a 0b 0c\n"),
+        "{human}"
+    );
+    // qemu-img knows only RW lines: its disk is the first extent alone.
+    let q: Value = serde_json::from_str(&qemu_img(&["info", "--output=json", &s(&desc)])).unwrap();
+    assert_eq!(q["virtual-size"], 1 << 20);
+
+    // A stream file whose embedded descriptor says RDONLY (as VirtualBox, ovftool and
+    // vmdktool write them): shown, and writes are refused.
+    let img = qemu_create(d.path(), "s.vmdk", "4M", &["subformat=streamOptimized"]);
+    qemu_io(&img, &["write -P 7 0 64k"]);
+    let desc_at = read_u64(&img, 28) * 512;
+    let desc_len = read_u64(&img, 36) as usize * 512;
+    let text = std::fs::read(&img).unwrap()[desc_at as usize..][..desc_len].to_vec();
+    let text = String::from_utf8_lossy(&text)
+        .trim_end_matches('\0')
+        .replace("\nRW ", "\nRDONLY ");
+    assert!(text.contains("\nRDONLY 8192 SPARSE"), "{text}");
+    assert!(text.len() < desc_len);
+    patch(&img, desc_at, text.as_bytes());
+    let v = vmdk(&["info", "--output=json", &s(&img)]).json();
+    assert_eq!(
+        v["format-specific"]["data"]["extents"][0]["access"],
+        "RDONLY"
+    );
+    assert!(vmdk_ok(&["info", &s(&img)]).contains("            access: RDONLY\n"));
+    let r = vmdk(&["io", "-c", "write -P 9 65536 512", &s(&img)]);
+    assert!(
+        r.code != 0 && r.stdout.contains("write failed") && r.stdout.contains("RDONLY"),
+        "{} {} {}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    let r = vmdk(&["io", "-c", "read -P 7 0 64k", &s(&img)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("fail"), "{}", r.stdout);
+}
+
+/// A failing `map --output=json` prints nothing on stdout (not a lone `[`): the image cannot
+/// be opened, or is not there at all. (A failure part way through is tested on a real
+/// seSparse file in `realworld.rs`.)
+#[test]
+fn map_json_prints_nothing_on_failure() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "64M", &[]);
+    qemu_io(&img, &["write -P 1 0 1M"]);
+    // The grain directory points past the end of the file.
+    patch(&img, 56, &(1u64 << 30).to_le_bytes());
+    for (what, path) in [
+        ("corrupt", s(&img)),
+        ("missing", s(&d.path().join("missing.vmdk"))),
+    ] {
+        for output in ["--output=json", "--output=human"] {
+            let r = vmdk(&["map", output, &path]);
+            assert_eq!(r.code, 1, "{what} {output}: {}", r.stdout);
+            assert_eq!(r.stdout, "", "{what} {output}");
+            assert!(
+                r.stderr.starts_with("vmdk: ") && r.stderr.contains(&path),
+                "{what} {output}: {}",
+                r.stderr
+            );
+        }
+    }
+}

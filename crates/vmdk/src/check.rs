@@ -11,8 +11,9 @@
 //!   unreadable, claims more bytes than a grain can compress to, names the wrong sector or
 //!   runs past the end of the file, and undecodable seSparse entries;
 //! * **leaks**: space in the file that neither metadata nor any grain uses (stale
-//!   end-of-stream markers left behind by appends to QEMU-layout stream files, and VMware
-//!   stream footers, are metadata, not leaks);
+//!   end-of-stream markers left behind by appends to QEMU-layout stream files, VMware
+//!   stream footers, and other metadata markers between grains, such as the type-4 markers
+//!   of ovftool streams, are metadata, not leaks);
 //! * **warnings**: a redundant grain directory or redundant grain tables that disagree with
 //!   the primary ones. The primary copy is the one every reader uses, and a crash between
 //!   the two table updates leaves exactly this state, so it does not count as corruption.
@@ -481,6 +482,11 @@ impl ExtentCheck<'_> {
         if leak_check {
             for (start, end) in space.unused(data_start / SECTOR_SIZE, file_len) {
                 let end = end.min(file_len.next_multiple_of(SECTOR_SIZE));
+                let start = if s.has_marker {
+                    self.skip_metadata_markers(start, end)
+                } else {
+                    start
+                };
                 if end <= start {
                     continue;
                 }
@@ -510,6 +516,30 @@ impl ExtentCheck<'_> {
             }
         }
         Some(used_end)
+    }
+
+    /// Skip the metadata markers (and the sectors they announce) that start the unused
+    /// stretch `[start, end)` back to back; returns where the rest of the stretch begins.
+    ///
+    /// Stream writers put metadata the directories do not point at between grains: VMware's
+    /// ovftool writes undocumented type-4 markers (one sector each, a disk position in the
+    /// payload) before the grain-directory marker. Any marker other than end-of-stream is
+    /// taken as metadata as long as what it announces fits in the stretch; an all-zero
+    /// sector parses as an end-of-stream marker and is left to the stale-marker rules.
+    fn skip_metadata_markers(&self, start: u64, end: u64) -> u64 {
+        let mut pos = start;
+        let mut buf = [0u8; 512];
+        while end.saturating_sub(pos) >= SECTOR_SIZE && self.read(&mut buf, pos).is_ok() {
+            let Some(m) = MetadataMarker::parse(&buf) else {
+                break;
+            };
+            let room = (end - pos) / SECTOR_SIZE - 1;
+            if m.kind == MARKER_EOS || m.num_sectors > room {
+                break;
+            }
+            pos += (1 + m.num_sectors) * SECTOR_SIZE;
+        }
+        pos
     }
 
     fn is_zero_sector(&self, offset: u64) -> bool {

@@ -580,6 +580,14 @@ impl Image {
         writable: bool,
     ) -> Image {
         let length = sparse.capacity();
+        // The embedded extent line's name is ignored (see the caller), but its access is
+        // not: VirtualBox, ovftool and vmdktool mark their stream files RDONLY, and `info`
+        // and writes must agree with what the file says. NOACCESS would hide the data the
+        // file itself holds, so only RDONLY is taken.
+        let access = match &descriptor.extents[..] {
+            [line] if line.access == ExtentAccess::ReadOnly => ExtentAccess::ReadOnly,
+            _ => ExtentAccess::ReadWrite,
+        };
         let keyword = match sparse.flavor() {
             crate::extent::SparseFlavor::Vmdk4 => ExtentType::Sparse,
             crate::extent::SparseFlavor::Cowd => ExtentType::VmfsSparse,
@@ -593,7 +601,7 @@ impl Image {
             extents: vec![Extent {
                 start: 0,
                 length,
-                access: ExtentAccess::ReadWrite,
+                access,
                 kind_keyword: keyword,
                 kind: ExtentKind::Sparse(sparse),
             }],

@@ -42,21 +42,18 @@ pub fn run(a: Args) -> Result<u8> {
     if a.open.force_share {
         bail!("-U cannot be used when writing (force-share=on can only be used with read-only images)");
     }
-    let pb = super::progress_bar(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| {
-        if let Some(pb) = &pb {
-            pb.set_length(total);
-            pb.set_position(done);
-        }
-    };
+    let pb = crate::progress::Progress::new(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| pb.update(done, total);
     let c = CommitOptions {
         keep_overlay: a.keep || a.base.is_some(),
         base: a.base.clone(),
     };
-    vmdk::commit::commit(&a.image, &c, &a.open.options(), &progress)?;
-    if let Some(pb) = &pb {
-        pb.finish();
+    let result = vmdk::commit::commit(&a.image, &c, &a.open.options(), &progress);
+    match &result {
+        Ok(()) => pb.finish(),
+        Err(_) => pb.abandon(),
     }
+    result?;
     if !a.quiet {
         println!("Image committed.");
     }

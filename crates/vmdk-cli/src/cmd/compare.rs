@@ -9,6 +9,7 @@ use vmdk::convert::Source;
 use vmdk::{CompareResult, MapTarget};
 
 use crate::opts::OpenArgs;
+use crate::progress::Progress;
 use crate::render_error;
 
 #[derive(Debug, clap::Args)]
@@ -19,7 +20,7 @@ pub struct Args {
     /// Format of the second image (vmdk or raw); probed when absent.
     #[arg(short = 'F', value_name = "FMT")]
     format_b: Option<String>,
-    /// Show a progress bar on stderr.
+    /// Show progress on stderr (a bar on a terminal, else qemu-img style percentages).
     #[arg(short = 'p')]
     progress: bool,
     /// Strict mode: sizes and allocation must match too.
@@ -106,16 +107,15 @@ pub fn run(a: Args) -> Result<u8> {
         say("Strict mode: Image size mismatch!");
         return Ok(1);
     }
-    let pb = super::progress_bar(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| {
-        if let Some(pb) = &pb {
-            pb.set_length(total);
-            pb.set_position(done);
-        }
-    };
+    let pb = Progress::new(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| pb.update(done, total);
     let r = vmdk::convert::compare_with(&*sa, &*sb, a.threads, &progress);
-    if let Some(pb) = &pb {
-        pb.finish_and_clear();
+    // The comparison is complete even when it stopped at a difference: show 100%, as
+    // qemu-img does, before the verdict.
+    if r.is_ok() {
+        pb.finish();
+    } else {
+        pb.abandon();
     }
     let r = match r {
         Ok(r) => r,

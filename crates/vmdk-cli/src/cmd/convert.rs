@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use vmdk::ConvertOptions;
 
 use crate::opts::{split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP};
+use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,7 +19,7 @@ pub struct Args {
     /// Output options, comma separated key=value (`-o help` lists them).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    /// Show a progress bar on stderr.
+    /// Show progress on stderr (a bar on a terminal, else qemu-img style percentages).
     #[arg(short = 'p')]
     progress: bool,
     /// Worker threads (0 = one per CPU).
@@ -73,23 +74,16 @@ pub fn run(a: Args) -> Result<u8> {
         other => bail!("Unknown output format '{other}' (expected raw or vmdk)"),
     };
     let src = vmdk::open_source(&a.src, a.format.as_deref(), &a.open.options())?;
-    let pb = super::progress_bar(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| {
-        if let Some(pb) = &pb {
-            pb.set_length(total);
-            pb.set_position(done);
-        }
-    };
+    let pb = Progress::new(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| pb.update(done, total);
     let r = match &create {
         Some(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
         None => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
     };
-    if let Some(pb) = &pb {
-        if r.is_ok() {
-            pb.finish();
-        } else {
-            pb.abandon();
-        }
+    if r.is_ok() {
+        pb.finish();
+    } else {
+        pb.abandon();
     }
     r?;
     Ok(0)

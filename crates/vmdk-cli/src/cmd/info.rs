@@ -196,7 +196,8 @@ fn image_info(img: &Image, name: &str) -> Node {
         }
         data.put("geometry", g);
     }
-    data.put_opt("uuid", d.ddb("uuid.image").or_else(|| d.ddb("uuid")));
+    // VMware's key first: a descriptor VirtualBox has opened carries both.
+    data.put_opt("uuid", d.ddb("uuid").or_else(|| d.ddb("uuid.image")));
     if d.parent_cid != CID_NONE || d.parent_file_name_hint.is_some() {
         data.put_opt("parent-uuid", d.ddb("uuid.parent"));
     }

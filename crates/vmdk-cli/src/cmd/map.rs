@@ -16,6 +16,7 @@ use crate::names::{chain, display, extent_name};
 use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use crate::size::parse_size;
+use crate::spool::Spool;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -303,9 +304,8 @@ impl Converter {
 pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
     let start = a.start_offset.unwrap_or(0);
-    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut printer = Printer::new(stdout, a.output == OutputFormat::Json, start)?;
-    let (source, mut conv): (Box<dyn Source>, Converter) =
+    // Open before printing anything: a failure prints no output at all.
+    let (source, conv): (Box<dyn Source>, Converter) =
         match vmdk_or_raw(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
@@ -329,6 +329,31 @@ pub fn run(a: Args) -> Result<u8> {
     let end = a
         .max_length
         .map_or(size, |m| start.saturating_add(m).min(size));
+    if a.output == OutputFormat::Json {
+        // JSON is held back until complete: a failure part way must not leave a fragment
+        // that parses as nothing (qemu-img prints what it has).
+        let mut held = Spool::new();
+        print_map(&mut held, true, start, end, &*source, conv)?;
+        let mut out = std::io::stdout().lock();
+        held.copy_to(&mut out)?;
+        out.flush()?;
+    } else {
+        let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        print_map(stdout, false, start, end, &*source, conv)?;
+    }
+    Ok(0)
+}
+
+/// Map `[start, end)` of `source` and print it to `out`.
+fn print_map(
+    out: impl Write,
+    json: bool,
+    start: u64,
+    end: u64,
+    source: &dyn Source,
+    mut conv: Converter,
+) -> Result<()> {
+    let mut printer = Printer::new(out, json, start)?;
     let mut pos = start;
     let mut entries = Vec::new();
     while pos < end {
@@ -342,8 +367,7 @@ pub fn run(a: Args) -> Result<u8> {
         }
         pos += n;
     }
-    printer.finish()?;
-    Ok(0)
+    printer.finish()
 }
 
 #[cfg(test)]

@@ -16,19 +16,3 @@ pub mod measure;
 pub mod rebase;
 pub mod serve;
 pub mod snapshot;
-
-/// A progress bar on stderr for `-p`, or nothing.
-pub fn progress_bar(enabled: bool) -> Option<indicatif::ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let pb =
-        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {percent:>3}% {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        )
-        .expect("valid template"),
-    );
-    Some(pb)
-}

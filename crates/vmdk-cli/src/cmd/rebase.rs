@@ -46,20 +46,17 @@ pub fn run(a: Args) -> Result<u8> {
     if a.backing_format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("backing format must be vmdk (a VMDK's backing file is a VMDK)");
     }
-    let pb = super::progress_bar(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| {
-        if let Some(pb) = &pb {
-            pb.set_length(total);
-            pb.set_position(done);
-        }
-    };
+    let pb = crate::progress::Progress::new(a.progress && !a.quiet);
+    let progress = |done: u64, total: u64| pb.update(done, total);
     let r = RebaseOptions {
         backing: a.backing.clone(),
         unsafe_mode: a.unsafe_mode,
     };
-    vmdk::rebase::rebase(&a.image, &r, &a.open.options(), &progress)?;
-    if let Some(pb) = &pb {
-        pb.finish();
+    let result = vmdk::rebase::rebase(&a.image, &r, &a.open.options(), &progress);
+    match &result {
+        Ok(()) => pb.finish(),
+        Err(_) => pb.abandon(),
     }
+    result?;
     Ok(0)
 }
