@@ -217,3 +217,33 @@ fn bench_prints_what_qemu_img_bench_prints() {
     }
     qemu_img(&["check", &i]);
 }
+
+#[test]
+fn info_children_match_qemu() {
+    let dir = tempdir();
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+    ] {
+        let img = qemu_create(
+            dir.path(),
+            &format!("{sub}.vmdk"),
+            "5G",
+            &[&format!("subformat={sub}")],
+        );
+        let i = s(&img);
+        let ours = vmdk(&["info", "--output=json", &i]).json();
+        let theirs: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", &i])).unwrap();
+        assert_eq!(ours["children"], theirs["children"], "{sub}");
+        let child = |t: &str| t[t.find("Child node").unwrap_or(t.len())..].to_string();
+        assert_eq!(
+            child(&vmdk_ok(&["info", &i])),
+            child(&qemu_img(&["info", &i])),
+            "{sub}"
+        );
+    }
+}

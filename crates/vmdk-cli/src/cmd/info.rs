@@ -133,9 +133,50 @@ const KNOWN_DDB: [&str; 12] = [
     "iofilters",
 ];
 
+/// One of qemu's child nodes: a host file under the format driver.
+fn file_child(name: &str, filename: &str, len: u64, allocated: u64) -> Node {
+    // qemu's file driver counts whole sectors: a 341-byte descriptor is 512 bytes long.
+    let len = len.next_multiple_of(512);
+    let mut info = Node::dict();
+    let mut spec = Node::dict();
+    spec.put("type", "file").put("data", Node::dict());
+    info.put("children", Node::List(vec![]))
+        .put("virtual-size", len)
+        .put("filename", filename)
+        .put("format", "file")
+        .put("actual-size", allocated)
+        .put("format-specific", spec)
+        .put("dirty-flag", false);
+    let mut c = Node::dict();
+    c.put("name", name).put("info", info);
+    c
+}
+
+/// qemu's `children`: the extent files a descriptor names (`extents.N`, last first, as
+/// qemu lists them), then the image's own file (`file`).
+fn children(img: &Image, name: &str) -> Node {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for (i, e) in img.extents().iter().enumerate().rev() {
+        let Some(f) = e.file() else { continue };
+        if f.path() == img.path() {
+            continue;
+        }
+        let fname = extent_name(img, name, i).unwrap_or_else(|| display(f.path()));
+        let len = f.storage.len().unwrap_or(0);
+        let alloc = f.storage.allocated_size().unwrap_or(0);
+        out.push(file_child(&format!("extents.{i}"), &fname, len, alloc));
+    }
+    let (len, alloc) =
+        std::fs::metadata(img.path()).map_or((0, 0), |m| (m.len(), m.blocks() * 512));
+    out.push(file_child("file", name, len, alloc));
+    Node::List(out)
+}
+
 fn image_info(img: &Image, name: &str) -> Node {
     let d = img.descriptor();
     let mut n = Node::dict();
+    n.put("children", children(img, name));
     n.put("virtual-size", img.size())
         .put("filename", name)
         .put_opt("cluster-size", cluster_size(img))
@@ -260,6 +301,27 @@ fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(data) = info.get("format-specific").and_then(|f| f.get("data")) {
         writeln!(out, "Format specific information:")?;
         data.print_human(1, out)?;
+    }
+    if let Some(Node::List(children)) = info.get("children") {
+        for c in children {
+            let (Some(Node::Str(cname)), Some(ci)) = (c.get("name"), c.get("info")) else {
+                continue;
+            };
+            let cs = |k: &str| match ci.get(k) {
+                Some(Node::Str(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let ci_int = |k: &str| match ci.get(k) {
+                Some(Node::Int(n)) => *n,
+                _ => 0,
+            };
+            writeln!(out, "Child node '/{cname}':")?;
+            writeln!(out, "    filename: {}", cs("filename"))?;
+            writeln!(out, "    protocol type: file")?;
+            let len = ci_int("virtual-size");
+            writeln!(out, "    file length: {} ({len} bytes)", size_to_str(len))?;
+            writeln!(out, "    disk size: {}", size_to_str(ci_int("actual-size")))?;
+        }
     }
     Ok(())
 }
