@@ -247,3 +247,148 @@ fn info_children_match_qemu() {
         );
     }
 }
+
+fn allocated(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn convert_options_scripts_use() {
+    let dir = tempdir();
+    let d = dir.path();
+    let img = scribbled(d);
+    let i = s(&img);
+    let p = |n: &str| d.join(n);
+    // -S 0: nothing left sparse.
+    vmdk_ok(&["convert", "-S", "0", "-O", "raw", &i, &s(&p("full.raw"))]);
+    assert!(allocated(&p("full.raw")) >= 64 << 20);
+    vmdk_ok(&["convert", "-O", "raw", &i, &s(&p("sparse.raw"))]);
+    assert!(allocated(&p("sparse.raw")) < 4 << 20);
+    vmdk_ok(&["convert", "-S", "0", "-O", "vmdk", &i, &s(&p("full.vmdk"))]);
+    let m = vmdk(&["map", "--output=json", &s(&p("full.vmdk"))]).json();
+    assert!(
+        m.as_array().unwrap().iter().all(|e| e["data"] == true),
+        "{m}"
+    );
+    qemu_img(&["compare", &i, &s(&p("full.vmdk"))]);
+    // -n: into an existing target, overwriting what it held.
+    std::fs::write(p("busy.raw"), vec![0xeeu8; 64 << 20]).unwrap();
+    vmdk_ok(&["convert", "-n", &i, &s(&p("busy.raw"))]);
+    qemu_img(&["compare", "-f", "vmdk", "-F", "raw", &i, &s(&p("busy.raw"))]);
+    let busy = qemu_create(d, "busy.vmdk", "64M", &[]);
+    qemu_io(&busy, &["write -P 0xee 0 64M"]);
+    vmdk_ok(&["convert", "-n", "-O", "vmdk", &i, &s(&busy)]);
+    qemu_img(&["compare", &i, &s(&busy)]);
+    qemu_img(&["check", &s(&busy)]);
+    // --target-is-zero: zeros are not written (a fresh target stays sparse).
+    qemu_img(&["create", "-q", "-f", "raw", &s(&p("zero.raw")), "64M"]);
+    vmdk_ok(&["convert", "-n", "--target-is-zero", &i, &s(&p("zero.raw"))]);
+    assert!(allocated(&p("zero.raw")) < 4 << 20);
+    qemu_img(&["compare", "-f", "vmdk", "-F", "raw", &i, &s(&p("zero.raw"))]);
+    let small = qemu_create(d, "small.vmdk", "1M", &[]);
+    assert_ne!(
+        vmdk(&["convert", "-n", "-O", "vmdk", &i, &s(&small)]).code,
+        0
+    );
+    assert_ne!(
+        vmdk(&["convert", "--target-is-zero", &i, &s(&p("x.raw"))]).code,
+        0
+    );
+    // -B: an overlay holding what the source's top layer holds.
+    let top = qemu_child(d, "top.vmdk", &img, None);
+    qemu_io(&top, &["write -P 0x44 5M 64k", "write -z 0 64k"]);
+    vmdk_ok(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-B",
+        "m.vmdk",
+        "-F",
+        "vmdk",
+        &s(&top),
+        &s(&p("ov.vmdk")),
+    ]);
+    assert!(qemu_img(&["info", &s(&p("ov.vmdk"))]).contains("backing file: m.vmdk"));
+    qemu_img(&["compare", &s(&top), &s(&p("ov.vmdk"))]);
+    let ours: Vec<serde_json::Value> = vmdk(&["map", "--output=json", &s(&p("ov.vmdk"))])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone();
+    let own: u64 = ours
+        .iter()
+        .filter(|e| e["depth"] == 0 && (e["data"] == true || e["zero"] == true))
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert!(
+        own <= 2 * 65536,
+        "the overlay holds only the top layer's grains: {own}"
+    );
+    // -t none: durable before returning (and still the same image).
+    vmdk_ok(&[
+        "convert",
+        "-t",
+        "none",
+        "-O",
+        "vmdk",
+        &i,
+        &s(&p("sync.vmdk")),
+    ]);
+    qemu_img(&["compare", &i, &s(&p("sync.vmdk"))]);
+    // Accepted for compatibility.
+    vmdk_ok(&[
+        "convert",
+        "-W",
+        "-m",
+        "4",
+        "-T",
+        "none",
+        "-O",
+        "raw",
+        &i,
+        &s(&p("w.raw")),
+    ]);
+}
+
+#[test]
+fn convert_salvage_turns_read_errors_into_zeros() {
+    let dir = tempdir();
+    let d = dir.path();
+    let mut data = vec![0u8; 1 << 20];
+    for (k, b) in data.iter_mut().enumerate() {
+        *b = (k % 251) as u8 | 1;
+    }
+    std::fs::write(d.join("in.raw"), &data).unwrap();
+    let st = d.join("s.vmdk");
+    vmdk_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&d.join("in.raw")),
+        &s(&st),
+    ]);
+    // Break the zlib stream of the first grain (its marker sits right after the header
+    // area, at sector 128).
+    patch(&st, 65536 + 12 + 2, &[0xff; 16]);
+    let out = d.join("out.raw");
+    let r = vmdk(&["convert", "-O", "raw", &s(&st), &s(&out)]);
+    assert_ne!(r.code, 0);
+    let r = vmdk(&["convert", "--salvage", "-O", "raw", &s(&st), &s(&out)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning: error while reading offset 0"),
+        "{}",
+        r.stderr
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        got[..65536].iter().all(|&b| b == 0),
+        "the broken grain reads as zeros"
+    );
+    assert!(got[65536..] == data[65536..], "the rest is intact");
+}

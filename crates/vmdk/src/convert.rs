@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use crate::create::refuse_to_overwrite;
 use crate::create::{CreateOptions, Subformat};
@@ -115,6 +115,19 @@ pub struct ConvertOptions {
     pub compress: bool,
     /// zlib level for compressed output.
     pub compression_level: u32,
+    /// Runs of zeros at least this long (and aligned to it) become holes in raw output
+    /// (qemu-img's `-S`, default 4 KiB); 0 writes every byte, and every grain of sparse VMDK
+    /// output, so the output is fully allocated.
+    pub min_sparse: u64,
+    /// Write into an existing image instead of creating one (`-n`): nothing is created or
+    /// truncated, and zeros are written wherever the source reads as zeros.
+    pub target_exists: bool,
+    /// With `target_exists`: the target already reads as zeros, so zeros need no writing.
+    pub target_is_zero: bool,
+    /// Read errors become zeros, counted in `salvaged`, instead of failing the conversion.
+    pub salvage: bool,
+    /// How many stretches `salvage` turned into zeros.
+    pub salvaged: Arc<AtomicU64>,
 }
 
 impl Default for ConvertOptions {
@@ -123,6 +136,57 @@ impl Default for ConvertOptions {
             threads: 0,
             compress: false,
             compression_level: 6,
+            min_sparse: RAW_ZERO_BLOCK,
+            target_exists: false,
+            target_is_zero: false,
+            salvage: false,
+            salvaged: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ConvertOptions {
+    /// Which map stretches must be read: everything when zeros are to be written too.
+    fn want(&self) -> fn(&MapEntry) -> bool {
+        if self.min_sparse == 0 || (self.target_exists && !self.target_is_zero) {
+            |_| true
+        } else {
+            is_data
+        }
+    }
+
+    /// Fill `buf` with `task`'s bytes; with `salvage`, a stretch that fails to read becomes
+    /// zeros (with a warning) instead of failing the task.
+    fn fill(&self, task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
+        match fill_task(task, buf, scratch) {
+            Err(e) if self.salvage => {
+                tracing::warn!("{e}; retrying stretch by stretch");
+                buf.fill(0);
+                for en in &task.entries {
+                    let at = (en.start - task.start) as usize;
+                    let dst = &mut buf[at..at + en.length as usize];
+                    if let Err(e) = read_target(&en.target, dst) {
+                        dst.fill(0);
+                        self.salvaged.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "warning: error while reading offset {}: {e}; writing zeros",
+                            en.start
+                        );
+                    }
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// The stretches of `buf` to write: all of it when zeros must be written, else the
+    /// non-zero runs at `block` granularity.
+    fn runs(&self, buf: &[u8], block: u64) -> Vec<(usize, usize)> {
+        if self.min_sparse == 0 || (self.target_exists && !self.target_is_zero) {
+            vec![(0, buf.len())]
+        } else {
+            nonzero_runs(buf, block as usize)
         }
     }
 }
@@ -564,19 +628,35 @@ pub fn convert_to_raw(
         &src.file_ids(),
         "the source image (or one of its files)",
     )?;
-    let out = crate::storage::FileStorage::create(dst)?.into_file();
-    out.set_len(out_size)
-        .map_err(|e| Error::io(e, "could not resize file").with_path(dst))?;
+    let block = if opts.min_sparse == 0 {
+        RAW_ZERO_BLOCK
+    } else {
+        opts.min_sparse.next_multiple_of(SECTOR_SIZE)
+    };
+    let out = if opts.target_exists {
+        let lock = crate::lock::LockRequest::for_open(crate::lock::FileRole::Data, true, false);
+        crate::storage::FileStorage::open_locked(dst, true, Some(lock))?.into_file()
+    } else {
+        crate::storage::FileStorage::create(dst)?.into_file()
+    };
+    let current = out
+        .metadata()
+        .map_err(|e| Error::io(e, "getting file size").with_path(dst))?
+        .len();
+    if current < out_size {
+        out.set_len(out_size)
+            .map_err(|e| Error::io(e, "could not resize file").with_path(dst))?;
+    }
     let threads = worker_count(opts.threads);
     let (ahead, max_task) = sizing(threads, 1, MAX_TASK);
     let pool = Pool::default();
-    let planner = Planner::new(src, OUT_GRAIN, max_task, is_data);
+    let planner = Planner::new(src, OUT_GRAIN, max_task, opts.want());
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Filled> {
         let mut buf = pool.get();
         buf.resize((task.end - task.start) as usize, 0);
-        fill_task(task, &mut buf, scratch)?;
-        let runs = nonzero_runs(&buf, RAW_ZERO_BLOCK as usize);
+        opts.fill(task, &mut buf, scratch)?;
+        let runs = opts.runs(&buf, block);
         Ok((buf, runs))
     };
     let mut consume = |task: &Task, (buf, runs): Filled| -> Result<()> {
@@ -619,7 +699,7 @@ pub fn convert_to_vmdk(
 ) -> Result<()> {
     let size = src.size();
     let threads = worker_count(opts.threads);
-    if create.subformat == Subformat::StreamOptimized {
+    if create.subformat == Subformat::StreamOptimized && !opts.target_exists {
         return convert_to_stream(src, dst, create, opts, threads, progress);
     }
     if opts.compress && create.subformat.is_flat() {
@@ -629,19 +709,45 @@ pub fn convert_to_vmdk(
             "compression is not supported with flat subformats (use subformat=streamOptimized)",
         ));
     }
-    crate::create::create_sparing(dst, size, create, &src.file_ids())?;
-    let img = OpenOptions {
+    let open = OpenOptions {
         writable: true,
         allow_unsafe_paths: create.allow_unsafe_paths,
         allow_paths: create.allow_paths.clone(),
         ..Default::default()
-    }
-    .open(dst)?;
-    let has_backing = create.backing_file.is_some();
+    };
+    let img = if opts.target_exists {
+        refuse_to_overwrite(
+            dst,
+            &src.file_ids(),
+            "the source image (or one of its files)",
+        )?;
+        let img = open.open(dst)?;
+        if img.size() < size {
+            return Err(Error::invalid(format!(
+                "the target is smaller ({} bytes) than the source ({size} bytes)",
+                img.size()
+            ))
+            .with_path(dst));
+        }
+        img
+    } else {
+        crate::create::create_sparing(dst, size, create, &src.file_ids())?;
+        open.open(dst)?
+    };
+    // A new overlay (`-B`) takes only what the source's own top layer holds, as qemu-img
+    // does: the backing file is taken to hold the rest.
+    let new_overlay = create.backing_file.is_some() && !opts.target_exists;
+    // Zeros must be written where the target may hold something else: under an overlay's
+    // backing file, or in an existing target.
+    let write_zeros =
+        new_overlay || img.backing().is_some() || (opts.target_exists && !opts.target_is_zero);
+    let fully = opts.min_sparse == 0;
     let (ahead, max_task) = sizing(threads, 1, MAX_TASK_SPARSE);
     let pool = Pool::default();
-    let want: fn(&MapEntry) -> bool = if has_backing {
+    let want: fn(&MapEntry) -> bool = if new_overlay {
         |e| e.depth == 0 && !matches!(e.target, MapTarget::Unallocated)
+    } else if write_zeros || fully {
+        |_| true
     } else {
         is_data
     };
@@ -650,9 +756,8 @@ pub fn convert_to_vmdk(
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Filled> {
         let mut buf = pool.get();
         buf.resize((task.end - task.start) as usize, 0);
-        fill_task(task, &mut buf, scratch)?;
-        let runs = if has_backing {
-            // Zeros must be written too: the backing file may hold data there.
+        opts.fill(task, &mut buf, scratch)?;
+        let runs = if new_overlay {
             task.entries
                 .iter()
                 .map(|e| {
@@ -660,6 +765,8 @@ pub fn convert_to_vmdk(
                     (s, s + e.length as usize)
                 })
                 .collect()
+        } else if write_zeros || fully {
+            vec![(0, buf.len())]
         } else {
             nonzero_runs(&buf, OUT_GRAIN as usize)
         };
@@ -668,7 +775,7 @@ pub fn convert_to_vmdk(
     let mut consume = |task: &Task, (buf, runs): Filled| -> Result<()> {
         for (s, e) in runs {
             let off = task.start + s as u64;
-            if has_backing && is_zero(&buf[s..e]) {
+            if write_zeros && !fully && is_zero(&buf[s..e]) {
                 img.write_zeroes(off, (e - s) as u64, true)?;
             } else {
                 img.write_at(&buf[s..e], off)?;
@@ -708,7 +815,7 @@ fn convert_to_stream(
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Encoded> {
         let mut buf = pool.get();
         buf.resize((task.end - task.start) as usize, 0);
-        fill_task(task, &mut buf, scratch)?;
+        opts.fill(task, &mut buf, scratch)?;
         // The disk's last grain is compressed up to the sector-rounded capacity (readers
         // such as qemu-img refuse a grain that inflates to less than they read from it).
         buf.resize(buf.len().next_multiple_of(SECTOR_SIZE as usize), 0);
