@@ -392,3 +392,107 @@ fn convert_salvage_turns_read_errors_into_zeros() {
     );
     assert!(got[65536..] == data[65536..], "the rest is intact");
 }
+
+/// Lines of `out` with the timing figures (which differ from run to run) blanked.
+fn untimed(out: &str) -> String {
+    out.lines()
+        .map(|l| {
+            if l.contains(" ops; ") {
+                l.split(" ops; ").next().unwrap().to_string()
+            } else if l.matches(',').count() == 4 && l.starts_with(|c: char| c.is_ascii_digit()) {
+                l.split(',').take(2).collect::<Vec<_>>().join(",")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn io_commands_match_qemu_io() {
+    let dir = tempdir();
+    let cmds = [
+        "writev -P 1 0 4k 8k",
+        "readv -P 1 0 4k 8k",
+        "readv -C 0 4k",
+        "aio_write -P 2 64k 4k",
+        "aio_read -P 2 64k 4k",
+        "aio_flush",
+        "write -C -P 3 1M 512",
+        "read -C -P 3 1M 512",
+        "alloc 0 128k",
+        "alloc 1M",
+        "alloc 2M 64k",
+        "length",
+        "sleep 10",
+        "help alloc",
+        "help read",
+        "write -c 256k 64k",
+        "read -P 0xcd 256k 64k",
+        "close",
+        "open -r IMG",
+        "length",
+        "read -P 1 0 4k",
+    ];
+    let ours = qemu_create(dir.path(), "o.vmdk", "16M", &[]);
+    let theirs = qemu_create(dir.path(), "q.vmdk", "16M", &[]);
+    let args = |img: &std::path::Path| {
+        let mut v = vec!["-f".to_string(), "vmdk".to_string()];
+        for c in cmds {
+            v.push("-c".into());
+            v.push(c.replace("IMG", &s(img)));
+        }
+        v.push(s(img));
+        v
+    };
+    let mut a: Vec<String> = vec!["io".into()];
+    a.extend(args(&ours));
+    let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+    let r = vmdk(&a);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let q: Vec<String> = args(&theirs);
+    let q: Vec<&str> = q.iter().map(|x| x.as_str()).collect();
+    let t = tool("qemu-io", &q);
+    assert_eq!(t.code, 0, "{}{}", t.stdout, t.stderr);
+    // `help read` is qemu's long text; compare its first line only.
+    let norm = |o: &str| {
+        untimed(o)
+            .lines()
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with(' ')
+                    && !l.starts_with("Use")
+                    && !l.starts_with("Reads")
+                    && !l.starts_with("Example")
+                    && !l.starts_with("Note")
+            })
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    let ours_lines = norm(&r.stdout);
+    let theirs_lines: Vec<String> = norm(&t.stdout);
+    for l in &theirs_lines {
+        if l.contains(" -- ") {
+            // qemu's usage strings list options ours may describe differently.
+            continue;
+        }
+        assert!(
+            ours_lines.contains(l),
+            "qemu-io printed {l:?}, we did not:\n{}",
+            r.stdout
+        );
+    }
+    // Without an open image, commands say so; discard deallocates whole grains.
+    let r = vmdk(&["io", "-c", "close", "-c", "length", &s(&ours)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no file open, try 'help open'"));
+    let r = vmdk(&["io", "-c", "discard 0 1M", "-c", "alloc 0 1M", &s(&ours)]);
+    assert!(
+        r.stdout
+            .contains("0/1048576 bytes allocated at offset 0 bytes"),
+        "{}",
+        r.stdout
+    );
+    qemu_img(&["check", &s(&ours)]);
+}

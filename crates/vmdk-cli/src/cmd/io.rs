@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use vmdk::extent::ExtentKind;
 use vmdk::{Image, MapTarget};
 
 use crate::opts::{open_vmdk, OpenArgs};
@@ -21,6 +20,9 @@ pub struct Args {
     /// Open read-only (writes fail).
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
+    /// Accepted for compatibility with older qemu-io command lines; has no effect.
+    #[arg(short = 'p', hide = true)]
+    _ignored: bool,
     /// A command to run (repeatable; run in order). Without any, commands are read from
     /// standard input, one per line.
     #[arg(short = 'c', long = "cmd", value_name = "CMD")]
@@ -32,9 +34,11 @@ pub struct Args {
 }
 
 /// Commands that never modify the image.
-const READ_ONLY_COMMANDS: [&str; 9] = [
+const READ_ONLY_COMMANDS: [&str; 18] = [
     "read",
     "r",
+    "readv",
+    "aio_read",
     "map",
     "info",
     "i",
@@ -42,22 +46,72 @@ const READ_ONLY_COMMANDS: [&str; 9] = [
     "f",
     "aio_flush",
     "help",
+    "alloc",
+    "length",
+    "sleep",
+    "close",
+    "open",
+    "quit",
+    "q",
 ];
 
 /// Largest single read or write buffer.
 const MAX_IO: u64 = 1 << 31;
 
-const HELP: &str = "\
-read [-qv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset
-write [-cfquz] [-P pattern] off len -- writes a number of bytes at a specified offset
-discard [-q] off len -- discards (zeroes, deallocating where possible) a range of bytes
-map -- prints the allocation state of the image's own layer
-info -- prints information about the image
-flush -- flushes all writes to disk
-aio_flush -- same as flush
-quit -- exits
-help -- this list
-";
+/// Each command's usage line, as `help CMD` prints it.
+const COMMANDS: [(&str, &str); 19] = [
+    ("aio_flush", "aio_flush -- completes all outstanding aio requests"),
+    ("aio_read", "aio_read [-Cqv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes"),
+    ("aio_write", "aio_write [-Cfquz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes"),
+    ("alloc", "alloc offset [count] -- checks if offset is allocated in the file"),
+    ("close", "close -- close the current open file"),
+    ("discard", "discard [-Cq] off len -- discards a number of bytes at a specified offset (deallocating whole grains)"),
+    ("flush", "flush -- flush all in-core file state to disk"),
+    ("help", "help [command] -- help for one or all commands"),
+    ("info", "info -- prints information about the current file"),
+    ("length", "length -- gets the length of the current file"),
+    ("map", "map -- prints the allocation state of the whole file"),
+    ("open", "open [-r] [-U] [filename] -- open the file specified by path"),
+    ("quit", "quit -- exit the program"),
+    ("read", "read [-bCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"),
+    ("readv", "readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset"),
+    ("sleep", "sleep milliseconds -- waits for the given value in milliseconds"),
+    ("truncate", "truncate off -- truncates the current file at the given offset"),
+    ("write", "write [-bcCfnquz] [-P pattern] off len -- writes a number of bytes at a specified offset"),
+    ("writev", "writev [-Cfq] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset"),
+];
+
+fn help(args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let canonical = |n: &str| {
+        match n {
+            "r" => "read",
+            "w" => "write",
+            "d" => "discard",
+            "i" => "info",
+            "f" => "flush",
+            "q" => "quit",
+            other => other,
+        }
+        .to_string()
+    };
+    match args {
+        [] => {
+            for (_, line) in COMMANDS {
+                writeln!(out, "{line}")?;
+            }
+            writeln!(out, "\nUse 'help commandname' for extended help.")?;
+            Ok(true)
+        }
+        [cmd] => match COMMANDS.iter().find(|(n, _)| *n == canonical(cmd)) {
+            Some((_, line)) => {
+                writeln!(out, "{line}")?;
+                Ok(true)
+            }
+            None => bail!("command {cmd} not found"),
+        },
+        _ => bail!("wrong number of arguments (usage: help [command])"),
+    }
+}
 
 pub fn run(a: Args) -> Result<u8> {
     let cmds: Vec<String> = if a.cmds.is_empty() {
@@ -75,10 +129,11 @@ pub fn run(a: Args) -> Result<u8> {
     let writes = cmds.iter().any(|c| {
         c.split_whitespace()
             .next()
-            .is_some_and(|w| !READ_ONLY_COMMANDS.contains(&w) && w != "quit" && w != "q")
+            .is_some_and(|w| !READ_ONLY_COMMANDS.contains(&w))
     });
-    let opts = a.open.options().writable(writes && !a.read_only);
-    let img = open_vmdk(&a.image, a.format.as_deref(), &opts)?;
+    let writable = writes && !a.read_only;
+    let opts = a.open.options().writable(writable);
+    let mut img = Some(open_vmdk(&a.image, a.format.as_deref(), &opts)?);
     let mut out = std::io::stdout().lock();
     let mut failed = false;
     for c in &cmds {
@@ -86,18 +141,55 @@ pub fn run(a: Args) -> Result<u8> {
         let Some((&name, args)) = words.split_first() else {
             continue;
         };
-        let r = match name {
-            "read" | "r" => read(&img, args, &mut out),
-            "write" | "w" => write(&img, args, &mut out),
-            "discard" | "d" => discard(&img, args, &mut out),
-            "map" => map(&img, args, &mut out),
-            "info" | "i" => info(&img, &mut out),
-            "flush" | "f" | "aio_flush" => flush(&img, &mut out),
-            "help" => {
-                write!(out, "{HELP}")?;
+        let needs_image = !matches!(name, "help" | "quit" | "q" | "open" | "sleep");
+        if needs_image && img.is_none() {
+            out.flush()?;
+            eprintln!("no file open, try 'help open'");
+            failed = true;
+            continue;
+        }
+        let r = match (name, img.as_ref()) {
+            ("quit" | "q", _) => break,
+            ("help", _) => help(args, &mut out),
+            ("sleep", _) => sleep(args),
+            ("open", _) => {
+                img = None;
+                match open_cmd(args, &a, writable) {
+                    Ok(i) => {
+                        img = Some(i);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        writeln!(out, "open: {}", crate::render_error(&e))?;
+                        Ok(false)
+                    }
+                }
+            }
+            ("close", Some(i)) => {
+                let r = i.flush();
+                img = None;
+                r.map(|()| true).map_err(Into::into)
+            }
+            ("read" | "r" | "aio_read", Some(i)) => read(i, args, &mut out),
+            ("readv", Some(i)) => readv(i, args, &mut out),
+            ("write" | "w" | "aio_write", Some(i)) => write(i, args, &mut out),
+            ("writev", Some(i)) => writev(i, args, &mut out),
+            ("discard" | "d", Some(i)) => discard(i, args, &mut out),
+            ("map", Some(i)) => map(i, args, &mut out),
+            ("alloc", Some(i)) => alloc(i, args, &mut out),
+            ("length", Some(i)) => {
+                writeln!(out, "{}", cvtstr(i.size() as f64))?;
                 Ok(true)
             }
-            "quit" | "q" => break,
+            ("truncate", Some(_)) => {
+                out.flush()?;
+                eprintln!(
+                    "truncate: Image format driver does not support resize (use vmdk resize)"
+                );
+                Ok(false)
+            }
+            ("info" | "i", Some(i)) => info(i, &mut out),
+            ("flush" | "f" | "aio_flush", Some(i)) => flush(i, &mut out),
             _ => {
                 out.flush()?;
                 eprintln!("command \"{name}\" not found");
@@ -115,8 +207,37 @@ pub fn run(a: Args) -> Result<u8> {
         }
     }
     out.flush()?;
-    img.flush()?;
+    if let Some(i) = img {
+        i.flush()?;
+    }
     Ok(u8::from(failed))
+}
+
+/// `open [-r] [-U] [file]`: the image again (or another), read-only with -r.
+fn open_cmd(args: &[&str], a: &Args, writable: bool) -> Result<Image> {
+    let o = Opts::parse(args, "rsnkUCdio:c:")?;
+    let path = match o.args.as_slice() {
+        [] => a.image.clone(),
+        [p] => PathBuf::from(p),
+        _ => bail!("wrong number of arguments (usage: open [-r] [-U] [filename])"),
+    };
+    let opts = a
+        .open
+        .options()
+        .writable(writable && !o.has('r'))
+        .force_share(a.open.force_share || o.has('U'));
+    open_vmdk(&path, a.format.as_deref(), &opts)
+}
+
+fn sleep(args: &[&str]) -> Result<bool> {
+    let [ms] = args else {
+        bail!("wrong number of arguments (usage: sleep milliseconds)");
+    };
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| anyhow::anyhow!("Invalid value '{ms}' for milliseconds"))?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(true)
 }
 
 /// Options and positional arguments, getopt style: `spec` lists option letters, `:` after
@@ -220,6 +341,33 @@ fn timestr(t: Duration) -> String {
     }
 }
 
+/// qemu-io's `print_report`, or with `-C` its one machine-readable line
+/// (`bytes,ops,h:mm:ss.ss,bytes/s,ops/s`).
+fn report_as(
+    out: &mut impl Write,
+    machine: bool,
+    op: &str,
+    t: Duration,
+    offset: u64,
+    count: u64,
+) -> std::io::Result<()> {
+    if !machine {
+        return report(out, op, t, offset, count);
+    }
+    let secs = t.as_secs_f64().max(1e-9);
+    let whole = t.as_secs();
+    let frac = t.subsec_nanos() as f64 / 1e9;
+    writeln!(
+        out,
+        "{count},1,{}:{:02}:{:05.2},{:.3},{:.3}",
+        whole / 3600,
+        (whole / 60) % 60,
+        (whole % 60) as f64 + frac,
+        count as f64 / secs,
+        1.0 / secs
+    )
+}
+
 /// qemu-io's `print_report`.
 fn report(
     out: &mut impl Write,
@@ -310,8 +458,107 @@ fn read(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     if o.has('v') {
         dump_buffer(out, &buf, offset)?;
     }
-    report(out, "read", t, offset, count)?;
+    report_as(out, o.has('C'), "read", t, offset, count)?;
     Ok(ok)
+}
+
+/// `off len [len..]` of readv/writev: the offset and the total of the lengths.
+fn offset_lens(o: &Opts, usage: &str) -> Result<(u64, u64)> {
+    if o.args.len() < 2 {
+        bail!("wrong number of arguments (usage: {usage})");
+    }
+    let off = parse_size(&o.args[0])
+        .map_err(|_| anyhow::anyhow!("non-numeric offset argument -- {}", o.args[0]))?;
+    let mut total = 0u64;
+    for l in &o.args[1..] {
+        let n = parse_size(l).map_err(|_| anyhow::anyhow!("non-numeric length argument -- {l}"))?;
+        total = total
+            .checked_add(n)
+            .ok_or_else(|| anyhow::anyhow!("total length too large"))?;
+    }
+    check_len(total)?;
+    Ok((off, total))
+}
+
+fn readv(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, "CqvP:")?;
+    let (offset, count) = offset_lens(&o, "readv [-Cqv] [-P pattern] off len [len..]")?;
+    let pattern = o.value('P').map(parse_pattern).transpose()?;
+    let mut buf = vec![0u8; count as usize];
+    let t0 = Instant::now();
+    if let Err(e) = img.read_at(&mut buf, offset) {
+        writeln!(out, "readv failed: {e}")?;
+        return Ok(false);
+    }
+    let t = t0.elapsed();
+    if let Some(p) = pattern {
+        if buf.iter().any(|&b| b != p) {
+            writeln!(
+                out,
+                "Pattern verification failed at offset {offset}, {count} bytes"
+            )?;
+            return Ok(false);
+        }
+    }
+    if o.has('q') {
+        return Ok(true);
+    }
+    if o.has('v') {
+        dump_buffer(out, &buf, offset)?;
+    }
+    report_as(out, o.has('C'), "read", t, offset, count)?;
+    Ok(true)
+}
+
+fn writev(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, "CfqP:")?;
+    let (offset, count) = offset_lens(&o, "writev [-Cfq] [-P pattern] off len [len..]")?;
+    let pattern = o.value('P').map(parse_pattern).transpose()?.unwrap_or(0xcd);
+    let buf = vec![pattern; count as usize];
+    let t0 = Instant::now();
+    let r = img
+        .write_at(&buf, offset)
+        .and_then(|()| if o.has('f') { img.flush() } else { Ok(()) });
+    let t = t0.elapsed();
+    if let Err(e) = r {
+        writeln!(out, "writev failed: {e}")?;
+        return Ok(false);
+    }
+    if !o.has('q') {
+        report_as(out, o.has('C'), "wrote", t, offset, count)?;
+    }
+    Ok(true)
+}
+
+/// `alloc off [count]`: how much of the range this image itself holds (qemu-io counts
+/// zeroed grains as allocated too).
+fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
+    let (off, count) = match args {
+        [o] => (parse_size(o)?, 512),
+        [o, c] => (parse_size(o)?, parse_size(c)?),
+        _ => bail!("wrong number of arguments (usage: alloc offset [count])"),
+    };
+    let count = count.min(img.size().saturating_sub(off));
+    let mut sum = 0;
+    match img.map_layer(off, count) {
+        Ok(entries) => {
+            for e in entries {
+                if !matches!(e.target, MapTarget::Unallocated) {
+                    sum += e.length;
+                }
+            }
+        }
+        Err(e) => {
+            writeln!(out, "alloc failed: {e}")?;
+            return Ok(false);
+        }
+    }
+    writeln!(
+        out,
+        "{sum}/{count} bytes allocated at offset {}",
+        cvtstr(off as f64)
+    )?;
+    Ok(true)
 }
 
 fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
@@ -336,18 +583,8 @@ fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         img.write_zeroes(offset, count, o.has('u'))
     } else {
         check_len(count)?;
-        if o.has('c')
-            && !img
-                .extents()
-                .iter()
-                .any(|e| matches!(&e.kind, ExtentKind::Sparse(s) if s.is_compressed()))
-        {
-            writeln!(
-                out,
-                "write failed: Operation not supported (the image has no compressed extent)"
-            )?;
-            return Ok(false);
-        }
+        // `-c` asks for a compressed write: stream extents store every grain compressed,
+        // and on others qemu's VMDK driver writes the data plainly; both are a plain write.
         let buf = vec![pattern; count as usize];
         img.write_at(&buf, offset)
     };
@@ -358,7 +595,7 @@ fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         return Ok(false);
     }
     if !o.has('q') {
-        report(out, "wrote", t, offset, count)?;
+        report_as(out, o.has('C'), "wrote", t, offset, count)?;
     }
     Ok(true)
 }
@@ -367,13 +604,15 @@ fn discard(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     let o = Opts::parse(args, "Cq")?;
     let (offset, count) = o.offset_len("discard [-q] off len")?;
     let t0 = Instant::now();
-    if let Err(e) = img.write_zeroes(offset, count, true) {
+    // Deallocate the grains the range covers whole (what NBD TRIM does); the rest keeps
+    // its data, as a discard allows.
+    if let Err(e) = img.discard(offset, count) {
         writeln!(out, "discard failed: {e}")?;
         return Ok(false);
     }
     let t = t0.elapsed();
     if !o.has('q') {
-        report(out, "discard", t, offset, count)?;
+        report_as(out, o.has('C'), "discard", t, offset, count)?;
     }
     Ok(true)
 }
