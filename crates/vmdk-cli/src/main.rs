@@ -4,6 +4,7 @@
 //! in the `vmdk` library.
 
 mod cmd;
+mod daemon;
 mod names;
 mod opts;
 mod output;

@@ -496,3 +496,57 @@ fn io_commands_match_qemu_io() {
     );
     qemu_img(&["check", &s(&ours)]);
 }
+
+#[test]
+fn serve_takes_a_qemu_nbd_command_line() {
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "n.vmdk", "8M", &[]);
+    qemu_io(&img, &["write -P 0x5c 0 64k"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pid_file = dir.path().join("nbd.pid");
+    let p = port.to_string();
+    // What a qemu-nbd user types: -f, -b, -p, -x, -t, -e, --fork, --pid-file. --fork
+    // returns once the server is listening.
+    vmdk_ok(&[
+        "serve",
+        "--fork",
+        "--pid-file",
+        &s(&pid_file),
+        "-f",
+        "vmdk",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-x",
+        "disk",
+        "-t",
+        "-e",
+        "2",
+        &s(&img),
+    ]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let url = format!("nbd://127.0.0.1:{p}/disk");
+    let r = tool("qemu-io", &["-f", "raw", "-c", "read -P 0x5c 0 64k", &url]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // SAFETY: kill sends a signal to the server we started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid file not removed on exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    qemu_img(&["check", &s(&img)]);
+    assert_ne!(vmdk(&["serve", "-f", "raw", &s(&img)]).code, 0);
+}

@@ -12,10 +12,22 @@ use crate::opts::OpenArgs;
 /// Arguments of `vmdk serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Listen on this TCP address (default 127.0.0.1:10809; loopback unless you say
+    /// Listen on this address, or ADDR:PORT (default 127.0.0.1: loopback unless you say
     /// otherwise, since an export has no authentication).
-    #[arg(short = 'b', long, value_name = "ADDR:PORT", conflicts_with = "socket")]
+    #[arg(short = 'b', long, value_name = "ADDR", conflicts_with = "socket")]
     pub bind: Option<String>,
+    /// TCP port to listen on (default 10809).
+    #[arg(short = 'p', long, value_name = "PORT", conflicts_with = "socket")]
+    pub port: Option<u16>,
+    /// Image format (only vmdk).
+    #[arg(short = 'f', long, value_name = "FMT")]
+    pub format: Option<String>,
+    /// Go to the background once the server is listening (the command returns then).
+    #[arg(long)]
+    pub fork: bool,
+    /// Write the server's process ID to this file (removed when the server exits).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Listen on this Unix socket instead of TCP.
     #[arg(short = 'k', long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -104,9 +116,45 @@ impl BlockExport for ImageExport {
     }
 }
 
+enum Listener {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+/// qemu-nbd's `-b ADDR -p PORT`; `-b` may also carry the port (`ADDR:PORT`, `[v6]:PORT`).
+fn tcp_address(bind: Option<&str>, port: Option<u16>) -> String {
+    let port = port.unwrap_or(10809);
+    match bind {
+        None => format!("127.0.0.1:{port}"),
+        Some(b) if b.parse::<std::net::SocketAddr>().is_ok() => b.to_string(),
+        Some(b) if b.contains(':') && !b.starts_with('[') => format!("[{b}]:{port}"),
+        Some(b) => format!("{b}:{port}"),
+    }
+}
+
+/// A file holding the server's process ID, removed when the server exits.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file '{}'", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Run the server until it is told to stop (SIGINT/SIGTERM) or, unless persistent, until
 /// its clients are done.
 pub fn run(args: Args) -> Result<u8> {
+    if args.format.as_deref().is_some_and(|f| f != "vmdk") {
+        bail!("only vmdk images can be served (-f vmdk)");
+    }
     let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = match opts.open(&args.image) {
@@ -130,6 +178,32 @@ pub fn run(args: Args) -> Result<u8> {
         persistent: args.persistent,
         ..ServerConfig::default()
     };
+    // Listen before going to the background, so that once the command returns clients can
+    // connect.
+    let listener = match &args.socket {
+        Some(path) => {
+            if path.exists() {
+                bail!("socket path '{}' already exists", path.display());
+            }
+            Listener::Unix(
+                std::os::unix::net::UnixListener::bind(path)
+                    .with_context(|| format!("binding '{}'", path.display()))?,
+            )
+        }
+        None => {
+            let addr = tcp_address(args.bind.as_deref(), args.port);
+            Listener::Tcp(
+                std::net::TcpListener::bind(&addr).with_context(|| format!("binding {addr}"))?,
+            )
+        }
+    };
+    if args.fork {
+        crate::daemon::detach().context("going to the background")?;
+    }
+    let _pid_file = match &args.pid_file {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
     let server = Server::new(export.clone(), config);
     let handle = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -143,20 +217,15 @@ pub fn run(args: Args) -> Result<u8> {
             handle.shutdown();
         }
     });
-    if let Some(path) = &args.socket {
-        if path.exists() {
-            bail!("socket path '{}' already exists", path.display());
+    match listener {
+        Listener::Unix(l) => {
+            let r = server.serve_unix(l);
+            if let Some(path) = &args.socket {
+                let _ = std::fs::remove_file(path);
+            }
+            r.context("serving")?;
         }
-        let listener = std::os::unix::net::UnixListener::bind(path)
-            .with_context(|| format!("binding '{}'", path.display()))?;
-        let r = server.serve_unix(listener);
-        let _ = std::fs::remove_file(path);
-        r.context("serving")?;
-    } else {
-        let addr = args.bind.as_deref().unwrap_or("127.0.0.1:10809");
-        let listener =
-            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-        server.serve_tcp(listener).context("serving")?;
+        Listener::Tcp(l) => server.serve_tcp(l).context("serving")?,
     }
     export.image.flush().context("flushing the image")?;
     Ok(0)
