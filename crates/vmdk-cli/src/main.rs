@@ -64,6 +64,8 @@ enum Command {
     /// Change descriptor fields: adapter type, hardware and tools versions (like qemu-img
     /// amend).
     Amend(cmd::amend::Args),
+    /// Grow or shrink an image (like qemu-img resize, which cannot resize VMDK).
+    Resize(cmd::resize::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
         Command::Commit(a) => cmd::commit::run(a),
         Command::Rebase(a) => cmd::rebase::run(a),
         Command::Amend(a) => cmd::amend::run(a),
+        Command::Resize(a) => cmd::resize::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

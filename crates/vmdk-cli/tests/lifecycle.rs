@@ -235,3 +235,101 @@ fn amend_changes_only_the_named_lines() {
         assert_ne!(r.code, 0);
     }
 }
+
+#[test]
+fn resize_grows_every_writable_subformat() {
+    let dir = tempdir();
+    let d = dir.path();
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+    ] {
+        let img = qemu_create(
+            d,
+            &format!("{sub}.vmdk"),
+            "100M",
+            &[&format!("subformat={sub}")],
+        );
+        qemu_io(&img, &["write -P 7 0 1M", "write -P 8 99M 1M"]);
+        let i = s(&img);
+        // qemu-img cannot resize a VMDK at all.
+        assert_ne!(tool("qemu-img", &["resize", &i, "5G"]).code, 0);
+        assert_eq!(vmdk_ok(&["resize", &i, "5G"]), "Image resized.\n");
+        let info: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", &i])).unwrap();
+        assert_eq!(info["virtual-size"], 5u64 << 30, "{sub}");
+        qemu_img(&["check", &i]);
+        vmdk_ok(&["check", &i]);
+        // Old data intact; the new space reads as zeros and takes writes, from qemu too.
+        qemu_io(
+            &img,
+            &[
+                "read -P 7 0 1M",
+                "read -P 8 99M 1M",
+                "read -P 0 100M 1M",
+                "write -P 9 4G 1M",
+                "read -P 9 4G 1M",
+            ],
+        );
+        qemu_img(&["check", &i]);
+        vmdk_ok(&["io", "-c", "read -P 9 4G 1M", "-c", "read -P 0 3G 64k", &i]);
+        // Relative sizes.
+        vmdk_ok(&["resize", "-q", &i, "+1G"]);
+        assert!(qemu_img(&["info", &i]).contains("virtual size: 6 GiB"));
+        qemu_img(&["check", &i]);
+    }
+    // A directory with no room left moves to the end of the file.
+    let big = qemu_create(d, "big.vmdk", "64M", &[]);
+    qemu_io(&big, &["write -P 5 0 64k"]);
+    vmdk_ok(&["resize", &s(&big), "300G"]);
+    qemu_img(&["check", &s(&big)]);
+    qemu_io(
+        &big,
+        &[
+            "read -P 5 0 64k",
+            "write -P 6 299G 64k",
+            "read -P 6 299G 64k",
+        ],
+    );
+    qemu_img(&["check", &s(&big)]);
+}
+
+#[test]
+fn resize_shrinks_only_when_asked_and_only_flat() {
+    let dir = tempdir();
+    let d = dir.path();
+    let flat = qemu_create(d, "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    qemu_io(&flat, &["write -P 3 0 1M", "write -P 4 4G 1M"]);
+    let f = s(&flat);
+    let r = vmdk(&["resize", &f, "100M"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--shrink"), "{}", r.stderr);
+    vmdk_ok(&["resize", "--shrink", &f, "100M"]);
+    assert!(qemu_img(&["info", &f]).contains("virtual size: 100 MiB"));
+    assert!(!d.join("f-f003.vmdk").exists() && !d.join("f-f002.vmdk").exists());
+    assert_eq!(
+        std::fs::metadata(d.join("f-f001.vmdk")).unwrap().len(),
+        100 << 20
+    );
+    qemu_io(&flat, &["read -P 3 0 1M"]);
+    qemu_img(&["check", &f]);
+    let sparse = qemu_create(d, "s.vmdk", "100M", &[]);
+    let r = vmdk(&["resize", "--shrink", &s(&sparse), "10M"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("not supported"), "{}", r.stderr);
+    let stream = qemu_create(d, "st.vmdk", "100M", &["subformat=streamOptimized"]);
+    assert_ne!(vmdk(&["resize", &s(&stream), "1G"]).code, 0);
+    // qemu-io's truncate, through vmdk io.
+    vmdk_ok(&[
+        "io",
+        "-c",
+        "truncate 200M",
+        "-c",
+        "write -P 1 150M 64k",
+        &s(&sparse),
+    ]);
+    qemu_io(&sparse, &["read -P 1 150M 64k"]);
+    qemu_img(&["check", &s(&sparse)]);
+}

@@ -33,6 +33,7 @@ pub mod measure;
 pub mod paths;
 pub mod raw;
 pub mod rebase;
+pub mod resize;
 pub mod source_window;
 pub mod storage;
 pub mod stream_writer;

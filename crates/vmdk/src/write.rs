@@ -91,6 +91,19 @@ impl Image {
         edits: &[crate::format::descriptor_edit::Edit],
         model: impl FnOnce(&mut crate::format::descriptor::Descriptor),
     ) -> Result<()> {
+        self.edit_descriptor_text(
+            |old| crate::format::descriptor_edit::apply(old, edits),
+            model,
+        )
+    }
+
+    /// [`Image::edit_descriptor`] with any text transformation (`None`: reserialise the
+    /// model instead).
+    pub(crate) fn edit_descriptor_text(
+        &self,
+        transform: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+        model: impl FnOnce(&mut crate::format::descriptor::Descriptor),
+    ) -> Result<()> {
         let (offset, capacity) = match self.desc_location {
             DescriptorLocation::Synthesized => return Ok(()),
             DescriptorLocation::File => (
@@ -107,7 +120,7 @@ impl Image {
             .map_err(|e| Error::io(e, "reading descriptor").with_path(&self.path))?;
         let old_len = old.iter().position(|&b| b == 0).unwrap_or(old.len());
         old.truncate(old_len);
-        let new = crate::format::descriptor_edit::apply(&old, edits).unwrap_or_else(|| {
+        let new = transform(&old).unwrap_or_else(|| {
             let mut d = self.descriptor.clone();
             model(&mut d);
             d.serialize().into_bytes()

@@ -76,7 +76,7 @@ const COMMANDS: [(&str, &str); 19] = [
     ("read", "read [-bCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"),
     ("readv", "readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset"),
     ("sleep", "sleep milliseconds -- waits for the given value in milliseconds"),
-    ("truncate", "truncate off -- truncates the current file at the given offset"),
+    ("truncate", "truncate [-m prealloc_mode] off -- truncates the current file at the given offset"),
     ("write", "write [-bcCfnquz] [-P pattern] off len -- writes a number of bytes at a specified offset"),
     ("writev", "writev [-Cfq] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset"),
 ];
@@ -182,11 +182,11 @@ pub fn run(a: Args) -> Result<u8> {
                 Ok(true)
             }
             ("truncate", Some(_)) => {
-                out.flush()?;
-                eprintln!(
-                    "truncate: Image format driver does not support resize (use vmdk resize)"
-                );
-                Ok(false)
+                // Resizing rewrites metadata the open image caches: close, resize, reopen.
+                let path = img.take().map(|i| i.path().to_path_buf()).expect("open");
+                let r = truncate(&path, args, a.open.options());
+                img = Some(open_vmdk(&path, a.format.as_deref(), &opts)?);
+                r
             }
             ("info" | "i", Some(i)) => info(i, &mut out),
             ("flush" | "f" | "aio_flush", Some(i)) => flush(i, &mut out),
@@ -227,6 +227,22 @@ fn open_cmd(args: &[&str], a: &Args, writable: bool) -> Result<Image> {
         .writable(writable && !o.has('r'))
         .force_share(a.open.force_share || o.has('U'));
     open_vmdk(&path, a.format.as_deref(), &opts)
+}
+
+/// `truncate [-m off] size`: resize the image (growing, or shrinking flat images).
+fn truncate(path: &std::path::Path, args: &[&str], open: vmdk::OpenOptions) -> Result<bool> {
+    let o = Opts::parse(args, "m:")?;
+    if o.value('m').is_some_and(|m| m != "off") {
+        bail!("only -m off is supported");
+    }
+    let [size] = o.args.as_slice() else {
+        bail!("wrong number of arguments (usage: truncate [-m prealloc_mode] off)");
+    };
+    let size =
+        parse_size(size).map_err(|_| anyhow::anyhow!("non-numeric truncate argument -- {size}"))?;
+    let r = vmdk::resize::ResizeOptions { shrink: true };
+    vmdk::resize::resize(path, size, &r, &open)?;
+    Ok(true)
 }
 
 fn sleep(args: &[&str]) -> Result<bool> {

@@ -14,5 +14,6 @@ pub mod io;
 pub mod map;
 pub mod measure;
 pub mod rebase;
+pub mod resize;
 pub mod serve;
 pub mod snapshot;

@@ -119,6 +119,66 @@ pub fn apply(text: &[u8], edits: &[Edit]) -> Option<Vec<u8>> {
     Some(out.concat().into_bytes())
 }
 
+/// Whether `line` is an extent line (`RW 2048 SPARSE "x.vmdk"` and friends).
+fn is_extent_line(line: &str) -> bool {
+    let mut w = line.split_whitespace();
+    matches!(w.next(), Some("RW" | "RDONLY" | "NOACCESS"))
+        && w.next().is_some_and(|n| n.parse::<u64>().is_ok())
+}
+
+/// Set the sector counts of the extent lines (in order; `sectors[i]` for the i-th line,
+/// keeping every other byte of it), drop the lines past `sectors.len()`, and append
+/// `new_lines` after the last kept extent line. `None` for non-UTF-8 text or when the text
+/// has more `sectors` than extent lines.
+pub fn set_extents(text: &[u8], sectors: &[u64], new_lines: &[String]) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(text).ok()?;
+    let eol = if s.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out: Vec<String> = Vec::new();
+    let mut index = 0;
+    let mut last_extent = None;
+    for line in s.split_inclusive('\n') {
+        if !is_extent_line(line) {
+            out.push(line.to_string());
+            continue;
+        }
+        let Some(&n) = sectors.get(index) else {
+            index += 1;
+            continue;
+        };
+        index += 1;
+        // Replace the second token, keeping the spacing around it.
+        let lead = line.len() - line.trim_start().len();
+        let rest = &line[lead..];
+        let access_end = rest.find(char::is_whitespace)?;
+        let after_access = &rest[access_end..];
+        let gap = after_access.len() - after_access.trim_start().len();
+        let num_start = lead + access_end + gap;
+        let num_len = line[num_start..]
+            .find(char::is_whitespace)
+            .unwrap_or(line.len() - num_start);
+        out.push(format!(
+            "{}{}{}",
+            &line[..num_start],
+            n,
+            &line[num_start + num_len..]
+        ));
+        last_extent = Some(out.len() - 1);
+    }
+    if index < sectors.len() {
+        return None;
+    }
+    if !new_lines.is_empty() {
+        let at = last_extent?;
+        if !out[at].ends_with('\n') {
+            out[at].push_str(eol);
+        }
+        for (j, l) in new_lines.iter().enumerate() {
+            out.insert(at + 1 + j, format!("{l}{eol}"));
+        }
+    }
+    Some(out.concat().into_bytes())
+}
+
 /// `ddb.` keys are written `key = value` as VMware does; header keys `key=value`.
 fn format_key(k: &str) -> String {
     if k.starts_with("ddb.") {
@@ -174,6 +234,25 @@ RW 2048 SPARSE \"a.vmdk\"\r\n\r\n#DDB\r\nddb.virtualHWVersion = \"4\"\r\nddb.x =
         );
         assert_eq!(back, format!("{T}\r\n"));
         assert!(apply(b"\xff\xfe", &[]).is_none());
+    }
+
+    #[test]
+    fn extent_lines_resized_and_added() {
+        let n = String::from_utf8(
+            set_extents(T.as_bytes(), &[4096], &["RW 2048 SPARSE \"b.vmdk\"".into()]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            T.replace(
+                "RW 2048 SPARSE \"a.vmdk\"\r\n",
+                "RW 4096 SPARSE \"a.vmdk\"\r\nRW 2048 SPARSE \"b.vmdk\"\r\n"
+            )
+        );
+        let t = "RW 10 FLAT \"a\" 0\nRW 20 FLAT \"b\" 0\n#DDB\n";
+        let n = set_extents(t.as_bytes(), &[5], &[]).unwrap();
+        assert_eq!(String::from_utf8(n).unwrap(), "RW 5 FLAT \"a\" 0\n#DDB\n");
+        assert!(set_extents(t.as_bytes(), &[1, 2, 3], &[]).is_none());
     }
 
     #[test]

@@ -1,0 +1,368 @@
+//! Changing an image's virtual size (`qemu-img resize`, which QEMU's VMDK driver refuses
+//! entirely: "Image format driver does not support resize").
+//!
+//! Growing works for every writable subformat:
+//! - flat extents grow in place (their file is extended sparsely);
+//! - a sparse extent gets a larger capacity and more grain-directory entries, with a zeroed
+//!   grain table for each new entry (QEMU's driver expects every table to exist). When the
+//!   directory has no room left in its sectors, both directories move to the end of the
+//!   file, as VirtualBox relocates them;
+//! - split images (twoGbMaxExtent*) fill their last extent up to 2 GiB, then get new
+//!   extent files named as qemu-img names them.
+//!
+//! Shrinking needs `shrink` and works on flat extents (whole trailing extents are dropped,
+//! the last one is cut); sparse extents cannot shrink yet.
+//!
+//! Crash ordering: new tables, directories and files are written and flushed first, the
+//! sparse header (capacity and directory offsets) next, and the descriptor last, so an
+//! interrupted resize leaves the old disk (plus unreferenced space at the end of a file).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use crate::create::{geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE};
+use crate::error::{Error, Result};
+use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
+use crate::format::descriptor::ExtentType;
+use crate::format::SECTOR_SIZE;
+use crate::image::{DescriptorLocation, Image, OpenOptions};
+
+/// Largest virtual size: QEMU's and the NBD protocol's limit (a signed 64-bit offset).
+const MAX_SIZE: u64 = i64::MAX as u64 / SECTOR_SIZE * SECTOR_SIZE;
+
+/// How to resize.
+#[derive(Debug, Clone, Default)]
+pub struct ResizeOptions {
+    /// Allow the disk to get smaller (data past the new end is lost).
+    pub shrink: bool,
+}
+
+/// Resize the image at `path` to `new_size` bytes (rounded up to 512). `open` says how to
+/// open it (paths, locking); it is opened for writing without its backing chain.
+pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptions) -> Result<()> {
+    let new_size = new_size
+        .checked_next_multiple_of(SECTOR_SIZE)
+        .filter(|s| *s <= MAX_SIZE)
+        .ok_or_else(|| Error::invalid("the new size is too large").with_path(path))?;
+    let img = OpenOptions {
+        writable: true,
+        open_backing: false,
+        force_share: false,
+        ..open.clone()
+    }
+    .open(path)?;
+    let old = img.size();
+    if new_size == old {
+        return Ok(());
+    }
+    for e in img.extents() {
+        if let ExtentKind::Sparse(s) = &e.kind {
+            if s.is_compressed() || s.flavor() != SparseFlavor::Vmdk4 {
+                return Err(Error::unsupported(
+                    "only flat and hosted sparse extents can be resized (not stream, COWD or \
+                     seSparse extents)",
+                )
+                .with_path(path));
+            }
+        }
+    }
+    if new_size < old {
+        if !opts.shrink {
+            return Err(
+                Error::invalid("Use the --shrink option to perform a shrink operation.")
+                    .with_path(path),
+            );
+        }
+        return shrink(&img, new_size);
+    }
+    grow(&img, new_size)
+}
+
+/// Whether the image is split into 2 GiB extents (new space goes into new extent files).
+fn is_split(img: &Image) -> bool {
+    img.create_type().starts_with("twoGbMaxExtent")
+}
+
+fn grow(img: &Image, new_size: u64) -> Result<()> {
+    let path = img.path();
+    let split = is_split(img);
+    let last = img.extents().last().expect("an image has extents");
+    let mut sectors: Vec<u64> = img
+        .extents()
+        .iter()
+        .map(|e| e.length / SECTOR_SIZE)
+        .collect();
+    let mut extra = new_size - img.size();
+    // The last extent takes what it can: everything, unless the image is split.
+    let room = if split {
+        SPLIT_SIZE.saturating_sub(last.length)
+    } else {
+        extra
+    };
+    let take = room.min(extra);
+    let mut new_lines = Vec::new();
+    if take > 0 {
+        let new_len = last.length + take;
+        match &last.kind {
+            ExtentKind::Flat { file, offset } => {
+                let want = offset + new_len;
+                let have = file
+                    .storage
+                    .len()
+                    .map_err(|e| Error::io(e, "getting file size").with_path(&file.path))?;
+                if have < want {
+                    file.storage
+                        .set_len(want)
+                        .map_err(|e| Error::io(e, "extending the extent").with_path(&file.path))?;
+                }
+            }
+            ExtentKind::Sparse(s) => grow_sparse(s, new_len)?,
+            ExtentKind::Zero => {}
+        }
+        *sectors.last_mut().expect("non-empty") = new_len / SECTOR_SIZE;
+        extra -= take;
+    }
+    // Split images: whole new extent files after the last one.
+    if extra > 0 {
+        let kind = last.kind_keyword;
+        let flat = matches!(kind, ExtentType::Flat);
+        let (stem, ext) = split_name(path)?;
+        let mut idx = img.extents().len() + 1;
+        while extra > 0 {
+            let len = extra.min(SPLIT_SIZE);
+            let name = if flat {
+                format!("{stem}-f{idx:03}{ext}")
+            } else {
+                format!("{stem}-s{idx:03}{ext}")
+            };
+            let file = path.with_file_name(&name);
+            if file.exists() {
+                return Err(Error::invalid(format!(
+                    "a file named {name} exists already; refusing to overwrite it"
+                ))
+                .with_path(path));
+            }
+            if flat {
+                let f = crate::storage::FileStorage::create(&file)?;
+                use crate::storage::Storage;
+                f.set_len(len)
+                    .map_err(|e| Error::io(e, "creating extent").with_path(&file))?;
+                new_lines.push(format!("RW {} FLAT \"{name}\" 0", len / SECTOR_SIZE));
+            } else {
+                let h = sparse_layout(len, false, false, false)?;
+                write_sparse_extent(&file, &h, None)?;
+                new_lines.push(format!("RW {} SPARSE \"{name}\"", len / SECTOR_SIZE));
+            }
+            sync_path(&file)?;
+            extra -= len;
+            idx += 1;
+        }
+    }
+    update_descriptor(img, new_size, &sectors, &new_lines)
+}
+
+fn shrink(img: &Image, new_size: u64) -> Result<()> {
+    let path = img.path();
+    let mut sectors = Vec::new();
+    let mut drop_files: Vec<PathBuf> = Vec::new();
+    let mut cut: Option<(std::sync::Arc<crate::map::ExtentFile>, u64)> = None;
+    for e in img.extents() {
+        if e.start >= new_size {
+            if let Some(f) = e.file() {
+                drop_files.push(f.path.clone());
+            }
+            continue;
+        }
+        let keep = (new_size - e.start).min(e.length);
+        if keep < e.length {
+            match &e.kind {
+                ExtentKind::Sparse(_) => {
+                    return Err(Error::unsupported(
+                        "shrinking a sparse extent is not supported (convert the image to a \
+                         smaller one with vmdk dd instead)",
+                    )
+                    .with_path(path))
+                }
+                ExtentKind::Flat { file, offset } if *offset == 0 => {
+                    cut = Some((file.clone(), keep));
+                }
+                _ => {}
+            }
+        }
+        sectors.push(keep / SECTOR_SIZE);
+    }
+    if drop_files.iter().any(|f| {
+        img.extents()
+            .iter()
+            .any(|e| e.start < new_size && e.file().is_some_and(|g| g.path == *f))
+    }) {
+        return Err(
+            Error::unsupported("an extent file to be dropped also holds kept extents")
+                .with_path(path),
+        );
+    }
+    // A monolithic file holds descriptor and data: never drop or cut the descriptor.
+    if drop_files.iter().any(|f| f == path) {
+        return Err(Error::unsupported("cannot drop the descriptor's own extent").with_path(path));
+    }
+    update_descriptor(img, new_size, &sectors, &[])?;
+    if let Some((file, keep)) = cut {
+        file.storage
+            .set_len(keep)
+            .map_err(|e| Error::io(e, "cutting the extent").with_path(&file.path))?;
+    }
+    for f in drop_files {
+        std::fs::remove_file(&f)
+            .map_err(|e| Error::io(e, "removing a dropped extent").with_path(&f))?;
+    }
+    Ok(())
+}
+
+/// The stem and extension qemu-img names split extents after (`disk` and `.vmdk`).
+fn split_name(path: &Path) -> Result<(String, String)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("image path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(match name.rfind('.') {
+        Some(i) if i > 0 => (name[..i].to_string(), name[i..].to_string()),
+        _ => (name, String::new()),
+    })
+}
+
+fn sync_path(p: &Path) -> Result<()> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(e, "syncing").with_path(p))
+}
+
+/// Record the new extent sizes, extra extent lines and geometry in the descriptor (last, so
+/// an interrupted resize leaves the old disk).
+fn update_descriptor(
+    img: &Image,
+    new_size: u64,
+    sectors: &[u64],
+    new_lines: &[String],
+) -> Result<()> {
+    let adapter = img
+        .descriptor()
+        .ddb("adapterType")
+        .and_then(|a| AdapterType::parse(a).ok())
+        .unwrap_or_default();
+    let (cyl, _, _) = geometry(new_size, adapter);
+    if matches!(img.descriptor_location(), DescriptorLocation::Synthesized) {
+        return Ok(());
+    }
+    let lines = new_lines.to_vec();
+    let sectors_owned = sectors.to_vec();
+    let has_cyl = img.descriptor().ddb("geometry.cylinders").is_some();
+    img.edit_descriptor_text(
+        |old| {
+            let t = crate::format::descriptor_edit::set_extents(old, sectors, new_lines)?;
+            if has_cyl {
+                crate::format::descriptor_edit::apply(
+                    &t,
+                    &[("ddb.geometry.cylinders", Some(format!("\"{cyl}\"")))],
+                )
+            } else {
+                Some(t)
+            }
+        },
+        |d| {
+            for (l, n) in d.extents.iter_mut().zip(&sectors_owned) {
+                l.sectors = *n;
+            }
+            d.extents.truncate(sectors_owned.len());
+            for line in &lines {
+                if let Ok(parsed) = crate::format::descriptor::Descriptor::parse(
+                    format!("version=1\ncreateType=\"x\"\n{line}\n").as_bytes(),
+                ) {
+                    d.extents.extend(parsed.extents);
+                }
+            }
+            if has_cyl {
+                d.set_ddb("geometry.cylinders", &cyl.to_string());
+            }
+        },
+    )?;
+    img.flush()
+}
+
+/// Give a hosted sparse extent `new_len` bytes of capacity: zeroed grain tables for the new
+/// directory entries, the directories moved to the end of the file when they have no room,
+/// then the header.
+fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
+    let path = &s.file.path;
+    let storage = &s.file.storage;
+    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
+    let mut h = s
+        .header
+        .clone()
+        .ok_or_else(|| Error::unsupported("extent without a header").with_path(path))?;
+    let old_n = s.gd.len() as u64;
+    h.capacity = new_len / SECTOR_SIZE;
+    let new_n = h.gd_entries();
+    if new_n > crate::extent::sparse::MAX_GD_ENTRIES {
+        return Err(
+            Error::invalid("the new size is too large for a sparse extent").with_path(path),
+        );
+    }
+    let table_bytes = s.gt_entries * 4;
+    let mut end = storage
+        .len()
+        .map_err(io("getting file size"))?
+        .next_multiple_of(SECTOR_SIZE);
+    // Directory room: the whole sectors the directory occupies now.
+    let room = (old_n * 4).next_multiple_of(SECTOR_SIZE) / 4;
+    let relocate = new_n > room;
+    let dirs: Vec<(u64, Vec<u64>)> = std::iter::once((s.gd_offset, &s.gd))
+        .chain(s.rgd_offset.zip(s.rgd.as_ref()))
+        .map(|(off, d)| (off, d.iter().map(|e| e.load(Ordering::Acquire)).collect()))
+        .collect();
+    let mut new_offsets = Vec::new();
+    for (off, mut entries) in dirs {
+        for _ in old_n..new_n {
+            entries.push(end / SECTOR_SIZE);
+            end += table_bytes.next_multiple_of(SECTOR_SIZE);
+        }
+        let bytes: Vec<u8> = entries
+            .iter()
+            .flat_map(|e| u32::try_from(*e).unwrap_or(u32::MAX).to_le_bytes())
+            .collect();
+        if entries.iter().any(|e| *e > u32::MAX as u64) {
+            return Err(Error::invalid(
+                "the extent file would grow past what 32-bit grain directories address",
+            )
+            .with_path(path));
+        }
+        if relocate {
+            let at = end;
+            end += (bytes.len() as u64).next_multiple_of(SECTOR_SIZE);
+            storage
+                .write_at(&bytes, at)
+                .map_err(io("writing a grain directory"))?;
+            new_offsets.push(at);
+        } else {
+            let from = (old_n * 4) as usize;
+            storage
+                .write_at(&bytes[from..], off + from as u64)
+                .map_err(io("writing a grain directory"))?;
+            new_offsets.push(off);
+        }
+    }
+    // The new tables are zeros: extending the file makes them so without writing.
+    if storage.len().map_err(io("getting file size"))? < end {
+        storage.set_len(end).map_err(io("extending the file"))?;
+    }
+    storage.flush().map_err(io("flushing"))?;
+    h.gd_offset = new_offsets[0] / SECTOR_SIZE;
+    if let Some(r) = new_offsets.get(1) {
+        h.rgd_offset = r / SECTOR_SIZE;
+    }
+    storage
+        .write_at(&h.serialize(), 0)
+        .map_err(io("writing the header"))?;
+    storage.flush().map_err(io("flushing"))?;
+    Ok(())
+}
