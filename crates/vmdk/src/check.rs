@@ -23,12 +23,10 @@
 //! that overlaps other metadata is reported and not walked, so a directory pointing many
 //! times at one table costs one walk.
 
-use std::sync::atomic::Ordering;
-
 use crate::error::Result;
 use crate::extent::compressed::compress_bound;
+use crate::extent::metadata::Region;
 use crate::extent::{ExtentKind, GrainState, SparseExtent, SparseFlavor};
-use crate::format::cowd_header::COWD_HEADER_SIZE;
 use crate::format::marker::{
     GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_GD, MARKER_GT,
 };
@@ -312,19 +310,26 @@ impl ExtentCheck<'_> {
         let mut eos_at = None;
 
         // Headers, descriptor, footer.
+        let fixed = s.fixed_regions();
+        for &(region, start, end) in &fixed {
+            match region {
+                Region::Header => {
+                    space.claim(Hit::Meta, start, end);
+                }
+                Region::Descriptor => {
+                    if space.claim(Hit::Meta, start, end) != Hit::Free {
+                        self.corruption(format!(
+                            "embedded descriptor at offset {start} overlaps other metadata"
+                        ));
+                    }
+                }
+                // Claimed below, after the footer.
+                _ => {}
+            }
+        }
         match s.flavor {
             SparseFlavor::Vmdk4 => {
-                space.claim(Hit::Meta, 0, SECTOR_SIZE);
                 if let Some(h) = &s.header {
-                    if h.desc_offset != 0 && h.desc_size != 0 {
-                        let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-                        let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
-                        if space.claim(Hit::Meta, start, end) != Hit::Free {
-                            self.corruption(format!(
-                                "embedded descriptor at offset {start} overlaps other metadata"
-                            ));
-                        }
-                    }
                     data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
                 }
                 if s.footer_layout && file_len >= 1536 {
@@ -341,13 +346,10 @@ impl ExtentCheck<'_> {
                     }
                 }
             }
-            SparseFlavor::Cowd => {
-                space.claim(Hit::Meta, 0, COWD_HEADER_SIZE as u64);
-            }
+            SparseFlavor::Cowd => {}
             SparseFlavor::SeSparse => {
                 // The journal, bitmaps and preallocated areas are not described well enough
                 // to tell free space from used: overlaps are checked, leaks are not.
-                space.claim(Hit::Meta, 0, SECTOR_SIZE);
                 leak_check = false;
             }
         }
@@ -357,31 +359,22 @@ impl ExtentCheck<'_> {
         }
 
         // Grain directories.
-        let width = s.entry_width as u64;
-        let gd_bytes = s.gd.len() as u64 * width;
-        self.claim_marker_before(&mut space, s.gd_offset, MARKER_GD);
-        if space.claim(Hit::Meta, s.gd_offset, s.gd_offset + gd_bytes) != Hit::Free {
-            self.corruption(format!(
-                "grain directory at offset {} overlaps other metadata",
-                s.gd_offset
-            ));
-        }
-        if let Some(rgd_off) = s.rgd_offset {
-            if space.claim(Hit::Meta, rgd_off, rgd_off + gd_bytes) != Hit::Free {
-                self.corruption(format!(
-                    "redundant grain directory at offset {rgd_off} overlaps other metadata"
-                ));
+        for &(region, start, end) in &fixed {
+            if region == Region::Directory {
+                self.claim_marker_before(&mut space, start, MARKER_GD);
+            }
+            if matches!(region, Region::Directory | Region::RedundantDirectory)
+                && space.claim(Hit::Meta, start, end) != Hit::Free
+            {
+                self.corruption(format!("{region} at offset {start} overlaps other metadata"));
             }
         }
 
         // Pass 1: grain tables (and their redundant copies) are metadata.
-        let gt_bytes = s.gt_entries * width;
+        let gt_bytes = s.table_bytes();
         let mut walk = vec![false; s.gd.len()];
         for (i, good) in walk.iter_mut().enumerate() {
-            let rgt = s
-                .rgd
-                .as_ref()
-                .map(|rgd| rgd[i].load(Ordering::Acquire) * SECTOR_SIZE);
+            let rgt = s.rgt_offset(i);
             let gt = match s.gt_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {
