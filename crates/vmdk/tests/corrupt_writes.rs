@@ -185,12 +185,44 @@ fn grain_entry_past_the_end_of_the_file() {
     let p = qemu_sparse(d.path(), "16M");
     // 8 GiB into a 200 KiB file: the write would grow the file to 8 GiB.
     put_u32(&p, gte_at(&p, 0, 0), 0x0100_0000);
-    // Straddling the end: its tail would be where the next grain is allocated.
-    let len = std::fs::metadata(&p).unwrap().len();
-    put_u32(&p, gte_at(&p, 0, 16), (len / 512 - 8) as u32);
     assert_check_flags(&p);
     expect_refused(&p, None, "past the end of the file", write_4k(0));
-    expect_refused(&p, None, "past the end of the file", write_4k(1 << 20));
+}
+
+/// A file cut inside its last grain (found by the `write_image` fuzz target): the grain
+/// still reads (zeros past the cut) and takes writes, and new grains go past its tail, not
+/// over it.
+#[test]
+fn grain_cut_by_the_end_of_the_file_stays_apart_from_new_grains() {
+    let d = tempfile::tempdir().unwrap();
+    let p = qemu_sparse(d.path(), "16M");
+    let len = std::fs::metadata(&p).unwrap().len();
+    // The last grain (1 MiB) is the file's last 64 KiB: cut 4 KiB + 100 bytes off it.
+    assert_eq!(read_u32(&p, gte_at(&p, 0, 16)) as u64 * 512 + 65536, len);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 4196)
+        .unwrap();
+    let img = OpenOptions::new().writable(true).open(&p).unwrap();
+    let new: Vec<u8> = (0..65536u32).map(|i| (i % 241) as u8).collect();
+    img.write_at(&new, 5 << 16).unwrap();
+    img.write_at(&[0x77; 8192], (1 << 20) + 60 * 1024).unwrap();
+    let mut back = vec![0u8; 65536];
+    img.read_at(&mut back, 5 << 16).unwrap();
+    assert!(back == new, "the new grain was overwritten");
+    img.read_at(&mut back, 1 << 20).unwrap();
+    let mut want = vec![2u8; 65536];
+    want[60 * 1024 - 100..60 * 1024].fill(0); // cut off, never rewritten
+    want[60 * 1024..].fill(0x77);
+    // The 8 KiB write runs into grain 17, which is new.
+    assert!(back == want, "the cut grain reads wrong");
+    drop(img);
+    let r = vmdk::check(&Image::open(&p).unwrap()).unwrap();
+    assert_eq!(r.corruption_count(), 0, "{r:?}");
+    // qemu agrees on every byte.
+    assert_same("cut grain", &our_raw(&p), &qemu_raw(&p));
 }
 
 #[test]

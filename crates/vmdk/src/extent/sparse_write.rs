@@ -104,9 +104,21 @@ impl SparseExtent {
     /// Reserve `bytes` for new grains or tables: space given back by a failed write if some
     /// fits, the end of the file otherwise.
     fn reserve_space(&self, bytes: u64) -> Result<u64> {
+        // Scans the tables the first time: do it before taking the lock.
+        let tail = self
+            .write_guard()
+            .tail_end(self)
+            .next_multiple_of(SECTOR_SIZE);
         let mut space = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(off) = space.take_hole(bytes) {
             return Ok(off);
+        }
+        if space.next < tail {
+            // A grain cut by the end of the file owns the space up to its tail.
+            if space.next == space.initial {
+                space.initial = tail;
+            }
+            space.next = tail;
         }
         let off = space.next;
         let end = off + bytes;

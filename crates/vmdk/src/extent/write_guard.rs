@@ -16,7 +16,7 @@
 //! where only our own grains are trusted, and our grains never overlap our tables.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::extent::metadata::Region;
@@ -60,6 +60,9 @@ pub struct WriteGuard {
     bad_tables: Vec<u64>,
     /// Grains whose entries this session set, one bitset per grain table.
     ours: Mutex<HashMap<usize, Box<[u64]>>>,
+    /// End of the furthest grain that starts inside the file (at least `file_len`), found
+    /// by one scan of the grain tables the first time it is needed (see [`Self::tail_end`]).
+    tail_end: OnceLock<u64>,
 }
 
 fn sector_floor(b: u64) -> u64 {
@@ -160,6 +163,7 @@ impl WriteGuard {
             table_span,
             bad_tables,
             ours: Mutex::new(HashMap::new()),
+            tail_end: OnceLock::new(),
         }
     }
 
@@ -251,13 +255,52 @@ impl WriteGuard {
         Err(Self::refuse(s, format!("grain table {i} overlaps other metadata")))
     }
 
+    /// Where new space may start: past the end of the file, and past the tail of a grain
+    /// that starts inside the file but ends after it (a truncated file), so that a new
+    /// grain never overlaps it. Scans every grain table once (the first time space is
+    /// allocated or such a grain is written), reading them straight from the file.
+    pub(crate) fn tail_end(&self, s: &SparseExtent) -> u64 {
+        *self.tail_end.get_or_init(|| {
+            let mut end = self.file_len;
+            // Compressed grains have no fixed length (and a record running past the end
+            // is reported by `check` as corrupt).
+            if s.compressed {
+                return end;
+            }
+            let mut buf = vec![0u8; s.table_bytes() as usize];
+            for i in 0..s.gd.len() {
+                if self.bad_tables[i / 64] & (1 << (i % 64)) != 0 {
+                    continue;
+                }
+                let Ok(Some(gt)) = s.gt_offset(i) else {
+                    continue;
+                };
+                if s.file.storage.read_exact_at(&mut buf, gt).is_err() {
+                    continue;
+                }
+                for c in buf.chunks_exact(s.entry_width) {
+                    let mut b = [0u8; 8];
+                    b[..c.len()].copy_from_slice(c);
+                    if let Ok(GrainState::Allocated(g)) = s.decode(u64::from_le_bytes(b)) {
+                        if g < self.file_len {
+                            end = end.max(g.saturating_add(s.grain_size));
+                        }
+                    }
+                }
+            }
+            end
+        })
+    }
+
     /// Fail unless grain number `grain`, stored at byte `off` (uncompressed), may be written
     /// in place.
     pub(crate) fn check_grain(&self, s: &SparseExtent, grain: u64, off: u64) -> Result<()> {
         let end = off.saturating_add(s.grain_size);
         let sector = grain * s.grain_size / SECTOR_SIZE;
-        if end <= self.file_len {
-            return match self.overlapping(off, end, Except::Nothing) {
+        if end <= self.file_len || (off < self.file_len && end <= self.tail_end(s)) {
+            // Inside the file, or a grain the end of the file cuts (allocations start past
+            // its tail, see `tail_end`).
+            return match self.overlapping(off, end.min(self.file_len), Except::Nothing) {
                 None => Ok(()),
                 Some(what) => Err(Self::refuse(
                     s,
