@@ -270,18 +270,18 @@ impl ExtentCheck<'_> {
         self.s.file.storage.read_exact_at(buf, offset)
     }
 
-    /// Claim the marker sector just before `offset` if it holds a metadata marker of `kind`.
-    fn claim_marker_before(&self, space: &mut SpaceMap, offset: u64, kind: u32) {
+    /// The sector just before `offset`, if it holds a metadata marker of `kind`.
+    ///
+    /// Markers are claimed only after the grains (see `run`): a sector that merely looks
+    /// like a marker (the tail of a compressed grain can) belongs to the grain.
+    fn marker_before(&self, offset: u64, kind: u32) -> Option<u64> {
         if !self.s.has_marker || offset < SECTOR_SIZE {
-            return;
+            return None;
         }
         let mut buf = [0u8; 512];
-        if self.read(&mut buf, offset - SECTOR_SIZE).is_ok()
-            && matches!(MetadataMarker::parse(&buf), Some(m) if m.kind == kind)
-        {
-            // A "marker" that is really the tail of other metadata is not our business.
-            let _ = space.claim(Hit::Meta, offset - SECTOR_SIZE, offset);
-        }
+        (self.read(&mut buf, offset - SECTOR_SIZE).is_ok()
+            && matches!(MetadataMarker::parse(&buf), Some(m) if m.kind == kind))
+        .then_some(offset - SECTOR_SIZE)
     }
 
     fn describe(hit: Hit) -> &'static str {
@@ -308,6 +308,9 @@ impl ExtentCheck<'_> {
         let mut data_start = 0;
         // Offset of the end-of-stream marker closing a QEMU-layout stream file.
         let mut eos_at = None;
+        let mut eos_candidate = None;
+        // Sectors holding metadata markers (before tables and directories).
+        let mut markers: Vec<u64> = Vec::new();
 
         // Headers, descriptor, footer.
         let fixed = s.fixed_regions();
@@ -341,8 +344,8 @@ impl ExtentCheck<'_> {
                         && matches!(MetadataMarker::parse(&buf),
                             Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
                     {
-                        space.claim(Hit::Meta, eos, file_len);
-                        eos_at = Some(eos);
+                        // Claimed after the grains, like the other markers.
+                        eos_candidate = Some(eos);
                     }
                 }
             }
@@ -361,7 +364,7 @@ impl ExtentCheck<'_> {
         // Grain directories.
         for &(region, start, end) in &fixed {
             if region == Region::Directory {
-                self.claim_marker_before(&mut space, start, MARKER_GD);
+                markers.extend(self.marker_before(start, MARKER_GD));
             }
             if matches!(region, Region::Directory | Region::RedundantDirectory)
                 && space.claim(Hit::Meta, start, end) != Hit::Free
@@ -392,7 +395,7 @@ impl ExtentCheck<'_> {
                 ));
                 continue;
             }
-            self.claim_marker_before(&mut space, gt, MARKER_GT);
+            markers.extend(self.marker_before(gt, MARKER_GT));
             match space.claim(Hit::Meta, gt, gt + gt_bytes) {
                 Hit::Free => *good = true,
                 hit => self.corruption(format!(
@@ -464,6 +467,17 @@ impl ExtentCheck<'_> {
                         }
                     )),
                 }
+            }
+        }
+
+        // Markers, last: what a grain already covers is not a marker (and a "marker" that
+        // is really the tail of other metadata is not our business either).
+        for m in markers {
+            let _ = space.claim(Hit::Meta, m, m + SECTOR_SIZE);
+        }
+        if let Some(eos) = eos_candidate {
+            if space.claim(Hit::Meta, eos, file_len) == Hit::Free {
+                eos_at = Some(eos);
             }
         }
 

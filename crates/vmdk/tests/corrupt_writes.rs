@@ -310,3 +310,29 @@ fn cowd_grain_entry_pointing_at_its_directory_or_past_the_end() {
     put_u32(&p, gt * 512, 0x00ff_0000);
     expect_refused(&p, None, "past the end of the file", write_4k(0));
 }
+
+/// `check` must tell a compressed grain whose last sector happens to look like an
+/// end-of-stream marker (16 zero bytes) from a real marker: found by the `write_image` fuzz
+/// target, where a grain appended to a stream file ended that way and `check` reported the
+/// sound image as corrupt.
+#[test]
+fn a_grain_tail_that_looks_like_a_marker_is_a_grain() {
+    let d = tempfile::tempdir().unwrap();
+    let mut disk = vec![0u8; 1 << 20];
+    pattern(&mut disk[..65536], 9);
+    let mut f = build::vmdk4_with(&disk, 128, 512, None, &build::nonzero, Some(true));
+    // The one grain is the file's last record: make it 1000 compressed bytes whose second
+    // sector starts with 16 zeros. (`check` does not decompress; reading it would fail.)
+    let gd = u64::from_le_bytes(f[56..64].try_into().unwrap()) as usize * SECTOR;
+    let gt = u32::from_le_bytes(f[gd..gd + 4].try_into().unwrap()) as usize * SECTOR;
+    let at = u32::from_le_bytes(f[gt..gt + 4].try_into().unwrap()) as usize * SECTOR;
+    f.truncate(at + 12);
+    f[at + 8..at + 12].copy_from_slice(&1000u32.to_le_bytes());
+    let mut data = vec![0x5au8; 1000];
+    data[500..516].fill(0);
+    f.extend_from_slice(&data);
+    f.resize(at + 1024, 0);
+    let p = build::write(d.path(), "s.vmdk", &f);
+    let r = vmdk::check(&Image::open(&p).unwrap()).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+}
