@@ -9,14 +9,15 @@
 #
 # Seeds are generated here with qemu-img / qemu-io (small images of a few subformats), so no
 # binaries are committed. Run times (seconds) can be changed through the environment:
-#   FUZZ_WRITE_SECS   write_image                           (default 60)
-#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image (default 20 each)
+#   FUZZ_WRITE_SECS   write_image                           (default 45)
+#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image (default 15 each)
 #   FUZZ_TARGETS      which targets to run                  (default: all four)
+# and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-write_secs=${FUZZ_WRITE_SECS:-60}
-other_secs=${FUZZ_OTHER_SECS:-20}
+write_secs=${FUZZ_WRITE_SECS:-45}
+other_secs=${FUZZ_OTHER_SECS:-15}
 targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image"}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -50,11 +51,12 @@ images="sparse.vmdk zeroed.vmdk stream.vmdk split-s001.vmdk"
 
 # A write_image op: kind, u32 LE offset, u16 LE length in 4-byte units, seed.
 op() { printf "\\x$1\\x$2\\x$3\\x$4\\x$5\\x$6\\x$7\\x$8"; }
+corpora=${FUZZ_CORPUS_DIR:-$work/corpus}
 for t in $targets; do
-  mkdir -p "$work/corpus/$t"
+  mkdir -p "$corpora/$t"
 done
 for t in $targets; do
-  c=$work/corpus/$t
+  c=$corpora/$t
   case $t in
     descriptor)
       cp "$seeds/flat.vmdk" "$c/flat"
@@ -88,7 +90,7 @@ for t in $targets; do
   mkdir -p "$art"
   log=$work/$t.log
   echo "fuzz: $t for $secs s"
-  if ! "$bin/$t" "$work/corpus/$t" -max_total_time="$secs" -max_len=300000 \
+  if ! "$bin/$t" "$corpora/$t" -max_total_time="$secs" -max_len=300000 \
       -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$art" -print_final_stats=1 \
       >"$log" 2>&1; then
     status=1

@@ -39,10 +39,34 @@ fn io_refuses_writes_through_corrupt_tables() {
         ("write -z 512 1k", "grain for sector 0"),
     ];
     let cases: Vec<(&str, u64, u32, &str, Vec<(&str, &str)>)> = vec![
-        ("entry -> descriptor", e0, 1, "embedded descriptor", in_grain0.to_vec()),
-        ("entry -> directory", e0, gd as u32, "grain directory", in_grain0.to_vec()),
-        ("entry -> table", e0, t0, "a grain table", in_grain0.to_vec()),
-        ("entry past EOF", e0, 0x0400_0000, "past the end of the file", in_grain0.to_vec()),
+        (
+            "entry -> descriptor",
+            e0,
+            1,
+            "embedded descriptor",
+            in_grain0.to_vec(),
+        ),
+        (
+            "entry -> directory",
+            e0,
+            gd as u32,
+            "grain directory",
+            in_grain0.to_vec(),
+        ),
+        (
+            "entry -> table",
+            e0,
+            t0,
+            "a grain table",
+            in_grain0.to_vec(),
+        ),
+        (
+            "entry past EOF",
+            e0,
+            0x0400_0000,
+            "past the end of the file",
+            in_grain0.to_vec(),
+        ),
         (
             "shared table",
             gd * 512 + 4,
@@ -72,7 +96,10 @@ fn io_refuses_writes_through_corrupt_tables() {
             let out = format!("{}{}", r.stdout, r.stderr);
             assert_eq!(r.code, 1, "{what}: {cmd}: {out}");
             for needle in ["refusing to write", subject, problem, &s(&p)] {
-                assert!(out.contains(needle), "{what}: {cmd}: wanted {needle:?}: {out}");
+                assert!(
+                    out.contains(needle),
+                    "{what}: {cmd}: wanted {needle:?}: {out}"
+                );
             }
             assert!(
                 std::fs::read(&p).unwrap() == before,
@@ -142,8 +169,14 @@ fn convert_onto_a_full_file_system_fails_clearly() {
     std::fs::write(&src, bytes).unwrap();
     for (name, args) in [
         ("out.vmdk", vec!["-O", "vmdk"]),
-        ("stream.vmdk", vec!["-O", "vmdk", "-o", "subformat=streamOptimized"]),
-        ("split.vmdk", vec!["-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse"]),
+        (
+            "stream.vmdk",
+            vec!["-O", "vmdk", "-o", "subformat=streamOptimized"],
+        ),
+        (
+            "split.vmdk",
+            vec!["-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse"],
+        ),
         ("out.raw", vec!["-O", "raw"]),
     ] {
         let out = fs.path().join(name);
@@ -159,7 +192,11 @@ fn convert_onto_a_full_file_system_fails_clearly() {
             r.stderr
         );
         let stem = name.split('.').next().unwrap();
-        assert!(r.stderr.contains(stem), "{name}: names no file: {}", r.stderr);
+        assert!(
+            r.stderr.contains(stem),
+            "{name}: names no file: {}",
+            r.stderr
+        );
         for e in std::fs::read_dir(fs.path()).unwrap() {
             std::fs::remove_file(e.unwrap().path()).unwrap();
         }

@@ -732,7 +732,10 @@ fn full_file_system_is_reported_as_enospc() {
     c.disconnect();
     // Still serving, with everything that fitted.
     qemu_io_nbd(&url, &cmds(&["read -P 1 0 64k"]));
-    qemu_io_nbd(&url, &[format!("read -P {wrote} {}k 64k", (wrote - 1) * 64)]);
+    qemu_io_nbd(
+        &url,
+        &[format!("read -P {wrote} {}k 64k", (wrote - 1) * 64)],
+    );
     srv.stop();
     let check = vmdk(&["check", &s(&img)]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);

@@ -121,11 +121,13 @@ fn os_errno(e: &io::Error) -> Option<i32> {
     if let Some(n) = e.raw_os_error() {
         return Some(n);
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e
-        .get_ref()
-        .map(|r| r as &(dyn std::error::Error + 'static));
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        e.get_ref().map(|r| r as &(dyn std::error::Error + 'static));
     while let Some(c) = cause {
-        if let Some(n) = c.downcast_ref::<io::Error>().and_then(|io| io.raw_os_error()) {
+        if let Some(n) = c
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
             return Some(n);
         }
         cause = c.source();

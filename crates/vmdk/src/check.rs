@@ -369,7 +369,9 @@ impl ExtentCheck<'_> {
             if matches!(region, Region::Directory | Region::RedundantDirectory)
                 && space.claim(Hit::Meta, start, end) != Hit::Free
             {
-                self.corruption(format!("{region} at offset {start} overlaps other metadata"));
+                self.corruption(format!(
+                    "{region} at offset {start} overlaps other metadata"
+                ));
             }
         }
 

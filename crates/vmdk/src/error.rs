@@ -152,7 +152,10 @@ impl Error {
     /// The operating system's error behind this one, if it came from a failed system call
     /// (e.g. `ENOSPC` for a full file system).
     pub fn os_error(&self) -> Option<&io::Error> {
-        let mut cause = self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static));
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
         while let Some(c) = cause {
             if let Some(io) = c.downcast_ref::<io::Error>() {
                 return Some(io);

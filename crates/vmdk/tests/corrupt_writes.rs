@@ -166,7 +166,9 @@ fn directory_entries_sharing_a_table() {
     // Through either entry: a write would show at both places.
     expect_refused(&p, None, "grain table 1", write_4k(40 << 20));
     expect_refused(&p, None, "grain table 0", write_4k(0));
-    expect_refused(&p, None, "grain table 0", |img| img.write_zeroes(0, 1 << 20, true));
+    expect_refused(&p, None, "grain table 0", |img| {
+        img.write_zeroes(0, 1 << 20, true)
+    });
 }
 
 #[test]

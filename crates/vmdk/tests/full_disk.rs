@@ -39,7 +39,6 @@ fn assert_no_space(e: vmdk::Error, image: &Path) {
     assert_eq!(io.kind(), std::io::ErrorKind::StorageFull, "{io}");
 }
 
-
 /// Our check and qemu's both find nothing wrong (no corruption, no leaks).
 fn assert_clean(image: &Path) {
     let img = Image::open(image).unwrap();
@@ -140,7 +139,12 @@ fn split_sparse_fills_cleanly() {
     let Some(fs) = Tmpfs::mount("2m", "split_sparse_fills_cleanly") else {
         return;
     };
-    let p = qemu_create(fs.path(), "split.vmdk", "3G", "subformat=twoGbMaxExtentSparse");
+    let p = qemu_create(
+        fs.path(),
+        "split.vmdk",
+        "3G",
+        "subformat=twoGbMaxExtentSparse",
+    );
     let img = writable(&p);
     // Both extents get data: start 512 KiB before the 2 GiB boundary.
     let start = (2u64 << 30) - (512 << 10);
@@ -176,8 +180,7 @@ fn cowd_fills_cleanly() {
 /// would reuse any space a failed allocation left between live ones) no leak.
 #[test]
 fn concurrent_writers_leave_no_leak_once_space_returns() {
-    let Some(fs) = Tmpfs::mount("3m", "concurrent_writers_leave_no_leak_once_space_returns")
-    else {
+    let Some(fs) = Tmpfs::mount("3m", "concurrent_writers_leave_no_leak_once_space_returns") else {
         return;
     };
     let p = qemu_create(fs.path(), "shared.vmdk", "64M", "");

@@ -84,8 +84,10 @@ impl SparseExtent {
     /// Byte offset of the redundant grain table of directory entry `gd_index`: `None` without
     /// a redundant directory, `Some(0)` when its entry is empty.
     pub(crate) fn rgt_offset(&self, gd_index: usize) -> Option<u64> {
-        self.rgd
-            .as_ref()
-            .map(|rgd| rgd[gd_index].load(Ordering::Acquire).saturating_mul(SECTOR_SIZE))
+        self.rgd.as_ref().map(|rgd| {
+            rgd[gd_index]
+                .load(Ordering::Acquire)
+                .saturating_mul(SECTOR_SIZE)
+        })
     }
 }

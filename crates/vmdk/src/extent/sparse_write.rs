@@ -221,7 +221,8 @@ impl SparseExtent {
                 .map_err(io_err(self, "writing grain directory"))?;
             Ok(sector)
         };
-        let sector = unpublished().inspect_err(|_| self.release_space(base, table_bytes * copies))?;
+        let sector =
+            unpublished().inspect_err(|_| self.release_space(base, table_bytes * copies))?;
         let table = Arc::new(GrainTable::from_bytes(
             &vec![0u8; self.gt_entries as usize * 4],
             4,

@@ -105,7 +105,10 @@ impl WriteGuard {
         // (start sector, directory index): both copies of a table carry the same index.
         let mut starts: Vec<(u32, u32)> = Vec::new();
         for i in 0..s.gd.len() {
-            let copies = [s.gt_offset(i).ok().flatten(), s.rgt_offset(i).filter(|&o| o != 0)];
+            let copies = [
+                s.gt_offset(i).ok().flatten(),
+                s.rgt_offset(i).filter(|&o| o != 0),
+            ];
             for off in copies.into_iter().flatten() {
                 let in_file = off.checked_add(table_span).is_some_and(|e| e <= file_len);
                 match u32::try_from(off / SECTOR_SIZE) {
@@ -208,7 +211,10 @@ impl WriteGuard {
                 let what = self
                     .overlapping(a, b, Except::Fixed(r))
                     .unwrap_or_else(|| "other metadata".into());
-                return Err(Self::refuse(s, format!("the {r} at offset {a} overlaps {what}")));
+                return Err(Self::refuse(
+                    s,
+                    format!("the {r} at offset {a} overlaps {what}"),
+                ));
             }
         }
         Ok(())
@@ -221,7 +227,10 @@ impl WriteGuard {
                 let what = self
                     .overlapping(a, b, Except::Fixed(r))
                     .unwrap_or_else(|| "other metadata".into());
-                return Err(Self::refuse(s, format!("the {r} at offset {a} overlaps {what}")));
+                return Err(Self::refuse(
+                    s,
+                    format!("the {r} at offset {a} overlaps {what}"),
+                ));
             }
         }
         Ok(())
@@ -230,12 +239,19 @@ impl WriteGuard {
     /// Fail unless entries may be written into the grain table of directory entry `i`
     /// (and its redundant copy).
     pub(crate) fn check_table(&self, s: &SparseExtent, i: usize) -> Result<()> {
-        if self.bad_tables.get(i / 64).is_none_or(|w| w & (1 << (i % 64)) == 0) {
+        if self
+            .bad_tables
+            .get(i / 64)
+            .is_none_or(|w| w & (1 << (i % 64)) == 0)
+        {
             return Ok(());
         }
         let copies = [
             (Region::Table(i), s.gt_offset(i).ok().flatten()),
-            (Region::RedundantTable(i), s.rgt_offset(i).filter(|&o| o != 0)),
+            (
+                Region::RedundantTable(i),
+                s.rgt_offset(i).filter(|&o| o != 0),
+            ),
         ];
         for (r, off) in copies {
             let Some(off) = off else { continue };
@@ -252,7 +268,10 @@ impl WriteGuard {
             };
             return Err(Self::refuse(s, problem));
         }
-        Err(Self::refuse(s, format!("grain table {i} overlaps other metadata")))
+        Err(Self::refuse(
+            s,
+            format!("grain table {i} overlaps other metadata"),
+        ))
     }
 
     /// Where new space may start: past the end of the file, and past the tail of a grain

@@ -333,6 +333,9 @@ impl Drop for Tmpfs {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         // Still busy: detach it rather than leave the mount behind.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).output();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
     }
 }
