@@ -38,7 +38,10 @@ fn io_refuses_writes_through_corrupt_tables() {
         ("write -P 9 0 4k", "grain for sector 0"),
         ("write -z 512 1k", "grain for sector 0"),
     ];
-    let cases: Vec<(&str, u64, u32, &str, Vec<(&str, &str)>)> = vec![
+    /// What is damaged, where to patch which value, what the refusal says about it, and
+    /// commands going through it with the thing each names.
+    type Case<'a> = (&'a str, u64, u32, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "entry -> descriptor",
             e0,

@@ -314,20 +314,14 @@ impl ExtentCheck<'_> {
 
         // Headers, descriptor, footer.
         let fixed = s.fixed_regions();
+        // The directories are claimed below, after the footer.
         for &(region, start, end) in &fixed {
-            match region {
-                Region::Header => {
-                    space.claim(Hit::Meta, start, end);
-                }
-                Region::Descriptor => {
-                    if space.claim(Hit::Meta, start, end) != Hit::Free {
-                        self.corruption(format!(
-                            "embedded descriptor at offset {start} overlaps other metadata"
-                        ));
-                    }
-                }
-                // Claimed below, after the footer.
-                _ => {}
+            if matches!(region, Region::Header | Region::Descriptor)
+                && space.claim(Hit::Meta, start, end) != Hit::Free
+            {
+                self.corruption(format!(
+                    "{region} at offset {start} overlaps other metadata"
+                ));
             }
         }
         match s.flavor {
