@@ -690,6 +690,86 @@ fn writes_over_unix_socket_are_durable() {
     }
 }
 
+/// An image on a full file system: writes through the export fail with NBD's ENOSPC (as
+/// qemu-nbd answers; qemu-io then says "No space left on device"), the server keeps
+/// serving, and the image checks clean afterwards (ours and qemu's: no leaked clusters).
+#[test]
+fn full_file_system_is_reported_as_enospc() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("2m", "full_file_system_is_reported_as_enospc") else {
+        return;
+    };
+    let img = qemu_create(fs.path(), "full.vmdk", "64M", &[]);
+    // The server's log goes next to the image: keep it off the small file system.
+    let logs = tempdir();
+    let link = logs.path().join("full.vmdk");
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    let mut srv = Served::tcp(&link, &["--persistent"]);
+    let url = srv.url();
+    // 3 MiB of writes into 2 MiB.
+    let mut args = vec!["-f", "raw", "-t", "writeback"];
+    let writes: Vec<String> = (0..48)
+        .map(|i| format!("write -P {} {}k 64k", i + 1, i * 64))
+        .collect();
+    for w in &writes {
+        args.extend(["-c", w.as_str()]);
+    }
+    args.push(&url);
+    let r = tool("qemu-io", &args);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        out.contains("No space left on device"),
+        "qemu-io did not hear ENOSPC: {out}\nserver: {}",
+        srv.log_text()
+    );
+    let wrote = out.matches("wrote 65536/65536").count();
+    assert!(wrote > 0 && wrote < 48, "{out}");
+    // The raw NBD error value is ENOSPC (28), not EIO.
+    let mut c = RawClient::tcp(srv.port());
+    assert_eq!(c.write(60 * MIB, &[7u8; 65536]), 28);
+    c.disconnect();
+    // Still serving, with everything that fitted.
+    qemu_io_nbd(&url, &cmds(&["read -P 1 0 64k"]));
+    qemu_io_nbd(
+        &url,
+        &[format!("read -P {wrote} {}k 64k", (wrote - 1) * 64)],
+    );
+    srv.stop();
+    let check = vmdk(&["check", &s(&img)]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    let q = tool("qemu-img", &["check", &s(&img)]);
+    assert_eq!(q.code, 0, "{}{}", q.stdout, q.stderr);
+}
+
+/// A write through a corrupt grain table is refused with an error, leaves the file as it
+/// was, and the server goes on serving.
+#[test]
+fn writes_through_corrupt_tables_are_refused() {
+    if skip_without(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "bad.vmdk", &[]);
+    // The first grain's entry points at the grain directory.
+    let gd = read_u64(&img, 56);
+    patch(&img, gte_offset(&img, 0), &(gd as u32).to_le_bytes());
+    let before = std::fs::read(&img).unwrap();
+    let mut srv = Served::tcp(&img, &["--persistent"]);
+    let mut c = RawClient::tcp(srv.port());
+    assert_eq!(c.write(4096, &[7u8; 4096]), 5, "EIO expected");
+    // Elsewhere reads still work.
+    let (err, data) = c.read(1020 * KIB, 4096);
+    assert_eq!((err, data[0]), (0, 0xbb));
+    c.disconnect();
+    srv.stop();
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the image changed although the write was refused"
+    );
+}
+
 /// Four clients (`--shared 4`) write interleaved, unaligned ranges at once, so they
 /// allocate and fill the same grains and grain tables concurrently.
 #[test]

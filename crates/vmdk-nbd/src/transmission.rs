@@ -97,19 +97,42 @@ impl CmdError {
 /// `Ok(None)`: plain success; `Ok(Some(buf))`: a complete reply to send.
 type CmdResult = Result<Option<Vec<u8>>, CmdError>;
 
-/// Map a backend error onto the small set of NBD error values.
+/// Map a backend error onto the small set of NBD error values. Backends often wrap the OS
+/// error in their own (keeping it as the kind, or as a source): look through both.
 fn errno_for(e: &io::Error) -> u32 {
-    match e.raw_os_error() {
+    match os_errno(e) {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ENOSPC,
         Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EROFS) => EPERM,
         Some(libc::EINVAL) => EINVAL,
         Some(_) => EIO,
         None => match e.kind() {
-            io::ErrorKind::PermissionDenied => EPERM,
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+            | io::ErrorKind::FileTooLarge => ENOSPC,
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => EPERM,
             io::ErrorKind::InvalidInput => EINVAL,
             _ => EIO,
         },
     }
+}
+
+/// The OS error number of `e` or of the first `io::Error` in its chain of causes.
+fn os_errno(e: &io::Error) -> Option<i32> {
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        e.get_ref().map(|r| r as &(dyn std::error::Error + 'static));
+    while let Some(c) = cause {
+        if let Some(n) = c
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(n);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 fn command_name(cmd: u16) -> &'static str {
@@ -702,6 +725,25 @@ mod tests {
             errno_for(&io::Error::new(io::ErrorKind::InvalidInput, "x")),
             EINVAL
         );
+        // Wrapped by a backend: the kind, or the OS error among the causes, still counts.
+        assert_eq!(
+            errno_for(&io::Error::new(io::ErrorKind::StorageFull, "full")),
+            ENOSPC
+        );
+        #[derive(Debug)]
+        struct Wrapper(io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "backend: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = io::Error::other(Wrapper(io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert_eq!(errno_for(&wrapped), ENOSPC);
     }
 
     #[test]

@@ -24,12 +24,10 @@
 //! that overlaps other metadata is reported and not walked, so a directory pointing many
 //! times at one table costs one walk.
 
-use std::sync::atomic::Ordering;
-
 use crate::error::Result;
 use crate::extent::compressed::compress_bound;
+use crate::extent::metadata::Region;
 use crate::extent::{ExtentKind, GrainState, SparseExtent, SparseFlavor};
-use crate::format::cowd_header::COWD_HEADER_SIZE;
 use crate::format::marker::{
     GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_GD, MARKER_GT,
 };
@@ -273,18 +271,18 @@ impl ExtentCheck<'_> {
         self.s.file.storage.read_exact_at(buf, offset)
     }
 
-    /// Claim the marker sector just before `offset` if it holds a metadata marker of `kind`.
-    fn claim_marker_before(&self, space: &mut SpaceMap, offset: u64, kind: u32) {
+    /// The sector just before `offset`, if it holds a metadata marker of `kind`.
+    ///
+    /// Markers are claimed only after the grains (see `run`): a sector that merely looks
+    /// like a marker (the tail of a compressed grain can) belongs to the grain.
+    fn marker_before(&self, offset: u64, kind: u32) -> Option<u64> {
         if !self.s.has_marker || offset < SECTOR_SIZE {
-            return;
+            return None;
         }
         let mut buf = [0u8; 512];
-        if self.read(&mut buf, offset - SECTOR_SIZE).is_ok()
-            && matches!(MetadataMarker::parse(&buf), Some(m) if m.kind == kind)
-        {
-            // A "marker" that is really the tail of other metadata is not our business.
-            let _ = space.claim(Hit::Meta, offset - SECTOR_SIZE, offset);
-        }
+        (self.read(&mut buf, offset - SECTOR_SIZE).is_ok()
+            && matches!(MetadataMarker::parse(&buf), Some(m) if m.kind == kind))
+        .then_some(offset - SECTOR_SIZE)
     }
 
     fn describe(hit: Hit) -> &'static str {
@@ -311,21 +309,25 @@ impl ExtentCheck<'_> {
         let mut data_start = 0;
         // Offset of the end-of-stream marker closing a QEMU-layout stream file.
         let mut eos_at = None;
+        let mut eos_candidate = None;
+        // Sectors holding metadata markers (before tables and directories).
+        let mut markers: Vec<u64> = Vec::new();
 
         // Headers, descriptor, footer.
+        let fixed = s.fixed_regions();
+        // The directories are claimed below, after the footer.
+        for &(region, start, end) in &fixed {
+            if matches!(region, Region::Header | Region::Descriptor)
+                && space.claim(Hit::Meta, start, end) != Hit::Free
+            {
+                self.corruption(format!(
+                    "{region} at offset {start} overlaps other metadata"
+                ));
+            }
+        }
         match s.flavor {
             SparseFlavor::Vmdk4 => {
-                space.claim(Hit::Meta, 0, SECTOR_SIZE);
                 if let Some(h) = &s.header {
-                    if h.desc_offset != 0 && h.desc_size != 0 {
-                        let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-                        let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
-                        if space.claim(Hit::Meta, start, end) != Hit::Free {
-                            self.corruption(format!(
-                                "embedded descriptor at offset {start} overlaps other metadata"
-                            ));
-                        }
-                    }
                     data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
                 }
                 if s.footer_layout && file_len >= 1536 {
@@ -337,18 +339,15 @@ impl ExtentCheck<'_> {
                         && matches!(MetadataMarker::parse(&buf),
                             Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
                     {
-                        space.claim(Hit::Meta, eos, file_len);
-                        eos_at = Some(eos);
+                        // Claimed after the grains, like the other markers.
+                        eos_candidate = Some(eos);
                     }
                 }
             }
-            SparseFlavor::Cowd => {
-                space.claim(Hit::Meta, 0, COWD_HEADER_SIZE as u64);
-            }
+            SparseFlavor::Cowd => {}
             SparseFlavor::SeSparse => {
                 // The journal, bitmaps and preallocated areas are not described well enough
                 // to tell free space from used: overlaps are checked, leaks are not.
-                space.claim(Hit::Meta, 0, SECTOR_SIZE);
                 leak_check = false;
             }
         }
@@ -358,31 +357,24 @@ impl ExtentCheck<'_> {
         }
 
         // Grain directories.
-        let width = s.entry_width as u64;
-        let gd_bytes = s.gd.len() as u64 * width;
-        self.claim_marker_before(&mut space, s.gd_offset, MARKER_GD);
-        if space.claim(Hit::Meta, s.gd_offset, s.gd_offset + gd_bytes) != Hit::Free {
-            self.corruption(format!(
-                "grain directory at offset {} overlaps other metadata",
-                s.gd_offset
-            ));
-        }
-        if let Some(rgd_off) = s.rgd_offset {
-            if space.claim(Hit::Meta, rgd_off, rgd_off + gd_bytes) != Hit::Free {
+        for &(region, start, end) in &fixed {
+            if region == Region::Directory {
+                markers.extend(self.marker_before(start, MARKER_GD));
+            }
+            if matches!(region, Region::Directory | Region::RedundantDirectory)
+                && space.claim(Hit::Meta, start, end) != Hit::Free
+            {
                 self.corruption(format!(
-                    "redundant grain directory at offset {rgd_off} overlaps other metadata"
+                    "{region} at offset {start} overlaps other metadata"
                 ));
             }
         }
 
         // Pass 1: grain tables (and their redundant copies) are metadata.
-        let gt_bytes = s.gt_entries * width;
+        let gt_bytes = s.table_bytes();
         let mut walk = vec![false; s.gd.len()];
         for (i, good) in walk.iter_mut().enumerate() {
-            let rgt = s
-                .rgd
-                .as_ref()
-                .map(|rgd| rgd[i].load(Ordering::Acquire) * SECTOR_SIZE);
+            let rgt = s.rgt_offset(i);
             let gt = match s.gt_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {
@@ -400,7 +392,7 @@ impl ExtentCheck<'_> {
                 ));
                 continue;
             }
-            self.claim_marker_before(&mut space, gt, MARKER_GT);
+            markers.extend(self.marker_before(gt, MARKER_GT));
             match space.claim(Hit::Meta, gt, gt + gt_bytes) {
                 Hit::Free => *good = true,
                 hit => self.corruption(format!(
@@ -472,6 +464,17 @@ impl ExtentCheck<'_> {
                         }
                     )),
                 }
+            }
+        }
+
+        // Markers, last: what a grain already covers is not a marker (and a "marker" that
+        // is really the tail of other metadata is not our business either).
+        for m in markers {
+            let _ = space.claim(Hit::Meta, m, m + SECTOR_SIZE);
+        }
+        if let Some(eos) = eos_candidate {
+            if space.claim(Hit::Meta, eos, file_len) == Hit::Free {
+                eos_at = Some(eos);
             }
         }
 

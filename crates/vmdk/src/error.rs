@@ -155,13 +155,56 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// The operating system's error behind this one, if it came from a failed system call
+    /// (e.g. `ENOSPC` for a full file system).
+    pub fn os_error(&self) -> Option<&io::Error> {
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<io::Error>() {
+                return Some(io);
+            }
+            cause = c.source();
+        }
+        None
+    }
+}
+
+/// Into an `io::Error` for callers speaking `std::io` (e.g. an NBD export). What the OS
+/// said survives as the kind: a full file system stays [`io::ErrorKind::StorageFull`], so a
+/// server can answer `ENOSPC` rather than a generic I/O error; the `vmdk` error (and
+/// through it the original `io::Error`) stays reachable as the inner error.
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match e.kind {
             ErrorKind::InvalidArgument => io::ErrorKind::InvalidInput,
             ErrorKind::ReadOnly => io::ErrorKind::PermissionDenied,
+            ErrorKind::Io => e.os_error().map_or(io::ErrorKind::Other, |o| o.kind()),
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_survive_conversion() {
+        let e = Error::io(io::Error::from_raw_os_error(28), "writing data").with_path("x.vmdk");
+        assert_eq!(e.os_error().and_then(|o| o.raw_os_error()), Some(28));
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::StorageFull);
+        assert!(io.to_string().contains("'x.vmdk': writing data"), "{io}");
+        let inner = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert_eq!(inner.os_error().unwrap().raw_os_error(), Some(28));
+        let ro: io::Error = Error::new(ErrorKind::ReadOnly, "no").into();
+        assert_eq!(ro.kind(), io::ErrorKind::PermissionDenied);
+        let c: io::Error = Error::corrupt("bad").into();
+        assert_eq!(c.kind(), io::ErrorKind::Other);
     }
 }

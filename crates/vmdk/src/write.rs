@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::ExtentKind;
+use crate::extent::{ExtentKind, WriteOp};
 use crate::format::descriptor::ExtentAccess;
 use crate::image::{DescriptorLocation, Image};
 
@@ -149,14 +149,45 @@ impl Image {
     }
 
     /// Checks shared by every modifying call; `false` when there is nothing to do. The CID
-    /// changes before the first byte of the first write lands.
-    fn begin_write(&self, offset: u64, len: u64) -> Result<bool> {
+    /// changes before the first byte of the first write lands, and only once the write is
+    /// known not to go through a corrupt table: a refused write leaves the files untouched.
+    fn begin_write(&self, offset: u64, len: u64, op: WriteOp) -> Result<bool> {
         self.writable_check(offset, len)?;
         if len == 0 {
             return Ok(false);
         }
+        self.check_targets(offset, len, op)?;
         self.update_cid_once()?;
         Ok(true)
+    }
+
+    /// Fail if `op` over `[offset, offset+len)` would write through a corrupt grain
+    /// directory or table onto metadata or past the end of a file (see
+    /// [`SparseExtent::check_write_targets`](crate::extent::SparseExtent::check_write_targets)).
+    fn check_targets(&self, offset: u64, len: u64, op: WriteOp) -> Result<()> {
+        let op = match op {
+            WriteOp::Zeroes { may_unmap, .. } => WriteOp::Zeroes {
+                may_unmap,
+                hides_nothing: self.backing.is_none(),
+            },
+            WriteOp::Discard { .. } => WriteOp::Discard {
+                hides_nothing: self.backing.is_none(),
+            },
+            WriteOp::Data => WriteOp::Data,
+        };
+        // The first write rewrites the CID in the embedded descriptor.
+        if matches!(self.desc_location, DescriptorLocation::Embedded { .. })
+            && !self.write_state.cid_updated.load(Ordering::Acquire)
+        {
+            if let Some(ExtentKind::Sparse(s)) = self.extents.first().map(|e| &e.kind) {
+                s.check_writable()?;
+                s.write_guard().check_descriptor(s)?;
+            }
+        }
+        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+            ExtentKind::Sparse(s) => s.check_write_targets(rel, n, op),
+            _ => Ok(()),
+        })
     }
 
     fn writable_check(&self, offset: u64, len: u64) -> Result<()> {
@@ -213,7 +244,7 @@ impl Image {
     /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
     /// one image at once.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.begin_write(offset, buf.len() as u64)? {
+        if !self.begin_write(offset, buf.len() as u64, WriteOp::Data)? {
             return Ok(());
         }
         let durable = self.write_state.durable;
@@ -247,7 +278,11 @@ impl Image {
     /// Write zeros over `[offset, offset+len)`. With `may_unmap`, whole grains may be
     /// deallocated or marked zero instead of written, where that still reads back as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        if !self.begin_write(offset, len)? {
+        let op = WriteOp::Zeroes {
+            may_unmap,
+            hides_nothing: false,
+        };
+        if !self.begin_write(offset, len, op)? {
             return Ok(());
         }
         let durable = self.write_state.durable;
@@ -279,7 +314,10 @@ impl Image {
     /// extents), keeping it reading as zeros. Advisory: parts that cannot be deallocated
     /// keep their data, as a TRIM allows.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        if !self.begin_write(offset, len)? {
+        let op = WriteOp::Discard {
+            hides_nothing: false,
+        };
+        if !self.begin_write(offset, len, op)? {
             return Ok(());
         }
         let durable = self.write_state.durable;

@@ -2,10 +2,13 @@
 //! nothing, for ZERO extents).
 
 pub mod compressed;
+pub(crate) mod free_space;
 pub mod grain_table;
 mod make_empty;
+pub mod metadata;
 pub mod sparse;
 pub mod sparse_write;
+pub mod write_guard;
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use crate::error::Result;
 use crate::format::descriptor::{ExtentAccess, ExtentType};
 use crate::map::{ExtentFile, MapTarget};
 pub use sparse::{GrainState, SparseExtent, SparseFlavor};
+pub use write_guard::WriteOp;
 
 /// How an extent stores its bytes.
 // Images have a handful of extents, so the size of the sparse variant does not matter.

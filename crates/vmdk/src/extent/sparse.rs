@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::extent::free_space::FreeSpace;
 use crate::extent::grain_table::{GrainTable, GrainTableCache};
 use crate::format::cowd_header::{CowdHeader, COWD_GT_ENTRIES};
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
@@ -74,8 +75,12 @@ pub struct SparseExtent {
     pub(crate) compressed: bool,
     pub(crate) has_marker: bool,
     pub(crate) cache: GrainTableCache,
-    /// Next free byte offset for appended grains/tables (writes only).
-    pub(crate) next_free: Mutex<u64>,
+    /// Where appended grains/tables go, and space given back by failed writes (writes only).
+    pub(crate) next_free: Mutex<crate::extent::free_space::FreeSpace>,
+    /// File length at open.
+    pub(crate) open_len: u64,
+    /// Metadata regions for refusing writes through corrupt tables, made on first write.
+    pub(crate) guard: std::sync::OnceLock<crate::extent::write_guard::WriteGuard>,
     /// Whether the header said GD_AT_END (VMware stream layout: footer at the end).
     pub(crate) footer_layout: bool,
     /// Coordination between concurrent writers (see `sparse_write.rs`).
@@ -201,7 +206,9 @@ impl SparseExtent {
             compressed: header.compressed(),
             has_marker: header.has_markers(),
             cache: GrainTableCache::new(cache_tables),
-            next_free: Mutex::new(file_len.next_multiple_of(SECTOR_SIZE)),
+            next_free: Mutex::new(FreeSpace::new(file_len.next_multiple_of(SECTOR_SIZE))),
+            open_len: file_len,
+            guard: Default::default(),
             footer_layout,
             write_locks: Default::default(),
             flavor: SparseFlavor::Vmdk4,
@@ -263,7 +270,9 @@ impl SparseExtent {
             compressed: false,
             has_marker: false,
             cache: GrainTableCache::new(cache_tables / 8),
-            next_free: Mutex::new(file_len.next_multiple_of(SECTOR_SIZE)),
+            next_free: Mutex::new(FreeSpace::new(file_len.next_multiple_of(SECTOR_SIZE))),
+            open_len: file_len,
+            guard: Default::default(),
             footer_layout: false,
             write_locks: Default::default(),
             flavor: SparseFlavor::Cowd,
@@ -333,7 +342,9 @@ impl SparseExtent {
             // Tables are 32 KiB (4096 eight-byte entries), 16 times a VMDK4 table: keep the
             // cache's memory the same as for VMDK4 (and COWD, which divides by 8).
             cache: GrainTableCache::new(cache_tables / 16),
-            next_free: Mutex::new(file_len),
+            next_free: Mutex::new(FreeSpace::new(file_len)),
+            open_len: file_len,
+            guard: Default::default(),
             footer_layout: false,
             write_locks: Default::default(),
             flavor: SparseFlavor::SeSparse,

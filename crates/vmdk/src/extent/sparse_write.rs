@@ -101,10 +101,26 @@ impl SparseExtent {
         self.file.storage.flush().map_err(io_err(self, "flushing"))
     }
 
-    /// Reserve `bytes` at the end of the file.
+    /// Reserve `bytes` for new grains or tables: space given back by a failed write if some
+    /// fits, the end of the file otherwise.
     fn reserve_space(&self, bytes: u64) -> Result<u64> {
-        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
-        let off = *next;
+        // Scans the tables the first time: do it before taking the lock.
+        let tail = self
+            .write_guard()
+            .tail_end(self)
+            .next_multiple_of(SECTOR_SIZE);
+        let mut space = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(off) = space.take_hole(bytes) {
+            return Ok(off);
+        }
+        if space.next < tail {
+            // A grain cut by the end of the file owns the space up to its tail.
+            if space.next == space.initial {
+                space.initial = tail;
+            }
+            space.next = tail;
+        }
+        let off = space.next;
         let end = off + bytes;
         // VMDK4 and COWD tables hold 32-bit sector numbers.
         if end / SECTOR_SIZE > u32::MAX as u64 {
@@ -114,6 +130,14 @@ impl SparseExtent {
             .with_path(&self.file.path));
         }
         if self.flavor == SparseFlavor::Cowd {
+            if space.cowd_free_before.is_none() {
+                let mut b = [0u8; 4];
+                self.file
+                    .storage
+                    .read_exact_at(&mut b, 28)
+                    .map_err(io_err(self, "reading COWD free sector"))?;
+                space.cowd_free_before = Some(u32::from_le_bytes(b));
+            }
             // ESX allocates at the header's freeSector: move it past the new space before
             // anything points there, or ESX would later hand the same sectors out again.
             self.file
@@ -121,8 +145,46 @@ impl SparseExtent {
                 .write_at(&((end / SECTOR_SIZE) as u32).to_le_bytes(), 28)
                 .map_err(io_err(self, "updating COWD free sector"))?;
         }
-        *next = end;
+        space.next = end;
         Ok(off)
+    }
+
+    /// Give back space reserved by [`Self::reserve_space`] whose write failed before anything
+    /// pointed at it: at the end of the file the file is cut back (so a full file system
+    /// leaves no leaked clusters), elsewhere the space is reused by later allocations.
+    /// Best effort: this runs on an error path, and failing here only leaks space.
+    fn release_space(&self, at: u64, bytes: u64) {
+        let mut space = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(end) = space.give_back(at, bytes) else {
+            return;
+        };
+        if self.file.storage.len().is_ok_and(|len| len > end) {
+            let _ = self.file.storage.set_len(end);
+        }
+        if self.flavor == SparseFlavor::Cowd {
+            let free = match space.cowd_free_before {
+                Some(v) if end == space.initial => v,
+                _ => (end / SECTOR_SIZE) as u32,
+            };
+            let _ = self.file.storage.write_at(&free.to_le_bytes(), 28);
+        }
+    }
+
+    /// Whether the on-disk entries `first..first+old.len()` of table `gd_index` still hold
+    /// `old` (a failed table write left nothing behind).
+    fn entries_unchanged(&self, gd_index: usize, first: usize, old: &[u32]) -> bool {
+        let Ok(Some(gt)) = self.gt_offset(gd_index) else {
+            return false;
+        };
+        let mut buf = vec![0u8; old.len() * 4];
+        self.file
+            .storage
+            .read_exact_at(&mut buf, gt + first as u64 * 4)
+            .is_ok()
+            && buf
+                .chunks_exact(4)
+                .zip(old)
+                .all(|(c, &v)| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) == v)
     }
 
     /// The grain table for `gd_index`, allocating it (and its redundant copy) if missing.
@@ -138,23 +200,38 @@ impl SparseExtent {
         if let Some(t) = self.table(gd_index)? {
             return Ok(t);
         }
+        self.write_guard().check_directory(self)?;
         let table_bytes = (self.gt_entries * 4).next_multiple_of(SECTOR_SIZE);
         let copies = if self.rgd.is_some() { 2 } else { 1 };
         let base = self.reserve_space(table_bytes * copies)?;
-        let zeros = vec![0u8; (table_bytes * copies) as usize];
-        self.file
-            .storage
-            .write_at(&zeros, base)
-            .map_err(io_err(self, "writing new grain table"))?;
-        if durable {
-            self.sync()?;
-        }
-        let sector = (base / SECTOR_SIZE) as u32;
-        self.file
-            .storage
-            .write_at(&sector.to_le_bytes(), self.gd_offset + gd_index as u64 * 4)
-            .map_err(io_err(self, "writing grain directory"))?;
+        // Until the directory points at the new table, a failure gives its space back.
+        let unpublished = || -> Result<u32> {
+            let zeros = vec![0u8; (table_bytes * copies) as usize];
+            self.file
+                .storage
+                .write_at(&zeros, base)
+                .map_err(io_err(self, "writing new grain table"))?;
+            if durable {
+                self.sync()?;
+            }
+            let sector = (base / SECTOR_SIZE) as u32;
+            self.file
+                .storage
+                .write_at(&sector.to_le_bytes(), self.gd_offset + gd_index as u64 * 4)
+                .map_err(io_err(self, "writing grain directory"))?;
+            Ok(sector)
+        };
+        let sector =
+            unpublished().inspect_err(|_| self.release_space(base, table_bytes * copies))?;
+        let table = Arc::new(GrainTable::from_bytes(
+            &vec![0u8; self.gt_entries as usize * 4],
+            4,
+        ));
+        self.cache.insert(gd_index as u64, table.clone());
+        self.gd[gd_index].store(sector as u64, Ordering::Release);
         if let (Some(rgd), Some(rgd_off)) = (&self.rgd, self.rgd_offset) {
+            // The primary directory already uses the table; a failure here only leaves the
+            // redundant copy out of date (what `check` reports as a warning).
             let rsector = ((base + table_bytes) / SECTOR_SIZE) as u32;
             self.file
                 .storage
@@ -162,24 +239,22 @@ impl SparseExtent {
                 .map_err(io_err(self, "writing redundant grain directory"))?;
             rgd[gd_index].store(rsector as u64, Ordering::Release);
         }
-        let table = Arc::new(GrainTable::from_bytes(
-            &vec![0u8; self.gt_entries as usize * 4],
-            4,
-        ));
-        self.cache.insert(gd_index as u64, table.clone());
-        self.gd[gd_index].store(sector as u64, Ordering::Release);
         Ok(table)
     }
 
     /// Write raw entries `values` for grains starting at `first` (all in table `gd_index`)
-    /// to the grain table and its redundant copy, then publish them in memory.
+    /// to the grain table and its redundant copy, then publish them in memory. `allocated`:
+    /// the values point at grains this session just allocated.
     fn set_entries(
         &self,
         gd_index: usize,
         table: &GrainTable,
         first: usize,
         values: &[u32],
+        allocated: bool,
     ) -> Result<()> {
+        let guard = self.write_guard();
+        guard.check_table(self, gd_index)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let gt = self
             .gt_offset(gd_index)?
@@ -188,17 +263,22 @@ impl SparseExtent {
             .storage
             .write_at(&bytes, gt + first as u64 * 4)
             .map_err(io_err(self, "writing grain table"))?;
-        if let Some(rgd) = &self.rgd {
-            let rgt = rgd[gd_index].load(Ordering::Acquire) * SECTOR_SIZE;
+        if allocated {
+            let grain = gd_index as u64 * self.gt_entries + first as u64;
+            guard.mark_ours(self, grain, values.len() as u64);
+        }
+        // The primary table is what every reader uses: publish it even if the redundant
+        // copy fails below.
+        for (i, v) in values.iter().enumerate() {
+            table.set(first + i, *v as u64);
+        }
+        if let Some(rgt) = self.rgt_offset(gd_index) {
             if rgt != 0 {
                 self.file
                     .storage
                     .write_at(&bytes, rgt + first as u64 * 4)
                     .map_err(io_err(self, "writing redundant grain table"))?;
             }
-        }
-        for (i, v) in values.iter().enumerate() {
-            table.set(first + i, *v as u64);
         }
         Ok(())
     }
@@ -207,6 +287,7 @@ impl SparseExtent {
     /// unwritten parts of newly allocated grains.
     pub fn write(&self, off: u64, data: &[u8], fill: Fill, durable: bool) -> Result<()> {
         self.check_writable()?;
+        let guard = self.write_guard();
         let end = off + data.len() as u64;
         if end > self.capacity {
             return Err(Error::invalid(format!(
@@ -226,12 +307,18 @@ impl SparseExtent {
             let last_grain = (end - 1) / gs;
             match self.decode(table.get(idx))? {
                 GrainState::Allocated(g) if !self.compressed => {
+                    // A corrupt table must not send the write onto metadata or past the end.
+                    guard.check_table(self, gd_index)?;
+                    guard.check_grain(self, grain, g)?;
                     // Extend over following grains stored right after this one.
                     let mut run_end_grain = grain + 1;
                     while run_end_grain <= last_grain
                         && run_end_grain < table_end_grain
                         && self.decode(table.get((run_end_grain % self.gt_entries) as usize))?
                             == GrainState::Allocated(g + (run_end_grain - grain) * gs)
+                        && guard
+                            .check_grain(self, run_end_grain, g + (run_end_grain - grain) * gs)
+                            .is_ok()
                     {
                         run_end_grain += 1;
                     }
@@ -318,34 +405,56 @@ impl SparseExtent {
             staged = buf;
             &staged
         };
-        let values: Vec<u32> = if self.compressed {
-            let mut v = Vec::with_capacity(count as usize);
-            for (i, chunk) in src.chunks(gs as usize).enumerate() {
-                let lba = (run_start + i as u64 * gs) / SECTOR_SIZE;
-                let rec = compress_grain(chunk, lba, self.has_marker)?;
-                let at = self.reserve_space(rec.len() as u64)?;
+        // Space reserved so far; given back if the run fails before its entries land.
+        let mut reserved: Vec<(u64, u64)> = Vec::new();
+        let give_back = |reserved: &[(u64, u64)]| {
+            for &(at, len) in reserved.iter().rev() {
+                self.release_space(at, len);
+            }
+        };
+        let store = |reserved: &mut Vec<(u64, u64)>| -> Result<Vec<u32>> {
+            let values = if self.compressed {
+                let mut v = Vec::with_capacity(count as usize);
+                for (i, chunk) in src.chunks(gs as usize).enumerate() {
+                    let lba = (run_start + i as u64 * gs) / SECTOR_SIZE;
+                    let rec = compress_grain(chunk, lba, self.has_marker)?;
+                    let at = self.reserve_space(rec.len() as u64)?;
+                    reserved.push((at, rec.len() as u64));
+                    self.file
+                        .storage
+                        .write_at(&rec, at)
+                        .map_err(io_err(self, "writing compressed grain"))?;
+                    v.push((at / SECTOR_SIZE) as u32);
+                }
+                crate::extent::compressed::forget_cached_grain();
+                v
+            } else {
+                let at = self.reserve_space(count * gs)?;
+                reserved.push((at, count * gs));
                 self.file
                     .storage
-                    .write_at(&rec, at)
-                    .map_err(io_err(self, "writing compressed grain"))?;
-                v.push((at / SECTOR_SIZE) as u32);
+                    .write_at(src, at)
+                    .map_err(io_err(self, "writing data"))?;
+                (0..count)
+                    .map(|i| ((at + i * gs) / SECTOR_SIZE) as u32)
+                    .collect()
+            };
+            if durable {
+                self.sync()?;
             }
-            crate::extent::compressed::forget_cached_grain();
-            v
-        } else {
-            let at = self.reserve_space(count * gs)?;
-            self.file
-                .storage
-                .write_at(src, at)
-                .map_err(io_err(self, "writing data"))?;
-            (0..count)
-                .map(|i| ((at + i * gs) / SECTOR_SIZE) as u32)
-                .collect()
+            Ok(values)
         };
-        if durable {
-            self.sync()?;
+        let values = store(&mut reserved).inspect_err(|_| give_back(&reserved))?;
+        let old: Vec<u32> = (0..count)
+            .map(|i| table.get(slot(first + i)) as u32)
+            .collect();
+        if let Err(e) = self.set_entries(gd_index, table, slot(first), &values, true) {
+            // Nothing points at the new grains unless part of the table write landed.
+            if self.entries_unchanged(gd_index, slot(first), &old) {
+                give_back(&reserved);
+            }
+            return Err(e);
         }
-        self.set_entries(gd_index, table, slot(first), &values)?;
         Ok(stop)
     }
 
@@ -379,7 +488,13 @@ impl SparseExtent {
                     let gd_index = (grain / self.gt_entries) as usize;
                     let table = self.ensure_table(gd_index, durable)?;
                     let _r = self.write_locks.reserve(grain..grain + 1);
-                    self.set_entries(gd_index, &table, (grain % self.gt_entries) as usize, &[1])?;
+                    self.set_entries(
+                        gd_index,
+                        &table,
+                        (grain % self.gt_entries) as usize,
+                        &[1],
+                        false,
+                    )?;
                 }
             } else if state == GrainState::Zero
                 || (may_unmap && state == GrainState::Unallocated && hides_nothing)
@@ -432,6 +547,7 @@ impl SparseExtent {
                 &table,
                 (grain % self.gt_entries) as usize,
                 &[value],
+                false,
             )?;
         }
         Ok(())

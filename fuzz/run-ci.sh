@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Build the fuzz targets and run each one for a bounded time; exit non-zero if any crashes
+# (a panic, a hang past -timeout, or memory past -rss_limit_mb), after printing the input.
+#
+# Works on the stable toolchain, offline except for crates.io: the libFuzzer runtime comes
+# with the libfuzzer-sys crate (built by its build script with the C++ compiler), and the
+# coverage instrumentation is plain `-C` codegen flags (no -Z, no nightly, no cargo-fuzz;
+# see README.md). No sanitizer runtime, so -malloc_limit_mb is not enforced; the RSS limit is.
+#
+# Seeds are generated here with qemu-img / qemu-io (small images of a few subformats), so no
+# binaries are committed. Run times (seconds) can be changed through the environment:
+#   FUZZ_WRITE_SECS   write_image                           (default 45)
+#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image (default 15 each)
+#   FUZZ_TARGETS      which targets to run                  (default: all four)
+# and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+write_secs=${FUZZ_WRITE_SECS:-45}
+other_secs=${FUZZ_OTHER_SECS:-15}
+targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image"}
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+# --target keeps the coverage flags off build scripts and proc macros.
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+start=$(date +%s)
+echo "fuzz: building the targets ($host)"
+cargo build --quiet --release --locked --bins --target "$host"
+bin=target/$host/release
+echo "fuzz: built in $(($(date +%s) - start)) s"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# ---- seeds ---------------------------------------------------------------------------------
+seeds=$work/seeds
+mkdir -p "$seeds"
+q() { qemu-img "$@" >/dev/null; }
+io() { qemu-io -f vmdk "$@" >/dev/null; }
+q create -f vmdk "$seeds/sparse.vmdk" 1M
+io -c "write -P 0x11 0 4k" -c "write -P 0x22 300k 70k" "$seeds/sparse.vmdk"
+q create -f vmdk -o zeroed_grain=on "$seeds/zeroed.vmdk" 1M
+io -c "write -P 0x33 64k 8k" -c "write -z 512k 128k" "$seeds/zeroed.vmdk"
+q convert -O vmdk -o subformat=streamOptimized "$seeds/sparse.vmdk" "$seeds/stream.vmdk"
+q create -f vmdk -o subformat=twoGbMaxExtentSparse "$seeds/split.vmdk" 1M
+io -c "write -P 0x44 128k 64k" "$seeds/split.vmdk"
+q create -f vmdk -o subformat=monolithicFlat "$seeds/flat.vmdk" 1M
+images="sparse.vmdk zeroed.vmdk stream.vmdk split-s001.vmdk"
+
+# A write_image op: kind, u32 LE offset, u16 LE length in 4-byte units, seed.
+op() { printf "\\x$1\\x$2\\x$3\\x$4\\x$5\\x$6\\x$7\\x$8"; }
+corpora=${FUZZ_CORPUS_DIR:-$work/corpus}
+for t in $targets; do
+  mkdir -p "$corpora/$t"
+done
+for t in $targets; do
+  c=$corpora/$t
+  case $t in
+    descriptor)
+      cp "$seeds/flat.vmdk" "$c/flat"
+      head -c 1024 "$seeds/sparse.vmdk" | tail -c 512 >"$c/embedded" ;;
+    sparse_header)
+      for i in $images; do head -c 2048 "$seeds/$i" >"$c/$i"; done ;;
+    open_image)
+      for i in $images; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done ;;
+    write_image)
+      for i in $images; do
+        {
+          printf '\x05'
+          op 00 00 10 00 00 00 04 01  # write 4 KiB at 4 KiB
+          op 00 00 f0 00 00 00 40 02  # write 64 KiB at 60 KiB (across a grain)
+          op 01 00 00 02 00 00 40 00  # zeros (may unmap) over a grain at 128 KiB
+          op 03 00 00 03 00 00 80 00  # discard at 192 KiB
+          op 02 00 08 00 00 00 02 00  # zeros (no unmap) inside the first grain
+          printf '\xff'
+          cat "$seeds/$i"
+        } >"$c/$i"
+      done ;;
+  esac
+done
+
+# ---- runs ----------------------------------------------------------------------------------
+status=0
+for t in $targets; do
+  secs=$other_secs
+  [ "$t" = write_image ] && secs=$write_secs
+  art=$work/artifacts/$t/
+  mkdir -p "$art"
+  log=$work/$t.log
+  echo "fuzz: $t for $secs s"
+  if ! "$bin/$t" "$corpora/$t" -max_total_time="$secs" -max_len=300000 \
+      -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$art" -print_final_stats=1 \
+      >"$log" 2>&1; then
+    status=1
+    echo "fuzz: $t FAILED; the end of its log:"
+    tail -n 40 "$log"
+    for f in "$art"*; do
+      [ -f "$f" ] || continue
+      mkdir -p artifacts/"$t"
+      cp "$f" artifacts/"$t"/
+      size=$(wc -c <"$f")
+      echo "fuzz: $t input saved as fuzz/artifacts/$t/$(basename "$f") ($size bytes)"
+      # Small inputs also go to the log, so a CI failure can be reproduced from it alone.
+      if [ "$size" -le 16384 ]; then
+        echo "fuzz: base64 of the input:"
+        base64 -w 0 "$f"
+        echo
+      fi
+    done
+  else
+    grep -E '^stat::number_of_executed_units' "$log" | sed "s/^/fuzz: $t /" || true
+  fi
+done
+echo "fuzz: total $(($(date +%s) - start)) s"
+exit $status
