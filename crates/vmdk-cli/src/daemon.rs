@@ -5,12 +5,40 @@
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 
-/// Fork; the parent waits for the child's word and exits (0 if the child came up), the
-/// child returns and carries on as the server, detached from the terminal's session.
+/// The child's promise to tell the waiting parent that it is up.
+pub struct Ready(std::fs::File);
+
+impl Ready {
+    /// Let the parent exit 0: everything a caller of `--fork` may rely on (the listening
+    /// socket, the pid file) exists now.
+    pub fn signal(mut self) -> std::io::Result<()> {
+        self.0.write_all(b"1")?;
+        // The standard descriptors go to /dev/null, as qemu-nbd's do: whoever started us (a
+        // script reading our output to its end) must not wait for the server to exit.
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto the standard descriptors, from a descriptor we own.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+                libc::dup2(null.as_raw_fd(), 2);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fork; the parent waits for the child's [`Ready::signal`] and exits (0 if it came, 1 if
+/// the child died first), the child returns and carries on as the server, detached from the
+/// terminal's session.
 ///
 /// Must be called while the process has one thread: `fork` copies only the calling thread,
 /// and any lock another thread held would stay locked forever in the child.
-pub fn detach() -> std::io::Result<()> {
+pub fn detach() -> std::io::Result<Ready> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe writes two descriptors into the array we pass, which lives for the call.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -40,23 +68,6 @@ pub fn detach() -> std::io::Result<()> {
         libc::close(fds[0]);
     }
     // SAFETY: fds[1] is the child's copy of the write end, owned by the File from here on.
-    let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-    w.write_all(b"1")?;
-    drop(w);
-    // The standard descriptors go to /dev/null, as qemu-nbd's do: whoever started us (a
-    // script reading our output to its end) must not wait for the server to exit.
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto the standard descriptors, from a descriptor we own.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(null.as_raw_fd(), 1);
-            libc::dup2(null.as_raw_fd(), 2);
-        }
-    }
-    Ok(())
+    let w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+    Ok(Ready(w))
 }

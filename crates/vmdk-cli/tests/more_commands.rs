@@ -529,11 +529,24 @@ fn serve_takes_a_qemu_nbd_command_line() {
         "2",
         &s(&img),
     ]);
+    // The daemon must not outlive the test whatever happens (it would keep the test
+    // harness's inherited descriptors open).
+    struct Daemon(Option<i32>);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                // SAFETY: kill sends a signal; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    // --fork returns only once the pid file is written.
     let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
+        .expect("the pid file exists when --fork returns")
         .trim()
         .parse()
         .unwrap();
+    let mut daemon = Daemon(Some(pid));
     let url = format!("nbd://127.0.0.1:{p}/disk");
     let r = tool("qemu-io", &["-f", "raw", "-c", "read -P 0x5c 0 64k", &url]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -547,6 +560,7 @@ fn serve_takes_a_qemu_nbd_command_line() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    daemon.0 = None;
     qemu_img(&["check", &s(&img)]);
     assert_ne!(vmdk(&["serve", "-f", "raw", &s(&img)]).code, 0);
 }

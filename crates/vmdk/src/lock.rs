@@ -120,7 +120,22 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 /// On a file system without OFD lock support the image is opened unlocked with a warning
 /// (QEMU's `locking=auto` behaviour), not refused.
 pub fn lock(file: &File, path: &Path, req: LockRequest) -> Result<()> {
-    match apply_and_check(file, path, req) {
+    // A conflict can be a ghost: when another thread of this process spawns a program, the
+    // child holds copies of all our descriptors (and so the locks of files we have already
+    // closed) until it execs, a few milliseconds at most. A real holder stays; a ghost goes.
+    // So a conflict is tested again a few times before it is believed.
+    let mut result = apply_and_check(file, path, req);
+    for delay_ms in [1, 2, 5, 10, 20, 40] {
+        match &result {
+            Err(LockFailure::Error(e)) if e.kind() == ErrorKind::Locked => {
+                release(file);
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                result = apply_and_check(file, path, req);
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(LockFailure::Unsupported(e)) => {
             if !WARNED.swap(true, Ordering::Relaxed) {

@@ -197,13 +197,18 @@ pub fn run(args: Args) -> Result<u8> {
             )
         }
     };
-    if args.fork {
-        crate::daemon::detach().context("going to the background")?;
-    }
+    let ready = if args.fork {
+        Some(crate::daemon::detach().context("going to the background")?)
+    } else {
+        None
+    };
     let _pid_file = match &args.pid_file {
         Some(p) => Some(PidFile::write(p)?),
         None => None,
     };
+    if let Some(r) = ready {
+        r.signal().context("telling the parent the server is up")?;
+    }
     let server = Server::new(export.clone(), config);
     let handle = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([
