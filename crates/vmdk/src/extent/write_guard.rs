@@ -9,14 +9,20 @@
 //! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt) error instead.
 //!
 //! The cost is a binary search per allocated grain written: the tables' offsets are kept
-//! sorted once (4 bytes per table). Everything this session allocates lies past the file's
-//! length at that time and is tracked in `ours`, one bit per grain of the tables written
-//! to, so an entry past that length is trusted only if this session put it there. Tables
-//! this session allocates need no entry in the sorted set: they too lie past that length,
-//! where only our own grains are trusted, and our grains never overlap our tables.
+//! sorted once, at the first write (4 bytes per table). Everything this session allocates
+//! lies past the file's length at open and is tracked in `ours`, one bit per grain of the
+//! tables written to, so an entry past that length is trusted only if this session put it
+//! there. Tables this session allocates need no entry in the sorted set: they too lie past
+//! that length, where only our own grains are trusted, and our grains never overlap our
+//! tables. The first allocation also scans the grain tables once for a grain the end of the
+//! file cuts (see `WriteGuard::tail_end`), so new space starts past it.
+//!
+//! Not covered: two entries sharing one data grain (or a table overlapping a data grain).
+//! Finding those needs every entry of every table, which `check` reads and a write should
+//! not have to.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 
 use crate::error::{Error, Result};
 use crate::extent::metadata::Region;
@@ -59,7 +65,7 @@ pub struct WriteGuard {
     /// or lies (partly) past the end of the file.
     bad_tables: Vec<u64>,
     /// Grains whose entries this session set, one bitset per grain table.
-    ours: Mutex<HashMap<usize, Box<[u64]>>>,
+    ours: RwLock<HashMap<usize, Box<[u64]>>>,
     /// End of the furthest grain that starts inside the file (at least `file_len`), found
     /// by one scan of the grain tables the first time it is needed (see [`Self::tail_end`]).
     tail_end: OnceLock<u64>,
@@ -165,7 +171,7 @@ impl WriteGuard {
             tables: starts.into_iter().map(|(s, _)| s).collect(),
             table_span,
             bad_tables,
-            ours: Mutex::new(HashMap::new()),
+            ours: RwLock::new(HashMap::new()),
             tail_end: OnceLock::new(),
         }
     }
@@ -342,7 +348,7 @@ impl WriteGuard {
 
     fn is_ours(&self, s: &SparseExtent, grain: u64) -> bool {
         let (t, j) = ((grain / s.gt_entries) as usize, grain % s.gt_entries);
-        let ours = self.ours.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = self.ours.read().unwrap_or_else(|e| e.into_inner());
         ours.get(&t)
             .is_some_and(|bits| bits[(j / 64) as usize] & (1 << (j % 64)) != 0)
     }
@@ -351,7 +357,7 @@ impl WriteGuard {
     /// allocated. Call before the entries are published in memory.
     pub(crate) fn mark_ours(&self, s: &SparseExtent, first: u64, n: u64) {
         let t = (first / s.gt_entries) as usize;
-        let mut ours = self.ours.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ours = self.ours.write().unwrap_or_else(|e| e.into_inner());
         let bits = ours
             .entry(t)
             .or_insert_with(|| vec![0u64; s.gt_entries.div_ceil(64) as usize].into());
