@@ -23,8 +23,6 @@
 //! that overlaps other metadata is reported and not walked, so a directory pointing many
 //! times at one table costs one walk.
 
-use std::sync::atomic::Ordering;
-
 use crate::error::Result;
 use crate::extent::compressed::compress_bound;
 use crate::extent::{ExtentKind, GrainState, SparseExtent, SparseFlavor};
@@ -378,10 +376,7 @@ impl ExtentCheck<'_> {
         let gt_bytes = s.gt_entries * width;
         let mut walk = vec![false; s.gd.len()];
         for (i, good) in walk.iter_mut().enumerate() {
-            let rgt = s
-                .rgd
-                .as_ref()
-                .map(|rgd| rgd[i].load(Ordering::Acquire) * SECTOR_SIZE);
+            let rgt = s.rgd.as_ref().map(|rgd| rgd.get(i) * SECTOR_SIZE);
             let gt = match s.gt_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::extent::budget::ExtentBudget;
 use crate::extent::{compressed, Extent, ExtentKind, SparseExtent};
 use crate::format::cowd_header::COWD_MAGIC;
 use crate::format::descriptor::{
@@ -18,8 +19,14 @@ use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::paths;
 use crate::storage::{FileStorage, Storage};
 
-/// Most memory the grain directories of one image's extents may take together.
+/// Most memory the grain directories of an image and its backing chain may take together
+/// (checked before each directory is allocated).
 pub const MAX_DIRECTORY_MEMORY: u64 = 1 << 30;
+
+/// Largest virtual disk accepted: QEMU's `BDRV_MAX_LENGTH` (`INT64_MAX` rounded down to
+/// 1 GiB). QEMU refuses anything bigger ("File too large"), and NBD clients cannot take a
+/// size past `INT64_MAX`; offsets inside the disk also stay far from overflowing.
+pub const MAX_VIRTUAL_SIZE: u64 = (1 << 63) - (1 << 30);
 
 /// Deepest backing chain we follow by default.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
@@ -38,8 +45,9 @@ pub struct OpenOptions {
     pub open_backing: bool,
     /// Deepest backing chain accepted.
     pub max_chain_depth: u32,
-    /// Grain tables cached per sparse extent.
-    pub grain_table_cache: usize,
+    /// Bytes of grain tables cached, for the image and its backing chain together
+    /// (shared by all their sparse extents, however many).
+    pub grain_table_cache_bytes: usize,
     /// Durable writes: flush data to stable storage before the grain-table entry that points
     /// at it is written, so a power cut can never leave a table pointing at unwritten data.
     pub durable: bool,
@@ -55,7 +63,7 @@ impl Default for OpenOptions {
             ignore_cid_mismatch: false,
             open_backing: true,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
-            grain_table_cache: crate::extent::sparse::DEFAULT_GT_CACHE,
+            grain_table_cache_bytes: crate::extent::grain_table::DEFAULT_CACHE_BYTES,
             durable: false,
             storage_opener: None,
         }
@@ -229,15 +237,8 @@ impl Image {
     /// Open `path` with `opts`.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         let mut visited = HashSet::new();
-        let mut directory_bytes = 0;
-        Self::open_layer(
-            path.as_ref(),
-            opts,
-            opts.writable,
-            0,
-            &mut visited,
-            &mut directory_bytes,
-        )
+        let budget = ExtentBudget::new(opts.grain_table_cache_bytes, MAX_DIRECTORY_MEMORY);
+        Self::open_layer(path.as_ref(), opts, opts.writable, 0, &mut visited, &budget)
     }
 
     fn open_layer(
@@ -246,7 +247,7 @@ impl Image {
         writable: bool,
         depth: u32,
         visited: &mut HashSet<PathBuf>,
-        directory_bytes: &mut u64,
+        budget: &ExtentBudget,
     ) -> Result<Image> {
         let canonical = path
             .canonicalize()
@@ -293,6 +294,7 @@ impl Image {
                     format,
                     opts,
                     writable,
+                    budget,
                 )?
             }
             FileFormat::Vmdk4Sparse => {
@@ -308,10 +310,13 @@ impl Image {
                         )
                         .with_path(path));
                     };
-                    Self::from_descriptor(path, storage, descriptor, loc, format, opts, writable)?
+                    Self::from_descriptor(
+                        path, storage, descriptor, loc, format, opts, writable, budget,
+                    )?
                 } else {
                     let file = Arc::new(ExtentFile::new(path, storage.clone()));
-                    let sparse = SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?;
+                    let sparse = SparseExtent::open_vmdk4(file, &head, budget)
+                        .map_err(|e| e.with_path(path))?;
                     let (descriptor, loc) = match embedded {
                         Some(d) => d,
                         None => (
@@ -337,13 +342,15 @@ impl Image {
                 let file = Arc::new(ExtentFile::new(path, storage.clone()));
                 let (sparse, ct, kw) = if format == FileFormat::Cowd {
                     (
-                        SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?,
+                        SparseExtent::open_cowd(file, &head, budget)
+                            .map_err(|e| e.with_path(path))?,
                         "vmfsSparse",
                         ExtentType::VmfsSparse,
                     )
                 } else {
                     (
-                        SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?,
+                        SparseExtent::open_sesparse(file, &head, budget)
+                            .map_err(|e| e.with_path(path))?,
                         "seSparse",
                         ExtentType::SeSparse,
                     )
@@ -361,13 +368,11 @@ impl Image {
             }
         };
         image.check_writable_open()?;
-        // The same bound across the whole chain: a deep chain of big directories is as
-        // hungry as one descriptor repeating them.
-        *directory_bytes += image.directory_memory();
-        if *directory_bytes > MAX_DIRECTORY_MEMORY {
-            return Err(Error::corrupt(format!(
-                "the backing chain's grain directories need more than {} MiB of memory",
-                MAX_DIRECTORY_MEMORY >> 20
+        if image.size > MAX_VIRTUAL_SIZE {
+            return Err(Error::unsupported(format!(
+                "virtual size {} bytes is larger than the {} bytes (8 EiB - 1 GiB) QEMU and \
+                 NBD clients can address",
+                image.size, MAX_VIRTUAL_SIZE
             ))
             .with_path(path));
         }
@@ -382,19 +387,18 @@ impl Image {
                     .with_path(path));
                 }
                 let bpath = paths::resolve(path, &hint, "backing file", opts.allow_unsafe_paths)?;
-                let backing =
-                    Self::open_layer(&bpath, opts, false, depth + 1, visited, directory_bytes)
-                        .map_err(|e| {
-                            if e.kind() == ErrorKind::Io && !bpath.exists() {
-                                Error::new(
-                                    ErrorKind::BackingChain,
-                                    format!("backing file \"{hint}\" not found"),
-                                )
-                                .with_path(path)
-                            } else {
-                                e
-                            }
-                        })?;
+                let backing = Self::open_layer(&bpath, opts, false, depth + 1, visited, budget)
+                    .map_err(|e| {
+                        if e.kind() == ErrorKind::Io && !bpath.exists() {
+                            Error::new(
+                                ErrorKind::BackingChain,
+                                format!("backing file \"{hint}\" not found"),
+                            )
+                            .with_path(path)
+                        } else {
+                            e
+                        }
+                    })?;
                 let pcid = image.descriptor.parent_cid;
                 if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch {
                     return Err(Error::new(
@@ -489,46 +493,46 @@ impl Image {
         format: FileFormat,
         opts: &OpenOptions,
         writable: bool,
+        budget: &ExtentBudget,
     ) -> Result<Image> {
-        let mut extents = Vec::with_capacity(descriptor.extents.len());
-        // The grain-table cache budget is per image: share it among the sparse extents
-        // (a twoGbMaxExtentSparse disk of 1000 extents gets no more memory than one).
-        let sparse_lines = descriptor
+        // Refuse an absurd size before opening anything.
+        let total = descriptor
             .extents
             .iter()
-            .filter(|l| {
-                matches!(
-                    l.kind,
-                    ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse
-                )
+            .try_fold(0u64, |t, l| {
+                l.sectors.checked_mul(SECTOR_SIZE)?.checked_add(t)
             })
-            .count()
-            .max(1);
-        let mut opts = opts.clone();
-        opts.grain_table_cache = (opts.grain_table_cache / sparse_lines).max(16);
-        let opts = &opts;
+            .ok_or_else(|| {
+                Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
+            })?;
+        if total > MAX_VIRTUAL_SIZE {
+            return Err(Error::unsupported(format!(
+                "extents add up to {total} bytes, more than the {MAX_VIRTUAL_SIZE} bytes \
+                 (8 EiB - 1 GiB) QEMU and NBD clients can address"
+            ))
+            .with_path(path));
+        }
+        let mut extents = Vec::with_capacity(descriptor.extents.len());
         // Many FLAT lines may name one file (a partitioned device split into ranges): open
         // it once rather than once per line.
         let mut flat_files = std::collections::HashMap::new();
         let mut start = 0u64;
-        // Each sparse extent's directory is bounded by its file, but a descriptor may name
-        // one file thousands of times: bound what all of them hold together.
-        let mut directory_bytes = 0u64;
         for (i, line) in descriptor.extents.iter().enumerate() {
-            let extent = open_extent(path, line, i, start, opts, writable, &mut flat_files)?;
-            start = start.checked_add(extent.length).ok_or_else(|| {
-                Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
-            })?;
-            if let ExtentKind::Sparse(s) = &extent.kind {
-                directory_bytes += s.directory_memory();
-                if directory_bytes > MAX_DIRECTORY_MEMORY {
-                    return Err(Error::corrupt(format!(
-                        "the extents' grain directories need more than {} MiB of memory",
-                        MAX_DIRECTORY_MEMORY >> 20
-                    ))
-                    .with_path(path));
-                }
-            }
+            // Sparse extents take their directories and table cache from the one budget of
+            // the image and its chain: a descriptor naming one file thousands of times gets
+            // no more memory than one naming it once.
+            let extent = open_extent(
+                path,
+                line,
+                i,
+                start,
+                opts,
+                writable,
+                &mut flat_files,
+                budget,
+            )
+            .map_err(|e| e.with_path(path))?;
+            start += extent.length;
             extents.push(extent);
         }
         if extents.is_empty() {
@@ -640,11 +644,12 @@ impl Image {
         Ok(b.entries)
     }
 
+    /// Map this layer into `b`, stopping when `b` refuses a stretch.
     fn map_layer_into(&self, offset: u64, len: u64, depth: u32, b: &mut MapBuilder) -> Result<()> {
         let end = offset + len;
         let mut pos = offset;
         let mut i = self.extent_index(offset);
-        while pos < end && i < self.extents.len() {
+        while pos < end && i < self.extents.len() && !b.stopped() {
             let e = &self.extents[i];
             let e_end = e.start + e.length;
             let n = e_end.min(end) - pos;
@@ -655,8 +660,9 @@ impl Image {
             } else {
                 let mut at = pos;
                 e.map(pos - e.start, n, &mut |l, t| {
-                    b.push(at, l, t, depth);
+                    let more = b.push(at, l, t, depth);
                     at += l;
+                    more
                 })?;
             }
             pos += n;
@@ -674,8 +680,22 @@ impl Image {
         Ok(out.entries)
     }
 
+    /// Like [`Image::map`], but stops after `max_entries` entries (at least one): the
+    /// entries cover `[offset, offset + covered)` for some `covered <= len`, and are not
+    /// empty when `len > 0`. Map a whole disk by calling it again from the end of the last
+    /// entry: the cost is proportional to the entries and metadata met, not to the bytes
+    /// covered, so a huge zero or unallocated stretch costs one step.
+    pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut out = MapBuilder::with_limit(max_entries);
+        self.map_resolved(offset, len, 0, &mut out)?;
+        Ok(out.entries)
+    }
+
     fn map_resolved(&self, offset: u64, len: u64, depth: u32, out: &mut MapBuilder) -> Result<()> {
-        let mut layer = MapBuilder::default();
+        // Every entry of this layer becomes at least one entry of `out`: never map more of
+        // the layer than `out` can take.
+        let mut layer = MapBuilder::with_limit(out.room().saturating_add(1));
         self.map_layer_into(offset, len, depth, &mut layer)?;
         for e in layer.entries {
             match (&e.target, &self.backing) {
@@ -685,14 +705,22 @@ impl Image {
                     if inside > 0 {
                         b.map_resolved(e.start, inside, depth + 1, out)?;
                     }
-                    out.push(
-                        e.start + inside,
-                        e.length - inside,
-                        MapTarget::Unallocated,
-                        depth,
-                    );
+                    if out.stopped()
+                        || !out.push(
+                            e.start + inside,
+                            e.length - inside,
+                            MapTarget::Unallocated,
+                            depth,
+                        )
+                    {
+                        return Ok(());
+                    }
                 }
-                _ => out.push(e.start, e.length, e.target, e.depth),
+                _ => {
+                    if !out.push(e.start, e.length, e.target, e.depth) {
+                        return Ok(());
+                    }
+                }
             }
         }
         Ok(())
@@ -781,6 +809,7 @@ fn open_extent(
     opts: &OpenOptions,
     writable: bool,
     flat_files: &mut std::collections::HashMap<(PathBuf, bool), Arc<ExtentFile>>,
+    budget: &ExtentBudget,
 ) -> Result<Extent> {
     let length = line.sectors.checked_mul(SECTOR_SIZE).ok_or_else(|| {
         Error::corrupt(format!("extent {index} size overflows")).with_path(desc_path)
@@ -839,13 +868,13 @@ fn open_extent(
             let head = read_head(&*storage, &epath, 4096)?;
             let sparse = match probe(&head) {
                 Some(FileFormat::Vmdk4Sparse) if line.kind != ExtentType::SeSparse => {
-                    SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_vmdk4(file, &head, budget)?
                 }
                 Some(FileFormat::Cowd) if line.kind != ExtentType::SeSparse => {
-                    SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_cowd(file, &head, budget)?
                 }
                 Some(FileFormat::SeSparse) if line.kind == ExtentType::SeSparse => {
-                    SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_sesparse(file, &head, budget)?
                 }
                 _ => {
                     return Err(Error::corrupt(format!(

@@ -30,6 +30,7 @@ pub mod paths;
 pub mod raw;
 pub mod storage;
 pub mod stream_writer;
+pub mod walk;
 pub mod write;
 
 pub use check::{check, CheckReport};

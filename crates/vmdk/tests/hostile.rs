@@ -1139,10 +1139,11 @@ fn odd_files() {
 fn many_extents_sharing_a_big_directory() {
     let d = Dir::new();
     let big = d.path("big.vmdk");
-    // 16 TiB: 4 MiB of directory (8 MiB with the redundant copy) in memory per extent.
+    // 16 TiB: 2 MiB of directory (4 MiB with the redundant copy) in memory per extent;
+    // 300 of them would be 1.2 GiB.
     vmdk::create(&big, 16 << 40, &vmdk::CreateOptions::default()).unwrap();
     let sectors = (16u64 << 40) / 512;
-    let lines: Vec<String> = (0..200)
+    let lines: Vec<String> = (0..300)
         .map(|_| format!("RW {sectors} SPARSE \"big.vmdk\""))
         .collect();
     let desc = format!(

@@ -1,7 +1,9 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
 //! nothing, for ZERO extents).
 
+pub mod budget;
 pub mod compressed;
+pub mod entries;
 pub mod grain_table;
 pub mod sparse;
 pub mod sparse_write;
@@ -56,8 +58,14 @@ impl Extent {
         }
     }
 
-    /// Map `[off, off+len)` relative to the extent start.
-    pub fn map(&self, off: u64, len: u64, emit: &mut dyn FnMut(u64, MapTarget)) -> Result<()> {
+    /// Map `[off, off+len)` relative to the extent start, calling `emit` with consecutive
+    /// `(length, target)` pieces until it returns `false` (the caller has enough).
+    pub fn map(
+        &self,
+        off: u64,
+        len: u64,
+        emit: &mut dyn FnMut(u64, MapTarget) -> bool,
+    ) -> Result<()> {
         match &self.kind {
             ExtentKind::Flat { file, offset } => {
                 emit(

@@ -9,7 +9,6 @@
 //! file end is bumped under a short lock.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -160,14 +159,15 @@ impl SparseExtent {
                 .storage
                 .write_at(&rsector.to_le_bytes(), rgd_off + gd_index as u64 * 4)
                 .map_err(io_err(self, "writing redundant grain directory"))?;
-            rgd[gd_index].store(rsector as u64, Ordering::Release);
+            rgd.set(gd_index, rsector as u64);
         }
         let table = Arc::new(GrainTable::from_bytes(
             &vec![0u8; self.gt_entries as usize * 4],
             4,
         ));
-        self.cache.insert(gd_index as u64, table.clone());
-        self.gd[gd_index].store(sector as u64, Ordering::Release);
+        self.cache
+            .insert(self.cache_id, gd_index as u64, table.clone());
+        self.gd.set(gd_index, sector as u64);
         Ok(table)
     }
 
@@ -189,7 +189,7 @@ impl SparseExtent {
             .write_at(&bytes, gt + first as u64 * 4)
             .map_err(io_err(self, "writing grain table"))?;
         if let Some(rgd) = &self.rgd {
-            let rgt = rgd[gd_index].load(Ordering::Acquire) * SECTOR_SIZE;
+            let rgt = rgd.get(gd_index) * SECTOR_SIZE;
             if rgt != 0 {
                 self.file
                     .storage
