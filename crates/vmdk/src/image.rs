@@ -1,7 +1,7 @@
 //! Opening an image: probing what a file is, following its descriptor to its extents and its
 //! backing chain, and answering reads and mapping queries over the whole virtual disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,8 +20,10 @@ use crate::paths;
 use crate::storage::{FileStorage, Storage};
 
 /// Most memory the grain directories of an image and its backing chain may take together
-/// (checked before each directory is allocated).
-pub const MAX_DIRECTORY_MEMORY: u64 = 1 << 30;
+/// (checked before each directory is allocated). 512 MiB is 128M four-byte entries: 4 PiB
+/// of disk at 64 KiB grains, hundreds of times VMware's largest (62 TiB, 8 MiB with the
+/// redundant copy), while leaving room under a 1 GiB address-space limit.
+pub const MAX_DIRECTORY_MEMORY: u64 = 512 << 20;
 
 /// Largest virtual disk accepted: QEMU's `BDRV_MAX_LENGTH` (`INT64_MAX` rounded down to
 /// 1 GiB). QEMU refuses anything bigger ("File too large"), and NBD clients cannot take a
@@ -475,7 +477,7 @@ impl Image {
                 length,
                 access: ExtentAccess::ReadWrite,
                 kind_keyword: keyword,
-                kind: ExtentKind::Sparse(sparse),
+                kind: ExtentKind::Sparse(Arc::new(sparse)),
             }],
             size: length,
             backing: None,
@@ -513,25 +515,15 @@ impl Image {
             .with_path(path));
         }
         let mut extents = Vec::with_capacity(descriptor.extents.len());
-        // Many FLAT lines may name one file (a partitioned device split into ranges): open
-        // it once rather than once per line.
-        let mut flat_files = std::collections::HashMap::new();
+        let mut files = OpenedFiles {
+            flat: HashMap::new(),
+            sparse: HashMap::new(),
+            budget,
+        };
         let mut start = 0u64;
         for (i, line) in descriptor.extents.iter().enumerate() {
-            // Sparse extents take their directories and table cache from the one budget of
-            // the image and its chain: a descriptor naming one file thousands of times gets
-            // no more memory than one naming it once.
-            let extent = open_extent(
-                path,
-                line,
-                i,
-                start,
-                opts,
-                writable,
-                &mut flat_files,
-                budget,
-            )
-            .map_err(|e| e.with_path(path))?;
+            let extent = open_extent(path, line, i, start, opts, writable, &mut files)
+                .map_err(|e| e.with_path(path))?;
             start += extent.length;
             extents.push(extent);
         }
@@ -554,10 +546,12 @@ impl Image {
 
     /// Bytes of memory this image's (not its backing chain's) grain directories take.
     pub fn directory_memory(&self) -> u64 {
+        let mut seen = HashSet::new();
         self.extents
             .iter()
             .map(|e| match &e.kind {
-                ExtentKind::Sparse(s) => s.directory_memory(),
+                // Lines naming one file share its extent: count it once.
+                ExtentKind::Sparse(s) if seen.insert(Arc::as_ptr(s)) => s.directory_memory(),
                 _ => 0,
             })
             .sum()
@@ -640,6 +634,20 @@ impl Image {
     pub fn map_layer(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
         self.check_range(offset, len)?;
         let mut b = MapBuilder::default();
+        self.map_layer_into(offset, len, 0, &mut b)?;
+        Ok(b.entries)
+    }
+
+    /// Like [`Image::map_layer`], but at most `max_entries` entries (at least one) covering
+    /// a prefix of the range; see [`Image::map_prefix`].
+    pub fn map_layer_prefix(
+        &self,
+        offset: u64,
+        len: u64,
+        max_entries: usize,
+    ) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut b = MapBuilder::with_limit(max_entries);
         self.map_layer_into(offset, len, 0, &mut b)?;
         Ok(b.entries)
     }
@@ -801,6 +809,22 @@ fn synthesized_descriptor(
     }
 }
 
+/// What the extents of one descriptor share while they are opened.
+///
+/// Many lines may name one file: FLAT lines for a partitioned device split into ranges, and
+/// a hostile descriptor may repeat one sparse file thousands of times. Each file is opened
+/// once (per writability) and shared, so descriptor lines cost no file descriptors, grain
+/// directories or table cache of their own; a shared sparse extent also keeps one
+/// allocator, so writes through two lines cannot hand out the same space twice.
+struct OpenedFiles<'a> {
+    /// Keyed by path and writability.
+    flat: HashMap<(PathBuf, bool), Arc<ExtentFile>>,
+    /// Keyed by path, whether the line says seSparse, and writability.
+    sparse: HashMap<(PathBuf, bool, bool), Arc<SparseExtent>>,
+    /// Directory memory and the grain-table cache, shared with the whole chain.
+    budget: &'a ExtentBudget,
+}
+
 fn open_extent(
     desc_path: &Path,
     line: &ExtentLine,
@@ -808,8 +832,7 @@ fn open_extent(
     start: u64,
     opts: &OpenOptions,
     writable: bool,
-    flat_files: &mut std::collections::HashMap<(PathBuf, bool), Arc<ExtentFile>>,
-    budget: &ExtentBudget,
+    files: &mut OpenedFiles,
 ) -> Result<Extent> {
     let length = line.sectors.checked_mul(SECTOR_SIZE).ok_or_else(|| {
         Error::corrupt(format!("extent {index} size overflows")).with_path(desc_path)
@@ -834,8 +857,16 @@ fn open_extent(
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw
     );
     let shared = is_flat
-        .then(|| flat_files.get(&(epath.clone(), ext_writable)).cloned())
+        .then(|| files.flat.get(&(epath.clone(), ext_writable)).cloned())
         .flatten();
+    let sparse_key = (
+        epath.clone(),
+        line.kind == ExtentType::SeSparse,
+        ext_writable,
+    );
+    if let Some(sparse) = files.sparse.get(&sparse_key) {
+        return Ok(mk(ExtentKind::Sparse(sparse.clone())));
+    }
     // The whole extent must be addressable: reads add offsets inside it.
     let flat_offset = || {
         line.offset
@@ -857,8 +888,11 @@ fn open_extent(
     )?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     if is_flat {
-        flat_files.insert((epath.clone(), ext_writable), file.clone());
+        files
+            .flat
+            .insert((epath.clone(), ext_writable), file.clone());
     }
+    let budget = files.budget;
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
             let offset = flat_offset()?;
@@ -884,6 +918,8 @@ fn open_extent(
                     .with_path(&epath))
                 }
             };
+            let sparse = Arc::new(sparse);
+            files.sparse.insert(sparse_key, sparse.clone());
             Ok(mk(ExtentKind::Sparse(sparse)))
         }
         ExtentType::Zero => unreachable!("handled above"),

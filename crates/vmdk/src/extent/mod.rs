@@ -16,8 +16,6 @@ use crate::map::{ExtentFile, MapTarget};
 pub use sparse::{GrainState, SparseExtent, SparseFlavor};
 
 /// How an extent stores its bytes.
-// Images have a handful of extents, so the size of the sparse variant does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ExtentKind {
     /// Bytes stored contiguously in `file` from byte `offset` (FLAT and VMFS extents).
@@ -29,8 +27,8 @@ pub enum ExtentKind {
     },
     /// No storage: reads as zeros.
     Zero,
-    /// Grain directory / grain tables / grains.
-    Sparse(SparseExtent),
+    /// Grain directory / grain tables / grains; shared by the lines naming the same file.
+    Sparse(Arc<SparseExtent>),
 }
 
 /// One extent of an image, placed in the virtual disk.
