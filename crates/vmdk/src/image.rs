@@ -25,10 +25,7 @@ use crate::storage::{FileStorage, Storage};
 /// redundant copy), while leaving room under a 1 GiB address-space limit.
 pub const MAX_DIRECTORY_MEMORY: u64 = 512 << 20;
 
-/// Largest virtual disk accepted: QEMU's `BDRV_MAX_LENGTH` (`INT64_MAX` rounded down to
-/// 1 GiB). QEMU refuses anything bigger ("File too large"), and NBD clients cannot take a
-/// size past `INT64_MAX`; offsets inside the disk also stay far from overflowing.
-pub const MAX_VIRTUAL_SIZE: u64 = (1 << 63) - (1 << 30);
+pub use crate::format::MAX_VIRTUAL_SIZE;
 
 /// Deepest backing chain we follow by default.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;

@@ -348,7 +348,18 @@ impl SparseExtent {
         let capacity = h
             .capacity
             .checked_mul(SECTOR_SIZE)
-            .ok_or_else(|| corrupt(&file, "capacity overflows"))?;
+            .filter(|c| *c <= crate::format::MAX_VIRTUAL_SIZE)
+            .ok_or_else(|| {
+                corrupt(
+                    &file,
+                    format!(
+                        "capacity of {} sectors is more than the {} bytes (8 EiB - 1 GiB) QEMU \
+                         and NBD clients can address",
+                        h.capacity,
+                        crate::format::MAX_VIRTUAL_SIZE
+                    ),
+                )
+            })?;
         let needed = capacity.div_ceil(per_gd);
         // From the file: saturate rather than overflow (only compared against `needed`).
         let gd_entries = h.grain_dir_size.saturating_mul(SECTOR_SIZE) / 8;
