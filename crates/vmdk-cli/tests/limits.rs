@@ -83,7 +83,7 @@ fn vmdk_limited(args: &[&str], nofile: Option<u64>) -> Limited {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let max = files.rlim_max as u64;
+            let max = files.rlim_max;
             set(libc::RLIMIT_NOFILE, nofile.unwrap_or(max).min(max), max)
         });
     }
@@ -223,7 +223,7 @@ fn ten_thousand_extent_two_gb_max_extent_sparse() {
     };
     // SAFETY: getrlimit writes the struct we pass.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    let n = 10000.min(lim.rlim_max as u64 - 64);
+    let n = 10000.min(lim.rlim_max.saturating_sub(64));
     if n < 10000 {
         eprintln!("note: the open-file hard limit allows only {n} extents");
     }

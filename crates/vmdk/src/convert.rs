@@ -42,7 +42,14 @@ pub trait Source: Send + Sync {
     fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>>;
     /// Like [`Source::map`], but at most `max_entries` entries (at least one) covering a
     /// prefix of the range, at a cost proportional to the entries rather than the bytes.
-    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>>;
+    ///
+    /// The default maps at most 1 GiB and keeps the first entries: correct, but a huge
+    /// zero stretch then costs one call per GiB. Images and raw files do better.
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        let mut v = self.map(offset, len.min(1 << 30))?;
+        v.truncate(max_entries.max(1));
+        Ok(v)
+    }
     /// Read bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 }

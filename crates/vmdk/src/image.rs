@@ -484,6 +484,7 @@ impl Image {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn from_descriptor(
         path: &Path,
         storage: Arc<dyn Storage>,
