@@ -1224,6 +1224,12 @@ fn absurd_virtual_sizes() {
     let p = build::write(d.0.path(), "cap.vmdk", &f);
     let e = expect_err("sparse capacity", &p, C, "cap.vmdk");
     assert!(e.message().contains("QEMU"), "{e}");
+    // Nor is such an image created.
+    let p = d.path("new.vmdk");
+    let max = vmdk::image::MAX_VIRTUAL_SIZE;
+    let e = vmdk::create(&p, max + 512, &vmdk::CreateOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(!p.exists());
     // The cap itself is fine, and a disk that size of zeros maps in one step.
     let desc = build::descriptor(
         1,
