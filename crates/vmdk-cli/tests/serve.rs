@@ -408,6 +408,69 @@ fn serves_monolithic_sparse() {
     check_read_only_export(dir.path(), &img);
 }
 
+/// A 4 EiB disk is served with its true size (qemu connects) and block status costs what
+/// the map holds, not the bytes asked about; a size past what NBD clients take (the
+/// 2^63 - 2^30 QEMU limit) is refused when the image is opened, before anything is served.
+#[test]
+fn serves_a_4_eib_disk_and_refuses_bigger() {
+    if skip_without(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempdir();
+    let desc = |name: &str, sectors: u64| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"monolithicFlat\"\nRW {sectors} ZERO\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let size = 1u64 << 62;
+    let img = desc("big.vmdk", size / 512);
+    let t0 = Instant::now();
+    let server = Served::tcp(&img, &["-r", "-t"]);
+    let url = server.url();
+    assert_eq!(virtual_size(&["-f", "raw", &url]), size);
+    let start = format!("--start-offset={}", size - 16 * 1024 * MIB);
+    let out = ok(
+        "qemu-img",
+        &[
+            "map",
+            "--output=json",
+            "-f",
+            "raw",
+            &start,
+            "--max-length=16G",
+            &url,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let e = &v.as_array().unwrap()[..];
+    assert_eq!(e.len(), 1, "{out}");
+    assert_eq!(e[0]["start"], size - 16 * 1024 * MIB, "{out}");
+    assert_eq!(e[0]["length"], 16 * 1024 * MIB, "{out}");
+    assert_eq!(
+        (&e[0]["zero"], &e[0]["data"]),
+        (&true.into(), &false.into()),
+        "{out}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    drop(server);
+
+    let huge = desc("huge.vmdk", (1u64 << 55) - 1);
+    let r = vmdk(&["serve", "-r", "-b", "127.0.0.1:0", &s(&huge)]);
+    assert_ne!(r.code, 0, "served: {}", r.stderr);
+    assert!(
+        r.stderr.contains("huge.vmdk") && r.stderr.contains("QEMU"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn serves_zeroed_grains() {
     if tools_for_reads() {

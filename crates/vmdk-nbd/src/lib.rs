@@ -106,6 +106,10 @@ pub struct ServerConfig {
     pub persistent: bool,
     /// Concurrent request handlers per connection (default 4).
     pub workers_per_client: usize,
+    /// Negotiation, reads and writes alike, must finish within this time (default 10 s,
+    /// qemu-nbd's), so a silent, trickling or non-reading peer cannot hold a connection
+    /// slot: it is dropped when the time is up.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +121,7 @@ impl Default for ServerConfig {
             max_clients: 1,
             persistent: false,
             workers_per_client: 4,
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -13,15 +13,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::handshake;
 use crate::proto::*;
-use crate::socket::{wait_readable, DeadlineReader, Listener, Socket};
+use crate::socket::{wait_readable, DeadlineReader, DeadlineWriter, Listener, Socket};
 use crate::transmission;
 use crate::{BlockExport, ServerConfig};
 
 /// How often the accept loop re-checks for shutdown / finished clients.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Negotiation must finish within this time (qemu-nbd's default handshake
-/// limit), so a silent or trickling peer cannot hold a connection slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, in-flight requests get this long to complete before
 /// connections are closed hard.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -223,6 +220,14 @@ impl Server {
     }
 
     fn serve(&self, listener: &dyn Listener) -> io::Result<()> {
+        let size = self.ctx.export.size();
+        if size > i64::MAX as u64 {
+            // NBD clients (qemu, libnbd) take the size as a signed 64-bit number.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("export size {size} is larger than the 2^63-1 bytes NBD clients accept"),
+            ));
+        }
         // Non-blocking so a connection that vanishes between poll() and
         // accept() cannot block the loop past a shutdown request.
         listener.set_nonblocking_listener(true)?;
@@ -326,13 +331,21 @@ impl Server {
         };
         let ctx = Arc::clone(&self.ctx);
         let workers = self.config.workers_per_client.max(1);
+        let handshake_timeout = self.config.handshake_timeout;
         let spawned = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 let on_established = || {
                     lock(&guard.active.state).established += 1;
                 };
-                run_connection(&ctx, sock, &peer, workers, &on_established);
+                run_connection(
+                    &ctx,
+                    sock,
+                    &peer,
+                    workers,
+                    handshake_timeout,
+                    &on_established,
+                );
                 drop(guard);
             });
         match spawned {
@@ -389,6 +402,7 @@ fn run_connection(
     mut sock: Box<dyn Socket>,
     peer: &str,
     workers: usize,
+    handshake_timeout: Duration,
     on_established: &dyn Fn(),
 ) {
     info!(peer, "client connected");
@@ -399,13 +413,21 @@ fn run_connection(
             return;
         }
     };
-    let reader = DeadlineReader::new(reader, Some(Instant::now() + HANDSHAKE_TIMEOUT));
+    // Negotiation must finish within the handshake time, reads and writes alike, so a
+    // silent, trickling or non-reading peer cannot hold a connection slot.
+    let deadline = Instant::now() + handshake_timeout;
+    let reader = DeadlineReader::new(reader, Some(deadline));
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut writer = DeadlineWriter::new(&mut *sock, deadline);
 
-    match handshake::negotiate(&mut reader, &mut sock, ctx) {
+    let negotiated = handshake::negotiate(&mut reader, &mut writer, ctx);
+    match negotiated {
         Ok(Some(neg)) => {
             // Idle clients are fine once connected.
-            if let Err(e) = reader.get_mut().clear_deadline() {
+            let cleared = writer
+                .clear_deadline()
+                .and_then(|()| reader.get_mut().clear_deadline());
+            if let Err(e) = cleared {
                 warn!(peer, error = %e, "cannot clear the handshake timeout");
                 return;
             }

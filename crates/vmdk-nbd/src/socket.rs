@@ -15,6 +15,7 @@ pub(crate) trait Socket: Read + Write + Send + Sync {
     /// threads blocked in `read`/`write` get woken up.
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()>;
     fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
 }
 
 impl Socket for TcpStream {
@@ -27,6 +28,9 @@ impl Socket for TcpStream {
     fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(timeout)
     }
+    fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(timeout)
+    }
 }
 
 impl Socket for UnixStream {
@@ -38,6 +42,9 @@ impl Socket for UnixStream {
     }
     fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(timeout)
+    }
+    fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(timeout)
     }
 }
 
@@ -134,6 +141,41 @@ impl Read for DeadlineReader {
             self.sock.set_read_timeout_socket(Some(left))?;
         }
         self.sock.read(buf)
+    }
+}
+
+/// Write half of a connection with an overall deadline, for the handshake.
+///
+/// Without it, a peer that sends options and never reads the replies blocks the server in
+/// `write` once the socket buffers are full, holding its connection slot for as long as the
+/// peer likes: the read deadline never gets a chance to fire.
+pub(crate) struct DeadlineWriter<'a> {
+    sock: &'a mut dyn Socket,
+    deadline: Instant,
+}
+
+impl<'a> DeadlineWriter<'a> {
+    pub fn new(sock: &'a mut dyn Socket, deadline: Instant) -> Self {
+        DeadlineWriter { sock, deadline }
+    }
+
+    /// Remove the socket write timeout (transmission writes have no deadline).
+    pub fn clear_deadline(self) -> io::Result<()> {
+        self.sock.set_write_timeout_socket(None)
+    }
+}
+
+impl Write for DeadlineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.sock.set_write_timeout_socket(Some(left))?;
+        self.sock.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
     }
 }
 

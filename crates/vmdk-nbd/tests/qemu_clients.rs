@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use common::*;
 use vmdk_nbd::ServerConfig;
@@ -315,4 +316,90 @@ fn qemu_io_read_only() {
         out.all()
     );
     assert_eq!(export.writes.load(Ordering::SeqCst), 0);
+}
+
+/// A client that sends options and never reads the replies must not hold the only
+/// connection slot past the handshake deadline: the server's handshake writes are under the
+/// deadline too, so once its socket buffers are full it drops the client instead of
+/// blocking in `write` for as long as the client likes.
+#[test]
+fn non_reading_client_is_dropped_at_the_handshake_deadline() {
+    if skip_without("qemu-img") {
+        return;
+    }
+    const DEADLINE: Duration = Duration::from_secs(2);
+    for unix in [false, true] {
+        let config = ServerConfig {
+            // Big replies fill the socket buffers after a few dozen options.
+            description: Some("d".repeat(4000)),
+            handshake_timeout: DEADLINE,
+            ..cfg(1)
+        };
+        let export = MemExport::new(24 * MIB);
+        let srv = if unix {
+            TestServer::unix(export, config)
+        } else {
+            TestServer::tcp(export, config)
+        };
+        let stuck = non_reading_client(&srv);
+        // Only one slot: this client waits in the backlog until the stuck one is dropped.
+        let t0 = Instant::now();
+        let out = run(
+            "qemu-img",
+            &["info", "--output=json", "-f", "raw", &srv.url()],
+        );
+        let took = t0.elapsed();
+        assert!(out.success, "unix={unix}: {}", out.all());
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["virtual-size"], 24 * MIB);
+        // It really waited for the stuck client (the slot was held), but no longer than
+        // the deadline plus slack.
+        assert!(
+            took >= DEADLINE / 2,
+            "unix={unix}: served after {took:?}: the stuck client did not hold the slot"
+        );
+        assert!(
+            took < DEADLINE + Duration::from_secs(8),
+            "unix={unix}: served only after {took:?}"
+        );
+        drop(stuck);
+    }
+}
+
+/// Connect, send the client flags and then options (LIST, and INFO for long unknown export
+/// names) without ever reading a reply. Returns the connection, kept open.
+fn non_reading_client(srv: &TestServer) -> Box<dyn std::any::Any> {
+    let mut opts = Vec::new();
+    opts.extend_from_slice(&3u32.to_be_bytes()); // fixed newstyle, no zeroes
+    let name = "n".repeat(300);
+    for i in 0..1000 {
+        let (opt, data) = if i % 2 == 0 {
+            (OPT_LIST, Vec::new())
+        } else {
+            (OPT_INFO, info_payload(&name, &[]))
+        };
+        opts.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        opts.extend_from_slice(&opt.to_be_bytes());
+        opts.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        opts.extend_from_slice(&data);
+    }
+    fn send<S: std::io::Write>(s: &mut S, bytes: &[u8]) {
+        // The server stops reading once it is stuck writing, and hangs up at its deadline:
+        // neither is an error here.
+        let _ = s.write_all(bytes);
+    }
+    match &srv.addr {
+        Addr::Tcp(a) => {
+            let mut s = std::net::TcpStream::connect(a).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            send(&mut s, &opts);
+            Box::new(s)
+        }
+        Addr::Unix(p) => {
+            let mut s = std::os::unix::net::UnixStream::connect(p).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            send(&mut s, &opts);
+            Box::new(s)
+        }
+    }
 }

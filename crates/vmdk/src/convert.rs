@@ -3,9 +3,10 @@
 //!
 //! # How a conversion runs
 //!
-//! A *planner* walks the source's map in large windows and cuts the stretches that hold data
-//! into *tasks*: grain-aligned virtual ranges of at most 512 KiB (4 MiB when writing a sparse
-//! VMDK, where bigger runs mean fewer allocations), numbered in disk order.
+//! A *planner* walks the source's map in batches of entries (so a huge zero stretch costs one
+//! step) and cuts the stretches that hold data into *tasks*: grain-aligned virtual ranges of
+//! at most 512 KiB (4 MiB when writing a sparse VMDK, where bigger runs mean fewer
+//! allocations), numbered in disk order.
 //! Zero and unallocated stretches never become tasks. Worker threads (one per core by
 //! default) take the next task, read it into a pooled buffer (one positional read per
 //! contiguous data run; compressed grains that lie next to each other in the file are fetched
@@ -32,6 +33,7 @@ use crate::map::{MapEntry, MapTarget};
 use crate::raw::RawFile;
 use crate::storage::FileId;
 use crate::stream_writer::{is_zero, GrainEncoder, StreamWriter, GRAIN_SECTORS};
+use crate::walk::MapWalker;
 
 /// Anything convert and compare can read: a VMDK image or a raw file.
 pub trait Source: Send + Sync {
@@ -39,6 +41,16 @@ pub trait Source: Send + Sync {
     fn size(&self) -> u64;
     /// What `[offset, offset+len)` holds (resolved through any backing chain).
     fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>>;
+    /// Like [`Source::map`], but at most `max_entries` entries (at least one) covering a
+    /// prefix of the range, at a cost proportional to the entries rather than the bytes.
+    ///
+    /// The default maps at most 1 GiB and keeps the first entries: correct, but a huge
+    /// zero stretch then costs one call per GiB. Images and raw files do better.
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        let mut v = self.map(offset, len.min(1 << 30))?;
+        v.truncate(max_entries.max(1));
+        Ok(v)
+    }
     /// Read bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Every host file the source reads (so an output never overwrites one of them).
@@ -51,6 +63,9 @@ impl Source for Image {
     }
     fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
         Image::map(self, offset, len)
+    }
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        Image::map_prefix(self, offset, len, max_entries)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         Image::read_at(self, buf, offset)
@@ -66,6 +81,9 @@ impl Source for RawFile {
     }
     fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
         RawFile::map(self, offset, len)
+    }
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        RawFile::map_prefix(self, offset, len, max_entries)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         RawFile::read_at(self, buf, offset)
@@ -203,6 +221,8 @@ const MAX_TASK: u64 = 512 << 10;
 /// Largest task when writing a sparse VMDK: bigger runs mean fewer, larger grain allocations
 /// (measured: 4 MiB costs half the CPU of 256 KiB).
 const MAX_TASK_SPARSE: u64 = 4 << 20;
+/// Map entries the planner asks for at a time.
+const PLAN_BATCH: usize = 1024;
 /// Budget for task buffers in flight (input and output together).
 const IN_FLIGHT_BUDGET: u64 = 64 << 20;
 /// Grain size used for output VMDK images.
@@ -232,7 +252,6 @@ struct Planner<'a> {
     size: u64,
     align: u64,
     max_task: u64,
-    window: u64,
     /// Everything before this has been handed out.
     cursor: u64,
     /// Map entries covering up to `mapped`, front first, only those `want` keeps.
@@ -249,7 +268,6 @@ impl<'a> Planner<'a> {
             size: src.size(),
             align,
             max_task,
-            window: max_task * 64,
             cursor: 0,
             queue: VecDeque::new(),
             mapped: 0,
@@ -271,20 +289,36 @@ impl<'a> Planner<'a> {
                 if self.mapped >= self.size {
                     return Ok(None);
                 }
-                let end = (self.mapped + self.window).min(self.size);
+                // Map by batches of entries, not fixed windows, so huge zero stretches cost
+                // nothing. `mapped` stays a multiple of the alignment (tasks are cut there).
+                let left = self.size - self.mapped;
+                let mut batch = self.src.map_prefix(self.mapped, left, PLAN_BATCH)?;
+                let covered = batch.last().map_or(self.size, |e| e.start + e.length);
+                let mut end = if covered >= self.size {
+                    self.size
+                } else {
+                    covered / self.align * self.align
+                };
+                if end <= self.mapped {
+                    // The whole batch lies in one alignment unit: map that unit in full.
+                    end = (self.mapped + self.align).min(self.size);
+                    batch = self.src.map(self.mapped, end - self.mapped)?;
+                }
                 let want = self.want;
-                self.queue = self
-                    .src
-                    .map(self.mapped, end - self.mapped)?
+                self.queue = batch
                     .into_iter()
-                    .filter(want)
+                    .filter(|e| e.start < end && want(e))
+                    .map(|mut e| {
+                        e.length = e.length.min(end - e.start);
+                        e
+                    })
                     .collect();
                 self.mapped = end;
                 continue;
             }
             let first = self.queue.front().expect("not empty");
             let start = self.cursor.max(first.start / self.align * self.align);
-            // Tasks never cross a map window (windows are multiples of the alignment).
+            // Tasks never cross a batch's end (a multiple of the alignment).
             let limit = (start + self.max_task).min(self.mapped);
             let mut data_end = start;
             let mut entries = Vec::new();
@@ -865,7 +899,7 @@ pub enum CompareResult {
     },
 }
 
-/// Virtual bytes per compare work item (mapped at once; zero stretches cost nothing).
+/// Virtual bytes per compare work item at most (mapped at once by the worker).
 const COMPARE_CHUNK: u64 = 32 << 20;
 /// Bytes read from each source at once when comparing.
 const COMPARE_READ: u64 = 1 << 20;
@@ -879,8 +913,56 @@ const COMPARE_READ: u64 = 1 << 20;
 /// extra part. Offsets are exact bytes; qemu-img reports the 512-byte sector containing them
 /// (`offset / 512 * 512`). A strict (`-s`) caller treats `SizeDiffers`, and a `DiffersAt`
 /// at or past the smaller size, as a size mismatch.
+///
+/// The cost is proportional to the data and the map entries of the two sources, not to
+/// their size: stretches where neither holds data are skipped without being read or cut
+/// into work items.
 pub fn compare(a: &dyn Source, b: &dyn Source, progress: Progress) -> Result<CompareResult> {
     compare_with(a, b, 0, progress)
+}
+
+/// Hands out compare work items front to back: ranges of at most [`COMPARE_CHUNK`] that
+/// start where one of the sources holds data.
+struct CompareItems<'a> {
+    wa: MapWalker<'a>,
+    wb: MapWalker<'a>,
+    ea: Option<MapEntry>,
+    eb: Option<MapEntry>,
+    pos: u64,
+    total: u64,
+}
+
+impl CompareItems<'_> {
+    /// The entry of `w` covering `pos` (`cur` is the last one taken).
+    fn covering(w: &mut MapWalker, cur: &mut Option<MapEntry>, pos: u64) -> Result<MapEntry> {
+        loop {
+            if let Some(e) = cur {
+                if e.start + e.length > pos {
+                    return Ok(e.clone());
+                }
+            }
+            *cur = w.next()?;
+            if cur.is_none() {
+                return Err(Error::invalid(format!("map ends before offset {pos}")));
+            }
+        }
+    }
+
+    /// The next item `[start, end)`, or `None` when nothing is left.
+    fn next(&mut self) -> Result<Option<(u64, u64)>> {
+        while self.pos < self.total {
+            let ea = Self::covering(&mut self.wa, &mut self.ea, self.pos)?;
+            let eb = Self::covering(&mut self.wb, &mut self.eb, self.pos)?;
+            if ea.target.is_data() || eb.target.is_data() {
+                let start = self.pos;
+                let end = (start + COMPARE_CHUNK).min(self.total);
+                self.pos = end;
+                return Ok(Some((start, end)));
+            }
+            self.pos = (ea.start + ea.length).min(eb.start + eb.length);
+        }
+        Ok(None)
+    }
 }
 
 /// [`compare`] with an explicit worker count (0 = number of CPUs).
@@ -893,12 +975,25 @@ pub fn compare_with(
     let (sa, sb) = (a.size(), b.size());
     let total = sa.max(sb);
     let threads = worker_count(threads);
-    let chunks = total.div_ceil(COMPARE_CHUNK);
-    let next = AtomicU64::new(0);
+    let items = Mutex::new(CompareItems {
+        wa: MapWalker::new(a, 0, total),
+        wb: MapWalker::new(b, 0, total),
+        ea: None,
+        eb: None,
+        pos: 0,
+        total,
+    });
     let first_diff = AtomicU64::new(u64::MAX);
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::Relaxed);
+        let mut g = error.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(e);
+        }
+    };
     progress(0, total);
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -906,31 +1001,28 @@ pub fn compare_with(
                 let mut ba = Vec::new();
                 let mut bb = Vec::new();
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks || failed.load(Ordering::Relaxed) {
+                    if failed.load(Ordering::Relaxed) {
                         return;
                     }
-                    let start = i * COMPARE_CHUNK;
+                    let next = items.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let (start, end) = match next {
+                        Ok(Some(item)) => item,
+                        Ok(None) => return,
+                        Err(e) => return fail(e),
+                    };
                     if start >= first_diff.load(Ordering::Relaxed) {
                         return;
                     }
-                    let end = (start + COMPARE_CHUNK).min(total);
-                    let r = compare_range(a, b, start, end, &first_diff, &mut ba, &mut bb);
-                    match r {
+                    match compare_range(a, b, start, end, &first_diff, &mut ba, &mut bb) {
                         Ok(Some(off)) => {
                             first_diff.fetch_min(off, Ordering::Relaxed);
                         }
                         Ok(None) => {}
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            let mut g = error.lock().unwrap_or_else(|e| e.into_inner());
-                            if g.is_none() {
-                                *g = Some(e);
-                            }
-                            return;
-                        }
+                        Err(e) => return fail(e),
                     }
-                    let d = done.fetch_add(end - start, Ordering::Relaxed) + (end - start);
+                    // Items are handed out in order: everything before this one's end is
+                    // done or being done. Reported monotonically across workers.
+                    let d = done.fetch_max(end, Ordering::Relaxed).max(end);
                     progress(d, total);
                 }
             });

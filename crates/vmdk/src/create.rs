@@ -357,7 +357,13 @@ pub fn create_sparing(
 ) -> Result<()> {
     let size = size
         .checked_next_multiple_of(SECTOR_SIZE)
-        .ok_or_else(|| Error::invalid("image size too large"))?;
+        .filter(|s| *s <= crate::format::MAX_VIRTUAL_SIZE)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "image size too large (at most {} bytes, what QEMU and NBD clients can address)",
+                crate::format::MAX_VIRTUAL_SIZE
+            ))
+        })?;
     let sub = opts.subformat;
     if sub.is_flat() && opts.backing_file.is_some() {
         return Err(Error::invalid("Flat image can't have backing file"));

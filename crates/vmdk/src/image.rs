@@ -1,11 +1,12 @@
 //! Opening an image: probing what a file is, following its descriptor to its extents and its
 //! backing chain, and answering reads and mapping queries over the whole virtual disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::extent::budget::ExtentBudget;
 use crate::extent::{compressed, Extent, ExtentKind, SparseExtent};
 use crate::format::cowd_header::COWD_MAGIC;
 use crate::format::descriptor::{
@@ -20,8 +21,13 @@ use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::paths::{self, PathPolicy};
 use crate::storage::{FileId, FileStorage, Storage};
 
-/// Most memory the grain directories of one image's extents may take together.
-pub const MAX_DIRECTORY_MEMORY: u64 = 1 << 30;
+/// Most memory the grain directories of an image and its backing chain may take together
+/// (checked before each directory is allocated). 512 MiB is 128M four-byte entries: 4 PiB
+/// of disk at 64 KiB grains, hundreds of times VMware's largest (62 TiB, 8 MiB with the
+/// redundant copy), while leaving room under a 1 GiB address-space limit.
+pub const MAX_DIRECTORY_MEMORY: u64 = 512 << 20;
+
+pub use crate::format::MAX_VIRTUAL_SIZE;
 
 /// Deepest backing chain we follow by default.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
@@ -51,8 +57,9 @@ pub struct OpenOptions {
     pub open_backing: bool,
     /// Deepest backing chain accepted.
     pub max_chain_depth: u32,
-    /// Grain tables cached per sparse extent.
-    pub grain_table_cache: usize,
+    /// Bytes of grain tables cached, for the image and its backing chain together
+    /// (shared by all their sparse extents, however many).
+    pub grain_table_cache_bytes: usize,
     /// Durable writes: flush data to stable storage before the grain-table entry that points
     /// at it is written, so a power cut can never leave a table pointing at unwritten data.
     pub durable: bool,
@@ -71,7 +78,7 @@ impl Default for OpenOptions {
             ignore_cid_mismatch: false,
             open_backing: true,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
-            grain_table_cache: crate::extent::sparse::DEFAULT_GT_CACHE,
+            grain_table_cache_bytes: crate::extent::grain_table::DEFAULT_CACHE_BYTES,
             durable: false,
             storage_opener: None,
         }
@@ -344,15 +351,8 @@ impl Image {
             );
         }
         let mut visited = HashSet::new();
-        let mut directory_bytes = 0;
-        Self::open_layer(
-            path.as_ref(),
-            opts,
-            opts.writable,
-            0,
-            &mut visited,
-            &mut directory_bytes,
-        )
+        let budget = ExtentBudget::new(opts.grain_table_cache_bytes, MAX_DIRECTORY_MEMORY);
+        Self::open_layer(path.as_ref(), opts, opts.writable, 0, &mut visited, &budget)
     }
 
     fn open_layer(
@@ -361,7 +361,7 @@ impl Image {
         writable: bool,
         depth: u32,
         visited: &mut HashSet<PathBuf>,
-        directory_bytes: &mut u64,
+        budget: &ExtentBudget,
     ) -> Result<Image> {
         let canonical = path
             .canonicalize()
@@ -417,6 +417,7 @@ impl Image {
                     format,
                     opts,
                     writable,
+                    budget,
                 )?
             }
             FileFormat::Vmdk4Sparse => {
@@ -432,10 +433,13 @@ impl Image {
                         )
                         .with_path(path));
                     };
-                    Self::from_descriptor(path, storage, descriptor, loc, format, opts, writable)?
+                    Self::from_descriptor(
+                        path, storage, descriptor, loc, format, opts, writable, budget,
+                    )?
                 } else {
                     let file = Arc::new(ExtentFile::new(path, storage.clone()));
-                    let sparse = SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?;
+                    let sparse = SparseExtent::open_vmdk4(file, &head, budget)
+                        .map_err(|e| e.with_path(path))?;
                     let (descriptor, loc) = match embedded {
                         Some(d) => d,
                         None => (
@@ -461,13 +465,15 @@ impl Image {
                 let file = Arc::new(ExtentFile::new(path, storage.clone()));
                 let (sparse, ct, kw) = if format == FileFormat::Cowd {
                     (
-                        SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?,
+                        SparseExtent::open_cowd(file, &head, budget)
+                            .map_err(|e| e.with_path(path))?,
                         "vmfsSparse",
                         ExtentType::VmfsSparse,
                     )
                 } else {
                     (
-                        SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?,
+                        SparseExtent::open_sesparse(file, &head, budget)
+                            .map_err(|e| e.with_path(path))?,
                         "seSparse",
                         ExtentType::SeSparse,
                     )
@@ -486,13 +492,11 @@ impl Image {
             FileFormat::Foreign(_) => unreachable!("refused above"),
         };
         image.check_writable_open()?;
-        // The same bound across the whole chain: a deep chain of big directories is as
-        // hungry as one descriptor repeating them.
-        *directory_bytes += image.directory_memory();
-        if *directory_bytes > MAX_DIRECTORY_MEMORY {
-            return Err(Error::corrupt(format!(
-                "the backing chain's grain directories need more than {} MiB of memory",
-                MAX_DIRECTORY_MEMORY >> 20
+        if image.size > MAX_VIRTUAL_SIZE {
+            return Err(Error::unsupported(format!(
+                "virtual size {} bytes is larger than the {} bytes (8 EiB - 1 GiB) QEMU and \
+                 NBD clients can address",
+                image.size, MAX_VIRTUAL_SIZE
             ))
             .with_path(path));
         }
@@ -507,19 +511,18 @@ impl Image {
                     .with_path(path));
                 }
                 let bpath = paths::resolve(path, &hint, "backing file", &opts.path_policy())?;
-                let backing =
-                    Self::open_layer(&bpath, opts, false, depth + 1, visited, directory_bytes)
-                        .map_err(|e| {
-                            if e.kind() == ErrorKind::Io && !bpath.exists() {
-                                Error::new(
-                                    ErrorKind::BackingChain,
-                                    format!("backing file \"{hint}\" not found"),
-                                )
-                                .with_path(path)
-                            } else {
-                                e
-                            }
-                        })?;
+                let backing = Self::open_layer(&bpath, opts, false, depth + 1, visited, budget)
+                    .map_err(|e| {
+                        if e.kind() == ErrorKind::Io && !bpath.exists() {
+                            Error::new(
+                                ErrorKind::BackingChain,
+                                format!("backing file \"{hint}\" not found"),
+                            )
+                            .with_path(path)
+                        } else {
+                            e
+                        }
+                    })?;
                 let pcid = image.descriptor.parent_cid;
                 if pcid != CID_NONE && pcid != backing.descriptor.cid && !opts.ignore_cid_mismatch {
                     return Err(Error::new(
@@ -603,7 +606,7 @@ impl Image {
                 length,
                 access,
                 kind_keyword: keyword,
-                kind: ExtentKind::Sparse(sparse),
+                kind: ExtentKind::Sparse(Arc::new(sparse)),
             }],
             size: length,
             backing: None,
@@ -613,6 +616,7 @@ impl Image {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn from_descriptor(
         path: &Path,
         storage: Arc<dyn Storage>,
@@ -621,46 +625,36 @@ impl Image {
         format: FileFormat,
         opts: &OpenOptions,
         writable: bool,
+        budget: &ExtentBudget,
     ) -> Result<Image> {
-        let mut extents = Vec::with_capacity(descriptor.extents.len());
-        // The grain-table cache budget is per image: share it among the sparse extents
-        // (a twoGbMaxExtentSparse disk of 1000 extents gets no more memory than one).
-        let sparse_lines = descriptor
+        // Refuse an absurd size before opening anything.
+        let total = descriptor
             .extents
             .iter()
-            .filter(|l| {
-                matches!(
-                    l.kind,
-                    ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse
-                )
+            .try_fold(0u64, |t, l| {
+                l.sectors.checked_mul(SECTOR_SIZE)?.checked_add(t)
             })
-            .count()
-            .max(1);
-        let mut opts = opts.clone();
-        opts.grain_table_cache = (opts.grain_table_cache / sparse_lines).max(16);
-        let opts = &opts;
-        // Many FLAT lines may name one file (a partitioned device split into ranges): open
-        // it once rather than once per line.
-        let mut flat_files = std::collections::HashMap::new();
-        let mut start = 0u64;
-        // Each sparse extent's directory is bounded by its file, but a descriptor may name
-        // one file thousands of times: bound what all of them hold together.
-        let mut directory_bytes = 0u64;
-        for (i, line) in descriptor.extents.iter().enumerate() {
-            let extent = open_extent(path, line, i, start, opts, writable, &mut flat_files)?;
-            start = start.checked_add(extent.length).ok_or_else(|| {
+            .ok_or_else(|| {
                 Error::corrupt("extents add up to more than 2^64 bytes").with_path(path)
             })?;
-            if let ExtentKind::Sparse(s) = &extent.kind {
-                directory_bytes += s.directory_memory();
-                if directory_bytes > MAX_DIRECTORY_MEMORY {
-                    return Err(Error::corrupt(format!(
-                        "the extents' grain directories need more than {} MiB of memory",
-                        MAX_DIRECTORY_MEMORY >> 20
-                    ))
-                    .with_path(path));
-                }
-            }
+        if total > MAX_VIRTUAL_SIZE {
+            return Err(Error::unsupported(format!(
+                "extents add up to {total} bytes, more than the {MAX_VIRTUAL_SIZE} bytes \
+                 (8 EiB - 1 GiB) QEMU and NBD clients can address"
+            ))
+            .with_path(path));
+        }
+        let mut extents = Vec::with_capacity(descriptor.extents.len());
+        let mut files = OpenedFiles {
+            flat: HashMap::new(),
+            sparse: HashMap::new(),
+            budget,
+        };
+        let mut start = 0u64;
+        for (i, line) in descriptor.extents.iter().enumerate() {
+            let extent = open_extent(path, line, i, start, opts, writable, &mut files)
+                .map_err(|e| e.with_path(path))?;
+            start += extent.length;
             extents.push(extent);
         }
         if extents.is_empty() {
@@ -682,10 +676,12 @@ impl Image {
 
     /// Bytes of memory this image's (not its backing chain's) grain directories take.
     pub fn directory_memory(&self) -> u64 {
+        let mut seen = HashSet::new();
         self.extents
             .iter()
             .map(|e| match &e.kind {
-                ExtentKind::Sparse(s) => s.directory_memory(),
+                // Lines naming one file share its extent: count it once.
+                ExtentKind::Sparse(s) if seen.insert(Arc::as_ptr(s)) => s.directory_memory(),
                 _ => 0,
             })
             .sum()
@@ -790,11 +786,26 @@ impl Image {
         Ok(b.entries)
     }
 
+    /// Like [`Image::map_layer`], but at most `max_entries` entries (at least one) covering
+    /// a prefix of the range; see [`Image::map_prefix`].
+    pub fn map_layer_prefix(
+        &self,
+        offset: u64,
+        len: u64,
+        max_entries: usize,
+    ) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut b = MapBuilder::with_limit(max_entries);
+        self.map_layer_into(offset, len, 0, &mut b)?;
+        Ok(b.entries)
+    }
+
+    /// Map this layer into `b`, stopping when `b` refuses a stretch.
     fn map_layer_into(&self, offset: u64, len: u64, depth: u32, b: &mut MapBuilder) -> Result<()> {
         let end = offset + len;
         let mut pos = offset;
         let mut i = self.extent_index(offset);
-        while pos < end && i < self.extents.len() {
+        while pos < end && i < self.extents.len() && !b.stopped() {
             let e = &self.extents[i];
             let e_end = e.start + e.length;
             let n = e_end.min(end) - pos;
@@ -805,8 +816,9 @@ impl Image {
             } else {
                 let mut at = pos;
                 e.map(pos - e.start, n, &mut |l, t| {
-                    b.push(at, l, t, depth);
+                    let more = b.push(at, l, t, depth);
                     at += l;
+                    more
                 })?;
             }
             pos += n;
@@ -824,8 +836,22 @@ impl Image {
         Ok(out.entries)
     }
 
+    /// Like [`Image::map`], but stops after `max_entries` entries (at least one): the
+    /// entries cover `[offset, offset + covered)` for some `covered <= len`, and are not
+    /// empty when `len > 0`. Map a whole disk by calling it again from the end of the last
+    /// entry: the cost is proportional to the entries and metadata met, not to the bytes
+    /// covered, so a huge zero or unallocated stretch costs one step.
+    pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
+        self.check_range(offset, len)?;
+        let mut out = MapBuilder::with_limit(max_entries);
+        self.map_resolved(offset, len, 0, &mut out)?;
+        Ok(out.entries)
+    }
+
     fn map_resolved(&self, offset: u64, len: u64, depth: u32, out: &mut MapBuilder) -> Result<()> {
-        let mut layer = MapBuilder::default();
+        // Every entry of this layer becomes at least one entry of `out`: never map more of
+        // the layer than `out` can take.
+        let mut layer = MapBuilder::with_limit(out.room().saturating_add(1));
         self.map_layer_into(offset, len, depth, &mut layer)?;
         for e in layer.entries {
             match (&e.target, &self.backing) {
@@ -835,14 +861,22 @@ impl Image {
                     if inside > 0 {
                         b.map_resolved(e.start, inside, depth + 1, out)?;
                     }
-                    out.push(
-                        e.start + inside,
-                        e.length - inside,
-                        MapTarget::Unallocated,
-                        depth,
-                    );
+                    if out.stopped()
+                        || !out.push(
+                            e.start + inside,
+                            e.length - inside,
+                            MapTarget::Unallocated,
+                            depth,
+                        )
+                    {
+                        return Ok(());
+                    }
                 }
-                _ => out.push(e.start, e.length, e.target, e.depth),
+                _ => {
+                    if !out.push(e.start, e.length, e.target, e.depth) {
+                        return Ok(());
+                    }
+                }
             }
         }
         Ok(())
@@ -923,6 +957,22 @@ fn synthesized_descriptor(
     }
 }
 
+/// What the extents of one descriptor share while they are opened.
+///
+/// Many lines may name one file: FLAT lines for a partitioned device split into ranges, and
+/// a hostile descriptor may repeat one sparse file thousands of times. Each file is opened
+/// once (per writability) and shared, so descriptor lines cost no file descriptors, grain
+/// directories or table cache of their own; a shared sparse extent also keeps one
+/// allocator, so writes through two lines cannot hand out the same space twice.
+struct OpenedFiles<'a> {
+    /// Keyed by path and writability.
+    flat: HashMap<(PathBuf, bool), Arc<ExtentFile>>,
+    /// Keyed by path, whether the line says seSparse, and writability.
+    sparse: HashMap<(PathBuf, bool, bool), Arc<SparseExtent>>,
+    /// Directory memory and the grain-table cache, shared with the whole chain.
+    budget: &'a ExtentBudget,
+}
+
 fn open_extent(
     desc_path: &Path,
     line: &ExtentLine,
@@ -930,7 +980,7 @@ fn open_extent(
     start: u64,
     opts: &OpenOptions,
     writable: bool,
-    flat_files: &mut std::collections::HashMap<(PathBuf, bool), Arc<ExtentFile>>,
+    files: &mut OpenedFiles,
 ) -> Result<Extent> {
     let length = line.sectors.checked_mul(SECTOR_SIZE).ok_or_else(|| {
         Error::corrupt(format!("extent {index} size overflows")).with_path(desc_path)
@@ -955,8 +1005,16 @@ fn open_extent(
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw
     );
     let shared = is_flat
-        .then(|| flat_files.get(&(epath.clone(), ext_writable)).cloned())
+        .then(|| files.flat.get(&(epath.clone(), ext_writable)).cloned())
         .flatten();
+    let sparse_key = (
+        epath.clone(),
+        line.kind == ExtentType::SeSparse,
+        ext_writable,
+    );
+    if let Some(sparse) = files.sparse.get(&sparse_key) {
+        return Ok(mk(ExtentKind::Sparse(sparse.clone())));
+    }
     // The whole extent must be addressable: reads add offsets inside it.
     let flat_offset = || {
         line.offset
@@ -978,8 +1036,11 @@ fn open_extent(
     let storage = open_storage(&epath, ext_writable, opts.allow_unsafe_paths, role, opts)?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     if is_flat {
-        flat_files.insert((epath.clone(), ext_writable), file.clone());
+        files
+            .flat
+            .insert((epath.clone(), ext_writable), file.clone());
     }
+    let budget = files.budget;
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
             let offset = flat_offset()?;
@@ -989,13 +1050,13 @@ fn open_extent(
             let head = read_head(&*storage, &epath, 4096)?;
             let sparse = match probe(&head) {
                 Some(FileFormat::Vmdk4Sparse) if line.kind != ExtentType::SeSparse => {
-                    SparseExtent::open_vmdk4(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_vmdk4(file, &head, budget)?
                 }
                 Some(FileFormat::Cowd) if line.kind != ExtentType::SeSparse => {
-                    SparseExtent::open_cowd(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_cowd(file, &head, budget)?
                 }
                 Some(FileFormat::SeSparse) if line.kind == ExtentType::SeSparse => {
-                    SparseExtent::open_sesparse(file, &head, opts.grain_table_cache)?
+                    SparseExtent::open_sesparse(file, &head, budget)?
                 }
                 _ => {
                     return Err(Error::corrupt(format!(
@@ -1005,6 +1066,8 @@ fn open_extent(
                     .with_path(&epath))
                 }
             };
+            let sparse = Arc::new(sparse);
+            files.sparse.insert(sparse_key, sparse.clone());
             Ok(mk(ExtentKind::Sparse(sparse)))
         }
         ExtentType::Zero => unreachable!("handled above"),

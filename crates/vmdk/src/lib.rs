@@ -37,6 +37,7 @@ pub mod resize;
 pub mod source_window;
 pub mod storage;
 pub mod stream_writer;
+pub mod walk;
 pub mod write;
 
 pub use check::{check, CheckReport};

@@ -134,15 +134,53 @@ pub struct MapEntry {
 }
 
 /// Appends stretches, merging each with the previous one where they continue each other.
-#[derive(Debug, Default)]
+/// With a limit, it takes at most that many entries and then refuses everything, so callers
+/// can stop early and report the prefix they covered.
+#[derive(Debug)]
 pub(crate) struct MapBuilder {
     pub(crate) entries: Vec<MapEntry>,
+    limit: usize,
+    stopped: bool,
+}
+
+impl Default for MapBuilder {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl MapBuilder {
-    pub(crate) fn push(&mut self, start: u64, length: u64, target: MapTarget, depth: u32) {
+    /// A builder that takes at most `limit` entries (at least one).
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        MapBuilder {
+            entries: Vec::new(),
+            limit: limit.max(1),
+            stopped: false,
+        }
+    }
+
+    /// Whether a stretch was refused: the entries cover only a prefix of what was asked.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Entries still to be taken before the limit.
+    pub(crate) fn room(&self) -> usize {
+        if self.stopped {
+            0
+        } else {
+            self.limit - self.entries.len()
+        }
+    }
+
+    /// Append a stretch; `false` if it was refused (the limit is reached) and the caller
+    /// should stop.
+    pub(crate) fn push(&mut self, start: u64, length: u64, target: MapTarget, depth: u32) -> bool {
+        if self.stopped {
+            return false;
+        }
         if length == 0 {
-            return;
+            return true;
         }
         if let Some(last) = self.entries.last_mut() {
             if last.depth == depth
@@ -150,8 +188,12 @@ impl MapBuilder {
                 && last.target.continues(last.length, &target)
             {
                 last.length += length;
-                return;
+                return true;
             }
+        }
+        if self.entries.len() >= self.limit {
+            self.stopped = true;
+            return false;
         }
         self.entries.push(MapEntry {
             start,
@@ -159,5 +201,6 @@ impl MapBuilder {
             target,
             depth,
         });
+        true
     }
 }

@@ -96,6 +96,12 @@ impl RawFile {
 
     /// What `[offset, offset+len)` holds: holes as [`MapTarget::Zero`], the rest as data.
     pub fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+        self.map_prefix(offset, len, usize::MAX)
+    }
+
+    /// Like [`RawFile::map`], but stops after `max_entries` entries (at least one), which
+    /// then cover a prefix of the range.
+    pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
         let end = offset
             .checked_add(len)
             .filter(|e| *e <= self.size)
@@ -106,7 +112,7 @@ impl RawFile {
                 ))
                 .with_path(&self.path)
             })?;
-        let mut b = MapBuilder::default();
+        let mut b = MapBuilder::with_limit(max_entries);
         let data = |b: &mut MapBuilder, s: u64, e: u64| {
             b.push(
                 s,
@@ -123,7 +129,7 @@ impl RawFile {
             return Ok(b.entries);
         }
         let mut pos = offset;
-        while pos < end {
+        while pos < end && !b.stopped() {
             let d = match self.seek(pos, libc::SEEK_DATA) {
                 Ok(Some(d)) => d.min(end),
                 Ok(None) => end,

@@ -18,7 +18,6 @@
 //! interrupted resize leaves the old disk (plus unreferenced space at the end of a file).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use crate::create::{geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE};
 use crate::error::{Error, Result};
@@ -318,7 +317,7 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
     let relocate = new_n > room;
     let dirs: Vec<(u64, Vec<u64>)> = std::iter::once((s.gd_offset, &s.gd))
         .chain(s.rgd_offset.zip(s.rgd.as_ref()))
-        .map(|(off, d)| (off, d.iter().map(|e| e.load(Ordering::Acquire)).collect()))
+        .map(|(off, d)| (off, (0..d.len()).map(|i| d.get(i)).collect()))
         .collect();
     let mut new_offsets = Vec::new();
     for (off, mut entries) in dirs {

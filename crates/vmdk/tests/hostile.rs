@@ -1133,24 +1133,218 @@ fn odd_files() {
     });
 }
 
-/// A descriptor naming one big-directory sparse file many times must not add up to
-/// gigabytes of grain directories in memory.
+/// A descriptor naming one big-directory sparse file many times shares one opened extent
+/// (one directory in memory); naming many distinct big-directory files is refused once
+/// their directories would pass the bound, before the next one is allocated.
 #[test]
 fn many_extents_sharing_a_big_directory() {
     let d = Dir::new();
     let big = d.path("big.vmdk");
-    // 16 TiB: 4 MiB of directory (8 MiB with the redundant copy) in memory per extent.
+    // 16 TiB: 2 MiB of directory (4 MiB with the redundant copy) in memory per extent;
+    // 300 distinct ones would be 1.2 GiB.
     vmdk::create(&big, 16 << 40, &vmdk::CreateOptions::default()).unwrap();
     let sectors = (16u64 << 40) / 512;
-    let lines: Vec<String> = (0..200)
-        .map(|_| format!("RW {sectors} SPARSE \"big.vmdk\""))
-        .collect();
-    let desc = format!(
-        "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"custom\"\n{}\n",
-        lines.join("\n")
+    let desc = |names: &dyn Fn(usize) -> String| {
+        let lines: Vec<String> = (0..300)
+            .map(|i| format!("RW {sectors} SPARSE \"{}\"", names(i)))
+            .collect();
+        build::descriptor(1, 0xffffffff, "custom", None, &lines)
+    };
+    let same = build::write(
+        d.0.path(),
+        "same.vmdk",
+        desc(&|_| "big.vmdk".into()).as_bytes(),
     );
-    let p = d.path("many.vmdk");
-    std::fs::write(&p, desc).unwrap();
+    let img = guarded("one file 300 times", move || Image::open(&same).unwrap());
+    assert_eq!(img.extents().len(), 300);
+    assert_eq!(img.directory_memory(), 4 << 20);
+    // Hard links: 300 distinct files with the same big directory.
+    for i in 0..300 {
+        std::fs::hard_link(&big, d.path(&format!("l{i}.vmdk"))).unwrap();
+    }
+    let p = build::write(
+        d.0.path(),
+        "many.vmdk",
+        desc(&|i| format!("l{i}.vmdk")).as_bytes(),
+    );
     let e = expect_err("many big extents", &p, &[ErrorKind::Corrupt], "many.vmdk");
     assert!(e.message().contains("grain directories"), "{e}");
+}
+
+/// Sizes QEMU and NBD clients cannot address (past 2^63 - 2^30) are refused at open, before
+/// anything is mapped: a 224-byte descriptor of 2^64 - 512 bytes used to make a map run for
+/// 18 minutes.
+#[test]
+fn absurd_virtual_sizes() {
+    let d = Dir::new();
+    let max_sectors = vmdk::image::MAX_VIRTUAL_SIZE / 512;
+    let cases: [(&str, Vec<String>, ErrorKind); 4] = [
+        (
+            "2^64",
+            vec![format!("RW {} ZERO", u64::MAX / 512)],
+            ErrorKind::Unsupported,
+        ),
+        (
+            "cap+1",
+            vec![format!("RW {} ZERO", max_sectors + 1)],
+            ErrorKind::Unsupported,
+        ),
+        (
+            "two-halves",
+            vec![
+                format!("RW {} ZERO", max_sectors / 2 + 1),
+                format!("RW {} ZERO", max_sectors / 2 + 1),
+            ],
+            ErrorKind::Unsupported,
+        ),
+        (
+            "overflow",
+            vec![
+                format!("RW {} ZERO", u64::MAX / 512),
+                format!("RW {} ZERO", u64::MAX / 512),
+            ],
+            ErrorKind::Corrupt,
+        ),
+    ];
+    for (name, lines, kind) in cases {
+        let file = format!("{name}.vmdk");
+        let desc = build::descriptor(1, 0xffffffff, "monolithicFlat", None, &lines);
+        let p = build::write(d.0.path(), &file, desc.as_bytes());
+        let t0 = std::time::Instant::now();
+        let e = expect_err(name, &p, &[kind], &file);
+        assert!(t0.elapsed().as_secs() < 2, "{name}: {:?}", t0.elapsed());
+        assert!(
+            e.message().contains("2^64") || e.message().contains("QEMU"),
+            "{e}"
+        );
+    }
+    // A sparse extent claiming more than the cap is refused before its directory is read.
+    let mut f = header_only(max_sectors + 128, 1 << 21, 512, 1);
+    build::put_u64(&mut f, 64, 1);
+    let p = build::write(d.0.path(), "cap.vmdk", &f);
+    let e = expect_err("sparse capacity", &p, C, "cap.vmdk");
+    assert!(e.message().contains("QEMU"), "{e}");
+    // Nor is such an image created.
+    let p = d.path("new.vmdk");
+    let max = vmdk::image::MAX_VIRTUAL_SIZE;
+    let e = vmdk::create(&p, max + 512, &vmdk::CreateOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(!p.exists());
+    // The cap itself is fine, and a disk that size of zeros maps in one step.
+    let desc = build::descriptor(
+        1,
+        0xffffffff,
+        "monolithicFlat",
+        None,
+        &[format!("RW {max_sectors} ZERO")],
+    );
+    let p = build::write(d.0.path(), "max.vmdk", desc.as_bytes());
+    let img = guarded("max", move || Image::open(&p).unwrap());
+    assert_eq!(img.size(), vmdk::image::MAX_VIRTUAL_SIZE);
+    let m = img.map_prefix(0, img.size(), 1).unwrap();
+    assert_eq!((m.len(), m[0].length), (1, img.size()));
+}
+
+/// Mapping costs the entries met, not the bytes covered: `map_prefix` stops at its limit,
+/// and walking a 4 EiB disk of zeros and holes takes a handful of steps.
+#[test]
+fn map_prefix_and_walker_cost_entries_not_bytes() {
+    let d = Dir::new();
+    // Data grains alternating with holes, then a huge ZERO extent, then an unallocated
+    // sparse extent.
+    let disk = sample_disk(1 << 20);
+    let sparse = build::vmdk4(&disk, 8, 512, None, &|g, b| {
+        if g % 2 == 0 {
+            build::nonzero(g, b)
+        } else {
+            Grain::Skip
+        }
+    });
+    build::write(d.0.path(), "a.vmdk", &sparse);
+    build::write(d.0.path(), "b.vmdk", &sparse);
+    let huge = (1u64 << 62) / 512;
+    let desc = build::descriptor(
+        1,
+        0xffffffff,
+        "custom",
+        None,
+        &[
+            "RW 2048 SPARSE \"a.vmdk\"".to_string(),
+            format!("RW {huge} ZERO"),
+            "RW 2048 SPARSE \"b.vmdk\"".to_string(),
+        ],
+    );
+    let p = build::write(d.0.path(), "d.vmdk", desc.as_bytes());
+    let img = Image::open(&p).unwrap();
+    let size = img.size();
+    let all = img.map(0, size).unwrap();
+    // A prefix, at most the limit, starting where asked and matching the full map.
+    for limit in [1, 2, 7, 100] {
+        let m = img.map_prefix(0, size, limit).unwrap();
+        assert!(!m.is_empty() && m.len() <= limit, "{limit}: {}", m.len());
+        for (x, y) in m.iter().zip(&all) {
+            assert_eq!((x.start, x.depth), (y.start, y.depth));
+            assert!(x.length <= y.length);
+        }
+    }
+    // The walker yields the same stretches (maybe cut where a batch ends).
+    let mut w = vmdk::walk::MapWalker::new(&img, 0, size);
+    let mut pos = 0;
+    let mut steps = 0;
+    while let Some(e) = w.next().unwrap() {
+        assert_eq!(e.start, pos);
+        pos += e.length;
+        steps += 1;
+    }
+    assert_eq!(pos, size);
+    assert!(
+        steps <= all.len() + 2,
+        "{steps} steps for {} entries",
+        all.len()
+    );
+    // Comparing with itself reads the data but skips the 4 EiB of zeros.
+    let t0 = std::time::Instant::now();
+    let r = vmdk::convert::compare(&img, &img, &|_, _| {}).unwrap();
+    assert_eq!(r, vmdk::CompareResult::Identical);
+    assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
+}
+
+/// Two descriptor lines naming one sparse file share its extent: grains allocated through
+/// one line are never handed out again through the other (separate allocators would both
+/// append at the file's end, and the second write would overwrite the first).
+#[test]
+fn lines_naming_one_sparse_file_share_its_allocator() {
+    let d = Dir::new();
+    let one = d.path("one.vmdk");
+    vmdk::create(&one, 1 << 20, &vmdk::CreateOptions::default()).unwrap();
+    let desc = build::descriptor(
+        1,
+        0xffffffff,
+        "custom",
+        None,
+        &[
+            "RW 2048 SPARSE \"one.vmdk\"".to_string(),
+            "RW 2048 SPARSE \"one.vmdk\"".to_string(),
+        ],
+    );
+    let p = build::write(d.0.path(), "two.vmdk", desc.as_bytes());
+    let img = OpenOptions::new().writable(true).open(&p).unwrap();
+    let (a, b) = (vec![0xaau8; 65536], vec![0xbbu8; 65536]);
+    img.write_at(&a, 0).unwrap(); // grain 0 of the file, through line 1
+    img.write_at(&b, (1 << 20) + 65536).unwrap(); // grain 1, through line 2
+    img.flush().unwrap();
+    drop(img);
+    let img = Image::open(&p).unwrap();
+    let read = |off: u64| {
+        let mut buf = vec![0u8; 65536];
+        img.read_at(&mut buf, off).unwrap();
+        buf
+    };
+    // Each line sees both grains of the one file.
+    for base in [0, 1 << 20] {
+        assert!(read(base) == a, "grain 0 via line at {base}");
+        assert!(read(base + 65536) == b, "grain 1 via line at {base}");
+    }
+    let out = qemu_img(&["check", one.to_str().unwrap()]);
+    assert!(out.contains("No errors"), "{out}");
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use vmdk::convert::Source;
+use vmdk::walk::MapWalker;
 use vmdk::{CompareResult, MapTarget};
 
 use crate::opts::OpenArgs;
@@ -55,34 +56,25 @@ fn allocated(t: &MapTarget) -> bool {
 }
 
 /// The first offset below `end` where one source has something allocated and the other
-/// does not.
+/// does not. Walks both maps by entries, so huge unallocated stretches cost one step.
 fn first_allocation_difference(
     a: &dyn Source,
     b: &dyn Source,
     end: u64,
 ) -> vmdk::Result<Option<u64>> {
-    const WINDOW: u64 = 1 << 30;
-    let mut pos = 0;
-    while pos < end {
-        let n = (end - pos).min(WINDOW);
-        let (ma, mb) = (a.map(pos, n)?, b.map(pos, n)?);
-        let (mut i, mut j) = (0, 0);
-        let mut at = pos;
-        while i < ma.len() && j < mb.len() {
-            if allocated(&ma[i].target) != allocated(&mb[j].target) {
-                return Ok(Some(at));
-            }
-            let ea = ma[i].start + ma[i].length;
-            let eb = mb[j].start + mb[j].length;
-            at = ea.min(eb);
-            if ea == at {
-                i += 1;
-            }
-            if eb == at {
-                j += 1;
-            }
+    let (mut wa, mut wb) = (MapWalker::new(a, 0, end), MapWalker::new(b, 0, end));
+    let (mut ea, mut eb) = (wa.next()?, wb.next()?);
+    while let (Some(x), Some(y)) = (&ea, &eb) {
+        if allocated(&x.target) != allocated(&y.target) {
+            return Ok(Some(x.start.max(y.start)));
         }
-        pos += n;
+        let (xe, ye) = (x.start + x.length, y.start + y.length);
+        if xe <= ye {
+            ea = wa.next()?;
+        }
+        if ye <= xe {
+            eb = wb.next()?;
+        }
     }
     Ok(None)
 }

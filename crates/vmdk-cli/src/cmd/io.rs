@@ -637,7 +637,7 @@ fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     if !args.is_empty() {
         bail!("wrong number of arguments (usage: map)");
     }
-    const WINDOW: u64 = 1 << 30;
+    const BATCH: usize = 1024;
     let size = img.size();
     // (start, length, allocated) runs of this layer alone.
     let mut runs: Vec<(u64, u64, bool)> = Vec::new();
@@ -656,13 +656,17 @@ fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         )
     };
     while pos < size {
-        let n = (size - pos).min(WINDOW);
-        let entries = match img.map_layer(pos, n) {
+        // Batches of entries, not fixed windows: a huge unallocated stretch is one step.
+        let entries = match img.map_layer_prefix(pos, size - pos, BATCH) {
             Ok(e) => e,
             Err(e) => {
                 writeln!(out, "map failed: {e}")?;
                 return Ok(false);
             }
+        };
+        let Some(covered) = entries.last().map(|e| e.start + e.length) else {
+            writeln!(out, "map failed: no progress at offset {pos}")?;
+            return Ok(false);
         };
         for e in entries {
             let alloc = !matches!(e.target, MapTarget::Unallocated);
@@ -676,7 +680,7 @@ fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
                 }
             }
         }
-        pos += n;
+        pos = covered;
     }
     if let Some(done) = runs.pop() {
         print(out, done)?;

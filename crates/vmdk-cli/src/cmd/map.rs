@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use vmdk::convert::Source;
 use vmdk::extent::ExtentKind;
 use vmdk::raw::RawFile;
+use vmdk::walk::MapWalker;
 use vmdk::{ExtentFile, Image, MapEntry, MapTarget};
 
 use crate::names::{chain, display, extent_name};
@@ -37,9 +38,6 @@ pub struct Args {
     /// The image.
     image: PathBuf,
 }
-
-/// How much is asked of the library at a time (qemu-img asks for 1 GiB too).
-const WINDOW: u64 = 1 << 30;
 
 /// One `qemu-img map` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,18 +352,15 @@ fn print_map(
     mut conv: Converter,
 ) -> Result<()> {
     let mut printer = Printer::new(out, json, start)?;
-    let mut pos = start;
+    // Batches of entries, not fixed windows: a huge zero or unallocated stretch is one step
+    // (an 8 EiB disk of zeros would be 2^33 one-GiB windows).
+    let mut walker = MapWalker::new(source, start, end);
     let mut entries = Vec::new();
-    while pos < end {
-        let n = (end - pos).min(WINDOW);
-        entries.clear();
-        for e in source.map(pos, n)? {
-            conv.convert(&e, &mut entries)?;
-        }
+    while let Some(e) = walker.next()? {
+        conv.convert(&e, &mut entries)?;
         for q in entries.drain(..) {
             printer.push(q)?;
         }
-        pos += n;
     }
     printer.finish()
 }

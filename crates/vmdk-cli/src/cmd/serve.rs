@@ -55,6 +55,9 @@ pub struct Args {
     pub image: PathBuf,
 }
 
+/// Map entries one block-status request looks at, at most.
+const BLOCK_STATUS_ENTRIES: usize = 4096;
+
 /// An opened image as an NBD export.
 struct ImageExport {
     image: Arc<Image>,
@@ -92,12 +95,15 @@ impl BlockExport for ImageExport {
         !self.image.is_writable()
     }
     fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
-        // Bound the work per request; the client asks again for the rest.
-        let len = len
-            .min(1 << 30)
-            .min(self.image.size().saturating_sub(offset));
+        // Bound the work per request by entries, not bytes (a huge zero stretch is one
+        // step); the client asks again for the rest.
+        let len = len.min(self.image.size().saturating_sub(offset));
         let mut out: Vec<BlockStatus> = Vec::new();
-        for e in self.image.map(offset, len).map_err(io_err)? {
+        for e in self
+            .image
+            .map_prefix(offset, len, BLOCK_STATUS_ENTRIES)
+            .map_err(io_err)?
+        {
             // As qemu-nbd: a hole is anything that is not data; zeros are flagged as such.
             let (hole, zero) = match e.target {
                 MapTarget::Data { .. } | MapTarget::Compressed { .. } => (false, false),

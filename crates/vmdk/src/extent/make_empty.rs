@@ -6,8 +6,6 @@
 //! is cut. A crash in between leaves unreferenced grains after the metadata (a leak that
 //! check reports), never a table pointing past the end of the file.
 
-use std::sync::atomic::Ordering;
-
 use crate::error::{Error, Result};
 use crate::extent::sparse::{SparseExtent, SparseFlavor};
 use crate::format::SECTOR_SIZE;
@@ -45,8 +43,8 @@ impl SparseExtent {
         let zeros = vec![0u8; table_bytes as usize];
         let dirs = std::iter::once(&self.gd).chain(self.rgd.as_ref());
         for dir in dirs {
-            for e in dir.iter() {
-                let sector = e.load(Ordering::Acquire);
+            for i in 0..dir.len() {
+                let sector = dir.get(i);
                 if sector == 0 {
                     continue;
                 }

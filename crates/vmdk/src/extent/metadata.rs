@@ -5,7 +5,6 @@
 //! `write_guard.rs`) so that a corrupt table can never make a write land on metadata.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 
 use crate::extent::sparse::{SparseExtent, SparseFlavor};
 use crate::format::cowd_header::COWD_HEADER_SIZE;
@@ -84,10 +83,8 @@ impl SparseExtent {
     /// Byte offset of the redundant grain table of directory entry `gd_index`: `None` without
     /// a redundant directory, `Some(0)` when its entry is empty.
     pub(crate) fn rgt_offset(&self, gd_index: usize) -> Option<u64> {
-        self.rgd.as_ref().map(|rgd| {
-            rgd[gd_index]
-                .load(Ordering::Acquire)
-                .saturating_mul(SECTOR_SIZE)
-        })
+        self.rgd
+            .as_ref()
+            .map(|rgd| rgd.get(gd_index).saturating_mul(SECTOR_SIZE))
     }
 }

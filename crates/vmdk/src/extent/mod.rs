@@ -1,7 +1,9 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
 //! nothing, for ZERO extents).
 
+pub mod budget;
 pub mod compressed;
+pub mod entries;
 pub(crate) mod free_space;
 pub mod grain_table;
 mod make_empty;
@@ -19,8 +21,6 @@ pub use sparse::{GrainState, SparseExtent, SparseFlavor};
 pub use write_guard::WriteOp;
 
 /// How an extent stores its bytes.
-// Images have a handful of extents, so the size of the sparse variant does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ExtentKind {
     /// Bytes stored contiguously in `file` from byte `offset` (FLAT and VMFS extents).
@@ -32,8 +32,8 @@ pub enum ExtentKind {
     },
     /// No storage: reads as zeros.
     Zero,
-    /// Grain directory / grain tables / grains.
-    Sparse(SparseExtent),
+    /// Grain directory / grain tables / grains; shared by the lines naming the same file.
+    Sparse(Arc<SparseExtent>),
 }
 
 /// One extent of an image, placed in the virtual disk.
@@ -61,8 +61,14 @@ impl Extent {
         }
     }
 
-    /// Map `[off, off+len)` relative to the extent start.
-    pub fn map(&self, off: u64, len: u64, emit: &mut dyn FnMut(u64, MapTarget)) -> Result<()> {
+    /// Map `[off, off+len)` relative to the extent start, calling `emit` with consecutive
+    /// `(length, target)` pieces until it returns `false` (the caller has enough).
+    pub fn map(
+        &self,
+        off: u64,
+        len: u64,
+        emit: &mut dyn FnMut(u64, MapTarget) -> bool,
+    ) -> Result<()> {
         match &self.kind {
             ExtentKind::Flat { file, offset } => {
                 emit(

@@ -2,10 +2,11 @@
 //! serves the three on-disk flavours (VMDK4 `KDMV`, ESX `COWD`, seSparse), which differ only
 //! in header, entry width and how an entry is coded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::extent::budget::ExtentBudget;
+use crate::extent::entries::AtomicEntries;
 use crate::extent::free_space::FreeSpace;
 use crate::extent::grain_table::{GrainTable, GrainTableCache};
 use crate::format::cowd_header::{CowdHeader, COWD_GT_ENTRIES};
@@ -20,8 +21,8 @@ pub const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
 /// Largest grain we decompress. VMware only writes 64 KiB compressed grains; the cap keeps a
 /// hostile header from making us allocate a gigabyte per read.
 pub const MAX_COMPRESSED_GRAIN: u64 = 16 << 20;
-/// Grain tables kept in memory per extent by default (2 KiB each for 512-entry tables).
-pub const DEFAULT_GT_CACHE: usize = 4096;
+/// Directory bytes read from the file at once while loading a directory.
+const DIRECTORY_READ_CHUNK: u64 = 64 << 10;
 
 /// How entries of this extent are coded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +62,23 @@ pub struct SparseExtent {
     /// Bytes per table entry (4 or 8).
     pub(crate) entry_width: usize,
     /// Grain directory, raw entries.
-    pub(crate) gd: Box<[AtomicU64]>,
+    pub(crate) gd: AtomicEntries,
     /// Byte offset of the grain directory.
     pub(crate) gd_offset: u64,
     /// Byte offset of the redundant grain directory, if kept.
     pub(crate) rgd_offset: Option<u64>,
     /// Redundant grain directory, raw entries (same length as `gd`), if kept.
-    pub(crate) rgd: Option<Box<[AtomicU64]>>,
+    pub(crate) rgd: Option<AtomicEntries>,
     /// seSparse: byte offsets of the grain-table area and the grain area.
     pub(crate) se_areas: (u64, u64),
     /// Whether GTE 1 means a zeroed grain.
     pub(crate) zero_grain: bool,
     pub(crate) compressed: bool,
     pub(crate) has_marker: bool,
-    pub(crate) cache: GrainTableCache,
+    /// The grain-table cache shared with every extent of the image and its chain.
+    pub(crate) cache: Arc<GrainTableCache>,
+    /// This extent's part of the cache keys.
+    pub(crate) cache_id: u64,
     /// Where appended grains/tables go, and space given back by failed writes (writes only).
     pub(crate) next_free: Mutex<crate::extent::free_space::FreeSpace>,
     /// File length at open.
@@ -104,34 +108,74 @@ fn read_exact(file: &ExtentFile, buf: &mut [u8], offset: u64, what: &str) -> Res
     })
 }
 
-/// Read `n` table entries of `width` bytes at `offset`, checking they lie inside the file
-/// before allocating anything.
-fn read_table(
+/// Bytes of a directory of `n` entries of `width` bytes at `offset`, checking it lies
+/// inside the file.
+fn directory_bytes(
     file: &ExtentFile,
     offset: u64,
     n: u64,
     width: usize,
     file_len: u64,
     what: &str,
-) -> Result<Box<[AtomicU64]>> {
-    let bytes = n
-        .checked_mul(width as u64)
+) -> Result<u64> {
+    n.checked_mul(width as u64)
         .filter(|b| offset.checked_add(*b).is_some_and(|end| end <= file_len))
         .ok_or_else(|| {
             corrupt(
                 file,
                 format!("{what} ({n} entries at offset {offset}) lies past the end of the file"),
             )
-        })?;
-    let mut buf = vec![0u8; bytes as usize];
-    read_exact(file, &mut buf, offset, what)?;
-    let t = GrainTable::from_bytes(&buf, width);
-    Ok((0..t.len()).map(|i| AtomicU64::new(t.get(i))).collect())
+        })
+}
+
+/// Read a directory of `n` entries of `width` bytes at `offset` (already checked with
+/// [`directory_bytes`] and reserved in the budget) in small pieces, so the entries are the
+/// only big allocation.
+fn read_directory(
+    file: &ExtentFile,
+    offset: u64,
+    n: u64,
+    width: usize,
+    file_len: u64,
+    what: &str,
+) -> Result<AtomicEntries> {
+    let bytes = directory_bytes(file, offset, n, width, file_len, what)?;
+    let entries = AtomicEntries::zeroed(n as usize, width).ok_or_else(|| {
+        Error::io(
+            std::io::ErrorKind::OutOfMemory.into(),
+            format!("allocating the {what} ({bytes} bytes)"),
+        )
+        .with_path(&file.path)
+    })?;
+    let mut buf = vec![0u8; bytes.min(DIRECTORY_READ_CHUNK) as usize];
+    let mut done = 0;
+    while done < bytes {
+        let len = (bytes - done).min(DIRECTORY_READ_CHUNK) as usize;
+        read_exact(file, &mut buf[..len], offset + done, what)?;
+        entries.fill_from_bytes((done / width as u64) as usize, &buf[..len]);
+        done += len as u64;
+    }
+    Ok(entries)
+}
+
+/// Check, reserve and read a single directory (COWD and seSparse have no redundant copy).
+fn load_directory(
+    file: &ExtentFile,
+    offset: u64,
+    n: u64,
+    width: usize,
+    file_len: u64,
+    budget: &ExtentBudget,
+) -> Result<AtomicEntries> {
+    let what = "grain directory";
+    let bytes = directory_bytes(file, offset, n, width, file_len, what)?;
+    budget.reserve_directory(bytes, &file.path, what)?;
+    read_directory(file, offset, n, width, file_len, what)
 }
 
 impl SparseExtent {
     /// Open a VMDK4 (`KDMV`) extent whose first sector is `first`.
-    pub fn open_vmdk4(file: Arc<ExtentFile>, first: &[u8], cache_tables: usize) -> Result<Self> {
+    pub fn open_vmdk4(file: Arc<ExtentFile>, first: &[u8], budget: &ExtentBudget) -> Result<Self> {
         let file_len = file
             .storage
             .len()
@@ -172,25 +216,31 @@ impl SparseExtent {
             .gd_offset
             .checked_mul(SECTOR_SIZE)
             .ok_or_else(|| corrupt(&file, "grain directory offset overflows"))?;
-        let gd = read_table(&file, gd_offset, gd_entries, 4, file_len, "grain directory")?;
-        let (rgd_offset, rgd) = if header.flags & crate::format::sparse_header::FLAG_RGD != 0
-            && header.rgd_offset != 0
-        {
-            let off = header
-                .rgd_offset
-                .checked_mul(SECTOR_SIZE)
-                .ok_or_else(|| corrupt(&file, "redundant grain directory offset overflows"))?;
-            let t = read_table(
-                &file,
-                off,
-                gd_entries,
-                4,
-                file_len,
-                "redundant grain directory",
-            )?;
-            (Some(off), Some(t))
-        } else {
-            (None, None)
+        let rgd_offset =
+            if header.flags & crate::format::sparse_header::FLAG_RGD != 0 && header.rgd_offset != 0
+            {
+                Some(
+                    header.rgd_offset.checked_mul(SECTOR_SIZE).ok_or_else(|| {
+                        corrupt(&file, "redundant grain directory offset overflows")
+                    })?,
+                )
+            } else {
+                None
+            };
+        // Both copies are checked against the file and the budget before either is
+        // allocated.
+        let (gd_what, rgd_what) = ("grain directory", "redundant grain directory");
+        let mut bytes = directory_bytes(&file, gd_offset, gd_entries, 4, file_len, gd_what)?;
+        if let Some(off) = rgd_offset {
+            bytes += directory_bytes(&file, off, gd_entries, 4, file_len, rgd_what)?;
+        }
+        budget.reserve_directory(bytes, &file.path, "grain directories")?;
+        let gd = read_directory(&file, gd_offset, gd_entries, 4, file_len, gd_what)?;
+        let rgd = match rgd_offset {
+            Some(off) => Some(read_directory(
+                &file, off, gd_entries, 4, file_len, rgd_what,
+            )?),
+            None => None,
         };
         Ok(SparseExtent {
             capacity: header.capacity * SECTOR_SIZE,
@@ -205,7 +255,8 @@ impl SparseExtent {
             zero_grain: header.zero_grain(),
             compressed: header.compressed(),
             has_marker: header.has_markers(),
-            cache: GrainTableCache::new(cache_tables),
+            cache: budget.cache().clone(),
+            cache_id: GrainTableCache::new_extent_id(),
             next_free: Mutex::new(FreeSpace::new(file_len.next_multiple_of(SECTOR_SIZE))),
             open_len: file_len,
             guard: Default::default(),
@@ -244,7 +295,7 @@ impl SparseExtent {
     }
 
     /// Open an ESX `COWD` extent whose first 2 KiB (or less) are `first`.
-    pub fn open_cowd(file: Arc<ExtentFile>, first: &[u8], cache_tables: usize) -> Result<Self> {
+    pub fn open_cowd(file: Arc<ExtentFile>, first: &[u8], budget: &ExtentBudget) -> Result<Self> {
         let file_len = file
             .storage
             .len()
@@ -255,7 +306,7 @@ impl SparseExtent {
         let per_gd = h.grain_size as u64 * COWD_GT_ENTRIES as u64;
         let needed = (h.capacity as u64).div_ceil(per_gd);
         let gd_offset = h.gd_offset as u64 * SECTOR_SIZE;
-        let gd = read_table(&file, gd_offset, needed, 4, file_len, "grain directory")?;
+        let gd = load_directory(&file, gd_offset, needed, 4, file_len, budget)?;
         Ok(SparseExtent {
             capacity: h.capacity as u64 * SECTOR_SIZE,
             grain_size: h.grain_size as u64 * SECTOR_SIZE,
@@ -269,7 +320,8 @@ impl SparseExtent {
             zero_grain: false,
             compressed: false,
             has_marker: false,
-            cache: GrainTableCache::new(cache_tables / 8),
+            cache: budget.cache().clone(),
+            cache_id: GrainTableCache::new_extent_id(),
             next_free: Mutex::new(FreeSpace::new(file_len.next_multiple_of(SECTOR_SIZE))),
             open_len: file_len,
             guard: Default::default(),
@@ -282,7 +334,11 @@ impl SparseExtent {
     }
 
     /// Open an seSparse extent whose first sector is `first`.
-    pub fn open_sesparse(file: Arc<ExtentFile>, first: &[u8], cache_tables: usize) -> Result<Self> {
+    pub fn open_sesparse(
+        file: Arc<ExtentFile>,
+        first: &[u8],
+        budget: &ExtentBudget,
+    ) -> Result<Self> {
         let file_len = file
             .storage
             .len()
@@ -301,7 +357,18 @@ impl SparseExtent {
         let capacity = h
             .capacity
             .checked_mul(SECTOR_SIZE)
-            .ok_or_else(|| corrupt(&file, "capacity overflows"))?;
+            .filter(|c| *c <= crate::format::MAX_VIRTUAL_SIZE)
+            .ok_or_else(|| {
+                corrupt(
+                    &file,
+                    format!(
+                        "capacity of {} sectors is more than the {} bytes (8 EiB - 1 GiB) QEMU \
+                         and NBD clients can address",
+                        h.capacity,
+                        crate::format::MAX_VIRTUAL_SIZE
+                    ),
+                )
+            })?;
         let needed = capacity.div_ceil(per_gd);
         // From the file: saturate rather than overflow (only compared against `needed`).
         let gd_entries = h.grain_dir_size.saturating_mul(SECTOR_SIZE) / 8;
@@ -317,7 +384,7 @@ impl SparseExtent {
             .grain_dir_offset
             .checked_mul(SECTOR_SIZE)
             .ok_or_else(|| corrupt(&file, "grain directory offset overflows"))?;
-        let gd = read_table(&file, gd_offset, needed, 8, file_len, "grain directory")?;
+        let gd = load_directory(&file, gd_offset, needed, 8, file_len, budget)?;
         let gt_area = h
             .grain_tables_offset
             .checked_mul(SECTOR_SIZE)
@@ -339,9 +406,8 @@ impl SparseExtent {
             zero_grain: true,
             compressed: false,
             has_marker: false,
-            // Tables are 32 KiB (4096 eight-byte entries), 16 times a VMDK4 table: keep the
-            // cache's memory the same as for VMDK4 (and COWD, which divides by 8).
-            cache: GrainTableCache::new(cache_tables / 16),
+            cache: budget.cache().clone(),
+            cache_id: GrainTableCache::new_extent_id(),
             next_free: Mutex::new(FreeSpace::new(file_len)),
             open_len: file_len,
             guard: Default::default(),
@@ -379,8 +445,7 @@ impl SparseExtent {
     }
     /// Bytes of memory the in-memory grain directories take.
     pub fn directory_memory(&self) -> u64 {
-        let per = std::mem::size_of::<AtomicU64>() as u64;
-        (self.gd.len() + self.rgd.as_ref().map_or(0, |r| r.len())) as u64 * per
+        (self.gd.memory() + self.rgd.as_ref().map_or(0, |r| r.memory())) as u64
     }
 
     /// Number of grain-directory entries.
@@ -395,7 +460,7 @@ impl SparseExtent {
     /// Byte offset of the grain table for directory entry `gd_index`, or `None` if the
     /// directory says there is none.
     pub fn gt_offset(&self, gd_index: usize) -> Result<Option<u64>> {
-        let raw = self.gd[gd_index].load(Ordering::Acquire);
+        let raw = self.gd.get(gd_index);
         match self.flavor {
             SparseFlavor::Vmdk4 | SparseFlavor::Cowd => Ok((raw != 0).then_some(raw * SECTOR_SIZE)),
             SparseFlavor::SeSparse => {
@@ -420,7 +485,7 @@ impl SparseExtent {
         let Some(off) = self.gt_offset(gd_index)? else {
             return Ok(None);
         };
-        let t = self.cache.get_or_load(gd_index as u64, || {
+        let t = self.cache.get_or_load(self.cache_id, gd_index as u64, || {
             let bytes = (self.gt_entries as usize) * self.entry_width;
             let mut buf = vec![0u8; bytes];
             read_exact(&self.file, &mut buf, off, "grain table")?;
@@ -469,8 +534,16 @@ impl SparseExtent {
     }
 
     /// Map `[off, off+len)` of this extent (offsets relative to the extent), calling `emit`
-    /// with consecutive `(length, target)` pieces.
-    pub fn map(&self, mut off: u64, len: u64, emit: &mut dyn FnMut(u64, MapTarget)) -> Result<()> {
+    /// with consecutive `(length, target)` pieces until it returns `false`.
+    ///
+    /// The cost is one step per grain-directory entry and per run of equal unallocated or
+    /// zeroed grain-table entries, so empty tables and empty directories cost little.
+    pub fn map(
+        &self,
+        mut off: u64,
+        len: u64,
+        emit: &mut dyn FnMut(u64, MapTarget) -> bool,
+    ) -> Result<()> {
         let end = off + len;
         let gt_cover = self.grain_size * self.gt_entries;
         while off < end {
@@ -488,16 +561,30 @@ impl SparseExtent {
             };
             let table_end = ((gd_index as u64 + 1) * gt_cover).min(limit);
             let Some(table) = table else {
-                emit(table_end - off, MapTarget::Unallocated);
+                if !emit(table_end - off, MapTarget::Unallocated) {
+                    return Ok(());
+                }
                 off = table_end;
                 continue;
             };
             while off < table_end {
                 let grain = off / self.grain_size;
                 let in_grain = off % self.grain_size;
-                let n = (self.grain_size - in_grain).min(table_end - off);
-                let raw = table.get((grain % self.gt_entries) as usize);
-                let target = match self.decode(raw)? {
+                let mut n = (self.grain_size - in_grain).min(table_end - off);
+                let slot = (grain % self.gt_entries) as usize;
+                let raw = table.get(slot);
+                let state = self.decode(raw)?;
+                if matches!(state, GrainState::Unallocated | GrainState::Zero) {
+                    // A run of equal entries is one stretch.
+                    let last_slot = ((table_end - 1) / self.grain_size % self.gt_entries) as usize;
+                    let mut next = slot + 1;
+                    while next <= last_slot && table.get(next) == raw {
+                        next += 1;
+                    }
+                    let run_end = (grain + (next - slot) as u64) * self.grain_size;
+                    n = run_end.min(table_end) - off;
+                }
+                let target = match state {
                     GrainState::Unallocated => MapTarget::Unallocated,
                     GrainState::Zero => MapTarget::Zero,
                     GrainState::Allocated(g) if self.compressed => MapTarget::Compressed {
@@ -512,7 +599,9 @@ impl SparseExtent {
                         offset: g + in_grain,
                     },
                 };
-                emit(n, target);
+                if !emit(n, target) {
+                    return Ok(());
+                }
                 off += n;
             }
         }

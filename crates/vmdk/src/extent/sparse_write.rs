@@ -9,7 +9,6 @@
 //! file end is bumped under a short lock.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -227,8 +226,9 @@ impl SparseExtent {
             &vec![0u8; self.gt_entries as usize * 4],
             4,
         ));
-        self.cache.insert(gd_index as u64, table.clone());
-        self.gd[gd_index].store(sector as u64, Ordering::Release);
+        self.cache
+            .insert(self.cache_id, gd_index as u64, table.clone());
+        self.gd.set(gd_index, sector as u64);
         if let (Some(rgd), Some(rgd_off)) = (&self.rgd, self.rgd_offset) {
             // The primary directory already uses the table; a failure here only leaves the
             // redundant copy out of date (what `check` reports as a warning).
@@ -237,7 +237,7 @@ impl SparseExtent {
                 .storage
                 .write_at(&rsector.to_le_bytes(), rgd_off + gd_index as u64 * 4)
                 .map_err(io_err(self, "writing redundant grain directory"))?;
-            rgd[gd_index].store(rsector as u64, Ordering::Release);
+            rgd.set(gd_index, rsector as u64);
         }
         Ok(table)
     }

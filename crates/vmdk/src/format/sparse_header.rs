@@ -161,8 +161,13 @@ impl SparseHeader {
                 self.compress_algorithm
             ));
         }
-        if self.capacity > (1u64 << 63) / SECTOR_SIZE {
-            return Err(format!("absurd capacity {} sectors", self.capacity));
+        if self.capacity > super::MAX_VIRTUAL_SIZE / SECTOR_SIZE {
+            return Err(format!(
+                "capacity of {} sectors is more than the {} bytes (8 EiB - 1 GiB) QEMU and NBD \
+                 clients can address",
+                self.capacity,
+                super::MAX_VIRTUAL_SIZE
+            ));
         }
         Ok(())
     }
