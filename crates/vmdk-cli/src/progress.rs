@@ -95,6 +95,16 @@ impl Progress {
         }
     }
 
+    /// The operation ended: [`Progress::finish`] if it succeeded, else
+    /// [`Progress::abandon`].
+    pub fn end(&self, succeeded: bool) {
+        if succeeded {
+            self.finish()
+        } else {
+            self.abandon()
+        }
+    }
+
     /// The operation failed: leave the progress where it stopped and end the line, so the
     /// error message starts on a line of its own.
     pub fn abandon(&self) {

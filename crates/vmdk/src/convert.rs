@@ -164,9 +164,15 @@ impl Default for ConvertOptions {
 }
 
 impl ConvertOptions {
+    /// Whether every byte is written, zeros included: for a fully allocated output, or an
+    /// existing target that may hold something else.
+    fn writes_everything(&self) -> bool {
+        self.min_sparse == 0 || (self.target_exists && !self.target_is_zero)
+    }
+
     /// Which map stretches must be read: everything when zeros are to be written too.
     fn want(&self) -> fn(&MapEntry) -> bool {
-        if self.min_sparse == 0 || (self.target_exists && !self.target_is_zero) {
+        if self.writes_everything() {
             |_| true
         } else {
             is_data
@@ -201,7 +207,7 @@ impl ConvertOptions {
     /// The stretches of `buf` to write: all of it when zeros must be written, else the
     /// non-zero runs at `block` granularity.
     fn runs(&self, buf: &[u8], block: u64) -> Vec<(usize, usize)> {
-        if self.min_sparse == 0 || (self.target_exists && !self.target_is_zero) {
+        if self.writes_everything() {
             vec![(0, buf.len())]
         } else {
             nonzero_runs(buf, block as usize)

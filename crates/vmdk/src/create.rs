@@ -379,11 +379,7 @@ pub fn create_sparing(
             if b.is_empty() || b.contains('\0') {
                 return Err(Error::invalid("invalid backing file name").with_path(path));
             }
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            let bpath = dir.join(b);
+            let bpath = crate::paths::directory_of(path).join(b);
             // Like qemu-img, read the backing file without excluding its other users: only
             // its size and CID are needed.
             let parent = crate::image::OpenOptions {

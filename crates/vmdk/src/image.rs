@@ -219,12 +219,12 @@ pub(crate) fn probe_storage_full(
     storage: &dyn Storage,
 ) -> std::io::Result<(Option<FileFormat>, Vec<u8>, Vec<u8>)> {
     let mut head = vec![0u8; foreign::HEAD_BYTES];
-    let n = read_upto(storage, &mut head, 0)?;
+    let n = storage.read_up_to(&mut head, 0)?;
     head.truncate(n);
     let len = storage.len()?;
     let tail_len = len.min(foreign::TAIL_BYTES as u64);
     let mut tail = vec![0u8; tail_len as usize];
-    let n = read_upto(storage, &mut tail, len - tail_len)?;
+    let n = storage.read_up_to(&mut tail, len - tail_len)?;
     tail.truncate(n);
     let format = probe(&head).or_else(|| foreign::probe_tail(&tail).map(FileFormat::Foreign));
     Ok((format, head, tail))
@@ -254,18 +254,6 @@ pub fn foreign_format_error(path: &Path, format: ForeignFormat) -> Error {
         ),
     )
     .with_path(path)
-}
-
-fn read_upto(storage: &dyn Storage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        let r = storage.read_at(&mut buf[got..], offset + got as u64)?;
-        if r == 0 {
-            break;
-        }
-        got += r;
-    }
-    Ok(got)
 }
 
 /// An open VMDK image: its descriptor, its extents and its backing chain.
@@ -330,7 +318,8 @@ fn open_storage(
 
 fn read_head(storage: &dyn Storage, path: &Path, n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
-    let got = read_upto(storage, &mut buf, 0)
+    let got = storage
+        .read_up_to(&mut buf, 0)
         .map_err(|e| Error::io(e, "reading header").with_path(path))?;
     buf.truncate(got);
     Ok(buf)

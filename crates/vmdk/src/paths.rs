@@ -39,8 +39,8 @@ impl PathPolicy {
     }
 }
 
-/// The directory a file name inside `referrer` is relative to.
-fn directory_of(referrer: &Path) -> &Path {
+/// The directory a file name inside `referrer` is relative to (`.` for a bare name).
+pub(crate) fn directory_of(referrer: &Path) -> &Path {
     match referrer.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

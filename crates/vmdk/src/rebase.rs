@@ -40,11 +40,7 @@ pub fn rebase(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
     let flatten = rebase.backing.is_empty();
-    let dir = match image.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let new_path = dir.join(&rebase.backing);
+    let new_path = crate::paths::directory_of(image).join(&rebase.backing);
     // The new backing file is the user's choice: opened wherever it is (its own extents and
     // backing files still pass the path gate). Read-only and shared, as for create -b.
     let open_new = || {

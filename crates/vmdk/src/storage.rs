@@ -43,36 +43,38 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// This is how data (not metadata) is read: QEMU's file driver pads short reads with
     /// zeros, so a flat extent shorter than its descriptor line reads as zeros there.
     fn read_at_padded(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let n = self.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                buf[done..].fill(0);
-                break;
-            }
-            done += n;
-        }
+        let done = self.read_up_to(buf, offset)?;
+        buf[done..].fill(0);
         Ok(())
     }
 
     /// Fill all of `buf` from `offset`; a short read is an `UnexpectedEof` error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.read_up_to(buf, offset)? < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "file ends before {} bytes at offset {} could be read",
+                    buf.len(),
+                    offset
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read from `offset` until `buf` is full or the file ends; returns how many bytes were
+    /// read (the one short-read loop every other read helper uses).
+    fn read_up_to(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {
             let n = self.read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "file ends before {} bytes at offset {} could be read",
-                        buf.len(),
-                        offset
-                    ),
-                ));
+                break;
             }
             done += n;
         }
-        Ok(())
+        Ok(done)
     }
 }
 

@@ -49,10 +49,7 @@ pub fn run(a: Args) -> Result<u8> {
         base: a.base.clone(),
     };
     let result = vmdk::commit::commit(&a.image, &c, &a.open.options(), &progress);
-    match &result {
-        Ok(()) => pb.finish(),
-        Err(_) => pb.abandon(),
-    }
+    pb.end(result.is_ok());
     result?;
     if !a.quiet {
         println!("Image committed.");

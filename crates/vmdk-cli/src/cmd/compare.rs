@@ -104,11 +104,7 @@ pub fn run(a: Args) -> Result<u8> {
     let r = vmdk::convert::compare_with(&*sa, &*sb, a.threads, &progress);
     // The comparison is complete even when it stopped at a difference: show 100%, as
     // qemu-img does, before the verdict.
-    if r.is_ok() {
-        pb.finish();
-    } else {
-        pb.abandon();
-    }
+    pb.end(r.is_ok());
     let r = match r {
         Ok(r) => r,
         Err(e) => return fail(2, e),

@@ -142,11 +142,7 @@ pub fn run(a: Args) -> Result<u8> {
         Some(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
         None => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
     };
-    if r.is_ok() {
-        pb.finish();
-    } else {
-        pb.abandon();
-    }
+    pb.end(r.is_ok());
     r?;
     drop(src);
     if sync {

@@ -53,10 +53,7 @@ pub fn run(a: Args) -> Result<u8> {
         unsafe_mode: a.unsafe_mode,
     };
     let result = vmdk::rebase::rebase(&a.image, &r, &a.open.options(), &progress);
-    match &result {
-        Ok(()) => pb.finish(),
-        Err(_) => pb.abandon(),
-    }
+    pb.end(result.is_ok());
     result?;
     Ok(0)
 }
