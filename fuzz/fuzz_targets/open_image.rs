@@ -1,18 +1,14 @@
 //! Open arbitrary bytes as an image file, then read and map (bounded). The input is split:
 //! the first byte picks how much of the rest is the image file (`image.vmdk`); the remainder
 //! becomes `extent.vmdk` beside it, so descriptors naming that file reach the extent parsers.
-//! Errors are fine; panics, hangs and huge allocations are the bugs.
+//! Errors are fine; panics, hangs and huge allocations are the bugs. Both files live in an
+//! in-memory namespace: nothing touches the disk.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vmdk::Image;
-
-fn dir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-}
+use vmdk::{MemNamespace, OpenOptions};
 
 /// At most this much of the disk is read per input.
 const READ_LIMIT: u64 = 8 << 20;
@@ -27,14 +23,11 @@ fuzz_target!(|data: &[u8]| {
         (rest.len() * sel as usize) / 255
     };
     let (image, extent) = rest.split_at(cut);
-    let d = dir().path();
-    let path = d.join("image.vmdk");
-    if std::fs::write(&path, image).is_err()
-        || std::fs::write(d.join("extent.vmdk"), extent).is_err()
-    {
-        return;
-    }
-    let Ok(img) = Image::open(&path) else {
+    let ns = MemNamespace::new();
+    ns.insert("/fuzz/image.vmdk", image.to_vec());
+    ns.insert("/fuzz/extent.vmdk", extent.to_vec());
+    let opts = OpenOptions::new().in_namespace(Arc::new(ns));
+    let Ok(img) = opts.open("/fuzz/image.vmdk") else {
         return;
     };
     let size = img.size();

@@ -8,23 +8,15 @@
 //! `image.vmdk`, the remainder `extent.vmdk`). An operation is: kind (write, write zeros,
 //! write zeros without unmapping, discard, flush), a little-endian u32 offset (taken
 //! modulo the disk size), a u16 length in 4-byte units (clamped to the disk's end) and a
-//! seed for the data. The files are written to a temporary directory once, then opened
-//! through an injected storage opener that serves each file from memory, so writes never
-//! touch the disk.
+//! seed for the data. The files live in an in-memory namespace, so nothing touches the
+//! disk.
 #![no_main]
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vmdk::extent::ExtentKind;
-use vmdk::image::StorageOpener;
-use vmdk::{Image, MemStorage, OpenOptions, Storage};
-
-fn dir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-}
+use vmdk::{Image, MemNamespace, OpenOptions};
 
 /// Bytes per operation in the input.
 const OP_BYTES: usize = 8;
@@ -46,13 +38,6 @@ enum Op {
 struct Known {
     offset: u64,
     data: Vec<u8>,
-}
-
-fn memory_opener() -> StorageOpener {
-    StorageOpener(Arc::new(|path: &Path, _writable: bool| {
-        let bytes = std::fs::read(path)?;
-        Ok(Arc::new(MemStorage::new(bytes)) as Arc<dyn Storage>)
-    }))
 }
 
 fn fill(seed: u8, len: usize) -> Vec<u8> {
@@ -88,16 +73,13 @@ fuzz_target!(|data: &[u8]| {
         (files.len() * sel as usize) / 255
     };
     let (image, extent) = files.split_at(cut);
-    let d = dir().path();
-    let path = d.join("image.vmdk");
-    if std::fs::write(&path, image).is_err()
-        || std::fs::write(d.join("extent.vmdk"), extent).is_err()
-    {
-        return;
-    }
-    let mut opts = OpenOptions::new().writable(true);
-    opts.storage_opener = Some(memory_opener());
-    let Ok(img) = opts.open(&path) else {
+    let ns = MemNamespace::new();
+    ns.insert("/fuzz/image.vmdk", image.to_vec());
+    ns.insert("/fuzz/extent.vmdk", extent.to_vec());
+    let opts = OpenOptions::new()
+        .writable(true)
+        .in_namespace(Arc::new(ns));
+    let Ok(img) = opts.open("/fuzz/image.vmdk") else {
         return;
     };
     let size = img.size();

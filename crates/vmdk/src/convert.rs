@@ -17,7 +17,6 @@
 //! the writer, so memory is bounded (tens of MiB) whatever the disk size.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -30,6 +29,7 @@ use crate::format::marker::{GrainMarker, GRAIN_MARKER_SIZE};
 use crate::format::SECTOR_SIZE;
 use crate::image::{read_target, FileFormat, Image, OpenOptions};
 use crate::map::{MapEntry, MapTarget};
+use crate::namespace::Namespace;
 use crate::raw::RawFile;
 use crate::storage::FileId;
 use crate::stream_writer::{is_zero, GrainEncoder, StreamWriter, GRAIN_SECTORS};
@@ -109,7 +109,7 @@ pub fn open_source(
                 "unknown source format '{other}' (expected raw or vmdk)"
             )))
         }
-        None => match crate::image::probe_path(path)? {
+        None => match crate::image::probe_in(&*opts.namespace(), path)? {
             Some(FileFormat::Foreign(f)) => {
                 return Err(crate::image::foreign_format_error(path, f))
             }
@@ -146,6 +146,9 @@ pub struct ConvertOptions {
     pub salvage: bool,
     /// How many stretches `salvage` turned into zeros.
     pub salvaged: Arc<AtomicU64>,
+    /// Where the output goes (host files by default). For VMDK output,
+    /// [`CreateOptions::namespace`] is used when this is unset.
+    pub target_namespace: Option<Arc<dyn Namespace>>,
 }
 
 impl Default for ConvertOptions {
@@ -159,6 +162,7 @@ impl Default for ConvertOptions {
             target_is_zero: false,
             salvage: false,
             salvaged: Arc::new(AtomicU64::new(0)),
+            target_namespace: None,
         }
     }
 }
@@ -654,16 +658,12 @@ pub fn convert_to_raw(
     let out_size = size
         .checked_next_multiple_of(SECTOR_SIZE)
         .ok_or_else(|| Error::invalid("image size too large"))?;
-    if let Ok(m) = std::fs::metadata(dst) {
-        if !m.file_type().is_file() {
-            // Holes would leave stale device contents where the disk has zeros.
-            return Err(Error::unsupported(
-                "raw output must be a regular file (devices are not supported)",
-            )
-            .with_path(dst));
-        }
-    }
+    let ns = opts
+        .target_namespace
+        .clone()
+        .unwrap_or_else(crate::namespace::default);
     refuse_to_overwrite(
+        &*ns,
         dst,
         &src.file_ids(),
         "the source image (or one of its files)",
@@ -674,15 +674,21 @@ pub fn convert_to_raw(
         opts.min_sparse.next_multiple_of(SECTOR_SIZE)
     };
     let out = if opts.target_exists {
+        // Holes would leave stale contents where the disk has zeros: only regular files
+        // (the namespace refuses devices unless told otherwise).
         let lock = crate::lock::LockRequest::for_open(crate::lock::FileRole::Data, true, false);
-        crate::storage::FileStorage::open_locked(dst, true, Some(lock))?.into_file()
+        let mode = crate::namespace::OpenMode {
+            writable: true,
+            lock: Some(lock),
+            allow_devices: false,
+        };
+        ns.open(dst, mode)?
     } else {
-        crate::storage::FileStorage::create(dst)?.into_file()
+        ns.create(dst, true)?
     };
     let current = out
-        .metadata()
-        .map_err(|e| Error::io(e, "getting file size").with_path(dst))?
-        .len();
+        .len()
+        .map_err(|e| Error::io(e, "getting file size").with_path(dst))?;
     if current < out_size {
         out.set_len(out_size)
             .map_err(|e| Error::io(e, "could not resize file").with_path(dst))?;
@@ -701,7 +707,7 @@ pub fn convert_to_raw(
     };
     let mut consume = |task: &Task, (buf, runs): Filled| -> Result<()> {
         for (s, e) in runs {
-            out.write_all_at(&buf[s..e], task.start + s as u64)
+            out.write_at(&buf[s..e], task.start + s as u64)
                 .map_err(|e| Error::io(e, "writing").with_path(dst))?;
         }
         pool.put(buf);
@@ -740,7 +746,19 @@ pub fn convert_to_vmdk(
     let size = src.size();
     let threads = worker_count(opts.threads);
     if create.subformat == Subformat::StreamOptimized && !opts.target_exists {
-        return convert_to_stream(src, dst, create, opts, threads, progress);
+        let ns = opts
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| create.namespace());
+        refuse_to_overwrite(
+            &*ns,
+            dst,
+            &src.file_ids(),
+            "the source image (or one of its files)",
+        )?;
+        let sink = ns.create_stream(dst, true)?;
+        let writer = StreamWriter::new(sink, dst, size, create, opts.compression_level)?;
+        return convert_to_stream(src, writer, opts, threads, progress);
     }
     if opts.compress && create.subformat.is_flat() {
         // qemu-img refuses this too ("invalid cluster size"); for hosted sparse
@@ -749,14 +767,22 @@ pub fn convert_to_vmdk(
             "compression is not supported with flat subformats (use subformat=streamOptimized)",
         ));
     }
+    let mut create = create.clone();
+    if let Some(ns) = &opts.target_namespace {
+        create.namespace = Some(ns.clone());
+    }
+    let create = &create;
+    let ns = create.namespace();
     let open = OpenOptions {
         writable: true,
         allow_unsafe_paths: create.allow_unsafe_paths,
         allow_paths: create.allow_paths.clone(),
+        namespace: Some(ns.clone()),
         ..Default::default()
     };
     let img = if opts.target_exists {
         refuse_to_overwrite(
+            &*ns,
             dst,
             &src.file_ids(),
             "the source image (or one of its files)",
@@ -831,22 +857,25 @@ pub fn convert_to_vmdk(
     Ok(())
 }
 
-fn convert_to_stream(
+/// Compress `src` into `writer` (a stream image of `src.size()` bytes, just begun) on all
+/// worker threads and finish it: the engine under streamOptimized output, whatever the
+/// destination (a file, a tar member, an upload).
+pub fn convert_to_stream(
     src: &dyn Source,
-    dst: &Path,
-    create: &CreateOptions,
+    mut writer: StreamWriter,
     opts: &ConvertOptions,
     threads: usize,
     progress: Progress,
 ) -> Result<()> {
     let size = src.size();
+    if writer.capacity() != size.next_multiple_of(SECTOR_SIZE) {
+        return Err(Error::invalid(format!(
+            "stream writer holds {} bytes, the source {size}",
+            writer.capacity()
+        )));
+    }
+    let threads = worker_count(threads);
     let level = opts.compression_level;
-    refuse_to_overwrite(
-        dst,
-        &src.file_ids(),
-        "the source image (or one of its files)",
-    )?;
-    let mut writer = StreamWriter::create(dst, size, create, level)?;
     GrainEncoder::new(level)?;
     let (ahead, max_task) = sizing(threads, 2, MAX_TASK);
     let pool = Pool::default();

@@ -2,6 +2,7 @@
 //! expects.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE};
@@ -10,12 +11,18 @@ use crate::format::sparse_header::{
     FLAG_ZERO_GRAIN, NEWLINE_CHECK,
 };
 use crate::format::SECTOR_SIZE;
-use crate::storage::{FileId, FileStorage, Storage};
+use crate::namespace::Namespace;
+use crate::storage::{FileId, Storage};
 
-/// Refuse to create (and so truncate) `path` when it is one of the files in `spare`, however
-/// it is named: a symlink or hard link to an input is the input.
-pub fn refuse_to_overwrite(path: &Path, spare: &[FileId], what: &str) -> Result<()> {
-    let id = FileId::of_path(path).map_err(|e| Error::io(e, "cannot stat").with_path(path))?;
+/// Refuse to create (and so truncate) `path` in `ns` when it is one of the files in `spare`,
+/// however it is named: a symlink or hard link to an input is the input.
+pub fn refuse_to_overwrite(
+    ns: &dyn Namespace,
+    path: &Path,
+    spare: &[FileId],
+    what: &str,
+) -> Result<()> {
+    let id = ns.identity(path)?;
     if id.is_some_and(|id| spare.contains(&id)) {
         return Err(
             Error::invalid(format!("this file is {what}; refusing to overwrite it"))
@@ -138,6 +145,17 @@ pub struct CreateOptions {
     pub allow_paths: Vec<std::path::PathBuf>,
     /// zlib level for streamOptimized data written later (0-9; qemu's default is 6... as zlib's).
     pub compression_level: u32,
+    /// Where the new files go (host files by default); the backing file is opened there too.
+    pub namespace: Option<Arc<dyn Namespace>>,
+}
+
+impl CreateOptions {
+    /// The namespace new files are created in ([`CreateOptions::namespace`], or host files).
+    pub fn namespace(&self) -> Arc<dyn Namespace> {
+        self.namespace
+            .clone()
+            .unwrap_or_else(crate::namespace::default)
+    }
 }
 
 impl Default for CreateOptions {
@@ -153,6 +171,7 @@ impl Default for CreateOptions {
             allow_unsafe_paths: false,
             allow_paths: Vec::new(),
             compression_level: 6,
+            namespace: None,
         }
     }
 }
@@ -303,8 +322,13 @@ pub fn sparse_layout(
 }
 
 /// Write a new sparse extent file laid out by [`sparse_layout`], with `desc` embedded.
-pub fn write_sparse_extent(path: &Path, header: &SparseHeader, desc: Option<&str>) -> Result<()> {
-    let f = FileStorage::create(path)?;
+pub fn write_sparse_extent(
+    ns: &dyn Namespace,
+    path: &Path,
+    header: &SparseHeader,
+    desc: Option<&str>,
+) -> Result<Arc<dyn Storage>> {
+    let f = ns.create(path, true)?;
     let io = |e| Error::io(e, "writing new extent").with_path(path);
     f.write_at(&header.serialize(), 0).map_err(io)?;
     f.set_len(header.overhead * SECTOR_SIZE).map_err(io)?;
@@ -328,13 +352,15 @@ pub fn write_sparse_extent(path: &Path, header: &SparseHeader, desc: Option<&str
         }
         f.write_at(&gd, gd_start * SECTOR_SIZE).map_err(io)?;
     }
-    Ok(())
+    Ok(f)
 }
 
-fn flat_extent(path: &Path, size: u64) -> Result<()> {
-    let f = FileStorage::create(path)?;
+/// Create a flat extent file of `size` bytes (a hole until written).
+pub fn flat_extent(ns: &dyn Namespace, path: &Path, size: u64) -> Result<Arc<dyn Storage>> {
+    let f = ns.create(path, true)?;
     f.set_len(size)
-        .map_err(|e| Error::io(e, "could not resize file").with_path(path))
+        .map_err(|e| Error::io(e, "could not resize file").with_path(path))?;
+    Ok(f)
 }
 
 /// Create a new, empty image of `size` bytes (rounded up to 512) at `path`.
@@ -373,6 +399,8 @@ pub fn create_sparing(
     }
     // Validate option combinations before touching the file system.
     default_descriptor(opts, size, vec![], None)?;
+    let ns = opts.namespace();
+    let ns = &*ns;
     let parent = match &opts.backing_file {
         None => None,
         Some(b) => {
@@ -386,6 +414,7 @@ pub fn create_sparing(
                 allow_unsafe_paths: opts.allow_unsafe_paths,
                 allow_paths: opts.allow_paths.clone(),
                 force_share: true,
+                namespace: opts.namespace.clone(),
                 ..Default::default()
             }
             .open(&bpath)
@@ -394,11 +423,11 @@ pub fn create_sparing(
             })?;
             let mut spare = spare.to_vec();
             spare.extend(parent.file_ids());
-            refuse_to_overwrite(path, &spare, "the backing file (or one of its files)")?;
+            refuse_to_overwrite(ns, path, &spare, "the backing file (or one of its files)")?;
             Some((b.clone(), parent.descriptor().cid))
         }
     };
-    refuse_to_overwrite(path, spare, "the source image (or one of its files)")?;
+    refuse_to_overwrite(ns, path, spare, "the source image (or one of its files)")?;
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::invalid("image path has no file name"))?
@@ -427,7 +456,8 @@ pub fn create_sparing(
                 vec![line(size / SECTOR_SIZE, ExtentType::Sparse, &file_name)],
                 parent,
             )?;
-            write_sparse_extent(path, &header, Some(&desc.serialize()))
+            write_sparse_extent(ns, path, &header, Some(&desc.serialize()))?;
+            Ok(())
         }
         _ => {
             let (kind, split) = match sub {
@@ -450,12 +480,12 @@ pub fn create_sparing(
                     (true, ExtentType::Flat) => format!("{stem}-f{idx:03}{ext}"),
                     _ => format!("{stem}-s{idx:03}{ext}"),
                 };
-                refuse_to_overwrite(&sibling(&name), spare, "a file of the source image")?;
+                refuse_to_overwrite(ns, &sibling(&name), spare, "a file of the source image")?;
                 if kind == ExtentType::Sparse {
                     let h = sparse_layout(cur, opts.zeroed_grain, false, false)?;
-                    write_sparse_extent(&sibling(&name), &h, None)?;
+                    write_sparse_extent(ns, &sibling(&name), &h, None)?;
                 } else {
-                    flat_extent(&sibling(&name), cur)?;
+                    flat_extent(ns, &sibling(&name), cur)?;
                 }
                 lines.push(line(cur / SECTOR_SIZE, kind, &name));
                 done += cur;
@@ -465,7 +495,7 @@ pub fn create_sparing(
                 }
             }
             let desc = default_descriptor(opts, size, lines, parent)?;
-            let f = FileStorage::create(path)?;
+            let f = ns.create(path, true)?;
             f.write_at(desc.serialize().as_bytes(), 0)
                 .map_err(|e| Error::io(e, "writing descriptor").with_path(path))
         }

@@ -18,8 +18,9 @@ use crate::format::sparse_header::{SparseHeader, SPARSE_MAGIC};
 use crate::format::SECTOR_SIZE;
 use crate::lock::{FileRole, LockRequest};
 use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::paths::{self, PathPolicy};
-use crate::storage::{FileId, FileStorage, Storage};
+use crate::namespace::{Namespace, OpenMode};
+use crate::paths::PathPolicy;
+use crate::storage::{FileId, Storage};
 
 /// Most memory the grain directories of an image and its backing chain may take together
 /// (checked before each directory is allocated). 512 MiB is 128M four-byte entries: 4 PiB
@@ -63,8 +64,10 @@ pub struct OpenOptions {
     /// Durable writes: flush data to stable storage before the grain-table entry that points
     /// at it is written, so a power cut can never leave a table pointing at unwritten data.
     pub durable: bool,
-    /// How host files are opened (default: [`FileStorage`]).
-    pub storage_opener: Option<StorageOpener>,
+    /// Where the image's files are: host files by default ([`crate::namespace::default`]); memory,
+    /// an archive or an object store otherwise. Every file of the image and its backing
+    /// chain is opened through it, and names inside the image are resolved by it.
+    pub namespace: Option<Arc<dyn Namespace>>,
 }
 
 impl Default for OpenOptions {
@@ -80,7 +83,7 @@ impl Default for OpenOptions {
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
             grain_table_cache_bytes: crate::extent::grain_table::DEFAULT_CACHE_BYTES,
             durable: false,
-            storage_opener: None,
+            namespace: None,
         }
     }
 }
@@ -121,6 +124,17 @@ impl OpenOptions {
             allow_unsafe: self.allow_unsafe_paths,
             allowed_dirs: self.allow_paths.clone(),
         }
+    }
+    /// The namespace files are opened in ([`OpenOptions::namespace`], or host files).
+    pub fn namespace(&self) -> Arc<dyn Namespace> {
+        self.namespace
+            .clone()
+            .unwrap_or_else(crate::namespace::default)
+    }
+    /// Set [`OpenOptions::namespace`].
+    pub fn in_namespace(mut self, ns: Arc<dyn Namespace>) -> Self {
+        self.namespace = Some(ns);
+        self
     }
     /// The locks to take on a file of `role` opened `writable`, if locking is on.
     fn lock_request(&self, role: FileRole, writable: bool) -> Option<LockRequest> {
@@ -230,17 +244,29 @@ pub(crate) fn probe_storage_full(
     Ok((format, head, tail))
 }
 
-/// What the file at `path` is, as [`probe_storage`] says; `None` for a raw disk.
+/// What the host file at `path` is, as [`probe_storage`] says; `None` for a raw disk.
 pub fn probe_path(path: &Path) -> Result<Option<FileFormat>> {
-    let s =
-        FileStorage::open(path, false).map_err(|e| Error::io(e, "cannot open").with_path(path))?;
-    probe_storage(&s).map_err(|e| Error::io(e, "reading header").with_path(path))
+    probe_in(&crate::namespace::RouterNamespace, path)
+}
+
+/// What the file `name` of `ns` is, as [`probe_storage`] says; `None` for a raw disk. The
+/// file is opened without locks (probing reads two small pieces and keeps nothing), and may
+/// be a device: the user named it, and a raw disk is a legitimate source.
+pub fn probe_in(ns: &dyn Namespace, name: &Path) -> Result<Option<FileFormat>> {
+    let mode = OpenMode {
+        allow_devices: true,
+        ..OpenMode::read_only()
+    };
+    let s = ns.open(name, mode)?;
+    probe_storage(&*s).map_err(|e| Error::io(e, "reading header").with_path(name))
 }
 
 /// The virtual size a foreign image's header records, if it is in a fixed field.
 pub fn foreign_virtual_size(path: &Path, format: ForeignFormat) -> Option<u64> {
-    let s = FileStorage::open(path, false).ok()?;
-    let (_, head, tail) = probe_storage_full(&s).ok()?;
+    let s = crate::namespace::RouterNamespace
+        .open(path, OpenMode::read_only())
+        .ok()?;
+    let (_, head, tail) = probe_storage_full(&*s).ok()?;
     foreign::virtual_size(format, &head, &tail)
 }
 
@@ -271,24 +297,12 @@ pub struct Image {
     pub(crate) writable: bool,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) write_state: crate::write::WriteState,
+    /// Where this image's files are (new extents of a resize go there too).
+    pub(crate) namespace: Arc<dyn Namespace>,
 }
 
-/// Opens the host files of an image; replaceable so tests can interpose (e.g. a layer that
-/// records every write to simulate crashes).
-#[derive(Clone)]
-pub struct StorageOpener(
-    #[allow(clippy::type_complexity)]
-    pub  Arc<dyn Fn(&Path, bool) -> std::io::Result<Arc<dyn Storage>> + Send + Sync>,
-);
-
-impl std::fmt::Debug for StorageOpener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StorageOpener")
-    }
-}
-
-/// Open one host file of an image. `role` decides which QEMU locks it gets; a custom
-/// opener (tests) locks as it likes.
+/// Open one file of an image through the namespace. `role` decides which QEMU locks it
+/// gets.
 fn open_storage(
     path: &Path,
     writable: bool,
@@ -296,24 +310,14 @@ fn open_storage(
     role: FileRole,
     opts: &OpenOptions,
 ) -> Result<Arc<dyn Storage>> {
-    paths::check_file_type(path, allow_devices)?;
-    match &opts.storage_opener {
-        Some(o) => (o.0)(path, writable).map_err(|e| {
-            Error::io(
-                e,
-                if writable {
-                    "cannot open for writing"
-                } else {
-                    "cannot open"
-                },
-            )
-            .with_path(path)
-        }),
-        None => {
-            let s = FileStorage::open_locked(path, writable, opts.lock_request(role, writable))?;
-            Ok(Arc::new(s))
-        }
-    }
+    opts.namespace().open(
+        path,
+        OpenMode {
+            writable,
+            lock: opts.lock_request(role, writable),
+            allow_devices,
+        },
+    )
 }
 
 fn read_head(storage: &dyn Storage, path: &Path, n: usize) -> Result<Vec<u8>> {
@@ -349,13 +353,18 @@ impl Image {
         opts: &OpenOptions,
         writable: bool,
         depth: u32,
-        visited: &mut HashSet<PathBuf>,
+        visited: &mut HashSet<FileId>,
         budget: &ExtentBudget,
     ) -> Result<Image> {
-        let canonical = path
-            .canonicalize()
-            .map_err(|e| Error::io(e, "cannot open").with_path(path))?;
-        if !visited.insert(canonical) {
+        let ns = opts.namespace();
+        let id = ns.identity(path)?.ok_or_else(|| {
+            Error::io(
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+                "cannot open",
+            )
+            .with_path(path)
+        })?;
+        if !visited.insert(id) {
             return Err(Error::new(
                 ErrorKind::BackingChain,
                 "backing chain is cyclic (this file is its own ancestor)",
@@ -490,6 +499,7 @@ impl Image {
             .with_path(path));
         }
         image.write_state.durable = opts.durable;
+        image.namespace = ns.clone();
         if opts.open_backing {
             if let Some(hint) = image.descriptor.parent_file_name_hint.clone() {
                 if depth + 1 >= opts.max_chain_depth {
@@ -499,10 +509,10 @@ impl Image {
                     )
                     .with_path(path));
                 }
-                let bpath = paths::resolve(path, &hint, "backing file", &opts.path_policy())?;
+                let bpath = ns.resolve(path, &hint, "backing file", &opts.path_policy())?;
                 let backing = Self::open_layer(&bpath, opts, false, depth + 1, visited, budget)
                     .map_err(|e| {
-                        if e.kind() == ErrorKind::Io && !bpath.exists() {
+                        if e.kind() == ErrorKind::Io && !ns.exists(&bpath) {
                             Error::new(
                                 ErrorKind::BackingChain,
                                 format!("backing file \"{hint}\" not found"),
@@ -602,6 +612,7 @@ impl Image {
             writable,
             storage,
             write_state: Default::default(),
+            namespace: crate::namespace::local(),
         }
     }
 
@@ -660,7 +671,13 @@ impl Image {
             writable,
             storage,
             write_state: Default::default(),
+            namespace: crate::namespace::local(),
         })
+    }
+
+    /// The namespace the image's files were opened in.
+    pub fn namespace(&self) -> &Arc<dyn Namespace> {
+        &self.namespace
     }
 
     /// Bytes of memory this image's (not its backing chain's) grain directories take.
@@ -987,7 +1004,9 @@ fn open_extent(
     let name = line.file.as_deref().ok_or_else(|| {
         Error::corrupt(format!("extent {index} has no file name")).with_path(desc_path)
     })?;
-    let epath = paths::resolve(desc_path, name, "extent file", &opts.path_policy())?;
+    let epath = opts
+        .namespace()
+        .resolve(desc_path, name, "extent file", &opts.path_policy())?;
     let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
     let is_flat = matches!(
         line.kind,

@@ -30,6 +30,7 @@ pub mod io_adapter;
 pub mod lock;
 pub mod map;
 pub mod measure;
+pub mod namespace;
 pub mod paths;
 pub mod raw;
 pub mod rebase;
@@ -47,6 +48,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
 pub use io_adapter::ImageReader;
 pub use map::{ExtentFile, MapEntry, MapTarget};
+pub use namespace::{LocalNamespace, MemNamespace, Namespace, OpenMode};
 pub use storage::{FileId, FileStorage, MemStorage, Storage};
 
 #[cfg(test)]

@@ -102,6 +102,66 @@ pub fn resolve(referrer: &Path, name: &str, what: &str, policy: &PathPolicy) -> 
     .with_path(referrer))
 }
 
+/// `path` with `.` dropped and `..` applied to what precedes it, without asking any file
+/// system (for namespaces without symlinks: memory, archives, object stores). A `..` that
+/// would climb above the start of a relative path is kept, so containment tests still
+/// see it.
+pub fn normalize_lexically(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) | Some(Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
+            c => out.push(c),
+        }
+    }
+    out.iter().collect()
+}
+
+/// [`resolve`] for namespaces whose names are only names (no symlinks): the name is joined
+/// to the referrer's directory and normalised lexically, and must stay inside that
+/// directory or an allowed one.
+pub fn resolve_lexically(
+    referrer: &Path,
+    name: &str,
+    what: &str,
+    policy: &PathPolicy,
+) -> Result<PathBuf> {
+    if name.is_empty() {
+        return Err(Error::corrupt(format!("empty {what} name")).with_path(referrer));
+    }
+    if name.contains('\0') {
+        return Err(Error::corrupt(format!("{what} name contains a NUL byte")).with_path(referrer));
+    }
+    let dir = normalize_lexically(directory_of(referrer));
+    let candidate = normalize_lexically(&dir.join(name));
+    let climbs = |p: &Path| p.components().any(|c| c == std::path::Component::ParentDir);
+    let inside = |d: &Path| {
+        let d = normalize_lexically(d);
+        !climbs(&candidate) && candidate.starts_with(d)
+    };
+    if policy.allow_unsafe || inside(&dir) || policy.allowed_dirs.iter().any(|d| inside(d)) {
+        return Ok(candidate);
+    }
+    Err(Error::new(
+        ErrorKind::UnsafePath,
+        format!(
+            "{what} \"{name}\" (it resolves to {}) lies outside the image's directory {}; \
+             refusing to open it",
+            candidate.display(),
+            dir.display()
+        ),
+    )
+    .with_path(referrer))
+}
+
 /// Refuse files that are not regular files (FIFOs would hang an open, devices expose host
 /// disks); devices only pass when the policy allows everything.
 pub fn check_file_type(path: &Path, allow_unsafe: bool) -> Result<()> {

@@ -2,8 +2,6 @@
 //! and a map that reports the file's holes (found with `SEEK_DATA`/`SEEK_HOLE`) as zeros so
 //! they are never read.
 
-use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,56 +9,42 @@ use crate::error::{Error, Result};
 use crate::image::OpenOptions;
 use crate::lock::{FileRole, LockRequest};
 use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::storage::{FileStorage, Storage};
+use crate::namespace::OpenMode;
 
 /// A raw disk image (regular file or block device), read-only.
 #[derive(Debug)]
 pub struct RawFile {
     path: PathBuf,
     file: Arc<ExtentFile>,
-    /// An independent descriptor for `lseek` queries (reads use positional I/O on `file`).
-    seek: File,
     size: u64,
-    /// Whether `SEEK_DATA`/`SEEK_HOLE` work here (not on block devices or some file systems).
-    sparse_aware: bool,
 }
 
 impl RawFile {
-    /// Open `path` for reading, locked as QEMU locks a raw image it reads.
+    /// Open the host file `path` for reading, locked as QEMU locks a raw image it reads.
     pub fn open(path: &Path) -> Result<RawFile> {
         Self::open_with(path, &OpenOptions::default())
     }
 
-    /// Open `path` for reading with the locking choices of `opts` (`locking`,
-    /// `force_share`); a raw file holds only guest data, so it is locked as a flat extent.
+    /// Open `path` for reading in `opts`'s namespace with the locking choices of `opts`
+    /// (`locking`, `force_share`); a raw file holds only guest data, so it is locked as a
+    /// flat extent. The user named the file, so it may be a device.
     pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<RawFile> {
         let lock = opts
             .locking
             .then(|| LockRequest::for_open(FileRole::Data, false, opts.force_share));
-        let storage = FileStorage::open_locked(path, false, lock)?;
-        let seek = File::open(path).map_err(|e| Error::io(e, "cannot open").with_path(path))?;
-        let meta = seek
-            .metadata()
-            .map_err(|e| Error::io(e, "getting file size").with_path(path))?;
-        let size = if meta.is_file() {
-            meta.len()
-        } else {
-            // Block devices report 0 in their metadata; ask the device itself.
-            // SAFETY: lseek on an fd we own; no memory is touched.
-            let end = unsafe { libc::lseek(seek.as_raw_fd(), 0, libc::SEEK_END) };
-            if end < 0 {
-                return Err(
-                    Error::io(std::io::Error::last_os_error(), "getting size").with_path(path)
-                );
-            }
-            end as u64
+        let mode = OpenMode {
+            writable: false,
+            lock,
+            allow_devices: true,
         };
+        let storage = opts.namespace().open(path, mode)?;
+        let size = storage
+            .len()
+            .map_err(|e| Error::io(e, "getting size").with_path(path))?;
         Ok(RawFile {
             path: path.to_path_buf(),
-            file: Arc::new(ExtentFile::new(path, Arc::new(storage) as Arc<dyn Storage>)),
-            seek,
+            file: Arc::new(ExtentFile::new(path, storage)),
             size,
-            sparse_aware: meta.is_file(),
         })
     }
 
@@ -77,21 +61,6 @@ impl RawFile {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
-    }
-
-    /// `lseek(fd, pos, whence)`; `None` when there is no such data/hole before the end
-    /// (`ENXIO`); an error when the call is not supported.
-    fn seek(&self, pos: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
-        // SAFETY: lseek on an fd we own; no memory is touched.
-        let r = unsafe { libc::lseek(self.seek.as_raw_fd(), pos as libc::off_t, whence) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Ok(Some(r as u64))
     }
 
     /// What `[offset, offset+len)` holds: holes as [`MapTarget::Zero`], the rest as data.
@@ -124,13 +93,10 @@ impl RawFile {
                 0,
             )
         };
-        if !self.sparse_aware {
-            data(&mut b, offset, end);
-            return Ok(b.entries);
-        }
+        let storage = &self.file.storage;
         let mut pos = offset;
         while pos < end && !b.stopped() {
-            let d = match self.seek(pos, libc::SEEK_DATA) {
+            let d = match storage.seek_data(pos) {
                 Ok(Some(d)) => d.min(end),
                 Ok(None) => end,
                 Err(_) => {
@@ -145,7 +111,7 @@ impl RawFile {
             if d >= end {
                 break;
             }
-            let h = match self.seek(d, libc::SEEK_HOLE) {
+            let h = match storage.seek_hole(d) {
                 Ok(Some(h)) => h.min(end),
                 Ok(None) | Err(_) => end,
             };

@@ -19,7 +19,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::create::{geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE};
+use crate::create::{
+    flat_extent, geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::descriptor::ExtentType;
@@ -135,24 +137,24 @@ fn grow(img: &Image, new_size: u64) -> Result<()> {
                 format!("{stem}-s{idx:03}{ext}")
             };
             let file = path.with_file_name(&name);
-            if file.exists() {
+            let ns = img.namespace();
+            if ns.exists(&file) {
                 return Err(Error::invalid(format!(
                     "a file named {name} exists already; refusing to overwrite it"
                 ))
                 .with_path(path));
             }
-            if flat {
-                let f = crate::storage::FileStorage::create(&file)?;
-                use crate::storage::Storage;
-                f.set_len(len)
-                    .map_err(|e| Error::io(e, "creating extent").with_path(&file))?;
+            let storage = if flat {
                 new_lines.push(format!("RW {} FLAT \"{name}\" 0", len / SECTOR_SIZE));
+                flat_extent(&**ns, &file, len)?
             } else {
-                let h = sparse_layout(len, false, false, false)?;
-                write_sparse_extent(&file, &h, None)?;
                 new_lines.push(format!("RW {} SPARSE \"{name}\"", len / SECTOR_SIZE));
-            }
-            sync_path(&file)?;
+                let h = sparse_layout(len, false, false, false)?;
+                write_sparse_extent(&**ns, &file, &h, None)?
+            };
+            storage
+                .flush()
+                .map_err(|e| Error::io(e, "syncing").with_path(&file))?;
             extra -= len;
             idx += 1;
         }
@@ -211,8 +213,7 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
             .map_err(|e| Error::io(e, "cutting the extent").with_path(&file.path))?;
     }
     for f in drop_files {
-        std::fs::remove_file(&f)
-            .map_err(|e| Error::io(e, "removing a dropped extent").with_path(&f))?;
+        img.namespace().remove(&f)?;
     }
     Ok(())
 }
@@ -228,12 +229,6 @@ fn split_name(path: &Path) -> Result<(String, String)> {
         Some(i) if i > 0 => (name[..i].to_string(), name[i..].to_string()),
         _ => (name, String::new()),
     })
-}
-
-fn sync_path(p: &Path) -> Result<()> {
-    std::fs::File::open(p)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(e, "syncing").with_path(p))
 }
 
 /// Record the new extent sizes, extra extent lines and geometry in the descriptor (last, so

@@ -33,6 +33,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn file_id(&self) -> Option<FileId> {
         None
     }
+    /// Where data starts at or after `offset` (`lseek(SEEK_DATA)`): `Ok(None)` when only a
+    /// hole follows up to the end. An `Unsupported` error (the default) means the storage
+    /// cannot tell holes from data, and callers treat everything as data.
+    fn seek_data(&self, _offset: u64) -> io::Result<Option<u64>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Where the hole at or after `offset` starts (`lseek(SEEK_HOLE)`; the end of the file
+    /// counts as a hole): `Ok(None)` past the end. `Unsupported` as for
+    /// [`Storage::seek_data`].
+    fn seek_hole(&self, _offset: u64) -> io::Result<Option<u64>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -174,6 +186,45 @@ impl FileStorage {
         })
     }
 
+    /// Create `path` (or empty an existing file) without taking any lock: for callers that
+    /// exclude other users themselves.
+    pub fn create_unlocked(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        Ok(FileStorage {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `lseek(fd, pos, whence)`: `None` on `ENXIO` (no data or hole before the end). The
+    /// descriptor's position is never used for I/O here (all reads and writes are
+    /// positional), so moving it is harmless even with many threads.
+    fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        use std::os::unix::io::AsRawFd;
+        let pos =
+            libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: lseek on a descriptor this storage owns for its whole life; no memory is
+        // passed to the kernel.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), pos, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                Some(libc::EINVAL) if whence != libc::SEEK_END => {
+                    Err(io::ErrorKind::Unsupported.into())
+                }
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r as u64))
+    }
+
     /// The open file.
     pub fn file(&self) -> &File {
         &self.file
@@ -203,10 +254,22 @@ impl Storage for FileStorage {
         self.file.write_all_at(buf, offset)
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        let meta = self.file.metadata()?;
+        if meta.is_file() {
+            return Ok(meta.len());
+        }
+        // Block devices report 0 in their metadata; ask the device itself.
+        self.lseek(0, libc::SEEK_END)?
+            .ok_or_else(|| io::Error::other("cannot find the end of the device"))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.lseek(offset, libc::SEEK_DATA)
+    }
+    fn seek_hole(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.lseek(offset, libc::SEEK_HOLE)
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -224,6 +287,8 @@ impl Storage for FileStorage {
 #[derive(Default)]
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
+    /// Identity given by a [`crate::namespace::MemNamespace`].
+    id: Option<FileId>,
 }
 
 impl fmt::Debug for MemStorage {
@@ -237,6 +302,14 @@ impl MemStorage {
     pub fn new(data: Vec<u8>) -> Self {
         MemStorage {
             data: RwLock::new(data),
+            id: None,
+        }
+    }
+    /// A storage holding `data` whose [`Storage::file_id`] is `id`.
+    pub fn with_id(data: Vec<u8>, id: FileId) -> Self {
+        MemStorage {
+            data: RwLock::new(data),
+            id: Some(id),
         }
     }
     /// A copy of the current contents.
@@ -277,5 +350,8 @@ impl Storage for MemStorage {
     }
     fn flush(&self) -> io::Result<()> {
         Ok(())
+    }
+    fn file_id(&self) -> Option<FileId> {
+        self.id
     }
 }

@@ -17,8 +17,6 @@
 //! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
 //! records down in disk order; [`crate::convert::convert_to_vmdk`] runs encoders on all cores.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::create::{CreateOptions, Subformat};
@@ -33,6 +31,7 @@ use crate::format::sparse_header::{
     NEWLINE_CHECK,
 };
 use crate::format::SECTOR_SIZE;
+use crate::namespace::StreamSink;
 
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
 pub const GRAIN_SECTORS: u64 = 128;
@@ -95,9 +94,8 @@ impl GrainEncoder {
 
 /// Writes one streamOptimized file front to back. Feed it grains in ascending order, then
 /// call [`StreamWriter::finish`]; a writer dropped unfinished leaves an invalid file.
-#[derive(Debug)]
 pub struct StreamWriter {
-    file: File,
+    out: Box<dyn StreamSink>,
     path: PathBuf,
     /// Next byte offset to write (sector aligned).
     pos: u64,
@@ -118,16 +116,32 @@ pub struct StreamWriter {
     scratch: Vec<u8>,
 }
 
+impl std::fmt::Debug for StreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamWriter")
+            .field("path", &self.path)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StreamWriter {
-    /// Create (or truncate) `path` as a streamOptimized image of `size` bytes (rounded up to
-    /// 512), with the descriptor [`crate::create::default_descriptor`] makes for `opts`.
-    /// `level` is the zlib level [`StreamWriter::write_grain`] compresses at.
+    /// Create (or truncate) `path` in `opts`'s namespace as a streamOptimized image of
+    /// `size` bytes (rounded up to 512), with the descriptor
+    /// [`crate::create::default_descriptor`] makes for `opts`. `level` is the zlib level
+    /// [`StreamWriter::write_grain`] compresses at.
     pub fn create(
         path: &Path,
         size: u64,
         opts: &CreateOptions,
         level: u32,
     ) -> Result<StreamWriter> {
+        Self::check_options(opts, level)?;
+        let out = opts.namespace().create_stream(path, true)?;
+        Self::new(out, path, size, opts, level)
+    }
+
+    fn check_options(opts: &CreateOptions, level: u32) -> Result<()> {
         if opts.backing_file.is_some() {
             return Err(Error::unsupported(
                 "streamOptimized images cannot have a backing file",
@@ -138,6 +152,20 @@ impl StreamWriter {
                 "invalid compression level {level} (0-{MAX_LEVEL})"
             )));
         }
+        Ok(())
+    }
+
+    /// Begin a streamOptimized image of `size` bytes (rounded up to 512) in `out`, a
+    /// destination written front to back (a file, a tar member, an upload); `path` is its
+    /// name, for the embedded descriptor's extent line and for messages.
+    pub fn new(
+        out: Box<dyn StreamSink>,
+        path: &Path,
+        size: u64,
+        opts: &CreateOptions,
+        level: u32,
+    ) -> Result<StreamWriter> {
+        Self::check_options(opts, level)?;
         let size = size
             .checked_next_multiple_of(SECTOR_SIZE)
             .ok_or_else(|| Error::invalid("image size too large"))?;
@@ -188,12 +216,11 @@ impl StreamWriter {
             check_bytes: NEWLINE_CHECK,
             compress_algorithm: COMPRESSION_DEFLATE,
         };
-        let file = crate::storage::FileStorage::create(path)?.into_file();
         let mut head = vec![0u8; (overhead * SECTOR_SIZE) as usize];
         head[..SECTOR].copy_from_slice(&header.serialize());
         head[SECTOR..SECTOR + desc.len()].copy_from_slice(desc.as_bytes());
         let mut w = StreamWriter {
-            file,
+            out,
             path: path.to_path_buf(),
             pos: 0,
             header,
@@ -229,8 +256,7 @@ impl StreamWriter {
     }
 
     fn append(&mut self, buf: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(buf, self.pos)
+        std::io::Write::write_all(&mut self.out, buf)
             .map_err(|e| Error::io(e, "writing stream image").with_path(&self.path))?;
         self.pos += buf.len() as u64;
         Ok(())
@@ -352,7 +378,16 @@ impl StreamWriter {
     /// Write the last grain table, the grain directory, the footer and the end-of-stream
     /// marker. Like `qemu-img convert`, this does not sync: the data is in the page cache
     /// (call [`StreamWriter::finish_sync`] for durability).
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.finish_with(false)
+    }
+
+    /// [`StreamWriter::finish`], then make the file durable.
+    pub fn finish_sync(self) -> Result<()> {
+        self.finish_with(true)
+    }
+
+    fn finish_with(mut self, durable: bool) -> Result<()> {
         self.flush_gt()?;
         let gd_sectors = (self.gd.len() as u64 * 4).div_ceil(SECTOR_SIZE).max(1);
         let mut buf = Vec::with_capacity((gd_sectors as usize + 4) * SECTOR);
@@ -385,19 +420,8 @@ impl StreamWriter {
             }
             .serialize(),
         );
-        self.append(&buf)
-    }
-
-    /// [`StreamWriter::finish`], then make the file durable.
-    pub fn finish_sync(self) -> Result<()> {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| Error::io(e, "syncing stream image").with_path(&self.path))?;
-        let path = self.path.clone();
-        self.finish()?;
-        file.sync_data()
-            .map_err(|e| Error::io(e, "syncing stream image").with_path(&path))
+        self.append(&buf)?;
+        self.out.finish(durable)
     }
 }
 

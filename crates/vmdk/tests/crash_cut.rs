@@ -8,8 +8,9 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmdk::image::StorageOpener;
-use vmdk::{create, CreateOptions, FileStorage, OpenOptions, Storage};
+use vmdk::namespace::{LocalNamespace, Namespace, OpenMode};
+use vmdk::paths::PathPolicy;
+use vmdk::{create, CreateOptions, FileId, FileStorage, OpenOptions, Storage};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -19,7 +20,7 @@ enum Op {
 
 #[derive(Debug)]
 struct Recording {
-    inner: FileStorage,
+    inner: Arc<dyn Storage>,
     path: PathBuf,
     log: Arc<Mutex<Vec<Op>>>,
 }
@@ -47,6 +48,40 @@ impl Storage for Recording {
     }
     fn flush(&self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Host files whose every write and resize is logged.
+#[derive(Debug)]
+struct RecordingNamespace {
+    log: Arc<Mutex<Vec<Op>>>,
+}
+
+impl Namespace for RecordingNamespace {
+    fn resolve(
+        &self,
+        referrer: &Path,
+        name: &str,
+        what: &str,
+        policy: &PathPolicy,
+    ) -> vmdk::Result<PathBuf> {
+        LocalNamespace.resolve(referrer, name, what, policy)
+    }
+    fn open(&self, name: &Path, mode: OpenMode) -> vmdk::Result<Arc<dyn Storage>> {
+        Ok(Arc::new(Recording {
+            inner: LocalNamespace.open(name, mode)?,
+            path: name.to_path_buf(),
+            log: self.log.clone(),
+        }))
+    }
+    fn create(&self, _name: &Path, _lock: bool) -> vmdk::Result<Arc<dyn Storage>> {
+        unreachable!("the actions only write into the image")
+    }
+    fn remove(&self, _name: &Path) -> vmdk::Result<()> {
+        unreachable!("the actions only write into the image")
+    }
+    fn identity(&self, name: &Path) -> vmdk::Result<Option<FileId>> {
+        LocalNamespace.identity(name)
     }
 }
 
@@ -80,16 +115,10 @@ fn crash_test(setup: &Path, grain: usize, actions: impl Fn(&vmdk::Image)) {
     copy_dir(setup, &work);
     let old = our_raw(&setup.join("disk.vmdk"));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let l2 = log.clone();
-    let opener = StorageOpener(Arc::new(move |p: &Path, w: bool| {
-        Ok(Arc::new(Recording {
-            inner: FileStorage::open(p, w)?,
-            path: p.to_path_buf(),
-            log: l2.clone(),
-        }) as Arc<dyn Storage>)
-    }));
-    let mut opts = OpenOptions::new().writable(true).durable(true);
-    opts.storage_opener = Some(opener);
+    let opts = OpenOptions::new()
+        .writable(true)
+        .durable(true)
+        .in_namespace(Arc::new(RecordingNamespace { log: log.clone() }));
     {
         let img = opts.open(work.join("disk.vmdk")).unwrap();
         actions(&img);
@@ -108,13 +137,12 @@ fn crash_test(setup: &Path, grain: usize, actions: impl Fn(&vmdk::Image)) {
             .ignore_cid_mismatch(true)
             .open(&disk)
             .unwrap_or_else(|e| panic!("cut {cut}: open failed: {e}"));
-        if let Ok(report) = vmdk::check(&img) {
-            assert!(
-                report.corruptions.is_empty(),
-                "cut {cut}: check found corruptions: {:?}",
-                report.corruptions
-            );
-        }
+        let report = vmdk::check(&img).unwrap_or_else(|e| panic!("cut {cut}: check failed: {e}"));
+        assert!(
+            report.corruptions.is_empty(),
+            "cut {cut}: check found corruptions: {:?}",
+            report.corruptions
+        );
         drop(img);
         let out = std::process::Command::new("qemu-img")
             .args(["check", "-U", disk.to_str().unwrap()])

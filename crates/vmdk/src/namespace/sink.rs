@@ -1,0 +1,61 @@
+//! Destinations written front to back, once: stream images, archives, uploads.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// A destination written front to back only. Dropping it without [`StreamSink::finish`]
+/// abandons the output (an upload is aborted; a file is left as far as it got).
+pub trait StreamSink: Write + Send {
+    /// Bytes written so far.
+    fn position(&self) -> u64;
+    /// Complete the output; with `durable`, make it survive a power cut before returning.
+    fn finish(self: Box<Self>, durable: bool) -> Result<()>;
+}
+
+/// A [`StreamSink`] appending to positional [`Storage`].
+#[derive(Debug)]
+pub struct StorageSink {
+    storage: Arc<dyn Storage>,
+    name: PathBuf,
+    pos: u64,
+}
+
+impl StorageSink {
+    /// Append to `storage` (named `name` in messages) from offset 0.
+    pub fn new(storage: Arc<dyn Storage>, name: &Path) -> Self {
+        StorageSink {
+            storage,
+            name: name.to_path_buf(),
+            pos: 0,
+        }
+    }
+}
+
+impl Write for StorageSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.storage.write_at(buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StreamSink for StorageSink {
+    fn position(&self) -> u64 {
+        self.pos
+    }
+    fn finish(self: Box<Self>, durable: bool) -> Result<()> {
+        if durable {
+            self.storage
+                .flush()
+                .map_err(|e| Error::io(e, "syncing").with_path(&self.name))?;
+        }
+        Ok(())
+    }
+}
