@@ -204,3 +204,79 @@ impl MapBuilder {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn file() -> Arc<ExtentFile> {
+        Arc::new(ExtentFile::new("f", Arc::new(MemStorage::new(vec![]))))
+    }
+
+    fn data(f: &Arc<ExtentFile>, offset: u64) -> MapTarget {
+        MapTarget::Data {
+            file: f.clone(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn merges_only_what_continues() {
+        let (f, g) = (file(), file());
+        let mut b = MapBuilder::default();
+        assert!(b.push(0, 10, data(&f, 100), 0));
+        assert!(b.push(10, 5, data(&f, 110), 0)); // contiguous in the same file: merged
+        assert!(b.push(15, 5, data(&f, 200), 0)); // a jump in the file: new entry
+        assert!(b.push(20, 5, data(&g, 205), 0)); // another file: new entry
+        assert!(b.push(25, 0, MapTarget::Zero, 0)); // empty stretches vanish
+        assert!(b.push(25, 5, MapTarget::Zero, 0));
+        assert!(b.push(30, 5, MapTarget::Zero, 0)); // zeros merge
+        assert!(b.push(35, 5, MapTarget::Zero, 1)); // ... but not across layers
+        assert!(b.push(40, 5, MapTarget::Unallocated, 1));
+        let got: Vec<_> = b
+            .entries
+            .iter()
+            .map(|e| (e.start, e.length, e.depth))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 15, 0),
+                (15, 5, 0),
+                (20, 5, 0),
+                (25, 10, 0),
+                (35, 5, 1),
+                (40, 5, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_limit_stops_after_a_prefix() {
+        let f = file();
+        let mut b = MapBuilder::with_limit(2);
+        assert_eq!(b.room(), 2);
+        assert!(b.push(0, 10, MapTarget::Zero, 0));
+        assert!(b.push(10, 10, data(&f, 0), 0));
+        // Continuing the last entry still fits; a new one does not.
+        assert!(b.push(20, 10, data(&f, 10), 0));
+        assert!(!b.push(30, 10, MapTarget::Zero, 0));
+        assert!(b.stopped());
+        assert_eq!(b.room(), 0);
+        assert!(!b.push(40, 10, data(&f, 20), 0));
+        let covered: u64 = b.entries.iter().map(|e| e.length).sum();
+        assert_eq!(covered, 30);
+    }
+
+    #[test]
+    fn advancing_moves_offsets_inside_targets() {
+        let f = file();
+        match data(&f, 100).advanced(7) {
+            MapTarget::Data { offset, .. } => assert_eq!(offset, 107),
+            t => panic!("{t:?}"),
+        }
+        assert!(matches!(MapTarget::Zero.advanced(7), MapTarget::Zero));
+        assert!(data(&f, 0).is_data() && !MapTarget::Unallocated.is_data());
+    }
+}

@@ -435,3 +435,82 @@ pub fn is_zero(b: &[u8]) -> bool {
             .chunks(16)
             .all(|c| c.iter().fold(0u128, |a, &x| a | x) == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::{MemNamespace, Namespace};
+    use std::sync::Arc;
+
+    fn writer(ns: &MemNamespace, size: u64) -> StreamWriter {
+        let sink = ns.create_stream(Path::new("s.vmdk"), false).unwrap();
+        StreamWriter::new(
+            sink,
+            Path::new("s.vmdk"),
+            size,
+            &CreateOptions::default(),
+            1,
+        )
+        .unwrap()
+    }
+
+    fn grain(seed: u8) -> Vec<u8> {
+        (0..GRAIN_SECTORS as usize * SECTOR)
+            .map(|i| (i as u8) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn grains_across_tables_read_back_and_zeros_cost_nothing() {
+        let ns = Arc::new(MemNamespace::new());
+        let size = 3 * GT_ENTRIES * GRAIN_SECTORS * SECTOR_SIZE + 1000;
+        let mut w = writer(&ns, size);
+        let last = size.div_ceil(GRAIN_SECTORS * SECTOR_SIZE) - 1;
+        let picks = [0, 1, GT_ENTRIES - 1, GT_ENTRIES, 2 * GT_ENTRIES + 7];
+        for &g in &picks {
+            w.write_grain(g, &grain(g as u8)).unwrap();
+        }
+        let before = w.position();
+        w.write_grain(last - 1, &vec![0; grain(0).len()]).unwrap();
+        assert_eq!(w.position(), before, "an all-zero grain is left out");
+        let tail = (size - last * GRAIN_SECTORS * SECTOR_SIZE).next_multiple_of(SECTOR_SIZE);
+        w.write_grain(last, &vec![9; tail as usize]).unwrap();
+        w.finish().unwrap();
+        let img = crate::OpenOptions::new()
+            .in_namespace(ns.clone())
+            .open("s.vmdk")
+            .unwrap();
+        assert_eq!(img.size(), size.next_multiple_of(SECTOR_SIZE));
+        let gs = GRAIN_SECTORS * SECTOR_SIZE;
+        for &g in &picks {
+            let mut b = vec![0; gs as usize];
+            img.read_at(&mut b, g * gs).unwrap();
+            assert!(b == grain(g as u8), "grain {g}");
+        }
+        let mut b = vec![0; 1000];
+        img.read_at(&mut b, last * gs).unwrap();
+        assert!(b.iter().all(|&x| x == 9));
+        let report = crate::check(&img).unwrap();
+        assert_eq!(report.corruption_count(), 0, "{:?}", report.corruptions);
+    }
+
+    #[test]
+    fn refuses_grains_out_of_order_of_the_wrong_size_or_past_the_end() {
+        let ns = MemNamespace::new();
+        let mut w = writer(&ns, 10 * GRAIN_SECTORS * SECTOR_SIZE);
+        w.write_grain(5, &grain(1)).unwrap();
+        assert!(w.write_grain(5, &grain(1)).is_err(), "twice");
+        assert!(w.write_grain(3, &grain(1)).is_err(), "backwards");
+        assert!(w.write_grain(6, &grain(1)[..4096]).is_err(), "short");
+        assert!(w.write_grain(10, &grain(1)).is_err(), "past the end");
+        let bad = CreateOptions {
+            backing_file: Some("b.vmdk".into()),
+            ..Default::default()
+        };
+        let sink = ns.create_stream(Path::new("t.vmdk"), false).unwrap();
+        assert!(StreamWriter::new(sink, Path::new("t.vmdk"), 1 << 20, &bad, 6).is_err());
+        let sink = ns.create_stream(Path::new("u.vmdk"), false).unwrap();
+        let opts = CreateOptions::default();
+        assert!(StreamWriter::new(sink, Path::new("u.vmdk"), 1 << 20, &opts, 13).is_err());
+    }
+}

@@ -76,3 +76,84 @@ impl<'a> MapWalker<'a> {
         Ok(self.queue.pop_front())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FileId;
+
+    /// A source of `size` bytes alternating 100-byte zero and unallocated stretches, that
+    /// counts how often it is mapped.
+    struct Striped {
+        size: u64,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Source for Striped {
+        fn size(&self) -> u64 {
+            self.size
+        }
+        fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+            self.map_prefix(offset, len, usize::MAX)
+        }
+        fn map_prefix(&self, offset: u64, len: u64, max: usize) -> Result<Vec<MapEntry>> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut out = Vec::new();
+            let mut pos = offset;
+            while pos < offset + len && out.len() < max {
+                let end = ((pos / 100 + 1) * 100).min(offset + len);
+                let target = if (pos / 100) % 2 == 0 {
+                    MapTarget::Zero
+                } else {
+                    MapTarget::Unallocated
+                };
+                out.push(MapEntry {
+                    start: pos,
+                    length: end - pos,
+                    target,
+                    depth: 0,
+                });
+                pos = end;
+            }
+            Ok(out)
+        }
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn file_ids(&self) -> Vec<FileId> {
+            vec![]
+        }
+    }
+
+    #[test]
+    fn walks_in_bounded_batches_and_pads_past_the_end() {
+        let src = Striped {
+            size: 250_050,
+            calls: Default::default(),
+        };
+        let mut w = MapWalker::new(&src, 50, 300_000);
+        let mut pos = 50;
+        let mut n = 0;
+        while let Some(e) = w.next().unwrap() {
+            assert_eq!(e.start, pos, "entries are contiguous");
+            pos += e.length;
+            n += 1;
+        }
+        assert_eq!(pos, 300_000);
+        // 2500 stretches (one cut at the start), then one padding entry past the end.
+        assert_eq!(n, 2501 + 1);
+        let calls = src.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(calls, 2501usize.div_ceil(BATCH), "one map call per batch");
+    }
+
+    #[test]
+    fn an_empty_range_yields_nothing() {
+        let src = Striped {
+            size: 1000,
+            calls: Default::default(),
+        };
+        assert!(MapWalker::new(&src, 500, 500).next().unwrap().is_none());
+    }
+}
