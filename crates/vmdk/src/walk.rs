@@ -103,7 +103,7 @@ mod tests {
             let mut pos = offset;
             while pos < offset + len && out.len() < max {
                 let end = ((pos / 100 + 1) * 100).min(offset + len);
-                let target = if (pos / 100) % 2 == 0 {
+                let target = if (pos / 100).is_multiple_of(2) {
                     MapTarget::Zero
                 } else {
                     MapTarget::Unallocated
