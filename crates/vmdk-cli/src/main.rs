@@ -69,6 +69,8 @@ enum Command {
     Resize(cmd::resize::Args),
     /// Expose the guest disk as a file through FUSE (like vmdkmount).
     Mount(cmd::mount::Args),
+    /// Say whether an uploaded file is a safe, self-contained VMDK (opens nothing else).
+    Inspect(cmd::inspect::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
         Command::Amend(a) => cmd::amend::run(a),
         Command::Resize(a) => cmd::resize::run(a),
         Command::Mount(a) => cmd::mount::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
