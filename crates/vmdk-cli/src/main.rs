@@ -5,6 +5,7 @@
 
 mod cmd;
 mod daemon;
+mod fuse_disk;
 mod names;
 mod opts;
 mod output;
@@ -66,6 +67,10 @@ enum Command {
     Amend(cmd::amend::Args),
     /// Grow or shrink an image (like qemu-img resize, which cannot resize VMDK).
     Resize(cmd::resize::Args),
+    /// Expose the guest disk as a file through FUSE (like vmdkmount).
+    Mount(cmd::mount::Args),
+    /// Say whether an uploaded file is a safe, self-contained VMDK (opens nothing else).
+    Inspect(cmd::inspect::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -143,6 +148,8 @@ fn main() -> ExitCode {
         Command::Rebase(a) => cmd::rebase::run(a),
         Command::Amend(a) => cmd::amend::run(a),
         Command::Resize(a) => cmd::resize::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

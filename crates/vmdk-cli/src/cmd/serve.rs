@@ -139,10 +139,10 @@ fn tcp_address(bind: Option<&str>, port: Option<u16>) -> String {
 }
 
 /// A file holding the server's process ID, removed when the server exits.
-struct PidFile(PathBuf);
+pub(crate) struct PidFile(PathBuf);
 
 impl PidFile {
-    fn write(path: &std::path::Path) -> Result<PidFile> {
+    pub(crate) fn write(path: &std::path::Path) -> Result<PidFile> {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pid file '{}'", path.display()))?;
         Ok(PidFile(path.to_path_buf()))
