@@ -26,13 +26,11 @@
 //! `createType`, an unclean-shutdown flag.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::format::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_SIZE};
 use crate::format::foreign;
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
@@ -174,27 +172,13 @@ impl InspectReport {
     }
 }
 
-/// Inspect the file at `path`, opening only it. A FIFO, device or directory is refused
-/// (reading one could block or read a host disk).
+/// Inspect the file `path` names (in the default namespace: a host file, an archive
+/// member, an object), opening only it and taking no lock. A FIFO, device or directory is
+/// refused before it is opened (reading one could block or read a host disk).
 pub fn inspect_path(path: &Path, policy: &InspectPolicy) -> Result<InspectReport> {
-    // O_NONBLOCK so that opening a FIFO does not wait for a writer; it is refused below.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io(e, "cannot open").with_path(path))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(e, "cannot stat").with_path(path))?;
-    if !meta.is_file() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "not a regular file; only image files are inspected",
-        )
-        .with_path(path));
-    }
-    let storage = PlainFile(file);
-    inspect_storage(&storage, &path.display().to_string(), policy).map_err(|e| e.with_path(path))
+    let storage =
+        crate::namespace::default().open(path, crate::namespace::OpenMode::read_only())?;
+    inspect_storage(&*storage, &path.display().to_string(), policy).map_err(|e| e.with_path(path))
 }
 
 /// Inspect the file at `path`: the same as [`inspect_path`].
@@ -281,29 +265,6 @@ pub fn inspect_storage(
     }
     rep.bytes_read = r.read.load(Ordering::Relaxed);
     Ok(rep)
-}
-
-/// The inspected file, opened by [`inspect_path`]: read-only, no locks (nothing is
-/// written and nothing else is opened).
-#[derive(Debug)]
-struct PlainFile(File);
-
-impl Storage for PlainFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
-    }
-    fn set_len(&self, _: u64) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Every read of the inspection goes through here and is counted.

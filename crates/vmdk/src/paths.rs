@@ -74,7 +74,13 @@ pub fn resolve(referrer: &Path, name: &str, what: &str, policy: &PathPolicy) -> 
     if policy.allow_unsafe {
         return Ok(candidate);
     }
-    let Some(real) = real_location(&candidate) else {
+    // A name whose directory does not exist either is judged by its spelling, from the
+    // referrer's real directory: answering "not found" for it would tell a hostile image
+    // which directories exist outside its own.
+    let Some(real) = real_location(&candidate).or_else(|| {
+        let base = dir.canonicalize().ok()?;
+        Some(normalize_lexically(&base.join(name)))
+    }) else {
         return Ok(candidate);
     };
     if policy.admits(&real, dir) {
@@ -213,7 +219,16 @@ mod tests {
         let abs = d.join("a-flat.vmdk");
         assert!(resolve(&img, abs.to_str().unwrap(), "backing", &safe).is_ok());
         assert!(resolve(&d.join("sub/b.vmdk"), "../sub/b.vmdk", "extent", &safe).is_ok());
-        for bad in ["/etc/passwd", "../x.vmdk", "sub/../../x", ""] {
+        // Names into directories that do not exist are judged as well, so the answer never
+        // tells which directories exist outside.
+        for bad in [
+            "/etc/passwd",
+            "../x.vmdk",
+            "sub/../../x",
+            "",
+            "../../no/such/dir/x",
+            "/no/such/dir/x",
+        ] {
             let e = resolve(&img, bad, "extent", &safe).unwrap_err();
             assert!(
                 matches!(e.kind(), ErrorKind::UnsafePath | ErrorKind::Corrupt),
