@@ -84,6 +84,8 @@ fn end_of(offset: u64, len: u64, size: u64) -> PyResult<u64> {
 impl Image {
     /// Open `path`. See `vmdk.open` for the keywords.
     #[new]
+    // One argument per keyword of `vmdk.open`, as Python callers spell them.
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (path, *, writable=false, allow_paths=Vec::new(), allow_unsafe_paths=false,
                         ignore_cid_mismatch=false, force_share=false, open_backing=true))]
     fn new(
