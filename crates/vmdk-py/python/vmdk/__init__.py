@@ -1,0 +1,237 @@
+"""Read, write, create, convert and check VMware VMDK images.
+
+Python bindings of the Rust ``vmdk`` library::
+
+    import vmdk
+
+    with vmdk.open("disk.vmdk") as img:
+        head = img.read(0, 512)
+        for entry in img.map():
+            print(entry)
+
+``vmdk.pyvmdk`` is a drop-in for libyal's ``pyvmdk`` module (``import vmdk.pyvmdk as
+pyvmdk``).
+"""
+
+import io
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+from . import _vmdk
+from ._errors import (
+    BackingChainError,
+    CidMismatchError,
+    CorruptImageError,
+    DecompressError,
+    Error,
+    ForeignFormatError,
+    InvalidArgumentError,
+    IoError,
+    LockedError,
+    MissingFileError,
+    NotVmdkError,
+    PermissionDeniedError,
+    ReadOnlyError,
+    UnsafePathError,
+    UnsupportedError,
+)
+
+__version__ = _vmdk.__version__
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Image(_vmdk.Image):
+    """An open VMDK image (with its backing chain). Use :func:`open` to get one.
+
+    Safe to share between threads: reads (and writes) release the GIL and run in parallel.
+    """
+
+    def readinto(self, offset: int, buffer: Any) -> int:
+        """Fill the writable buffer ``buffer`` with the disk's bytes at ``offset``; returns
+        how many bytes were read (fewer only where the disk ends)."""
+        with memoryview(buffer) as view, view.cast("B") as out:
+            data = self.read(offset, len(out))
+            out[: len(data)] = data
+            return len(data)
+
+    def write(self, offset: int, data: Any) -> None:  # type: ignore[override]
+        """Write ``data`` (bytes or any buffer) at ``offset``."""
+        if not isinstance(data, bytes):
+            data = bytes(memoryview(data).cast("B"))
+        super().write(offset, data)
+
+    def reader(self) -> "ImageReader":
+        """A read-only, seekable :class:`io.RawIOBase` over the virtual disk, for
+        ``shutil.copyfileobj``, ``tarfile`` and other file-object consumers. Wrap it in
+        :class:`io.BufferedReader` for small reads."""
+        return ImageReader(self)
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class ImageReader(io.RawIOBase):
+    """A file-object view of an :class:`Image` (see :meth:`Image.reader`). Each reader has
+    its own position; closing it leaves the image open."""
+
+    def __init__(self, image: Image) -> None:
+        super().__init__()
+        self._image = image
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        n = self._image.readinto(self._pos, b)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._image.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._pos
+
+    @property
+    def name(self) -> str:
+        return self._image.path
+
+
+def open(  # noqa: A001 - the natural name, as for io.open
+    path: PathLike,
+    *,
+    writable: bool = False,
+    allow_paths: Iterable[PathLike] = (),
+    ignore_cid_mismatch: bool = False,
+    allow_unsafe_paths: bool = False,
+    force_share: bool = False,
+) -> Image:
+    """Open the VMDK image at ``path`` (its extents and backing chain too).
+
+    Extent and backing files must lie in the image's directory (or below it) unless their
+    directories are listed in ``allow_paths``; ``allow_unsafe_paths`` lifts the check (only
+    for images you trust). ``force_share`` opens read-only without excluding a writer (as
+    qemu-img's ``-U``). Raises a :class:`vmdk.Error` subclass.
+    """
+    return Image(
+        os.fspath(path),
+        writable=writable,
+        allow_paths=[os.fspath(p) for p in allow_paths],
+        allow_unsafe_paths=allow_unsafe_paths,
+        ignore_cid_mismatch=ignore_cid_mismatch,
+        force_share=force_share,
+    )
+
+
+def create(
+    path: PathLike,
+    size: int,
+    *,
+    subformat: str = "monolithicSparse",
+    adapter_type: str = "ide",
+    backing: Optional[str] = None,
+    hwversion: Optional[str] = None,
+    toolsversion: Optional[str] = None,
+    compat6: bool = False,
+    zeroed_grain: bool = False,
+    allow_paths: Iterable[PathLike] = (),
+) -> None:
+    """Create an empty image of ``size`` bytes, as ``qemu-img create -f vmdk`` does.
+
+    ``subformat``: monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
+    twoGbMaxExtentFlat, streamOptimized or vmfs. ``adapter_type``: ide, buslogic, lsilogic
+    or legacyESX. ``backing`` names a parent image (relative to the new one).
+    """
+    _vmdk.create(
+        os.fspath(path),
+        size,
+        subformat=subformat,
+        adapter_type=adapter_type,
+        backing=backing,
+        hwversion=hwversion,
+        toolsversion=toolsversion,
+        compat6=compat6,
+        zeroed_grain=zeroed_grain,
+        allow_paths=[os.fspath(p) for p in allow_paths],
+    )
+
+
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    format: str = "vmdk",
+    subformat: str = "monolithicSparse",
+    compress: bool = False,
+    progress: Optional[Callable[[int, int], Any]] = None,
+    src_format: Optional[str] = None,
+    adapter_type: str = "ide",
+    threads: int = 0,
+    allow_paths: Iterable[PathLike] = (),
+    ignore_cid_mismatch: bool = False,
+) -> None:
+    """Copy ``src`` (VMDK or raw) to a new image ``dst`` (``format`` "vmdk" or "raw"), as
+    ``qemu-img convert`` does.
+
+    ``progress(done, total)`` is called with byte counts as the copy goes on (from worker
+    threads, holding the GIL); an exception it raises is re-raised when the copy ends.
+    """
+    _vmdk.convert(
+        os.fspath(src),
+        os.fspath(dst),
+        format=format,
+        subformat=subformat,
+        compress=compress,
+        progress=progress,
+        src_format=src_format,
+        adapter_type=adapter_type,
+        threads=threads,
+        allow_paths=[os.fspath(p) for p in allow_paths],
+        ignore_cid_mismatch=ignore_cid_mismatch,
+    )
+
+
+__all__ = [
+    "Image",
+    "ImageReader",
+    "open",
+    "create",
+    "convert",
+    "Error",
+    "IoError",
+    "MissingFileError",
+    "PermissionDeniedError",
+    "NotVmdkError",
+    "ForeignFormatError",
+    "CorruptImageError",
+    "DecompressError",
+    "UnsupportedError",
+    "UnsafePathError",
+    "CidMismatchError",
+    "BackingChainError",
+    "InvalidArgumentError",
+    "ReadOnlyError",
+    "LockedError",
+]

@@ -1,0 +1,144 @@
+//! `vmdk.create` and `vmdk.convert`: the library's `create` and `convert_to_vmdk` /
+//! `convert_to_raw`, with the GIL released while they run.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use vmdk::{AdapterType, ConvertOptions, CreateOptions, Subformat};
+
+use crate::errors::to_py;
+use crate::image::open_options;
+
+/// qemu-img's vmdk creation options.
+#[allow(clippy::too_many_arguments)]
+fn create_options(
+    subformat: &str,
+    adapter_type: &str,
+    backing: Option<String>,
+    hwversion: Option<String>,
+    toolsversion: Option<String>,
+    compat6: bool,
+    zeroed_grain: bool,
+    allow_paths: Vec<PathBuf>,
+) -> PyResult<CreateOptions> {
+    Ok(CreateOptions {
+        subformat: Subformat::parse(subformat).map_err(to_py)?,
+        adapter_type: AdapterType::parse(adapter_type).map_err(to_py)?,
+        backing_file: backing,
+        hwversion,
+        toolsversion,
+        compat6,
+        zeroed_grain,
+        allow_paths,
+        ..Default::default()
+    })
+}
+
+/// Create a new, empty image of `size` bytes at `path` (as `qemu-img create -f vmdk`).
+#[pyfunction]
+#[pyo3(signature = (path, size, *, subformat="monolithicSparse", adapter_type="ide",
+                    backing=None, hwversion=None, toolsversion=None, compat6=false,
+                    zeroed_grain=false, allow_paths=Vec::new()))]
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    py: Python<'_>,
+    path: PathBuf,
+    size: u64,
+    subformat: &str,
+    adapter_type: &str,
+    backing: Option<String>,
+    hwversion: Option<String>,
+    toolsversion: Option<String>,
+    compat6: bool,
+    zeroed_grain: bool,
+    allow_paths: Vec<PathBuf>,
+) -> PyResult<()> {
+    let opts = create_options(
+        subformat,
+        adapter_type,
+        backing,
+        hwversion,
+        toolsversion,
+        compat6,
+        zeroed_grain,
+        allow_paths,
+    )?;
+    py.allow_threads(|| vmdk::create(&path, size, &opts))
+        .map_err(to_py)
+}
+
+/// Copy `src` (a VMDK image or a raw file; `src_format` "vmdk"/"raw", probed when None) to
+/// a new image `dst`: `format="vmdk"` in `subformat`, or `format="raw"`. `progress`, if
+/// given, is called as `progress(done, total)` (bytes) from the converting threads; an
+/// exception it raises is re-raised once the conversion has ended (the conversion itself
+/// cannot be interrupted half way).
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, format="vmdk", subformat="monolithicSparse", compress=false,
+                    progress=None, src_format=None, adapter_type="ide", threads=0,
+                    allow_paths=Vec::new(), ignore_cid_mismatch=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn convert(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    format: &str,
+    subformat: &str,
+    compress: bool,
+    progress: Option<Py<PyAny>>,
+    src_format: Option<String>,
+    adapter_type: &str,
+    threads: usize,
+    allow_paths: Vec<PathBuf>,
+    ignore_cid_mismatch: bool,
+) -> PyResult<()> {
+    let create = match format {
+        "vmdk" => Some(create_options(
+            subformat,
+            adapter_type,
+            None,
+            None,
+            None,
+            false,
+            false,
+            Vec::new(),
+        )?),
+        "raw" => None,
+        other => {
+            return Err(to_py(vmdk::Error::invalid(format!(
+                "unknown output format '{other}' (expected vmdk or raw)"
+            ))))
+        }
+    };
+    let copts = ConvertOptions {
+        threads,
+        compress,
+        ..Default::default()
+    };
+    let oopts = open_options(false, allow_paths, false, ignore_cid_mismatch, false, true);
+    let failed: Mutex<Option<PyErr>> = Mutex::new(None);
+    let report = |done: u64, total: u64| {
+        let Some(cb) = &progress else { return };
+        let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_some() {
+            return;
+        }
+        Python::with_gil(|py| {
+            if let Err(e) = cb.call1(py, (done, total)) {
+                *failed = Some(e);
+            }
+        });
+    };
+    let result = py.allow_threads(|| {
+        let src = vmdk::open_source(&src, src_format.as_deref(), &oopts)?;
+        match &create {
+            Some(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
+            None => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &report),
+        }
+    });
+    result.map_err(to_py)?;
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(())
+}

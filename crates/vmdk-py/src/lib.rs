@@ -1,0 +1,38 @@
+//! `vmdk._vmdk`: the native half of the `vmdk` Python package.
+//!
+//! Everything here is a thin layer over the `vmdk` library: the Python-facing `Image`
+//! ([`image`]), creation and conversion ([`convert`]), the dicts `map`, `info` and `check`
+//! return, shaped like the `vmdk` CLI's JSON ([`qmap`], [`info`]), the exceptions
+//! ([`errors`]), and what the libyal-compatible `vmdk.pyvmdk` module needs: descriptor
+//! parsing without opening extents ([`descriptor`]) and reading through Python file
+//! objects ([`pyfile`]). The pure-Python half (`python/vmdk`) adds file-object views,
+//! context managers and the pyvmdk surface.
+
+mod convert;
+mod descriptor;
+mod errors;
+mod image;
+mod info;
+mod names;
+mod pyfile;
+mod qmap;
+
+use pyo3::prelude::*;
+
+/// The native module. Its name must match `module-name` in pyproject.toml.
+#[pymodule]
+fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<image::Image>()?;
+    m.add_function(wrap_pyfunction!(convert::create, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
+    m.add_function(wrap_pyfunction!(descriptor::parse_descriptor, m)?)?;
+    m.add_function(wrap_pyfunction!(descriptor::embedded_descriptor_range, m)?)?;
+    m.add_function(wrap_pyfunction!(descriptor::probe, m)?)?;
+    m.add_function(wrap_pyfunction!(pyfile::open_file_objects, m)?)?;
+    m.add(
+        "MAX_DESCRIPTOR_SIZE",
+        vmdk::format::descriptor::MAX_DESCRIPTOR_SIZE,
+    )?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+"""Writes, creation and conversion: the results pass `qemu-img check` and read back in
+qemu as written."""
+
+import pytest
+
+import vmdk
+from conftest import MIB, SUBFORMATS, make_image, qemu_img, qemu_raw, run
+
+WRITABLE = ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "vmfs"]
+
+
+@pytest.mark.parametrize("subformat", WRITABLE)
+def test_create_write_check(workdir, subformat):
+    vmdk.create("w.vmdk", 8 * MIB, subformat=subformat, adapter_type="lsilogic")
+    expected = bytearray(8 * MIB)
+    with vmdk.open("w.vmdk", writable=True) as img:
+        assert img.writable
+        img.write(0, b"\x11" * 4096)
+        expected[0:4096] = b"\x11" * 4096
+        img.write(MIB + 7, bytearray(b"\x22" * 100000))
+        expected[MIB + 7 : MIB + 100007] = b"\x22" * 100000
+        img.write(8 * MIB - 512, memoryview(b"\x33" * 512))
+        expected[-512:] = b"\x33" * 512
+        img.write_zeroes(MIB + 1000, 5000)
+        expected[MIB + 1000 : MIB + 6000] = bytes(5000)
+        img.flush()
+        assert img.read(0, img.size) == bytes(expected)
+        with pytest.raises(vmdk.InvalidArgumentError):
+            img.write(8 * MIB - 1, b"xx")
+    qemu_img("check", "w.vmdk")
+    assert qemu_raw(workdir / "w.vmdk") == bytes(expected)
+    info = vmdk.open("w.vmdk").info()
+    assert info["format-specific"]["data"]["adapter-type"] == "lsilogic"
+
+
+def test_writes_from_qemu_images(workdir):
+    make_image(workdir, "monolithicSparse")
+    before = qemu_raw(workdir / "disk.vmdk")
+    with vmdk.open("disk.vmdk", writable=True) as img:
+        img.write(2 * MIB, b"\x44" * 65536)
+        img.write_zeroes(0, 65536, may_unmap=True)
+    qemu_img("check", "disk.vmdk")
+    after = qemu_raw(workdir / "disk.vmdk")
+    assert after[:65536] == bytes(65536)
+    assert after[2 * MIB : 2 * MIB + 65536] == b"\x44" * 65536
+    assert after[65536 : 2 * MIB] == before[65536 : 2 * MIB]
+
+
+def test_read_only_image_refuses_writes(workdir):
+    make_image(workdir, "monolithicSparse")
+    with vmdk.open("disk.vmdk") as img:
+        with pytest.raises(vmdk.ReadOnlyError) as e:
+            img.write(0, b"x")
+    assert e.value.kind == "read-only"
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized", "twoGbMaxExtentFlat"])
+def test_convert_with_progress(workdir, subformat):
+    src = make_image(workdir, "monolithicSparse", "src.vmdk")
+    calls = []
+    vmdk.convert(src, "out.vmdk", subformat=subformat, progress=lambda d, t: calls.append((d, t)))
+    qemu_img("check", "out.vmdk")
+    run("qemu-img", "compare", "-q", src, "out.vmdk")
+    assert calls, "progress was never called"
+    assert all(t == 8 * MIB and 0 <= d <= t for d, t in calls)
+    assert calls[-1][0] == 8 * MIB
+    with vmdk.open("out.vmdk") as img:
+        assert img.create_type == subformat
+
+
+def test_convert_to_raw_and_back(workdir):
+    src = make_image(workdir, "twoGbMaxExtentSparse", "src.vmdk")
+    vmdk.convert(src, "out.raw", format="raw")
+    assert (workdir / "out.raw").read_bytes() == qemu_raw(src)
+    vmdk.convert("out.raw", "again.vmdk", src_format="raw", compress=True, subformat="streamOptimized")
+    run("qemu-img", "compare", "-q", src, "again.vmdk")
+
+
+def test_progress_exception_is_raised(workdir):
+    src = make_image(workdir, "monolithicSparse", "src.vmdk")
+
+    def boom(done, total):
+        raise KeyError("stop")
+
+    with pytest.raises(KeyError):
+        vmdk.convert(src, "out.vmdk", progress=boom)
+
+
+def test_create_refuses_bad_options(workdir):
+    with pytest.raises(vmdk.InvalidArgumentError, match="subformat"):
+        vmdk.create("x.vmdk", MIB, subformat="nonsense")
+    with pytest.raises(ValueError):
+        vmdk.create("x.vmdk", MIB, adapter_type="scsi")
