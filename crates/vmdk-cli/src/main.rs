@@ -6,7 +6,7 @@
 mod cmd;
 mod daemon;
 mod fuse_disk;
-mod names;
+
 mod opts;
 mod output;
 mod progress;

@@ -9,7 +9,8 @@ use vmdk::format::sparse_header::SparseHeader;
 use vmdk::{Error, FileFormat};
 
 use crate::errors::to_py;
-use crate::info::Node;
+use crate::info::ToPy;
+use vmdk::report::Node;
 
 /// The parts of a descriptor pyvmdk reports.
 pub fn descriptor_node(d: &Descriptor) -> Node {

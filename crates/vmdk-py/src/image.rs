@@ -11,8 +11,9 @@ use pyo3::types::{PyBytes, PyList};
 use vmdk::{Error, ErrorKind, OpenOptions};
 
 use crate::errors::to_py;
-use crate::info::{check_report, image_info};
-use crate::qmap;
+use crate::info::{check_report, ToPy};
+use vmdk::report::info::image_info;
+use vmdk::report::map::{merged_entries, MapReporter};
 
 /// An open VMDK image (subclassed by `vmdk.Image` in Python).
 #[pyclass(module = "vmdk._vmdk", name = "Image", subclass, frozen)]
@@ -238,7 +239,10 @@ impl Image {
         let end = length.map_or(size, |l| offset.saturating_add(l).min(size));
         let start = offset.min(end);
         let entries = py
-            .allow_threads(|| qmap::map(&img, &self.name, start, end))
+            .allow_threads(|| {
+                let mut reporter = MapReporter::for_image(&img, &self.name);
+                merged_entries(&*img, &mut reporter, start, end)
+            })
             .map_err(to_py)?;
         let out = PyList::empty(py);
         for e in entries {

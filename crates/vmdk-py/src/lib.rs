@@ -2,7 +2,7 @@
 //!
 //! Everything here is a thin layer over the `vmdk` library: the Python-facing `Image`
 //! ([`image`]), creation and conversion ([`convert`]), the dicts `map`, `info` and `check`
-//! return, shaped like the `vmdk` CLI's JSON ([`qmap`], [`info`]), the exceptions
+//! return, built by the library's [`vmdk::report`] as the CLI's are ([`info`]), the exceptions
 //! ([`errors`]), and what the libyal-compatible `vmdk.pyvmdk` module needs: descriptor
 //! parsing without opening extents ([`descriptor`]) and reading through Python file
 //! objects ([`pyfile`]). The pure-Python half (`python/vmdk`) adds file-object views,
@@ -13,9 +13,8 @@ mod descriptor;
 mod errors;
 mod image;
 mod info;
-mod names;
+mod inspect;
 mod pyfile;
-mod qmap;
 
 use pyo3::prelude::*;
 
@@ -25,6 +24,7 @@ fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<image::Image>()?;
     m.add_function(wrap_pyfunction!(convert::create, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::parse_descriptor, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::embedded_descriptor_range, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::probe, m)?)?;

@@ -2,11 +2,10 @@
 //! `open_extent_data_files_file_objects`, which dfvfs uses to read images inside other
 //! images or archives).
 //!
-//! The library opens files by path. So the files get stand-in names: empty placeholder
-//! files in a private temporary directory, laid out as the descriptor names them, and a
-//! [`StorageOpener`](vmdk::image::StorageOpener) that hands the library the Python file
-//! object for each placeholder. Path checks, extent resolution and every read then work
-//! exactly as for files on disk, and nothing outside the temporary directory is touched.
+//! The library reaches files through a [`Namespace`]: here one whose files are the Python
+//! file objects, under the names the descriptor spells. Extent resolution and the path
+//! gate work exactly as for files on disk (lexically: there are no symlinks), and nothing on
+//! disk is touched.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use vmdk::image::StorageOpener;
-use vmdk::Storage;
+use vmdk::namespace::{Namespace, OpenMode};
+use vmdk::paths::PathPolicy;
+use vmdk::{ErrorKind, FileId, Storage};
 
 use crate::errors::to_py;
 use crate::image::Image;
@@ -88,13 +88,72 @@ impl Storage for PyFileStorage {
     }
 }
 
-/// A placeholder's relative path: plain names only (no absolute paths, no `..`), so every
-/// placeholder stays inside the temporary directory.
+/// A file name as the descriptor spells it: plain relative names only (no absolute paths,
+/// no `..`).
 fn plain_relative(name: &str) -> Option<PathBuf> {
     let p = Path::new(name);
     p.components()
         .all(|c| matches!(c, Component::Normal(_)))
         .then(|| p.to_path_buf())
+}
+
+/// The files of one image, each a Python file object, by name. Read-only.
+#[derive(Debug)]
+struct FileObjectNamespace {
+    files: HashMap<PathBuf, (u64, Arc<PyFileStorage>)>,
+}
+
+impl FileObjectNamespace {
+    fn refuse(name: &Path, what: &str) -> vmdk::Error {
+        vmdk::Error::new(
+            ErrorKind::Unsupported,
+            format!("images read through file objects are read-only; cannot {what}"),
+        )
+        .with_path(name)
+    }
+}
+
+impl Namespace for FileObjectNamespace {
+    fn resolve(
+        &self,
+        referrer: &Path,
+        name: &str,
+        what: &str,
+        policy: &PathPolicy,
+    ) -> vmdk::Result<PathBuf> {
+        vmdk::paths::resolve_lexically(referrer, name, what, policy)
+    }
+    fn open(&self, name: &Path, mode: OpenMode) -> vmdk::Result<Arc<dyn Storage>> {
+        if mode.writable {
+            return Err(Self::refuse(name, "open for writing"));
+        }
+        match self.files.get(&vmdk::paths::normalize_lexically(name)) {
+            Some((_, s)) => Ok(s.clone()),
+            None => Err(vmdk::Error::io(
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no file object was given for this file",
+                ),
+                "cannot open",
+            )
+            .with_path(name)),
+        }
+    }
+    fn create(&self, name: &Path, _lock: bool) -> vmdk::Result<Arc<dyn Storage>> {
+        Err(Self::refuse(name, "create files"))
+    }
+    fn remove(&self, name: &Path) -> vmdk::Result<()> {
+        Err(Self::refuse(name, "remove files"))
+    }
+    fn identity(&self, name: &Path) -> vmdk::Result<Option<FileId>> {
+        Ok(self
+            .files
+            .get(&vmdk::paths::normalize_lexically(name))
+            .map(|(ino, _)| FileId {
+                dev: u64::MAX,
+                ino: *ino,
+            }))
+    }
 }
 
 /// Open an image whose descriptor (or monolithic file) is `main` and whose files are the
@@ -107,62 +166,32 @@ pub fn open_file_objects(
     main: String,
     files: Vec<(String, Py<PyAny>)>,
 ) -> PyResult<Image> {
-    let dir = tempfile::Builder::new()
-        .prefix("vmdk-fileobj-")
-        .tempdir()
-        .map_err(|e| to_py(vmdk::Error::io(e, "creating a temporary directory")))?;
-    let root = dir
-        .path()
-        .canonicalize()
-        .map_err(|e| to_py(vmdk::Error::io(e, "creating a temporary directory")))?;
-    let mut by_path: HashMap<PathBuf, Arc<PyFileStorage>> = HashMap::new();
-    for (name, obj) in files {
+    let mut by_name = HashMap::new();
+    for (i, (name, obj)) in files.into_iter().enumerate() {
         let rel = plain_relative(&name).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "file name {name:?} must be relative, without '..' (as the descriptor names it)"
             ))
         })?;
-        let at = root.join(&rel);
-        if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                to_py(vmdk::Error::io(e, "creating a placeholder").with_path(parent))
-            })?;
-        }
-        std::fs::File::create(&at)
-            .map_err(|e| to_py(vmdk::Error::io(e, "creating a placeholder").with_path(&at)))?;
-        by_path.insert(
-            at,
-            Arc::new(PyFileStorage {
-                obj,
-                name,
-                cursor: Mutex::new(()),
-            }),
+        let storage = Arc::new(PyFileStorage {
+            obj,
+            name,
+            cursor: Mutex::new(()),
+        });
+        by_name.insert(
+            vmdk::paths::normalize_lexically(&rel),
+            (i as u64 + 1, storage),
         );
     }
-    let main_rel = plain_relative(&main)
+    let main_path = plain_relative(&main)
         .ok_or_else(|| PyValueError::new_err(format!("bad main file name {main:?}")))?;
-    let main_path = root.join(main_rel);
-    let by_path = Arc::new(by_path);
-    let opener = StorageOpener(Arc::new(move |path: &Path, writable: bool| {
-        if writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "images read through file objects are read-only",
-            ));
-        }
-        let key = path.canonicalize()?;
-        match by_path.get(&key) {
-            Some(s) => Ok(s.clone() as Arc<dyn Storage>),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no file object was given for this file",
-            )),
-        }
-    }));
-    let mut opts = vmdk::OpenOptions::new().open_backing(false).locking(false);
-    opts.storage_opener = Some(opener);
+    let ns = Arc::new(FileObjectNamespace { files: by_name });
+    let opts = vmdk::OpenOptions::new()
+        .open_backing(false)
+        .locking(false)
+        .in_namespace(ns);
     let img = py
         .allow_threads(|| vmdk::Image::open_with(&main_path, &opts))
         .map_err(to_py)?;
-    Ok(Image::from_parts(img, main, Some(dir)))
+    Ok(Image::from_parts(img, main, None))
 }

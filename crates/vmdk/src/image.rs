@@ -266,7 +266,12 @@ pub fn foreign_virtual_size(path: &Path, format: ForeignFormat) -> Option<u64> {
     let s = crate::namespace::RouterNamespace
         .open(path, OpenMode::read_only())
         .ok()?;
-    let (_, head, tail) = probe_storage_full(&*s).ok()?;
+    foreign_virtual_size_of(&*s, format)
+}
+
+/// [`foreign_virtual_size`] of an open file.
+pub fn foreign_virtual_size_of(storage: &dyn Storage, format: ForeignFormat) -> Option<u64> {
+    let (_, head, tail) = probe_storage_full(storage).ok()?;
     foreign::virtual_size(format, &head, &tail)
 }
 
@@ -673,6 +678,11 @@ impl Image {
             write_state: Default::default(),
             namespace: crate::namespace::local(),
         })
+    }
+
+    /// The file the image was opened from (its descriptor, or its one sparse file).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// The namespace the image's files were opened in.

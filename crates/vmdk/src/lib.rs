@@ -35,6 +35,7 @@ pub mod namespace;
 pub mod paths;
 pub mod raw;
 pub mod rebase;
+pub mod report;
 pub mod resize;
 pub mod source_window;
 pub mod storage;

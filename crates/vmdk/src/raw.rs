@@ -58,6 +58,11 @@ impl RawFile {
         &self.path
     }
 
+    /// Bytes the file takes on its host, if known (`info`'s "disk size").
+    pub fn allocated_size(&self) -> Option<u64> {
+        self.file.storage.allocated_size()
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
@@ -93,33 +98,13 @@ impl RawFile {
                 0,
             )
         };
-        let storage = &self.file.storage;
-        let mut pos = offset;
-        while pos < end && !b.stopped() {
-            let d = match storage.seek_data(pos) {
-                Ok(Some(d)) => d.min(end),
-                Ok(None) => end,
-                Err(_) => {
-                    // No hole support: everything is data.
-                    data(&mut b, pos, end);
-                    break;
-                }
-            };
-            if d > pos {
-                b.push(pos, d - pos, MapTarget::Zero, 0);
+        crate::storage::scan_holes(&*self.file.storage, offset, end, |s, len, is_data| {
+            if is_data {
+                data(&mut b, s, s + len)
+            } else {
+                b.push(s, len, MapTarget::Zero, 0)
             }
-            if d >= end {
-                break;
-            }
-            let h = match storage.seek_hole(d) {
-                Ok(Some(h)) => h.min(end),
-                Ok(None) | Err(_) => end,
-            };
-            // A file growing under us could report a hole at or before `d`; never loop.
-            let h = h.max(d + 1).min(end);
-            data(&mut b, d, h);
-            pos = h;
-        }
+        });
         Ok(b.entries)
     }
 

@@ -90,6 +90,45 @@ pub trait Storage: Send + Sync + fmt::Debug {
     }
 }
 
+/// Walk `[start, end)` of `storage` as alternating runs of data and holes, in order:
+/// `run(offset, length, is_data)` for each, until it returns `false`. Holes are found with
+/// [`Storage::seek_data`]/[`Storage::seek_hole`]; where the storage cannot tell, everything
+/// is data. `end` must not lie past the storage's end.
+pub fn scan_holes(
+    storage: &dyn Storage,
+    start: u64,
+    end: u64,
+    mut run: impl FnMut(u64, u64, bool) -> bool,
+) {
+    let mut pos = start;
+    while pos < end {
+        let d = match storage.seek_data(pos) {
+            Ok(Some(d)) => d.min(end),
+            Ok(None) => end,
+            Err(_) => {
+                run(pos, end - pos, true);
+                return;
+            }
+        };
+        if d > pos && !run(pos, d - pos, false) {
+            return;
+        }
+        if d >= end {
+            return;
+        }
+        let h = match storage.seek_hole(d) {
+            Ok(Some(h)) => h.min(end),
+            Ok(None) | Err(_) => end,
+        };
+        // A file growing under us could report a hole at or before `d`; never loop.
+        let h = h.max(d + 1).min(end);
+        if !run(d, h - d, true) {
+            return;
+        }
+        pos = h;
+    }
+}
+
 /// The identity of a host file: its device and inode. Two paths name one file exactly when
 /// their `FileId`s are equal, however they are spelled (symlinks, hard links, `..`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::names::display;
 use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
-use crate::output::{Node, OutputFormat};
+use crate::output::OutputFormat;
+use vmdk::report::names::display;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,19 +61,7 @@ pub fn run(a: Args) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     match a.output {
         OutputFormat::Json => {
-            let nz = |v: u64| (v != 0).then_some(v);
-            let mut n = Node::dict();
-            n.put("check-errors", r.check_errors)
-                .put("filename", display(&a.image))
-                .put("format", "vmdk")
-                .put_opt("image-end-offset", r.image_end_offset.filter(|v| *v != 0))
-                .put_opt("corruptions", nz(corruptions))
-                .put_opt("leaks", nz(r.leaked_clusters))
-                .put_opt("total-clusters", nz(r.total_clusters))
-                .put_opt("allocated-clusters", nz(r.allocated_clusters))
-                .put_opt("fragmented-clusters", nz(r.fragmented_clusters))
-                .put_opt("compressed-clusters", nz(r.compressed_clusters));
-            n.print_json(&mut out)?;
+            vmdk::report::check::check_json(&r, &display(&a.image)).print_json(&mut out)?;
         }
         OutputFormat::Human if !a.quiet => {
             if corruptions == 0 && r.leaked_clusters == 0 && r.check_errors == 0 {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::names::{display, path_combine};
 use crate::opts::{split_options, vmdk_options, VMDK_OPTIONS_HELP};
 use crate::size::parse_size;
+use vmdk::report::names::{display, path_combine};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

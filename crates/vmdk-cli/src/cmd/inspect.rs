@@ -54,33 +54,13 @@ pub fn run(a: Args) -> Result<u8> {
     };
     let mut out = std::io::stdout().lock();
     if a.output == "json" {
-        serde_json::to_writer_pretty(&mut out, &to_json(&rep))?;
-        writeln!(out)?;
+        vmdk::report::inspect::inspect_json(&rep).print_json(&mut out)?;
     } else {
         print_human(&rep, &mut out)?;
     }
     Ok(match rep.verdict() {
         Verdict::Safe => 0,
         Verdict::Unsafe => 1,
-    })
-}
-
-fn to_json(rep: &InspectReport) -> serde_json::Value {
-    serde_json::json!({
-        "filename": rep.filename,
-        "format": rep.format,
-        "subformat": rep.subformat,
-        "virtual-size": rep.virtual_size,
-        "file-size": rep.file_size,
-        "bytes-read": rep.bytes_read,
-        "grain-tables": rep.grain_tables,
-        "grain-tables-checked": rep.grain_tables_checked,
-        "grains-allocated": rep.grains_allocated,
-        "verdict": rep.verdict().as_str(),
-        "reasons": rep.reasons.iter().map(|r| serde_json::json!({
-            "code": r.code,
-            "message": r.message,
-        })).collect::<Vec<_>>(),
     })
 }
 

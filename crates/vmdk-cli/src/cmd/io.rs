@@ -693,11 +693,11 @@ fn info(img: &Image, out: &mut impl Write) -> Result<bool> {
     writeln!(
         out,
         "cluster size: {}",
-        cvtstr(super::info::io_cluster_size(img) as f64)
+        cvtstr(vmdk::report::info::io_cluster_size(img) as f64)
     )?;
     writeln!(out, "vm state offset: 0 bytes")?;
     writeln!(out, "Format specific information:")?;
-    super::info::format_specific(img).print_human(1, out)?;
+    vmdk::report::info::format_specific(img).print_human(1, out)?;
     Ok(true)
 }
 

@@ -1,19 +1,17 @@
 //! `vmdk map`: where each stretch of the virtual disk lives, printed exactly like
 //! `qemu-img map` (same merging, same JSON text, same human columns).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use vmdk::convert::Source;
-use vmdk::extent::ExtentKind;
 use vmdk::raw::RawFile;
+use vmdk::report::map::{mergeable, MapReporter, QEntry};
+use vmdk::report::names::display;
 use vmdk::walk::MapWalker;
-use vmdk::{ExtentFile, Image, MapEntry, MapTarget};
+use vmdk::Image;
 
-use crate::names::{chain, display, extent_name};
 use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use crate::size::parse_size;
@@ -37,36 +35,6 @@ pub struct Args {
     open: OpenArgs,
     /// The image.
     image: PathBuf,
-}
-
-/// One `qemu-img map` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QEntry {
-    pub start: u64,
-    pub length: u64,
-    pub depth: u32,
-    pub present: bool,
-    pub zero: bool,
-    pub data: bool,
-    pub compressed: bool,
-    pub offset: Option<u64>,
-    pub file: Option<Arc<str>>,
-}
-
-/// qemu-img's `entry_mergeable`.
-fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
-    curr.length != 0
-        && curr.zero == next.zero
-        && curr.data == next.data
-        && curr.compressed == next.compressed
-        && curr.depth == next.depth
-        && curr.present == next.present
-        && curr.file == next.file
-        && curr.offset.is_some() == next.offset.is_some()
-        && match (curr.offset, next.offset) {
-            (Some(a), Some(b)) => a + curr.length == b,
-            _ => true,
-        }
 }
 
 /// `%#-16x`: C prints 0 without the 0x prefix.
@@ -99,17 +67,7 @@ impl<W: Write> Printer<W> {
         Ok(Printer {
             out,
             json,
-            curr: QEntry {
-                start,
-                length: 0,
-                depth: 0,
-                present: false,
-                zero: false,
-                data: false,
-                compressed: false,
-                offset: None,
-                file: None,
-            },
+            curr: QEntry::empty(start),
         })
     }
 
@@ -177,150 +135,21 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// Turns library map entries into qemu-img map entries: names files as qemu does, and finds
-/// the host file's holes inside flat extents (qemu reports them as `zero: true, data: true`).
-struct Converter {
-    names: HashMap<u64, Arc<str>>,
-    /// Flat extent files, opened again lazily to ask for their holes.
-    flat: HashMap<u64, Option<RawFile>>,
-    /// For a raw image, its name: qemu gives every stretch of a raw file an offset.
-    raw: Option<Arc<str>>,
-}
-
-impl Converter {
-    fn for_image(img: &Image, name: &str) -> Converter {
-        let mut names = HashMap::new();
-        let mut flat = HashMap::new();
-        for (layer, lname) in chain(img, name) {
-            for (i, e) in layer.extents().iter().enumerate() {
-                if let Some(f) = e.file() {
-                    let n = extent_name(layer, &lname, i).unwrap_or_else(|| display(f.path()));
-                    names.entry(f.id()).or_insert_with(|| Arc::from(n));
-                    if matches!(e.kind, ExtentKind::Flat { .. }) {
-                        flat.insert(f.id(), None);
-                    }
-                }
-            }
-        }
-        Converter {
-            names,
-            flat,
-            raw: None,
-        }
-    }
-
-    fn name(&mut self, file: &ExtentFile) -> Arc<str> {
-        self.names
-            .entry(file.id())
-            .or_insert_with(|| Arc::from(display(file.path())))
-            .clone()
-    }
-
-    /// `(length, is_hole)` pieces of `[off, off+len)` in a flat extent's file; past the end
-    /// of the file counts as a hole.
-    fn holes(&mut self, file: &ExtentFile, off: u64, len: u64) -> Result<Vec<(u64, bool)>> {
-        let slot = self.flat.get_mut(&file.id()).expect("flat file");
-        if slot.is_none() {
-            // The image holds this file open (and locked) already; this second descriptor
-            // only asks lseek for holes, so it takes no locks of its own.
-            *slot = RawFile::open_with(file.path(), &vmdk::OpenOptions::new().locking(false)).ok();
-        }
-        let Some(raw) = slot.as_ref() else {
-            return Ok(vec![(len, false)]);
-        };
-        let size = raw.size();
-        let mut out = Vec::new();
-        if off < size {
-            let n = len.min(size - off);
-            for e in raw.map(off, n)? {
-                out.push((e.length, matches!(e.target, MapTarget::Zero)));
-            }
-        }
-        if off + len > size {
-            out.push((off + len - off.max(size), true));
-        }
-        Ok(out)
-    }
-
-    fn convert(&mut self, e: &MapEntry, out: &mut Vec<QEntry>) -> Result<()> {
-        let base = QEntry {
-            start: e.start,
-            length: e.length,
-            depth: e.depth,
-            present: true,
-            zero: false,
-            data: false,
-            compressed: false,
-            offset: None,
-            file: None,
-        };
-        match &e.target {
-            MapTarget::Data { file, offset } if self.flat.contains_key(&file.id()) => {
-                let name = self.name(file);
-                let mut at = 0;
-                for (len, hole) in self.holes(file, *offset, e.length)? {
-                    out.push(QEntry {
-                        start: e.start + at,
-                        length: len,
-                        data: true,
-                        zero: hole,
-                        offset: Some(offset + at),
-                        file: Some(name.clone()),
-                        ..base.clone()
-                    });
-                    at += len;
-                }
-            }
-            MapTarget::Data { file, offset } => out.push(QEntry {
-                data: true,
-                offset: Some(*offset),
-                file: Some(self.name(file)),
-                ..base
-            }),
-            MapTarget::Compressed { .. } => out.push(QEntry {
-                data: true,
-                compressed: true,
-                ..base
-            }),
-            MapTarget::Zero if self.raw.is_some() => out.push(QEntry {
-                zero: true,
-                offset: Some(e.start),
-                file: self.raw.clone(),
-                ..base
-            }),
-            MapTarget::Zero => out.push(QEntry { zero: true, ..base }),
-            MapTarget::Unallocated => out.push(QEntry {
-                present: false,
-                zero: true,
-                ..base
-            }),
-        }
-        Ok(())
-    }
-}
-
 pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
     let start = a.start_offset.unwrap_or(0);
     // Open before printing anything: a failure prints no output at all.
-    let (source, conv): (Box<dyn Source>, Converter) =
+    let (source, conv): (Box<dyn Source>, MapReporter) =
         match vmdk_or_raw(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
-                let conv = Converter::for_image(&img, &name);
+                let conv = MapReporter::for_image(&img, &name);
                 (Box::new(img), conv)
             }
             Fmt::Foreign(_) => unreachable!("refused by vmdk_or_raw"),
             Fmt::Raw => {
                 let raw = RawFile::open_with(&a.image, &a.open.options())?;
-                (
-                    Box::new(raw),
-                    Converter {
-                        names: HashMap::new(),
-                        flat: HashMap::new(),
-                        raw: Some(Arc::from(name.as_str())),
-                    },
-                )
+                (Box::new(raw), MapReporter::for_raw(&name))
             }
         };
     let size = source.size();
@@ -349,7 +178,7 @@ fn print_map(
     start: u64,
     end: u64,
     source: &dyn Source,
-    mut conv: Converter,
+    mut conv: MapReporter,
 ) -> Result<()> {
     let mut printer = Printer::new(out, json, start)?;
     // Batches of entries, not fixed windows: a huge zero or unallocated stretch is one step
@@ -368,6 +197,7 @@ fn print_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn e(start: u64, length: u64, data: bool, offset: Option<u64>) -> QEntry {
         QEntry {

@@ -213,12 +213,25 @@ def convert(
     )
 
 
+def inspect(
+    path: PathLike, *, policy: str = "default", max_size: Optional[int] = None
+) -> Dict[str, Any]:
+    """Decide whether ``path`` is a safe, self-contained VMDK without opening anything
+    it names: the dict ``vmdk inspect --output=json`` prints. ``verdict`` is "safe" or
+    "unsafe"; ``reasons`` lists every problem (``code`` and ``message``). ``policy`` is
+    "default" (OpenStack's: monolithicSparse and streamOptimized only) or "strict";
+    ``max_size`` refuses larger virtual disks.
+    """
+    return _vmdk.inspect(os.fspath(path), policy=policy, max_size=max_size)
+
+
 __all__ = [
     "Image",
     "ImageReader",
     "open",
     "create",
     "convert",
+    "inspect",
     "Error",
     "IoError",
     "MissingFileError",

@@ -1,36 +1,58 @@
-//! `Image.map()`: the entries `qemu-img map --output=json` (and `vmdk map --output=json`)
-//! print, as plain values. The merging and the flat-extent hole detection follow the CLI's
-//! `cmd/map.rs` step by step, over the same library walk ([`vmdk::walk::MapWalker`]); the
-//! tests compare the two outputs.
+//! `map`'s report: library map entries turned into `qemu-img map` entries (qemu's file
+//! names, holes of flat extents' host files, qemu's merging).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use vmdk::extent::ExtentKind;
-use vmdk::raw::RawFile;
-use vmdk::walk::MapWalker;
-use vmdk::{ExtentFile, Image, MapEntry, MapTarget, Result};
+use super::names::{chain, display, extent_name};
+use crate::convert::Source;
+use crate::error::Result;
+use crate::extent::ExtentKind;
+use crate::walk::MapWalker;
+use crate::{ExtentFile, Image, MapEntry, MapTarget};
 
-use crate::names::{chain, display, extent_name};
-
-/// One `qemu-img map` entry.
+/// One `qemu-img map` entry (qemu's field names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QEntry {
+    /// Virtual offset.
     pub start: u64,
+    /// Length in bytes.
     pub length: u64,
+    /// Layer of the backing chain that answered (0 = the image).
     pub depth: u32,
+    /// Whether some layer holds this stretch.
     pub present: bool,
+    /// Whether it reads as zeros.
     pub zero: bool,
+    /// Whether it is stored as data.
     pub data: bool,
+    /// Whether it is in a compressed grain.
     pub compressed: bool,
+    /// Host offset of plain data.
     pub offset: Option<u64>,
-    /// Compared when merging (qemu merges only within one file), not returned: qemu's JSON
-    /// has no file name.
+    /// Host file of plain data, as qemu names it.
     pub file: Option<Arc<str>>,
 }
 
+impl QEntry {
+    /// A zero-length entry at `start`: where merging begins.
+    pub fn empty(start: u64) -> QEntry {
+        QEntry {
+            start,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        }
+    }
+}
+
 /// qemu-img's `entry_mergeable`.
-fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
+pub fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
     curr.length != 0
         && curr.zero == next.zero
         && curr.data == next.data
@@ -45,16 +67,21 @@ fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
         }
 }
 
-/// Names files as qemu does and finds the host file's holes inside flat extents (qemu
-/// reports them as `zero: true, data: true`).
-struct Converter {
+/// Turns library map entries into qemu-img map entries: names files as qemu does, and finds
+/// the host file's holes inside flat extents (qemu reports them as `zero: true, data: true`;
+/// NBD block status says the same).
+#[derive(Debug)]
+pub struct MapReporter {
     names: HashMap<u64, Arc<str>>,
-    /// Flat extent files, opened again lazily to ask for their holes.
-    flat: HashMap<u64, Option<RawFile>>,
+    /// Flat extent files, whose holes qemu reports.
+    flat: HashMap<u64, ()>,
+    /// For a raw image, its name: qemu gives every stretch of a raw file an offset.
+    raw: Option<Arc<str>>,
 }
 
-impl Converter {
-    fn for_image(img: &Image, name: &str) -> Converter {
+impl MapReporter {
+    /// For `img`, shown as `name` (extent and backing files named as qemu names them).
+    pub fn for_image(img: &Image, name: &str) -> MapReporter {
         let mut names = HashMap::new();
         let mut flat = HashMap::new();
         for (layer, lname) in chain(img, name) {
@@ -63,12 +90,25 @@ impl Converter {
                     let n = extent_name(layer, &lname, i).unwrap_or_else(|| display(f.path()));
                     names.entry(f.id()).or_insert_with(|| Arc::from(n));
                     if matches!(e.kind, ExtentKind::Flat { .. }) {
-                        flat.insert(f.id(), None);
+                        flat.insert(f.id(), ());
                     }
                 }
             }
         }
-        Converter { names, flat }
+        MapReporter {
+            names,
+            flat,
+            raw: None,
+        }
+    }
+
+    /// For a raw image shown as `name`.
+    pub fn for_raw(name: &str) -> MapReporter {
+        MapReporter {
+            names: HashMap::new(),
+            flat: HashMap::new(),
+            raw: Some(Arc::from(name)),
+        }
     }
 
     fn name(&mut self, file: &ExtentFile) -> Arc<str> {
@@ -79,24 +119,19 @@ impl Converter {
     }
 
     /// `(length, is_hole)` pieces of `[off, off+len)` in a flat extent's file; past the end
-    /// of the file counts as a hole.
-    fn holes(&mut self, file: &ExtentFile, off: u64, len: u64) -> Result<Vec<(u64, bool)>> {
-        let slot = self.flat.get_mut(&file.id()).expect("flat file");
-        if slot.is_none() {
-            // The image holds this file open (and locked) already; this second descriptor
-            // only asks lseek for holes, so it takes no locks of its own.
-            *slot = RawFile::open_with(file.path(), &vmdk::OpenOptions::new().locking(false)).ok();
-        }
-        let Some(raw) = slot.as_ref() else {
-            return Ok(vec![(len, false)]);
-        };
-        let size = raw.size();
+    /// of the file counts as a hole. The same answer NBD block status gives.
+    fn holes(&self, file: &ExtentFile, off: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        let size = file
+            .storage
+            .len()
+            .map_err(|e| crate::Error::io(e, "getting file size").with_path(&file.path))?;
         let mut out = Vec::new();
         if off < size {
-            let n = len.min(size - off);
-            for e in raw.map(off, n)? {
-                out.push((e.length, matches!(e.target, MapTarget::Zero)));
-            }
+            let end = off + len.min(size - off);
+            crate::storage::scan_holes(&*file.storage, off, end, |_, n, is_data| {
+                out.push((n, !is_data));
+                true
+            });
         }
         if off + len > size {
             out.push((off + len - off.max(size), true));
@@ -104,7 +139,8 @@ impl Converter {
         Ok(out)
     }
 
-    fn convert(&mut self, e: &MapEntry, out: &mut Vec<QEntry>) -> Result<()> {
+    /// Append the qemu-img entries that library entry `e` stands for to `out` (unmerged).
+    pub fn convert(&mut self, e: &MapEntry, out: &mut Vec<QEntry>) -> Result<()> {
         let base = QEntry {
             start: e.start,
             length: e.length,
@@ -144,6 +180,12 @@ impl Converter {
                 compressed: true,
                 ..base
             }),
+            MapTarget::Zero if self.raw.is_some() => out.push(QEntry {
+                zero: true,
+                offset: Some(e.start),
+                file: self.raw.clone(),
+                ..base
+            }),
             MapTarget::Zero => out.push(QEntry { zero: true, ..base }),
             MapTarget::Unallocated => out.push(QEntry {
                 present: false,
@@ -155,32 +197,25 @@ impl Converter {
     }
 }
 
-/// The merged qemu-img map entries of `[start, end)` of `img` (shown as `name`). Like
-/// qemu-img, an empty range still yields one zero-length entry.
-pub fn map(img: &Image, name: &str, start: u64, end: u64) -> Result<Vec<QEntry>> {
-    let mut conv = Converter::for_image(img, name);
+/// The merged qemu-img map entries of `[start, end)` of `src` (converted by `reporter`), as
+/// `qemu-img map --output=json` lists them. Like qemu-img, an empty range still yields one
+/// zero-length entry.
+pub fn merged_entries(
+    src: &dyn Source,
+    reporter: &mut MapReporter,
+    start: u64,
+    end: u64,
+) -> Result<Vec<QEntry>> {
     let mut out: Vec<QEntry> = Vec::new();
-    let mut curr = QEntry {
-        start,
-        length: 0,
-        depth: 0,
-        present: false,
-        zero: false,
-        data: false,
-        compressed: false,
-        offset: None,
-        file: None,
-    };
-    let mut walker = MapWalker::new(img, start, end);
+    let mut curr = QEntry::empty(start);
+    let mut walker = MapWalker::new(src, start, end);
     let mut entries = Vec::new();
     while let Some(e) = walker.next()? {
-        conv.convert(&e, &mut entries)?;
+        reporter.convert(&e, &mut entries)?;
         for next in entries.drain(..) {
             if mergeable(&curr, &next) {
                 curr.length += next.length;
-                continue;
-            }
-            if curr.length > 0 {
+            } else if curr.length > 0 {
                 out.push(std::mem::replace(&mut curr, next));
             } else {
                 curr = next;

@@ -1,10 +1,9 @@
-//! File names as qemu (and so the `vmdk` CLI) shows them in `map` and `info`: relative
-//! names combined with the directory of the file that names them. Mirrors the CLI's
-//! `names.rs`, which is private to the binary; the tests compare both outputs.
+//! File names as qemu shows them: relative names combined with the directory of the file that
+//! names them (`path_combine`), without the `./` our library adds for bare names.
 
 use std::path::Path;
 
-use vmdk::Image;
+use crate::Image;
 
 /// qemu's `path_combine`: `name` if absolute, else `name` in the directory of `base`.
 pub fn path_combine(base: &str, name: &str) -> String {
@@ -17,7 +16,7 @@ pub fn path_combine(base: &str, name: &str) -> String {
     }
 }
 
-/// How to show a path.
+/// How to show a path given on the command line.
 pub fn display(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -52,4 +51,17 @@ pub fn extent_name(img: &Image, name: &str, i: usize) -> Option<String> {
         }
     }
     Some(display(f.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combines_like_qemu() {
+        assert_eq!(path_combine("b.vmdk", "a.vmdk"), "a.vmdk");
+        assert_eq!(path_combine("/tmp/q/b.vmdk", "a.vmdk"), "/tmp/q/a.vmdk");
+        assert_eq!(path_combine("d/b.vmdk", "/x/a.vmdk"), "/x/a.vmdk");
+        assert_eq!(path_combine("./b.vmdk", "a.vmdk"), "./a.vmdk");
+    }
 }

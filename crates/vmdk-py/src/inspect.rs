@@ -1,0 +1,37 @@
+//! `vmdk.inspect()`: is this upload a safe, self-contained VMDK? In-process, for services
+//! (Glance-style) that vet user files before anything opens them.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use vmdk::inspect::InspectPolicy;
+
+use crate::errors::to_py;
+use crate::info::ToPy;
+
+/// Inspect the file at `path` without following any name inside it; the dict `vmdk inspect
+/// --output=json` prints (`verdict` is "safe" or "unsafe", `reasons` lists every problem).
+#[pyfunction]
+#[pyo3(signature = (path, *, policy="default", max_size=None))]
+pub fn inspect<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    policy: &str,
+    max_size: Option<u64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut pol = match policy {
+        "default" => InspectPolicy::default(),
+        "strict" => InspectPolicy::strict(),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown policy '{other}' (expected 'default' or 'strict')"
+            )))
+        }
+    };
+    if max_size.is_some() {
+        pol.max_virtual_size = max_size;
+    }
+    let rep = py
+        .allow_threads(|| vmdk::inspect::inspect_path(&path, &pol))
+        .map_err(to_py)?;
+    vmdk::report::inspect::inspect_json(&rep).to_py(py)
+}

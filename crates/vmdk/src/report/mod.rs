@@ -1,0 +1,12 @@
+//! Reports in qemu-img's shapes (`info`, `check`, `map`, `inspect`), built once here so that the `vmdk`
+//! command, the Python module and anything else print or return the same fields: the CLI
+//! only chooses between JSON and human text.
+
+pub mod check;
+pub mod info;
+pub mod inspect;
+pub mod map;
+pub mod names;
+mod node;
+
+pub use node::Node;
