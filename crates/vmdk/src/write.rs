@@ -181,10 +181,10 @@ impl Image {
         {
             if let Some(ExtentKind::Sparse(s)) = self.extents.first().map(|e| &e.kind) {
                 s.check_writable()?;
-                s.write_guard().check_descriptor(s)?;
+                s.write_guard().check_descriptor(s.directory())?;
             }
         }
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        self.map_for_write(offset, len, |e, rel, n, _| match &e.kind {
             ExtentKind::Sparse(s) => s.check_write_targets(rel, n, op),
             _ => Ok(()),
         })
@@ -212,33 +212,26 @@ impl Image {
         Ok(())
     }
 
-    /// Run `f` for each extent piece of `[offset, offset+len)`.
-    fn for_each_extent(
+    /// The write-side counterpart of [`Image::map`]: the extent pieces `[offset, offset+len)`
+    /// covers, from the same walk, each handed to `f` as (extent, offset in the extent,
+    /// length, offset in the request). Extents that may not be written are refused.
+    fn map_for_write(
         &self,
         offset: u64,
         len: u64,
         mut f: impl FnMut(&crate::extent::Extent, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
-        let end = offset + len;
-        let mut pos = offset;
-        let mut i = self.extent_index(offset);
-        while pos < end && i < self.extents.len() {
-            let e = &self.extents[i];
-            let n = (e.start + e.length).min(end) - pos;
-            if n > 0 {
-                if e.access != ExtentAccess::ReadWrite {
-                    return Err(Error::new(
-                        ErrorKind::ReadOnly,
-                        format!("extent {i} is {} and cannot be written", e.access.keyword()),
-                    )
-                    .with_path(&self.path));
-                }
-                f(e, pos - e.start, n, pos - offset)?;
+        self.walk_extents(offset, len, |i, e, rel, n, at| {
+            if e.access != ExtentAccess::ReadWrite {
+                return Err(Error::new(
+                    ErrorKind::ReadOnly,
+                    format!("extent {i} is {} and cannot be written", e.access.keyword()),
+                )
+                .with_path(&self.path));
             }
-            pos += n;
-            i += 1;
-        }
-        Ok(())
+            f(e, rel, n, at)?;
+            Ok(true)
+        })
     }
 
     /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
@@ -248,7 +241,7 @@ impl Image {
             return Ok(());
         }
         let durable = self.write_state.durable;
-        self.for_each_extent(offset, buf.len() as u64, |e, rel, n, at| {
+        self.map_for_write(offset, buf.len() as u64, |e, rel, n, at| {
             let data = &buf[at as usize..(at + n) as usize];
             match &e.kind {
                 ExtentKind::Flat { file, offset: base } => file
@@ -287,7 +280,7 @@ impl Image {
         }
         let durable = self.write_state.durable;
         let no_backing = self.backing.is_none();
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        self.map_for_write(offset, len, |e, rel, n, _| match &e.kind {
             ExtentKind::Flat { file, offset: base } => {
                 let zeros = vec![0u8; n.min(1 << 20) as usize];
                 let mut done = 0;
@@ -322,7 +315,7 @@ impl Image {
         }
         let durable = self.write_state.durable;
         let no_backing = self.backing.is_none();
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        self.map_for_write(offset, len, |e, rel, n, _| match &e.kind {
             ExtentKind::Sparse(s) => s.discard(rel, n, no_backing, durable),
             _ => Ok(()),
         })
@@ -333,7 +326,7 @@ impl Image {
         self.writable
             && self.extents.iter().any(|e| {
                 matches!(&e.kind, ExtentKind::Sparse(s) if !s.is_compressed()
-                    && (self.backing.is_none() || s.zero_grain))
+                    && (self.backing.is_none() || s.has_zero_grains()))
             })
     }
 
