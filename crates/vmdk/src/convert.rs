@@ -435,20 +435,12 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
                 let span_len = (last - first + bound) as usize;
                 scratch.span.resize(span_len, 0);
                 let file = g.file();
-                let mut got = 0;
-                while got < span_len {
-                    match file
-                        .storage
-                        .read_at(&mut scratch.span[got..], first + got as u64)
-                    {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) => {
-                            return Err(Error::io(e, format!("reading at offset {first}"))
-                                .with_path(&file.path))
-                        }
-                    }
-                }
+                let got = file
+                    .storage
+                    .read_up_to(&mut scratch.span, first)
+                    .map_err(|e| {
+                        Error::io(e, format!("reading at offset {first}")).with_path(&file.path)
+                    })?;
                 for k in i..j {
                     let ek = &task.entries[k];
                     // Grains next to each other in the file need not be in the disk.

@@ -265,17 +265,10 @@ fn read_grain(
         // No marker: the stream length is unknown, so read what it could at most take and
         // let a streaming inflater stop at the stream's end.
         let mut data = vec![0u8; compress_bound(grain_size) as usize];
-        let mut got = 0;
-        while got < data.len() {
-            let n = file
-                .storage
-                .read_at(&mut data[got..], grain_offset + got as u64)
-                .map_err(|e| Error::io(e, "reading compressed grain").with_path(&file.path))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        let got = file
+            .storage
+            .read_up_to(&mut data, grain_offset)
+            .map_err(|e| Error::io(e, "reading compressed grain").with_path(&file.path))?;
         data.truncate(got);
         let mut z = flate2::read::ZlibDecoder::new(&data[..]);
         let mut filled = 0;

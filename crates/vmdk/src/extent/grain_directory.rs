@@ -110,18 +110,16 @@ fn directory_bytes(
         })
 }
 
-/// Read a directory of `n` entries of `width` bytes at `offset` (already checked with
-/// [`directory_bytes`] and reserved in the budget) in small pieces, so the entries are the
+/// Read a directory of `n` entries of `width` bytes, `bytes` long, at `offset` (already
+/// checked with [`directory_bytes`] and reserved in the budget) in small pieces, so the entries are the
 /// only big allocation.
 fn read_directory(
     file: &ExtentFile,
     offset: u64,
-    n: u64,
-    width: usize,
-    file_len: u64,
+    (n, width): (u64, usize),
+    bytes: u64,
     what: &str,
 ) -> Result<AtomicEntries> {
-    let bytes = directory_bytes(file, offset, n, width, file_len, what)?;
     let entries = AtomicEntries::zeroed(n as usize, width).ok_or_else(|| {
         Error::io(
             std::io::ErrorKind::OutOfMemory.into(),
@@ -176,14 +174,15 @@ impl GrainDirectory {
     ) -> Result<GrainDirectory> {
         let (gd_what, rgd_what) = ("grain directory", "redundant grain directory");
         let (n, w) = (place.entries, coding.width());
-        let mut bytes = directory_bytes(&file, place.offset, n, w, file_len, gd_what)?;
+        let bytes = directory_bytes(&file, place.offset, n, w, file_len, gd_what)?;
         if let Some(off) = place.redundant {
-            bytes += directory_bytes(&file, off, n, w, file_len, rgd_what)?;
+            directory_bytes(&file, off, n, w, file_len, rgd_what)?;
         }
-        budget.reserve_directory(bytes, &file.path, budget_what)?;
-        let gd = read_directory(&file, place.offset, n, w, file_len, gd_what)?;
+        let copies = if place.redundant.is_some() { 2 } else { 1 };
+        budget.reserve_directory(bytes * copies, &file.path, budget_what)?;
+        let gd = read_directory(&file, place.offset, (n, w), bytes, gd_what)?;
         let rgd = match place.redundant {
-            Some(off) => Some((off, read_directory(&file, off, n, w, file_len, rgd_what)?)),
+            Some(off) => Some((off, read_directory(&file, off, (n, w), bytes, rgd_what)?)),
             None => None,
         };
         // seSparse files preallocate their areas: new space starts at the file's end as is.

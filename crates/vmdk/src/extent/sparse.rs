@@ -44,6 +44,34 @@ pub struct SparseExtent {
     pub(crate) dir: GrainDirectory,
 }
 
+/// What an open function found out about an extent, for [`SparseExtent::assemble`].
+struct Layout {
+    coding: GrainCoding,
+    place: DirectoryPlace,
+    /// Capacity in bytes.
+    capacity: u64,
+    header: Option<SparseHeader>,
+    footer_layout: bool,
+}
+
+impl Layout {
+    /// The layout of the flavours without a VMDK4 header or a redundant directory (COWD,
+    /// seSparse), given the directory's offset and number of entries.
+    fn bare(coding: GrainCoding, (offset, entries): (u64, u64), capacity: u64) -> Layout {
+        Layout {
+            coding,
+            place: DirectoryPlace {
+                offset,
+                redundant: None,
+                entries,
+            },
+            capacity,
+            header: None,
+            footer_layout: false,
+        }
+    }
+}
+
 fn corrupt(file: &ExtentFile, msg: impl Into<String>) -> Error {
     Error::corrupt(msg).with_path(&file.path)
 }
@@ -105,38 +133,68 @@ impl SparseExtent {
             } else {
                 None
             };
-        let coding = GrainCoding {
-            flavor: SparseFlavor::Vmdk4,
-            zero_grain: header.zero_grain(),
-            compressed: header.compressed(),
+        let coding = GrainCoding::sectors(
+            SparseFlavor::Vmdk4,
+            header.zero_grain(),
+            header.compressed(),
             grain_size,
-            gt_entries: header.num_gtes_per_gt as u64,
-            table_area: 0,
-            grain_area: 0,
-        };
+            header.num_gtes_per_gt as u64,
+        );
         let place = DirectoryPlace {
             offset: gd_offset,
             redundant: rgd_offset,
             entries: gd_entries,
         };
-        let regions = header_regions(SparseFlavor::Vmdk4, Some(&header));
+        Self::assemble(
+            file,
+            file_len,
+            budget,
+            Layout {
+                coding,
+                place,
+                capacity: header.capacity * SECTOR_SIZE,
+                header: Some(header),
+                footer_layout,
+            },
+        )
+    }
+
+    /// The extent laid out as `layout` says, with its directory loaded.
+    fn assemble(
+        file: Arc<ExtentFile>,
+        file_len: u64,
+        budget: &ExtentBudget,
+        layout: Layout,
+    ) -> Result<Self> {
+        let Layout {
+            coding,
+            place,
+            capacity,
+            header,
+            footer_layout,
+        } = layout;
+        let budget_what = match coding.flavor {
+            SparseFlavor::Vmdk4 => "grain directories",
+            _ => "grain directory",
+        };
+        let regions = header_regions(coding.flavor, header.as_ref());
         let dir = GrainDirectory::load(
             file.clone(),
             coding,
             place,
             file_len,
             budget,
-            "grain directories",
+            budget_what,
             regions,
         )?;
         Ok(SparseExtent {
-            capacity: header.capacity * SECTOR_SIZE,
-            grain_size,
-            compressed: header.compressed(),
-            has_marker: header.has_markers(),
+            capacity,
+            grain_size: coding.grain_size,
+            compressed: coding.compressed,
+            has_marker: header.as_ref().is_some_and(|h| h.has_markers()),
             footer_layout,
-            flavor: SparseFlavor::Vmdk4,
-            header: Some(header),
+            flavor: coding.flavor,
+            header,
             file,
             dir,
         })
@@ -162,41 +220,17 @@ impl SparseExtent {
         let per_gd = h.grain_size as u64 * COWD_GT_ENTRIES as u64;
         let needed = (h.capacity as u64).div_ceil(per_gd);
         let grain_size = h.grain_size as u64 * SECTOR_SIZE;
-        let coding = GrainCoding {
-            flavor: SparseFlavor::Cowd,
-            zero_grain: false,
-            compressed: false,
+        let coding = GrainCoding::sectors(
+            SparseFlavor::Cowd,
+            false,
+            false,
             grain_size,
-            gt_entries: COWD_GT_ENTRIES as u64,
-            table_area: 0,
-            grain_area: 0,
-        };
-        let place = DirectoryPlace {
-            offset: h.gd_offset as u64 * SECTOR_SIZE,
-            redundant: None,
-            entries: needed,
-        };
-        let regions = header_regions(SparseFlavor::Cowd, None);
-        let dir = GrainDirectory::load(
-            file.clone(),
-            coding,
-            place,
-            file_len,
-            budget,
-            "grain directory",
-            regions,
-        )?;
-        Ok(SparseExtent {
-            capacity: h.capacity as u64 * SECTOR_SIZE,
-            grain_size,
-            compressed: false,
-            has_marker: false,
-            footer_layout: false,
-            flavor: SparseFlavor::Cowd,
-            header: None,
-            file,
-            dir,
-        })
+            COWD_GT_ENTRIES as u64,
+        );
+        let capacity = h.capacity as u64 * SECTOR_SIZE;
+        let gd_offset = h.gd_offset as u64 * SECTOR_SIZE;
+        let layout = Layout::bare(coding, (gd_offset, needed), capacity);
+        Self::assemble(file, file_len, budget, layout)
     }
 
     /// Open an seSparse extent whose first sector is `first`.
@@ -264,32 +298,8 @@ impl SparseExtent {
             table_area,
             grain_area,
         };
-        let place = DirectoryPlace {
-            offset: gd_offset,
-            redundant: None,
-            entries: needed,
-        };
-        let regions = header_regions(SparseFlavor::SeSparse, None);
-        let dir = GrainDirectory::load(
-            file.clone(),
-            coding,
-            place,
-            file_len,
-            budget,
-            "grain directory",
-            regions,
-        )?;
-        Ok(SparseExtent {
-            capacity,
-            grain_size,
-            compressed: false,
-            has_marker: false,
-            footer_layout: false,
-            flavor: SparseFlavor::SeSparse,
-            header: None,
-            file,
-            dir,
-        })
+        let layout = Layout::bare(coding, (gd_offset, needed), capacity);
+        Self::assemble(file, file_len, budget, layout)
     }
 
     /// The file this extent lives in.

@@ -211,10 +211,10 @@ impl WriteGuard {
         .with_path(&d.file().path)
     }
 
-    /// Fail unless the grain directories may be written (to add a grain table).
-    pub(crate) fn check_directory(&self, d: &GrainDirectory) -> Result<()> {
+    /// Fail if a fixed region `which` picks overlaps other metadata.
+    fn check_fixed(&self, d: &GrainDirectory, which: impl Fn(Region) -> bool) -> Result<()> {
         for &(r, a, b, bad) in &self.fixed {
-            if bad && matches!(r, Region::Directory | Region::RedundantDirectory) {
+            if bad && which(r) {
                 let what = self
                     .overlapping(a, b, Except::Fixed(r))
                     .unwrap_or_else(|| "other metadata".into());
@@ -227,20 +227,16 @@ impl WriteGuard {
         Ok(())
     }
 
+    /// Fail unless the grain directories may be written (to add a grain table).
+    pub(crate) fn check_directory(&self, d: &GrainDirectory) -> Result<()> {
+        self.check_fixed(d, |r| {
+            matches!(r, Region::Directory | Region::RedundantDirectory)
+        })
+    }
+
     /// Fail unless the embedded descriptor may be rewritten (for the CID update).
     pub(crate) fn check_descriptor(&self, d: &GrainDirectory) -> Result<()> {
-        for &(r, a, b, bad) in &self.fixed {
-            if bad && r == Region::Descriptor {
-                let what = self
-                    .overlapping(a, b, Except::Fixed(r))
-                    .unwrap_or_else(|| "other metadata".into());
-                return Err(Self::refuse(
-                    d,
-                    format!("the {r} at offset {a} overlaps {what}"),
-                ));
-            }
-        }
-        Ok(())
+        self.check_fixed(d, |r| r == Region::Descriptor)
     }
 
     /// Fail unless entries may be written into the grain table of directory entry `i`

@@ -82,6 +82,25 @@ pub struct GrainCoding {
 }
 
 impl GrainCoding {
+    /// The coding of a VMDK4 or COWD extent: 32-bit sector numbers, no areas.
+    pub fn sectors(
+        flavor: SparseFlavor,
+        zero_grain: bool,
+        compressed: bool,
+        grain_size: u64,
+        gt_entries: u64,
+    ) -> GrainCoding {
+        GrainCoding {
+            flavor,
+            zero_grain,
+            compressed,
+            grain_size,
+            gt_entries,
+            table_area: 0,
+            grain_area: 0,
+        }
+    }
+
     /// Bytes of one entry on disk: 4, or 8 for seSparse.
     pub fn width(&self) -> usize {
         match self.flavor {
