@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use vmdk::format::cowd_header::CowdHeader;
 use vmdk::format::marker::{GrainMarker, MetadataMarker};
+use vmdk::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
 use vmdk::format::sesparse_header::{self, SeSparseConstHeader};
 use vmdk::format::sparse_header::SparseHeader;
 
@@ -27,16 +28,22 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, h);
     }
     let _ = sesparse_header::check_volatile_header(data);
+    let se = GrainCoding {
+        flavor: SparseFlavor::SeSparse,
+        zero_grain: true,
+        compressed: false,
+        grain_size: 4096,
+        gt_entries: 4096,
+        table_area: 1 << 20,
+        grain_area: 1 << 30,
+    };
     for c in data.chunks_exact(8) {
         let v = u64::from_le_bytes(c.try_into().unwrap());
-        let _ = sesparse_header::decode_gd_entry(v);
-        if let Ok(sesparse_header::SeSparseGtEntry::Allocated(i)) =
-            sesparse_header::decode_gt_entry(v)
-        {
-            assert_eq!(
-                sesparse_header::decode_gt_entry(sesparse_header::encode_gt_allocated(i)),
-                Ok(sesparse_header::SeSparseGtEntry::Allocated(i))
-            );
+        let _ = se.decode_directory(v);
+        if let Ok(e) = se.decode(v) {
+            if e != GrainEntry::Zero {
+                assert_eq!(se.encode(e), Ok(v));
+            }
         }
     }
     let _ = GrainMarker::parse(data);

@@ -25,11 +25,12 @@
 //! times at one table costs one walk.
 
 use crate::error::Result;
-use crate::extent::compressed::compress_bound;
 use crate::extent::metadata::Region;
-use crate::extent::{ExtentKind, GrainState, SparseExtent, SparseFlavor};
+use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
+use crate::format::grain_entry;
 use crate::format::marker::{
-    GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_GD, MARKER_GT,
+    is_end_of_stream, GrainMarker, MetadataMarker, FOOTER_SIZE, GRAIN_MARKER_SIZE, MARKER_EOS,
+    MARKER_GD, MARKER_GT,
 };
 use crate::format::SECTOR_SIZE;
 use crate::image::Image;
@@ -268,7 +269,7 @@ impl ExtentCheck<'_> {
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.s.file.storage.read_exact_at(buf, offset)
+        self.s.file().storage.read_exact_at(buf, offset)
     }
 
     /// The sector just before `offset`, if it holds a metadata marker of `kind`.
@@ -276,7 +277,7 @@ impl ExtentCheck<'_> {
     /// Markers are claimed only after the grains (see `run`): a sector that merely looks
     /// like a marker (the tail of a compressed grain can) belongs to the grain.
     fn marker_before(&self, offset: u64, kind: u32) -> Option<u64> {
-        if !self.s.has_marker || offset < SECTOR_SIZE {
+        if !self.s.has_markers() || offset < SECTOR_SIZE {
             return None;
         }
         let mut buf = [0u8; 512];
@@ -295,15 +296,16 @@ impl ExtentCheck<'_> {
     /// Check the extent; returns the end of its used space.
     fn run(&mut self) -> Option<u64> {
         let s = self.s;
-        let file_len = match s.file.storage.len() {
+        let dir = s.directory();
+        let file_len = match s.file().storage.len() {
             Ok(l) => l,
             Err(e) => {
                 self.error(format!("cannot get the file size: {e}"));
                 return None;
             }
         };
-        let gs = s.grain_size;
-        self.r.total_clusters += s.capacity.div_ceil(gs);
+        let gs = s.grain_size();
+        self.r.total_clusters += s.capacity().div_ceil(gs);
         let mut space = SpaceMap::new(file_len);
         let mut leak_check = true;
         let mut data_start = 0;
@@ -314,7 +316,7 @@ impl ExtentCheck<'_> {
         let mut markers: Vec<u64> = Vec::new();
 
         // Headers, descriptor, footer.
-        let fixed = s.fixed_regions();
+        let fixed = dir.fixed_regions();
         // The directories are claimed below, after the footer.
         for &(region, start, end) in &fixed {
             if matches!(region, Region::Header | Region::Descriptor)
@@ -325,20 +327,18 @@ impl ExtentCheck<'_> {
                 ));
             }
         }
-        match s.flavor {
+        match s.flavor() {
             SparseFlavor::Vmdk4 => {
-                if let Some(h) = &s.header {
+                if let Some(h) = s.header() {
                     data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
                 }
-                if s.footer_layout && file_len >= 1536 {
-                    space.claim(Hit::Meta, file_len - 1536, file_len);
-                } else if s.has_marker && file_len >= SECTOR_SIZE {
+                let footer = FOOTER_SIZE as u64;
+                if s.has_footer() && file_len >= footer {
+                    space.claim(Hit::Meta, file_len - footer, file_len);
+                } else if s.has_markers() && file_len >= SECTOR_SIZE {
                     let mut buf = [0u8; 512];
                     let eos = file_len - SECTOR_SIZE;
-                    if self.read(&mut buf, eos).is_ok()
-                        && matches!(MetadataMarker::parse(&buf),
-                            Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
-                    {
+                    if self.read(&mut buf, eos).is_ok() && is_end_of_stream(&buf) {
                         // Claimed after the grains, like the other markers.
                         eos_candidate = Some(eos);
                     }
@@ -351,7 +351,7 @@ impl ExtentCheck<'_> {
                 leak_check = false;
             }
         }
-        if s.compressed && !s.has_marker {
+        if s.is_compressed() && !s.has_markers() {
             // Compressed grains without markers have no recorded length.
             leak_check = false;
         }
@@ -371,11 +371,11 @@ impl ExtentCheck<'_> {
         }
 
         // Pass 1: grain tables (and their redundant copies) are metadata.
-        let gt_bytes = s.table_bytes();
-        let mut walk = vec![false; s.gd.len()];
+        let gt_bytes = dir.coding().table_bytes();
+        let mut walk = vec![false; dir.len()];
         for (i, good) in walk.iter_mut().enumerate() {
-            let rgt = s.rgt_offset(i);
-            let gt = match s.gt_offset(i) {
+            let rgt = dir.redundant_table_offset(i);
+            let gt = match dir.table_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {
                     self.corruption(format!("grain directory entry {i}: {}", e.message()));
@@ -405,7 +405,7 @@ impl ExtentCheck<'_> {
         // Pass 2: the grains.
         let mut next_contiguous: Option<u64> = None;
         for (i, _) in walk.iter().enumerate().filter(|(_, g)| **g) {
-            let table = match s.table(i) {
+            let table = match dir.table(i) {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(e) => {
@@ -413,25 +413,25 @@ impl ExtentCheck<'_> {
                     continue;
                 }
             };
-            for j in 0..(s.gt_entries as usize).min(table.len()) {
-                let grain = i as u64 * s.gt_entries + j as u64;
-                if grain.saturating_mul(gs) >= s.capacity {
+            let gt_entries = dir.coding().gt_entries;
+            for j in 0..(gt_entries as usize).min(table.len()) {
+                let grain = i as u64 * gt_entries + j as u64;
+                if grain.saturating_mul(gs) >= s.capacity() {
                     break;
                 }
-                let raw = table.get(j);
-                let state = match s.decode(raw) {
-                    Ok(st) => st,
+                let entry = match dir.decode(table.get(j)) {
+                    Ok(e) => e,
                     Err(e) => {
                         self.corruption(format!("grain table {i} entry {j}: {}", e.message()));
                         continue;
                     }
                 };
-                let GrainState::Allocated(off) = state else {
+                let Some(off) = entry.offset() else {
                     continue;
                 };
                 let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
                 self.r.allocated_clusters += 1;
-                if s.compressed {
+                if s.is_compressed() {
                     self.r.compressed_clusters += 1;
                 }
                 if off >= file_len {
@@ -441,7 +441,7 @@ impl ExtentCheck<'_> {
                     ));
                     continue;
                 }
-                let end = if s.compressed {
+                let end = if s.is_compressed() {
                     match self.compressed_end(grain, off, file_len, sector) {
                         Some(end) => end,
                         None => continue,
@@ -485,7 +485,7 @@ impl ExtentCheck<'_> {
         if leak_check {
             for (start, end) in space.unused(data_start / SECTOR_SIZE, file_len) {
                 let end = end.min(file_len.next_multiple_of(SECTOR_SIZE));
-                let start = if s.has_marker {
+                let start = if s.has_markers() {
                     self.skip_metadata_markers(start, end)
                 } else {
                     start
@@ -493,8 +493,8 @@ impl ExtentCheck<'_> {
                 if end <= start {
                     continue;
                 }
-                if s.has_marker
-                    && !s.footer_layout
+                if s.has_markers()
+                    && !s.has_footer()
                     && end - start <= gs
                     && self.is_zero_sector(end - SECTOR_SIZE)
                 {
@@ -554,7 +554,7 @@ impl ExtentCheck<'_> {
     /// aligned), or `None` after reporting a corruption.
     fn compressed_end(&mut self, grain: u64, off: u64, file_len: u64, sector: u64) -> Option<u64> {
         let s = self.s;
-        if !s.has_marker {
+        if !s.has_markers() {
             return Some(off + SECTOR_SIZE);
         }
         let mut m = [0u8; GRAIN_MARKER_SIZE];
@@ -564,17 +564,16 @@ impl ExtentCheck<'_> {
             ));
             return None;
         }
-        let marker = GrainMarker::parse(&m).expect("12 bytes");
-        let bound = compress_bound(s.grain_size);
-        if marker.size == 0 || marker.size as u64 > bound {
-            self.corruption(format!(
-                "compressed grain for sector {sector} at offset {off}: marker claims {} \
-                 compressed bytes (at most {bound} possible)",
-                marker.size
-            ));
-            return None;
-        }
-        let expect_lba = grain * s.grain_size / SECTOR_SIZE;
+        let marker = match GrainMarker::parse_checked(&m, s.grain_size()) {
+            Ok(m) => m,
+            Err(why) => {
+                self.corruption(format!(
+                    "compressed grain for sector {sector} at offset {off}: {why}"
+                ));
+                return None;
+            }
+        };
+        let expect_lba = grain * s.grain_size() / SECTOR_SIZE;
         if marker.lba != expect_lba {
             self.corruption(format!(
                 "compressed grain for sector {sector} at offset {off}: marker names sector {} \
@@ -603,7 +602,7 @@ impl ExtentCheck<'_> {
         file_len: u64,
         gt_bytes: u64,
     ) {
-        let s = self.s;
+        let dir = self.s.directory();
         match (gt, rgt) {
             (None, 0) => return,
             (Some(_), 0) => {
@@ -644,7 +643,7 @@ impl ExtentCheck<'_> {
             self.error(format!("cannot read redundant grain table {i}: {e}"));
             return;
         }
-        let primary = match s.table(i) {
+        let primary = match dir.table(i) {
             Ok(Some(t)) => t,
             Ok(None) => return,
             Err(e) => {
@@ -652,15 +651,9 @@ impl ExtentCheck<'_> {
                 return;
             }
         };
-        let w = s.entry_width;
-        let differing = buf
-            .chunks_exact(w)
+        let differing = grain_entry::entries(dir.coding().width(), &buf)
             .enumerate()
-            .filter(|(j, c)| {
-                let mut b = [0u8; 8];
-                b[..w].copy_from_slice(c);
-                *j < primary.len() && u64::from_le_bytes(b) != primary.get(*j)
-            })
+            .filter(|&(j, raw)| j < primary.len() && raw != primary.get(j))
             .count();
         if differing > 0 {
             self.warning(format!(

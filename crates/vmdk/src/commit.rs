@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{read_target, Image, OpenOptions};
+use crate::image::{Image, OpenOptions};
 use crate::map::MapTarget;
 use crate::storage::FileId;
 
@@ -110,7 +110,7 @@ pub fn commit(
                 MapTarget::Zero => base.write_zeroes(e.start, e.length, true)?,
                 t => {
                     buf.resize(e.length as usize, 0);
-                    read_target(t, &mut buf)?;
+                    t.read_into(&mut buf)?;
                     base.write_at(&buf, e.start)?;
                 }
             }

@@ -24,15 +24,14 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use crate::create::refuse_to_overwrite;
 use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
-use crate::extent::compressed::{compress_bound, inflate_into};
-use crate::format::marker::{GrainMarker, GRAIN_MARKER_SIZE};
+use crate::extent::compressed::GrainEncoder;
 use crate::format::SECTOR_SIZE;
-use crate::image::{read_target, FileFormat, Image, OpenOptions};
+use crate::image::{FileFormat, Image, OpenOptions};
 use crate::map::{MapEntry, MapTarget};
 use crate::namespace::Namespace;
 use crate::raw::RawFile;
 use crate::storage::FileId;
-use crate::stream_writer::{is_zero, GrainEncoder, StreamWriter, GRAIN_SECTORS};
+use crate::stream_writer::{is_zero, StreamWriter, GRAIN_SECTORS};
 use crate::walk::MapWalker;
 
 /// Anything convert and compare can read: a VMDK image or a raw file.
@@ -193,7 +192,7 @@ impl ConvertOptions {
                 for en in &task.entries {
                     let at = (en.start - task.start) as usize;
                     let dst = &mut buf[at..at + en.length as usize];
-                    if let Err(e) = read_target(&en.target, dst) {
+                    if let Err(e) = en.target.read_into(dst) {
                         dst.fill(0);
                         self.salvaged.fetch_add(1, Ordering::Relaxed);
                         eprintln!(
@@ -409,34 +408,29 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
         }
         let at = (e.start - task.start) as usize;
         match &e.target {
-            MapTarget::Compressed {
-                file,
-                grain_offset,
-                grain_size,
-                in_grain: 0,
-                has_marker: true,
-            } if e.length == *grain_size => {
+            MapTarget::Compressed(g)
+                if e.length == g.grain_size()
+                    && g.in_grain() == 0
+                    && g.record_bound().is_some() =>
+            {
                 // Gather following whole compressed grains of the same file that lie close
                 // behind this one, to fetch them all with one read.
-                let bound = GRAIN_MARKER_SIZE as u64 + compress_bound(*grain_size);
-                let first = *grain_offset;
+                let bound = g.record_bound().expect("checked above");
+                let first = g.offset();
                 let mut last = first;
                 let mut j = i + 1;
                 while j < task.entries.len() {
                     match &task.entries[j].target {
-                        MapTarget::Compressed {
-                            file: f2,
-                            grain_offset: g2,
-                            grain_size: s2,
-                            in_grain: 0,
-                            has_marker: true,
-                        } if std::sync::Arc::ptr_eq(file, f2)
-                            && s2 == grain_size
-                            && task.entries[j].length == *s2
-                            && *g2 > last
-                            && *g2 - first <= 2 * MAX_TASK_SPARSE =>
+                        MapTarget::Compressed(g2)
+                            if std::sync::Arc::ptr_eq(g.file(), g2.file())
+                                && g2.grain_size() == g.grain_size()
+                                && g2.in_grain() == 0
+                                && g2.record_bound().is_some()
+                                && task.entries[j].length == g2.grain_size()
+                                && g2.offset() > last
+                                && g2.offset() - first <= 2 * MAX_TASK_SPARSE =>
                         {
-                            last = *g2;
+                            last = g2.offset();
                             j += 1;
                         }
                         _ => break,
@@ -444,20 +438,13 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
                 }
                 let span_len = (last - first + bound) as usize;
                 scratch.span.resize(span_len, 0);
-                let mut got = 0;
-                while got < span_len {
-                    match file
-                        .storage
-                        .read_at(&mut scratch.span[got..], first + got as u64)
-                    {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) => {
-                            return Err(Error::io(e, format!("reading at offset {first}"))
-                                .with_path(&file.path))
-                        }
-                    }
-                }
+                let file = g.file();
+                let got = file
+                    .storage
+                    .read_up_to(&mut scratch.span, first)
+                    .map_err(|e| {
+                        Error::io(e, format!("reading at offset {first}")).with_path(&file.path)
+                    })?;
                 for k in i..j {
                     let ek = &task.entries[k];
                     // Grains next to each other in the file need not be in the disk.
@@ -465,49 +452,28 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
                         buf[(pos - task.start) as usize..(ek.start - task.start) as usize].fill(0);
                     }
                     pos = ek.start + ek.length;
-                    let MapTarget::Compressed { grain_offset, .. } = &ek.target else {
+                    let MapTarget::Compressed(gk) = &ek.target else {
                         unreachable!("checked above")
                     };
-                    let rel = (*grain_offset - first) as usize;
                     let dst = &mut buf[(ek.start - task.start) as usize
                         ..(ek.start - task.start + ek.length) as usize];
-                    let ok = rel + GRAIN_MARKER_SIZE <= got && {
-                        let m = GrainMarker::parse(&scratch.span[rel..]).expect("12 bytes");
-                        let data_end = rel + GRAIN_MARKER_SIZE + m.size as usize;
-                        m.size != 0
-                            && (m.size as u64) <= compress_bound(*grain_size)
-                            && data_end <= got
-                            && inflate_into(&scratch.span[rel + GRAIN_MARKER_SIZE..data_end], dst)
-                                .is_ok()
-                    };
-                    if !ok {
+                    if !gk.decode_from(&scratch.span[..got], first, dst) {
                         // Let the general path produce the precise error (or succeed).
-                        read_target(&ek.target, dst)?;
+                        ek.target.read_into(dst)?;
                     }
                 }
                 i = j;
                 continue;
             }
-            MapTarget::Compressed {
-                file,
-                grain_offset,
-                grain_size,
-                in_grain,
-                has_marker,
-            } => {
+            MapTarget::Compressed(g) => {
                 // Part of a grain: inflate it whole, then copy the part.
-                scratch.grain.resize(*grain_size as usize, 0);
-                crate::extent::compressed::read_grain(
-                    file,
-                    *grain_offset,
-                    *has_marker,
-                    &mut scratch.grain,
-                )?;
-                let s = *in_grain as usize;
+                scratch.grain.resize(g.grain_size() as usize, 0);
+                g.read_whole(&mut scratch.grain)?;
+                let s = g.in_grain() as usize;
                 buf[at..at + e.length as usize]
                     .copy_from_slice(&scratch.grain[s..s + e.length as usize]);
             }
-            t => read_target(t, &mut buf[at..at + e.length as usize])?,
+            t => t.read_into(&mut buf[at..at + e.length as usize])?,
         }
         pos = e.start + e.length;
         i += 1;
@@ -1098,7 +1064,7 @@ fn map_or_past_end(s: &dyn Source, start: u64, end: u64) -> Result<Vec<MapEntry>
 }
 
 fn read_piece(e: &MapEntry, off: u64, buf: &mut [u8]) -> Result<()> {
-    read_target(&e.target.advanced(off - e.start), buf)
+    e.target.advanced(off - e.start).read_into(buf)
 }
 
 /// The first offset in `[start, end)` where `a` and `b` differ (past the end of the shorter

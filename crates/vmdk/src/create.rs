@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE};
+use crate::format::grain_entry::preallocated_directory;
 use crate::format::sparse_header::{
     SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, FLAG_RGD,
     FLAG_ZERO_GRAIN, NEWLINE_CHECK,
@@ -178,10 +179,7 @@ impl Default for CreateOptions {
 
 /// qemu-img's split size for twoGbMaxExtent* subformats.
 pub const SPLIT_SIZE: u64 = 0x8000_0000;
-/// Grain size qemu-img (and VMware) use for new sparse extents, in sectors.
-pub const DEFAULT_GRAIN_SECTORS: u64 = 128;
-/// Grain-table entries qemu-img (and VMware) use.
-pub const DEFAULT_GT_ENTRIES: u32 = 512;
+pub use crate::format::sparse_header::{DEFAULT_GRAIN_SECTORS, DEFAULT_GT_ENTRIES};
 /// Sectors reserved for the embedded descriptor, as qemu-img does.
 pub const EMBEDDED_DESC_SECTORS: u64 = 20;
 
@@ -343,13 +341,8 @@ pub fn write_sparse_extent(
     let gt_sectors = (header.num_gtes_per_gt as u64 * 4).div_ceil(SECTOR_SIZE);
     let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
     for gd_start in [header.rgd_offset, header.gd_offset] {
-        let mut gd = Vec::with_capacity(gt_count as usize * 4);
-        for i in 0..gt_count {
-            let gt = gd_start + gd_sectors + i * gt_sectors;
-            let gt = u32::try_from(gt)
-                .map_err(|_| Error::invalid("image too large for 32-bit grain directory"))?;
-            gd.extend_from_slice(&gt.to_le_bytes());
-        }
+        let gd = preallocated_directory(gt_count, gd_start + gd_sectors, gt_sectors)
+            .map_err(Error::invalid)?;
         f.write_at(&gd, gd_start * SECTOR_SIZE).map_err(io)?;
     }
     Ok(f)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::budget::ExtentBudget;
-use crate::extent::{compressed, Extent, ExtentKind, SparseExtent};
+use crate::extent::{Extent, ExtentKind, SparseExtent};
 use crate::format::cowd_header::COWD_MAGIC;
 use crate::format::descriptor::{
     Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE, MAX_DESCRIPTOR_SIZE,
@@ -816,31 +816,48 @@ impl Image {
         Ok(b.entries)
     }
 
-    /// Map this layer into `b`, stopping when `b` refuses a stretch.
-    fn map_layer_into(&self, offset: u64, len: u64, depth: u32, b: &mut MapBuilder) -> Result<()> {
+    /// The one walk over the extents under `[offset, offset+len)`, for reads and writes
+    /// alike: calls `f(index, extent, offset in the extent, length, offset from `offset`)`
+    /// for each piece in order, until `f` returns `Ok(false)`.
+    pub(crate) fn walk_extents(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(usize, &Extent, u64, u64, u64) -> Result<bool>,
+    ) -> Result<()> {
         let end = offset + len;
         let mut pos = offset;
         let mut i = self.extent_index(offset);
-        while pos < end && i < self.extents.len() && !b.stopped() {
+        while pos < end && i < self.extents.len() {
             let e = &self.extents[i];
-            let e_end = e.start + e.length;
-            let n = e_end.min(end) - pos;
+            let n = (e.start + e.length).min(end) - pos;
+            if n > 0 && !f(i, e, pos - e.start, n, pos - offset)? {
+                break;
+            }
+            pos += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Map this layer into `b`, stopping when `b` refuses a stretch.
+    fn map_layer_into(&self, offset: u64, len: u64, depth: u32, b: &mut MapBuilder) -> Result<()> {
+        self.walk_extents(offset, len, |_, e, rel, n, _| {
+            let pos = e.start + rel;
             if e.access == ExtentAccess::NoAccess {
                 // VMware marks extents it must not touch; they read as zeros here rather
                 // than shifting the data after them (QEMU's mistake) or failing the disk.
                 b.push(pos, n, MapTarget::Zero, depth);
             } else {
                 let mut at = pos;
-                e.map(pos - e.start, n, &mut |l, t| {
+                e.map(rel, n, &mut |l, t| {
                     let more = b.push(at, l, t, depth);
                     at += l;
                     more
                 })?;
             }
-            pos += n;
-            i += 1;
-        }
-        Ok(())
+            Ok(!b.stopped())
+        })
     }
 
     /// What `[offset, offset+len)` resolves to through the backing chain. Stretches that no
@@ -904,37 +921,9 @@ impl Image {
         for e in self.map(offset, buf.len() as u64)? {
             let s = (e.start - offset) as usize;
             let dst = &mut buf[s..s + e.length as usize];
-            read_target(&e.target, dst)?;
+            e.target.read_into(dst)?;
         }
         Ok(())
-    }
-}
-
-/// Fill `dst` with the bytes a map target stands for.
-pub fn read_target(target: &MapTarget, dst: &mut [u8]) -> Result<()> {
-    match target {
-        MapTarget::Data { file, offset } => file
-            .storage
-            .read_at_padded(dst, *offset)
-            .map_err(|e| Error::io(e, format!("reading at offset {offset}")).with_path(&file.path)),
-        MapTarget::Compressed {
-            file,
-            grain_offset,
-            grain_size,
-            in_grain,
-            has_marker,
-        } => compressed::read_part(
-            file,
-            *grain_offset,
-            *grain_size,
-            *in_grain,
-            *has_marker,
-            dst,
-        ),
-        MapTarget::Zero | MapTarget::Unallocated => {
-            dst.fill(0);
-            Ok(())
-        }
     }
 }
 

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
+pub use crate::extent::compressed::CompressedGrain;
 use crate::storage::Storage;
 
 /// A file holding extent data, with the path it was opened from (for messages and `map`).
@@ -49,20 +51,8 @@ pub enum MapTarget {
         /// Byte offset in the file of the first byte of the stretch.
         offset: u64,
     },
-    /// Bytes inside one compressed grain: decompress the grain stored at `grain_offset` in
-    /// `file`, then take `grain_size` bytes starting `in_grain` bytes in.
-    Compressed {
-        /// The host file.
-        file: Arc<ExtentFile>,
-        /// Byte offset of the grain (its marker, when the extent has markers).
-        grain_offset: u64,
-        /// Uncompressed grain size in bytes.
-        grain_size: u64,
-        /// Where this stretch starts inside the uncompressed grain.
-        in_grain: u64,
-        /// Whether a 12-byte grain marker precedes the compressed stream.
-        has_marker: bool,
-    },
+    /// Bytes inside one compressed grain (read them with [`MapTarget::read_into`]).
+    Compressed(CompressedGrain),
     /// Reads as zeros in this layer (ZERO extent, zeroed grain); hides any backing file.
     Zero,
     /// Nothing in this layer: the backing file shows through (zeros if there is none).
@@ -82,20 +72,24 @@ impl MapTarget {
                 file: file.clone(),
                 offset: offset + n,
             },
-            MapTarget::Compressed {
-                file,
-                grain_offset,
-                grain_size,
-                in_grain,
-                has_marker,
-            } => MapTarget::Compressed {
-                file: file.clone(),
-                grain_offset: *grain_offset,
-                grain_size: *grain_size,
-                in_grain: in_grain + n,
-                has_marker: *has_marker,
-            },
+            MapTarget::Compressed(g) => MapTarget::Compressed(g.advanced(n)),
             other => other.clone(),
+        }
+    }
+
+    /// Fill `dst` with the bytes this target stands for.
+    pub fn read_into(&self, dst: &mut [u8]) -> Result<()> {
+        match self {
+            MapTarget::Data { file, offset } => {
+                file.storage.read_at_padded(dst, *offset).map_err(|e| {
+                    Error::io(e, format!("reading at offset {offset}")).with_path(&file.path)
+                })
+            }
+            MapTarget::Compressed(g) => g.read_into(dst),
+            MapTarget::Zero | MapTarget::Unallocated => {
+                dst.fill(0);
+                Ok(())
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 use crate::convert::Source;
 use crate::create::{sparse_layout, Subformat, DEFAULT_GRAIN_SECTORS, SPLIT_SIZE};
 use crate::error::{Error, Result};
-use crate::extent::compressed::compress_bound;
+use crate::format::marker::compress_bound;
 use crate::format::marker::GRAIN_MARKER_SIZE;
 use crate::format::SECTOR_SIZE;
 use crate::map::MapTarget;

@@ -294,7 +294,8 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
         .header
         .clone()
         .ok_or_else(|| Error::unsupported("extent without a header").with_path(path))?;
-    let old_n = s.gd.len() as u64;
+    let dir = s.directory();
+    let old_n = dir.len() as u64;
     h.capacity = new_len / SECTOR_SIZE;
     let new_n = h.gd_entries();
     if new_n > crate::extent::sparse::MAX_GD_ENTRIES {
@@ -302,7 +303,7 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
             Error::invalid("the new size is too large for a sparse extent").with_path(path),
         );
     }
-    let table_bytes = s.gt_entries * 4;
+    let table_bytes = dir.coding().table_bytes();
     let mut end = storage
         .len()
         .map_err(io("getting file size"))?
@@ -310,26 +311,20 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
     // Directory room: the whole sectors the directory occupies now.
     let room = (old_n * 4).next_multiple_of(SECTOR_SIZE) / 4;
     let relocate = new_n > room;
-    let dirs: Vec<(u64, Vec<u64>)> = std::iter::once((s.gd_offset, &s.gd))
-        .chain(s.rgd_offset.zip(s.rgd.as_ref()))
-        .map(|(off, d)| (off, (0..d.len()).map(|i| d.get(i)).collect()))
-        .collect();
     let mut new_offsets = Vec::new();
-    for (off, mut entries) in dirs {
+    for (off, mut entries) in dir.raw_copies() {
         for _ in old_n..new_n {
-            entries.push(end / SECTOR_SIZE);
+            let raw = dir.coding().encode_directory(Some(end)).map_err(|_| {
+                Error::invalid(
+                    "the extent file would grow past what 32-bit grain directories address",
+                )
+                .with_path(path)
+            })?;
+            entries.push(raw);
             end += table_bytes.next_multiple_of(SECTOR_SIZE);
         }
-        let bytes: Vec<u8> = entries
-            .iter()
-            .flat_map(|e| u32::try_from(*e).unwrap_or(u32::MAX).to_le_bytes())
-            .collect();
-        if entries.iter().any(|e| *e > u32::MAX as u64) {
-            return Err(Error::invalid(
-                "the extent file would grow past what 32-bit grain directories address",
-            )
-            .with_path(path));
-        }
+        let mut bytes = Vec::new();
+        dir.coding().put_entries(&entries, &mut bytes);
         if relocate {
             let at = end;
             end += (bytes.len() as u64).next_multiple_of(SECTOR_SIZE);

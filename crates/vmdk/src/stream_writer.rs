@@ -13,7 +13,7 @@
 //!
 //! The file is written front to back and never revisited, so it can go to a pipe-like
 //! destination, and memory stays at one grain table plus the grain directory whatever the
-//! disk size. Compression is separate from writing: [`GrainEncoder`] turns grains into
+//! disk size. Compression is separate from writing: a [`GrainEncoder`] turns grains into
 //! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
 //! records down in disk order; [`crate::convert::convert_to_vmdk`] runs encoders on all cores.
 
@@ -21,11 +21,10 @@ use std::path::{Path, PathBuf};
 
 use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
-use crate::extent::compressed::compress_bound;
+use crate::extent::compressed::GrainEncoder;
 use crate::format::descriptor::{ExtentAccess, ExtentLine, ExtentType};
-use crate::format::marker::{
-    GrainMarker, MetadataMarker, GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT,
-};
+use crate::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
+use crate::format::marker::{stream_footer, MetadataMarker, MARKER_GD, MARKER_GT};
 use crate::format::sparse_header::{
     SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END,
     NEWLINE_CHECK,
@@ -33,64 +32,15 @@ use crate::format::sparse_header::{
 use crate::format::SECTOR_SIZE;
 use crate::namespace::StreamSink;
 
+pub use crate::extent::compressed::MAX_LEVEL;
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
-pub const GRAIN_SECTORS: u64 = 128;
+pub use crate::format::sparse_header::DEFAULT_GRAIN_SECTORS as GRAIN_SECTORS;
 /// Grain-table entries per table.
-pub const GT_ENTRIES: u64 = 512;
+pub const GT_ENTRIES: u64 = crate::format::sparse_header::DEFAULT_GT_ENTRIES as u64;
 /// Sectors reserved for the embedded descriptor (at least; more if it needs more).
 pub const DESC_SECTORS: u64 = 20;
-/// Highest zlib level accepted (libdeflate goes to 12; levels 0-9 mean what they mean to zlib).
-pub const MAX_LEVEL: u32 = 12;
 
 const SECTOR: usize = SECTOR_SIZE as usize;
-
-/// Compresses grains into finished stream records: grain marker, zlib stream, zero padding to
-/// a sector boundary. One per thread; cheap to keep, costly to create.
-pub struct GrainEncoder {
-    comp: libdeflater::Compressor,
-}
-
-impl std::fmt::Debug for GrainEncoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrainEncoder").finish_non_exhaustive()
-    }
-}
-
-impl GrainEncoder {
-    /// An encoder at zlib `level` (0-9 as zlib, up to 12 for libdeflate's slower levels).
-    pub fn new(level: u32) -> Result<GrainEncoder> {
-        let lvl =
-            libdeflater::CompressionLvl::new(level.min(i32::MAX as u32) as i32).map_err(|_| {
-                Error::invalid(format!("invalid compression level {level} (0-{MAX_LEVEL})"))
-            })?;
-        Ok(GrainEncoder {
-            comp: libdeflater::Compressor::new(lvl),
-        })
-    }
-
-    /// Append the record for the grain starting at virtual sector `lba` to `out`. `data` is the
-    /// whole grain (the last grain of a disk may be shorter; it is compressed as it is, and
-    /// readers zero-fill the rest). Returns the record's length (a multiple of 512).
-    pub fn encode(&mut self, lba: u64, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
-        let start = out.len();
-        let bound = self.comp.zlib_compress_bound(data.len());
-        out.resize(start + GRAIN_MARKER_SIZE + bound, 0);
-        let n = self
-            .comp
-            .zlib_compress(data, &mut out[start + GRAIN_MARKER_SIZE..])
-            .map_err(|e| Error::new(crate::ErrorKind::Io, format!("compression failed: {e:?}")))?;
-        debug_assert!(n as u64 <= compress_bound(data.len() as u64));
-        GrainMarker {
-            lba,
-            size: n as u32,
-        }
-        .write(&mut out[start..start + GRAIN_MARKER_SIZE]);
-        let len = (GRAIN_MARKER_SIZE + n).next_multiple_of(SECTOR);
-        out.truncate(start + GRAIN_MARKER_SIZE + n);
-        out.resize(start + len, 0);
-        Ok(len)
-    }
-}
 
 /// Writes one streamOptimized file front to back. Feed it grains in ascending order, then
 /// call [`StreamWriter::finish`]; a writer dropped unfinished leaves an invalid file.
@@ -103,10 +53,12 @@ pub struct StreamWriter {
     capacity: u64,
     grain_size: u64,
     total_grains: u64,
-    /// Grain directory: sector of each grain table (0 = none).
-    gd: Vec<u32>,
-    /// The table being filled, and which one it is.
-    gt: Vec<u32>,
+    /// How the entries below are coded.
+    coding: GrainCoding,
+    /// Grain directory: raw entry of each grain table (0 = none).
+    gd: Vec<u64>,
+    /// The table being filled (raw entries), and which one it is.
+    gt: Vec<u64>,
     gt_index: u64,
     gt_used: bool,
     /// Grains must arrive in ascending order: the next acceptable grain number.
@@ -227,6 +179,7 @@ impl StreamWriter {
             capacity: size,
             grain_size,
             total_grains,
+            coding: GrainCoding::sectors(SparseFlavor::Vmdk4, false, true, grain_size, GT_ENTRIES),
             gd: vec![0; gd_len as usize],
             gt: vec![0; GT_ENTRIES as usize],
             gt_index: 0,
@@ -262,11 +215,29 @@ impl StreamWriter {
         Ok(())
     }
 
-    fn sector_now(&self) -> Result<u32> {
-        u32::try_from(self.pos / SECTOR_SIZE).map_err(|_| {
-            Error::unsupported("stream image grows past 2 TiB of compressed data (32-bit offsets)")
-                .with_path(&self.path)
-        })
+    /// Check that the current position fits a 32-bit sector entry.
+    fn check_addressable(&self, pos: u64) -> Result<u64> {
+        if pos / SECTOR_SIZE > u32::MAX as u64 {
+            return Err(Error::unsupported(
+                "stream image grows past 2 TiB of compressed data (32-bit offsets)",
+            )
+            .with_path(&self.path));
+        }
+        Ok(pos)
+    }
+
+    /// The raw table entry for a grain whose record starts at byte `at`.
+    fn grain_entry(&self, at: u64) -> Result<u64> {
+        self.coding
+            .encode(GrainEntry::Compressed(at))
+            .map_err(|m| Error::invalid(m).with_path(&self.path))
+    }
+
+    /// The raw directory entry for a table at byte `at`.
+    fn directory_entry(&self, at: u64) -> Result<u64> {
+        self.coding
+            .encode_directory(Some(at))
+            .map_err(|m| Error::invalid(m).with_path(&self.path))
     }
 
     /// Write the table being filled, if it holds anything.
@@ -283,13 +254,12 @@ impl StreamWriter {
             }
             .serialize(),
         );
-        for e in &self.gt {
-            buf.extend_from_slice(&e.to_le_bytes());
-        }
+        self.coding.put_entries(&self.gt, &mut buf);
         buf.resize(SECTOR + (table_sectors * SECTOR_SIZE) as usize, 0);
-        let table_sector = self.sector_now()? + 1;
+        let table = self.check_addressable(self.pos)? + SECTOR_SIZE;
+        let raw = self.directory_entry(table)?;
         self.append(&buf)?;
-        self.gd[self.gt_index as usize] = table_sector;
+        self.gd[self.gt_index as usize] = raw;
         self.gt.fill(0);
         self.gt_used = false;
         Ok(())
@@ -308,8 +278,8 @@ impl StreamWriter {
             self.flush_gt()?;
             self.gt_index = t;
         }
-        let s = self.sector_now()?;
-        self.gt[(grain % GT_ENTRIES) as usize] = s;
+        let at = self.check_addressable(self.pos)?;
+        self.gt[(grain % GT_ENTRIES) as usize] = self.grain_entry(at)?;
         self.gt_used = true;
         self.next_grain = grain + 1;
         Ok(())
@@ -399,27 +369,11 @@ impl StreamWriter {
             .serialize(),
         );
         let gd_sector = self.pos / SECTOR_SIZE + 1;
-        for e in &self.gd {
-            buf.extend_from_slice(&e.to_le_bytes());
-        }
+        self.coding.put_entries(&self.gd, &mut buf);
         buf.resize(SECTOR + (gd_sectors * SECTOR_SIZE) as usize, 0);
-        buf.extend_from_slice(
-            &MetadataMarker {
-                num_sectors: 1,
-                kind: MARKER_FOOTER,
-            }
-            .serialize(),
-        );
         let mut footer = self.header.clone();
         footer.gd_offset = gd_sector;
-        buf.extend_from_slice(&footer.serialize());
-        buf.extend_from_slice(
-            &MetadataMarker {
-                num_sectors: 0,
-                kind: MARKER_EOS,
-            }
-            .serialize(),
-        );
+        buf.extend_from_slice(&stream_footer(&footer));
         self.append(&buf)?;
         self.out.finish(durable)
     }

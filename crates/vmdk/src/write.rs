@@ -181,10 +181,10 @@ impl Image {
         {
             if let Some(ExtentKind::Sparse(s)) = self.extents.first().map(|e| &e.kind) {
                 s.check_writable()?;
-                s.write_guard().check_descriptor(s)?;
+                s.write_guard().check_descriptor(s.directory())?;
             }
         }
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        self.writable_pieces(offset, len, |e, rel, n, _| match &e.kind {
             ExtentKind::Sparse(s) => s.check_write_targets(rel, n, op),
             _ => Ok(()),
         })
@@ -212,43 +212,56 @@ impl Image {
         Ok(())
     }
 
-    /// Run `f` for each extent piece of `[offset, offset+len)`.
-    fn for_each_extent(
+    /// How a sparse extent starting at virtual `start` fills the unwritten parts of new
+    /// grains: from the backing chain (see [`Image::read_below`]).
+    fn below(&self, start: u64) -> impl Fn(u64, &mut [u8]) -> Result<()> + Sync + '_ {
+        move |ext_off, dst| self.read_below(start + ext_off, dst)
+    }
+
+    /// The write-side counterpart of [`Image::map`], which `write_at`, `write_zeroes` and
+    /// `discard` all go through: after the checks every write makes first (see
+    /// `begin_write`), the extent pieces `[offset, offset+len)` covers, from the same walk
+    /// as `map`, each handed to `f` as (extent, offset in the extent, length, offset in the
+    /// request).
+    fn map_for_write(
+        &self,
+        offset: u64,
+        len: u64,
+        op: WriteOp,
+        f: impl FnMut(&crate::extent::Extent, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        if !self.begin_write(offset, len, op)? {
+            return Ok(());
+        }
+        self.writable_pieces(offset, len, f)
+    }
+
+    /// The extent pieces of `[offset, offset+len)`, refusing extents that may not be
+    /// written.
+    fn writable_pieces(
         &self,
         offset: u64,
         len: u64,
         mut f: impl FnMut(&crate::extent::Extent, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
-        let end = offset + len;
-        let mut pos = offset;
-        let mut i = self.extent_index(offset);
-        while pos < end && i < self.extents.len() {
-            let e = &self.extents[i];
-            let n = (e.start + e.length).min(end) - pos;
-            if n > 0 {
-                if e.access != ExtentAccess::ReadWrite {
-                    return Err(Error::new(
-                        ErrorKind::ReadOnly,
-                        format!("extent {i} is {} and cannot be written", e.access.keyword()),
-                    )
-                    .with_path(&self.path));
-                }
-                f(e, pos - e.start, n, pos - offset)?;
+        self.walk_extents(offset, len, |i, e, rel, n, at| {
+            if e.access != ExtentAccess::ReadWrite {
+                return Err(Error::new(
+                    ErrorKind::ReadOnly,
+                    format!("extent {i} is {} and cannot be written", e.access.keyword()),
+                )
+                .with_path(&self.path));
             }
-            pos += n;
-            i += 1;
-        }
-        Ok(())
+            f(e, rel, n, at)?;
+            Ok(true)
+        })
     }
 
     /// Write `buf` at virtual `offset`. Thread-safe: many writers and readers may work on
     /// one image at once.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.begin_write(offset, buf.len() as u64, WriteOp::Data)? {
-            return Ok(());
-        }
         let durable = self.write_state.durable;
-        self.for_each_extent(offset, buf.len() as u64, |e, rel, n, at| {
+        self.map_for_write(offset, buf.len() as u64, WriteOp::Data, |e, rel, n, at| {
             let data = &buf[at as usize..(at + n) as usize];
             match &e.kind {
                 ExtentKind::Flat { file, offset: base } => file
@@ -265,12 +278,7 @@ impl Image {
                         )
                     }
                 }
-                ExtentKind::Sparse(s) => {
-                    let start = e.start;
-                    let fill =
-                        move |ext_off: u64, dst: &mut [u8]| self.read_below(start + ext_off, dst);
-                    s.write(rel, data, &fill, durable)
-                }
+                ExtentKind::Sparse(s) => s.write(rel, data, &self.below(e.start), durable),
             }
         })
     }
@@ -282,12 +290,8 @@ impl Image {
             may_unmap,
             hides_nothing: false,
         };
-        if !self.begin_write(offset, len, op)? {
-            return Ok(());
-        }
-        let durable = self.write_state.durable;
-        let no_backing = self.backing.is_none();
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        let (durable, no_backing) = (self.write_state.durable, self.backing.is_none());
+        self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
             ExtentKind::Flat { file, offset: base } => {
                 let zeros = vec![0u8; n.min(1 << 20) as usize];
                 let mut done = 0;
@@ -302,10 +306,7 @@ impl Image {
             }
             ExtentKind::Zero => Ok(()),
             ExtentKind::Sparse(s) => {
-                let start = e.start;
-                let fill =
-                    move |ext_off: u64, dst: &mut [u8]| self.read_below(start + ext_off, dst);
-                s.write_zeroes(rel, n, may_unmap, no_backing, &fill, durable)
+                s.write_zeroes(rel, n, may_unmap, no_backing, &self.below(e.start), durable)
             }
         })
     }
@@ -317,12 +318,8 @@ impl Image {
         let op = WriteOp::Discard {
             hides_nothing: false,
         };
-        if !self.begin_write(offset, len, op)? {
-            return Ok(());
-        }
-        let durable = self.write_state.durable;
-        let no_backing = self.backing.is_none();
-        self.for_each_extent(offset, len, |e, rel, n, _| match &e.kind {
+        let (durable, no_backing) = (self.write_state.durable, self.backing.is_none());
+        self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
             ExtentKind::Sparse(s) => s.discard(rel, n, no_backing, durable),
             _ => Ok(()),
         })
@@ -333,7 +330,7 @@ impl Image {
         self.writable
             && self.extents.iter().any(|e| {
                 matches!(&e.kind, ExtentKind::Sparse(s) if !s.is_compressed()
-                    && (self.backing.is_none() || s.zero_grain))
+                    && (self.backing.is_none() || s.has_zero_grains()))
             })
     }
 

@@ -265,9 +265,7 @@ fn vmware_stream_optimized() {
                 .find(|e| e.start == lba * 512)
                 .unwrap_or_else(|| panic!("{what}: no map entry at lba {lba}"));
             match &e.target {
-                MapTarget::Compressed { grain_offset, .. } => {
-                    assert_eq!(*grain_offset, *at as u64)
-                }
+                MapTarget::Compressed(g) => assert_eq!(g.offset(), *at as u64),
                 t => panic!("{what}: lba {lba}: {t:?}"),
             }
         }

@@ -29,34 +29,34 @@ impl SparseExtent {
         let len = storage
             .len()
             .map_err(|e| Error::io(e, "getting file size").with_path(path))?;
-        let table_bytes = self.gt_entries * 4;
-        let dir_bytes = self.gd.len() as u64 * 4;
+        let dir = &self.dir;
+        let table_bytes = dir.coding().table_bytes();
+        let dir_bytes = dir.len() as u64 * dir.coding().width() as u64;
         // Readers (qemu and ours) want the file to reach at least the header's `overhead`,
         // where the first grain would go.
         let mut end = SECTOR_SIZE
             .max(h.overhead.saturating_mul(SECTOR_SIZE))
             .max((h.desc_offset + h.desc_size) * SECTOR_SIZE)
-            .max(self.gd_offset + dir_bytes);
-        if let Some(r) = self.rgd_offset {
+            .max(dir.offset() + dir_bytes);
+        if let Some(r) = dir.redundant_offset() {
             end = end.max(r + dir_bytes);
         }
         let zeros = vec![0u8; table_bytes as usize];
-        let dirs = std::iter::once(&self.gd).chain(self.rgd.as_ref());
-        for dir in dirs {
-            for i in 0..dir.len() {
-                let sector = dir.get(i);
-                if sector == 0 {
+        for (_, entries) in dir.raw_copies() {
+            for raw in entries {
+                let Some(off) = dir
+                    .coding()
+                    .decode_directory(raw)
+                    .map_err(|m| Error::corrupt(m).with_path(path))?
+                else {
                     continue;
+                };
+                if off.checked_add(table_bytes).is_none_or(|t| t > len) {
+                    return Err(Error::corrupt(format!(
+                        "grain table at sector {raw} lies past the end of the file"
+                    ))
+                    .with_path(path));
                 }
-                let off = sector
-                    .checked_mul(SECTOR_SIZE)
-                    .filter(|o| o.checked_add(table_bytes).is_some_and(|t| t <= len))
-                    .ok_or_else(|| {
-                        Error::corrupt(format!(
-                            "grain table at sector {sector} lies past the end of the file"
-                        ))
-                        .with_path(path)
-                    })?;
                 storage
                     .write_at(&zeros, off)
                     .map_err(|e| Error::io(e, "clearing a grain table").with_path(path))?;

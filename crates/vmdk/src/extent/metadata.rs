@@ -6,8 +6,9 @@
 
 use std::fmt;
 
-use crate::extent::sparse::{SparseExtent, SparseFlavor};
 use crate::format::cowd_header::COWD_HEADER_SIZE;
+use crate::format::grain_entry::SparseFlavor;
+use crate::format::sparse_header::SparseHeader;
 use crate::format::SECTOR_SIZE;
 
 /// One piece of a sparse extent's metadata.
@@ -40,51 +41,26 @@ impl fmt::Display for Region {
     }
 }
 
-impl SparseExtent {
-    /// The metadata at fixed places: header, embedded descriptor (VMDK4), grain directory
-    /// and redundant grain directory, as `(region, start, end)` byte ranges in that order.
-    /// Ends come from the file's header and may lie past the end of the file.
-    pub(crate) fn fixed_regions(&self) -> Vec<(Region, u64, u64)> {
-        let mut out = Vec::with_capacity(4);
-        match self.flavor {
-            SparseFlavor::Vmdk4 | SparseFlavor::SeSparse => {
-                out.push((Region::Header, 0, SECTOR_SIZE));
-            }
-            SparseFlavor::Cowd => out.push((Region::Header, 0, COWD_HEADER_SIZE as u64)),
+/// The metadata at the start of a sparse extent: its header and, for VMDK4, the embedded
+/// descriptor, as `(region, start, end)` byte ranges (the directories add their own, see
+/// [`crate::extent::GrainDirectory`]).
+pub(crate) fn header_regions(
+    flavor: SparseFlavor,
+    header: Option<&SparseHeader>,
+) -> Vec<(Region, u64, u64)> {
+    let mut out = Vec::with_capacity(4);
+    match flavor {
+        SparseFlavor::Vmdk4 | SparseFlavor::SeSparse => {
+            out.push((Region::Header, 0, SECTOR_SIZE));
         }
-        if let Some(h) = &self.header {
-            if h.desc_offset != 0 && h.desc_size != 0 {
-                let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-                let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
-                out.push((Region::Descriptor, start, end));
-            }
+        SparseFlavor::Cowd => out.push((Region::Header, 0, COWD_HEADER_SIZE as u64)),
+    }
+    if let Some(h) = header {
+        if h.desc_offset != 0 && h.desc_size != 0 {
+            let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
+            let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
+            out.push((Region::Descriptor, start, end));
         }
-        let gd_bytes = self.gd.len() as u64 * self.entry_width as u64;
-        out.push((
-            Region::Directory,
-            self.gd_offset,
-            self.gd_offset.saturating_add(gd_bytes),
-        ));
-        if let Some(rgd) = self.rgd_offset {
-            out.push((
-                Region::RedundantDirectory,
-                rgd,
-                rgd.saturating_add(gd_bytes),
-            ));
-        }
-        out
     }
-
-    /// Bytes one grain table takes.
-    pub(crate) fn table_bytes(&self) -> u64 {
-        self.gt_entries * self.entry_width as u64
-    }
-
-    /// Byte offset of the redundant grain table of directory entry `gd_index`: `None` without
-    /// a redundant directory, `Some(0)` when its entry is empty.
-    pub(crate) fn rgt_offset(&self, gd_index: usize) -> Option<u64> {
-        self.rgd
-            .as_ref()
-            .map(|rgd| rgd.get(gd_index).saturating_mul(SECTOR_SIZE))
-    }
+    out
 }

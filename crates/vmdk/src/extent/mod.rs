@@ -5,6 +5,7 @@ pub mod budget;
 pub mod compressed;
 pub mod entries;
 pub(crate) mod free_space;
+pub mod grain_directory;
 pub mod grain_table;
 mod make_empty;
 pub mod metadata;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::format::descriptor::{ExtentAccess, ExtentType};
 use crate::map::{ExtentFile, MapTarget};
-pub use sparse::{GrainState, SparseExtent, SparseFlavor};
+pub use grain_directory::GrainDirectory;
+pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
 pub use write_guard::WriteOp;
 
 /// How an extent stores its bytes.

@@ -25,8 +25,9 @@ use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
 use crate::error::{Error, Result};
+use crate::extent::grain_directory::GrainDirectory;
 use crate::extent::metadata::Region;
-use crate::extent::sparse::{GrainState, SparseExtent};
+use crate::format::grain_entry::{self, GrainEntry};
 use crate::format::SECTOR_SIZE;
 
 /// What a write is about to do to a range of a sparse extent, so the check asks only about
@@ -35,14 +36,14 @@ use crate::format::SECTOR_SIZE;
 pub enum WriteOp {
     /// Store data (allocating grains where needed).
     Data,
-    /// Write zeros, as [`SparseExtent::write_zeroes`] with these arguments.
+    /// Write zeros, as [`crate::extent::SparseExtent::write_zeroes`] with these arguments.
     Zeroes {
         /// Whether grains may be left unallocated.
         may_unmap: bool,
         /// Whether no backing file shows through unallocated grains.
         hides_nothing: bool,
     },
-    /// Deallocate, as [`SparseExtent::discard`] with this argument.
+    /// Deallocate, as [`crate::extent::SparseExtent::discard`] with this argument.
     Discard {
         /// Whether no backing file shows through unallocated grains.
         hides_nothing: bool,
@@ -98,22 +99,22 @@ enum Owner {
 impl WriteGuard {
     /// Collect the metadata of `s`, whose file is `file_len` bytes long. Must run before the
     /// first modification of the extent.
-    pub(crate) fn build(s: &SparseExtent, file_len: u64) -> WriteGuard {
-        let table_span = sector_ceil(s.table_bytes());
-        let mut fixed: Vec<(Region, u64, u64, bool)> = s
+    pub(crate) fn build(d: &GrainDirectory, file_len: u64) -> WriteGuard {
+        let table_span = sector_ceil(d.coding().table_bytes());
+        let mut fixed: Vec<(Region, u64, u64, bool)> = d
             .fixed_regions()
             .into_iter()
             .map(|(r, a, b)| (r, sector_floor(a), sector_ceil(b), false))
             .collect();
         fixed.sort_by_key(|f| f.1);
-        let mut bad_tables = vec![0u64; s.gd.len().div_ceil(64)];
+        let mut bad_tables = vec![0u64; d.len().div_ceil(64)];
         let mark = |bad: &mut Vec<u64>, i: usize| bad[i / 64] |= 1 << (i % 64);
         // (start sector, directory index): both copies of a table carry the same index.
         let mut starts: Vec<(u32, u32)> = Vec::new();
-        for i in 0..s.gd.len() {
+        for i in 0..d.len() {
             let copies = [
-                s.gt_offset(i).ok().flatten(),
-                s.rgt_offset(i).filter(|&o| o != 0),
+                d.table_offset(i).ok().flatten(),
+                d.redundant_table_offset(i).filter(|&o| o != 0),
             ];
             for off in copies.into_iter().flatten() {
                 let in_file = off.checked_add(table_span).is_some_and(|e| e <= file_len);
@@ -203,48 +204,44 @@ impl WriteGuard {
         None
     }
 
-    fn refuse(s: &SparseExtent, problem: String) -> Error {
+    fn refuse(d: &GrainDirectory, problem: String) -> Error {
         Error::corrupt(format!(
             "refusing to write: {problem}; the image is damaged (see 'check')"
         ))
-        .with_path(&s.file.path)
+        .with_path(&d.file().path)
+    }
+
+    /// Fail if a fixed region `which` picks overlaps other metadata.
+    fn check_fixed(&self, d: &GrainDirectory, which: impl Fn(Region) -> bool) -> Result<()> {
+        for &(r, a, b, bad) in &self.fixed {
+            if bad && which(r) {
+                let what = self
+                    .overlapping(a, b, Except::Fixed(r))
+                    .unwrap_or_else(|| "other metadata".into());
+                return Err(Self::refuse(
+                    d,
+                    format!("the {r} at offset {a} overlaps {what}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Fail unless the grain directories may be written (to add a grain table).
-    pub(crate) fn check_directory(&self, s: &SparseExtent) -> Result<()> {
-        for &(r, a, b, bad) in &self.fixed {
-            if bad && matches!(r, Region::Directory | Region::RedundantDirectory) {
-                let what = self
-                    .overlapping(a, b, Except::Fixed(r))
-                    .unwrap_or_else(|| "other metadata".into());
-                return Err(Self::refuse(
-                    s,
-                    format!("the {r} at offset {a} overlaps {what}"),
-                ));
-            }
-        }
-        Ok(())
+    pub(crate) fn check_directory(&self, d: &GrainDirectory) -> Result<()> {
+        self.check_fixed(d, |r| {
+            matches!(r, Region::Directory | Region::RedundantDirectory)
+        })
     }
 
     /// Fail unless the embedded descriptor may be rewritten (for the CID update).
-    pub(crate) fn check_descriptor(&self, s: &SparseExtent) -> Result<()> {
-        for &(r, a, b, bad) in &self.fixed {
-            if bad && r == Region::Descriptor {
-                let what = self
-                    .overlapping(a, b, Except::Fixed(r))
-                    .unwrap_or_else(|| "other metadata".into());
-                return Err(Self::refuse(
-                    s,
-                    format!("the {r} at offset {a} overlaps {what}"),
-                ));
-            }
-        }
-        Ok(())
+    pub(crate) fn check_descriptor(&self, d: &GrainDirectory) -> Result<()> {
+        self.check_fixed(d, |r| r == Region::Descriptor)
     }
 
     /// Fail unless entries may be written into the grain table of directory entry `i`
     /// (and its redundant copy).
-    pub(crate) fn check_table(&self, s: &SparseExtent, i: usize) -> Result<()> {
+    pub(crate) fn check_table(&self, d: &GrainDirectory, i: usize) -> Result<()> {
         if self
             .bad_tables
             .get(i / 64)
@@ -253,10 +250,10 @@ impl WriteGuard {
             return Ok(());
         }
         let copies = [
-            (Region::Table(i), s.gt_offset(i).ok().flatten()),
+            (Region::Table(i), d.table_offset(i).ok().flatten()),
             (
                 Region::RedundantTable(i),
-                s.rgt_offset(i).filter(|&o| o != 0),
+                d.redundant_table_offset(i).filter(|&o| o != 0),
             ),
         ];
         for (r, off) in copies {
@@ -272,10 +269,10 @@ impl WriteGuard {
             } else {
                 continue;
             };
-            return Err(Self::refuse(s, problem));
+            return Err(Self::refuse(d, problem));
         }
         Err(Self::refuse(
-            s,
+            d,
             format!("grain table {i} overlaps other metadata"),
         ))
     }
@@ -284,31 +281,30 @@ impl WriteGuard {
     /// that starts inside the file but ends after it (a truncated file), so that a new
     /// grain never overlaps it. Scans every grain table once (the first time space is
     /// allocated or such a grain is written), reading them straight from the file.
-    pub(crate) fn tail_end(&self, s: &SparseExtent) -> u64 {
+    pub(crate) fn tail_end(&self, d: &GrainDirectory) -> u64 {
         *self.tail_end.get_or_init(|| {
             let mut end = self.file_len;
             // Compressed grains have no fixed length (and a record running past the end
             // is reported by `check` as corrupt).
-            if s.compressed {
+            if d.coding().compressed {
                 return end;
             }
-            let mut buf = vec![0u8; s.table_bytes() as usize];
-            for i in 0..s.gd.len() {
+            let w = d.coding().width();
+            let mut buf = vec![0u8; d.coding().table_bytes() as usize];
+            for i in 0..d.len() {
                 if self.bad_tables[i / 64] & (1 << (i % 64)) != 0 {
                     continue;
                 }
-                let Ok(Some(gt)) = s.gt_offset(i) else {
+                let Ok(Some(gt)) = d.table_offset(i) else {
                     continue;
                 };
-                if s.file.storage.read_exact_at(&mut buf, gt).is_err() {
+                if d.file().storage.read_exact_at(&mut buf, gt).is_err() {
                     continue;
                 }
-                for c in buf.chunks_exact(s.entry_width) {
-                    let mut b = [0u8; 8];
-                    b[..c.len()].copy_from_slice(c);
-                    if let Ok(GrainState::Allocated(g)) = s.decode(u64::from_le_bytes(b)) {
+                for raw in grain_entry::entries(w, &buf) {
+                    if let Ok(GrainEntry::Data(g)) = d.coding().decode(raw) {
                         if g < self.file_len {
-                            end = end.max(g.saturating_add(s.grain_size));
+                            end = end.max(g.saturating_add(d.coding().grain_size));
                         }
                     }
                 }
@@ -319,25 +315,26 @@ impl WriteGuard {
 
     /// Fail unless grain number `grain`, stored at byte `off` (uncompressed), may be written
     /// in place.
-    pub(crate) fn check_grain(&self, s: &SparseExtent, grain: u64, off: u64) -> Result<()> {
-        let end = off.saturating_add(s.grain_size);
-        let sector = grain * s.grain_size / SECTOR_SIZE;
-        if end <= self.file_len || (off < self.file_len && end <= self.tail_end(s)) {
+    pub(crate) fn check_grain(&self, d: &GrainDirectory, grain: u64, off: u64) -> Result<()> {
+        let gs = d.coding().grain_size;
+        let end = off.saturating_add(gs);
+        let sector = grain * gs / SECTOR_SIZE;
+        if end <= self.file_len || (off < self.file_len && end <= self.tail_end(d)) {
             // Inside the file, or a grain the end of the file cuts (allocations start past
             // its tail, see `tail_end`).
             return match self.overlapping(off, end.min(self.file_len), Except::Nothing) {
                 None => Ok(()),
                 Some(what) => Err(Self::refuse(
-                    s,
+                    d,
                     format!("the grain for sector {sector} (offset {off}) overlaps {what}"),
                 )),
             };
         }
-        if off >= self.file_len && self.is_ours(s, grain) {
+        if off >= self.file_len && self.is_ours(d, grain) {
             return Ok(());
         }
         Err(Self::refuse(
-            s,
+            d,
             format!(
                 "the grain for sector {sector} (offset {off}) lies past the end of the file \
                  ({} bytes)",
@@ -346,8 +343,9 @@ impl WriteGuard {
         ))
     }
 
-    fn is_ours(&self, s: &SparseExtent, grain: u64) -> bool {
-        let (t, j) = ((grain / s.gt_entries) as usize, grain % s.gt_entries);
+    fn is_ours(&self, d: &GrainDirectory, grain: u64) -> bool {
+        let n = d.coding().gt_entries;
+        let (t, j) = ((grain / n) as usize, grain % n);
         let ours = self.ours.read().unwrap_or_else(|e| e.into_inner());
         ours.get(&t)
             .is_some_and(|bits| bits[(j / 64) as usize] & (1 << (j % 64)) != 0)
@@ -355,76 +353,16 @@ impl WriteGuard {
 
     /// Record that this session points grains `first..first+n` (one table) at space it
     /// allocated. Call before the entries are published in memory.
-    pub(crate) fn mark_ours(&self, s: &SparseExtent, first: u64, n: u64) {
-        let t = (first / s.gt_entries) as usize;
+    pub(crate) fn mark_ours(&self, d: &GrainDirectory, first: u64, n: u64) {
+        let per_table = d.coding().gt_entries;
+        let t = (first / per_table) as usize;
         let mut ours = self.ours.write().unwrap_or_else(|e| e.into_inner());
         let bits = ours
             .entry(t)
-            .or_insert_with(|| vec![0u64; s.gt_entries.div_ceil(64) as usize].into());
+            .or_insert_with(|| vec![0u64; per_table.div_ceil(64) as usize].into());
         for g in first..first + n {
-            let j = g % s.gt_entries;
+            let j = g % per_table;
             bits[(j / 64) as usize] |= 1 << (j % 64);
         }
-    }
-}
-
-impl SparseExtent {
-    /// The write guard, made on first use (before anything is written).
-    pub(crate) fn write_guard(&self) -> &WriteGuard {
-        self.guard
-            .get_or_init(|| WriteGuard::build(self, self.open_len))
-    }
-
-    /// Fail, without writing anything, if `op` over `[off, off+len)` (extent-relative)
-    /// would write into metadata or past the end of the file through a corrupt table.
-    pub fn check_write_targets(&self, off: u64, len: u64, op: WriteOp) -> Result<()> {
-        self.check_writable()?;
-        let guard = self.write_guard();
-        let gs = self.grain_size;
-        let end = off.saturating_add(len).min(self.capacity);
-        let cover = gs * self.gt_entries;
-        let mut pos = off;
-        while pos < end {
-            let gd_index = (pos / cover) as usize;
-            if gd_index >= self.gd.len() {
-                break;
-            }
-            let table_end = ((gd_index as u64 + 1) * cover).min(end);
-            let needs_table = match op {
-                WriteOp::Data => true,
-                WriteOp::Zeroes {
-                    may_unmap,
-                    hides_nothing,
-                } => (self.zero_grain && !self.compressed) || !(may_unmap && hides_nothing),
-                WriteOp::Discard { hides_nothing } => !hides_nothing && self.zero_grain,
-            };
-            match self.table(gd_index)? {
-                None if needs_table => guard.check_directory(self)?,
-                None => {}
-                Some(table) => {
-                    guard.check_table(self, gd_index)?;
-                    if !self.compressed && !matches!(op, WriteOp::Discard { .. }) {
-                        let mut p = pos;
-                        while p < table_end {
-                            let grain = p / gs;
-                            let g_end = ((grain + 1) * gs).min(table_end);
-                            let whole = p == grain * gs && g_end == (grain + 1) * gs;
-                            let in_place = match op {
-                                WriteOp::Zeroes { .. } => !(whole && self.zero_grain),
-                                _ => true,
-                            };
-                            let raw = table.get((grain % self.gt_entries) as usize);
-                            if let (true, GrainState::Allocated(g)) = (in_place, self.decode(raw)?)
-                            {
-                                guard.check_grain(self, grain, g)?;
-                            }
-                            p = g_end;
-                        }
-                    }
-                }
-            }
-            pos = table_end;
-        }
-        Ok(())
     }
 }

@@ -10,6 +10,20 @@ pub const COWD_GT_ENTRIES: u32 = 4096;
 /// Size of the header on disk (the grain directory follows at `gd_offset`).
 pub const COWD_HEADER_SIZE: usize = 2048;
 
+/// Byte offset of the header's free-sector field, where ESX allocates next. Writers move it
+/// past new space before anything points there.
+pub const FREE_SECTOR_OFFSET: usize = 28;
+
+/// The on-disk free-sector field saying that allocation continues at sector `sector`.
+pub fn encode_free_sector(sector: u32) -> [u8; 4] {
+    sector.to_le_bytes()
+}
+
+/// The sector the on-disk free-sector field `field` says allocation continues at.
+pub fn decode_free_sector(field: [u8; 4]) -> u32 {
+    u32::from_le_bytes(field)
+}
+
 /// A parsed COWD header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CowdHeader {
@@ -59,7 +73,7 @@ impl CowdHeader {
             grain_size: u32_at(buf, 16),
             gd_offset: u32_at(buf, 20),
             gd_entries: u32_at(buf, 24),
-            free_sector: u32_at(buf, 28),
+            free_sector: u32_at(buf, FREE_SECTOR_OFFSET),
             parent_file_name,
         })
     }
@@ -74,7 +88,7 @@ impl CowdHeader {
         put_u32(&mut b, 16, self.grain_size);
         put_u32(&mut b, 20, self.gd_offset);
         put_u32(&mut b, 24, self.gd_entries);
-        put_u32(&mut b, 28, self.free_sector);
+        put_u32(&mut b, FREE_SECTOR_OFFSET, self.free_sector);
         if let Some(name) = &self.parent_file_name {
             let n = name.len().min(1023);
             b[32..32 + n].copy_from_slice(&name.as_bytes()[..n]);

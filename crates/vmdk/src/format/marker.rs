@@ -1,8 +1,10 @@
 //! streamOptimized markers. Every grain is preceded by a 12-byte grain marker (LBA, compressed
 //! size); metadata is preceded by a sector-sized marker whose size field is 0 and whose type
-//! says what follows.
+//! says what follows. VMware-layout stream files end in a footer: footer marker, a copy of
+//! the header giving the real directory offset, end-of-stream marker.
 
 use super::le::*;
+use super::sparse_header::{SparseHeader, GD_AT_END, SPARSE_MAGIC};
 
 /// End-of-stream marker type.
 pub const MARKER_EOS: u32 = 0;
@@ -15,6 +17,16 @@ pub const MARKER_FOOTER: u32 = 3;
 
 /// Size of the grain marker that precedes compressed data.
 pub const GRAIN_MARKER_SIZE: usize = 12;
+
+/// Bytes of a stream footer: footer marker, header, end-of-stream marker, a sector each.
+pub const FOOTER_SIZE: usize = 1536;
+
+/// The most a zlib stream of `n` input bytes can take (zlib's compressBound plus header and
+/// trailer slack). A marker claiming more is corrupt; checking it before reading is what
+/// keeps a hostile marker from driving a huge allocation (the CVE-2026-2243 class).
+pub fn compress_bound(n: u64) -> u64 {
+    n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + 6 + 64
+}
 
 /// A parsed grain marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +48,21 @@ impl GrainMarker {
             size: u32_at(buf, 8),
         })
     }
+    /// Parse the marker of a grain of `grain_size` bytes and check its size is one a zlib
+    /// stream of the grain can have: not 0, at most [`compress_bound`]. The message says
+    /// what is wrong.
+    pub fn parse_checked(buf: &[u8], grain_size: u64) -> Result<GrainMarker, String> {
+        let m = GrainMarker::parse(buf).ok_or("grain marker truncated")?;
+        let bound = compress_bound(grain_size);
+        if m.size == 0 || m.size as u64 > bound {
+            return Err(format!(
+                "marker claims {} compressed bytes (at most {bound} possible)",
+                m.size
+            ));
+        }
+        Ok(m)
+    }
+
     /// Encode into the first 12 bytes of `buf`.
     pub fn write(&self, buf: &mut [u8]) {
         put_u64(buf, 0, self.lba);
@@ -72,6 +99,52 @@ impl MetadataMarker {
     }
 }
 
+/// Whether the sector `buf` is an end-of-stream marker (an all-zero marker sector).
+pub fn is_end_of_stream(buf: &[u8]) -> bool {
+    matches!(MetadataMarker::parse(buf), Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
+}
+
+/// The footer closing a VMware-layout stream file whose header (with the real grain
+/// directory offset) is `header`.
+pub fn stream_footer(header: &SparseHeader) -> [u8; FOOTER_SIZE] {
+    let mut b = [0u8; FOOTER_SIZE];
+    b[..512].copy_from_slice(
+        &MetadataMarker {
+            num_sectors: 1,
+            kind: MARKER_FOOTER,
+        }
+        .serialize(),
+    );
+    b[512..1024].copy_from_slice(&header.serialize());
+    b[1024..].copy_from_slice(
+        &MetadataMarker {
+            num_sectors: 0,
+            kind: MARKER_EOS,
+        }
+        .serialize(),
+    );
+    b
+}
+
+/// The header in the footer `buf` (the last [`FOOTER_SIZE`] bytes of a stream file whose
+/// header says the directory is at the end).
+pub fn parse_stream_footer(buf: &[u8]) -> Result<SparseHeader, String> {
+    let ok = buf.len() >= FOOTER_SIZE
+        && matches!(MetadataMarker::parse(&buf[0..512]), Some(m) if m.kind == MARKER_FOOTER)
+        && is_end_of_stream(&buf[1024..1536])
+        && u32_at(&buf[512..], 0) == SPARSE_MAGIC;
+    if !ok {
+        return Err("invalid footer (grain directory is at end of file but no \
+                    footer/end-of-stream marker found)"
+            .into());
+    }
+    let h = SparseHeader::parse(&buf[512..1024])?;
+    if h.gd_offset == GD_AT_END {
+        return Err("footer does not give the grain directory offset".into());
+    }
+    Ok(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +164,40 @@ mod tests {
         };
         assert_eq!(MetadataMarker::parse(&mm.serialize()), Some(mm));
         assert_eq!(MetadataMarker::parse(&b), None);
+        assert!(is_end_of_stream(&[0u8; 512]));
+        assert_eq!(GrainMarker::parse_checked(&b, 65536), Ok(m));
+        GrainMarker { lba: 0, size: 0 }.write(&mut b);
+        assert!(GrainMarker::parse_checked(&b, 65536).is_err());
+        GrainMarker {
+            lba: 0,
+            size: compress_bound(65536) as u32 + 1,
+        }
+        .write(&mut b);
+        assert!(GrainMarker::parse_checked(&b, 65536).is_err());
+    }
+
+    #[test]
+    fn footer_round_trip() {
+        let mut h = SparseHeader {
+            version: 3,
+            flags: crate::format::sparse_header::FLAG_COMPRESSED,
+            capacity: 2048,
+            grain_size: 128,
+            desc_offset: 1,
+            desc_size: 20,
+            num_gtes_per_gt: 512,
+            rgd_offset: 0,
+            gd_offset: GD_AT_END,
+            overhead: 128,
+            unclean_shutdown: false,
+            check_bytes: crate::format::sparse_header::NEWLINE_CHECK,
+            compress_algorithm: 1,
+        };
+        h.gd_offset = 77;
+        let f = stream_footer(&h);
+        assert_eq!(parse_stream_footer(&f), Ok(h.clone()));
+        h.gd_offset = GD_AT_END;
+        assert!(parse_stream_footer(&stream_footer(&h)).is_err());
+        assert!(parse_stream_footer(&[0u8; FOOTER_SIZE]).is_err());
     }
 }

@@ -5,6 +5,7 @@ pub mod cowd_header;
 pub mod descriptor;
 pub mod descriptor_edit;
 pub mod foreign;
+pub mod grain_entry;
 pub(crate) mod le;
 pub mod marker;
 pub mod sesparse_header;

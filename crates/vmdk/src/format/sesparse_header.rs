@@ -1,4 +1,4 @@
-//! seSparse (ESXi 6.5+ snapshot) headers and grain-table entry coding. VMware never published
+//! seSparse (ESXi 6.5+ snapshot) headers (their entries are coded in `grain_entry.rs`). VMware never published
 //! this format; the layout follows QEMU's black-box reading of it, which is strict about
 //! the constants so that an unexpected variant is refused rather than misread.
 
@@ -161,92 +161,9 @@ pub fn serialize_volatile_header() -> [u8; 512] {
     b
 }
 
-/// A decoded seSparse grain-directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeSparseGdEntry {
-    /// No grain table: the whole range is unallocated in this layer.
-    Unallocated,
-    /// Index of the grain table within the grain-tables area.
-    Table(u32),
-}
-
-/// Decode a grain-directory entry. Valid entries have the top 32 bits equal to 0x10000000
-/// (the index always fits 32 bits for the 64 TiB maximum disk).
-pub fn decode_gd_entry(v: u64) -> Result<SeSparseGdEntry, String> {
-    if v == 0 {
-        Ok(SeSparseGdEntry::Unallocated)
-    } else if v & 0xffff_ffff_0000_0000 == 0x1000_0000_0000_0000 {
-        Ok(SeSparseGdEntry::Table(v as u32))
-    } else {
-        Err(format!("invalid seSparse grain directory entry {v:#018x}"))
-    }
-}
-
-/// Encode a grain-directory entry pointing at table `index`.
-pub fn encode_gd_entry(index: u32) -> u64 {
-    0x1000_0000_0000_0000 | index as u64
-}
-
-/// A decoded seSparse grain-table entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeSparseGtEntry {
-    /// Not allocated in this layer (falls through to the parent).
-    Unallocated,
-    /// Reads as zeros (explicit zero grain, or a grain unmapped by the guest).
-    Zero,
-    /// Index of the grain within the grains area.
-    Allocated(u64),
-}
-
-/// Decode a grain-table entry by its top nibble.
-pub fn decode_gt_entry(v: u64) -> Result<SeSparseGtEntry, String> {
-    match v >> 60 {
-        0 if v == 0 => Ok(SeSparseGtEntry::Unallocated),
-        1 | 2 => Ok(SeSparseGtEntry::Zero),
-        3 => Ok(SeSparseGtEntry::Allocated(
-            ((v & 0x0fff_0000_0000_0000) >> 48) | ((v & 0x0000_ffff_ffff_ffff) << 12),
-        )),
-        _ => Err(format!("invalid seSparse grain table entry {v:#018x}")),
-    }
-}
-
-/// Encode an allocated grain-table entry for grain `index`.
-pub fn encode_gt_allocated(index: u64) -> u64 {
-    0x3000_0000_0000_0000 | ((index & 0xfff) << 48) | ((index >> 12) & 0x0000_ffff_ffff_ffff)
-}
-
-/// Encode a zero-grain entry.
-pub const SESPARSE_GT_ZERO: u64 = 0x2000_0000_0000_0000;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_coding() {
-        for idx in [0u64, 1, 0xfff, 0x1000, 0x123456789] {
-            assert_eq!(
-                decode_gt_entry(encode_gt_allocated(idx)).unwrap(),
-                SeSparseGtEntry::Allocated(idx)
-            );
-        }
-        assert_eq!(decode_gt_entry(0).unwrap(), SeSparseGtEntry::Unallocated);
-        assert_eq!(
-            decode_gt_entry(SESPARSE_GT_ZERO).unwrap(),
-            SeSparseGtEntry::Zero
-        );
-        assert_eq!(
-            decode_gt_entry(0x1000_0000_0000_0005).unwrap(),
-            SeSparseGtEntry::Zero
-        );
-        assert!(decode_gt_entry(0x4000_0000_0000_0000).is_err());
-        assert!(decode_gt_entry(0x0000_0000_0000_0001).is_err());
-        assert_eq!(
-            decode_gd_entry(encode_gd_entry(7)).unwrap(),
-            SeSparseGdEntry::Table(7)
-        );
-        assert!(decode_gd_entry(0x2000_0000_0000_0001).is_err());
-    }
 
     #[test]
     fn header_round_trip() {

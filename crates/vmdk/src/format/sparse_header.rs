@@ -26,6 +26,11 @@ pub const COMPRESSION_DEFLATE: u16 = 1;
 /// The bytes VMware puts at offset 73 to detect text-mode (newline-mangling) transfers.
 pub const NEWLINE_CHECK: [u8; 4] = [b'\n', b' ', b'\r', b'\n'];
 
+/// Grain size qemu-img and VMware use for new sparse extents, in sectors (64 KiB).
+pub const DEFAULT_GRAIN_SECTORS: u64 = 128;
+/// Grain-table entries qemu-img and VMware use for new sparse extents.
+pub const DEFAULT_GT_ENTRIES: u32 = 512;
+
 /// Largest grain QEMU accepts (1 GiB, in sectors); anything bigger is treated as corrupt.
 pub const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 /// Largest grain table QEMU accepts, in entries.
