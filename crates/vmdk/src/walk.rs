@@ -77,6 +77,69 @@ impl<'a> MapWalker<'a> {
     }
 }
 
+/// Walks two sources side by side: yields the stretches over which neither source's map
+/// entry changes, with both entries. Compare and `compare -s` are built on it, so there is
+/// one two-cursor merge of maps.
+pub struct PairWalker<'a> {
+    wa: MapWalker<'a>,
+    wb: MapWalker<'a>,
+    ea: Option<MapEntry>,
+    eb: Option<MapEntry>,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> PairWalker<'a> {
+    /// A walker over `[start, end)` of `a` and `b` (a source shorter than `end` reads as
+    /// zeros past its end, see [`MapWalker`]).
+    pub fn new(a: &'a dyn Source, b: &'a dyn Source, start: u64, end: u64) -> Self {
+        PairWalker {
+            wa: MapWalker::new(a, start, end),
+            wb: MapWalker::new(b, start, end),
+            ea: None,
+            eb: None,
+            pos: start,
+            end,
+        }
+    }
+
+    /// The entry of `w` covering `pos` (`cur` is the last one taken).
+    fn covering(w: &mut MapWalker, cur: &mut Option<MapEntry>, pos: u64) -> Result<MapEntry> {
+        loop {
+            if let Some(e) = cur {
+                if e.start + e.length > pos {
+                    return Ok(e.clone());
+                }
+            }
+            *cur = w.next()?;
+            if cur.is_none() {
+                return Err(Error::invalid(format!("map ends before offset {pos}")));
+            }
+        }
+    }
+
+    /// Continue from `pos` (forward only): what lies before it is not visited.
+    pub fn skip_to(&mut self, pos: u64) {
+        self.pos = self.pos.max(pos).min(self.end);
+    }
+
+    /// The next stretch `(start, end, entry of a, entry of b)`, or `None` at the end.
+    #[allow(clippy::should_implement_trait)] // fallible: Iterator would hide the Result
+    pub fn next(&mut self) -> Result<Option<(u64, u64, MapEntry, MapEntry)>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let ea = Self::covering(&mut self.wa, &mut self.ea, self.pos)?;
+        let eb = Self::covering(&mut self.wb, &mut self.eb, self.pos)?;
+        let start = self.pos;
+        let end = (ea.start + ea.length)
+            .min(eb.start + eb.length)
+            .min(self.end);
+        self.pos = end;
+        Ok(Some((start, end, ea, eb)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

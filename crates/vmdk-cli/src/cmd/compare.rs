@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use vmdk::convert::Source;
-use vmdk::walk::MapWalker;
-use vmdk::{CompareResult, MapTarget};
+use vmdk::CompareResult;
 
 use crate::opts::OpenArgs;
 use crate::progress::Progress;
@@ -50,35 +48,6 @@ fn fail(code: u8, e: impl Into<anyhow::Error>) -> Result<u8> {
     Ok(code)
 }
 
-/// Whether a map target counts as allocated for qemu's strict block-status comparison.
-fn allocated(t: &MapTarget) -> bool {
-    !matches!(t, MapTarget::Unallocated)
-}
-
-/// The first offset below `end` where one source has something allocated and the other
-/// does not. Walks both maps by entries, so huge unallocated stretches cost one step.
-fn first_allocation_difference(
-    a: &dyn Source,
-    b: &dyn Source,
-    end: u64,
-) -> vmdk::Result<Option<u64>> {
-    let (mut wa, mut wb) = (MapWalker::new(a, 0, end), MapWalker::new(b, 0, end));
-    let (mut ea, mut eb) = (wa.next()?, wb.next()?);
-    while let (Some(x), Some(y)) = (&ea, &eb) {
-        if allocated(&x.target) != allocated(&y.target) {
-            return Ok(Some(x.start.max(y.start)));
-        }
-        let (xe, ye) = (x.start + x.length, y.start + y.length);
-        if xe <= ye {
-            ea = wa.next()?;
-        }
-        if ye <= xe {
-            eb = wb.next()?;
-        }
-    }
-    Ok(None)
-}
-
 pub fn run(a: Args) -> Result<u8> {
     let say = |s: &str| {
         if !a.quiet {
@@ -116,7 +85,7 @@ pub fn run(a: Args) -> Result<u8> {
     };
     if a.strict {
         let limit = content_diff.unwrap_or(common).min(common);
-        match first_allocation_difference(&*sa, &*sb, limit) {
+        match vmdk::convert::first_allocation_difference(&*sa, &*sb, limit) {
             Ok(Some(off)) => {
                 say(&format!("Strict mode: Offset {off} block status mismatch!"));
                 return Ok(1);
