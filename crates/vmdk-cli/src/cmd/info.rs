@@ -64,14 +64,14 @@ pub fn run(a: Args) -> Result<u8> {
 
 fn raw_info(path: &std::path::Path, name: &str, opts: &vmdk::OpenOptions) -> Result<Node> {
     use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("Could not open '{}'", path.display()))?;
     let raw = vmdk::raw::RawFile::open_with(path, opts)?;
+    // An object in object storage has no host allocation: its whole length is stored.
+    let actual = std::fs::metadata(path).map_or(raw.size(), |m| m.blocks() * 512);
     let mut n = Node::dict();
     n.put("virtual-size", raw.size())
         .put("filename", name)
         .put("format", "raw")
-        .put("actual-size", meta.blocks() * 512)
+        .put("actual-size", actual)
         .put("dirty-flag", false);
     Ok(n)
 }
