@@ -5,6 +5,7 @@
 //! object was opened, so an object replaced mid-read fails the read instead of handing out
 //! blocks of two different objects.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
@@ -205,8 +206,8 @@ impl Reader {
                     }
                     if let Some(d) = c.take(b) {
                         got.insert(b, d);
-                    } else if !c.slots.contains_key(&b) {
-                        c.slots.insert(b, Slot::Loading);
+                    } else if let Entry::Vacant(v) = c.slots.entry(b) {
+                        v.insert(Slot::Loading);
                         mine.push(b);
                     }
                 }
@@ -214,8 +215,8 @@ impl Reader {
                 if forwards {
                     let end = (last + 1 + self.read_ahead).min(self.blocks());
                     for b in last + 1..end {
-                        if !c.slots.contains_key(&b) {
-                            c.slots.insert(b, Slot::Loading);
+                        if let Entry::Vacant(v) = c.slots.entry(b) {
+                            v.insert(Slot::Loading);
                             ahead.push(b);
                         }
                     }

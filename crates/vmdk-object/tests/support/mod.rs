@@ -295,7 +295,7 @@ fn serve_one(
     r.read_exact(&mut body)?;
     let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
     let mut conn = conn;
-    if n % every == 0 {
+    if n.is_multiple_of(every) {
         faults.fetch_add(1, Ordering::Relaxed);
         let msg = b"<?xml version=\"1.0\"?><Error><Code>SlowDown</Code>\
                     <Message>Please reduce your request rate.</Message></Error>";
