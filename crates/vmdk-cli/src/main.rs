@@ -80,7 +80,10 @@ fn init_logging(verbose: bool) {
     }
     let filter = match env {
         Some(v) => tracing_subscriber::EnvFilter::new(v),
-        None => tracing_subscriber::EnvFilter::new("debug"),
+        // The HTTP stack under object storage logs every connection at debug level.
+        None => tracing_subscriber::EnvFilter::new(
+            "debug,hyper=info,hyper_util=info,reqwest=info,rustls=info,h2=info",
+        ),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -131,6 +134,8 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // s3:// and http(s):// names, for every command that opens or writes an image.
+    vmdk_object::register();
     let result = match cli.command {
         Command::Info(a) => cmd::info::run(a),
         Command::Map(a) => cmd::map::run(a),
@@ -151,6 +156,11 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
     };
+    if cli.verbose {
+        if let Some(s) = vmdk_object::summary() {
+            eprintln!("vmdk: {s}");
+        }
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         // A reader that went away (`vmdk map | head`) is not an error worth a message; exit

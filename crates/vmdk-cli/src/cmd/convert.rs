@@ -145,7 +145,8 @@ pub fn run(a: Args) -> Result<u8> {
     pb.end(r.is_ok());
     r?;
     drop(src);
-    if sync {
+    // A completed upload is durable already (and is no host file to fsync).
+    if sync && vmdk_object::name::scheme_of(&a.dst).is_none() {
         make_durable(&a.dst, create.is_some())?;
     }
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);

@@ -45,6 +45,9 @@ pub fn convert_to_raw(
     } else {
         opts.min_sparse.next_multiple_of(SECTOR_SIZE)
     };
+    if !opts.target_exists && ns.stream_only(dst) {
+        return convert_to_raw_stream(src, dst, &*ns, out_size, opts, progress);
+    }
     let out = if opts.target_exists {
         // Holes would leave stale contents where the disk has zeros: only regular files
         // (the namespace refuses devices unless told otherwise).
@@ -87,6 +90,54 @@ pub fn convert_to_raw(
         Ok(())
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
+    progress(size, size);
+    Ok(())
+}
+
+/// [`convert_to_raw`] into a destination written front to back only (an upload): tasks go
+/// out in disk order, the stretches between them as zeros.
+fn convert_to_raw_stream(
+    src: &dyn Source,
+    dst: &Path,
+    ns: &dyn crate::namespace::Namespace,
+    out_size: u64,
+    opts: &ConvertOptions,
+    progress: Progress,
+) -> Result<()> {
+    use std::io::Write;
+    let size = src.size();
+    let mut sink = ns.create_stream(dst, true)?;
+    let zeros = vec![0u8; 1 << 20];
+    let fill_to = |sink: &mut dyn crate::namespace::StreamSink, end: u64| -> Result<()> {
+        while sink.position() < end {
+            let n = (end - sink.position()).min(zeros.len() as u64) as usize;
+            sink.write_all(&zeros[..n])
+                .map_err(|e| Error::io(e, "writing").with_path(dst))?;
+        }
+        Ok(())
+    };
+    let threads = worker_count(opts.threads);
+    let (ahead, max_task) = sizing(threads, 1, MAX_TASK);
+    let pool = Pool::default();
+    let planner = Planner::new(src, OUT_GRAIN, max_task, opts.want());
+    progress(0, size);
+    let produce = |task: &Task, scratch: &mut Scratch| -> Result<Vec<u8>> {
+        let mut buf = pool.get();
+        buf.resize((task.end - task.start) as usize, 0);
+        opts.fill(task, &mut buf, scratch)?;
+        Ok(buf)
+    };
+    let mut consume = |task: &Task, buf: Vec<u8>| -> Result<()> {
+        fill_to(&mut *sink, task.start)?;
+        sink.write_all(&buf)
+            .map_err(|e| Error::io(e, "writing").with_path(dst))?;
+        pool.put(buf);
+        progress(task.end, size);
+        Ok(())
+    };
+    run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
+    fill_to(&mut *sink, out_size)?;
+    sink.finish(false)?;
     progress(size, size);
     Ok(())
 }

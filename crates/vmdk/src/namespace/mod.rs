@@ -88,6 +88,13 @@ pub trait Namespace: Send + Sync + fmt::Debug {
     /// backing chains and to refuse an output that is one of the inputs.
     fn identity(&self, name: &Path) -> Result<Option<FileId>>;
 
+    /// Whether `name` can only be written front to back ([`Namespace::create_stream`]), as
+    /// an upload to object storage: [`Namespace::create`] refuses it, and a raw output is
+    /// then streamed, its holes written as zeros.
+    fn stream_only(&self, _name: &Path) -> bool {
+        false
+    }
+
     /// Remove the file `name` (an extent a shrink drops).
     fn remove(&self, name: &Path) -> Result<()>;
 

@@ -71,4 +71,7 @@ impl Namespace for RouterNamespace {
     fn remove(&self, name: &Path) -> Result<()> {
         self.namespace_of(name)?.remove(name)
     }
+    fn stream_only(&self, name: &Path) -> bool {
+        self.namespace_of(name).is_ok_and(|ns| ns.stream_only(name))
+    }
 }

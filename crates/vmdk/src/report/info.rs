@@ -20,7 +20,8 @@ pub fn raw_info(path: &Path, name: &str, opts: &OpenOptions) -> Result<Node> {
     n.put("virtual-size", raw.size())
         .put("filename", name)
         .put("format", "raw")
-        .put("actual-size", raw.allocated_size().unwrap_or(0))
+        // An object in object storage has no host allocation: its whole length is stored.
+        .put("actual-size", raw.allocated_size().unwrap_or(raw.size()))
         .put("dirty-flag", false);
     Ok(n)
 }
@@ -44,9 +45,12 @@ pub fn foreign_info(
     if let Some(size) = crate::image::foreign_virtual_size_of(&*storage, format) {
         n.put("virtual-size", size);
     }
-    n.put("filename", name)
-        .put("format", format.name())
-        .put("actual-size", storage.allocated_size().unwrap_or(0));
+    n.put("filename", name).put("format", format.name()).put(
+        "actual-size",
+        storage
+            .allocated_size()
+            .unwrap_or_else(|| storage.len().unwrap_or(0)),
+    );
     Ok(n)
 }
 
@@ -121,7 +125,8 @@ fn children(img: &Image, name: &str) -> Node {
         out.push(file_child(&format!("extents.{i}"), &fname, len, alloc));
     }
     let own = img.storage();
-    let (len, alloc) = (own.len().unwrap_or(0), own.allocated_size().unwrap_or(0));
+    let len = own.len().unwrap_or(0);
+    let alloc = own.allocated_size().unwrap_or(len);
     out.push(file_child("file", name, len, alloc));
     Node::List(out)
 }

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# bench/s3.sh — `vmdk convert` reading from and writing to object storage, against
+# `qemu-img convert` reading the same image over HTTP with its curl driver, and against our
+# own local-file convert.
+#
+# Usage: bench/s3.sh [WORKDIR]        (default WORKDIR: /tmp/vmdk-bench-s3; needs ~5 GB free)
+# Environment:
+#   DISK=1G        virtual size of the test disk
+#   DATA_MB=600    how much real data to put in it (hard-linked copies of /usr trees)
+#   RUNS=1         timed runs per command (the best is reported)
+#
+# What it does:
+#   1. builds an ext4 image (mke2fs -d) of DISK holding ~DATA_MB of files, and converts it
+#      with qemu-img to monolithicSparse (sparse.vmdk);
+#   2. starts moto's S3 server (moto_server, or VMDK_TEST_MOTO) and nginx on loopback
+#      ports, uploads sparse.vmdk to s3://bench/ and serves WORKDIR over HTTP;
+#   3. times, back to back:
+#        sparse.vmdk -> raw from a local file, from s3:// and from http:// (ours),
+#        the same from http:// through qemu-img's curl driver,
+#        img.raw -> streamOptimized into a local file and into s3:// (multipart upload);
+#      every output is checked against the local reference (cmp, or qemu-img compare);
+#   4. prints wall seconds, the ratios the issue asks about, and our request summary.
+#
+# moto is a Python server that copies the whole object for every ranged GET, so the
+# s3:// read row measures moto (time ~ requests x object size), not the client: the
+# http:// row (nginx, the same client code: ranged block GETs, cache, read-ahead) is the
+# one to compare with qemu's curl driver and with the local file. qemu's curl driver is in qemu-block-extra, which must match the installed
+# qemu-utils (bookworm-backports); without it that row is skipped and said so.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-/tmp/vmdk-bench-s3}
+DISK=${DISK:-1G}
+DATA_MB=${DATA_MB:-600}
+RUNS=${RUNS:-1}
+MOTO=${VMDK_TEST_MOTO:-moto_server}
+
+command -v qemu-img >/dev/null || { echo "qemu-img is required" >&2; exit 1; }
+command -v "$MOTO" >/dev/null || { echo "moto_server is required (pip install 'moto[server]')" >&2; exit 1; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "nginx is required (apt-get install nginx)" >&2; exit 1; }
+
+(cd "$ROOT" && cargo build --release -q -p vmdk-cli)
+VMDK="$ROOT/target/release/vmdk"
+
+mkdir -p "$WORK"
+cd "$WORK"
+
+# ---- 1. the test disk -------------------------------------------------------------------
+if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
+    echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
+    rm -rf stage img.raw sparse.vmdk
+    mkdir stage
+    have=0
+    for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib/gcc /usr/bin /usr/share /usr/lib \
+        /usr/include /usr/libexec /usr/sbin /opt; do
+        [ -d "$d" ] || continue
+        [ "$have" -ge "$DATA_MB" ] && break
+        dst="stage/$(echo "$d" | tr / _)"
+        [ -e "$dst" ] && continue
+        cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
+        have=$(du -sm stage | cut -f1)
+    done
+    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
+    rm -rf stage
+    echo "$DISK $DATA_MB" > img.stamp
+fi
+[ -s sparse.vmdk ] || qemu-img convert -f raw -O vmdk img.raw sparse.vmdk
+[ -s ref.raw ] || qemu-img convert -O raw sparse.vmdk ref.raw
+
+# ---- 2. the servers ---------------------------------------------------------------------
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+S3_PORT=$(port)
+HTTP_PORT=$(port)
+mkdir -p nginx
+cat > nginx/nginx.conf <<CONF
+daemon off; master_process off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;
+events { worker_connections 256; }
+http { access_log off; client_body_temp_path $WORK/nginx/b; proxy_temp_path $WORK/nginx/p;
+  fastcgi_temp_path $WORK/nginx/f; uwsgi_temp_path $WORK/nginx/u; scgi_temp_path $WORK/nginx/s;
+  server { listen 127.0.0.1:$HTTP_PORT; root $WORK; } }
+CONF
+"$MOTO" -H 127.0.0.1 -p "$S3_PORT" >/dev/null 2>nginx/moto.log &
+MOTO_PID=$!
+"$NGINX" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
+NGINX_PID=$!
+trap 'kill $MOTO_PID $NGINX_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && break
+    sleep 0.2
+done
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=bench \
+    AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+curl -sf -X PUT "http://127.0.0.1:$S3_PORT/bench" -o /dev/null
+echo "uploading sparse.vmdk ($(du -h --apparent-size sparse.vmdk | cut -f1)) to moto..." >&2
+curl -sf -T sparse.vmdk "http://127.0.0.1:$S3_PORT/bench/sparse.vmdk" -o /dev/null
+
+# ---- 3. the runs --------------------------------------------------------------------------
+best() { # best wall seconds of RUNS runs of "$@" (output removed and synced before each)
+    local b="" s e t
+    for _ in $(seq "$RUNS"); do
+        rm -f out.raw out.vmdk; sync
+        s=$(date +%s.%N); "$@" >/dev/null 2>>runs.log; e=$(date +%s.%N)
+        t=$(echo "$e - $s" | bc)
+        if [ -z "$b" ] || [ "$(echo "$t < $b" | bc)" = 1 ]; then b=$t; fi
+    done
+    echo "$b"
+}
+: > runs.log
+S3=s3://bench/sparse.vmdk
+HTTP=http://127.0.0.1:$HTTP_PORT/sparse.vmdk
+
+local_raw=$(best "$VMDK" convert -O raw sparse.vmdk out.raw); cmp out.raw ref.raw
+s3_raw=$(best "$VMDK" -v convert -O raw "$S3" out.raw); cmp out.raw ref.raw
+summary=$(grep 'object storage:' runs.log | tail -1 || true)
+http_raw=$(best "$VMDK" convert -O raw "$HTTP" out.raw); cmp out.raw ref.raw
+if ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
+    qemu_raw=$(best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$HTTP\"}}" out.raw)
+    cmp out.raw ref.raw
+else
+    qemu_raw="n/a"
+    echo "qemu's curl driver is missing: install qemu-block-extra from bookworm-backports," \
+        "pinned to the installed qemu-utils version" >&2
+fi
+stream_local=$(best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw out.vmdk)
+qemu-img compare -q img.raw out.vmdk
+stream_s3=$(best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw s3://bench/out.vmdk)
+curl -sf "http://127.0.0.1:$S3_PORT/bench/out.vmdk" -o out.vmdk
+qemu-img compare -q img.raw out.vmdk
+qemu-img check -q out.vmdk
+
+ratio() { if [ "$1" = n/a ] || [ "$2" = n/a ]; then echo n/a; else echo "scale=3; $1 / $2" | bc; fi; }
+echo
+echo "disk: $DISK, $(du -h --apparent-size sparse.vmdk | cut -f1) monolithicSparse; runs: $RUNS; cores: $(nproc)"
+printf '%-48s %10s\n' "case" "seconds"
+printf '%-48s %10s\n' "vmdk convert -O raw, local file" "$local_raw"
+printf '%-48s %10s\n' "vmdk convert -O raw, s3:// (moto)" "$s3_raw"
+printf '%-48s %10s\n' "vmdk convert -O raw, http:// (nginx)" "$http_raw"
+printf '%-48s %10s\n' "qemu-img convert -O raw, http:// (curl driver)" "$qemu_raw"
+printf '%-48s %10s\n' "vmdk convert -> streamOptimized, local file" "$stream_local"
+printf '%-48s %10s\n' "vmdk convert -> streamOptimized, s3:// upload" "$stream_s3"
+echo
+echo "qemu curl (http) / vmdk s3:          $(ratio "$qemu_raw" "$s3_raw")   (issue: >= 5)"
+echo "qemu curl (http) / vmdk http:        $(ratio "$qemu_raw" "$http_raw")"
+echo "vmdk s3 / vmdk local:                $(ratio "$s3_raw" "$local_raw")   (issue: <= 1.5)"
+echo "vmdk http / vmdk local:              $(ratio "$http_raw" "$local_raw")"
+echo "stream to s3 / stream to local file: $(ratio "$stream_s3" "$stream_local")   (issue: <= 1.2)"
+[ -n "$summary" ] && echo "s3 read: ${summary#vmdk: }"

@@ -1,0 +1,156 @@
+//! Images in object storage for the `vmdk` library: `s3://bucket/key` and
+//! `http(s)://host/path` names wherever an image is opened, and stream outputs uploaded
+//! to `s3://` as they are written.
+//!
+//! [`register`] adds an [`ObjectBackend`] to the library's default namespace
+//! ([`vmdk::namespace::register_backend`]), after which every open, probe and convert
+//! accepts object names. Reads are ranged GETs of whole blocks, several in flight, cached
+//! (LRU, bounded) and read ahead when access runs forwards; each object is pinned to the
+//! ETag it had when opened. Extent and backing names inside a remote descriptor resolve
+//! against it and must stay in its bucket and prefix. Stream outputs (streamOptimized VMDK,
+//! raw) become multipart uploads; random-access outputs are refused.
+//!
+//! Access comes from the standard environment and nothing else: `AWS_ENDPOINT_URL`,
+//! `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, and the rest `object_store`'s `AmazonS3Builder::from_env` reads.
+//! An async runtime of two threads runs underneath; the storage it hands out is
+//! synchronous and thread-safe.
+
+mod client;
+pub mod name;
+mod namespace;
+mod reader;
+mod upload;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmdk::namespace::{Backend, Namespace};
+use vmdk::Result;
+
+pub use client::{stats, Stats};
+pub use namespace::ObjectNamespace;
+pub use reader::ObjectStorage;
+pub use upload::UploadSink;
+
+/// Tuning for reads and uploads. [`Config::from_env`] reads overrides from `VMDK_OBJECT_*`
+/// variables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Requests in flight at once per open object (`VMDK_OBJECT_REQUESTS`, default 16).
+    pub max_requests: usize,
+    /// Bytes per ranged GET and cache block (`VMDK_OBJECT_BLOCK_KIB`, default 2 MiB).
+    pub block_size: usize,
+    /// Bytes of blocks kept per open object (`VMDK_OBJECT_CACHE_MIB`, default 128 MiB).
+    pub cache_bytes: usize,
+    /// Blocks read ahead of a forward-running reader (default 16).
+    pub read_ahead_blocks: usize,
+    /// Bytes per uploaded part (at least 5 MiB; default 8 MiB, doubling every 1000 parts).
+    pub part_size: usize,
+    /// Parts uploading at once (default 8).
+    pub upload_parallelism: usize,
+    /// Retries of a failed request (`VMDK_OBJECT_RETRIES`, default 10).
+    pub max_retries: usize,
+    /// No retry starts later than this after the first try
+    /// (`VMDK_OBJECT_RETRY_TIMEOUT_SECS`, default 120).
+    pub retry_timeout: Duration,
+    /// One request's time limit (default 120 s).
+    pub request_timeout: Duration,
+    /// The S3 endpoint, instead of `AWS_ENDPOINT_URL` (for programs that talk to several).
+    pub endpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_requests: 16,
+            block_size: 2 << 20,
+            cache_bytes: 128 << 20,
+            read_ahead_blocks: 16,
+            part_size: 8 << 20,
+            upload_parallelism: 8,
+            max_retries: 10,
+            retry_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(120),
+            endpoint: None,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults, with `VMDK_OBJECT_*` overrides.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let mut c = Config::default();
+        if let Some(v) = var("VMDK_OBJECT_REQUESTS") {
+            c.max_requests = v.clamp(1, 1024) as usize;
+        }
+        if let Some(v) = var("VMDK_OBJECT_BLOCK_KIB") {
+            c.block_size = (v.clamp(4, 64 << 10) << 10) as usize;
+        }
+        if let Some(v) = var("VMDK_OBJECT_CACHE_MIB") {
+            c.cache_bytes = (v.clamp(1, 64 << 10) << 20) as usize;
+        }
+        if let Some(v) = var("VMDK_OBJECT_RETRIES") {
+            c.max_retries = v.min(100) as usize;
+        }
+        if let Some(v) = var("VMDK_OBJECT_RETRY_TIMEOUT_SECS") {
+            c.retry_timeout = Duration::from_secs(v);
+        }
+        c
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    config: Config,
+    stores: client::Stores,
+}
+
+/// Claims `s3://`, `http://` and `https://` names for the [`ObjectNamespace`].
+#[derive(Debug, Clone)]
+pub struct ObjectBackend {
+    ns: Arc<ObjectNamespace>,
+}
+
+impl ObjectBackend {
+    /// A backend with `config`.
+    pub fn new(config: Config) -> Self {
+        ObjectBackend {
+            ns: Arc::new(ObjectNamespace {
+                shared: Arc::new(Shared {
+                    config,
+                    stores: Default::default(),
+                }),
+            }),
+        }
+    }
+}
+
+impl Backend for ObjectBackend {
+    fn namespace_for(&self, name: &Path) -> Result<Option<Arc<dyn Namespace>>> {
+        Ok(name::scheme_of(name).map(|_| self.ns.clone() as Arc<dyn Namespace>))
+    }
+}
+
+/// Register an [`ObjectBackend`] configured by [`Config::from_env`] with the library's
+/// default namespace. Call once, at startup.
+pub fn register() {
+    vmdk::namespace::register_backend(Arc::new(ObjectBackend::new(Config::from_env())));
+}
+
+/// A one-line summary of the requests made so far ("object storage: N requests, M bytes
+/// fetched, R retries"), or `None` when none were made.
+pub fn summary() -> Option<String> {
+    let s = stats();
+    (s.requests > 0).then(|| {
+        format!(
+            "object storage: {} requests, {} bytes fetched ({:.1} MiB), {} retried failures",
+            s.requests,
+            s.bytes_fetched,
+            s.bytes_fetched as f64 / (1 << 20) as f64,
+            s.retries
+        )
+    })
+}

@@ -1,0 +1,145 @@
+//! The namespace of object names: opens objects for reading, starts uploads for stream
+//! outputs, and refuses what object storage cannot do (writing in place, random-access
+//! outputs).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vmdk::namespace::{Namespace, OpenMode, StreamSink};
+use vmdk::paths::PathPolicy;
+use vmdk::storage::{FileId, Storage};
+use vmdk::{Error, ErrorKind, Result};
+
+use crate::client::{error, runtime};
+use crate::name::{self, ObjectName, Scheme};
+use crate::reader::ObjectStorage;
+use crate::upload::UploadSink;
+use crate::Shared;
+
+/// Objects in S3 (or a compatible server) and on HTTP(S) servers.
+#[derive(Debug, Clone)]
+pub struct ObjectNamespace {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// One object's identity: stable for its name within this process, and apart from host
+/// files (whose device numbers are small) and in-memory files (top bit).
+fn identity(n: &ObjectName) -> FileId {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (n.scheme, &n.authority).hash(&mut h);
+    let dev = (1 << 62) | (h.finish() >> 2);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.key.hash(&mut h);
+    FileId {
+        dev,
+        ino: h.finish(),
+    }
+}
+
+impl ObjectNamespace {
+    fn store(&self, n: &ObjectName) -> Result<Arc<dyn object_store::ObjectStore>> {
+        self.shared.stores.get(n, &self.shared.config)
+    }
+
+    fn location(n: &ObjectName, name: &Path) -> Result<object_store::path::Path> {
+        object_store::path::Path::parse(&n.key).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid object key \"{}\": {e}", n.key),
+            )
+            .with_path(name)
+        })
+    }
+
+    fn head(&self, name: &Path) -> Result<(ObjectName, object_store::ObjectMeta)> {
+        let n = ObjectName::parse(name)?;
+        let store = self.store(&n)?;
+        let loc = Self::location(&n, name)?;
+        let meta = runtime()
+            .block_on(store.head(&loc))
+            .map_err(|e| error(e, name, "cannot open"))?;
+        Ok((n, meta))
+    }
+}
+
+fn stream_only_message() -> &'static str {
+    "object storage takes only outputs written front to back: use -O raw or \
+     -o subformat=streamOptimized (a random-access image can be uploaded once it is made)"
+}
+
+impl Namespace for ObjectNamespace {
+    fn resolve(
+        &self,
+        referrer: &Path,
+        name: &str,
+        what: &str,
+        policy: &PathPolicy,
+    ) -> Result<PathBuf> {
+        name::resolve(referrer, name, what, policy)
+    }
+
+    fn open(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+        if mode.writable {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                "objects in object storage cannot be changed in place (write a new object \
+                 with convert instead)",
+            )
+            .with_path(name));
+        }
+        let (n, meta) = self.head(name)?;
+        let store = self.store(&n)?;
+        Ok(Arc::new(ObjectStorage::new(
+            store,
+            meta,
+            identity(&n),
+            &self.shared.config,
+        )))
+    }
+
+    fn create(&self, name: &Path, _lock: bool) -> Result<Arc<dyn Storage>> {
+        ObjectName::parse(name)?;
+        Err(Error::unsupported(stream_only_message()).with_path(name))
+    }
+
+    fn create_stream(&self, name: &Path, _lock: bool) -> Result<Box<dyn StreamSink>> {
+        let n = ObjectName::parse(name)?;
+        if n.scheme != Scheme::S3 {
+            return Err(Error::unsupported(
+                "HTTP URLs are read-only: write to s3:// (or a local file) instead",
+            )
+            .with_path(name));
+        }
+        let store = self.store(&n)?;
+        let loc = Self::location(&n, name)?;
+        let upload = runtime()
+            .block_on(store.put_multipart(&loc))
+            .map_err(|e| error(e, name, "cannot start the upload"))?;
+        Ok(Box::new(UploadSink::new(upload, name, &self.shared.config)))
+    }
+
+    fn identity(&self, name: &Path) -> Result<Option<FileId>> {
+        match self.head(name) {
+            Ok((n, _)) => Ok(Some(identity(&n))),
+            Err(e) if e.to_string().ends_with("no such object") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove(&self, name: &Path) -> Result<()> {
+        let n = ObjectName::parse(name)?;
+        if n.scheme != Scheme::S3 {
+            return Err(Error::unsupported("HTTP URLs are read-only").with_path(name));
+        }
+        let store = self.store(&n)?;
+        let loc = Self::location(&n, name)?;
+        runtime()
+            .block_on(store.delete(&loc))
+            .map_err(|e| error(e, name, "cannot remove"))
+    }
+
+    fn stream_only(&self, _name: &Path) -> bool {
+        true
+    }
+}
