@@ -167,8 +167,20 @@ fn children(img: &Image, name: &str) -> Node {
         let alloc = f.storage.allocated_size().unwrap_or(0);
         out.push(file_child(&format!("extents.{i}"), &fname, len, alloc));
     }
-    let (len, alloc) =
-        std::fs::metadata(img.path()).map_or((0, 0), |m| (m.len(), m.blocks() * 512));
+    // The image's own file, as its storage sees it when it is also an extent (a member of
+    // an OVA has no host metadata of its own).
+    let own = img
+        .extents()
+        .iter()
+        .filter_map(|e| e.file())
+        .find(|f| f.path() == img.path());
+    let (len, alloc) = match own {
+        Some(f) => (
+            f.storage.len().unwrap_or(0),
+            f.storage.allocated_size().unwrap_or(0),
+        ),
+        None => std::fs::metadata(img.path()).map_or((0, 0), |m| (m.len(), m.blocks() * 512)),
+    };
     out.push(file_child("file", name, len, alloc));
     Node::List(out)
 }
