@@ -66,6 +66,9 @@ enum Command {
     Amend(cmd::amend::Args),
     /// Grow or shrink an image (like qemu-img resize, which cannot resize VMDK).
     Resize(cmd::resize::Args),
+    /// OVA appliances: show one (info) or build one vSphere imports (create). Every other
+    /// command reads X.ova (its first disk) and X.ova/DISK.vmdk in place.
+    Ova(cmd::ova::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
         Command::Rebase(a) => cmd::rebase::run(a),
         Command::Amend(a) => cmd::amend::run(a),
         Command::Resize(a) => cmd::resize::run(a),
+        Command::Ova(a) => cmd::ova::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

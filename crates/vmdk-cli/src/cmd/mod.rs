@@ -13,6 +13,7 @@ pub mod info;
 pub mod io;
 pub mod map;
 pub mod measure;
+pub mod ova;
 pub mod rebase;
 pub mod resize;
 pub mod serve;

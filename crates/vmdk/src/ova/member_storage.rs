@@ -121,6 +121,9 @@ mod tests {
         let id = FileId { dev: 3, ino: 9 };
         assert_eq!(member_id(id, 512), member_id(id, 512));
         assert_ne!(member_id(id, 512), member_id(id, 1024));
-        assert_ne!(member_id(id, 512), member_id(FileId { dev: 3, ino: 8 }, 512));
+        assert_ne!(
+            member_id(id, 512),
+            member_id(FileId { dev: 3, ino: 8 }, 512)
+        );
     }
 }

@@ -6,6 +6,9 @@
 //! range of the archive ([`MemberStorage`]), never extracted. [`inspect`] reports what an
 //! appliance is and checks its manifest.
 //!
+//! Writing: [`create`] writes disks as streamOptimized VMDKs straight into a new archive,
+//! `.ovf` first and `.mf` second, in one pass (see [`writer`](create)).
+//!
 //! ```text
 //! tar.rs             member index (ustar, GNU, pax; hostile archives refused) + GNU headers
 //! member_storage.rs  one member as read-only Storage
@@ -15,19 +18,28 @@
 //! ovf.rs             reading OVF descriptors (roxmltree, DTDs refused)
 //! manifest.rs        .mf lines, digests checked in parallel
 //! inspect.rs         `ova info`
+//! compose.rs         writing an OVF vSphere imports
+//! template.rs        a user's OVF with the disk sizes filled in
+//! writer.rs          `ova create`: the one-pass archive writer
 //! ```
 
 mod archive;
 mod backend;
+pub mod compose;
 mod inspect;
 pub mod manifest;
 mod member_storage;
 mod namespace;
 pub mod ovf;
 pub mod tar;
+mod template;
+mod writer;
 
 pub use archive::Archive;
 pub use backend::OvaBackend;
+pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
 pub use inspect::{inspect, OvaInfo};
 pub use member_storage::{member_id, MemberStorage};
 pub use namespace::OvaNamespace;
+pub use template::Template;
+pub use writer::{create, populated_size, CreatedOva, OvaOptions, OvfSource};

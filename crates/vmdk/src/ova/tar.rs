@@ -133,15 +133,18 @@ pub fn read_index(storage: &dyn Storage, path: &Path) -> Result<TarIndex> {
             }
         }
         let data = pos + BLOCK;
-        let end = data.checked_add(size).filter(|&e| e <= len).ok_or_else(|| {
-            corrupt(
-                path,
-                format!(
-                    "tar member at offset {header_offset} claims {size} bytes, past the end \
+        let end = data
+            .checked_add(size)
+            .filter(|&e| e <= len)
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!(
+                        "tar member at offset {header_offset} claims {size} bytes, past the end \
                      of the archive ({len} bytes)"
-                ),
-            )
-        })?;
+                    ),
+                )
+            })?;
         match typeflag {
             b'L' | b'x' => {
                 if size > MAX_EXTENSION {
