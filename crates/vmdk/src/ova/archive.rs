@@ -98,13 +98,15 @@ impl Archive {
         names.join(", ")
     }
 
-    /// Member `m` as read-only storage.
+    /// Member `m` as read-only storage. Its [`Storage::file_id`] is the archive's: the
+    /// host file whose bytes it is, so an output about to replace the archive is refused
+    /// as one of the inputs whichever member was read (lock or no lock).
     pub fn member_storage(&self, m: &Member) -> Arc<dyn Storage> {
         Arc::new(MemberStorage::new(
             self.storage.clone(),
             m.offset,
             m.size,
-            self.member_id(m),
+            self.id,
         ))
     }
 

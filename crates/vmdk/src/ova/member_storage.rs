@@ -35,7 +35,8 @@ pub fn member_id(archive: FileId, offset: u64) -> FileId {
 }
 
 impl MemberStorage {
-    /// The member of `archive` at `offset` holding `size` bytes; `id` is its identity.
+    /// The member of `archive` at `offset` holding `size` bytes; `id` is the host file it
+    /// lives in (the archive's identity).
     pub fn new(archive: Arc<dyn Storage>, offset: u64, size: u64, id: Option<FileId>) -> Self {
         MemberStorage {
             archive,

@@ -111,26 +111,17 @@ impl Namespace for OvaNamespace {
         }
     }
 
+    /// A member's identity is derived from the archive's and the member's offset (two
+    /// members are two files, for backing-chain cycles); the archive's own name is the
+    /// host file, so an output of that name is recognised as the archive every member's
+    /// storage lives in.
     fn identity(&self, name: &Path) -> Result<Option<FileId>> {
-        let member = self.member_of(name)?;
-        let arch = match FileStorage::open(&self.archive, false)
-            .map_err(|e| Error::io(e, "cannot open").with_path(&self.archive))
-            .and_then(|s| Archive::from_storage(&self.archive, Arc::new(s)))
-        {
-            Ok(a) => a,
-            // The archive's own name, when it is no readable archive, is still a host file
-            // (so an output of that name can be checked against the inputs); opening it
-            // reports what is wrong.
-            Err(_) if member.is_none() => return LocalNamespace.identity(name),
-            Err(e) => return Err(e),
+        let Some(member) = self.member_of(name)? else {
+            return LocalNamespace.identity(name);
         };
-        let member = match member {
-            Some(m) => m,
-            None => match arch.first_disk() {
-                Ok(m) => m,
-                Err(_) => return LocalNamespace.identity(name),
-            },
-        };
+        let storage = FileStorage::open(&self.archive, false)
+            .map_err(|e| Error::io(e, "cannot open").with_path(&self.archive))?;
+        let arch = Archive::from_storage(&self.archive, Arc::new(storage))?;
         Ok(arch.index().file(&member).and_then(|m| arch.member_id(m)))
     }
 
