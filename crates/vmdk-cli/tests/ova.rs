@@ -204,11 +204,16 @@ fn our_ova_is_ordered_well_formed_and_verifiable() {
         .iter()
         .all(|d| d["status"] == "ok"));
     vmdk_ok(&["compare", &s(&raw), &s(&ova)]);
-    vmdk_ok(&[
-        "compare",
-        &s(&sparse),
-        &format!("{}/app-disk2.vmdk", s(&ova)),
-    ]);
+    let second = format!("{}/app-disk2.vmdk", s(&ova));
+    vmdk_ok(&["compare", &s(&sparse), &second]);
+
+    // Writing over the archive a member is read from is refused even without locks (-U),
+    // whichever member it is.
+    let before = std::fs::read(&ova).unwrap();
+    let r = vmdk(&["convert", "-U", "-O", "raw", &second, &s(&ova)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("refusing to overwrite"), "{}", r.stderr);
+    assert!(std::fs::read(&ova).unwrap() == before, "the OVA changed");
 }
 
 #[test]
