@@ -27,7 +27,7 @@ enum Sub {
     /// Show the virtual system, its disks and networks, and check the manifest's digests.
     Info(InfoArgs),
     /// Build an OVA from disks (raw or VMDK), written as streamOptimized VMDKs.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +103,7 @@ pub struct CreateArgs {
 pub fn run(a: Args) -> Result<u8> {
     match a.cmd {
         Sub::Info(a) => info(a),
-        Sub::Create(a) => create(a),
+        Sub::Create(a) => create(*a),
     }
 }
 

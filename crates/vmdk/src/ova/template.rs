@@ -175,7 +175,7 @@ impl Template {
                 Error::invalid("the template declares no prefix for the OVF namespace (xmlns:ovf)")
                     .with_path(&self.path)
             })?;
-        let at = match node.attributes().last() {
+        let at = match node.attributes().next_back() {
             Some(a) => a.range().end,
             None => {
                 let start = node.range().start + 1;

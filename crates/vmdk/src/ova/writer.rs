@@ -77,6 +77,9 @@ pub struct CreatedOva {
     pub size: u64,
 }
 
+/// A finished member's length and SHA-256, left by [`MemberSink`]'s `finish`.
+type Finished = Arc<Mutex<Option<(u64, [u8; 32])>>>;
+
 /// A tar member's data, written front to back into `storage` from `base`, hashed as it
 /// goes; its length and digest are left in `done` by `finish`.
 struct MemberSink {
@@ -85,7 +88,7 @@ struct MemberSink {
     base: u64,
     pos: u64,
     hash: Sha256,
-    done: Arc<Mutex<Option<(u64, [u8; 32])>>>,
+    done: Finished,
 }
 
 impl io::Write for MemberSink {
@@ -246,7 +249,7 @@ pub fn create(
     for (i, src) in disks.iter().enumerate() {
         let header_at = pos;
         let member_path = Path::new(&members[i]);
-        let done = Arc::new(Mutex::new(None));
+        let done: Finished = Arc::new(Mutex::new(None));
         let sink = MemberSink {
             storage: storage.clone(),
             name: out.join(member_path),
