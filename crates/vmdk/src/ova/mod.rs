@@ -7,7 +7,7 @@
 //! appliance is and checks its manifest.
 //!
 //! Writing: [`create`] writes disks as streamOptimized VMDKs straight into a new archive,
-//! `.ovf` first and `.mf` second, in one pass (see [`writer`](create)).
+//! `.ovf` first and `.mf` second, in one pass.
 //!
 //! ```text
 //! tar.rs             member index (ustar, GNU, pax; hostile archives refused) + GNU headers
