@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vmdk::ova::{manifest, ovf, Archive};
-use vmdk::storage::{MemStorage, Storage};
+use vmdk::storage::MemStorage;
 
 fuzz_target!(|data: &[u8]| {
     let _ = ovf::parse(data, Path::new("f.ovf"));
