@@ -71,6 +71,9 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Say whether an uploaded file is a safe, self-contained VMDK (opens nothing else).
     Inspect(cmd::inspect::Args),
+    /// OVA appliances: show one (info) or build one vSphere imports (create). Every other
+    /// command reads X.ova (its first disk) and X.ova/DISK.vmdk in place.
+    Ova(cmd::ova::Args),
 }
 
 fn init_logging(verbose: bool) {
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
         Command::Resize(a) => cmd::resize::run(a),
         Command::Mount(a) => cmd::mount::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Ova(a) => cmd::ova::run(a),
     };
     if cli.verbose {
         if let Some(s) = vmdk_object::summary() {

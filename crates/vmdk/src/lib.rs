@@ -32,6 +32,7 @@ pub mod lock;
 pub mod map;
 pub mod measure;
 pub mod namespace;
+pub mod ova;
 pub mod paths;
 pub mod raw;
 pub mod rebase;

@@ -15,6 +15,7 @@ pub mod io;
 pub mod map;
 pub mod measure;
 pub mod mount;
+pub mod ova;
 pub mod rebase;
 pub mod resize;
 pub mod serve;

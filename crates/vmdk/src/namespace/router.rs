@@ -41,6 +41,10 @@ impl RouterNamespace {
                 return Ok(ns);
             }
         }
+        // Built in: members of OVA archives (`X.ova`, `X.ova/DISK.vmdk`).
+        if let Some(ns) = crate::ova::OvaBackend.namespace_for(name)? {
+            return Ok(ns);
+        }
         Ok(Arc::new(LocalNamespace))
     }
 }

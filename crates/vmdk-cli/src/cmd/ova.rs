@@ -1,0 +1,370 @@
+//! `vmdk ova`: show what an OVA appliance is (`info`) and build one vSphere imports
+//! (`create`). Reading disks out of an OVA needs no subcommand: every command accepts
+//! `X.ova` and `X.ova/DISK.vmdk`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use vmdk::lock::{FileRole, LockRequest};
+use vmdk::ova::manifest::Status;
+use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvaOptions, OvfSource};
+
+use crate::opts::OpenArgs;
+use crate::output::{Node, OutputFormat};
+use crate::progress::Progress;
+use crate::size::size_to_str;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Show the virtual system, its disks and networks, and check the manifest's digests.
+    Info(InfoArgs),
+    /// Build an OVA from disks (raw or VMDK), written as streamOptimized VMDKs.
+    Create(Box<CreateArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// Threads checking digests (0 = one per CPU).
+    #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Read the archive even while another process writes it.
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+    /// The OVA.
+    ova: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The OVA to write.
+    #[arg(short = 'o', value_name = "OUT.ova")]
+    output: PathBuf,
+    /// Keep this OVF descriptor, filling in the disks' sizes (its DiskSection order is the
+    /// order of the DISK arguments).
+    #[arg(long = "from-ovf", value_name = "TEMPLATE.ovf")]
+    from_ovf: Option<PathBuf>,
+    /// Virtual machine name (default: the output's file name without .ova).
+    #[arg(long)]
+    name: Option<String>,
+    /// VMware guest type (vmw:osType).
+    #[arg(long = "os-type", default_value = "other4xLinux64Guest")]
+    os_type: String,
+    /// CIM operating-system code (OperatingSystemSection ovf:id).
+    #[arg(long = "os-cim", default_value_t = 100)]
+    os_cim: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u64,
+    /// Virtual hardware family.
+    #[arg(long = "hw", default_value = "vmx-14")]
+    hw: String,
+    /// Boot firmware: bios or efi.
+    #[arg(long, default_value = "bios")]
+    firmware: String,
+    /// Network the NIC connects to ("none" for no NIC).
+    #[arg(long, default_value = "VM Network")]
+    network: String,
+    /// Disk controller: lsilogic, pvscsi or sata.
+    #[arg(long, default_value = "lsilogic")]
+    controller: String,
+    /// zlib level of the disks' grains (0-9).
+    #[arg(long = "compression-level", default_value_t = 6)]
+    compression_level: u32,
+    /// Worker threads (0 = one per CPU).
+    #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Show progress on stderr.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Source format of every DISK (vmdk or raw); probed from the content when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The disks, in order (the first is the boot disk).
+    #[arg(required = true)]
+    disks: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    match a.cmd {
+        Sub::Info(a) => info(a),
+        Sub::Create(a) => create(*a),
+    }
+}
+
+fn info(a: InfoArgs) -> Result<u8> {
+    let lock = LockRequest::for_open(FileRole::Metadata, false, a.force_share);
+    let info = ova::inspect(&a.ova, Some(lock), a.threads)?;
+    let node = to_node(&info);
+    let mut out = std::io::stdout().lock();
+    match a.output {
+        OutputFormat::Json => node.print_json(&mut out)?,
+        OutputFormat::Human => print_human(&info, &mut out)?,
+    }
+    out.flush()?;
+    let bad = info
+        .digests
+        .iter()
+        .any(|c| !matches!(c.status, Status::Match));
+    Ok(if bad { 2 } else { 0 })
+}
+
+fn status_str(s: &Status) -> &'static str {
+    match s {
+        Status::Match => "ok",
+        Status::Mismatch(_) => "MISMATCH",
+        Status::Missing => "missing member",
+        Status::UnknownAlgorithm => "unknown algorithm",
+        Status::Unreadable(_) => "unreadable",
+    }
+}
+
+fn to_node(info: &OvaInfo) -> Node {
+    let mut n = Node::dict();
+    n.put_opt("ovf", info.ovf_name.clone());
+    n.put_opt("manifest", info.manifest_name.clone());
+    n.put_opt("certificate", info.certificate_name.clone());
+    if let Some(env) = &info.envelope {
+        n.put("ovf-version", env.version.clone());
+        if let Some(sys) = &env.system {
+            let mut s = Node::dict();
+            s.put("id", sys.id.clone());
+            s.put_opt("name", sys.name.clone());
+            s.put_opt("os-type", sys.os_type.clone());
+            s.put_opt("os-cim-id", sys.os_id.clone());
+            s.put_opt("cpus", env.cpus());
+            s.put_opt("memory-mib", env.memory_mib());
+            s.put_opt("hardware-family", sys.hardware_family.clone());
+            if let Some((_, fw)) = sys.vmw_config.iter().find(|(k, _)| k == "firmware") {
+                s.put("firmware", fw.clone());
+            }
+            n.put("virtual-system", s);
+        }
+        let disks = env
+            .disk_files()
+            .map(|(d, f)| {
+                let mut x = Node::dict();
+                x.put("disk-id", d.disk_id.clone());
+                x.put_opt("file", f.map(|f| f.href.clone()));
+                x.put_opt(
+                    "file-size",
+                    f.and_then(|f| info.member(&f.href)).map(|m| m.size),
+                );
+                x.put_opt("capacity", d.capacity);
+                x.put_opt("format", d.format.clone());
+                x.put_opt("populated-size", d.populated_size);
+                x.put_opt("controller", env.controller_of(d));
+                x
+            })
+            .collect();
+        n.put("disks", Node::List(disks));
+        let nets = env
+            .networks
+            .iter()
+            .map(|w| {
+                let mut x = Node::dict();
+                x.put("name", w.name.clone());
+                x.put_opt("description", w.description.clone());
+                x
+            })
+            .collect();
+        n.put("networks", Node::List(nets));
+    }
+    let digests = info
+        .digests
+        .iter()
+        .map(|c| {
+            let mut x = Node::dict();
+            x.put("file", c.entry.file.clone());
+            x.put("algorithm", c.entry.algorithm.clone());
+            x.put("expected", c.entry.digest.clone());
+            x.put("status", status_str(&c.status));
+            if let Status::Mismatch(d) = &c.status {
+                x.put("actual", d.clone());
+            }
+            if let Status::Unreadable(e) = &c.status {
+                x.put("error", e.clone());
+            }
+            x
+        })
+        .collect();
+    n.put("digests", Node::List(digests));
+    let members = info
+        .members
+        .iter()
+        .map(|m| {
+            let mut x = Node::dict();
+            x.put("name", m.name.clone()).put("size", m.size);
+            x
+        })
+        .collect();
+    n.put("members", Node::List(members));
+    n
+}
+
+fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
+    if let Some(env) = &info.envelope {
+        writeln!(
+            out,
+            "OVF: {} (OVF {})",
+            info.ovf_name.as_deref().unwrap_or("-"),
+            env.version
+        )?;
+        if let Some(sys) = &env.system {
+            writeln!(
+                out,
+                "virtual system: {}",
+                sys.name.as_deref().unwrap_or(&sys.id)
+            )?;
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            writeln!(out, "    os type: {}", opt(sys.os_type.clone()))?;
+            writeln!(out, "    cpus: {}", opt(env.cpus().map(|c| c.to_string())))?;
+            writeln!(
+                out,
+                "    memory: {}",
+                opt(env.memory_mib().map(|m| format!("{m} MiB")))
+            )?;
+            writeln!(
+                out,
+                "    hardware family: {}",
+                opt(sys.hardware_family.clone())
+            )?;
+            if let Some((_, fw)) = sys.vmw_config.iter().find(|(k, _)| k == "firmware") {
+                writeln!(out, "    firmware: {fw}")?;
+            }
+        }
+        writeln!(out, "disks:")?;
+        for (d, f) in env.disk_files() {
+            writeln!(
+                out,
+                "    {}: {}",
+                d.disk_id,
+                f.map_or("(no file)", |f| f.href.as_str())
+            )?;
+            match d.capacity {
+                Some(c) => writeln!(out, "        capacity: {}", size_to_str(c))?,
+                None => writeln!(
+                    out,
+                    "        capacity: {} ({})",
+                    d.capacity_text, d.capacity_units
+                )?,
+            }
+            if let Some(f) = d.format.as_deref() {
+                writeln!(out, "        format: {f}")?;
+            }
+            if let Some(p) = d.populated_size {
+                writeln!(out, "        populated size: {}", size_to_str(p))?;
+            }
+            if let Some(m) = f.and_then(|f| info.member(&f.href)) {
+                writeln!(out, "        file size: {}", size_to_str(m.size))?;
+            }
+            if let Some(c) = env.controller_of(d) {
+                writeln!(out, "        controller: {c}")?;
+            }
+        }
+        if !env.networks.is_empty() {
+            writeln!(out, "networks:")?;
+            for w in &env.networks {
+                writeln!(out, "    {}", w.name)?;
+            }
+        }
+    } else {
+        writeln!(out, "OVF: none")?;
+    }
+    match &info.manifest_name {
+        None => writeln!(out, "manifest: none")?,
+        Some(m) => {
+            writeln!(out, "manifest: {m}")?;
+            for c in &info.digests {
+                writeln!(
+                    out,
+                    "    {}({}): {}",
+                    c.entry.algorithm,
+                    c.entry.file,
+                    status_str(&c.status)
+                )?;
+            }
+        }
+    }
+    if let Some(c) = &info.certificate_name {
+        writeln!(out, "certificate: {c} (not verified)")?;
+    }
+    Ok(())
+}
+
+fn create(a: CreateArgs) -> Result<u8> {
+    let ovf = match &a.from_ovf {
+        Some(t) => {
+            let text = std::fs::read(t).with_context(|| format!("reading '{}'", t.display()))?;
+            OvfSource::Template(ova::Template::parse(text, t)?)
+        }
+        None => {
+            let name = match &a.name {
+                Some(n) => n.clone(),
+                None => a
+                    .output
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "vm".into()),
+            };
+            let firmware = match a.firmware.as_str() {
+                "bios" => Firmware::Bios,
+                "efi" | "uefi" => Firmware::Efi,
+                other => bail!("unknown firmware '{other}' (expected bios or efi)"),
+            };
+            OvfSource::Compose(ApplianceSpec {
+                name,
+                os_type: a.os_type.clone(),
+                os_cim: a.os_cim,
+                cpus: a.cpus,
+                memory_mib: a.memory,
+                hardware: a.hw.clone(),
+                firmware,
+                network: (a.network != "none").then(|| a.network.clone()),
+                controller: Controller::parse(&a.controller)?,
+            })
+        }
+    };
+    let controller = match &ovf {
+        OvfSource::Compose(s) => s.controller,
+        OvfSource::Template(_) => Controller::LsiLogic,
+    };
+    let opts = OvaOptions {
+        threads: a.threads,
+        compression_level: a.compression_level,
+        adapter: match controller {
+            Controller::Sata => vmdk::AdapterType::Ide,
+            _ => vmdk::AdapterType::Lsilogic,
+        },
+        durable: false,
+    };
+    let open = a.open.options();
+    let sources = a
+        .disks
+        .iter()
+        .map(|d| vmdk::open_source(d, a.format.as_deref(), &open))
+        .collect::<vmdk::Result<Vec<_>>>()?;
+    let refs: Vec<&dyn vmdk::Source> = sources.iter().map(|s| &**s).collect();
+    let pb = Progress::new(a.progress);
+    let progress = |done: u64, total: u64| pb.update(done, total);
+    let ns = vmdk::namespace::default();
+    let r = ova::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
+    pb.end(r.is_ok());
+    r?;
+    Ok(0)
+}

@@ -1,0 +1,45 @@
+//! OVA appliances: a tar archive of an OVF descriptor, a manifest and the disks.
+//!
+//! Reading: [`OvaBackend`] is a built-in backend of the default
+//! [`RouterNamespace`](crate::namespace::RouterNamespace), so every command that takes an
+//! image accepts `X.ova` (its first disk) and `X.ova/DISK.vmdk`, read in place as a byte
+//! range of the archive ([`MemberStorage`]), never extracted. [`inspect`] reports what an
+//! appliance is and checks its manifest.
+//!
+//! Writing: [`create`] writes disks as streamOptimized VMDKs straight into a new archive,
+//! `.ovf` first and `.mf` second, in one pass.
+//!
+//! ```text
+//! tar.rs             member index (ustar, GNU, pax; hostile archives refused) + GNU headers
+//! member_storage.rs  one member as read-only Storage
+//! archive.rs         an opened OVA: index, OVF, which member is the first disk
+//! namespace.rs       OvaNamespace: names X.ova/MEMBER
+//! backend.rs         OvaBackend: which names are inside an OVA
+//! ovf.rs             reading OVF descriptors (roxmltree, DTDs refused)
+//! manifest.rs        .mf lines, digests checked in parallel
+//! inspect.rs         `ova info`
+//! compose.rs         writing an OVF vSphere imports
+//! template.rs        a user's OVF with the disk sizes filled in
+//! writer.rs          `ova create`: the one-pass archive writer
+//! ```
+
+mod archive;
+mod backend;
+pub mod compose;
+mod inspect;
+pub mod manifest;
+mod member_storage;
+mod namespace;
+pub mod ovf;
+pub mod tar;
+mod template;
+mod writer;
+
+pub use archive::Archive;
+pub use backend::OvaBackend;
+pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
+pub use inspect::{inspect, OvaInfo};
+pub use member_storage::{member_id, MemberStorage};
+pub use namespace::OvaNamespace;
+pub use template::Template;
+pub use writer::{create, populated_size, CreatedOva, OvaOptions, OvfSource};
