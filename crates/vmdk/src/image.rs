@@ -364,7 +364,8 @@ impl Image {
         let ns = opts.namespace();
         let id = ns.identity(path)?.ok_or_else(|| {
             Error::io(
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                // The OS's own error (ENOENT), so messages and errno match a failed open.
+                std::io::Error::from_raw_os_error(libc::ENOENT),
                 "cannot open",
             )
             .with_path(path)

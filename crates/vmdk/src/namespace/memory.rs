@@ -88,9 +88,9 @@ impl Namespace for MemNamespace {
     fn open(&self, name: &Path, _mode: OpenMode) -> Result<Arc<dyn Storage>> {
         match self.files().get(&Self::key(name)) {
             Some(s) => Ok(s.clone()),
-            None => Err(Error::new(
-                ErrorKind::Io,
-                "cannot open: No such file or directory (os error 2)",
+            None => Err(Error::io(
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+                "cannot open",
             )
             .with_path(name)),
         }
