@@ -103,12 +103,16 @@ pub fn open_source(
     let is_vmdk = match format {
         Some("vmdk") => true,
         Some("raw") => false,
+        Some("qcow2") => return Ok(Box::new(crate::qcow2::Qcow2Image::open_with(path, opts)?)),
         Some(other) => {
             return Err(Error::invalid(format!(
-                "unknown source format '{other}' (expected raw or vmdk)"
+                "unknown source format '{other}' (expected raw, vmdk or qcow2)"
             )))
         }
         None => match crate::image::probe_in(&*opts.namespace(), path)? {
+            Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => {
+                return Ok(Box::new(crate::qcow2::Qcow2Image::open_with(path, opts)?))
+            }
             Some(FileFormat::Foreign(f)) => {
                 return Err(crate::image::foreign_format_error(path, f))
             }
@@ -418,6 +422,7 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
                 let bound = g.record_bound().expect("checked above");
                 let first = g.offset();
                 let mut last = first;
+                let mut last_bound = bound;
                 let mut j = i + 1;
                 while j < task.entries.len() {
                     match &task.entries[j].target {
@@ -431,12 +436,13 @@ fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
                                 && g2.offset() - first <= 2 * MAX_TASK_SPARSE =>
                         {
                             last = g2.offset();
+                            last_bound = g2.record_bound().expect("checked above");
                             j += 1;
                         }
                         _ => break,
                     }
                 }
-                let span_len = (last - first + bound) as usize;
+                let span_len = (last - first + last_bound) as usize;
                 scratch.span.resize(span_len, 0);
                 let file = g.file();
                 let got = file

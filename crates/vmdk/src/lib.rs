@@ -33,6 +33,7 @@ pub mod map;
 pub mod measure;
 pub mod namespace;
 pub mod paths;
+pub mod qcow2;
 pub mod raw;
 pub mod rebase;
 pub mod report;

@@ -102,6 +102,15 @@ impl MapReporter {
         }
     }
 
+    /// For a qcow2 image shown as `name` (its file and backing files named by path).
+    pub fn for_qcow2(_name: &str) -> MapReporter {
+        MapReporter {
+            names: HashMap::new(),
+            flat: HashMap::new(),
+            raw: None,
+        }
+    }
+
     /// For a raw image shown as `name`.
     pub fn for_raw(name: &str) -> MapReporter {
         MapReporter {
