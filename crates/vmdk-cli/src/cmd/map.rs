@@ -150,7 +150,8 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Fmt::Foreign(ForeignFormat::Qcow2) => {
                 let img = Qcow2Image::open_with(&a.image, &a.open.options())?;
-                (Box::new(img), MapReporter::for_qcow2(&name))
+                let conv = MapReporter::for_qcow2(&img, &name);
+                (Box::new(img), conv)
             }
             Fmt::Foreign(f) => return Err(vmdk::image::foreign_format_error(&a.image, f).into()),
             Fmt::Raw => {

@@ -238,6 +238,10 @@ impl Qcow2Image {
     pub fn allocated_size(&self) -> Option<u64> {
         self.file.storage.allocated_size()
     }
+    /// The image file (the host file data clusters point into).
+    pub fn image_file(&self) -> &Arc<ExtentFile> {
+        &self.file
+    }
     /// Length of the image file.
     pub fn file_len(&self) -> u64 {
         self.file_len

@@ -102,11 +102,16 @@ impl MapReporter {
         }
     }
 
-    /// For a qcow2 image shown as `name` (its file and backing files named by path).
-    pub fn for_qcow2(_name: &str) -> MapReporter {
+    /// For a qcow2 image shown as `name`. qemu reports holes of the image file under data
+    /// clusters only when it guesses the image was preallocated (from refcounts against the
+    /// file's allocation); we report such clusters as data.
+    pub fn for_qcow2(img: &crate::qcow2::Qcow2Image, name: &str) -> MapReporter {
+        let mut names = HashMap::new();
+        names.insert(img.image_file().id(), Arc::from(name));
+        let flat = HashMap::new();
         MapReporter {
-            names: HashMap::new(),
-            flat: HashMap::new(),
+            names,
+            flat,
             raw: None,
         }
     }
