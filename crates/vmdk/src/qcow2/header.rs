@@ -216,7 +216,7 @@ impl Header {
             ));
         }
         if self.l1_size > 0 {
-            if self.l1_table_offset % cs != 0 {
+            if !self.l1_table_offset.is_multiple_of(cs) {
                 return Err(format!(
                     "L1 table offset {:#x} is not cluster-aligned",
                     self.l1_table_offset
@@ -225,7 +225,7 @@ impl Header {
             if self
                 .l1_table_offset
                 .checked_add(l1_bytes)
-                .map_or(true, |end| end > file_len)
+                .is_none_or(|end| end > file_len)
             {
                 return Err(format!(
                     "L1 table at {:#x} ({} bytes) lies past the end of the {}-byte file",
@@ -240,7 +240,7 @@ impl Header {
                 self.refcount_table_clusters
             ));
         }
-        if self.refcount_table_offset % cs != 0 {
+        if !self.refcount_table_offset.is_multiple_of(cs) {
             return Err(format!(
                 "refcount table offset {:#x} is not cluster-aligned",
                 self.refcount_table_offset
@@ -256,7 +256,7 @@ impl Header {
             if self
                 .backing_file_offset
                 .checked_add(u64::from(self.backing_file_size))
-                .map_or(true, |end| end > cs)
+                .is_none_or(|end| end > cs)
             {
                 return Err("backing file name lies outside the header cluster".into());
             }

@@ -83,7 +83,7 @@ pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> Result<Entry, S
         return Ok(Entry::Whole(Cluster::Compressed { offset, len }));
     }
     let host = e & OFFSET_MASK;
-    if host % cs != 0 {
+    if !host.is_multiple_of(cs) {
         return Err(format!("cluster offset {host:#x} is not cluster-aligned"));
     }
     if let Some(bm) = bitmap {

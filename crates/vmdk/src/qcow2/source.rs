@@ -259,13 +259,13 @@ impl Qcow2Image {
             }
         }
         let cs = self.header.cluster_size();
-        if off % cs != 0 {
+        if !off.is_multiple_of(cs) {
             return Err(corrupt(
                 &self.path,
                 format!("L2 table offset {off:#x} is not cluster-aligned"),
             ));
         }
-        if off.checked_add(cs).map_or(true, |e| e > self.file_len) {
+        if off.checked_add(cs).is_none_or(|e| e > self.file_len) {
             return Err(corrupt(
                 &self.path,
                 format!("L2 table at {off:#x} lies past the end of the file"),
@@ -387,7 +387,7 @@ impl Qcow2Image {
     /// range, resolved through the backing chain.
     pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
         let size = self.header.size;
-        if offset.checked_add(len).map_or(true, |e| e > size) {
+        if offset.checked_add(len).is_none_or(|e| e > size) {
             return Err(Error::invalid(format!(
                 "range {offset}+{len} is outside the {size}-byte disk"
             ))
