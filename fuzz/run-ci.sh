@@ -10,7 +10,7 @@
 # Seeds are generated here with qemu-img / qemu-io (small images of a few subformats), so no
 # binaries are committed. Run times (seconds) can be changed through the environment:
 #   FUZZ_WRITE_SECS   write_image                           (default 45)
-#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova (default 15 each)
+#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, qcow2_source (default 15 each)
 #   FUZZ_TARGETS      which targets to run                  (default: all five)
 # and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
 set -euo pipefail
@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 
 write_secs=${FUZZ_WRITE_SECS:-45}
 other_secs=${FUZZ_OTHER_SECS:-15}
-targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova"}
+targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova qcow2_source"}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the coverage flags off build scripts and proc macros.
@@ -48,6 +48,15 @@ q create -f vmdk -o subformat=twoGbMaxExtentSparse "$seeds/split.vmdk" 1M
 io -c "write -P 0x44 128k 64k" "$seeds/split.vmdk"
 q create -f vmdk -o subformat=monolithicFlat "$seeds/flat.vmdk" 1M
 images="sparse.vmdk zeroed.vmdk stream.vmdk split-s001.vmdk"
+# qcow2 seeds: small clusters keep them short; compressed, zero and subcluster entries,
+# and an overlay whose backing file is the rest of the input.
+qio() { qemu-io -f qcow2 "$@" >/dev/null; }
+q create -f qcow2 -o cluster_size=4k "$seeds/q.qcow2" 1M
+qio -c "write -P 0x11 0 8k" -c "write -c -P 0x22 64k 4k" -c "write -z 128k 8k" "$seeds/q.qcow2"
+q create -f qcow2 -o cluster_size=16k,extended_l2=on,compat=1.1 "$seeds/x.qcow2" 1M
+qio -c "write -P 0x33 4k 1k" -c "write -z 64k 1k" "$seeds/x.qcow2"
+q create -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 "$seeds/top.qcow2" 1M -u
+qio -c "write -P 0x44 12k 4k" "$seeds/top.qcow2" 2>/dev/null || true
 
 # A write_image op: kind, u32 LE offset, u16 LE length in 4-byte units, seed.
 op() { printf "\\x$1\\x$2\\x$3\\x$4\\x$5\\x$6\\x$7\\x$8"; }
@@ -71,6 +80,10 @@ for t in $targets; do
       (cd "$seeds" && echo "SHA256(stream.vmdk)= $(sha256sum stream.vmdk | cut -d' ' -f1)" >a.mf &&
         tar --format=gnu -cf "$c/a.ova" a.ovf a.mf stream.vmdk &&
         tar --format=pax -cf "$c/pax.ova" a.ovf stream.vmdk a.mf) ;;
+    qcow2_source)
+      for i in q.qcow2 x.qcow2; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done
+      t_len=$(wc -c <"$seeds/top.qcow2"); all=$((t_len + $(wc -c <"$seeds/q.qcow2")))
+      { printf "\\x$(printf %02x $((t_len * 255 / all + 1)))"; cat "$seeds/top.qcow2" "$seeds/q.qcow2"; } >"$c/chain" ;;
     write_image)
       for i in $images; do
         {

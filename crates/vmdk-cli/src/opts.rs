@@ -73,7 +73,8 @@ pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     match fmt {
         Some("vmdk") => Ok(Fmt::Vmdk),
         Some("raw") => Ok(Fmt::Raw),
-        Some(other) => bail!("unknown image format '{other}' (expected vmdk or raw)"),
+        Some("qcow2") => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
+        Some(other) => bail!("unknown image format '{other}' (expected vmdk, raw or qcow2)"),
         None => Ok(match vmdk::image::probe_path(path)? {
             Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
             Some(_) => Fmt::Vmdk,

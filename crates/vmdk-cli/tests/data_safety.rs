@@ -557,14 +557,24 @@ fn other_formats_are_named_and_refused_unless_raw_is_asked_for() {
     for (file, name, desc) in foreign_files(d) {
         let f = s(&file);
         let out = d.join("out.vmdk");
-        let r = vmdk(&["convert", "-O", "vmdk", &f, &s(&out)]);
-        refused(
-            &r,
-            &format!("is a {desc} image"),
-            &format!("convert {name}"),
-        );
-        assert!(!out.exists(), "convert of {name} created its output");
-        for cmd in [&["map"][..], &["check"], &["compare", &f]] {
+        // qcow2 is read by convert, map, compare and dd (tests/qcow2.rs); check and io
+        // still name and refuse it.
+        let readable = name == "qcow2";
+        if !readable {
+            let r = vmdk(&["convert", "-O", "vmdk", &f, &s(&out)]);
+            refused(
+                &r,
+                &format!("is a {desc} image"),
+                &format!("convert {name}"),
+            );
+            assert!(!out.exists(), "convert of {name} created its output");
+        }
+        let cmds: &[&[&str]] = if readable {
+            &[&["check"]]
+        } else {
+            &[&["map"], &["check"], &["compare", &f]]
+        };
+        for cmd in cmds {
             let mut args = cmd.to_vec();
             args.push(&f);
             let r = vmdk(&args);

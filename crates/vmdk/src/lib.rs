@@ -34,6 +34,7 @@ pub mod measure;
 pub mod namespace;
 pub mod ova;
 pub mod paths;
+pub mod qcow2;
 pub mod raw;
 pub mod rebase;
 pub mod report;

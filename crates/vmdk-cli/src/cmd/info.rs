@@ -5,8 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use vmdk::format::foreign::ForeignFormat;
+use vmdk::qcow2::Qcow2Image;
 use vmdk::report::info::{foreign_info, image_info, raw_info};
 use vmdk::report::names::{chain, display};
+use vmdk::report::qcow2_info::qcow2_info;
 use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
@@ -33,8 +36,34 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
-    let infos = match image_format(&a.image, a.format.as_deref())? {
+    let output = a.output;
+    let backing_chain = a.backing_chain;
+    let infos = chain_infos(a, &name)?;
+    print_infos(&infos, output, backing_chain)
+}
+
+/// The info of `a.image` (shown as `name`), and with `--backing-chain` of every layer below.
+fn chain_infos(a: Args, name: &str) -> Result<Vec<Node>> {
+    let name = name.to_string();
+    Ok(match image_format(&a.image, a.format.as_deref())? {
         Fmt::Raw => vec![raw_info(&a.image, &name, &a.open.options())?],
+        Fmt::Foreign(ForeignFormat::Qcow2) => {
+            let opts = a.open.options().open_backing(a.backing_chain);
+            let img = Qcow2Image::open_with(&a.image, &opts)?;
+            let mut infos = vec![qcow2_info(&img, &name)];
+            if a.backing_chain {
+                if let (Some(b), Some(bname)) = (img.backing_path(), img.backing_name()) {
+                    let bname = vmdk::report::names::path_combine(&name, bname);
+                    let sub = Args {
+                        image: b.to_path_buf(),
+                        format: img.extensions().backing_format.clone(),
+                        ..a
+                    };
+                    infos.extend(chain_infos(sub, &bname)?);
+                }
+            }
+            infos
+        }
         Fmt::Foreign(f) => vec![foreign_info(&a.image, &name, f, &a.open.options())?],
         Fmt::Vmdk => {
             let opts = a.open.options().open_backing(a.backing_chain);
@@ -43,10 +72,13 @@ pub fn run(a: Args) -> Result<u8> {
             let n = if a.backing_chain { layers.len() } else { 1 };
             layers[..n].iter().map(|(i, n)| image_info(i, n)).collect()
         }
-    };
+    })
+}
+
+fn print_infos(infos: &[Node], output: OutputFormat, backing_chain: bool) -> Result<u8> {
     let mut out = std::io::stdout().lock();
-    match a.output {
-        OutputFormat::Json if a.backing_chain => Node::List(infos).print_json(&mut out)?,
+    match output {
+        OutputFormat::Json if backing_chain => Node::List(infos.to_vec()).print_json(&mut out)?,
         OutputFormat::Json => infos[0].print_json(&mut out)?,
         OutputFormat::Human => {
             for (i, info) in infos.iter().enumerate() {

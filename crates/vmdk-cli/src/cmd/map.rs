@@ -12,10 +12,12 @@ use vmdk::report::names::display;
 use vmdk::walk::MapWalker;
 use vmdk::Image;
 
-use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
+use crate::opts::{image_format, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use crate::size::parse_size;
 use crate::spool::Spool;
+use vmdk::format::foreign::ForeignFormat;
+use vmdk::qcow2::Qcow2Image;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -140,13 +142,18 @@ pub fn run(a: Args) -> Result<u8> {
     let start = a.start_offset.unwrap_or(0);
     // Open before printing anything: a failure prints no output at all.
     let (source, conv): (Box<dyn Source>, MapReporter) =
-        match vmdk_or_raw(&a.image, a.format.as_deref())? {
+        match image_format(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
                 let conv = MapReporter::for_image(&img, &name);
                 (Box::new(img), conv)
             }
-            Fmt::Foreign(_) => unreachable!("refused by vmdk_or_raw"),
+            Fmt::Foreign(ForeignFormat::Qcow2) => {
+                let img = Qcow2Image::open_with(&a.image, &a.open.options())?;
+                let conv = MapReporter::for_qcow2(&img, &name);
+                (Box::new(img), conv)
+            }
+            Fmt::Foreign(f) => return Err(vmdk::image::foreign_format_error(&a.image, f).into()),
             Fmt::Raw => {
                 let raw = RawFile::open_with(&a.image, &a.open.options())?;
                 (Box::new(raw), MapReporter::for_raw(&name))

@@ -211,6 +211,7 @@ pub(super) fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> R
                 let bound = g.record_bound().expect("checked above");
                 let first = g.offset();
                 let mut last = first;
+                let mut last_bound = bound;
                 let mut j = i + 1;
                 while j < task.entries.len() {
                     match &task.entries[j].target {
@@ -224,12 +225,13 @@ pub(super) fn fill_task(task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> R
                                 && g2.offset() - first <= 2 * MAX_TASK_SPARSE =>
                         {
                             last = g2.offset();
+                            last_bound = g2.record_bound().expect("checked above");
                             j += 1;
                         }
                         _ => break,
                     }
                 }
-                let span_len = (last - first + bound) as usize;
+                let span_len = (last - first + last_bound) as usize;
                 scratch.span.resize(span_len, 0);
                 let file = g.file();
                 let got = file

@@ -78,12 +78,16 @@ pub fn open_source(
     let is_vmdk = match format {
         Some("vmdk") => true,
         Some("raw") => false,
+        Some("qcow2") => return Ok(Box::new(crate::qcow2::Qcow2Image::open_with(path, opts)?)),
         Some(other) => {
             return Err(Error::invalid(format!(
-                "unknown source format '{other}' (expected raw or vmdk)"
+                "unknown source format '{other}' (expected raw, vmdk or qcow2)"
             )))
         }
         None => match crate::image::probe_in(&*opts.namespace(), path)? {
+            Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => {
+                return Ok(Box::new(crate::qcow2::Qcow2Image::open_with(path, opts)?))
+            }
             Some(FileFormat::Foreign(f)) => {
                 return Err(crate::image::foreign_format_error(path, f))
             }

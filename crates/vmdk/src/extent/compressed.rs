@@ -117,6 +117,9 @@ pub struct CompressedGrain {
     in_grain: u64,
     /// Whether a 12-byte grain marker precedes the compressed stream.
     has_marker: bool,
+    /// For a qcow2 compressed cluster: a raw deflate stream (no zlib wrapper) of at most
+    /// this many bytes, instead of a VMDK grain record.
+    deflate_len: Option<u64>,
 }
 
 impl CompressedGrain {
@@ -133,6 +136,26 @@ impl CompressedGrain {
             grain_size,
             in_grain,
             has_marker,
+            deflate_len: None,
+        }
+    }
+
+    /// A qcow2 compressed cluster: a raw deflate stream of at most `stored_len` bytes at
+    /// `offset` that inflates to `cluster_size` bytes.
+    pub(crate) fn raw_deflate(
+        file: Arc<ExtentFile>,
+        offset: u64,
+        cluster_size: u64,
+        in_grain: u64,
+        stored_len: u64,
+    ) -> Self {
+        CompressedGrain {
+            file,
+            offset,
+            grain_size: cluster_size,
+            in_grain,
+            has_marker: false,
+            deflate_len: Some(stored_len),
         }
     }
 
@@ -167,6 +190,9 @@ impl CompressedGrain {
     /// The most bytes the grain's record can take in the file, when it is known (grains with
     /// markers): what a batched read must fetch to hold all of it.
     pub(crate) fn record_bound(&self) -> Option<u64> {
+        if self.deflate_len.is_some() {
+            return self.deflate_len;
+        }
         self.has_marker
             .then(|| GRAIN_MARKER_SIZE as u64 + compress_bound(self.grain_size))
     }
@@ -174,19 +200,12 @@ impl CompressedGrain {
     /// Fill `dst` with the grain's bytes from `in_grain` on, decompressing it (or reusing
     /// this thread's last decompressed grain).
     pub fn read_into(&self, dst: &mut [u8]) -> Result<()> {
-        read_part(
-            &self.file,
-            self.offset,
-            self.grain_size,
-            self.in_grain,
-            self.has_marker,
-            dst,
-        )
+        read_part(self, dst)
     }
 
     /// Decompress the whole grain into `out` (`out.len()` = the grain size).
     pub(crate) fn read_whole(&self, out: &mut [u8]) -> Result<()> {
-        read_grain(&self.file, self.offset, self.has_marker, out)
+        read_grain(self, out)
     }
 
     /// Decompress the grain (a whole grain with a marker) from `span`, the file's bytes from
@@ -201,6 +220,10 @@ impl CompressedGrain {
         else {
             return false;
         };
+        if let Some(len) = self.deflate_len {
+            let end = span.len().min(rel.saturating_add(len as usize));
+            return inflate_raw_into(&span[rel..end], out).is_ok();
+        }
         let Ok(m) = GrainMarker::parse_checked(&span[rel..], self.grain_size) else {
             return false;
         };
@@ -240,15 +263,37 @@ fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> 
     Ok(())
 }
 
-/// Read and decompress the whole grain stored at `grain_offset` into `out`
-/// (`out.len()` = the grain size).
-fn read_grain(
-    file: &ExtentFile,
-    grain_offset: u64,
-    has_marker: bool,
-    out: &mut [u8],
-) -> Result<()> {
+/// Decompress one raw deflate stream (a qcow2 compressed cluster, followed by whatever lies
+/// after it in its last sector) into `out`, zero-filling what it does not cover.
+fn inflate_raw_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let n = DECOMPRESSOR.with(|d| {
+        d.borrow_mut()
+            .deflate_decompress(data, out)
+            .map_err(|e| match e {
+                libdeflater::DecompressionError::BadData => "invalid deflate data".to_string(),
+                libdeflater::DecompressionError::InsufficientSpace => format!(
+                    "data decompresses to more than the {}-byte cluster",
+                    out.len()
+                ),
+            })
+    })?;
+    out[n..].fill(0);
+    Ok(())
+}
+
+/// Read and decompress the whole grain `g` into `out` (`out.len()` = the grain size).
+fn read_grain(g: &CompressedGrain, out: &mut [u8]) -> Result<()> {
+    let (file, grain_offset, has_marker) = (&*g.file, g.offset, g.has_marker);
     let grain_size = out.len() as u64;
+    if let Some(len) = g.deflate_len {
+        let mut data = vec![0u8; len as usize];
+        let got = file
+            .storage
+            .read_up_to(&mut data, grain_offset)
+            .map_err(|e| Error::io(e, "reading compressed cluster").with_path(&file.path))?;
+        return inflate_raw_into(&data[..got], out)
+            .map_err(|e| decompress_error(file, grain_offset, e));
+    }
     if has_marker {
         let mut m = [0u8; GRAIN_MARKER_SIZE];
         file.storage
@@ -286,32 +331,26 @@ fn read_grain(
 
 /// Copy `buf.len()` bytes starting `in_grain` bytes into the compressed grain at
 /// `grain_offset`, decompressing it (or reusing this thread's last decompressed grain).
-fn read_part(
-    file: &ExtentFile,
-    grain_offset: u64,
-    grain_size: u64,
-    in_grain: u64,
-    has_marker: bool,
-    buf: &mut [u8],
-) -> Result<()> {
-    let key = file.id();
+fn read_part(g: &CompressedGrain, buf: &mut [u8]) -> Result<()> {
+    let (grain_offset, grain_size, in_grain) = (g.offset, g.grain_size, g.in_grain);
+    let key = g.file.id();
     let start = in_grain as usize;
     if start == 0 && buf.len() as u64 == grain_size {
-        return read_grain(file, grain_offset, has_marker, buf);
+        return read_grain(g, buf);
     }
     LAST_GRAIN.with(|slot| {
         let mut slot = slot.borrow_mut();
         let hit = matches!(&*slot, Some((k, o, g)) if *k == key && *o == grain_offset && g.len() as u64 == grain_size);
         if !hit {
-            let mut g = match slot.take() {
+            let mut v = match slot.take() {
                 Some((_, _, mut v)) => {
                     v.resize(grain_size as usize, 0);
                     v
                 }
                 None => vec![0u8; grain_size as usize],
             };
-            read_grain(file, grain_offset, has_marker, &mut g)?;
-            *slot = Some((key, grain_offset, g));
+            read_grain(g, &mut v)?;
+            *slot = Some((key, grain_offset, v));
         }
         let (_, _, g) = slot.as_ref().expect("filled above");
         buf.copy_from_slice(&g[start..start + buf.len()]);

@@ -92,7 +92,7 @@ const KNOWN_DDB: [&str; 12] = [
 ];
 
 /// One of qemu's child nodes: a host file under the format driver.
-fn file_child(name: &str, filename: &str, len: u64, allocated: u64) -> Node {
+pub(crate) fn file_child(name: &str, filename: &str, len: u64, allocated: u64) -> Node {
     // qemu's file driver counts whole sectors: a 341-byte descriptor is 512 bytes long.
     let len = len.next_multiple_of(512);
     let mut info = Node::dict();

@@ -102,6 +102,20 @@ impl MapReporter {
         }
     }
 
+    /// For a qcow2 image shown as `name`. qemu reports holes of the image file under data
+    /// clusters only when it guesses the image was preallocated (from refcounts against the
+    /// file's allocation); we report such clusters as data.
+    pub fn for_qcow2(img: &crate::qcow2::Qcow2Image, name: &str) -> MapReporter {
+        let mut names = HashMap::new();
+        names.insert(img.image_file().id(), Arc::from(name));
+        let flat = HashMap::new();
+        MapReporter {
+            names,
+            flat,
+            raw: None,
+        }
+    }
+
     /// For a raw image shown as `name`.
     pub fn for_raw(name: &str) -> MapReporter {
         MapReporter {

@@ -8,5 +8,6 @@ pub mod inspect;
 pub mod map;
 pub mod names;
 mod node;
+pub mod qcow2_info;
 
 pub use node::Node;

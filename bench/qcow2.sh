@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# bench/qcow2.sh — `vmdk convert` against `qemu-img convert` with qcow2 on one side.
+#
+# Usage: bench/qcow2.sh [WORKDIR]     (default WORKDIR: /tmp/vmdk-bench-qcow2)
+# Environment: DISK=1G, DATA_MB=600, RUNS=3, VMDK=... (our binary; default target/release/vmdk)
+#
+# Same method as bench/convert.sh: an ext4 disk of real files; for each case qemu-img and
+# ours run interleaved, the output removed and `sync` run before every run, best of RUNS;
+# every output is checked with `qemu-img compare` against its input. Cases:
+#   qcow2 -> streamOptimized    (issue target: >= 6x, output no larger than qemu-img's)
+#   qcow2 (compressed) -> raw   (issue target: >= 3x)
+# The qcow2 *target* cases (monolithicSparse -> qcow2, streamOptimized -> qcow2) are added
+# when `convert -O qcow2` lands.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-/tmp/vmdk-bench-qcow2}
+DISK=${DISK:-1G}
+DATA_MB=${DATA_MB:-600}
+RUNS=${RUNS:-3}
+VMDK=${VMDK:-$ROOT/target/release/vmdk}
+[ -x "$VMDK" ] || (cd "$ROOT" && cargo build --release -q -p vmdk-cli)
+
+mkdir -p "$WORK"
+cd "$WORK"
+if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
+    rm -rf stage img.raw ./*.qcow2
+    mkdir stage
+    have=0
+    for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib /usr/share /usr/bin; do
+        [ -d "$d" ] || continue
+        [ "$have" -ge "$DATA_MB" ] && break
+        cp -al "$d" "stage/$(echo "$d" | tr / _)" 2>/dev/null ||
+            cp -a "$d" "stage/$(echo "$d" | tr / _)" 2>/dev/null || true
+        have=$(du -sm stage | cut -f1)
+    done
+    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
+    rm -rf stage
+    echo "$DISK $DATA_MB" > img.stamp
+fi
+[ -s plain.qcow2 ] || qemu-img convert -O qcow2 img.raw plain.qcow2
+[ -s comp.qcow2 ] || qemu-img convert -c -O qcow2 img.raw comp.qcow2
+
+# one OUT CMD...: wall seconds of one run, the output removed and synced first
+one() {
+    local out=$1; shift
+    rm -f "$out"; sync
+    /usr/bin/time -f '%e' -o t.txt "$@" >/dev/null 2>&1 || { echo nan; return; }
+    cat t.txt
+}
+min() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "" || a + 0 < b + 0) print a; else print b }'; }
+
+rows=()
+# case NAME INPUT QOUT OOUT "QEMU CMD" "OUR CMD"
+case_() {
+    local name=$1 input=$2 qout=$3 oout=$4 qcmd=$5 ocmd=$6 tq= to= v sq so
+    cat "$input" > /dev/null
+    for _ in $(seq "$RUNS"); do
+        tq=$(min "$(one "$qout" $qcmd)" "$tq")
+        to=$(min "$(one "$oout" $ocmd)" "$to")
+    done
+    if qemu-img compare -q "$input" "$oout" 2>/dev/null; then v=ok; else v=MISMATCH; fi
+    sq=$(stat -c %s "$qout"); so=$(stat -c %s "$oout")
+    rows+=("$(printf '%-28s %7s %7s %6sx %12s %12s  %s' "$name" "$tq" "$to" \
+        "$(awk "BEGIN{printf \"%.2f\", $tq/$to}")" "$sq" "$so" "$v")")
+    rm -f "$qout" "$oout"
+}
+
+case_ "qcow2 -> streamOptimized" plain.qcow2 q.vmdk o.vmdk \
+    "qemu-img convert -O vmdk -o subformat=streamOptimized plain.qcow2 q.vmdk" \
+    "$VMDK convert -O vmdk -o subformat=streamOptimized plain.qcow2 o.vmdk"
+case_ "qcow2 (compressed) -> raw" comp.qcow2 q.raw o.raw \
+    "qemu-img convert -O raw comp.qcow2 q.raw" \
+    "$VMDK convert -O raw comp.qcow2 o.raw"
+
+echo "disk $DISK (~$DATA_MB MiB of files); $(nproc) CPUs; warm cache; best of $RUNS"
+printf '%-28s %7s %7s %7s %12s %12s  %s\n' case "qemu s" "ours s" ratio "qemu out" "our out" check
+for r in "${rows[@]}"; do echo "$r"; done

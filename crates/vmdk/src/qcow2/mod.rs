@@ -1,0 +1,13 @@
+//! qcow2 (versions 2 and 3), QEMU's native format, as a source of convert, compare, dd,
+//! info and map, and as a convert target.
+//!
+//! Reading is ours rather than a crate's (see the commit that added it for the measurement):
+//! the pipeline needs each cluster's host offset or compressed stream to read and inflate
+//! clusters on its own workers, through the project's namespace and locks, which a
+//! self-contained block driver does not expose.
+
+pub mod header;
+pub mod l2;
+pub mod source;
+
+pub use source::Qcow2Image;
