@@ -21,15 +21,23 @@ pub trait StreamSink: Write + Send {
 pub struct StorageSink {
     storage: Arc<dyn Storage>,
     name: PathBuf,
+    /// Where the stream starts in the storage (a tar member's data, say).
+    base: u64,
     pos: u64,
 }
 
 impl StorageSink {
     /// Append to `storage` (named `name` in messages) from offset 0.
     pub fn new(storage: Arc<dyn Storage>, name: &Path) -> Self {
+        Self::at(storage, name, 0)
+    }
+
+    /// Append to `storage` from offset `base`: [`StreamSink::position`] counts from there.
+    pub fn at(storage: Arc<dyn Storage>, name: &Path, base: u64) -> Self {
         StorageSink {
             storage,
             name: name.to_path_buf(),
+            base,
             pos: 0,
         }
     }
@@ -37,7 +45,7 @@ impl StorageSink {
 
 impl Write for StorageSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.storage.write_at(buf, self.pos)?;
+        self.storage.write_at(buf, self.base + self.pos)?;
         self.pos += buf.len() as u64;
         Ok(buf.len())
     }

@@ -15,7 +15,7 @@
 //! back and nothing is copied.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -27,8 +27,7 @@ use super::template::Template;
 use crate::convert::{convert_to_stream, ConvertOptions, Progress, Source};
 use crate::create::{refuse_to_overwrite, AdapterType, CreateOptions, Subformat};
 use crate::error::{Error, Result};
-use crate::namespace::{Namespace, StreamSink};
-use crate::storage::Storage;
+use crate::namespace::{Namespace, StorageSink, StreamSink};
 use crate::stream_writer::{StreamWriter, GRAIN_SECTORS};
 
 /// Where the OVF descriptor comes from.
@@ -80,22 +79,18 @@ pub struct CreatedOva {
 /// A finished member's length and SHA-256, left by [`MemberSink`]'s `finish`.
 type Finished = Arc<Mutex<Option<(u64, [u8; 32])>>>;
 
-/// A tar member's data, written front to back into `storage` from `base`, hashed as it
+/// A tar member's data, written front to back from its offset in the archive, hashed as it
 /// goes; its length and digest are left in `done` by `finish`.
 struct MemberSink {
-    storage: Arc<dyn Storage>,
-    name: PathBuf,
-    base: u64,
-    pos: u64,
+    inner: StorageSink,
     hash: Sha256,
     done: Finished,
 }
 
 impl io::Write for MemberSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.storage.write_at(buf, self.base + self.pos)?;
+        self.inner.write_all(buf)?;
         self.hash.update(buf);
-        self.pos += buf.len() as u64;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -105,16 +100,13 @@ impl io::Write for MemberSink {
 
 impl StreamSink for MemberSink {
     fn position(&self) -> u64 {
-        self.pos
+        self.inner.position()
     }
     fn finish(self: Box<Self>, durable: bool) -> Result<()> {
-        if durable {
-            self.storage
-                .flush()
-                .map_err(|e| Error::io(e, "syncing").with_path(&self.name))?;
-        }
+        let len = self.inner.position();
         let digest: [u8; 32] = self.hash.finalize().into();
-        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((self.pos, digest));
+        Box::new(self.inner).finish(durable)?;
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((len, digest));
         Ok(())
     }
 }
@@ -251,10 +243,7 @@ pub fn create(
         let member_path = Path::new(&members[i]);
         let done: Finished = Arc::new(Mutex::new(None));
         let sink = MemberSink {
-            storage: storage.clone(),
-            name: out.join(member_path),
-            base: header_at + BLOCK,
-            pos: 0,
+            inner: StorageSink::at(storage.clone(), &out.join(member_path), header_at + BLOCK),
             hash: Sha256::new(),
             done: done.clone(),
         };
