@@ -17,7 +17,7 @@ import io
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-from . import _vmdk
+from . import _errors, _vmdk
 from ._errors import (
     BackingChainError,
     CidMismatchError,
@@ -232,19 +232,5 @@ __all__ = [
     "create",
     "convert",
     "inspect",
-    "Error",
-    "IoError",
-    "MissingFileError",
-    "PermissionDeniedError",
-    "NotVmdkError",
-    "ForeignFormatError",
-    "CorruptImageError",
-    "DecompressError",
-    "UnsupportedError",
-    "UnsafePathError",
-    "CidMismatchError",
-    "BackingChainError",
-    "InvalidArgumentError",
-    "ReadOnlyError",
-    "LockedError",
+    *_errors.__all__,
 ]
