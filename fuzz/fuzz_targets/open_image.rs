@@ -5,6 +5,9 @@
 //! in-memory namespace: nothing touches the disk.
 #![no_main]
 
+#[path = "split.rs"]
+mod split;
+
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -14,15 +17,9 @@ use vmdk::{MemNamespace, OpenOptions};
 const READ_LIMIT: u64 = 8 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else {
+    let Some((image, extent)) = split::two_files(data) else {
         return;
     };
-    let cut = if sel == 0xff {
-        rest.len()
-    } else {
-        (rest.len() * sel as usize) / 255
-    };
-    let (image, extent) = rest.split_at(cut);
     let ns = MemNamespace::new();
     ns.insert("/fuzz/image.vmdk", image.to_vec());
     ns.insert("/fuzz/extent.vmdk", extent.to_vec());

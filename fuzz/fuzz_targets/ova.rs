@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for m in &arch.index().members {
-        assert!(m.offset + m.size <= data.len() as u64, "member past the end");
+        assert!(
+            m.offset + m.size <= data.len() as u64,
+            "member past the end"
+        );
         assert!(!m.name.starts_with('/') && !m.name.split('/').any(|c| c == ".."));
     }
     let _ = arch.envelope();

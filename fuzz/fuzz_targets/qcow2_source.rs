@@ -5,6 +5,9 @@
 //! files live in an in-memory namespace.
 #![no_main]
 
+#[path = "split.rs"]
+mod split;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,15 +20,9 @@ use vmdk::{MemNamespace, OpenOptions};
 const READ_LIMIT: u64 = 8 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else {
+    let Some((image, base)) = split::two_files(data) else {
         return;
     };
-    let cut = if sel == 0xff {
-        rest.len()
-    } else {
-        (rest.len() * sel as usize) / 255
-    };
-    let (image, base) = rest.split_at(cut);
     let ns = MemNamespace::new();
     ns.insert("/fuzz/image.qcow2", image.to_vec());
     ns.insert("/fuzz/base.qcow2", base.to_vec());

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmdk::format::cowd_header::CowdHeader;
-use vmdk::format::marker::{GrainMarker, MetadataMarker};
 use vmdk::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
+use vmdk::format::marker::{GrainMarker, MetadataMarker};
 use vmdk::format::sesparse_header::{self, SeSparseConstHeader};
 use vmdk::format::sparse_header::SparseHeader;
 

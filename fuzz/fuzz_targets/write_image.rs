@@ -12,6 +12,9 @@
 //! disk.
 #![no_main]
 
+#[path = "split.rs"]
+mod split;
+
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -64,21 +67,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (ops, files) = rest.split_at(n * OP_BYTES);
-    let Some((&sel, files)) = files.split_first() else {
+    let Some((image, extent)) = split::two_files(files) else {
         return;
     };
-    let cut = if sel == 0xff {
-        files.len()
-    } else {
-        (files.len() * sel as usize) / 255
-    };
-    let (image, extent) = files.split_at(cut);
     let ns = MemNamespace::new();
     ns.insert("/fuzz/image.vmdk", image.to_vec());
     ns.insert("/fuzz/extent.vmdk", extent.to_vec());
-    let opts = OpenOptions::new()
-        .writable(true)
-        .in_namespace(Arc::new(ns));
+    let opts = OpenOptions::new().writable(true).in_namespace(Arc::new(ns));
     let Ok(img) = opts.open("/fuzz/image.vmdk") else {
         return;
     };
