@@ -149,7 +149,7 @@ Creation options for 'vmdk':
   backing_file=<str>      - File name of a base image
   backing_fmt=<str>       - Image format of the base image (vmdk)
   compat6=<bool (on/off)> - VMDK version 6 image
-  compression_level=<num> - zlib level (0-9) for compressed (streamOptimized) output
+  compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output
   hwversion=<str>         - VMDK hardware version
   size=<size>             - Virtual disk size
   subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}

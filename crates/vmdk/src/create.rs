@@ -144,7 +144,8 @@ pub struct CreateOptions {
     /// Directories the backing file's own extents and backing files may lie in (see
     /// [`crate::OpenOptions::allow_paths`]).
     pub allow_paths: Vec<std::path::PathBuf>,
-    /// zlib level for streamOptimized data written later (0-9; qemu's default is 6... as zlib's).
+    /// Deflate level for streamOptimized data written later (0-9 as zlib's; default
+    /// [`DEFAULT_COMPRESSION_LEVEL`]).
     pub compression_level: u32,
     /// Where the new files go (host files by default); the backing file is opened there too.
     pub namespace: Option<Arc<dyn Namespace>>,
@@ -171,11 +172,20 @@ impl Default for CreateOptions {
             backing_file: None,
             allow_unsafe_paths: false,
             allow_paths: Vec::new(),
-            compression_level: 6,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
             namespace: None,
         }
     }
 }
+
+/// The deflate level of compressed grains unless the user picks one.
+///
+/// qemu-img compresses at zlib's level 6. libdeflate's level 5 already makes streams no
+/// larger than that (measured on the benchmark disks of real files: 1 GiB disk 245.7 MB
+/// against qemu-img's 247.4 MB; 4 GiB disk 686.8 MB against 690.1 MB; level 4 is larger than
+/// qemu-img's on both) and costs 6-20% less CPU than libdeflate's level 6, so it is the
+/// fastest level that keeps the output no larger than qemu-img's.
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 5;
 
 /// qemu-img's split size for twoGbMaxExtent* subformats.
 pub const SPLIT_SIZE: u64 = 0x8000_0000;

@@ -47,7 +47,7 @@ pub mod write;
 
 pub use check::{check, CheckReport};
 pub use convert::{open_source, CompareResult, ConvertOptions, Source};
-pub use create::{create, AdapterType, CreateOptions, Subformat};
+pub use create::{create, AdapterType, CreateOptions, Subformat, DEFAULT_COMPRESSION_LEVEL};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
 pub use inspect::{inspect, InspectPolicy, InspectReport, Verdict};

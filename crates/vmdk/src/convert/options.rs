@@ -40,7 +40,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             threads: 0,
             compress: false,
-            compression_level: 6,
+            compression_level: crate::create::DEFAULT_COMPRESSION_LEVEL,
             min_sparse: RAW_ZERO_BLOCK,
             target_exists: false,
             target_is_zero: false,

@@ -56,7 +56,7 @@ impl Default for OvaOptions {
     fn default() -> Self {
         OvaOptions {
             threads: 0,
-            compression_level: 6,
+            compression_level: crate::create::DEFAULT_COMPRESSION_LEVEL,
             adapter: AdapterType::Lsilogic,
             durable: false,
         }
