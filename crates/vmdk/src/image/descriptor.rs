@@ -1,0 +1,96 @@
+//! Where an image's descriptor comes from: a descriptor file, the text embedded in a sparse
+//! file, or (for a bare sparse extent) one made up to describe it.
+
+use std::path::Path;
+
+use super::open::read_head;
+use super::DescriptorLocation;
+use crate::error::{Error, Result};
+use crate::format::descriptor::{
+    Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE, MAX_DESCRIPTOR_SIZE,
+};
+use crate::format::sparse_header::SparseHeader;
+use crate::format::SECTOR_SIZE;
+use crate::storage::Storage;
+
+/// The descriptor a descriptor file holds, refusing one too large to be a descriptor
+/// before reading it.
+pub(super) fn read_descriptor_file(storage: &dyn Storage, path: &Path) -> Result<Descriptor> {
+    let len = storage
+        .len()
+        .map_err(|e| Error::io(e, "getting file size").with_path(path))?;
+    if len > MAX_DESCRIPTOR_SIZE as u64 {
+        return Err(Error::corrupt(format!(
+            "descriptor file is {len} bytes (at most {MAX_DESCRIPTOR_SIZE})"
+        ))
+        .with_path(path));
+    }
+    let text = read_head(storage, path, len as usize)?;
+    parse_descriptor(&text, path)
+}
+
+/// The descriptor embedded in a sparse file, and where it is, if the header says there is one.
+pub(super) fn read_embedded_descriptor(
+    storage: &dyn Storage,
+    path: &Path,
+    header: &SparseHeader,
+) -> Result<Option<(Descriptor, DescriptorLocation)>> {
+    if header.desc_offset == 0 || header.desc_size == 0 {
+        return Ok(None);
+    }
+    let max_sectors = MAX_DESCRIPTOR_SIZE as u64 / SECTOR_SIZE;
+    if header.desc_size > max_sectors {
+        return Err(Error::corrupt(format!(
+            "embedded descriptor is {} sectors (at most {max_sectors})",
+            header.desc_size
+        ))
+        .with_path(path));
+    }
+    let offset = header
+        .desc_offset
+        .checked_mul(SECTOR_SIZE)
+        .ok_or_else(|| Error::corrupt("descriptor offset overflows").with_path(path))?;
+    let capacity = header.desc_size * SECTOR_SIZE;
+    let mut buf = vec![0u8; capacity as usize];
+    storage.read_exact_at(&mut buf, offset).map_err(|_| {
+        Error::corrupt("file is truncated: embedded descriptor lies past its end").with_path(path)
+    })?;
+    let d = parse_descriptor(&buf, path)?;
+    Ok(Some((d, DescriptorLocation::Embedded { offset, capacity })))
+}
+
+fn parse_descriptor(text: &[u8], path: &Path) -> Result<Descriptor> {
+    Descriptor::parse(text)
+        .map_err(|e| Error::corrupt(format!("invalid descriptor: {e}")).with_path(path))
+}
+
+/// The descriptor of a bare sparse extent, which has none: one `kind` extent line naming the file.
+pub(super) fn synthesized_descriptor(
+    create_type: &str,
+    capacity: u64,
+    kind: ExtentType,
+    path: &Path,
+) -> Descriptor {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Descriptor {
+        version: 1,
+        encoding: None,
+        cid: CID_NONE,
+        parent_cid: CID_NONE,
+        create_type: create_type.to_string(),
+        parent_file_name_hint: None,
+        extents: vec![ExtentLine {
+            access: ExtentAccess::ReadWrite,
+            sectors: capacity / SECTOR_SIZE,
+            kind,
+            file: Some(name),
+            offset: 0,
+            extra: vec![],
+        }],
+        ddb: vec![],
+        other: vec![],
+    }
+}
