@@ -15,7 +15,7 @@ use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType
 use crate::format::SECTOR_SIZE;
 use crate::lock::FileRole;
 use crate::map::ExtentFile;
-use crate::storage::Storage;
+use crate::storage::{FileId, Storage};
 
 /// An image whose one extent is the sparse file it was opened from.
 pub(super) fn single_extent(
@@ -128,12 +128,22 @@ pub(super) fn from_descriptor(
 /// directories or table cache of their own; a shared sparse extent also keeps one
 /// allocator, so writes through two lines cannot hand out the same space twice.
 struct OpenedFiles<'a> {
-    /// Keyed by path and writability.
-    flat: HashMap<(PathBuf, bool), Arc<ExtentFile>>,
-    /// Keyed by path, whether the line says seSparse, and writability.
-    sparse: HashMap<(PathBuf, bool, bool), Arc<SparseExtent>>,
+    /// Keyed by file and writability.
+    flat: HashMap<(FileKey, bool), Arc<ExtentFile>>,
+    /// Keyed by file, whether the line says seSparse, and writability.
+    sparse: HashMap<(FileKey, bool, bool), Arc<SparseExtent>>,
     /// Directory memory and the grain-table cache, shared with the whole chain.
     budget: &'a ExtentBudget,
+}
+
+/// Which file a line names: its identity where the namespace knows one, so hard links and
+/// other spellings of one file are opened once too (10,000 lines naming links to one file
+/// would otherwise take 10,000 sets of lock bytes on one inode, and the kernel checks each
+/// new lock against all of them: minutes of system time), else its resolved name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FileKey {
+    Id(FileId),
+    Name(PathBuf),
 }
 
 fn open_extent(
@@ -161,22 +171,22 @@ fn open_extent(
     let name = line.file.as_deref().ok_or_else(|| {
         Error::corrupt(format!("extent {index} has no file name")).with_path(desc_path)
     })?;
-    let epath = opts
-        .namespace()
-        .resolve(desc_path, name, "extent file", &opts.path_policy())?;
+    let ns = opts.namespace();
+    let epath = ns.resolve(desc_path, name, "extent file", &opts.path_policy())?;
+    // A file that cannot be identified is opened below, which reports why.
+    let key = match ns.identity(&epath) {
+        Ok(Some(id)) => FileKey::Id(id),
+        _ => FileKey::Name(epath.clone()),
+    };
     let ext_writable = writable && line.access == ExtentAccess::ReadWrite;
     let is_flat = matches!(
         line.kind,
         ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm | ExtentType::VmfsRaw
     );
     let shared = is_flat
-        .then(|| files.flat.get(&(epath.clone(), ext_writable)).cloned())
+        .then(|| files.flat.get(&(key.clone(), ext_writable)).cloned())
         .flatten();
-    let sparse_key = (
-        epath.clone(),
-        line.kind == ExtentType::SeSparse,
-        ext_writable,
-    );
+    let sparse_key = (key.clone(), line.kind == ExtentType::SeSparse, ext_writable);
     if let Some(sparse) = files.sparse.get(&sparse_key) {
         return Ok(mk(ExtentKind::Sparse(sparse.clone())));
     }
@@ -201,9 +211,7 @@ fn open_extent(
     let storage = open_storage(&epath, ext_writable, opts.allow_unsafe_paths, role, opts)?;
     let file = Arc::new(ExtentFile::new(&epath, storage.clone()));
     if is_flat {
-        files
-            .flat
-            .insert((epath.clone(), ext_writable), file.clone());
+        files.flat.insert((key, ext_writable), file.clone());
     }
     let budget = files.budget;
     match line.kind {
