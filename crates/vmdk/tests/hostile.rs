@@ -1170,9 +1170,28 @@ fn many_extents_sharing_a_big_directory() {
     let img = guarded("one file 300 times", move || Image::open(&same).unwrap());
     assert_eq!(img.extents().len(), 300);
     assert_eq!(img.directory_memory(), 4 << 20);
-    // Hard links: 300 distinct files with the same big directory.
+    // Hard links are one file too (opened once, keyed by identity).
     for i in 0..300 {
-        std::fs::hard_link(&big, d.path(&format!("l{i}.vmdk"))).unwrap();
+        std::fs::hard_link(&big, d.path(&format!("h{i}.vmdk"))).unwrap();
+    }
+    let links = build::write(
+        d.0.path(),
+        "links.vmdk",
+        desc(&|i| format!("h{i}.vmdk")).as_bytes(),
+    );
+    let img = guarded("hard links 300 times", move || Image::open(&links).unwrap());
+    assert_eq!(img.directory_memory(), 4 << 20);
+    // 300 distinct files with a big directory each: the big image's first 64 KiB (header
+    // and descriptor) and holes up to its length, so its directories read as all
+    // unallocated and each copy costs one block of disk.
+    let mut head = vec![0u8; 64 << 10];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&big).unwrap(), &mut head, 0)
+        .unwrap();
+    let big_len = std::fs::metadata(&big).unwrap().len();
+    for i in 0..300 {
+        let f = std::fs::File::create(d.path(&format!("l{i}.vmdk"))).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
+        f.set_len(big_len).unwrap();
     }
     let p = build::write(
         d.0.path(),
