@@ -294,10 +294,20 @@ fn iotest_020_commit_to_backing_file() {
         reads.extend(pattern_io("readv", off + 512, 512, 1024, 64));
         reads.extend(pattern_io("readv", off + 64 * K, 65536, 65536, 1));
         reads.extend(pattern_io("readv", off + 64 * K + 65536, 65536, 65536, 1));
-        reads.extend(fixed_io("readv", off + 64 * K + 65536 * 4, 65536, 65536, 1, 0));
+        reads.extend(fixed_io(
+            "readv",
+            off + 64 * K + 65536 * 4,
+            65536,
+            65536,
+            1,
+            0,
+        ));
     }
     let out = r.io("t.vmdk", &reads);
-    assert!(out.contains("read 512/512 bytes at offset 4294967808\n"), "{out}");
+    assert!(
+        out.contains("read 512/512 bytes at offset 4294967808\n"),
+        "{out}"
+    );
     r.check("t.vmdk");
     r.same("t.vmdk");
 }
@@ -325,7 +335,10 @@ fn iotest_034_zero_writes_over_a_backing_file() {
 
     // == zero write with backing file ==
     let out = r.io("t.vmdk", &cmds(&["write -z 64k 192k", "write -z 513k 13k"]));
-    assert!(out.starts_with("wrote 196608/196608 bytes at offset 65536\n"), "{out}");
+    assert!(
+        out.starts_with("wrote 196608/196608 bytes at offset 65536\n"),
+        "{out}"
+    );
     r.check("t.vmdk");
     // == verifying patterns (3) ==
     r.io(
@@ -384,6 +397,17 @@ fn iotest_034_zero_writes_over_a_backing_file() {
     r.same("t.vmdk");
 }
 
+/// One section of 037: its writes, reads of what they wrote, and the (offset, sectors) of
+/// the stretches around them that must still read the base's sectors.
+type CowSection = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [(u64, u64)],
+);
+
+/// Bytes written over a header at an offset (059's `poke_file`).
+type Poke = (u64, &'static [u8]);
+
 /// iotest 037, "Test COW from backing files": a base whose every sector has its own
 /// pattern, then writes into an overlay that cover part of one grain, two grains and many
 /// grains; the rest of each touched grain must still read the base's sectors.
@@ -406,23 +430,47 @@ fn iotest_037_copy_on_write_from_backing() {
     ]);
 
     // (writes; then, for each written piece and each gap: pattern reads)
-    let sections: [(&[&str], &[&str], &[(u64, u64)]); 3] = [
+    let sections: [CowSection; 3] = [
         // == COW in a single cluster ==
         (
-            &["write -P 0x77 0 2k", "write -P 0x88 6k 2k", "write -P 0x99 9k 2k"],
-            &["read -P 0x77 0 2k", "read -P 0x88 6k 2k", "read -P 0x99 9k 2k"],
+            &[
+                "write -P 0x77 0 2k",
+                "write -P 0x88 6k 2k",
+                "write -P 0x99 9k 2k",
+            ],
+            &[
+                "read -P 0x77 0 2k",
+                "read -P 0x88 6k 2k",
+                "read -P 0x99 9k 2k",
+            ],
             &[(2 * K, 8), (8 * K, 2), (11 * K, 2)],
         ),
         // == COW in two-cluster allocations ==
         (
-            &["write -P 0x77 16k 6k", "write -P 0x88 26k 6k", "write -P 0x99 33k 5k"],
-            &["read -P 0x77 16k 6k", "read -P 0x88 26k 6k", "read -P 0x99 33k 5k"],
+            &[
+                "write -P 0x77 16k 6k",
+                "write -P 0x88 26k 6k",
+                "write -P 0x99 33k 5k",
+            ],
+            &[
+                "read -P 0x77 16k 6k",
+                "read -P 0x88 26k 6k",
+                "read -P 0x99 33k 5k",
+            ],
             &[(22 * K, 8), (32 * K, 2), (38 * K, 4)],
         ),
         // == COW in multi-cluster allocations ==
         (
-            &["write -P 0x77 48k 15k", "write -P 0x88 66k 14k", "write -P 0x99 83k 15k"],
-            &["read -P 0x77 48k 15k", "read -P 0x88 66k 14k", "read -P 0x99 83k 15k"],
+            &[
+                "write -P 0x77 48k 15k",
+                "write -P 0x88 66k 14k",
+                "write -P 0x99 83k 15k",
+            ],
+            &[
+                "read -P 0x77 48k 15k",
+                "read -P 0x88 66k 14k",
+                "read -P 0x99 83k 15k",
+            ],
             &[(63 * K, 6), (80 * K, 6), (98 * K, 4)],
         ),
     ];
@@ -446,9 +494,17 @@ fn iotest_037_copy_on_write_from_backing() {
 #[test]
 fn iotest_059_corrupt_header_fields_are_refused() {
     let r = Replay::new();
-    let cases: [(&[(u64, &[u8])], &str, &str); 3] = [
-        (&[(20, &[0xff; 8])], "grain size", "Invalid granularity, image may be corrupt"),
-        (&[(44, &[0xff; 4])], "grain table size", "L2 table size too big"),
+    let cases: [(&[Poke], &str, &str); 3] = [
+        (
+            &[(20, &[0xff; 8])],
+            "grain size",
+            "Invalid granularity, image may be corrupt",
+        ),
+        (
+            &[(44, &[0xff; 4])],
+            "grain table size",
+            "L2 table size too big",
+        ),
         (
             &[(16, &[0xff; 4]), (44, &[1, 0, 0, 0])],
             "capacity",
@@ -505,7 +561,10 @@ fn iotest_059_monolithic_flat_and_zeroed_grain() {
     let ours = vmdk_ok(&["info", &s(&r.ours("t.vmdk"))]);
     let theirs = qemu_img(&["info", &s(&r.ours("t.vmdk"))]);
     assert_eq!(head(&ours), head(&theirs));
-    assert!(ours.contains("virtual size: 2 GiB (2147483648 bytes)\n"), "{ours}");
+    assert!(
+        ours.contains("virtual size: 2 GiB (2147483648 bytes)\n"),
+        "{ours}"
+    );
     r.check("t.vmdk");
     r.same("t.vmdk");
 
@@ -572,9 +631,15 @@ fn iotest_059_big_two_gb_max_extent_flat() {
     assert_eq!(ours, extents(&qemu_img(&["info", "--output=json", &img])));
 
     let out = r.io("t.vmdk", &cmds(&["write 990G 512 -P 89"]));
-    assert!(out.starts_with("wrote 512/512 bytes at offset 1063004405760\n"), "{out}");
+    assert!(
+        out.starts_with("wrote 512/512 bytes at offset 1063004405760\n"),
+        "{out}"
+    );
     let out = r.io("t.vmdk", &cmds(&["read 990G 512 -P 89"]));
-    assert!(out.starts_with("read 512/512 bytes at offset 1063004405760\n"), "{out}");
+    assert!(
+        out.starts_with("read 512/512 bytes at offset 1063004405760\n"),
+        "{out}"
+    );
     // The descriptor still lists every extent after the CID update.
     assert_eq!(ours, extents(&qemu_img(&["info", "--output=json", &img])));
     r.check("t.vmdk");
@@ -593,7 +658,10 @@ fn iotest_059_malformed_vmfs_extent_line() {
         std::fs::write(d.join("t.vmdk"), text).unwrap();
     }
     let (ours, theirs) = r.img_fails(&["info", "{}/t.vmdk"]);
-    assert!(ours.contains("dummy.vmdk") && ours.contains("No such file"), "{ours}");
+    assert!(
+        ours.contains("dummy.vmdk") && ours.contains("No such file"),
+        "{ours}"
+    );
     assert!(
         theirs.contains("Invalid extent line: RW 12582912 VMFS \"dummy.vmdk\" 1"),
         "{theirs}"
@@ -640,7 +708,16 @@ fn iotest_059_qcow2_with_small_clusters_to_stream_optimized() {
     let r = Replay::new();
     for d in [&r.ours, &r.qemu] {
         let q = s(&d.join("t.vmdk.qcow2"));
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", &q, "1G"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            &q,
+            "1G",
+        ]);
         for c in ["write -P 0xa 0 512", "write -P 0xb 10240 512"] {
             tool("qemu-io", &["-f", "qcow2", "-c", c, &q]).expect(0, c);
         }
@@ -699,7 +776,10 @@ fn iotest_059_version3_sample() {
         .collect();
     let out = r.io_with("t.vmdk", &["-r"], &reads);
     assert_eq!(out.matches("read 512/512 bytes at offset ").count(), 100);
-    assert!(out.contains("read 512/512 bytes at offset 64931328\n"), "{out}");
+    assert!(
+        out.contains("read 512/512 bytes at offset 64931328\n"),
+        "{out}"
+    );
 }
 
 /// iotest 059, "Testing 4TB monolithicFlat creation and IO": a write at 900G into a 4T
@@ -717,7 +797,10 @@ fn iotest_059_4tb_monolithic_flat_io() {
         "4T",
     ]);
     let info = vmdk_ok(&["info", &s(&r.ours("t.vmdk"))]);
-    assert!(info.contains("virtual size: 4 TiB (4398046511104 bytes)\n"), "{info}");
+    assert!(
+        info.contains("virtual size: 4 TiB (4398046511104 bytes)\n"),
+        "{info}"
+    );
     r.io("t.vmdk", &cmds(&["write -P 0xa 900G 512"]));
     let out = r.io("t.vmdk", &cmds(&["read -v 900G 1024"]));
     let lines: Vec<&str> = out.lines().collect();
@@ -748,7 +831,10 @@ fn iotest_059_map_on_extents() {
         }
         let map = r.img(&["map", "{}/t.vmdk"]);
         assert!(map.starts_with("Offset          Length          Mapped to       File\n"));
-        assert_eq!(map.lines().count(), if fmt == "monolithicSparse" { 4 } else { 5 });
+        assert_eq!(
+            map.lines().count(),
+            if fmt == "monolithicSparse" { 4 } else { 5 }
+        );
         // And qemu-img's map of our image is ours.
         let o = s(&r.ours("t.vmdk"));
         assert_eq!(vmdk_ok(&["map", &o]), qemu_img(&["map", &o]), "{fmt}");
@@ -774,7 +860,11 @@ fn iotest_059_afl9_sample() {
     ] {
         let r = vmdk(args);
         assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{args:?}");
-        assert!(r.stderr.starts_with(&format!("vmdk: '{i}': ")), "{}", r.stderr);
+        assert!(
+            r.stderr.starts_with(&format!("vmdk: '{i}': ")),
+            "{}",
+            r.stderr
+        );
     }
     let q = tool("qemu-img", &["info", &i]);
     assert_eq!(q.code, 1);
@@ -860,8 +950,24 @@ fn iotest_063_convert_without_creation() {
         "{}/t.vmdk.orig",
     ]);
     // == Testing conversion to raw is the same after conversion with -n ==
-    r.img(&["convert", "-f", "vmdk", "-O", "raw", "{}/t.vmdk", "{}/t.vmdk.raw1"]);
-    r.img(&["convert", "-f", "vmdk", "-O", "raw", "{}/t.vmdk.orig", "{}/t.vmdk.raw2"]);
+    r.img(&[
+        "convert",
+        "-f",
+        "vmdk",
+        "-O",
+        "raw",
+        "{}/t.vmdk",
+        "{}/t.vmdk.raw1",
+    ]);
+    r.img(&[
+        "convert",
+        "-f",
+        "vmdk",
+        "-O",
+        "raw",
+        "{}/t.vmdk.orig",
+        "{}/t.vmdk.raw2",
+    ]);
     let raw1 = std::fs::read(r.ours("t.vmdk.raw1")).unwrap();
     assert!(raw1 == std::fs::read(r.ours("t.vmdk.raw2")).unwrap());
     assert!(raw1 == std::fs::read(r.qemu("t.vmdk.raw1")).unwrap());
@@ -970,7 +1076,11 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(theirs.stdout.contains("read failed: Invalid argument"), "{}", theirs.stdout);
+    assert!(
+        theirs.stdout.contains("read failed: Invalid argument"),
+        "{}",
+        theirs.stdout
+    );
     let forced = vmdk(&[
         "io",
         "--ignore-cid-mismatch",
@@ -999,7 +1109,11 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(theirs.stderr.contains("Could not open backing file"), "{}", theirs.stderr);
+    assert!(
+        theirs.stderr.contains("Could not open backing file"),
+        "{}",
+        theirs.stderr
+    );
 }
 
 /// iotest 279, "qemu-img info --backing-chain": base <- mid <- top; `info --backing-chain`
