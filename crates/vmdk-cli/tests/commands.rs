@@ -4,26 +4,8 @@ mod common;
 
 use std::path::Path;
 
+use common::vmdk_io as io;
 use common::*;
-
-/// qemu-io's output without its timing lines (which differ run to run).
-fn untimed(out: &str) -> String {
-    out.lines()
-        .filter(|l| !l.contains(" ops; "))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-fn io(image: &Path, cmds: &[&str]) -> Run {
-    let img = s(image);
-    let mut args = vec!["io"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(&img);
-    vmdk(&args)
-}
 
 #[test]
 fn create_every_subformat() {

@@ -394,11 +394,12 @@ pub fn create_sparing(
             ))
         })?;
     let sub = opts.subformat;
+    // Named after the image, as qemu-img names it ("qemu-img: t.vmdk: Flat image ...").
     if sub.is_flat() && opts.backing_file.is_some() {
-        return Err(Error::invalid("Flat image can't have backing file"));
+        return Err(Error::invalid("Flat image can't have backing file").with_path(path));
     }
     if sub.is_flat() && opts.zeroed_grain {
-        return Err(Error::invalid("Flat image can't enable zeroed grain"));
+        return Err(Error::invalid("Flat image can't enable zeroed grain").with_path(path));
     }
     // Validate option combinations before touching the file system.
     default_descriptor(opts, size, vec![], None)?;

@@ -85,6 +85,26 @@ pub fn qemu_io(image: &Path, cmds: &[&str]) -> String {
     out
 }
 
+/// `vmdk io -c CMD... IMAGE` (qemu-io's command language), whatever its exit status.
+pub fn vmdk_io(image: &Path, cmds: &[&str]) -> Run {
+    let img = s(image);
+    let mut args = vec!["io"];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(&img);
+    vmdk(&args)
+}
+
+/// qemu-io's output without its timing lines (which differ run to run).
+pub fn untimed(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.contains(" ops; "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A path as a string.
 pub fn s(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_string()
