@@ -119,6 +119,32 @@ fn create_with_backing_takes_its_size() {
         &s(&d.path().join("u.vmdk")),
     ]);
     assert_eq!(r.code, 1);
+    // Like qemu-img 10, a backing file without its format is refused rather than guessed,
+    // after the backing file was opened (so that a missing one is reported as missing);
+    // with -u without opening it. Nothing is created.
+    for (extra, detected) in [(&[][..], true), (&["-u"][..], false)] {
+        let out = d.path().join("nofmt.vmdk");
+        let mut args = vec!["create"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-b", "base.vmdk"]);
+        let o = s(&out);
+        args.extend_from_slice(&[&o, "1M"]);
+        let ours = vmdk(&args);
+        let mut q = vec!["create", "-f", "vmdk"];
+        q.extend_from_slice(&args[1..]);
+        let theirs = tool("qemu-img", &q);
+        assert_eq!((ours.code, theirs.code), (1, 1), "{args:?}");
+        for r in [&ours, &theirs] {
+            assert!(
+                r.stderr
+                    .contains("Backing file specified without backing format"),
+                "{}",
+                r.stderr
+            );
+            assert_eq!(r.stderr.contains("Detected format of vmdk."), detected);
+        }
+        assert!(!out.exists());
+    }
 }
 
 #[test]

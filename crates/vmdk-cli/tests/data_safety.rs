@@ -439,6 +439,8 @@ fn convert_and_create_never_overwrite_their_input() {
             "create".into(),
             "-b".into(),
             "ex.vmdk".into(),
+            "-F".into(),
+            "vmdk".into(),
             s(&d.join("hard.vmdk")),
         ],
     ];

@@ -69,6 +69,20 @@ pub fn run(a: Args) -> Result<u8> {
     v.create.allow_unsafe_paths = a.allow_unsafe_paths;
     v.create.allow_paths = crate::opts::allowed_dirs(&a.allow_path);
     let name = display(&a.file);
+    if let (Some(b), None) = (&v.create.backing_file, &v.backing_fmt) {
+        // qemu-img 10 refuses to guess a backing file's format (a guess is how a raw
+        // backing file gets probed as something else); without -u it opens the file
+        // first, so a missing backing file is reported as such.
+        if a.unsafe_backing {
+            bail!("{name}: Backing file specified without backing format");
+        }
+        let mut o = vmdk::OpenOptions::new()
+            .allow_unsafe_paths(a.allow_unsafe_paths)
+            .force_share(true);
+        o.allow_paths = v.create.allow_paths.clone();
+        o.open(&path_combine(&name, b))?;
+        bail!("{name}: Backing file specified without backing format\nDetected format of vmdk.");
+    }
     let size = match (&a.size, v.size) {
         (Some(s), _) => {
             parse_size(s).map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?
