@@ -24,6 +24,8 @@ pub mod convert;
 pub mod create;
 pub mod error;
 pub mod extent;
+#[cfg(feature = "nbd")]
+pub mod export;
 pub mod format;
 pub mod image;
 pub mod inspect;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vmdk::{Image, MapTarget};
-use vmdk_nbd::{BlockExport, BlockStatus, Server, ServerConfig};
+use vmdk::export::{open_for_export, ImageExport};
+use vmdk_nbd::{Server, ServerConfig};
 
 use crate::opts::OpenArgs;
 
@@ -55,73 +55,6 @@ pub struct Args {
     pub image: PathBuf,
 }
 
-/// Map entries one block-status request looks at, at most.
-const BLOCK_STATUS_ENTRIES: usize = 4096;
-
-/// An opened image as an NBD export.
-struct ImageExport {
-    image: Arc<Image>,
-}
-
-fn io_err(e: vmdk::Error) -> std::io::Error {
-    e.into()
-}
-
-impl BlockExport for ImageExport {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.image.read_at(buf, offset).map_err(io_err)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.image.write_at(buf, offset).map_err(io_err)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.image.flush().map_err(io_err)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> std::io::Result<()> {
-        self.image
-            .write_zeroes(offset, len, may_trim)
-            .map_err(io_err)
-    }
-    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.image.discard(offset, len).map_err(io_err)
-    }
-    fn can_trim(&self) -> bool {
-        self.image.can_discard()
-    }
-    fn is_read_only(&self) -> bool {
-        !self.image.is_writable()
-    }
-    fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
-        // Bound the work per request by entries, not bytes (a huge zero stretch is one
-        // step); the client asks again for the rest.
-        let len = len.min(self.image.size().saturating_sub(offset));
-        let mut out: Vec<BlockStatus> = Vec::new();
-        for e in self
-            .image
-            .map_prefix(offset, len, BLOCK_STATUS_ENTRIES)
-            .map_err(io_err)?
-        {
-            // As qemu-nbd: a hole is anything that is not data; zeros are flagged as such.
-            let (hole, zero) = match e.target {
-                MapTarget::Data { .. } | MapTarget::Compressed { .. } => (false, false),
-                MapTarget::Zero | MapTarget::Unallocated => (true, true),
-            };
-            match out.last_mut() {
-                Some(last) if last.hole == hole && last.zero == zero => last.length += e.length,
-                _ => out.push(BlockStatus {
-                    length: e.length,
-                    hole,
-                    zero,
-                }),
-            }
-        }
-        Ok(out)
-    }
-}
-
 enum Listener {
     Unix(std::os::unix::net::UnixListener),
     Tcp(std::net::TcpListener),
@@ -163,19 +96,9 @@ pub fn run(args: Args) -> Result<u8> {
     }
     let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
-    let image = match opts.open(&args.image) {
-        // Like qemu's auto-read-only: an image that cannot be written (seSparse, VMware
-        // stream layout, version 3) is still worth serving.
-        Err(e) if writable && e.kind() == vmdk::ErrorKind::ReadOnly => {
-            tracing::warn!("{e}; exporting read-only");
-            opts.writable(false).open(&args.image)
-        }
-        r => r,
-    }
-    .with_context(|| format!("Could not open '{}'", args.image.display()))?;
-    let export = Arc::new(ImageExport {
-        image: Arc::new(image),
-    });
+    let image = open_for_export(&opts, &args.image)
+        .with_context(|| format!("Could not open '{}'", args.image.display()))?;
+    let export = Arc::new(ImageExport::new(Arc::new(image)));
     let config = ServerConfig {
         export_name: args.export_name.clone(),
         description: args.description.clone(),
@@ -238,6 +161,6 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Listener::Tcp(l) => server.serve_tcp(l).context("serving")?,
     }
-    export.image.flush().context("flushing the image")?;
+    export.image().flush().context("flushing the image")?;
     Ok(0)
 }
