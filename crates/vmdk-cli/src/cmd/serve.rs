@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vmdk::export::{open_for_export, ImageExport};
-use vmdk_nbd::{Server, ServerConfig};
+use vmdk_nbd::{Server, ServerConfig, TlsConfig};
 
 use crate::opts::OpenArgs;
 
@@ -49,6 +49,13 @@ pub struct Args {
     /// Flush data before the metadata that points at it (slower, power-cut safe).
     #[arg(long)]
     pub durable: bool,
+    /// Define an object, as qemu-nbd: only `tls-creds-x509,id=ID,dir=DIR,endpoint=server`
+    /// (`verify-peer=on|off`, default on: clients need a certificate from DIR's CA).
+    #[arg(long, value_name = "PROPERTIES")]
+    pub object: Vec<String>,
+    /// Require TLS with the credentials object ID (see --object).
+    #[arg(long, value_name = "ID")]
+    pub tls_creds: Option<String>,
     #[command(flatten)]
     pub open: OpenArgs,
     /// The image to export.
@@ -69,6 +76,75 @@ fn tcp_address(bind: Option<&str>, port: Option<u16>) -> String {
         Some(b) if b.contains(':') && !b.starts_with('[') => format!("[{b}]:{port}"),
         Some(b) => format!("{b}:{port}"),
     }
+}
+
+/// A `tls-creds-x509` object of `--object`, as qemu takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsCredsX509 {
+    id: String,
+    dir: PathBuf,
+    verify_peer: bool,
+}
+
+/// qemu's boolean property values.
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
+    }
+}
+
+/// Parse one `--object TYPE,key=value,...`; only TLS credentials are objects here.
+fn parse_object(spec: &str) -> Result<TlsCredsX509> {
+    let mut parts = spec.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let kind = kind.strip_prefix("qom-type=").unwrap_or(kind);
+    if kind != "tls-creds-x509" {
+        bail!("--object '{spec}': only tls-creds-x509 objects are supported");
+    }
+    let (mut id, mut dir, mut endpoint, mut verify_peer) = (None, None, None, true);
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .with_context(|| format!("--object '{spec}': '{part}' is not key=value"))?;
+        match key {
+            "id" => id = Some(value.to_string()),
+            "dir" => dir = Some(PathBuf::from(value)),
+            "endpoint" => endpoint = Some(value.to_string()),
+            "verify-peer" => verify_peer = parse_bool(key, value)?,
+            _ => bail!("--object '{spec}': property '{key}' is not supported"),
+        }
+    }
+    let id = id.with_context(|| format!("--object '{spec}': Parameter 'id' is missing"))?;
+    let dir = dir.with_context(|| format!("--object '{spec}': Parameter 'dir' is missing"))?;
+    // qemu's default endpoint is client; qemu-nbd refuses it.
+    if endpoint.as_deref() != Some("server") {
+        bail!("Expecting TLS credentials with a server endpoint (object '{id}')");
+    }
+    Ok(TlsCredsX509 {
+        id,
+        dir,
+        verify_peer,
+    })
+}
+
+/// The TLS configuration `--object`/`--tls-creds` ask for, if any.
+fn tls_config(objects: &[String], creds: Option<&str>) -> Result<Option<TlsConfig>> {
+    let objects = objects
+        .iter()
+        .map(|o| parse_object(o))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(id) = creds else {
+        return Ok(None);
+    };
+    let obj = objects
+        .iter()
+        .find(|o| o.id == id)
+        .with_context(|| format!("No TLS credentials with id '{id}'"))?;
+    let config = TlsConfig::from_x509_dir(&obj.dir, obj.verify_peer)
+        .with_context(|| format!("loading TLS credentials '{id}'"))?;
+    Ok(Some(config))
 }
 
 /// A file holding the server's process ID, removed when the server exits.
@@ -94,6 +170,8 @@ pub fn run(args: Args) -> Result<u8> {
     if args.format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("only vmdk images can be served (-f vmdk)");
     }
+    // Credentials are checked before the image is opened (and locked).
+    let tls = tls_config(&args.object, args.tls_creds.as_deref())?;
     let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = open_for_export(&opts, &args.image)
@@ -105,6 +183,7 @@ pub fn run(args: Args) -> Result<u8> {
         read_only: args.read_only,
         max_clients: args.shared.max(1),
         persistent: args.persistent,
+        tls,
         ..ServerConfig::default()
     };
     // Listen before going to the background, so that once the command returns clients can
@@ -163,4 +242,38 @@ pub fn run(args: Args) -> Result<u8> {
     }
     export.image().flush().context("flushing the image")?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_parse_as_qemu_takes_them() {
+        let o = parse_object("tls-creds-x509,id=tls0,dir=/d,endpoint=server").unwrap();
+        assert_eq!(
+            o,
+            TlsCredsX509 {
+                id: "tls0".into(),
+                dir: "/d".into(),
+                verify_peer: true
+            }
+        );
+        let o = parse_object("tls-creds-x509,id=t,endpoint=server,dir=/d,verify-peer=off");
+        assert!(!o.unwrap().verify_peer);
+        for bad in [
+            "tls-creds-x509,id=t,dir=/d",
+            "tls-creds-x509,id=t,dir=/d,endpoint=client",
+            "tls-creds-psk,id=t,dir=/d,endpoint=server",
+            "tls-creds-x509,dir=/d,endpoint=server",
+            "tls-creds-x509,id=t,endpoint=server",
+            "tls-creds-x509,id=t,dir=/d,endpoint=server,verify-peer=maybe",
+            "tls-creds-x509,id=t,dir=/d,endpoint=server,priority=NORMAL",
+        ] {
+            assert!(parse_object(bad).is_err(), "{bad}");
+        }
+        let err = tls_config(&[], Some("tls0")).unwrap_err().to_string();
+        assert!(err.contains("tls0"), "{err}");
+        assert!(tls_config(&[], None).unwrap().is_none());
+    }
 }
