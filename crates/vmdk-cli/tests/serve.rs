@@ -26,7 +26,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn have(tool: &str) -> bool {
     Command::new(tool)
         // openssl has a `version` command and no `--version` option.
-        .arg(if tool == "openssl" { "version" } else { "--version" })
+        .arg(if tool == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -1333,8 +1337,19 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ok(
         "openssl",
         &[
-            "req", "-x509", "-config", &f("ca.cnf"), "-newkey", "rsa:2048", "-nodes",
-            "-keyout", &f("ca-key.pem"), "-out", &f("ca-cert.pem"), "-days", "2",
+            "req",
+            "-x509",
+            "-config",
+            &f("ca.cnf"),
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &f("ca-key.pem"),
+            "-out",
+            &f("ca-cert.pem"),
+            "-days",
+            "2",
         ],
     );
     for (who, usage, san, serial) in [
@@ -1354,16 +1369,38 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ok(
             "openssl",
             &[
-                "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={who}"),
-                "-keyout", &f(&format!("{who}-key.pem")), "-out", &f(&format!("{who}.csr")),
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={who}"),
+                "-keyout",
+                &f(&format!("{who}-key.pem")),
+                "-out",
+                &f(&format!("{who}.csr")),
             ],
         );
         ok(
             "openssl",
             &[
-                "x509", "-req", "-in", &f(&format!("{who}.csr")), "-CA", &f("ca-cert.pem"),
-                "-CAkey", &f("ca-key.pem"), "-set_serial", serial, "-days", "2",
-                "-extfile", &f(&format!("{who}.ext")), "-out", &f(&format!("{who}-cert.pem")),
+                "x509",
+                "-req",
+                "-in",
+                &f(&format!("{who}.csr")),
+                "-CA",
+                &f("ca-cert.pem"),
+                "-CAkey",
+                &f("ca-key.pem"),
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                &f(&format!("{who}.ext")),
+                "-out",
+                &f(&format!("{who}-cert.pem")),
             ],
         );
     }
@@ -1383,7 +1420,10 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// qemu's client TLS object and `--image-opts` string for an NBD server on `port`.
 fn qemu_tls_args(creds: &Path, port: u16) -> (String, String) {
     (
-        format!("tls-creds-x509,id=tls0,dir={},endpoint=client", creds.display()),
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            creds.display()
+        ),
         format!(
             "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},tls-creds=tls0"
         ),
@@ -1415,8 +1455,16 @@ fn tls_as_qemu_nbd_takes_it() {
     let r = tool(
         "qemu-io",
         &[
-            "--object", &obj, "--image-opts", &opts,
-            "-c", "write -P 0x77 2M 192k", "-c", "read -P 0x77 2M 192k", "-c", "read -P 0xaa 60k 8k",
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-c",
+            "write -P 0x77 2M 192k",
+            "-c",
+            "read -P 0x77 2M 192k",
+            "-c",
+            "read -P 0xaa 60k 8k",
         ],
     );
     assert!(
@@ -1428,17 +1476,41 @@ fn tls_as_qemu_nbd_takes_it() {
     let got = dir.path().join("tls.got.raw");
     ok(
         "qemu-img",
-        &["convert", "--object", &obj, "--image-opts", &opts, "-O", "raw", &s(&got)],
+        &[
+            "convert",
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-O",
+            "raw",
+            &s(&got),
+        ],
     );
     let want = dir.path().join("tls.want.raw");
-    ok("qemu-img", &["convert", "-U", "-f", "vmdk", "-O", "raw", &s(&img), &s(&want)]);
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            &s(&img),
+            &s(&want),
+        ],
+    );
     assert!(
         std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
         "qemu-img convert over TLS differs from the image"
     );
 
     // libnbd over TLS (nbds://, certificates from the client directory).
-    let url = format!("nbds://127.0.0.1:{port}/?tls-certificates={}", client.display());
+    let url = format!(
+        "nbds://127.0.0.1:{port}/?tls-certificates={}",
+        client.display()
+    );
     let out = ok("nbdinfo", &["--json", &url]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -1471,37 +1543,85 @@ fn tls_as_qemu_nbd_takes_it() {
         "qemu-img",
         &["info", "--object", &obj_anon, "--image-opts", &opts_anon],
     );
-    assert_ne!(r.code, 0, "a client without a certificate got in: {}", r.stdout);
+    assert_ne!(
+        r.code, 0,
+        "a client without a certificate got in: {}",
+        r.stdout
+    );
     // The server is unharmed by all that.
-    let r = tool("qemu-io", &["--object", &obj, "--image-opts", &opts, "-c", "read -P 0x77 2M 4k"]);
+    let r = tool(
+        "qemu-io",
+        &[
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-c",
+            "read -P 0x77 2M 4k",
+        ],
+    );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     drop(srv);
     ok("qemu-img", &["check", &s(&img)]);
 
     // verify-peer=off: the certificate-less client gets in.
     let object_off = format!("{object},verify-peer=off");
-    let srv = Served::tcp(&img, &["--object", &object_off, "--tls-creds", "tls0", "-r"]);
+    let srv = Served::tcp(
+        &img,
+        &["--object", &object_off, "--tls-creds", "tls0", "-r"],
+    );
     let (obj_anon, opts_anon) = qemu_tls_args(&anon, srv.port());
     let r = tool(
         "qemu-io",
-        &["--object", &obj_anon, "--image-opts", &opts_anon, "-r", "-c", "read -P 0x77 2M 192k"],
+        &[
+            "--object",
+            &obj_anon,
+            "--image-opts",
+            &opts_anon,
+            "-r",
+            "-c",
+            "read -P 0x77 2M 192k",
+        ],
     );
-    assert!(r.code == 0 && !r.stdout.contains("failed"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.code == 0 && !r.stdout.contains("failed"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
     drop(srv);
 
     // Credentials that cannot be loaded: refused up front, naming the file.
     let r = vmdk(&[
-        "serve", "--object", "tls-creds-x509,id=tls0,dir=/nonexistent,endpoint=server",
-        "--tls-creds", "tls0", &s(&img),
+        "serve",
+        "--object",
+        "tls-creds-x509,id=tls0,dir=/nonexistent,endpoint=server",
+        "--tls-creds",
+        "tls0",
+        &s(&img),
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("/nonexistent"), "{}", r.stderr);
-    let r = vmdk(&["serve", "--object", &object, "--tls-creds", "tls1", &s(&img)]);
+    let r = vmdk(&[
+        "serve",
+        "--object",
+        &object,
+        "--tls-creds",
+        "tls1",
+        &s(&img),
+    ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("tls1"), "{}", r.stderr);
     let r = vmdk(&[
-        "serve", "--object", &format!("tls-creds-x509,id=tls0,dir={},endpoint=client", server.display()),
-        "--tls-creds", "tls0", &s(&img),
+        "serve",
+        "--object",
+        &format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            server.display()
+        ),
+        "--tls-creds",
+        "tls0",
+        &s(&img),
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("server endpoint"), "{}", r.stderr);
@@ -1522,8 +1642,21 @@ fn qemu_nbd_options_each_take_effect() {
     let sock = dir.path().join("nbd.sock");
     let pid_file = dir.path().join("nbd.pid");
     vmdk_ok(&[
-        "serve", "-k", &s(&sock), "--fork", "--pid-file", &s(&pid_file), "-f", "vmdk",
-        "-x", "disk", "-r", "-e", "2", "-t", &s(&img),
+        "serve",
+        "-k",
+        &s(&sock),
+        "--fork",
+        "--pid-file",
+        &s(&pid_file),
+        "-f",
+        "vmdk",
+        "-x",
+        "disk",
+        "-r",
+        "-e",
+        "2",
+        "-t",
+        &s(&img),
     ]);
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .expect("the pid file exists when --fork returns")
@@ -1549,8 +1682,7 @@ fn qemu_nbd_options_each_take_effect() {
     first.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut greeting = [0u8; 18];
     first.read_exact(&mut greeting).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&ok("nbdinfo", &["--json", &url])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok("nbdinfo", &["--json", &url])).unwrap();
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], "disk");
     assert_eq!(e["is_read_only"], true, "-r");
@@ -1567,14 +1699,20 @@ fn qemu_nbd_options_each_take_effect() {
     );
     qemu_io_nbd_with(&["-r"], &url, &cmds(&["read -P 0x3c 0 64k"]));
     // A wrong export name is refused.
-    let r = tool("nbdinfo", &[&format!("nbd+unix:///other?socket={}", sock.display())]);
+    let r = tool(
+        "nbdinfo",
+        &[&format!("nbd+unix:///other?socket={}", sock.display())],
+    );
     assert_ne!(r.code, 0);
 
     // SAFETY: kill sends a signal to the server we started; no memory is involved.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + DEADLINE;
     while pid_file.exists() || sock.exists() {
-        assert!(Instant::now() < deadline, "pid file or socket left after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "pid file or socket left after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     daemon.0 = None;

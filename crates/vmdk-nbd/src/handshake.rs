@@ -359,7 +359,11 @@ fn handle_option<W: Write>(
                 return reply(w, REP_ERR_INVALID, "NBD_OPT_EXTENDED_HEADERS takes no data");
             }
             if st.extended {
-                return reply(w, REP_ERR_INVALID, "extended headers are already negotiated");
+                return reply(
+                    w,
+                    REP_ERR_INVALID,
+                    "extended headers are already negotiated",
+                );
             }
             st.extended = true;
             reply(w, REP_ACK, "")

@@ -717,7 +717,10 @@ mod tests {
         e[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes());
         e[24..32].copy_from_slice(&(5u64 << 32).to_be_bytes());
         let r = decode_request(&e, true).unwrap();
-        assert_eq!((r.flags, r.command, r.handle), (CMD_FLAG_PAYLOAD_LEN, CMD_WRITE, 7));
+        assert_eq!(
+            (r.flags, r.command, r.handle),
+            (CMD_FLAG_PAYLOAD_LEN, CMD_WRITE, 7)
+        );
         assert_eq!((r.offset, r.length), (1 << 40, 5 << 32));
         assert!(decode_request(&e, false).is_err());
         e[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());

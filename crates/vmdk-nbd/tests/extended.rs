@@ -33,7 +33,10 @@ fn go_extended(c: &mut RawClient) -> (u16, u32) {
     let ctx = be32(&r[0].1);
     let r = c.option(OPT_GO, &info_payload("disk", &[]));
     assert_eq!(r.last().unwrap().0, REP_ACK, "{r:?}");
-    let export = r.iter().find(|(t, d)| *t == REP_INFO && be16(d) == 0).unwrap();
+    let export = r
+        .iter()
+        .find(|(t, d)| *t == REP_INFO && be16(d) == 0)
+        .unwrap();
     (be16(&export.1[10..12]), ctx)
 }
 

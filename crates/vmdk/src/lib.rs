@@ -23,9 +23,9 @@ pub mod commit;
 pub mod convert;
 pub mod create;
 pub mod error;
-pub mod extent;
 #[cfg(feature = "nbd")]
 pub mod export;
+pub mod extent;
 pub mod format;
 pub mod image;
 pub mod inspect;
