@@ -447,13 +447,16 @@ fn run_connection(
 /// A connection's reader once negotiated: buffered, on the plain or TLS socket.
 type ConnReader = BufReader<DeadlineReader>;
 
+/// A negotiated connection: what was agreed, its reader, and its (plain or TLS) socket.
+type Established = (handshake::Negotiated, ConnReader, Box<dyn Socket>);
+
 /// Greeting, options, and TLS when configured. `Ok(None)`: the client aborted.
 fn negotiate(
     ctx: &ExportCtx,
     mut sock: Box<dyn Socket>,
     peer: &str,
     deadline: Instant,
-) -> io::Result<Option<(handshake::Negotiated, ConnReader, Box<dyn Socket>)>> {
+) -> io::Result<Option<Established>> {
     let mut reader = BufReader::with_capacity(
         READ_BUFFER,
         DeadlineReader::new(sock.try_clone_box()?, Some(deadline)),
@@ -474,8 +477,8 @@ fn negotiate(
                 "data sent before the STARTTLS reply",
             ));
         }
+        // The plain reader and writer end here (the writer's borrow of `sock` with it).
         drop(reader);
-        drop(writer);
         let tls_sock: Box<dyn Socket> = Box::new(tls::accept(sock, tls_config, deadline)?);
         debug!(peer, "TLS established");
         sock = tls_sock;
