@@ -1417,6 +1417,57 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (server, client, anon)
 }
 
+/// A raw client against a server that requires TLS.
+fn tls_required_raw(port: u16) {
+    fn start(port: u16) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        s
+    }
+    fn option(s: &mut TcpStream, opt: u32, data: &[u8]) -> (u32, String) {
+        let mut out = IHAVEOPT.to_be_bytes().to_vec();
+        out.extend_from_slice(&opt.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        s.write_all(&out).unwrap();
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
+        let ty = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut msg = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut msg).unwrap();
+        (ty, String::from_utf8_lossy(&msg).into_owned())
+    }
+    const TLS_REQD: u32 = (1 << 31) + 5;
+    let mut s = start(port);
+    for opt in [3u32, 8, 11, 7] {
+        // LIST, STRUCTURED_REPLY, EXTENDED_HEADERS, GO (an empty GO request).
+        let data: &[u8] = if opt == 7 { &[0, 0, 0, 0, 0, 0] } else { &[] };
+        let (ty, msg) = option(&mut s, opt, data);
+        assert_eq!(ty, TLS_REQD, "option {opt}: {msg}");
+        assert!(msg.contains("STARTTLS"), "{msg}");
+    }
+    // STARTTLS is acknowledged; plain NBD instead of a TLS ClientHello ends the session.
+    assert_eq!(option(&mut s, 5, &[]).0, 1);
+    s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+    s.write_all(&[0u8; 8]).unwrap();
+    assert!(
+        closed(&mut s),
+        "server kept a connection that sent garbage after STARTTLS"
+    );
+    // EXPORT_NAME before TLS cannot be answered with an error: the session ends.
+    let mut s = start(port);
+    let mut out = IHAVEOPT.to_be_bytes().to_vec();
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&out).unwrap();
+    assert!(closed(&mut s), "EXPORT_NAME before TLS was not refused");
+}
+
 /// qemu's client TLS object and `--image-opts` string for an NBD server on `port`.
 fn qemu_tls_args(creds: &Path, port: u16) -> (String, String) {
     (
@@ -1537,6 +1588,9 @@ fn tls_as_qemu_nbd_takes_it() {
         stderr.contains("TLS is required"),
         "plain libnbd client: {stderr}"
     );
+    // The rules before TLS, byte by byte: options other than STARTTLS get ERR_TLS_REQD,
+    // EXPORT_NAME ends the session, and what follows STARTTLS must be TLS.
+    tls_required_raw(port);
     // verify-peer=on: a client without a certificate fails the TLS handshake.
     let (obj_anon, opts_anon) = qemu_tls_args(&anon, port);
     let r = tool(
