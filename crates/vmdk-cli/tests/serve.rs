@@ -25,7 +25,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
-        .arg("--version")
+        // openssl has a `version` command and no `--version` option.
+        .arg(if tool == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -1235,4 +1240,539 @@ impl RawClient {
     fn is_closed(&mut self) -> bool {
         closed(&mut self.stream)
     }
+}
+
+// ---- extended headers, TLS and qemu-nbd's command line ----------------------------------
+
+/// qemu 10's NBD client negotiates extended headers: writes, zeroes, discards, reads and
+/// block status through them leave the image exactly as qemu-io leaves a copy it edits
+/// directly; libnbd 1.14 (structured replies only) still reads the same export.
+#[test]
+fn extended_headers_with_qemu_byte_exact() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "ext.vmdk", &["subformat=monolithicSparse"]);
+    let reference = dir.path().join("ref.vmdk");
+    std::fs::copy(&img, &reference).unwrap();
+    let edits = [
+        "write -P 0x11 0 64k",
+        "write -P 0x22 1000k 200k",
+        "write -z 1020k 64k",
+        // Over zeros written as data: our TRIM deallocates the grain (it reads as zeros),
+        // qemu's VMDK driver keeps it, so the contents agree.
+        "discard 40M 64k",
+        "write -P 0x33 63M 4k",
+    ];
+    let mut srv = Served::tcp(&img, &["-t", "-v"]);
+    qemu_io_nbd(&srv.url(), &cmds(&edits));
+    qemu_io_nbd(
+        &srv.url(),
+        &cmds(&[
+            "read -P 0x11 0 64k",
+            "read -P 0x22 1000k 20k",
+            "read -P 0 1020k 64k",
+            "read -P 0x22 1084k 116k",
+        ]),
+    );
+    // Block status through extended headers matches what the image says of itself.
+    let ours = qemu_map(&["-f", "raw", &srv.url()], true);
+    assert_eq!(nbdinfo_map(&srv.url()), ours, "libnbd and qemu disagree");
+    let log = without_colours(&srv.log_text());
+    assert!(
+        log.contains("extended=true"),
+        "qemu did not negotiate extended headers: {log}"
+    );
+    assert!(
+        log.contains("extended=false"),
+        "libnbd 1.14 should have used structured replies only: {log}"
+    );
+    srv.stop();
+
+    qemu_io(&reference, &edits);
+    let out = ok("qemu-img", &["compare", &s(&img), &s(&reference)]);
+    assert!(out.contains("identical"), "{out}");
+    ok("qemu-img", &["check", &s(&img)]);
+}
+
+/// `text` without the terminal colour escapes of the server's log.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequences end with a letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made
+/// with openssl, in qemu's directory layouts: `server/` (ca-cert.pem, server-cert.pem,
+/// server-key.pem), `client/` (ca-cert.pem, client-cert.pem, client-key.pem) and
+/// `anon/` (ca-cert.pem only: a client without a certificate).
+fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let pki = dir.join("pki");
+    let (server, client, anon) = (dir.join("server"), dir.join("client"), dir.join("anon"));
+    for d in [&pki, &server, &client, &anon] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let f = |n: &str| s(&pki.join(n));
+    std::fs::write(
+        pki.join("ca.cnf"),
+        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3_ca\n\
+         [dn]\nCN = vmdk test CA\n\
+         [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .unwrap();
+    ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-config",
+            &f("ca.cnf"),
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &f("ca-key.pem"),
+            "-out",
+            &f("ca-cert.pem"),
+            "-days",
+            "2",
+        ],
+    );
+    for (who, usage, san, serial) in [
+        ("server", "serverAuth", "IP:127.0.0.1,DNS:localhost", "2"),
+        ("client", "clientAuth", "DNS:client", "3"),
+    ] {
+        std::fs::write(
+            pki.join(format!("{who}.ext")),
+            format!(
+                "basicConstraints = critical,CA:FALSE\n\
+                 keyUsage = critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage = {usage}\nsubjectAltName = {san}\n\
+                 subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
+            ),
+        )
+        .unwrap();
+        ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={who}"),
+                "-keyout",
+                &f(&format!("{who}-key.pem")),
+                "-out",
+                &f(&format!("{who}.csr")),
+            ],
+        );
+        ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &f(&format!("{who}.csr")),
+                "-CA",
+                &f("ca-cert.pem"),
+                "-CAkey",
+                &f("ca-key.pem"),
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                &f(&format!("{who}.ext")),
+                "-out",
+                &f(&format!("{who}-cert.pem")),
+            ],
+        );
+    }
+    let copy = |name: &str, to: &Path| {
+        std::fs::copy(pki.join(name), to.join(name)).unwrap();
+    };
+    for d in [&server, &client, &anon] {
+        copy("ca-cert.pem", d);
+    }
+    copy("server-cert.pem", &server);
+    copy("server-key.pem", &server);
+    copy("client-cert.pem", &client);
+    copy("client-key.pem", &client);
+    (server, client, anon)
+}
+
+/// A raw client against a server that requires TLS.
+fn tls_required_raw(port: u16) {
+    fn start(port: u16) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        s
+    }
+    fn option(s: &mut TcpStream, opt: u32, data: &[u8]) -> (u32, String) {
+        let mut out = IHAVEOPT.to_be_bytes().to_vec();
+        out.extend_from_slice(&opt.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        s.write_all(&out).unwrap();
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
+        let ty = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut msg = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut msg).unwrap();
+        (ty, String::from_utf8_lossy(&msg).into_owned())
+    }
+    const TLS_REQD: u32 = (1 << 31) + 5;
+    let mut s = start(port);
+    for opt in [3u32, 8, 11, 7] {
+        // LIST, STRUCTURED_REPLY, EXTENDED_HEADERS, GO (an empty GO request).
+        let data: &[u8] = if opt == 7 { &[0, 0, 0, 0, 0, 0] } else { &[] };
+        let (ty, msg) = option(&mut s, opt, data);
+        assert_eq!(ty, TLS_REQD, "option {opt}: {msg}");
+        assert!(msg.contains("STARTTLS"), "{msg}");
+    }
+    // STARTTLS is acknowledged; plain NBD instead of a TLS ClientHello ends the session.
+    assert_eq!(option(&mut s, 5, &[]).0, 1);
+    s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+    s.write_all(&[0u8; 8]).unwrap();
+    assert!(
+        closed(&mut s),
+        "server kept a connection that sent garbage after STARTTLS"
+    );
+    // EXPORT_NAME before TLS cannot be answered with an error: the session ends.
+    let mut s = start(port);
+    let mut out = IHAVEOPT.to_be_bytes().to_vec();
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&out).unwrap();
+    assert!(closed(&mut s), "EXPORT_NAME before TLS was not refused");
+}
+
+/// qemu's client TLS object and `--image-opts` string for an NBD server on `port`.
+fn qemu_tls_args(creds: &Path, port: u16) -> (String, String) {
+    (
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            creds.display()
+        ),
+        format!(
+            "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},tls-creds=tls0"
+        ),
+    )
+}
+
+/// `vmdk serve --object tls-creds-x509,...,endpoint=server --tls-creds tls0`, exactly as
+/// qemu-nbd takes it: qemu (with a client certificate, as verify-peer=on, the default,
+/// requires) and libnbd (`nbds://`) read and write byte-exact over TLS; a client without a
+/// certificate, and a client that does not start TLS, are refused with clear errors; with
+/// verify-peer=off a client without a certificate gets in.
+#[test]
+fn tls_as_qemu_nbd_takes_it() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo", "nbdcopy", "openssl"]) {
+        return;
+    }
+    let dir = tempdir();
+    let (server, client, anon) = make_pki(dir.path());
+    let img = sparse_image(dir.path(), "tls.vmdk", &["subformat=monolithicSparse"]);
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server",
+        server.display()
+    );
+    let srv = Served::tcp(&img, &["--object", &object, "--tls-creds", "tls0", "-t"]);
+    let port = srv.port();
+
+    // qemu over TLS, with its client certificate: write, read back, convert.
+    let (obj, opts) = qemu_tls_args(&client, port);
+    let r = tool(
+        "qemu-io",
+        &[
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-c",
+            "write -P 0x77 2M 192k",
+            "-c",
+            "read -P 0x77 2M 192k",
+            "-c",
+            "read -P 0xaa 60k 8k",
+        ],
+    );
+    assert!(
+        r.code == 0 && !r.stdout.contains("failed"),
+        "qemu-io over TLS: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    let got = dir.path().join("tls.got.raw");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-O",
+            "raw",
+            &s(&got),
+        ],
+    );
+    let want = dir.path().join("tls.want.raw");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            &s(&img),
+            &s(&want),
+        ],
+    );
+    assert!(
+        std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+        "qemu-img convert over TLS differs from the image"
+    );
+
+    // libnbd over TLS (nbds://, certificates from the client directory).
+    let url = format!(
+        "nbds://127.0.0.1:{port}/?tls-certificates={}",
+        client.display()
+    );
+    let out = ok("nbdinfo", &["--json", &url]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["exports"][0]["export-size"].as_u64(),
+        Some(std::fs::metadata(&want).unwrap().len())
+    );
+    let copied = dir.path().join("tls.nbdcopy.raw");
+    ok("nbdcopy", &[&url, &s(&copied)]);
+    assert!(std::fs::read(&want).unwrap() == std::fs::read(&copied).unwrap());
+
+    // A client that does not start TLS is told TLS is required.
+    let r = tool("qemu-img", &["info", &format!("nbd://127.0.0.1:{port}")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("TLS"), "plain qemu client: {}", r.stderr);
+    // libnbd says only "not supported"; its debug output shows the server's reason.
+    let r = Command::new("nbdinfo")
+        .arg(format!("nbd://127.0.0.1:{port}"))
+        .env("LIBNBD_DEBUG", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        stderr.contains("TLS is required"),
+        "plain libnbd client: {stderr}"
+    );
+    // The rules before TLS, byte by byte: options other than STARTTLS get ERR_TLS_REQD,
+    // EXPORT_NAME ends the session, and what follows STARTTLS must be TLS.
+    tls_required_raw(port);
+    // verify-peer=on: a client without a certificate fails the TLS handshake.
+    let (obj_anon, opts_anon) = qemu_tls_args(&anon, port);
+    let r = tool(
+        "qemu-img",
+        &["info", "--object", &obj_anon, "--image-opts", &opts_anon],
+    );
+    assert_ne!(
+        r.code, 0,
+        "a client without a certificate got in: {}",
+        r.stdout
+    );
+    // The server is unharmed by all that.
+    let r = tool(
+        "qemu-io",
+        &[
+            "--object",
+            &obj,
+            "--image-opts",
+            &opts,
+            "-c",
+            "read -P 0x77 2M 4k",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    drop(srv);
+    ok("qemu-img", &["check", &s(&img)]);
+
+    // verify-peer=off: the certificate-less client gets in.
+    let object_off = format!("{object},verify-peer=off");
+    let srv = Served::tcp(
+        &img,
+        &["--object", &object_off, "--tls-creds", "tls0", "-r"],
+    );
+    let (obj_anon, opts_anon) = qemu_tls_args(&anon, srv.port());
+    let r = tool(
+        "qemu-io",
+        &[
+            "--object",
+            &obj_anon,
+            "--image-opts",
+            &opts_anon,
+            "-r",
+            "-c",
+            "read -P 0x77 2M 192k",
+        ],
+    );
+    assert!(
+        r.code == 0 && !r.stdout.contains("failed"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    drop(srv);
+
+    // Credentials that cannot be loaded: refused up front, naming the file.
+    let r = vmdk(&[
+        "serve",
+        "--object",
+        "tls-creds-x509,id=tls0,dir=/nonexistent,endpoint=server",
+        "--tls-creds",
+        "tls0",
+        &s(&img),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent"), "{}", r.stderr);
+    let r = vmdk(&[
+        "serve",
+        "--object",
+        &object,
+        "--tls-creds",
+        "tls1",
+        &s(&img),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("tls1"), "{}", r.stderr);
+    let r = vmdk(&[
+        "serve",
+        "--object",
+        &format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            server.display()
+        ),
+        "--tls-creds",
+        "tls0",
+        &s(&img),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("server endpoint"), "{}", r.stderr);
+}
+
+/// qemu-nbd's options each do what qemu-nbd's do: `-k SOCKET --fork --pid-file` (returns
+/// once listening, the pid file names the server, both files gone after SIGTERM), `-f vmdk`,
+/// `-x NAME`, `-r` (read-only: writes refused), `-e 2` (a second client is served while
+/// one is connected; multi-conn advertised), `-t` (still serving after clients leave).
+#[test]
+fn qemu_nbd_options_each_take_effect() {
+    if skip_without(&["qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "opts.vmdk", "8M", &[]);
+    qemu_io(&img, &["write -P 0x3c 0 64k"]);
+    let sock = dir.path().join("nbd.sock");
+    let pid_file = dir.path().join("nbd.pid");
+    vmdk_ok(&[
+        "serve",
+        "-k",
+        &s(&sock),
+        "--fork",
+        "--pid-file",
+        &s(&pid_file),
+        "-f",
+        "vmdk",
+        "-x",
+        "disk",
+        "-r",
+        "-e",
+        "2",
+        "-t",
+        &s(&img),
+    ]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid file exists when --fork returns")
+        .trim()
+        .parse()
+        .unwrap();
+    /// Kills the daemon if the test fails before it stops it.
+    struct Daemon(Option<i32>);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                // SAFETY: kill sends a signal; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let mut daemon = Daemon(Some(pid));
+    assert!(sock.exists(), "--fork returned before the socket existed");
+    let url = format!("nbd+unix:///disk?socket={}", sock.display());
+
+    // One client holds a connection; with -e 2 another is still served.
+    let mut first = UnixStream::connect(&sock).unwrap();
+    first.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut greeting = [0u8; 18];
+    first.read_exact(&mut greeting).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok("nbdinfo", &["--json", &url])).unwrap();
+    let e = &v["exports"][0];
+    assert_eq!(e["export-name"], "disk");
+    assert_eq!(e["is_read_only"], true, "-r");
+    assert_eq!(e["can_multi_conn"], true, "-e 2");
+    assert_eq!(e["export-size"], 8 << 20);
+    drop(first);
+    // -r: writes refused; -t: still serving after those clients left.
+    let r = tool("qemu-io", &["-f", "raw", "-c", "write -P 1 0 4k", &url]);
+    assert!(
+        r.code != 0 || r.stdout.contains("failed") || r.stderr.contains("failed"),
+        "write to a read-only export: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    qemu_io_nbd_with(&["-r"], &url, &cmds(&["read -P 0x3c 0 64k"]));
+    // A wrong export name is refused.
+    let r = tool(
+        "nbdinfo",
+        &[&format!("nbd+unix:///other?socket={}", sock.display())],
+    );
+    assert_ne!(r.code, 0);
+
+    // SAFETY: kill sends a signal to the server we started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + DEADLINE;
+    while pid_file.exists() || sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pid file or socket left after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.0 = None;
+    ok("qemu-img", &["check", &s(&img)]);
+    // -f takes only vmdk.
+    let r = vmdk(&["serve", "-f", "qcow2", "-k", &s(&sock), &s(&img)]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("vmdk"), "{}", r.stderr);
 }

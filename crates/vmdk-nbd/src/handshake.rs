@@ -17,8 +17,11 @@ const MAX_OPTIONS: usize = 1024;
 /// What the client and server agreed on, for the transmission phase.
 #[derive(Debug, Clone)]
 pub(crate) struct Negotiated {
-    /// Structured replies were negotiated.
+    /// Structured replies were negotiated, or extended headers (which imply them).
     pub structured: bool,
+    /// Extended headers were negotiated: 32-byte requests with 64-bit lengths, and every
+    /// reply an extended chunk.
+    pub extended: bool,
     /// Context id of `base:allocation` if the client selected it.
     pub meta_context: Option<u32>,
     /// Export size as advertised.
@@ -31,27 +34,47 @@ pub(crate) struct Negotiated {
 #[derive(Default)]
 struct State {
     structured: bool,
+    extended: bool,
     meta_context: Option<u32>,
+}
+
+impl State {
+    fn negotiated(&self, size: u64, flags: u16) -> Negotiated {
+        Negotiated {
+            structured: self.structured || self.extended,
+            extended: self.extended,
+            meta_context: self.meta_context,
+            size,
+            flags,
+        }
+    }
 }
 
 enum Next {
     Continue,
     Abort,
+    StartTls,
     Transmit(Negotiated),
+}
+
+/// How option haggling ended.
+pub(crate) enum Outcome {
+    /// Transmission starts with these settings.
+    Transmit(Negotiated),
+    /// The client ended negotiation cleanly with `NBD_OPT_ABORT`.
+    Abort,
+    /// `NBD_OPT_STARTTLS` was acknowledged: the caller runs the TLS handshake and then
+    /// haggles again, over TLS, with [`options`] (nothing agreed before TLS survives it).
+    StartTls,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Run the handshake. `Ok(Some(..))` means transmission starts; `Ok(None)`
-/// means the client ended negotiation cleanly with `NBD_OPT_ABORT`. Any
-/// error means the connection must be dropped (hard disconnect).
-pub(crate) fn negotiate<R: Read, W: Write>(
-    r: &mut R,
-    w: &mut W,
-    ctx: &ExportCtx,
-) -> io::Result<Option<Negotiated>> {
+/// Send the greeting and read the client's flags; returns whether the client asked for
+/// `NBD_FLAG_C_NO_ZEROES`. Any error means the connection must be dropped.
+pub(crate) fn greet<R: Read, W: Write>(r: &mut R, w: &mut W) -> io::Result<bool> {
     w.write_all(&encode_greeting())?;
     w.flush()?;
 
@@ -63,8 +86,20 @@ pub(crate) fn negotiate<R: Read, W: Write>(
     if client_flags & !KNOWN_CLIENT_FLAGS != 0 {
         return Err(invalid(format!("unknown client flags {client_flags:#x}")));
     }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    Ok(client_flags & FLAG_C_NO_ZEROES != 0)
+}
 
+/// Haggle over options until the client picks an export, aborts or starts TLS.
+/// `tls_required` is set while TLS is configured but not yet running: then only
+/// `NBD_OPT_STARTTLS` (and `NBD_OPT_ABORT`) are served, as the spec asks. Any error means
+/// the connection must be dropped (hard disconnect).
+pub(crate) fn options<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    ctx: &ExportCtx,
+    no_zeroes: bool,
+    tls_required: bool,
+) -> io::Result<Outcome> {
     let mut st = State::default();
     for _ in 0..MAX_OPTIONS {
         let mut hdr = [0u8; OPTION_HEADER_LEN];
@@ -90,16 +125,55 @@ pub(crate) fn negotiate<R: Read, W: Write>(
         r.read_exact(&mut data)?;
         debug!(option = h.option, length = h.length, "handshake option");
 
-        match handle_option(h.option, data, &mut st, w, ctx, no_zeroes)? {
+        let next = if tls_required {
+            before_tls(h.option, &data, w)?
+        } else {
+            handle_option(h.option, data, &mut st, w, ctx, no_zeroes)?
+        };
+        match next {
             Next::Continue => {}
-            Next::Abort => return Ok(None),
+            Next::Abort => return Ok(Outcome::Abort),
+            Next::StartTls => {
+                w.flush()?;
+                return Ok(Outcome::StartTls);
+            }
             Next::Transmit(n) => {
                 w.flush()?;
-                return Ok(Some(n));
+                return Ok(Outcome::Transmit(n));
             }
         }
     }
     Err(invalid("too many options during negotiation"))
+}
+
+/// An option received while TLS is required and not yet running.
+fn before_tls<W: Write>(option: u32, data: &[u8], w: &mut W) -> io::Result<Next> {
+    match option {
+        OPT_STARTTLS => {
+            if !data.is_empty() {
+                // A client that cannot even start TLS correctly is not worth keeping.
+                return Err(invalid("NBD_OPT_STARTTLS with data"));
+            }
+            w.write_all(&encode_option_reply(option, REP_ACK, &[]))?;
+            Ok(Next::StartTls)
+        }
+        // No way to send an error: the session ends.
+        OPT_EXPORT_NAME => Err(invalid("NBD_OPT_EXPORT_NAME before TLS")),
+        _ => {
+            // The client may hang up right after an ABORT; the reply is best effort then.
+            let r = w.write_all(&encode_option_reply(
+                option,
+                REP_ERR_TLS_REQD,
+                b"TLS is required: send NBD_OPT_STARTTLS first",
+            ));
+            if option == OPT_ABORT {
+                let _ = w.flush();
+                return Ok(Next::Abort);
+            }
+            r?;
+            Ok(Next::Continue)
+        }
+    }
 }
 
 fn handle_option<W: Write>(
@@ -118,6 +192,12 @@ fn handle_option<W: Write>(
     match option {
         OPT_EXPORT_NAME => {
             // No way to report errors here: an unknown name ends the session.
+            if st.extended {
+                // Its reply cannot say that transmission uses extended headers.
+                return Err(invalid(
+                    "NBD_OPT_EXPORT_NAME after extended headers were negotiated",
+                ));
+            }
             let name = String::from_utf8(data).map_err(|_| invalid("export name is not UTF-8"))?;
             if !ctx.name_matches(&name) {
                 warn!(name = %name, "client asked for an unknown export");
@@ -126,12 +206,7 @@ fn handle_option<W: Write>(
             let size = ctx.export.size();
             let flags = ctx.transmission_flags(st.structured);
             w.write_all(&encode_export_name_reply(size, flags, no_zeroes))?;
-            Ok(Next::Transmit(Negotiated {
-                structured: st.structured,
-                meta_context: st.meta_context,
-                size,
-                flags,
-            }))
+            Ok(Next::Transmit(st.negotiated(size, flags)))
         }
         OPT_ABORT => {
             // The client may already have closed; the ack is best effort.
@@ -158,7 +233,11 @@ fn handle_option<W: Write>(
             if !data.is_empty() {
                 return reply(w, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
             }
-            reply(w, REP_ERR_POLICY, "TLS is not supported by this server")
+            if ctx.tls.is_some() {
+                reply(w, REP_ERR_INVALID, "TLS is already running")
+            } else {
+                reply(w, REP_ERR_POLICY, "TLS is not configured on this server")
+            }
         }
         OPT_INFO | OPT_GO => {
             let req = match parse_info_request(&data) {
@@ -173,7 +252,7 @@ fn handle_option<W: Write>(
                 );
             }
             let size = ctx.export.size();
-            let flags = ctx.transmission_flags(st.structured);
+            let flags = ctx.transmission_flags(st.structured || st.extended);
             let mut out = Vec::new();
             put_option_reply(&mut out, option, REP_INFO, &encode_info_export(size, flags));
             if req.requests.contains(&INFO_NAME) {
@@ -204,12 +283,7 @@ fn handle_option<W: Write>(
             put_option_reply(&mut out, option, REP_ACK, &[]);
             w.write_all(&out)?;
             if option == OPT_GO {
-                Ok(Next::Transmit(Negotiated {
-                    structured: st.structured,
-                    meta_context: st.meta_context,
-                    size,
-                    flags,
-                }))
+                Ok(Next::Transmit(st.negotiated(size, flags)))
             } else {
                 Ok(Next::Continue)
             }
@@ -217,6 +291,13 @@ fn handle_option<W: Write>(
         OPT_STRUCTURED_REPLY => {
             if !data.is_empty() {
                 return reply(w, REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+            }
+            if st.extended {
+                return reply(
+                    w,
+                    REP_ERR_EXT_HEADER_REQD,
+                    "extended headers are already negotiated",
+                );
             }
             st.structured = true;
             reply(w, REP_ACK, "")
@@ -227,11 +308,11 @@ fn handle_option<W: Write>(
                 // SET replaces the selection even when it fails.
                 st.meta_context = None;
             }
-            if !st.structured {
+            if !st.structured && !st.extended {
                 return reply(
                     w,
                     REP_ERR_INVALID,
-                    "structured replies must be negotiated first",
+                    "structured replies or extended headers must be negotiated first",
                 );
             }
             let req = match parse_meta_context_request(&data) {
@@ -273,7 +354,20 @@ fn handle_option<W: Write>(
             w.write_all(&out)?;
             Ok(Next::Continue)
         }
-        OPT_EXTENDED_HEADERS => reply(w, REP_ERR_UNSUP, "extended headers are not supported"),
+        OPT_EXTENDED_HEADERS => {
+            if !data.is_empty() {
+                return reply(w, REP_ERR_INVALID, "NBD_OPT_EXTENDED_HEADERS takes no data");
+            }
+            if st.extended {
+                return reply(
+                    w,
+                    REP_ERR_INVALID,
+                    "extended headers are already negotiated",
+                );
+            }
+            st.extended = true;
+            reply(w, REP_ACK, "")
+        }
         _ => reply(w, REP_ERR_UNSUP, "unsupported option"),
     }
 }

@@ -17,11 +17,17 @@
 //! # Protocol coverage
 //!
 //! * Fixed newstyle handshake (`NBD_FLAG_NO_ZEROES` honoured), options
-//!   `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (refused with `ERR_POLICY`),
-//!   `INFO`, `GO` (export, name, description and block-size info),
-//!   `STRUCTURED_REPLY`, `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the
-//!   `base:allocation` context. Everything else, including extended headers,
-//!   gets `ERR_UNSUP`.
+//!   `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (with [`ServerConfig::tls`]; without
+//!   it, refused with `ERR_POLICY`), `INFO`, `GO` (export, name, description and
+//!   block-size info), `STRUCTURED_REPLY`, `EXTENDED_HEADERS`,
+//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the `base:allocation` context.
+//!   Everything else gets `ERR_UNSUP`.
+//! * TLS (rustls): with [`ServerConfig::tls`] set, every option but `STARTTLS` is
+//!   answered `ERR_TLS_REQD` (and `EXPORT_NAME` ends the session) until TLS runs;
+//!   negotiation starts afresh over TLS.
+//! * Extended headers: 32-byte requests with 64-bit lengths (`TRIM`, `WRITE_ZEROES`,
+//!   `BLOCK_STATUS` beyond 4 GiB in one request), every reply an extended chunk, block
+//!   status as `BLOCK_STATUS_EXT` with 64-bit extents, `PAYLOAD_LEN` on writes.
 //! * Commands `READ` (sparse structured reads, `DF`), `WRITE` (`FUA`), `DISC`,
 //!   `FLUSH`, `TRIM`, `WRITE_ZEROES` (`NO_HOLE`, `FUA`), `BLOCK_STATUS`
 //!   (`REQ_ONE`) and `CACHE` (accepted as a no-op).
@@ -42,9 +48,11 @@ mod handshake;
 mod proto;
 mod server;
 mod socket;
+mod tls;
 mod transmission;
 
 pub use server::{Server, ShutdownHandle};
+pub use tls::{TlsConfig, TlsError};
 
 /// One extent of a block-status answer for the `base:allocation` context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +118,9 @@ pub struct ServerConfig {
     /// qemu-nbd's), so a silent, trickling or non-reading peer cannot hold a connection
     /// slot: it is dropped when the time is up.
     pub handshake_timeout: std::time::Duration,
+    /// TLS credentials (`qemu-nbd --tls-creds`): clients must then negotiate
+    /// `NBD_OPT_STARTTLS` first. Default none.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +133,7 @@ impl Default for ServerConfig {
             persistent: false,
             workers_per_client: 4,
             handshake_timeout: std::time::Duration::from_secs(10),
+            tls: None,
         }
     }
 }

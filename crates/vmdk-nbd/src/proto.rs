@@ -19,10 +19,14 @@ pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 /// Prefix of every (compact) transmission request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Prefix of every transmission request once extended headers are negotiated.
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
 /// Prefix of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Prefix of a structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// Prefix of every reply chunk once extended headers are negotiated.
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 
 // ---------------------------------------------------------------------------
 // Handshake flags
@@ -66,7 +70,6 @@ pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
 pub const OPT_SET_META_CONTEXT: u32 = 10;
-/// Recognised only to give it a deliberate `ERR_UNSUP`.
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 pub const REP_ACK: u32 = 1;
@@ -77,8 +80,10 @@ const REP_ERR: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_ERR + 1;
 pub const REP_ERR_POLICY: u32 = REP_ERR + 2;
 pub const REP_ERR_INVALID: u32 = REP_ERR + 3;
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR + 5;
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR + 6;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR + 9;
+pub const REP_ERR_EXT_HEADER_REQD: u32 = REP_ERR + 10;
 
 pub const INFO_EXPORT: u16 = 0;
 pub const INFO_NAME: u16 = 1;
@@ -102,6 +107,8 @@ pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 pub const CMD_FLAG_DF: u16 = 1 << 2;
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Extended headers only: the length field is the payload's length, not the effect's.
+pub const CMD_FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
 
@@ -109,6 +116,8 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Block status with 64-bit extents (extended headers).
+pub const REPLY_TYPE_BLOCK_STATUS_EXT: u16 = 6;
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 /// `base:allocation` extent flags.
@@ -142,8 +151,10 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 pub const GREETING_LEN: usize = 18;
 pub const OPTION_HEADER_LEN: usize = 16;
 pub const REQUEST_LEN: usize = 28;
+pub const EXTENDED_REQUEST_LEN: usize = 32;
 pub const SIMPLE_REPLY_LEN: usize = 16;
 pub const STRUCTURED_HEADER_LEN: usize = 20;
+pub const EXTENDED_HEADER_LEN: usize = 32;
 
 /// A malformed message from the peer.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -326,20 +337,30 @@ pub fn parse_meta_context_request(data: &[u8]) -> Result<MetaContextRequest, Pro
 // Transmission phase
 // ---------------------------------------------------------------------------
 
-/// A transmission-phase request header.
+/// A transmission-phase request header, compact or extended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub flags: u16,
     pub command: u16,
     pub handle: u64,
     pub offset: u64,
-    pub length: u32,
+    /// 32 bits on the wire in compact requests, 64 in extended ones.
+    pub length: u64,
 }
 
-/// Decode the 28-byte request header, checking the magic.
-pub fn decode_request(buf: &[u8; REQUEST_LEN]) -> Result<Request, ProtoError> {
+/// Decode a request header: the 28-byte compact form, or the 32-byte extended form
+/// (64-bit length) once extended headers are negotiated. The magic must match the form.
+pub fn decode_request(buf: &[u8], extended: bool) -> Result<Request, ProtoError> {
+    let (expect, len) = if extended {
+        (EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_LEN)
+    } else {
+        (REQUEST_MAGIC, REQUEST_LEN)
+    };
+    if buf.len() != len {
+        return Err(ProtoError::Malformed("request header of the wrong size"));
+    }
     let magic = be_u32(&buf[0..4]);
-    if magic != REQUEST_MAGIC {
+    if magic != expect {
         return Err(ProtoError::BadMagic(u64::from(magic)));
     }
     Ok(Request {
@@ -347,7 +368,11 @@ pub fn decode_request(buf: &[u8; REQUEST_LEN]) -> Result<Request, ProtoError> {
         command: be_u16(&buf[6..8]),
         handle: be_u64(&buf[8..16]),
         offset: be_u64(&buf[16..24]),
-        length: be_u32(&buf[24..28]),
+        length: if extended {
+            be_u64(&buf[24..32])
+        } else {
+            u64::from(be_u32(&buf[24..28]))
+        },
     })
 }
 
@@ -365,69 +390,105 @@ pub fn encode_simple_reply(handle: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
     out
 }
 
-/// Append a structured reply chunk header to `out`.
-pub fn put_structured_header(
-    out: &mut Vec<u8>,
-    flags: u16,
-    reply_type: u16,
-    handle: u64,
-    length: u32,
-) {
-    out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&reply_type.to_be_bytes());
-    out.extend_from_slice(&handle.to_be_bytes());
-    out.extend_from_slice(&length.to_be_bytes());
+/// Reply chunks for one request: structured (20-byte headers) or, once extended headers
+/// are negotiated, extended (32-byte headers carrying the request's offset and a 64-bit
+/// length). Every encoder of a chunk goes through [`Chunks::header`], so the two forms
+/// cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunks {
+    pub extended: bool,
+    pub handle: u64,
+    /// The request's offset (echoed by extended headers).
+    pub offset: u64,
 }
 
-/// Append an `OFFSET_HOLE` chunk.
-pub fn put_hole_chunk(out: &mut Vec<u8>, flags: u16, handle: u64, offset: u64, len: u32) {
-    put_structured_header(out, flags, REPLY_TYPE_OFFSET_HOLE, handle, 12);
-    out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
-}
-
-/// A final `NBD_REPLY_TYPE_ERROR` chunk with a human-readable message.
-pub fn encode_error_chunk(handle: u64, error: u32, message: &str) -> Vec<u8> {
-    let msg = truncate_str(message, MAX_STRING_LEN);
-    let mut out = Vec::with_capacity(STRUCTURED_HEADER_LEN + 6 + msg.len());
-    put_structured_header(
-        &mut out,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_ERROR,
-        handle,
-        6 + msg.len() as u32,
-    );
-    out.extend_from_slice(&error.to_be_bytes());
-    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    out.extend_from_slice(msg.as_bytes());
-    out
-}
-
-/// A final `NBD_REPLY_TYPE_NONE` chunk (success, no payload).
-pub fn encode_none_chunk(handle: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(STRUCTURED_HEADER_LEN);
-    put_structured_header(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, handle, 0);
-    out
-}
-
-/// A final `NBD_REPLY_TYPE_BLOCK_STATUS` chunk; `extents` are (length, flags).
-pub fn encode_block_status_chunk(handle: u64, context_id: u32, extents: &[(u32, u32)]) -> Vec<u8> {
-    let payload_len = 4 + 8 * extents.len();
-    let mut out = Vec::with_capacity(STRUCTURED_HEADER_LEN + payload_len);
-    put_structured_header(
-        &mut out,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_BLOCK_STATUS,
-        handle,
-        payload_len as u32,
-    );
-    out.extend_from_slice(&context_id.to_be_bytes());
-    for &(len, flags) in extents {
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&flags.to_be_bytes());
+impl Chunks {
+    /// Length of one chunk header.
+    pub fn header_len(&self) -> usize {
+        if self.extended {
+            EXTENDED_HEADER_LEN
+        } else {
+            STRUCTURED_HEADER_LEN
+        }
     }
-    out
+
+    /// Append a chunk header announcing `length` bytes of payload.
+    pub fn header(&self, out: &mut Vec<u8>, flags: u16, reply_type: u16, length: u64) {
+        if self.extended {
+            out.extend_from_slice(&EXTENDED_REPLY_MAGIC.to_be_bytes());
+            out.extend_from_slice(&flags.to_be_bytes());
+            out.extend_from_slice(&reply_type.to_be_bytes());
+            out.extend_from_slice(&self.handle.to_be_bytes());
+            out.extend_from_slice(&self.offset.to_be_bytes());
+            out.extend_from_slice(&length.to_be_bytes());
+        } else {
+            out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            out.extend_from_slice(&flags.to_be_bytes());
+            out.extend_from_slice(&reply_type.to_be_bytes());
+            out.extend_from_slice(&self.handle.to_be_bytes());
+            // Structured payloads are bounded by the maximum block size (or a few
+            // thousand block-status descriptors), far below 4 GiB.
+            out.extend_from_slice(&(length as u32).to_be_bytes());
+        }
+    }
+
+    /// Append an `OFFSET_HOLE` chunk (the hole's length is 32 bits in both forms).
+    pub fn hole(&self, out: &mut Vec<u8>, flags: u16, offset: u64, len: u32) {
+        self.header(out, flags, REPLY_TYPE_OFFSET_HOLE, 12);
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+
+    /// A final `NBD_REPLY_TYPE_ERROR` chunk with a human-readable message.
+    pub fn error(&self, error: u32, message: &str) -> Vec<u8> {
+        let msg = truncate_str(message, MAX_STRING_LEN);
+        let mut out = Vec::with_capacity(self.header_len() + 6 + msg.len());
+        self.header(
+            &mut out,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_ERROR,
+            6 + msg.len() as u64,
+        );
+        out.extend_from_slice(&error.to_be_bytes());
+        out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        out.extend_from_slice(msg.as_bytes());
+        out
+    }
+
+    /// A final `NBD_REPLY_TYPE_NONE` chunk (success, no payload).
+    pub fn none(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.header_len());
+        self.header(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0);
+        out
+    }
+
+    /// A final block-status chunk; `extents` are (length, flags). Structured replies
+    /// carry `BLOCK_STATUS` with 32-bit lengths (the caller keeps them below 4 GiB),
+    /// extended ones `BLOCK_STATUS_EXT` with a descriptor count and 64-bit lengths.
+    pub fn block_status(&self, context_id: u32, extents: &[(u64, u32)]) -> Vec<u8> {
+        let (reply_type, fixed, each) = if self.extended {
+            (REPLY_TYPE_BLOCK_STATUS_EXT, 8, 16)
+        } else {
+            (REPLY_TYPE_BLOCK_STATUS, 4, 8)
+        };
+        let payload_len = fixed + each * extents.len();
+        let mut out = Vec::with_capacity(self.header_len() + payload_len);
+        self.header(&mut out, REPLY_FLAG_DONE, reply_type, payload_len as u64);
+        out.extend_from_slice(&context_id.to_be_bytes());
+        if self.extended {
+            out.extend_from_slice(&(extents.len() as u32).to_be_bytes());
+            for &(len, flags) in extents {
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&u64::from(flags).to_be_bytes());
+            }
+        } else {
+            for &(len, flags) in extents {
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+                out.extend_from_slice(&flags.to_be_bytes());
+            }
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -634,7 +695,7 @@ mod tests {
         b[16..24].copy_from_slice(&4096u64.to_be_bytes());
         b[24..28].copy_from_slice(&512u32.to_be_bytes());
         assert_eq!(
-            decode_request(&b).unwrap(),
+            decode_request(&b, false).unwrap(),
             Request {
                 flags: 1,
                 command: 1,
@@ -643,8 +704,27 @@ mod tests {
                 length: 512
             }
         );
+        // A compact header where an extended one is due (and the reverse) is refused.
+        assert!(decode_request(&b, true).is_err());
         b[0] = 0;
-        assert!(decode_request(&b).is_err());
+        assert!(decode_request(&b, false).is_err());
+
+        let mut e = [0u8; 32];
+        e[0..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+        e[4..6].copy_from_slice(&CMD_FLAG_PAYLOAD_LEN.to_be_bytes());
+        e[6..8].copy_from_slice(&CMD_WRITE.to_be_bytes());
+        e[8..16].copy_from_slice(&7u64.to_be_bytes());
+        e[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        e[24..32].copy_from_slice(&(5u64 << 32).to_be_bytes());
+        let r = decode_request(&e, true).unwrap();
+        assert_eq!(
+            (r.flags, r.command, r.handle),
+            (CMD_FLAG_PAYLOAD_LEN, CMD_WRITE, 7)
+        );
+        assert_eq!((r.offset, r.length), (1 << 40, 5 << 32));
+        assert!(decode_request(&e, false).is_err());
+        e[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        assert!(decode_request(&e, true).is_err());
     }
 
     #[test]
@@ -654,7 +734,12 @@ mod tests {
         assert_eq!(&s[4..8], &22u32.to_be_bytes());
         assert_eq!(&s[8..16], &5u64.to_be_bytes());
 
-        let e = encode_error_chunk(9, EIO, "boom");
+        let c = Chunks {
+            extended: false,
+            handle: 9,
+            offset: 0,
+        };
+        let e = c.error(EIO, "boom");
         assert_eq!(e.len(), 20 + 6 + 4);
         assert_eq!(&e[4..6], &REPLY_FLAG_DONE.to_be_bytes());
         assert_eq!(&e[6..8], &REPLY_TYPE_ERROR.to_be_bytes());
@@ -662,14 +747,45 @@ mod tests {
         assert_eq!(&e[20..24], &EIO.to_be_bytes());
         assert_eq!(&e[24..26], &4u16.to_be_bytes());
 
-        let b = encode_block_status_chunk(1, 1, &[(4096, STATE_HOLE | STATE_ZERO), (512, 0)]);
+        let b = c.block_status(1, &[(4096, STATE_HOLE | STATE_ZERO), (512, 0)]);
         assert_eq!(b.len(), 20 + 4 + 16);
         assert_eq!(&b[16..20], &20u32.to_be_bytes());
 
         let mut h = Vec::new();
-        put_hole_chunk(&mut h, 0, 1, 8192, 4096);
+        c.hole(&mut h, 0, 8192, 4096);
         assert_eq!(h.len(), 32);
         assert_eq!(&h[6..8], &REPLY_TYPE_OFFSET_HOLE.to_be_bytes());
+    }
+
+    #[test]
+    fn extended_reply_encodings() {
+        let c = Chunks {
+            extended: true,
+            handle: 3,
+            offset: 1 << 33,
+        };
+        let n = c.none();
+        assert_eq!(n.len(), 32);
+        assert_eq!(&n[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&n[4..6], &REPLY_FLAG_DONE.to_be_bytes());
+        assert_eq!(&n[6..8], &REPLY_TYPE_NONE.to_be_bytes());
+        assert_eq!(&n[8..16], &3u64.to_be_bytes());
+        assert_eq!(&n[16..24], &(1u64 << 33).to_be_bytes());
+        assert_eq!(&n[24..32], &0u64.to_be_bytes());
+
+        // 64-bit extents: context id, count, then (length, flags) as two u64s.
+        let b = c.block_status(1, &[(5 << 32, STATE_HOLE | STATE_ZERO)]);
+        assert_eq!(b.len(), 32 + 8 + 16);
+        assert_eq!(&b[6..8], &REPLY_TYPE_BLOCK_STATUS_EXT.to_be_bytes());
+        assert_eq!(&b[24..32], &24u64.to_be_bytes());
+        assert_eq!(&b[32..36], &1u32.to_be_bytes());
+        assert_eq!(&b[36..40], &1u32.to_be_bytes());
+        assert_eq!(&b[40..48], &(5u64 << 32).to_be_bytes());
+        assert_eq!(&b[48..56], &3u64.to_be_bytes());
+
+        let e = c.error(EINVAL, "no");
+        assert_eq!(e.len(), 32 + 6 + 2);
+        assert_eq!(&e[24..32], &8u64.to_be_bytes());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::handshake;
 use crate::proto::*;
 use crate::socket::{wait_readable, DeadlineReader, DeadlineWriter, Listener, Socket};
+use crate::tls::{self, TlsConfig};
 use crate::transmission;
 use crate::{BlockExport, ServerConfig};
 
@@ -38,6 +39,8 @@ pub(crate) struct ExportCtx {
     /// Forced by the config or reported by the export.
     pub read_only: bool,
     pub multi_conn: bool,
+    /// TLS credentials: when set, clients must start TLS before anything else.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ExportCtx {
@@ -187,6 +190,7 @@ impl Server {
             description: config.description.clone(),
             read_only,
             multi_conn: config.max_clients > 1,
+            tls: config.tls.clone(),
         };
         Server {
             ctx: Arc::new(ctx),
@@ -399,44 +403,27 @@ fn is_fatal_accept_error(e: &io::Error) -> bool {
 /// Handshake then transmission for one client, on its own thread.
 fn run_connection(
     ctx: &ExportCtx,
-    mut sock: Box<dyn Socket>,
+    sock: Box<dyn Socket>,
     peer: &str,
     workers: usize,
     handshake_timeout: Duration,
     on_established: &dyn Fn(),
 ) {
     info!(peer, "client connected");
-    let reader = match sock.try_clone_box() {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(peer, error = %e, "cannot clone socket");
-            return;
-        }
-    };
-    // Negotiation must finish within the handshake time, reads and writes alike, so a
-    // silent, trickling or non-reading peer cannot hold a connection slot.
+    // Negotiation (the TLS handshake included) must finish within the handshake time,
+    // reads and writes alike, so a silent, trickling or non-reading peer cannot hold a
+    // connection slot.
     let deadline = Instant::now() + handshake_timeout;
-    let reader = DeadlineReader::new(reader, Some(deadline));
-    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let mut writer = DeadlineWriter::new(&mut *sock, deadline);
-
-    let negotiated = handshake::negotiate(&mut reader, &mut writer, ctx);
-    match negotiated {
-        Ok(Some(neg)) => {
-            // Idle clients are fine once connected.
-            let cleared = writer
-                .clear_deadline()
-                .and_then(|()| reader.get_mut().clear_deadline());
-            if let Err(e) = cleared {
-                warn!(peer, error = %e, "cannot clear the handshake timeout");
-                return;
-            }
+    match negotiate(ctx, sock, peer, deadline) {
+        Ok(Some((neg, mut reader, sock))) => {
             on_established();
             info!(
                 peer,
                 size = neg.size,
                 flags = neg.flags,
                 structured = neg.structured,
+                extended = neg.extended,
+                tls = ctx.tls.is_some(),
                 block_status = neg.meta_context.is_some(),
                 "negotiation complete"
             );
@@ -455,4 +442,64 @@ fn run_connection(
         },
     }
     info!(peer, "client disconnected");
+}
+
+/// A connection's reader once negotiated: buffered, on the plain or TLS socket.
+type ConnReader = BufReader<DeadlineReader>;
+
+/// A negotiated connection: what was agreed, its reader, and its (plain or TLS) socket.
+type Established = (handshake::Negotiated, ConnReader, Box<dyn Socket>);
+
+/// Greeting, options, and TLS when configured. `Ok(None)`: the client aborted.
+fn negotiate(
+    ctx: &ExportCtx,
+    mut sock: Box<dyn Socket>,
+    peer: &str,
+    deadline: Instant,
+) -> io::Result<Option<Established>> {
+    let mut reader = BufReader::with_capacity(
+        READ_BUFFER,
+        DeadlineReader::new(sock.try_clone_box()?, Some(deadline)),
+    );
+    let mut writer = DeadlineWriter::new(&mut *sock, deadline);
+    let no_zeroes = handshake::greet(&mut reader, &mut writer)?;
+    let mut outcome =
+        handshake::options(&mut reader, &mut writer, ctx, no_zeroes, ctx.tls.is_some())?;
+    if matches!(outcome, handshake::Outcome::StartTls) {
+        let Some(tls_config) = &ctx.tls else {
+            return Err(io::Error::other("STARTTLS acknowledged without TLS"));
+        };
+        // The client must wait for the STARTTLS reply before its ClientHello, so nothing
+        // may be buffered yet; if something is, it is not following the protocol.
+        if !reader.buffer().is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "data sent before the STARTTLS reply",
+            ));
+        }
+        // The plain reader and writer end here (the writer's borrow of `sock` with it).
+        drop(reader);
+        let tls_sock: Box<dyn Socket> = Box::new(tls::accept(sock, tls_config, deadline)?);
+        debug!(peer, "TLS established");
+        sock = tls_sock;
+        reader = BufReader::with_capacity(
+            READ_BUFFER,
+            DeadlineReader::new(sock.try_clone_box()?, Some(deadline)),
+        );
+        let mut writer = DeadlineWriter::new(&mut *sock, deadline);
+        outcome = handshake::options(&mut reader, &mut writer, ctx, no_zeroes, false)?;
+        writer.clear_deadline()?;
+    } else {
+        writer.clear_deadline()?;
+    }
+    match outcome {
+        handshake::Outcome::Transmit(neg) => {
+            // Idle clients are fine once connected.
+            reader.get_mut().clear_deadline()?;
+            Ok(Some((neg, reader, sock)))
+        }
+        handshake::Outcome::Abort => Ok(None),
+        // Only acknowledged when TLS is configured, which is handled above.
+        handshake::Outcome::StartTls => Err(io::Error::other("STARTTLS without TLS")),
+    }
 }

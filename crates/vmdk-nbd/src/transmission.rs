@@ -237,8 +237,8 @@ pub(crate) fn serve<R: Read>(
     result
 }
 
-/// Read a request header; `Ok(false)` on a clean EOF between requests.
-fn read_header<R: Read>(r: &mut R, buf: &mut [u8; REQUEST_LEN]) -> io::Result<bool> {
+/// Read a request header (the whole of `buf`); `Ok(false)` on a clean EOF between requests.
+fn read_header<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
@@ -258,15 +258,20 @@ impl Conn<'_> {
             if self.broken.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let mut hdr = [0u8; REQUEST_LEN];
-            if !read_header(r, &mut hdr)? {
+            let mut hdr_buf = [0u8; EXTENDED_REQUEST_LEN];
+            let hdr = if self.neg.extended {
+                &mut hdr_buf[..]
+            } else {
+                &mut hdr_buf[..REQUEST_LEN]
+            };
+            if !read_header(r, hdr)? {
                 debug!(
                     peer = self.peer,
                     "client closed the connection without NBD_CMD_DISC"
                 );
                 return Ok(());
             }
-            let req = match decode_request(&hdr) {
+            let req = match decode_request(hdr, self.neg.extended) {
                 Ok(req) => req,
                 Err(e) => {
                     // Without a valid header we cannot find the next request.
@@ -286,10 +291,15 @@ impl Conn<'_> {
 
             let mut payload = Vec::new();
             let mut cost = 0;
+            // With extended headers any command may carry a payload (PAYLOAD_LEN); WRITE
+            // always does. Other commands take none here, so theirs is read and dropped
+            // and the command fails on the flag, keeping the stream in step.
+            let has_payload = req.command == CMD_WRITE
+                || (self.neg.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0);
             match req.command {
                 CMD_DISC => return Ok(()),
-                CMD_WRITE => {
-                    if req.length > MAX_PAYLOAD {
+                _ if has_payload => {
+                    if req.length > u64::from(MAX_PAYLOAD) {
                         // The payload follows the header and we refuse to
                         // buffer it, so the stream cannot be resynchronised.
                         warn!(
@@ -302,7 +312,7 @@ impl Conn<'_> {
                             "write payload too large",
                         ));
                     }
-                    cost = u64::from(req.length);
+                    cost = req.length;
                     self.budget.acquire(cost);
                     payload = vec![0u8; req.length as usize];
                     if let Err(e) = r.read_exact(&mut payload) {
@@ -311,8 +321,8 @@ impl Conn<'_> {
                     }
                 }
                 // Oversized reads are rejected by the worker without allocating.
-                CMD_READ if req.length <= MAX_PAYLOAD => {
-                    cost = u64::from(req.length);
+                CMD_READ if req.length <= u64::from(MAX_PAYLOAD) => {
+                    cost = req.length;
                     self.budget.acquire(cost);
                 }
                 _ => {}
@@ -378,6 +388,8 @@ impl Conn<'_> {
         drop(job.payload);
         match result {
             Ok(Some(reply)) => self.send(&reply),
+            // Extended headers have no simple replies.
+            Ok(None) if self.neg.extended => self.send(&self.chunks(&req).none()),
             Ok(None) => self.send(&encode_simple_reply(req.handle, 0)),
             Err(e) => {
                 debug!(
@@ -391,11 +403,20 @@ impl Conn<'_> {
                 // Structured errors carry a message; a READ must not get a
                 // simple reply once structured replies are on.
                 if self.neg.structured {
-                    self.send(&encode_error_chunk(req.handle, e.errno, &e.msg));
+                    self.send(&self.chunks(&req).error(e.errno, &e.msg));
                 } else {
                     self.send(&encode_simple_reply(req.handle, e.errno));
                 }
             }
+        }
+    }
+
+    /// The reply chunks of `req` in the negotiated form.
+    fn chunks(&self, req: &Request) -> Chunks {
+        Chunks {
+            extended: self.neg.extended,
+            handle: req.handle,
+            offset: req.offset,
         }
     }
 
@@ -413,7 +434,7 @@ impl Conn<'_> {
     }
 
     fn check_range(&self, req: &Request, errno: u32) -> Result<(), CmdError> {
-        let end = req.offset.checked_add(u64::from(req.length));
+        let end = req.offset.checked_add(req.length);
         match end {
             Some(end) if end <= self.neg.size => Ok(()),
             _ => Err(CmdError::new(
@@ -451,7 +472,7 @@ impl Conn<'_> {
             allowed |= CMD_FLAG_DF;
         }
         self.check_flags(req, allowed)?;
-        if req.length > MAX_PAYLOAD {
+        if req.length > u64::from(MAX_PAYLOAD) {
             return Err(CmdError::new(
                 EINVAL,
                 format!(
@@ -482,10 +503,11 @@ impl Conn<'_> {
     }
 
     fn read_structured(&self, req: &Request) -> CmdResult {
+        let chunks = self.chunks(req);
         if req.length == 0 {
-            return Ok(Some(encode_none_chunk(req.handle)));
+            return Ok(Some(chunks.none()));
         }
-        let len = u64::from(req.length);
+        let len = req.length;
         let mut segs = self.classify(req.offset, len);
         if req.flags & CMD_FLAG_DF != 0 && segs.len() > 1 {
             // "Don't fragment": one content chunk, zeroes sent explicitly.
@@ -498,7 +520,7 @@ impl Conn<'_> {
 
         let data_bytes: u64 = segs.iter().filter(|s| !s.hole).map(|s| s.len).sum();
         let mut out =
-            Vec::with_capacity(segs.len() * (STRUCTURED_HEADER_LEN + 12) + data_bytes as usize);
+            Vec::with_capacity(segs.len() * (chunks.header_len() + 12) + data_bytes as usize);
         let last = segs.len() - 1;
         for (i, seg) in segs.iter().enumerate() {
             // Everything is read before sending, so the last content chunk
@@ -506,15 +528,9 @@ impl Conn<'_> {
             let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
             // Segments lie within the request, so lengths fit in u32.
             if seg.hole {
-                put_hole_chunk(&mut out, flags, req.handle, seg.offset, seg.len as u32);
+                chunks.hole(&mut out, flags, seg.offset, seg.len as u32);
             } else {
-                put_structured_header(
-                    &mut out,
-                    flags,
-                    REPLY_TYPE_OFFSET_DATA,
-                    req.handle,
-                    8 + seg.len as u32,
-                );
+                chunks.header(&mut out, flags, REPLY_TYPE_OFFSET_DATA, 8 + seg.len);
                 out.extend_from_slice(&seg.offset.to_be_bytes());
                 let start = out.len();
                 out.resize(start + seg.len as usize, 0);
@@ -565,7 +581,11 @@ impl Conn<'_> {
     }
 
     fn cmd_write(&self, req: &Request, data: &[u8]) -> CmdResult {
-        self.check_flags(req, CMD_FLAG_FUA)?;
+        let mut allowed = CMD_FLAG_FUA;
+        if self.neg.extended {
+            allowed |= CMD_FLAG_PAYLOAD_LEN;
+        }
+        self.check_flags(req, allowed)?;
         self.check_writable()?;
         self.check_range(req, ENOSPC)?;
         if !data.is_empty() {
@@ -602,7 +622,7 @@ impl Conn<'_> {
             self.dirty.store(true, Ordering::Relaxed);
             self.ctx
                 .export
-                .trim(req.offset, u64::from(req.length))
+                .trim(req.offset, req.length)
                 .map_err(|e| CmdError::io("trim", &e))?;
         }
         self.flush_if_fua(req)?;
@@ -625,7 +645,7 @@ impl Conn<'_> {
             let may_trim = req.flags & CMD_FLAG_NO_HOLE == 0;
             self.ctx
                 .export
-                .write_zeroes(req.offset, u64::from(req.length), may_trim)
+                .write_zeroes(req.offset, req.length, may_trim)
                 .map_err(|e| CmdError::io("write zeroes", &e))?;
         }
         self.flush_if_fua(req)?;
@@ -645,14 +665,14 @@ impl Conn<'_> {
         let extents = self
             .ctx
             .export
-            .block_status(req.offset, u64::from(req.length))
+            .block_status(req.offset, req.length)
             .map_err(|e| CmdError::io("block status", &e))?;
 
-        // Clip to the request (always required for REQ_ONE, and keeps every
-        // descriptor length within u32) and merge equal neighbours.
-        let end = req.offset + u64::from(req.length);
+        // Clip to the request (always required for REQ_ONE; without extended headers the
+        // request, and so every descriptor, is below 4 GiB) and merge equal neighbours.
+        let end = req.offset + req.length;
         let mut pos = req.offset;
-        let mut descs: Vec<(u32, u32)> = Vec::new();
+        let mut descs: Vec<(u64, u32)> = Vec::new();
         for e in extents {
             if e.length == 0 || pos >= end {
                 break;
@@ -661,8 +681,8 @@ impl Conn<'_> {
             let flags =
                 (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
             match descs.last_mut() {
-                Some(last) if last.1 == flags => last.0 += l as u32,
-                _ => descs.push((l as u32, flags)),
+                Some(last) if last.1 == flags => last.0 += l,
+                _ => descs.push((l, flags)),
             }
             pos += l;
         }
@@ -672,9 +692,7 @@ impl Conn<'_> {
         if req_one {
             descs.truncate(1);
         }
-        Ok(Some(encode_block_status_chunk(
-            req.handle, context_id, &descs,
-        )))
+        Ok(Some(self.chunks(req).block_status(context_id, &descs)))
     }
 }
 

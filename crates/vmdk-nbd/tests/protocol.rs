@@ -40,7 +40,7 @@ fn option_negotiation() {
 
     // Unsupported / refused options.
     assert_eq!(c.option(OPT_STARTTLS, &[])[0].0, REP_ERR_POLICY);
-    assert_eq!(c.option(OPT_EXTENDED_HEADERS, &[])[0].0, REP_ERR_UNSUP);
+    assert_eq!(c.option(OPT_EXTENDED_HEADERS, b"x")[0].0, REP_ERR_INVALID);
     assert_eq!(c.option(0x1234, b"whatever")[0].0, REP_ERR_UNSUP);
 
     // INFO for an unknown export, then a malformed one.

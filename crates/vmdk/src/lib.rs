@@ -23,6 +23,8 @@ pub mod commit;
 pub mod convert;
 pub mod create;
 pub mod error;
+#[cfg(feature = "nbd")]
+pub mod export;
 pub mod extent;
 pub mod format;
 pub mod image;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vmdk::{Image, MapTarget};
-use vmdk_nbd::{BlockExport, BlockStatus, Server, ServerConfig};
+use vmdk::export::{open_for_export, ImageExport};
+use vmdk_nbd::{Server, ServerConfig, TlsConfig};
 
 use crate::opts::OpenArgs;
 
@@ -49,77 +49,17 @@ pub struct Args {
     /// Flush data before the metadata that points at it (slower, power-cut safe).
     #[arg(long)]
     pub durable: bool,
+    /// Define an object, as qemu-nbd: only `tls-creds-x509,id=ID,dir=DIR,endpoint=server`
+    /// (`verify-peer=on|off`, default on: clients need a certificate from DIR's CA).
+    #[arg(long, value_name = "PROPERTIES")]
+    pub object: Vec<String>,
+    /// Require TLS with the credentials object ID (see --object).
+    #[arg(long, value_name = "ID")]
+    pub tls_creds: Option<String>,
     #[command(flatten)]
     pub open: OpenArgs,
     /// The image to export.
     pub image: PathBuf,
-}
-
-/// Map entries one block-status request looks at, at most.
-const BLOCK_STATUS_ENTRIES: usize = 4096;
-
-/// An opened image as an NBD export.
-struct ImageExport {
-    image: Arc<Image>,
-}
-
-fn io_err(e: vmdk::Error) -> std::io::Error {
-    e.into()
-}
-
-impl BlockExport for ImageExport {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.image.read_at(buf, offset).map_err(io_err)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.image.write_at(buf, offset).map_err(io_err)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.image.flush().map_err(io_err)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> std::io::Result<()> {
-        self.image
-            .write_zeroes(offset, len, may_trim)
-            .map_err(io_err)
-    }
-    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.image.discard(offset, len).map_err(io_err)
-    }
-    fn can_trim(&self) -> bool {
-        self.image.can_discard()
-    }
-    fn is_read_only(&self) -> bool {
-        !self.image.is_writable()
-    }
-    fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
-        // Bound the work per request by entries, not bytes (a huge zero stretch is one
-        // step); the client asks again for the rest.
-        let len = len.min(self.image.size().saturating_sub(offset));
-        let mut out: Vec<BlockStatus> = Vec::new();
-        for e in self
-            .image
-            .map_prefix(offset, len, BLOCK_STATUS_ENTRIES)
-            .map_err(io_err)?
-        {
-            // As qemu-nbd: a hole is anything that is not data; zeros are flagged as such.
-            let (hole, zero) = match e.target {
-                MapTarget::Data { .. } | MapTarget::Compressed { .. } => (false, false),
-                MapTarget::Zero | MapTarget::Unallocated => (true, true),
-            };
-            match out.last_mut() {
-                Some(last) if last.hole == hole && last.zero == zero => last.length += e.length,
-                _ => out.push(BlockStatus {
-                    length: e.length,
-                    hole,
-                    zero,
-                }),
-            }
-        }
-        Ok(out)
-    }
 }
 
 enum Listener {
@@ -136,6 +76,75 @@ fn tcp_address(bind: Option<&str>, port: Option<u16>) -> String {
         Some(b) if b.contains(':') && !b.starts_with('[') => format!("[{b}]:{port}"),
         Some(b) => format!("{b}:{port}"),
     }
+}
+
+/// A `tls-creds-x509` object of `--object`, as qemu takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsCredsX509 {
+    id: String,
+    dir: PathBuf,
+    verify_peer: bool,
+}
+
+/// qemu's boolean property values.
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
+    }
+}
+
+/// Parse one `--object TYPE,key=value,...`; only TLS credentials are objects here.
+fn parse_object(spec: &str) -> Result<TlsCredsX509> {
+    let mut parts = spec.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let kind = kind.strip_prefix("qom-type=").unwrap_or(kind);
+    if kind != "tls-creds-x509" {
+        bail!("--object '{spec}': only tls-creds-x509 objects are supported");
+    }
+    let (mut id, mut dir, mut endpoint, mut verify_peer) = (None, None, None, true);
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .with_context(|| format!("--object '{spec}': '{part}' is not key=value"))?;
+        match key {
+            "id" => id = Some(value.to_string()),
+            "dir" => dir = Some(PathBuf::from(value)),
+            "endpoint" => endpoint = Some(value.to_string()),
+            "verify-peer" => verify_peer = parse_bool(key, value)?,
+            _ => bail!("--object '{spec}': property '{key}' is not supported"),
+        }
+    }
+    let id = id.with_context(|| format!("--object '{spec}': Parameter 'id' is missing"))?;
+    let dir = dir.with_context(|| format!("--object '{spec}': Parameter 'dir' is missing"))?;
+    // qemu's default endpoint is client; qemu-nbd refuses it.
+    if endpoint.as_deref() != Some("server") {
+        bail!("Expecting TLS credentials with a server endpoint (object '{id}')");
+    }
+    Ok(TlsCredsX509 {
+        id,
+        dir,
+        verify_peer,
+    })
+}
+
+/// The TLS configuration `--object`/`--tls-creds` ask for, if any.
+fn tls_config(objects: &[String], creds: Option<&str>) -> Result<Option<TlsConfig>> {
+    let objects = objects
+        .iter()
+        .map(|o| parse_object(o))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(id) = creds else {
+        return Ok(None);
+    };
+    let obj = objects
+        .iter()
+        .find(|o| o.id == id)
+        .with_context(|| format!("No TLS credentials with id '{id}'"))?;
+    let config = TlsConfig::from_x509_dir(&obj.dir, obj.verify_peer)
+        .with_context(|| format!("loading TLS credentials '{id}'"))?;
+    Ok(Some(config))
 }
 
 /// A file holding the server's process ID, removed when the server exits.
@@ -161,27 +170,20 @@ pub fn run(args: Args) -> Result<u8> {
     if args.format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("only vmdk images can be served (-f vmdk)");
     }
+    // Credentials are checked before the image is opened (and locked).
+    let tls = tls_config(&args.object, args.tls_creds.as_deref())?;
     let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
-    let image = match opts.open(&args.image) {
-        // Like qemu's auto-read-only: an image that cannot be written (seSparse, VMware
-        // stream layout, version 3) is still worth serving.
-        Err(e) if writable && e.kind() == vmdk::ErrorKind::ReadOnly => {
-            tracing::warn!("{e}; exporting read-only");
-            opts.writable(false).open(&args.image)
-        }
-        r => r,
-    }
-    .with_context(|| format!("Could not open '{}'", args.image.display()))?;
-    let export = Arc::new(ImageExport {
-        image: Arc::new(image),
-    });
+    let image = open_for_export(&opts, &args.image)
+        .with_context(|| format!("Could not open '{}'", args.image.display()))?;
+    let export = Arc::new(ImageExport::new(Arc::new(image)));
     let config = ServerConfig {
         export_name: args.export_name.clone(),
         description: args.description.clone(),
         read_only: args.read_only,
         max_clients: args.shared.max(1),
         persistent: args.persistent,
+        tls,
         ..ServerConfig::default()
     };
     // Listen before going to the background, so that once the command returns clients can
@@ -238,6 +240,40 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Listener::Tcp(l) => server.serve_tcp(l).context("serving")?,
     }
-    export.image.flush().context("flushing the image")?;
+    export.image().flush().context("flushing the image")?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_parse_as_qemu_takes_them() {
+        let o = parse_object("tls-creds-x509,id=tls0,dir=/d,endpoint=server").unwrap();
+        assert_eq!(
+            o,
+            TlsCredsX509 {
+                id: "tls0".into(),
+                dir: "/d".into(),
+                verify_peer: true
+            }
+        );
+        let o = parse_object("tls-creds-x509,id=t,endpoint=server,dir=/d,verify-peer=off");
+        assert!(!o.unwrap().verify_peer);
+        for bad in [
+            "tls-creds-x509,id=t,dir=/d",
+            "tls-creds-x509,id=t,dir=/d,endpoint=client",
+            "tls-creds-psk,id=t,dir=/d,endpoint=server",
+            "tls-creds-x509,dir=/d,endpoint=server",
+            "tls-creds-x509,id=t,endpoint=server",
+            "tls-creds-x509,id=t,dir=/d,endpoint=server,verify-peer=maybe",
+            "tls-creds-x509,id=t,dir=/d,endpoint=server,priority=NORMAL",
+        ] {
+            assert!(parse_object(bad).is_err(), "{bad}");
+        }
+        let err = tls_config(&[], Some("tls0")).unwrap_err().to_string();
+        assert!(err.contains("tls0"), "{err}");
+        assert!(tls_config(&[], None).unwrap().is_none());
+    }
 }

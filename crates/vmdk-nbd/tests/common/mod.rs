@@ -406,6 +406,8 @@ pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_MAGIC: u32 = 0x6744_6698;
 pub const STRUCTURED_MAGIC: u32 = 0x668e_33ef;
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+pub const EXTENDED_MAGIC: u32 = 0x6e8a_278c;
 
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
@@ -427,6 +429,8 @@ pub const REP_ERR_POLICY: u32 = 0x8000_0002;
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
 pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 pub const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
+pub const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
+pub const REP_ERR_EXT_HEADER_REQD: u32 = 0x8000_000a;
 
 pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
@@ -441,6 +445,7 @@ pub const FLAG_FUA: u16 = 1;
 pub const FLAG_NO_HOLE: u16 = 2;
 pub const FLAG_DF: u16 = 4;
 pub const FLAG_REQ_ONE: u16 = 8;
+pub const FLAG_PAYLOAD_LEN: u16 = 32;
 
 pub const TF_HAS_FLAGS: u16 = 1;
 pub const TF_READ_ONLY: u16 = 2;
@@ -455,18 +460,21 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_BLOCK_STATUS_EXT: u16 = 6;
 pub const REPLY_TYPE_ERROR: u16 = 0x8001;
 
 pub const EPERM: u32 = 1;
 pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 
-/// One structured reply chunk.
+/// One structured (or extended) reply chunk.
 #[derive(Debug)]
 pub struct Chunk {
     pub flags: u16,
     pub ty: u16,
     pub handle: u64,
+    /// The request offset an extended chunk echoes (`None` for structured chunks).
+    pub offset: Option<u64>,
     pub payload: Vec<u8>,
 }
 
@@ -604,6 +612,27 @@ impl RawClient {
             .unwrap();
     }
 
+    /// An extended request (32-byte header, 64-bit length) followed by `payload`.
+    pub fn ext_request(
+        &mut self,
+        flags: u16,
+        cmd: u16,
+        handle: u64,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+    ) {
+        let mut b = Vec::with_capacity(32 + payload.len());
+        b.extend_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&cmd.to_be_bytes());
+        b.extend_from_slice(&handle.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(payload);
+        self.s.write_all(&b).unwrap();
+    }
+
     pub fn write_req(&mut self, flags: u16, handle: u64, offset: u64, data: &[u8]) {
         let mut b = request_bytes(flags, CMD_WRITE, handle, offset, data.len() as u32);
         b.extend_from_slice(data);
@@ -628,6 +657,19 @@ impl RawClient {
                     flags: be16(&h[0..2]),
                     ty: be16(&h[2..4]),
                     handle: be64(&h[4..12]),
+                    offset: None,
+                    payload: self.read_n(len),
+                })
+            }
+            EXTENDED_MAGIC => {
+                let h = self.read_n(28);
+                let len = be64(&h[20..28]) as usize;
+                assert!(len <= 64 << 20, "absurd chunk length {len}");
+                Reply::Chunk(Chunk {
+                    flags: be16(&h[0..2]),
+                    ty: be16(&h[2..4]),
+                    handle: be64(&h[4..12]),
+                    offset: Some(be64(&h[12..20])),
                     payload: self.read_n(len),
                 })
             }
