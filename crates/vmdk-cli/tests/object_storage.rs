@@ -482,3 +482,405 @@ fn wrong_credentials_are_a_clear_error() {
     assert!(r.stderr.contains("access denied"), "{}", r.stderr);
     assert_eq!(r.code, 1, "{}", r.stderr);
 }
+
+/// `vmdk ARGS` with no AWS settings in the environment but `env` (HOME, AWS_PROFILE, ...):
+/// whatever else it needs must come from the shared config files.
+fn vmdk_profile(env: &[(&str, String)], args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmdk"));
+    c.args(args).env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    // No instance metadata service to wait for when a profile gives nothing.
+    c.env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = c
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("spawning vmdk");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn credentials_region_and_endpoint_come_from_aws_profiles() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("prof");
+    let tmp = tempdir();
+    let img = qemu_create(tmp.path(), "a.vmdk", "16M", &[]);
+    qemu_io(&img, &["write -P 0x3c 1M 2M"]);
+    let want = qemu_raw(&img, &tmp.path().join("ref.raw"));
+
+    // The default profile of ~/.aws, in a HOME of the test's own.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[default]\nregion = us-east-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".aws/credentials"),
+        "[default]\naws_access_key_id = profilekey\naws_secret_access_key = profilesecret\n",
+    )
+    .unwrap();
+    let env = [("HOME", s(&home))];
+    vmdk_profile(
+        &env,
+        &[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            &s(&img),
+            "s3://prof/a.vmdk",
+        ],
+    )
+    .expect(0, "upload with the default profile");
+    let out = tmp.path().join("out.raw");
+    vmdk_profile(
+        &env,
+        &["convert", "-O", "raw", "s3://prof/a.vmdk", &s(&out)],
+    )
+    .expect(0, "download with the default profile");
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "default profile: data differs"
+    );
+    // Without the files, the same command has no credentials: the profile gave them.
+    let r = vmdk_profile(
+        &[("HOME", s(&tmp.path().join("nohome")))],
+        &["info", "s3://prof/a.vmdk"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+
+    // A named profile in files named by AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE.
+    let (cfg, cred) = (tmp.path().join("cfg"), tmp.path().join("cred"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profile vm]\nregion = eu-west-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &cred,
+        "[vm]\naws_access_key_id = vmkey\naws_secret_access_key = vmsecret\n",
+    )
+    .unwrap();
+    let env = [
+        ("HOME", s(&tmp.path().join("nohome"))),
+        ("AWS_PROFILE", "vm".to_string()),
+        ("AWS_CONFIG_FILE", s(&cfg)),
+        ("AWS_SHARED_CREDENTIALS_FILE", s(&cred)),
+    ];
+    let i = vmdk_profile(&env, &["info", "--output", "json", "s3://prof/a.vmdk"]);
+    assert_eq!(i.json()["virtual-size"], 16 << 20);
+    i.expect(0, "info with AWS_PROFILE=vm");
+
+    // A profile the files do not hold.
+    let mut env2 = env.clone();
+    env2[1].1 = "nope".into();
+    let r = vmdk_profile(&env2, &["info", "s3://prof/a.vmdk"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\"nope\"")
+            && r.stderr.contains("AWS_PROFILE")
+            && r.stderr.contains("vm"),
+        "{}",
+        r.stderr
+    );
+
+    // credential_process (run by the SDK's provider), and a role chain, which needs STS.
+    std::fs::write(
+        &cred,
+        "[vm]\ncredential_process = echo '{\"Version\": 1, \"AccessKeyId\": \"pk\", \
+         \"SecretAccessKey\": \"ps\"}'\n[role]\nrole_arn = arn:aws:iam::1:role/r\n\
+         source_profile = vm\n",
+    )
+    .unwrap();
+    vmdk_profile(&env, &["info", "s3://prof/a.vmdk"]).expect(0, "credential_process");
+    let mut env3 = env.clone();
+    env3[1].1 = "role".into();
+    let r = vmdk_profile(&env3, &["info", "s3://prof/a.vmdk"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("role_arn") && r.stderr.contains("export"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(
+        &cred,
+        "[vm]\naws_access_key_id = vmkey\naws_secret_access_key = vmsecret\n",
+    )
+    .unwrap();
+
+    // Wrong keys in the profile, against a server that checks them: access denied.
+    let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    std::fs::write(
+        &cfg,
+        format!(
+            "[profile vm]\nregion = us-east-1\nendpoint_url = {}\n",
+            strict.endpoint()
+        ),
+    )
+    .unwrap();
+    let r = vmdk_profile(&env, &["info", "s3://prof/a.vmdk"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("access denied") && r.stderr.contains("AWS_PROFILE"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Bytes of incompressible data (so archives span several upload parts).
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u32 ^ seed).wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
+/// `bytes` of an OVA with what differs between two `ova create` runs of the same disks
+/// masked: tar mtimes and checksums, the disks' CIDs and UUIDs, the manifest's digests.
+fn mask_ova(bytes: &[u8]) -> Vec<u8> {
+    let mut b = mask_random(bytes.to_vec());
+    let mut at = 0usize;
+    while at + 512 <= b.len() && b[at] != 0 {
+        let size = std::str::from_utf8(&b[at + 124..at + 136])
+            .unwrap()
+            .trim_matches(|c: char| c == '\0' || c == ' ');
+        let size = u64::from_str_radix(size, 8).unwrap() as usize;
+        b[at + 136..at + 156].fill(b'#');
+        let name = String::from_utf8_lossy(&b[at..at + 100]).into_owned();
+        if name.trim_end_matches('\0').ends_with(".mf") {
+            for byte in &mut b[at + 512..at + 512 + size] {
+                if byte.is_ascii_hexdigit() {
+                    *byte = b'#';
+                }
+            }
+        }
+        at += 512 + size.next_multiple_of(512);
+    }
+    b
+}
+
+#[test]
+fn remote_ovas_read_in_place_and_ova_create_uploads_to_s3() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("ova");
+    let env = moto.env();
+    let tmp = tempdir();
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    // Two disks, with incompressible data: the archive is three upload parts or more, the
+    // second disk's header lying inside one of them.
+    let mut d = Vec::new();
+    for (i, (size, mib)) in [(32usize, 11usize), (24, 6)].into_iter().enumerate() {
+        let mut raw = vec![0u8; size << 20];
+        raw[1 << 20..(1 + mib) << 20].copy_from_slice(&noise(mib << 20, i as u32));
+        raw[(size - 2) << 20..].fill(0x5a + i as u8);
+        let r = tmp.path().join(format!("d{i}.raw"));
+        std::fs::write(&r, &raw).unwrap();
+        let v = tmp.path().join(format!("d{i}.vmdk"));
+        qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&r), &s(&v)]);
+        d.push((r, v));
+    }
+    let local = www.join("app.ova");
+    vmdk_env(
+        &env,
+        &["ova", "create", "-o", &s(&local), &s(&d[0].1), &s(&d[1].1)],
+    )
+    .expect(0, "local ova create");
+    moto.put("ova", "in/app.ova", &std::fs::read(&local).unwrap());
+    let nginx = Nginx::start(&www);
+    let here_info = vmdk_env(&env, &["ova", "info", "--output", "json", &s(&local)]).json();
+
+    for url in ["s3://ova/in/app.ova".to_string(), nginx.url("app.ova")] {
+        // ova info: the same report, every digest checked.
+        let r = vmdk_env(&env, &["ova", "info", "--output", "json", &url]);
+        let info = r.json();
+        r.expect(0, &format!("ova info {url}"));
+        assert_eq!(info, here_info, "ova info of {url}");
+        // The bare archive is its first disk; members by name.
+        let i = vmdk_env(&env, &["info", "--output", "json", &url]);
+        assert_eq!(i.json()["virtual-size"], 32 << 20, "{url}");
+        i.expect(0, &format!("info {url}"));
+        for (n, (raw, _)) in d.iter().enumerate() {
+            let member = format!("{url}/app-disk{}.vmdk", n + 1);
+            let out = tmp.path().join("m.raw");
+            vmdk_env(&env, &["convert", "-O", "raw", &member, &s(&out)])
+                .expect(0, &format!("convert {member}"));
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(raw).unwrap(),
+                "{member}: data differs"
+            );
+            let want = tmp.path().join("l.raw");
+            let lm = format!("{}/app-disk{}.vmdk", s(&local), n + 1);
+            vmdk_env(&env, &["convert", "-O", "raw", &lm, &s(&want)]).expect(0, "local member");
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(&want).unwrap());
+            let c = vmdk_env(&env, &["compare", &member, &s(raw)]);
+            assert_eq!(c.stdout.trim(), "Images are identical.", "{}", c.stderr);
+        }
+        let r = vmdk_env(&env, &["info", &format!("{url}/nothing.vmdk")]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("no member"), "{}", r.stderr);
+    }
+
+    // ova create straight into S3: the same archive as the local one (but for what differs
+    // in every run), which qemu and our reader accept, and no upload left open.
+    let r = vmdk_env(
+        &env,
+        &[
+            "ova",
+            "create",
+            "-o",
+            "s3://ova/out/app.ova",
+            &s(&d[0].1),
+            &s(&d[1].1),
+        ],
+    );
+    r.expect(0, "ova create to s3");
+    assert_eq!(moto.open_uploads("ova"), 0);
+    let got = moto.get("ova", "out/app.ova");
+    let here = std::fs::read(&local).unwrap();
+    assert_eq!(got.len(), here.len(), "uploaded OVA length");
+    let (a, b) = (mask_ova(&got), mask_ova(&here));
+    assert_eq!(
+        a.iter().zip(&b).position(|(x, y)| x != y),
+        None,
+        "the uploaded OVA differs from the local one"
+    );
+    let dl = tmp.path().join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    std::fs::write(dl.join("app.ova"), &got).unwrap();
+    let r = vmdk_env(
+        &env,
+        &["ova", "info", "--output", "json", &s(&dl.join("app.ova"))],
+    );
+    let info = r.json();
+    r.expect(0, "ova info of the uploaded OVA");
+    assert!(info["digests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["status"] == "ok"));
+    let st = Command::new("tar")
+        .args(["-xf", "app.ova"])
+        .current_dir(&dl)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (n, (raw, _)) in d.iter().enumerate() {
+        let disk = dl.join(format!("app-disk{}.vmdk", n + 1));
+        let c = qemu_img(&["check", &s(&disk)]);
+        assert!(c.contains("No errors were found"), "{c}");
+        qemu_img(&["compare", "-f", "vmdk", "-F", "raw", &s(&disk), &s(raw)]);
+    }
+
+    // Killed mid-way (its source's server dies): the upload is aborted, nothing is left.
+    let src = www.join("big.raw");
+    std::fs::write(&src, noise(48 << 20, 9)).unwrap();
+    let mut env = moto.env();
+    env.push(("VMDK_OBJECT_BLOCK_KIB".into(), "64".into()));
+    env.push(("VMDK_OBJECT_REQUESTS".into(), "1".into()));
+    env.push(("VMDK_OBJECT_RETRIES".into(), "1".into()));
+    env.push(("VMDK_OBJECT_RETRY_TIMEOUT_SECS".into(), "2".into()));
+    let mut nginx = nginx;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmdk"))
+        .args([
+            "ova",
+            "create",
+            "-m",
+            "1",
+            "-f",
+            "raw",
+            "-o",
+            "s3://ova/out/bad.ova",
+        ])
+        .arg(nginx.url("big.raw"))
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while moto.open_uploads("ova") == 0 || moto.logged_requests() < 4 {
+        assert!(t.elapsed().as_secs() < 60, "the upload never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ova create ended too soon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nginx.kill();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        moto.open_uploads("ova"),
+        0,
+        "a failed upload left its parts"
+    );
+    assert!(!moto.exists("ova", "out/bad.ova"));
+}
+
+#[test]
+fn remote_info_shows_the_protocol_as_qemu_does() {
+    let tmp = tempdir();
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let img = qemu_create(&www, "a.vmdk", "64M", &[]);
+    qemu_io(&img, &["write -P 1 1M 2M"]);
+    std::fs::write(www.join("r.raw"), vec![3u8; 1 << 20]).unwrap();
+    let nginx = Nginx::start(&www);
+    for name in ["a.vmdk", "r.raw"] {
+        let url = nginx.url(name);
+        let ours = vmdk_env(&[], &["info", "--output", "json", &url]).json();
+        let out = Command::new("qemu-img")
+            .args(["info", "--output", "json", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // qemu-img reads through its curl driver (qemu-block-extra); the child node and
+        // the absent allocation must agree.
+        assert_eq!(ours["children"], theirs["children"], "{name}: children");
+        assert_eq!(ours.get("actual-size"), None, "{name}");
+        let human = vmdk_env(&[], &["info", &url]).expect(0, name);
+        let qh = String::from_utf8_lossy(
+            &Command::new("qemu-img")
+                .args(["info", &url])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        for line in [
+            "disk size: unavailable",
+            "protocol type: http",
+            "file length:",
+        ] {
+            let pick = |t: &str| {
+                t.lines()
+                    .filter(|l| l.contains(line))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(pick(&human), pick(&qh), "{name}: {line}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
 };
 use object_store::http::HttpBuilder;
+use object_store::multipart::MultipartStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use vmdk::{Error, ErrorKind, Result};
 
@@ -107,23 +108,50 @@ impl HttpConnector for CountingConnector {
     }
 }
 
+/// A store, and the same store's part-by-index upload interface where it has one (S3).
+#[derive(Clone)]
+struct Built {
+    store: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built").field("store", &self.store).finish()
+    }
+}
+
 /// One store per bucket (S3) or host (HTTP), made on first use and shared.
 #[derive(Debug, Default)]
 pub struct Stores {
-    map: Mutex<HashMap<(Scheme, String), Arc<dyn ObjectStore>>>,
+    map: Mutex<HashMap<(Scheme, String), Built>>,
 }
 
 impl Stores {
-    /// The store serving `name`.
-    pub fn get(&self, name: &ObjectName, cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
+    fn built(&self, name: &ObjectName, cfg: &Config) -> Result<Built> {
         let key = (name.scheme, name.authority.clone());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(&key) {
             return Ok(s.clone());
         }
-        let store = build(name, cfg)?;
-        map.insert(key, store.clone());
-        Ok(store)
+        let b = build(name, cfg)?;
+        map.insert(key, b.clone());
+        Ok(b)
+    }
+
+    /// The store serving `name`.
+    pub fn get(&self, name: &ObjectName, cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
+        Ok(self.built(name, cfg)?.store)
+    }
+
+    /// The store serving `name`, as uploads whose parts are numbered by the caller (S3
+    /// only).
+    pub fn multipart(
+        &self,
+        name: &ObjectName,
+        cfg: &Config,
+    ) -> Result<Option<Arc<dyn MultipartStore>>> {
+        Ok(self.built(name, cfg)?.multipart)
     }
 }
 
@@ -139,13 +167,29 @@ fn retry(cfg: &Config) -> RetryConfig {
     }
 }
 
-fn build(name: &ObjectName, cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
+fn build(name: &ObjectName, cfg: &Config) -> Result<Built> {
     let options = ClientOptions::new()
         .with_timeout(cfg.request_timeout)
         .with_connect_timeout(Duration::from_secs(10));
     let store: Arc<dyn ObjectStore> = match name.scheme {
         Scheme::S3 => {
             let mut b = AmazonS3Builder::from_env().with_bucket_name(&name.authority);
+            // What the environment leaves open, the shared config files' profile says.
+            let profile = runtime()
+                .block_on(crate::profile::load())
+                .map_err(|e| e.with_path(name.to_path()))?;
+            if let Some(p) = profile {
+                tracing::debug!("S3 settings from the AWS profile \"{}\"", p.name);
+                if let Some(r) = p.region {
+                    b = b.with_region(r);
+                }
+                if let Some(e) = p.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(c) = p.credentials {
+                    b = b.with_credentials(c);
+                }
+            }
             if let Some(e) = &cfg.endpoint {
                 b = b.with_endpoint(e);
             }
@@ -164,13 +208,17 @@ fn build(name: &ObjectName, cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
             } else {
                 options
             };
-            Arc::new(
+            let s3 = Arc::new(
                 b.with_client_options(options)
                     .with_retry(retry(cfg))
                     .with_http_connector(CountingConnector)
                     .build()
                     .map_err(|e| error(e, &name.to_path(), "cannot configure S3 access"))?,
-            )
+            );
+            return Ok(Built {
+                store: s3.clone(),
+                multipart: Some(s3),
+            });
         }
         Scheme::Http | Scheme::Https => {
             let scheme = if name.scheme == Scheme::Http {
@@ -189,7 +237,10 @@ fn build(name: &ObjectName, cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
             )
         }
     };
-    Ok(store)
+    Ok(Built {
+        store,
+        multipart: None,
+    })
 }
 
 /// An object-store error as the library's error, saying what to do where that is clear.
@@ -210,7 +261,8 @@ fn message(e: &object_store::Error, what: &str) -> String {
         ),
         E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => format!(
             "{what}: access denied ({source}); check the credentials in the environment \
-             (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) and \
+             (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or in the profile \
+             AWS_PROFILE selects (~/.aws/credentials, ~/.aws/config), and \
              AWS_ENDPOINT_URL / AWS_REGION"
         ),
         // No credentials in the environment: the last provider tried is the instance

@@ -10,15 +10,21 @@
 //! against it and must stay in its bucket and prefix. Stream outputs (streamOptimized VMDK,
 //! raw) become multipart uploads; random-access outputs are refused.
 //!
-//! Access comes from the standard environment and nothing else: `AWS_ENDPOINT_URL`,
-//! `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_SESSION_TOKEN`, and the rest `object_store`'s `AmazonS3Builder::from_env` reads.
+//! Access comes from the standard environment and config files and nothing else:
+//! `AWS_ENDPOINT_URL`, `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, and the rest `object_store`'s
+//! `AmazonS3Builder::from_env` reads; then the profile `AWS_PROFILE` selects (else
+//! `default`) in `~/.aws/config` and `~/.aws/credentials` (or `AWS_CONFIG_FILE`,
+//! `AWS_SHARED_CREDENTIALS_FILE`) for its `region`, `endpoint_url` and credentials, read
+//! by the AWS SDK's `aws-config`, the environment winning where both say something.
 //! An async runtime of two threads runs underneath; the storage it hands out is
 //! synchronous and thread-safe.
 
+mod append_upload;
 mod client;
 pub mod name;
 mod namespace;
+mod profile;
 mod reader;
 mod upload;
 
@@ -29,6 +35,7 @@ use std::time::Duration;
 use vmdk::namespace::{Backend, Namespace};
 use vmdk::Result;
 
+pub use append_upload::AppendUpload;
 pub use client::{stats, Stats};
 pub use namespace::ObjectNamespace;
 pub use reader::ObjectStorage;
@@ -128,9 +135,44 @@ impl ObjectBackend {
     }
 }
 
+impl ObjectBackend {
+    /// The OVA archive `name` runs through, as the host's OVA backend finds one among host
+    /// files: the shortest prefix of `name` whose last part is named `*.ova` and that is an
+    /// existing object. Names without such a part cost nothing (no request).
+    fn archive_of(&self, name: &Path) -> Result<Option<std::path::PathBuf>> {
+        let Some(s) = name.to_str() else {
+            return Ok(None);
+        };
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Ok(None);
+        };
+        let mut end = scheme.len() + 3;
+        for (i, part) in rest.split('/').enumerate() {
+            end += part.len() + usize::from(i > 0);
+            if i > 0 && vmdk::ova::is_ova_name(part) {
+                let prefix = Path::new(&s[..end]);
+                if self.ns.identity(prefix)?.is_some() {
+                    return Ok(Some(prefix.to_path_buf()));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Backend for ObjectBackend {
     fn namespace_for(&self, name: &Path) -> Result<Option<Arc<dyn Namespace>>> {
-        Ok(name::scheme_of(name).map(|_| self.ns.clone() as Arc<dyn Namespace>))
+        if name::scheme_of(name).is_none() {
+            return Ok(None);
+        }
+        // Inside a remote OVA: its members are byte ranges of the object.
+        if let Some(archive) = self.archive_of(name)? {
+            let outer = self.ns.clone() as Arc<dyn Namespace>;
+            return Ok(Some(Arc::new(vmdk::ova::OvaNamespace::within(
+                archive, outer,
+            ))));
+        }
+        Ok(Some(self.ns.clone() as Arc<dyn Namespace>))
     }
 }
 

@@ -6,11 +6,12 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmdk::namespace::{Namespace, OpenMode, StreamSink};
+use vmdk::namespace::{AppendOutput, Namespace, OpenMode, StreamSink};
 use vmdk::paths::PathPolicy;
 use vmdk::storage::{FileId, Storage};
 use vmdk::{Error, ErrorKind, Result};
 
+use crate::append_upload::AppendUpload;
 use crate::client::{error, runtime};
 use crate::name::{self, ObjectName, Scheme};
 use crate::reader::ObjectStorage;
@@ -117,6 +118,30 @@ impl Namespace for ObjectNamespace {
             .block_on(store.put_multipart(&loc))
             .map_err(|e| error(e, name, "cannot start the upload"))?;
         Ok(Box::new(UploadSink::new(upload, name, &self.shared.config)))
+    }
+
+    /// An upload whose parts are numbered by position, so ranges skipped over can be
+    /// filled in before their part is sent (an OVA's descriptor, written last).
+    fn create_append(&self, name: &Path, _lock: bool) -> Result<Box<dyn AppendOutput>> {
+        let n = ObjectName::parse(name)?;
+        if n.scheme != Scheme::S3 {
+            return Err(Error::unsupported(
+                "HTTP URLs are read-only: write to s3:// (or a local file) instead",
+            )
+            .with_path(name));
+        }
+        let store = self
+            .shared
+            .stores
+            .multipart(&n, &self.shared.config)?
+            .ok_or_else(|| Error::unsupported("no multipart uploads here").with_path(name))?;
+        let loc = Self::location(&n, name)?;
+        Ok(Box::new(AppendUpload::start(
+            store,
+            loc,
+            name,
+            &self.shared.config,
+        )?))
     }
 
     fn identity(&self, name: &Path) -> Result<Option<FileId>> {

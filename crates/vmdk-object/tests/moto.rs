@@ -184,3 +184,64 @@ fn uploads_complete_whole_or_leave_nothing() {
     assert_eq!(ns.identity(Path::new("s3://bkt/nothing")).unwrap(), None);
     assert!(ns.identity(Path::new("s3://bkt/ok")).unwrap().is_some());
 }
+
+/// The writes an OVA writer makes (a head skipped and written last, member headers skipped
+/// and written once their member is, data appended in odd-sized pieces) upload as the
+/// bytes a file would hold; parts go up by position, out of order.
+#[test]
+fn skipped_ranges_filled_later_upload_as_a_file_would_hold_them() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("bkt");
+    let ns = namespace(&moto.endpoint(), |c| {
+        c.part_size = 5 << 20;
+        c.upload_parallelism = 2;
+    });
+    let out = ns
+        .create_append(Path::new("s3://bkt/a.ova"), false)
+        .unwrap();
+    let s = out.storage();
+    let mut model = Vec::new();
+    let mut put = |buf: &[u8], at: u64| {
+        s.write_at(buf, at).unwrap();
+        let end = at as usize + buf.len();
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[at as usize..end].copy_from_slice(buf);
+    };
+    let head = 3 * 512u64;
+    let mut pos = head;
+    for (m, len) in [(1u8, 7_340_033usize), (2, 100), (3, 9_000_000)] {
+        let header = pos;
+        let mut at = header + 512;
+        let data = pattern(len, m);
+        for piece in data.chunks(65_537) {
+            put(piece, at);
+            at += piece.len() as u64;
+        }
+        put(&[m; 512], header);
+        let pad = at.next_multiple_of(512) - at;
+        put(&vec![0; pad as usize], at);
+        pos = at + pad;
+    }
+    put(&[0; 1024], pos);
+    put(&[9; 1536], 0);
+    drop(s);
+    out.finish(false).unwrap();
+    let got = moto.get("bkt", "a.ova");
+    assert_eq!(got.len(), model.len());
+    assert!(got == model, "uploaded bytes differ from the file's");
+    assert_eq!(moto.open_uploads("bkt"), 0);
+
+    // Bytes never skipped cannot be rewritten (their part may be gone), and the upload is
+    // then refused as a whole and aborted.
+    let out = ns.create_append(Path::new("s3://bkt/b"), false).unwrap();
+    let s = out.storage();
+    s.write_at(&vec![1; 6 << 20], 0).unwrap();
+    let e = s.write_at(b"x", 10).unwrap_err().to_string();
+    assert!(e.contains("can no longer be changed"), "{e}");
+    drop(s);
+    assert!(out.finish(false).is_err());
+    assert_eq!(moto.open_uploads("bkt"), 0, "a refused upload left parts");
+    assert!(!moto.exists("bkt", "b"));
+}

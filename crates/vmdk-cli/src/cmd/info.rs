@@ -108,8 +108,10 @@ fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(vs) = int("virtual-size") {
         writeln!(out, "virtual size: {} ({vs} bytes)", size_to_str(vs))?;
     }
-    if let Some(a) = int("actual-size") {
-        writeln!(out, "disk size: {}", size_to_str(a))?;
+    match int("actual-size") {
+        Some(a) => writeln!(out, "disk size: {}", size_to_str(a))?,
+        // A remote file's allocation is unknown (as qemu says for its curl driver).
+        None => writeln!(out, "disk size: unavailable")?,
     }
     if let Some(c) = int("cluster-size") {
         writeln!(out, "cluster_size: {c}")?;
@@ -145,10 +147,13 @@ fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
             };
             writeln!(out, "Child node '/{cname}':")?;
             writeln!(out, "    filename: {}", cs("filename"))?;
-            writeln!(out, "    protocol type: file")?;
+            writeln!(out, "    protocol type: {}", cs("format"))?;
             let len = ci_int("virtual-size");
             writeln!(out, "    file length: {} ({len} bytes)", size_to_str(len))?;
-            writeln!(out, "    disk size: {}", size_to_str(ci_int("actual-size")))?;
+            match ci.get("actual-size") {
+                Some(Node::Int(a)) => writeln!(out, "    disk size: {}", size_to_str(*a))?,
+                _ => writeln!(out, "    disk size: unavailable")?,
+            }
         }
     }
     Ok(())

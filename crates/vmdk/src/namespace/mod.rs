@@ -21,7 +21,7 @@ mod sink;
 pub use local::LocalNamespace;
 pub use memory::MemNamespace;
 pub use router::{register_backend, Backend, RouterNamespace};
-pub use sink::{StorageSink, StreamSink};
+pub use sink::{AppendOutput, StorageOutput, StorageSink, StreamSink};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,13 @@ pub trait Namespace: Send + Sync + fmt::Debug {
         Ok(Box::new(StorageSink::new(storage, name)))
     }
 
+    /// Create `name` as a destination written front to back except for ranges skipped
+    /// over and filled in later (see [`AppendOutput`]): an OVA, whose descriptor comes
+    /// first but is known last. The default is a positional file; an upload overrides it.
+    fn create_append(&self, name: &Path, lock: bool) -> Result<Box<dyn AppendOutput>> {
+        Ok(Box::new(StorageOutput::new(self.create(name, lock)?, name)))
+    }
+
     /// The identity of the file `name` names, if it exists: two names are one file exactly
     /// when their identities are equal (symlinks, hard links, `..`). Used to find cycles in
     /// backing chains and to refuse an output that is one of the inputs.
@@ -97,6 +104,14 @@ pub trait Namespace: Send + Sync + fmt::Debug {
 
     /// Remove the file `name` (an extent a shrink drops).
     fn remove(&self, name: &Path) -> Result<()>;
+
+    /// Open the file `name` itself, read-only, as it is stored: the same as
+    /// [`Namespace::open`] except where this namespace serves the name as something inside
+    /// it (an OVA archive's own name stands for its first disk; this opens the archive, for
+    /// `ova info`).
+    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+        self.open(name, mode)
+    }
 
     /// Whether `name` exists.
     fn exists(&self, name: &Path) -> bool {

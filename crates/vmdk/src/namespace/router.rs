@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::{LocalNamespace, Namespace, OpenMode, StreamSink};
+use super::{AppendOutput, LocalNamespace, Namespace, OpenMode, StreamSink};
 use crate::error::Result;
 use crate::paths::PathPolicy;
 use crate::storage::{FileId, Storage};
@@ -77,5 +77,11 @@ impl Namespace for RouterNamespace {
     }
     fn stream_only(&self, name: &Path) -> bool {
         self.namespace_of(name).is_ok_and(|ns| ns.stream_only(name))
+    }
+    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+        self.namespace_of(name)?.open_whole(name, mode)
+    }
+    fn create_append(&self, name: &Path, lock: bool) -> Result<Box<dyn AppendOutput>> {
+        self.namespace_of(name)?.create_append(name, lock)
     }
 }

@@ -1,4 +1,5 @@
-//! Destinations written front to back, once: stream images, archives, uploads.
+//! Destinations written front to back, once: stream images, archives, uploads; and those
+//! written front to back but for ranges skipped and filled in later (archives).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,49 @@ impl Write for StorageSink {
 impl StreamSink for StorageSink {
     fn position(&self) -> u64 {
         self.pos
+    }
+    fn finish(self: Box<Self>, durable: bool) -> Result<()> {
+        if durable {
+            self.storage
+                .flush()
+                .map_err(|e| Error::io(e, "syncing").with_path(&self.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// A destination written front to back, except that a range skipped over (written past)
+/// may be filled in later: an archive whose headers are known only once the members after
+/// them are written. Writes go through [`AppendOutput::storage`]; a write behind the end
+/// may only fill such a skipped range. Dropping it without [`AppendOutput::finish`]
+/// abandons the output (an upload is aborted).
+pub trait AppendOutput: Send {
+    /// Where to write.
+    fn storage(&self) -> Arc<dyn Storage>;
+    /// Complete the output; with `durable`, make it survive a power cut before returning.
+    fn finish(self: Box<Self>, durable: bool) -> Result<()>;
+}
+
+/// An [`AppendOutput`] that is a positional file (which allows any write).
+#[derive(Debug)]
+pub struct StorageOutput {
+    storage: Arc<dyn Storage>,
+    name: PathBuf,
+}
+
+impl StorageOutput {
+    /// Write into `storage` (named `name` in messages).
+    pub fn new(storage: Arc<dyn Storage>, name: &Path) -> Self {
+        StorageOutput {
+            storage,
+            name: name.to_path_buf(),
+        }
+    }
+}
+
+impl AppendOutput for StorageOutput {
+    fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
     }
     fn finish(self: Box<Self>, durable: bool) -> Result<()> {
         if durable {

@@ -9,6 +9,7 @@ use super::ovf::{self, Envelope};
 use super::tar::{self, Member, MemberKind, TarIndex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lock::LockRequest;
+use crate::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, FileStorage, Storage};
 
 /// An OVA archive opened for reading.
@@ -26,6 +27,16 @@ impl Archive {
     pub fn open(path: &Path, lock: Option<LockRequest>) -> Result<Archive> {
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::open_locked(path, false, lock)?);
         Self::from_storage(path, storage)
+    }
+
+    /// Open the file `path` of `ns` read-only as it is stored ([`Namespace::open_whole`]),
+    /// holding `lock` where `ns` has locks, and index it.
+    pub fn open_in(ns: &dyn Namespace, path: &Path, lock: Option<LockRequest>) -> Result<Archive> {
+        let mode = OpenMode {
+            lock,
+            ..OpenMode::read_only()
+        };
+        Self::from_storage(path, ns.open_whole(path, mode)?)
     }
 
     /// Index the archive held in `storage` (named `path`).

@@ -16,7 +16,13 @@ use crate::paths;
 pub struct OvaBackend;
 
 fn looks_like_ova(c: &OsStr) -> bool {
-    let l = c.to_string_lossy().to_ascii_lowercase();
+    is_ova_name(&c.to_string_lossy())
+}
+
+/// Whether a file name (one path component) is an OVA's: `*.ova`, or `*.ova.gz` (claimed
+/// to be refused by name). Other backends use it to find archives among their names.
+pub fn is_ova_name(component: &str) -> bool {
+    let l = component.to_ascii_lowercase();
     l.ends_with(".ova") || l.ends_with(".ova.gz")
 }
 

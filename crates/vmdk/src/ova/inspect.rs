@@ -8,6 +8,7 @@ use super::ovf::Envelope;
 use super::tar::{Member, MemberKind};
 use crate::error::Result;
 use crate::lock::LockRequest;
+use crate::namespace::RouterNamespace;
 
 /// What [`inspect`] finds in an OVA.
 #[derive(Debug, Clone)]
@@ -35,10 +36,11 @@ impl OvaInfo {
     }
 }
 
-/// Read the OVA at `path` (holding `lock` while reading), parse its descriptor and check
-/// its manifest on up to `threads` threads.
+/// Read the OVA named `path` in the default namespace (a host file, or an object in object
+/// storage when that backend is registered), holding `lock` while reading; parse its
+/// descriptor and check its manifest on up to `threads` threads.
 pub fn inspect(path: &Path, lock: Option<LockRequest>, threads: usize) -> Result<OvaInfo> {
-    let arch = Archive::open(path, lock)?;
+    let arch = Archive::open_in(&RouterNamespace, path, lock)?;
     let envelope = arch.envelope()?;
     let first = |suffix: &str| {
         arch.index()

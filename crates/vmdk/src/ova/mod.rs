@@ -36,7 +36,7 @@ mod template;
 mod writer;
 
 pub use archive::Archive;
-pub use backend::OvaBackend;
+pub use backend::{is_ova_name, OvaBackend};
 pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
 pub use inspect::{inspect, OvaInfo};
 pub use member_storage::{member_id, MemberStorage};

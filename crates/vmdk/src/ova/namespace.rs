@@ -2,39 +2,82 @@
 //! the appliance's first disk. Names written inside a member (extent files, backing
 //! files) resolve lexically inside the archive, under the same containment rule as host
 //! files. Members are read-only.
+//!
+//! The archive itself is a file of another namespace (the host's, or object storage's for
+//! `s3://bucket/X.ova`), which supplies its bytes; the members are byte ranges of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::archive::Archive;
 use crate::error::{Error, ErrorKind, Result};
-use crate::namespace::{LocalNamespace, Namespace, OpenMode, StreamSink};
+use crate::namespace::{AppendOutput, LocalNamespace, Namespace, OpenMode, StreamSink};
 use crate::paths::{self, PathPolicy};
-use crate::storage::{FileId, FileStorage, Storage};
+use crate::storage::{FileId, Storage};
 
-/// The members of the OVA archive at a host path.
+/// The members of an OVA archive.
 #[derive(Debug, Clone)]
 pub struct OvaNamespace {
+    /// The archive's name in `outer`, as given (an object name keeps its `//`).
     archive: PathBuf,
+    /// The same, normalised lexically: names are compared with it.
+    normalized: PathBuf,
+    /// Where the archive file lives.
+    outer: Arc<dyn Namespace>,
 }
 
 impl OvaNamespace {
     /// The namespace of the archive `archive` (a host file).
     pub fn new(archive: impl Into<PathBuf>) -> Self {
+        let archive = paths::normalize_lexically(&archive.into());
+        Self::within(archive, Arc::new(LocalNamespace))
+    }
+
+    /// The namespace of the archive file `archive` of `outer` (an object in object
+    /// storage, say): its bytes are read through `outer`.
+    pub fn within(archive: impl Into<PathBuf>, outer: Arc<dyn Namespace>) -> Self {
+        let archive = archive.into();
         OvaNamespace {
-            archive: paths::normalize_lexically(&archive.into()),
+            normalized: paths::normalize_lexically(&archive),
+            archive,
+            outer,
         }
     }
 
-    /// The archive's host path.
+    /// The archive's name.
     pub fn archive(&self) -> &Path {
         &self.archive
+    }
+
+    fn open_archive(&self, lock: Option<crate::lock::LockRequest>) -> Result<Archive> {
+        Archive::open_in(&*self.outer, &self.archive, lock)
+    }
+
+    /// `name` (normalised lexically, as inside this namespace) as the outer namespace
+    /// spells it: `Path` normalisation folds the `//` of `s3://`, which the archive's own
+    /// spelling keeps.
+    fn outer_name(&self, normalized: PathBuf) -> PathBuf {
+        match normalized.strip_prefix(&self.normalized) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.archive.clone(),
+            Ok(rest) => self.archive.join(rest),
+            Err(_) => {
+                let (a, n) = (self.archive.to_string_lossy(), normalized.to_string_lossy());
+                match a.split_once("://") {
+                    // Outside the archive (only where the policy allows it): the same
+                    // server, spelled as the archive is.
+                    Some((scheme, _)) if n.starts_with(&format!("{scheme}:/")) => {
+                        PathBuf::from(format!("{scheme}:/{}", &n[scheme.len() + 1..]))
+                    }
+                    _ => normalized,
+                }
+            }
+        }
     }
 
     /// The member `name` names, or `None` when `name` is the archive itself.
     fn member_of(&self, name: &Path) -> Result<Option<String>> {
         let n = paths::normalize_lexically(name);
-        let rest = n.strip_prefix(&self.archive).map_err(|_| {
+        let rest = n.strip_prefix(&self.normalized).map_err(|_| {
             Error::invalid(format!(
                 "name is not inside the archive {}",
                 self.archive.display()
@@ -77,20 +120,21 @@ impl Namespace for OvaNamespace {
         policy: &PathPolicy,
     ) -> Result<PathBuf> {
         let referrer = match self.member_of(referrer)? {
-            Some(_) => referrer.to_path_buf(),
+            Some(m) => self.normalized.join(m),
             None => {
-                let arch = Archive::open(&self.archive, None)?;
-                self.archive.join(arch.first_disk()?)
+                let arch = self.open_archive(None)?;
+                self.normalized.join(arch.first_disk()?)
             }
         };
-        paths::resolve_lexically(&referrer, name, what, policy)
+        let r = paths::resolve_lexically(&referrer, name, what, policy)?;
+        Ok(self.outer_name(r))
     }
 
     fn open(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
         if mode.writable {
             return Err(self.read_only(name));
         }
-        let arch = Archive::open(&self.archive, mode.lock)?;
+        let arch = self.open_archive(mode.lock)?;
         let member = self.member_in(&arch, name)?;
         let m = arch.file(&member)?;
         Ok(arch.member_storage(m))
@@ -99,14 +143,21 @@ impl Namespace for OvaNamespace {
     fn create(&self, name: &Path, lock: bool) -> Result<Arc<dyn Storage>> {
         match self.member_of(name)? {
             // Creating the archive's own name replaces the archive: a host file.
-            None => LocalNamespace.create(name, lock),
+            None => self.outer.create(&self.archive, lock),
             Some(_) => Err(self.read_only(name)),
         }
     }
 
     fn create_stream(&self, name: &Path, lock: bool) -> Result<Box<dyn StreamSink>> {
         match self.member_of(name)? {
-            None => LocalNamespace.create_stream(name, lock),
+            None => self.outer.create_stream(&self.archive, lock),
+            Some(_) => Err(self.read_only(name)),
+        }
+    }
+
+    fn create_append(&self, name: &Path, lock: bool) -> Result<Box<dyn AppendOutput>> {
+        match self.member_of(name)? {
+            None => self.outer.create_append(&self.archive, lock),
             Some(_) => Err(self.read_only(name)),
         }
     }
@@ -117,18 +168,27 @@ impl Namespace for OvaNamespace {
     /// storage lives in.
     fn identity(&self, name: &Path) -> Result<Option<FileId>> {
         let Some(member) = self.member_of(name)? else {
-            return LocalNamespace.identity(name);
+            return self.outer.identity(&self.archive);
         };
-        let storage = FileStorage::open(&self.archive, false)
-            .map_err(|e| Error::io(e, "cannot open").with_path(&self.archive))?;
-        let arch = Archive::from_storage(&self.archive, Arc::new(storage))?;
+        let arch = self.open_archive(None)?;
         Ok(arch.index().file(&member).and_then(|m| arch.member_id(m)))
     }
 
     fn remove(&self, name: &Path) -> Result<()> {
         match self.member_of(name)? {
-            None => LocalNamespace.remove(name),
+            None => self.outer.remove(&self.archive),
             Some(_) => Err(self.read_only(name)),
+        }
+    }
+
+    fn stream_only(&self, _name: &Path) -> bool {
+        self.outer.stream_only(&self.archive)
+    }
+
+    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+        match self.member_of(name)? {
+            None => self.outer.open_whole(&self.archive, mode),
+            Some(_) => self.open(name, mode),
         }
     }
 }

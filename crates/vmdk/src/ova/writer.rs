@@ -12,7 +12,9 @@
 //! engine ([`convert_to_stream`]); a sink computes its SHA-256 as the bytes go by. Only
 //! when every disk is written are the disk headers, the descriptor (now knowing each
 //! file's size) and the manifest written into the space left for them. Nothing is read
-//! back and nothing is copied.
+//! back and nothing is copied. The output is written front to back but for those ranges
+//! ([`Namespace::create_append`]), so it can be an upload to object storage, which keeps
+//! only the parts holding them until they are filled in.
 
 use std::io;
 use std::path::Path;
@@ -220,7 +222,10 @@ pub fn create(
         spare.extend(s.file_ids());
     }
     refuse_to_overwrite(ns, out, &spare, "one of the disks (or one of its files)")?;
-    let storage = ns.create(out, true)?;
+    // Written front to back but for the headers and the descriptor, filled in last: so an
+    // upload to object storage sends all but the parts holding those as it goes.
+    let output = ns.create_append(out, true)?;
+    let storage = output.storage();
     let io_err = |e: io::Error| Error::io(e, "writing OVA").with_path(out);
 
     let total: u64 = disks.iter().map(|d| d.size()).sum();
@@ -304,11 +309,8 @@ pub fn create(
     head.extend_from_slice(mf.as_bytes());
     head.resize(padded(head.len() as u64) as usize, 0);
     storage.write_at(&head, 0).map_err(io_err)?;
-    if opts.durable {
-        storage
-            .flush()
-            .map_err(|e| Error::io(e, "syncing").with_path(out))?;
-    }
+    drop(storage);
+    output.finish(opts.durable)?;
     progress(total, total);
     Ok(CreatedOva {
         ovf_name,

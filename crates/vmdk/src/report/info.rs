@@ -17,13 +17,55 @@ use crate::{Image, OpenOptions};
 pub fn raw_info(path: &Path, name: &str, opts: &OpenOptions) -> Result<Node> {
     let raw = crate::raw::RawFile::open_with(path, opts)?;
     let mut n = Node::dict();
+    if let Some(proto) = remote_protocol(name) {
+        // As qemu shows a raw image through its curl driver: no allocation to report.
+        n.put(
+            "children",
+            Node::List(vec![remote_child("file", name, proto, raw.size())]),
+        );
+        n.put("virtual-size", raw.size())
+            .put("filename", name)
+            .put("format", "raw");
+        return Ok(n);
+    }
     n.put("virtual-size", raw.size())
         .put("filename", name)
         .put("format", "raw")
-        // An object in object storage has no host allocation: its whole length is stored.
         .put("actual-size", raw.allocated_size().unwrap_or(raw.size()))
         .put("dirty-flag", false);
     Ok(n)
+}
+
+/// The protocol qemu's child node names for a file read over the network (`http`,
+/// `https`; `s3` for S3 objects, which qemu cannot open), or `None` for other names. A
+/// member of a remote OVA is remote too.
+pub(crate) fn remote_protocol(name: &str) -> Option<&'static str> {
+    let (scheme, _) = name.split_once("://")?;
+    ["http", "https", "s3"]
+        .into_iter()
+        .find(|p| scheme.eq_ignore_ascii_case(p))
+}
+
+/// qemu's child node for a file read through its curl driver: the protocol as its format,
+/// its length, and no allocation ("disk size: unavailable"), nor format-specific data.
+fn remote_child(name: &str, filename: &str, protocol: &str, len: u64) -> Node {
+    let mut info = Node::dict();
+    info.put("children", Node::List(vec![]))
+        .put("virtual-size", len.next_multiple_of(512))
+        .put("filename", filename)
+        .put("format", protocol);
+    let mut c = Node::dict();
+    c.put("name", name).put("info", info);
+    c
+}
+
+/// A child node for the file `filename`: a host file's, or a remote one's.
+fn any_child(name: &str, filename: &str, storage: &dyn crate::storage::Storage) -> Node {
+    let len = storage.len().unwrap_or(0);
+    match remote_protocol(filename) {
+        Some(p) => remote_child(name, filename, p, len),
+        None => file_child(name, filename, len, storage.allocated_size().unwrap_or(len)),
+    }
 }
 
 /// `info` of an image of another format: say honestly what it is (qemu-img's field
@@ -120,14 +162,15 @@ fn children(img: &Image, name: &str) -> Node {
             continue;
         }
         let fname = extent_name(img, name, i).unwrap_or_else(|| display(f.path()));
+        if remote_protocol(&fname).is_some() {
+            out.push(any_child(&format!("extents.{i}"), &fname, &*f.storage));
+            continue;
+        }
         let len = f.storage.len().unwrap_or(0);
         let alloc = f.storage.allocated_size().unwrap_or(0);
         out.push(file_child(&format!("extents.{i}"), &fname, len, alloc));
     }
-    let own = img.storage();
-    let len = own.len().unwrap_or(0);
-    let alloc = own.allocated_size().unwrap_or(len);
-    out.push(file_child("file", name, len, alloc));
+    out.push(any_child("file", name, &**img.storage()));
     Node::List(out)
 }
 
@@ -138,9 +181,12 @@ pub fn image_info(img: &Image, name: &str) -> Node {
     n.put("virtual-size", img.size())
         .put("filename", name)
         .put_opt("cluster-size", cluster_size(img))
-        .put("format", "vmdk")
-        .put("actual-size", img.allocated_bytes())
-        .put("dirty-flag", false);
+        .put("format", "vmdk");
+    // Remote files have no allocation to report (qemu: "disk size: unavailable").
+    if remote_protocol(name).is_none() {
+        n.put("actual-size", img.allocated_bytes());
+    }
+    n.put("dirty-flag", false);
     if let Some(hint) = &d.parent_file_name_hint {
         n.put("backing-filename", hint.as_str())
             .put("full-backing-filename", path_combine(name, hint))
