@@ -80,7 +80,7 @@ pub fn run(a: Args) -> Result<u8> {
             .allow_unsafe_paths(a.allow_unsafe_paths)
             .force_share(true);
         o.allow_paths = v.create.allow_paths.clone();
-        o.open(&path_combine(&name, b))?;
+        o.open(path_combine(&name, b))?;
         bail!("{name}: Backing file specified without backing format\nDetected format of vmdk.");
     }
     let size = match (&a.size, v.size) {
