@@ -122,7 +122,9 @@ fn io_err<'a>(dir: &'a GrainDirectory, what: &'a str) -> impl Fn(std::io::Error)
 
 fn all_zero(buf: &[u8]) -> bool {
     let mut words = buf.chunks_exact(16);
-    words.by_ref().all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+    words
+        .by_ref()
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
         && words.remainder().iter().all(|&b| b == 0)
 }
 
