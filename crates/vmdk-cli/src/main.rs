@@ -60,6 +60,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write an overlay's data into its backing file and empty it (like qemu-img commit).
     Commit(cmd::commit::Args),
+    /// Drop zero grains and move data into holes, then shrink the file (like
+    /// vmware-vdiskmanager -k).
+    Compact(cmd::compact::Args),
     /// Change an overlay's backing file (like qemu-img rebase).
     Rebase(cmd::rebase::Args),
     /// Change descriptor fields: adapter type, hardware and tools versions (like qemu-img
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Commit(a) => cmd::commit::run(a),
+        Command::Compact(a) => cmd::compact::run(a),
         Command::Rebase(a) => cmd::rebase::run(a),
         Command::Amend(a) => cmd::amend::run(a),
         Command::Resize(a) => cmd::resize::run(a),

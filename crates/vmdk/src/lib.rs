@@ -20,6 +20,7 @@
 pub mod amend;
 pub mod check;
 pub mod commit;
+pub mod compact;
 pub mod convert;
 pub mod create;
 pub mod error;

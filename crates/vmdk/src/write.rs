@@ -165,16 +165,6 @@ impl Image {
     /// directory or table onto metadata or past the end of a file (see
     /// [`SparseExtent::check_write_targets`](crate::extent::SparseExtent::check_write_targets)).
     fn check_targets(&self, offset: u64, len: u64, op: WriteOp) -> Result<()> {
-        let op = match op {
-            WriteOp::Zeroes { may_unmap, .. } => WriteOp::Zeroes {
-                may_unmap,
-                hides_nothing: self.backing.is_none(),
-            },
-            WriteOp::Discard { .. } => WriteOp::Discard {
-                hides_nothing: self.backing.is_none(),
-            },
-            WriteOp::Data => WriteOp::Data,
-        };
         // The first write rewrites the CID in the embedded descriptor.
         if matches!(self.desc_location, DescriptorLocation::Embedded { .. })
             && !self.write_state.cid_updated.load(Ordering::Acquire)
@@ -288,9 +278,9 @@ impl Image {
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         let op = WriteOp::Zeroes {
             may_unmap,
-            hides_nothing: false,
+            hides_nothing: self.backing.is_none(),
         };
-        let (durable, no_backing) = (self.write_state.durable, self.backing.is_none());
+        let durable = self.write_state.durable;
         self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
             ExtentKind::Flat { file, offset: base } => {
                 let zeros = vec![0u8; n.min(1 << 20) as usize];
@@ -305,9 +295,7 @@ impl Image {
                 Ok(())
             }
             ExtentKind::Zero => Ok(()),
-            ExtentKind::Sparse(s) => {
-                s.write_zeroes(rel, n, may_unmap, no_backing, &self.below(e.start), durable)
-            }
+            ExtentKind::Sparse(s) => s.write_zeroes(rel, n, op, &self.below(e.start), durable),
         })
     }
 
@@ -316,11 +304,11 @@ impl Image {
     /// keep their data, as a TRIM allows.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let op = WriteOp::Discard {
-            hides_nothing: false,
+            hides_nothing: self.backing.is_none(),
         };
-        let (durable, no_backing) = (self.write_state.durable, self.backing.is_none());
+        let durable = self.write_state.durable;
         self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
-            ExtentKind::Sparse(s) => s.discard(rel, n, no_backing, durable),
+            ExtentKind::Sparse(s) => s.discard(rel, n, op, durable),
             _ => Ok(()),
         })
     }

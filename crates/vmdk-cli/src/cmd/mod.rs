@@ -5,6 +5,7 @@ pub mod amend;
 pub mod bench;
 pub mod check;
 pub mod commit;
+pub mod compact;
 pub mod compare;
 pub mod convert;
 pub mod create;

@@ -504,6 +504,23 @@ impl GrainDirectory {
         Ok(table)
     }
 
+    /// Point grains `grains` (all in one grain table) at `entry`, a zeroed or unallocated
+    /// entry: nothing to write first. The table is created if missing.
+    pub(crate) fn set_entries(
+        &self,
+        grains: std::ops::Range<u64>,
+        entry: GrainEntry,
+        durable: bool,
+    ) -> Result<()> {
+        let gt_entries = self.coding.gt_entries;
+        let i = (grains.start / gt_entries) as usize;
+        let table = self.ensure_table(i, durable)?;
+        let entries = vec![entry; (grains.end - grains.start) as usize];
+        let first = (grains.start % gt_entries) as usize;
+        let _r = self.lock_grains(grains);
+        self.publish(i, &table, first, &entries, false)
+    }
+
     /// Point grains `first..first+entries.len()` of table `i` (`table`, from
     /// [`Self::ensure_table`]) at `entries`: the primary table on disk, then in memory,
     /// then the redundant copy. The data they point at must already be written (and

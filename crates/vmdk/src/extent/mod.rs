@@ -1,6 +1,7 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
 //! nothing, for ZERO extents).
 
+pub(crate) mod allocation;
 pub mod budget;
 pub mod compressed;
 pub mod entries;
@@ -12,6 +13,7 @@ pub mod metadata;
 pub mod sparse;
 pub mod sparse_write;
 pub mod write_guard;
+pub mod write_map;
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use crate::format::descriptor::{ExtentAccess, ExtentType};
 use crate::map::{ExtentFile, MapTarget};
 pub use grain_directory::GrainDirectory;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
-pub use write_guard::WriteOp;
+pub use write_map::WriteOp;
 
 /// How an extent stores its bytes.
 #[derive(Debug)]

@@ -30,26 +30,6 @@ use crate::extent::metadata::Region;
 use crate::format::grain_entry::{self, GrainEntry};
 use crate::format::SECTOR_SIZE;
 
-/// What a write is about to do to a range of a sparse extent, so the check asks only about
-/// the metadata that write will really touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOp {
-    /// Store data (allocating grains where needed).
-    Data,
-    /// Write zeros, as [`crate::extent::SparseExtent::write_zeroes`] with these arguments.
-    Zeroes {
-        /// Whether grains may be left unallocated.
-        may_unmap: bool,
-        /// Whether no backing file shows through unallocated grains.
-        hides_nothing: bool,
-    },
-    /// Deallocate, as [`crate::extent::SparseExtent::discard`] with this argument.
-    Discard {
-        /// Whether no backing file shows through unallocated grains.
-        hides_nothing: bool,
-    },
-}
-
 /// The metadata of one sparse extent, as writers need it.
 #[derive(Debug)]
 pub struct WriteGuard {
