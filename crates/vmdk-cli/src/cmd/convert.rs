@@ -207,13 +207,15 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
             }
             "compat" => q.compat = Compat::parse(v)?,
             "lazy_refcounts" => q.lazy_refcounts = on_off(k, v)?,
-            "preallocation" => q.preallocation = match v.as_str() {
-                "off" => Preallocation::Off,
-                "metadata" => Preallocation::Metadata,
-                _ => bail!(
+            "preallocation" => {
+                q.preallocation = match v.as_str() {
+                    "off" => Preallocation::Off,
+                    "metadata" => Preallocation::Metadata,
+                    _ => bail!(
                     "Invalid parameter value for 'preallocation': '{v}' (supported: off, metadata)"
                 ),
-            },
+                }
+            }
             "backing_file" => q.backing_file = Some(v.clone()),
             "backing_fmt" => q.backing_format = Some(v.clone()),
             "compression_type" if v == "zlib" => {}
