@@ -180,12 +180,14 @@ pub fn convert_to_qcow2(
 
     let threads = worker_count(opts.threads);
     let align = cs.max(OUT_GRAIN);
-    let factor = if opts.compress || backing.is_some() {
-        2
+    // Plain copies want small tasks (still in cache when the writer copies them out, as
+    // for raw output); compressing ones bigger runs.
+    let (factor, max) = if opts.compress || backing.is_some() {
+        (2, MAX_TASK_SPARSE)
     } else {
-        1
+        (1, MAX_TASK)
     };
-    let (ahead, max_task) = sizing(threads, factor, MAX_TASK_SPARSE);
+    let (ahead, max_task) = sizing(threads, factor, max);
     let max_task = max_task.next_multiple_of(align);
     let every = opts.writes_everything();
     // With a backing file, zero stretches of the source matter too (they may hide data).

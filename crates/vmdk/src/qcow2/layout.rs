@@ -107,7 +107,7 @@ impl Qcow2CreateOptions {
     /// out the up-front tables.
     pub fn layout(&self, size: u64) -> Result<Layout> {
         let cs = self.cluster_size;
-        if !cs.is_power_of_two() || cs < 1 << MIN_CLUSTER_BITS || cs > 1 << MAX_CLUSTER_BITS {
+        if !cs.is_power_of_two() || !(1 << MIN_CLUSTER_BITS..=1 << MAX_CLUSTER_BITS).contains(&cs) {
             return Err(Error::invalid(format!(
                 "Cluster size must be a power of two between 512 and 2048k (not {cs})"
             )));
