@@ -6,11 +6,13 @@
 #
 # Same method as bench/convert.sh: an ext4 disk of real files; for each case qemu-img and
 # ours run interleaved, the output removed and `sync` run before every run, best of RUNS;
-# every output is checked with `qemu-img compare` against its input. Cases:
+# every output is checked with `qemu-img compare` against its input (and qcow2 outputs with
+# `qemu-img check`). Cases:
 #   qcow2 -> streamOptimized    (issue target: >= 6x, output no larger than qemu-img's)
 #   qcow2 (compressed) -> raw   (issue target: >= 3x)
-# The qcow2 *target* cases (monolithicSparse -> qcow2, streamOptimized -> qcow2) are added
-# when `convert -O qcow2` lands.
+#   monolithicSparse -> qcow2   (issue target: >= 2x)
+#   streamOptimized -> qcow2    (issue target: >= 3x)
+#   monolithicSparse -> qcow2 -c (compressed output; sizes compared too)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +26,7 @@ VMDK=${VMDK:-$ROOT/target/release/vmdk}
 mkdir -p "$WORK"
 cd "$WORK"
 if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    rm -rf stage img.raw ./*.qcow2
+    rm -rf stage img.raw ./*.qcow2 sparse.vmdk stream.vmdk
     mkdir stage
     have=0
     for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib /usr/share /usr/bin; do
@@ -40,6 +42,8 @@ if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; t
 fi
 [ -s plain.qcow2 ] || qemu-img convert -O qcow2 img.raw plain.qcow2
 [ -s comp.qcow2 ] || qemu-img convert -c -O qcow2 img.raw comp.qcow2
+[ -s sparse.vmdk ] || qemu-img convert -O vmdk img.raw sparse.vmdk
+[ -s stream.vmdk ] || qemu-img convert -O vmdk -o subformat=streamOptimized img.raw stream.vmdk
 
 # one OUT CMD...: wall seconds of one run, the output removed and synced first
 one() {
@@ -60,6 +64,7 @@ case_() {
         to=$(min "$(one "$oout" $ocmd)" "$to")
     done
     if qemu-img compare -q "$input" "$oout" 2>/dev/null; then v=ok; else v=MISMATCH; fi
+    case $oout in *.qcow2) qemu-img check -q "$oout" >/dev/null 2>&1 || v="$v,CHECK-FAILED" ;; esac
     sq=$(stat -c %s "$qout"); so=$(stat -c %s "$oout")
     rows+=("$(printf '%-28s %7s %7s %6sx %12s %12s  %s' "$name" "$tq" "$to" \
         "$(awk "BEGIN{printf \"%.2f\", $tq/$to}")" "$sq" "$so" "$v")")
@@ -72,6 +77,15 @@ case_ "qcow2 -> streamOptimized" plain.qcow2 q.vmdk o.vmdk \
 case_ "qcow2 (compressed) -> raw" comp.qcow2 q.raw o.raw \
     "qemu-img convert -O raw comp.qcow2 q.raw" \
     "$VMDK convert -O raw comp.qcow2 o.raw"
+case_ "monolithicSparse -> qcow2" sparse.vmdk q.qcow2 o.qcow2 \
+    "qemu-img convert -O qcow2 sparse.vmdk q.qcow2" \
+    "$VMDK convert -O qcow2 sparse.vmdk o.qcow2"
+case_ "streamOptimized -> qcow2" stream.vmdk q.qcow2 o.qcow2 \
+    "qemu-img convert -O qcow2 stream.vmdk q.qcow2" \
+    "$VMDK convert -O qcow2 stream.vmdk o.qcow2"
+case_ "monolithicSparse -> qcow2 -c" sparse.vmdk q.qcow2 o.qcow2 \
+    "qemu-img convert -c -O qcow2 sparse.vmdk q.qcow2" \
+    "$VMDK convert -c -O qcow2 sparse.vmdk o.qcow2"
 
 echo "disk $DISK (~$DATA_MB MiB of files); $(nproc) CPUs; warm cache; best of $RUNS"
 printf '%-28s %7s %7s %7s %12s %12s  %s\n' case "qemu s" "ours s" ratio "qemu out" "our out" check

@@ -196,7 +196,7 @@ fn convert_to_raw_and_vmdk() {
     );
 
     for args in [
-        vec!["convert", "-O", "qcow2", "a", "b"],
+        vec!["convert", "-O", "qcow2", "-o", "bogus=1", "a", "b"],
         vec!["convert", "-O", "raw", "-o", "subformat=x", "a", "b"],
         vec!["convert", "-O", "vmdk", "-o", "bogus=1", "a", "b"],
     ] {

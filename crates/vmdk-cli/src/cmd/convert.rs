@@ -1,8 +1,9 @@
-//! `vmdk convert`: copy an image (VMDK or raw) to a new raw or VMDK image.
+//! `vmdk convert`: copy an image (VMDK, qcow2 or raw) to a new raw, VMDK or qcow2 image.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
 use vmdk::ConvertOptions;
 
 use crate::opts::{split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP};
@@ -13,7 +14,7 @@ pub struct Args {
     /// Source format (vmdk or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
-    /// Output format: raw or vmdk.
+    /// Output format: raw, vmdk or qcow2.
     #[arg(short = 'O', value_name = "FMT", default_value = "raw")]
     out_format: String,
     /// Output options, comma separated key=value (`-o help` lists them).
@@ -41,10 +42,11 @@ pub struct Args {
     #[arg(short = 'S', value_name = "SIZE")]
     sparse_size: Option<String>,
     /// Make the output an overlay of this backing file, holding only what the source's top
-    /// layer holds (vmdk output).
+    /// layer holds (vmdk output), or, for qcow2 output, only what differs from it.
     #[arg(short = 'B', value_name = "BACKING")]
     backing: Option<String>,
-    /// Backing file format (only vmdk).
+    /// Backing file format (vmdk output: only vmdk; qcow2 output: vmdk, qcow2 or raw,
+    /// probed when absent).
     #[arg(short = 'F', value_name = "FMT")]
     backing_format: Option<String>,
     /// Out-of-order writes (accepted: the output is always written in order, from parallel
@@ -75,6 +77,8 @@ pub fn run(a: Args) -> Result<u8> {
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
         if a.out_format == "vmdk" {
             print!("{VMDK_OPTIONS_HELP}");
+        } else if a.out_format == "qcow2" {
+            print!("{QCOW2_OPTIONS_HELP}");
         } else {
             println!("Creation options for '{}':", a.out_format);
         }
@@ -103,7 +107,8 @@ pub fn run(a: Args) -> Result<u8> {
         salvage: a.salvage,
         ..Default::default()
     };
-    let create = match a.out_format.as_str() {
+    let target = match a.out_format.as_str() {
+        "qcow2" => Target::Qcow2(qcow2_options(&opts, &a)?),
         "vmdk" => {
             let mut v = vmdk_options(&opts, false)?;
             if let Some(f) = &a.backing_format {
@@ -119,7 +124,7 @@ pub fn run(a: Args) -> Result<u8> {
             if let Some(l) = v.compression_level {
                 copts.compression_level = l;
             }
-            Some(v.create)
+            Target::Vmdk(v.create)
         }
         "raw" => {
             if let Some((k, _)) = opts.first() {
@@ -131,23 +136,24 @@ pub fn run(a: Args) -> Result<u8> {
             if a.backing.is_some() {
                 bail!("Backing files are not supported by raw output");
             }
-            None
+            Target::Raw
         }
-        other => bail!("Unknown output format '{other}' (expected raw or vmdk)"),
+        other => bail!("Unknown output format '{other}' (expected raw, vmdk or qcow2)"),
     };
     let src = vmdk::open_source(&a.src, a.format.as_deref(), &a.open.options())?;
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
-    let r = match &create {
-        Some(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
-        None => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
+    let r = match &target {
+        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
+        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &a.dst, c, &copts, &progress),
+        Target::Raw => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
     };
     pb.end(r.is_ok());
     r?;
     drop(src);
     // A completed upload is durable already (and is no host file to fsync).
     if sync && vmdk_object::name::scheme_of(&a.dst).is_none() {
-        make_durable(&a.dst, create.is_some())?;
+        make_durable(&a.dst, matches!(target, Target::Vmdk(_)))?;
     }
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {
@@ -155,6 +161,81 @@ pub fn run(a: Args) -> Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// What convert writes.
+enum Target {
+    Raw,
+    Vmdk(vmdk::create::CreateOptions),
+    Qcow2(Qcow2CreateOptions),
+}
+
+const QCOW2_OPTIONS_HELP: &str = "\
+Creation options for 'qcow2':
+  backing_file=<str>      - File name of a base image
+  backing_fmt=<str>       - Image format of the base image (vmdk, qcow2 or raw; probed when absent)
+  cluster_size=<size>     - qcow2 cluster size (512 to 2M, a power of two; default 64k)
+  compat=<str>            - Compatibility level (v2 [0.10], v3 [1.1]; default 1.1)
+  compression_type=<str>  - Compression method used for image cluster compression (zlib)
+  extended_l2=<bool (on/off)> - Extended L2 tables (off only)
+  lazy_refcounts=<bool (on/off)> - Postpone refcount updates
+  preallocation=<str>     - Preallocation mode (allowed values: off, metadata)
+  refcount_bits=<num>     - Width of a reference count entry in bits (16 only)
+";
+
+/// `-o` options (and `-B`/`-F`) for a new qcow2 image, with qemu-img's names and values.
+fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptions> {
+    let mut q = Qcow2CreateOptions {
+        backing_file: a.backing.clone(),
+        backing_format: a.backing_format.clone(),
+        allow_unsafe_paths: a.open.allow_unsafe_paths,
+        allow_paths: crate::opts::allowed_dirs(&a.open.allow_path),
+        ..Default::default()
+    };
+    let on_off = |k: &str, v: &str| match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(anyhow::anyhow!(
+            "Parameter '{k}' expects 'on' or 'off', not '{v}'"
+        )),
+    };
+    for (k, v) in opts {
+        match k.as_str() {
+            "cluster_size" => {
+                q.cluster_size = crate::size::parse_size(v)
+                    .map_err(|_| anyhow::anyhow!("Invalid cluster_size '{v}'"))?
+            }
+            "compat" => q.compat = Compat::parse(v)?,
+            "lazy_refcounts" => q.lazy_refcounts = on_off(k, v)?,
+            "preallocation" => {
+                q.preallocation = match v.as_str() {
+                    "off" => Preallocation::Off,
+                    "metadata" => Preallocation::Metadata,
+                    _ => bail!(
+                    "Invalid parameter value for 'preallocation': '{v}' (supported: off, metadata)"
+                ),
+                }
+            }
+            "backing_file" => q.backing_file = Some(v.clone()),
+            "backing_fmt" => q.backing_format = Some(v.clone()),
+            "compression_type" if v == "zlib" => {}
+            "refcount_bits" if v == "16" => {}
+            "extended_l2" if !on_off(k, v)? => {}
+            "compression_type" | "refcount_bits" | "extended_l2" => {
+                bail!("Unsupported value for '{k}': '{v}'")
+            }
+            _ => bail!("Invalid parameter '{k}'"),
+        }
+    }
+    if let Some(f) = &q.backing_format {
+        if !matches!(f.as_str(), "vmdk" | "qcow2" | "raw") {
+            bail!("Unknown backing format '{f}' (expected vmdk, qcow2 or raw)");
+        }
+    }
+    if q.backing_format.is_some() && q.backing_file.is_none() {
+        bail!("a backing format (-F) needs a backing file (-B)");
+    }
+    Ok(q)
 }
 
 /// Flush the output to stable storage (cache modes that promise durability).

@@ -18,15 +18,17 @@
 //!
 //! The parts: [`source`] (what can be read: the [`Source`] trait, probing), [`options`],
 //! [`pipeline`] (planner, workers, in-order writer), [`sinks`] (raw, sparse VMDK and stream
-//! outputs) and [`compare`].
+//! outputs), [`qcow2_sink`] (qcow2 output) and [`compare`].
 
 pub mod compare;
 pub mod options;
 pub(crate) mod pipeline;
+pub mod qcow2_sink;
 pub mod sinks;
 pub mod source;
 
 pub use compare::{compare, compare_with, first_allocation_difference, CompareResult};
 pub use options::{ConvertOptions, Progress, RAW_ZERO_BLOCK};
+pub use qcow2_sink::convert_to_qcow2;
 pub use sinks::{convert_to_raw, convert_to_stream, convert_to_vmdk};
 pub use source::{open_source, Source};

@@ -5,9 +5,17 @@
 //! the pipeline needs each cluster's host offset or compressed stream to read and inflate
 //! clusters on its own workers, through the project's namespace and locks, which a
 //! self-contained block driver does not expose.
+//!
+//! Writing is ours too: [`writer`] lays out a new image in one pass from clusters that
+//! arrive in disk order (compressed on the pipeline's workers), which a general driver's
+//! allocate-as-you-write interface cannot take (see the commit that added it).
 
 pub mod header;
 pub mod l2;
+pub mod layout;
 pub mod source;
+pub mod writer;
 
+pub use layout::{Compat, Preallocation, Qcow2CreateOptions};
 pub use source::Qcow2Image;
+pub use writer::Qcow2Writer;
