@@ -167,7 +167,7 @@ pub fn run(args: Args) -> Result<u8> {
         // Like qemu's auto-read-only: an image that cannot be written (seSparse, VMware
         // stream layout, version 3) is still worth serving.
         Err(e) if writable && e.kind() == vmdk::ErrorKind::ReadOnly => {
-            tracing::warn!("{e}; exporting read-only");
+            tracing::warn!("{e:#}; exporting read-only");
             opts.writable(false).open(&args.image)
         }
         r => r,
