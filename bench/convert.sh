@@ -30,6 +30,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-bench}
 DISK=${DISK:-4G}
 DATA_MB=${DATA_MB:-1600}
@@ -57,24 +58,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 
 # ---- 1. the test disk -------------------------------------------------------------------
-if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-    rm -rf stage img.raw sparse.vmdk stream.vmdk
-    mkdir stage
-    have=0
-    for d in /usr/lib/x86_64-linux-gnu /usr/lib/jvm /usr/lib/llvm-* /usr/share/doc /usr/lib/gcc \
-        /usr/bin /usr/share /usr/lib /usr/include /usr/libexec /usr/sbin /opt; do
-        [ -d "$d" ] || continue
-        [ "$have" -ge "$DATA_MB" ] && break
-        dst="stage/$(echo "$d" | tr / _)"
-        [ -e "$dst" ] && continue
-        cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
-        have=$(du -sm stage | cut -f1)
-    done
-    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
-    rm -rf stage
-    echo "$DISK $DATA_MB" > img.stamp
-fi
+make_test_disk sparse.vmdk stream.vmdk
 if [ ! -s sparse.vmdk ]; then
     qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse img.raw sparse.vmdk
 fi
@@ -83,29 +67,7 @@ if [ ! -s stream.vmdk ]; then
     qemu-img convert -f raw -O vmdk -o subformat=streamOptimized img.raw stream.vmdk
 fi
 
-warm() { cat "$@" > /dev/null; }
-hsize() { numfmt --to=iec --suffix=B "$1"; }
-
-# best_time RUNS OUT CMD... : "WALL CPU": seconds of the fastest run, and CPU seconds
-# (user + system, mean over the runs with hyperfine)
-best_time() {
-    local runs=$1 out=$2; shift 2
-    if command -v hyperfine >/dev/null; then
-        hyperfine -N --runs "$runs" --prepare "rm -f $out; sync" --export-json h.json \
-            "$*" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; echo nan nan; return; }
-        python3 -c 'import json;r=json.load(open("h.json"))["results"][0];print("%.3f %.2f"%(min(r["times"]),r["user"]+r["system"]))'
-    else
-        local best= cpu=
-        for _ in $(seq "$runs"); do
-            rm -f "$out"; sync
-            local t c
-            /usr/bin/time -f '%e %U %S' -o t.txt "$@" >/dev/null 2>&1
-            read -r t c < <(awk '{print $1, $2 + $3}' t.txt)
-            if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; cpu=$c; fi
-        done
-        echo "$best $cpu"
-    fi
-}
+BENCH_HYPERFINE=1
 
 # rss OUT CMD... : peak RSS in MiB of one run
 rss() {

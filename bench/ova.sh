@@ -24,6 +24,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-bench-ova}
 DISK=${DISK:-4G}
 DATA_MB=${DATA_MB:-1600}
@@ -43,41 +44,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 
 # ---- the test disk (as bench/convert.sh builds it) ---------------------------------------
-if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-    rm -rf stage img.raw
-    mkdir stage
-    have=0
-    for d in /usr/lib/x86_64-linux-gnu /usr/lib/jvm /usr/lib/llvm-* /usr/share/doc /usr/lib/gcc \
-        /usr/bin /usr/share /usr/lib /usr/include /usr/libexec /usr/sbin /opt; do
-        [ -d "$d" ] || continue
-        [ "$have" -ge "$DATA_MB" ] && break
-        dst="stage/$(echo "$d" | tr / _)"
-        [ -e "$dst" ] && continue
-        cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
-        have=$(du -sm stage | cut -f1)
-    done
-    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
-    rm -rf stage
-    echo "$DISK $DATA_MB" > img.stamp
-fi
-
-warm() { cat "$@" > /dev/null; }
-hsize() { numfmt --to=iec --suffix=B "$1"; }
-
-# best_time RUNS OUT CMD... : "WALL CPU" of the fastest run (wall seconds, user+system seconds)
-best_time() {
-    local runs=$1 out=$2; shift 2
-    local best= cpu=
-    for _ in $(seq "$runs"); do
-        rm -rf "$out"; sync
-        local t c
-        /usr/bin/time -f '%e %U %S' -o t.txt "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; echo nan nan; return; }
-        read -r t c < <(awk '{print $1, $2 + $3}' t.txt)
-        if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; cpu=$c; fi
-    done
-    echo "$best $cpu"
-}
+make_test_disk
 
 # The qemu-img route: convert, write a minimal OVF and manifest, tar them (ova-compose's
 # way, less its Python start-up).

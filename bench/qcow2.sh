@@ -16,6 +16,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-bench-qcow2}
 DISK=${DISK:-1G}
 DATA_MB=${DATA_MB:-600}
@@ -25,40 +26,21 @@ VMDK=${VMDK:-$ROOT/target/release/vmdk}
 
 mkdir -p "$WORK"
 cd "$WORK"
-if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    rm -rf stage img.raw ./*.qcow2 sparse.vmdk stream.vmdk
-    mkdir stage
-    have=0
-    for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib /usr/share /usr/bin; do
-        [ -d "$d" ] || continue
-        [ "$have" -ge "$DATA_MB" ] && break
-        cp -al "$d" "stage/$(echo "$d" | tr / _)" 2>/dev/null ||
-            cp -a "$d" "stage/$(echo "$d" | tr / _)" 2>/dev/null || true
-        have=$(du -sm stage | cut -f1)
-    done
-    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
-    rm -rf stage
-    echo "$DISK $DATA_MB" > img.stamp
-fi
+make_test_disk ./*.qcow2 sparse.vmdk stream.vmdk
 [ -s plain.qcow2 ] || qemu-img convert -O qcow2 img.raw plain.qcow2
 [ -s comp.qcow2 ] || qemu-img convert -c -O qcow2 img.raw comp.qcow2
 [ -s sparse.vmdk ] || qemu-img convert -O vmdk img.raw sparse.vmdk
 [ -s stream.vmdk ] || qemu-img convert -O vmdk -o subformat=streamOptimized img.raw stream.vmdk
 
 # one OUT CMD...: wall seconds of one run, the output removed and synced first
-one() {
-    local out=$1; shift
-    rm -f "$out"; sync
-    /usr/bin/time -f '%e' -o t.txt "$@" >/dev/null 2>&1 || { echo nan; return; }
-    cat t.txt
-}
+one() { local t; read -r t _ < <(best_time 1 "$@"); echo "$t"; }
 min() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "" || a + 0 < b + 0) print a; else print b }'; }
 
 rows=()
 # case NAME INPUT QOUT OOUT "QEMU CMD" "OUR CMD"
 case_() {
     local name=$1 input=$2 qout=$3 oout=$4 qcmd=$5 ocmd=$6 tq= to= v sq so
-    cat "$input" > /dev/null
+    warm "$input"
     for _ in $(seq "$RUNS"); do
         tq=$(min "$(one "$qout" $qcmd)" "$tq")
         to=$(min "$(one "$oout" $ocmd)" "$to")

@@ -39,6 +39,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-bench-s3}
 DISK=${DISK:-1G}
 DATA_MB=${DATA_MB:-600}
@@ -65,24 +66,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 
 # ---- 1. the test disk -------------------------------------------------------------------
-if [ ! -s img.raw ] || [ "$(cat img.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-    rm -rf stage img.raw sparse.vmdk
-    mkdir stage
-    have=0
-    for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib/gcc /usr/bin /usr/share /usr/lib \
-        /usr/include /usr/libexec /usr/sbin /opt; do
-        [ -d "$d" ] || continue
-        [ "$have" -ge "$DATA_MB" ] && break
-        dst="stage/$(echo "$d" | tr / _)"
-        [ -e "$dst" ] && continue
-        cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
-        have=$(du -sm stage | cut -f1)
-    done
-    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
-    rm -rf stage
-    echo "$DISK $DATA_MB" > img.stamp
-fi
+make_test_disk sparse.vmdk
 [ -s sparse.vmdk ] || qemu-img convert -f raw -O vmdk img.raw sparse.vmdk
 [ -s ref.raw ] || qemu-img convert -O raw sparse.vmdk ref.raw
 

@@ -91,7 +91,7 @@ impl DiskFs {
 /// The errno a failed library call becomes. The message itself would be lost on the way
 /// to the application, so it is logged too.
 fn errno(op: &str, e: vmdk::Error) -> Errno {
-    tracing::warn!("{op}: {e}");
+    tracing::warn!("{op}: {e:#}");
     match e.kind() {
         vmdk::ErrorKind::Io => e
             .os_error()
@@ -368,7 +368,7 @@ impl Filesystem for DiskFs {
     /// goes. `vmdk mount` flushes again after the session returns and reports a failure.
     fn destroy(&mut self) {
         if let Err(e) = self.image.flush() {
-            tracing::error!("flushing at unmount: {e}");
+            tracing::error!("flushing at unmount: {e:#}");
         }
     }
 }

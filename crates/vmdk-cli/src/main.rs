@@ -97,17 +97,14 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
-/// An error and its causes on one line, without repeating a cause its parent already shows.
+/// An error and its causes on one line, qemu-style: `<context>: '<file>': <problem>: <cause>`.
+/// Every error in the chain shows only its own context (the library's [`vmdk::Error`] never
+/// copies its cause's text), so the chain is printed as it is.
 pub fn render_error(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if parts.iter().any(|p| p.contains(&s)) {
-            continue;
-        }
-        parts.push(s);
-    }
-    parts.join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// What the user can do about an error, in terms of this command's flags (the library's

@@ -89,8 +89,16 @@ impl CmdError {
         }
     }
 
+    /// `what` failed because of `e`: the message is `e` and its causes (a backend's error
+    /// shows only its own context and leaves the cause to its source).
     fn io(what: &str, e: &io::Error) -> Self {
-        CmdError::new(errno_for(e), format!("{what}: {e}"))
+        let mut msg = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        CmdError::new(errno_for(e), msg)
     }
 }
 

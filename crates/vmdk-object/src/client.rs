@@ -244,10 +244,10 @@ fn build(name: &ObjectName, cfg: &Config) -> Result<Built> {
 }
 
 /// An object-store error as the library's error, saying what to do where that is clear.
+/// The message already carries what `object_store` said (its errors' text includes their
+/// causes), so it is not attached again as the source: the chain says everything once.
 pub fn error(e: object_store::Error, name: &Path, what: &str) -> Error {
-    Error::new(ErrorKind::Io, message(&e, what))
-        .with_path(name)
-        .with_source(e)
+    Error::new(ErrorKind::Io, message(&e, what)).with_path(name)
 }
 
 /// What went wrong, for people: `what` we were doing, then the cause.

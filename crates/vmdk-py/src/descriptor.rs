@@ -51,7 +51,8 @@ pub fn parse_descriptor<'py>(
 /// embedded descriptor, or `None` when it has none.
 #[pyfunction]
 pub fn embedded_descriptor_range(head: &Bound<'_, PyBytes>) -> PyResult<Option<(u64, u64)>> {
-    let h = SparseHeader::parse(head.as_bytes()).map_err(|m| to_py(Error::corrupt(m)))?;
+    let h =
+        SparseHeader::parse(head.as_bytes()).map_err(|m| to_py(Error::corrupt(m.to_string())))?;
     if h.desc_offset == 0 || h.desc_size == 0 {
         return Ok(None);
     }

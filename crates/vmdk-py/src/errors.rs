@@ -54,7 +54,7 @@ pub fn to_py(e: vmdk::Error) -> PyErr {
         Ok(err) => err,
         // Only if the package is broken (vmdk._errors missing): still say what happened.
         Err(import_failure) => {
-            let err = PyRuntimeError::new_err(e.to_string());
+            let err = PyRuntimeError::new_err(format!("{e:#}"));
             err.set_cause(py, Some(import_failure));
             err
         }
@@ -78,7 +78,7 @@ fn build(py: Python<'_>, e: &vmdk::Error) -> PyResult<PyErr> {
     let args = PyTuple::new(
         py,
         [
-            e.to_string().into_pyobject(py)?.into_any(),
+            format!("{e:#}").into_pyobject(py)?.into_any(),
             kind_name(e.kind()).into_pyobject(py)?.into_any(),
             path.into_pyobject(py)?,
             errno.into_pyobject(py)?,

@@ -409,7 +409,7 @@ impl ExtentCheck<'_> {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(e) => {
-                    self.error(format!("cannot read grain table {i}: {e}"));
+                    self.error(format!("cannot read grain table {i}: {e:#}"));
                     continue;
                 }
             };
@@ -640,14 +640,14 @@ impl ExtentCheck<'_> {
         }
         let mut buf = vec![0u8; gt_bytes as usize];
         if let Err(e) = self.read(&mut buf, rgt) {
-            self.error(format!("cannot read redundant grain table {i}: {e}"));
+            self.error(format!("cannot read redundant grain table {i}: {e:#}"));
             return;
         }
         let primary = match dir.table(i) {
             Ok(Some(t)) => t,
             Ok(None) => return,
             Err(e) => {
-                self.error(format!("cannot read grain table {i}: {e}"));
+                self.error(format!("cannot read grain table {i}: {e:#}"));
                 return;
             }
         };

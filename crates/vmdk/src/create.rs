@@ -352,7 +352,7 @@ pub fn write_sparse_extent(
     let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
     for gd_start in [header.rgd_offset, header.gd_offset] {
         let gd = preallocated_directory(gt_count, gd_start + gd_sectors, gt_sectors)
-            .map_err(Error::invalid)?;
+            .map_err(|e| Error::invalid(e.to_string()))?;
         f.write_at(&gd, gd_start * SECTOR_SIZE).map_err(io)?;
     }
     Ok(f)
@@ -423,7 +423,9 @@ pub fn create_sparing(
             }
             .open(&bpath)
             .map_err(|e| {
-                Error::new(e.kind(), format!("could not open backing file: {e}")).with_path(path)
+                Error::new(e.kind(), "could not open backing file")
+                    .with_path(path)
+                    .with_source(e)
             })?;
             let mut spare = spare.to_vec();
             spare.extend(parent.file_ids());

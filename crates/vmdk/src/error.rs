@@ -1,5 +1,9 @@
 //! The library's one public error type: a kind, a message naming what is wrong, the file it
 //! concerns, and the underlying cause where there is one.
+//!
+//! An error's message is its own context only: the cause's text is never copied into it but
+//! reached through [`std::error::Error::source`], so printing an error's chain (as `{:#}`
+//! does, or the CLI) says each thing once.
 
 use std::fmt;
 use std::io;
@@ -56,7 +60,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error from the library. Its `Display` reads `'<file>': <message>` when a file is known.
+/// An error from the library. Its `Display` reads `'<file>': <message>` when a file is known;
+/// the alternate form (`{:#}`) adds its causes, `'<file>': <message>: <cause>: ...`.
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -99,7 +104,7 @@ impl Error {
         Error {
             kind: ErrorKind::Io,
             path: None,
-            message: format!("{}: {}", what.into(), err),
+            message: what.into(),
             source: Some(Box::new(err)),
         }
     }
@@ -132,7 +137,7 @@ impl Error {
         self.path.as_deref()
     }
 
-    /// The message without the file name.
+    /// The message without the file name (and without the causes).
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -141,9 +146,17 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
-            Some(p) => write!(f, "'{}': {}", p.display(), self.message),
-            None => f.write_str(&self.message),
+            Some(p) => write!(f, "'{}': {}", p.display(), self.message)?,
+            None => f.write_str(&self.message)?,
         }
+        if f.alternate() {
+            let mut cause = std::error::Error::source(self);
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -199,12 +212,26 @@ mod tests {
         assert_eq!(e.os_error().and_then(|o| o.raw_os_error()), Some(28));
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::StorageFull);
-        assert!(io.to_string().contains("'x.vmdk': writing data"), "{io}");
+        assert_eq!(io.to_string(), "'x.vmdk': writing data");
         let inner = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
         assert_eq!(inner.os_error().unwrap().raw_os_error(), Some(28));
         let ro: io::Error = Error::new(ErrorKind::ReadOnly, "no").into();
         assert_eq!(ro.kind(), io::ErrorKind::PermissionDenied);
         let c: io::Error = Error::corrupt("bad").into();
         assert_eq!(c.kind(), io::ErrorKind::Other);
+    }
+
+    #[test]
+    fn message_is_own_context_and_alternate_adds_causes() {
+        let e = Error::io(io::Error::from_raw_os_error(libc::ENOENT), "cannot open").with_path("x");
+        assert_eq!(e.to_string(), "'x': cannot open");
+        assert_eq!(e.message(), "cannot open");
+        let os = io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        assert_eq!(format!("{e:#}"), format!("'x': cannot open: {os}"));
+        let src = std::error::Error::source(&e).unwrap();
+        assert_eq!(src.to_string(), os);
+        assert!(src.source().is_none());
+        let plain = Error::corrupt("bad").with_path("y");
+        assert_eq!(format!("{plain:#}"), plain.to_string());
     }
 }

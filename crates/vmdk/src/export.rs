@@ -26,7 +26,7 @@ pub fn open_for_export(opts: &OpenOptions, path: impl AsRef<Path>) -> Result<Ima
     let path = path.as_ref();
     match opts.open(path) {
         Err(e) if opts.writable && e.kind() == ErrorKind::ReadOnly => {
-            tracing::warn!("{e}; exporting read-only");
+            tracing::warn!("{e:#}; exporting read-only");
             opts.clone().writable(false).open(path)
         }
         r => r,

@@ -230,14 +230,14 @@ impl StreamWriter {
     fn grain_entry(&self, at: u64) -> Result<u64> {
         self.coding
             .encode(GrainEntry::Compressed(at))
-            .map_err(|m| Error::invalid(m).with_path(&self.path))
+            .map_err(|m| Error::invalid(m.to_string()).with_path(&self.path))
     }
 
     /// The raw directory entry for a table at byte `at`.
     fn directory_entry(&self, at: u64) -> Result<u64> {
         self.coding
             .encode_directory(Some(at))
-            .map_err(|m| Error::invalid(m).with_path(&self.path))
+            .map_err(|m| Error::invalid(m.to_string()).with_path(&self.path))
     }
 
     /// Write the table being filled, if it holds anything.

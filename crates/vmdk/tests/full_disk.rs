@@ -26,7 +26,7 @@ fn data(n: u64, len: usize) -> Vec<u8> {
 /// Assert `e` is the OS's ENOSPC, kept through the error and its `io::Error` form.
 fn assert_no_space(e: vmdk::Error, image: &Path) {
     assert_eq!(e.kind(), ErrorKind::Io, "{e}");
-    let msg = e.to_string();
+    let msg = format!("{e:#}"); // the error and its causes
     assert!(msg.contains("No space left on device"), "{msg}");
     // The image, or for split images one of its extents ("split-s002.vmdk").
     let stem = image.file_stem().unwrap().to_str().unwrap();

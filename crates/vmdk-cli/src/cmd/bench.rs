@@ -143,13 +143,13 @@ pub fn run(a: Args) -> Result<u8> {
                         img.read_at(&mut buf, off)
                     };
                     if let Err(e) = r {
-                        eprintln!("vmdk: request at {off} failed: {e}");
+                        eprintln!("vmdk: request at {off} failed: {e:#}");
                         failed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     if a.flush_interval > 0 && (i + 1).is_multiple_of(a.flush_interval) {
                         if let Err(e) = img.flush() {
-                            eprintln!("vmdk: flush failed: {e}");
+                            eprintln!("vmdk: flush failed: {e:#}");
                             failed.fetch_add(1, Ordering::Relaxed);
                             break;
                         }

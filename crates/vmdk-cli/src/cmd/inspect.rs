@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<u8> {
         Ok(r) => r,
         Err(e) => {
             // Not a verdict: the file could not be read at all.
-            eprintln!("vmdk: {e}");
+            eprintln!("vmdk: {e:#}");
             return Ok(2);
         }
     };

@@ -452,7 +452,7 @@ fn read(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     let mut buf = vec![0u8; count as usize];
     let t0 = Instant::now();
     if let Err(e) = img.read_at(&mut buf, offset) {
-        writeln!(out, "read failed: {e}")?;
+        writeln!(out, "read failed: {e:#}")?;
         return Ok(false);
     }
     let t = t0.elapsed();
@@ -503,7 +503,7 @@ fn readv(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     let mut buf = vec![0u8; count as usize];
     let t0 = Instant::now();
     if let Err(e) = img.read_at(&mut buf, offset) {
-        writeln!(out, "readv failed: {e}")?;
+        writeln!(out, "readv failed: {e:#}")?;
         return Ok(false);
     }
     let t = t0.elapsed();
@@ -537,7 +537,7 @@ fn writev(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         .and_then(|()| if o.has('f') { img.flush() } else { Ok(()) });
     let t = t0.elapsed();
     if let Err(e) = r {
-        writeln!(out, "writev failed: {e}")?;
+        writeln!(out, "writev failed: {e:#}")?;
         return Ok(false);
     }
     if !o.has('q') {
@@ -565,7 +565,7 @@ fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
             }
         }
         Err(e) => {
-            writeln!(out, "alloc failed: {e}")?;
+            writeln!(out, "alloc failed: {e:#}")?;
             return Ok(false);
         }
     }
@@ -609,7 +609,7 @@ fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     let r = r.and_then(|()| if o.has('f') { img.flush() } else { Ok(()) });
     let t = t0.elapsed();
     if let Err(e) = r {
-        writeln!(out, "write failed: {e}")?;
+        writeln!(out, "write failed: {e:#}")?;
         return Ok(false);
     }
     if !o.has('q') {
@@ -625,7 +625,7 @@ fn discard(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     // Deallocate the grains the range covers whole (what NBD TRIM does); the rest keeps
     // its data, as a discard allows.
     if let Err(e) = img.discard(offset, count) {
-        writeln!(out, "discard failed: {e}")?;
+        writeln!(out, "discard failed: {e:#}")?;
         return Ok(false);
     }
     let t = t0.elapsed();
@@ -662,7 +662,7 @@ fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         let entries = match img.map_layer_prefix(pos, size - pos, BATCH) {
             Ok(e) => e,
             Err(e) => {
-                writeln!(out, "map failed: {e}")?;
+                writeln!(out, "map failed: {e:#}")?;
                 return Ok(false);
             }
         };
@@ -705,7 +705,7 @@ fn info(img: &Image, out: &mut impl Write) -> Result<bool> {
 
 fn flush(img: &Image, out: &mut impl Write) -> Result<bool> {
     if let Err(e) = img.flush() {
-        writeln!(out, "flush failed: {e}")?;
+        writeln!(out, "flush failed: {e:#}")?;
         return Ok(false);
     }
     Ok(true)

@@ -136,7 +136,7 @@ pub fn run(args: Args) -> Result<u8> {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "unmounting");
             if let Err(e) = flusher.flush() {
-                tracing::error!("flushing before unmount: {e}");
+                tracing::error!("flushing before unmount: {e:#}");
             }
             if let Err(e) = unmounter.unmount() {
                 // Busy (a process has the file open): detach the mount now; the session

@@ -72,7 +72,7 @@ impl ConvertOptions {
     pub(super) fn fill(&self, task: &Task, buf: &mut [u8], scratch: &mut Scratch) -> Result<()> {
         match fill_task(task, buf, scratch) {
             Err(e) if self.salvage => {
-                tracing::warn!("{e}; retrying stretch by stretch");
+                tracing::warn!("{e:#}; retrying stretch by stretch");
                 buf.fill(0);
                 for en in &task.entries {
                     let at = (en.start - task.start) as usize;
@@ -81,7 +81,7 @@ impl ConvertOptions {
                         dst.fill(0);
                         self.salvaged.fetch_add(1, Ordering::Relaxed);
                         eprintln!(
-                            "warning: error while reading offset {}: {e}; writing zeros",
+                            "warning: error while reading offset {}: {e:#}; writing zeros",
                             en.start
                         );
                     }

@@ -74,18 +74,15 @@ pub fn convert_to_raw(
     let planner = Planner::new(src, OUT_GRAIN, max_task, opts.want());
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Filled> {
-        let mut buf = pool.get();
-        buf.resize((task.end - task.start) as usize, 0);
-        opts.fill(task, &mut buf, scratch)?;
+        let buf = filled_buffer(&pool, opts, task, scratch)?;
         let runs = opts.runs(&buf, block);
         Ok((buf, runs))
     };
-    let mut consume = |task: &Task, (buf, runs): Filled| -> Result<()> {
-        for (s, e) in runs {
-            out.write_at(&buf[s..e], task.start + s as u64)
-                .map_err(|e| Error::io(e, "writing").with_path(dst))?;
-        }
-        pool.put(buf);
+    let mut consume = |task: &Task, filled: Filled| -> Result<()> {
+        write_runs(&pool, task, filled, |off, bytes| {
+            out.write_at(bytes, off)
+                .map_err(|e| Error::io(e, "writing").with_path(dst))
+        })?;
         progress(task.end, size);
         Ok(())
     };
@@ -122,10 +119,7 @@ fn convert_to_raw_stream(
     let planner = Planner::new(src, OUT_GRAIN, max_task, opts.want());
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Vec<u8>> {
-        let mut buf = pool.get();
-        buf.resize((task.end - task.start) as usize, 0);
-        opts.fill(task, &mut buf, scratch)?;
-        Ok(buf)
+        filled_buffer(&pool, opts, task, scratch)
     };
     let mut consume = |task: &Task, buf: Vec<u8>| -> Result<()> {
         fill_to(&mut *sink, task.start)?;
@@ -243,9 +237,7 @@ pub fn convert_to_vmdk(
     let planner = Planner::new(src, OUT_GRAIN, max_task, want);
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Filled> {
-        let mut buf = pool.get();
-        buf.resize((task.end - task.start) as usize, 0);
-        opts.fill(task, &mut buf, scratch)?;
+        let buf = filled_buffer(&pool, opts, task, scratch)?;
         let runs = if new_overlay {
             task.entries
                 .iter()
@@ -261,16 +253,14 @@ pub fn convert_to_vmdk(
         };
         Ok((buf, runs))
     };
-    let mut consume = |task: &Task, (buf, runs): Filled| -> Result<()> {
-        for (s, e) in runs {
-            let off = task.start + s as u64;
-            if write_zeros && !fully && is_zero(&buf[s..e]) {
-                img.write_zeroes(off, (e - s) as u64, true)?;
+    let mut consume = |task: &Task, filled: Filled| -> Result<()> {
+        write_runs(&pool, task, filled, |off, bytes| {
+            if write_zeros && !fully && is_zero(bytes) {
+                img.write_zeroes(off, bytes.len() as u64, true)
             } else {
-                img.write_at(&buf[s..e], off)?;
+                img.write_at(bytes, off)
             }
-        }
-        pool.put(buf);
+        })?;
         progress(task.end, size);
         Ok(())
     };
@@ -305,9 +295,7 @@ pub fn convert_to_stream(
     let planner = Planner::new(src, OUT_GRAIN, max_task, is_data);
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Encoded> {
-        let mut buf = pool.get();
-        buf.resize((task.end - task.start) as usize, 0);
-        opts.fill(task, &mut buf, scratch)?;
+        let mut buf = filled_buffer(&pool, opts, task, scratch)?;
         // The disk's last grain is compressed up to the sector-rounded capacity (readers
         // such as qemu-img refuse a grain that inflates to less than they read from it).
         buf.resize(buf.len().next_multiple_of(SECTOR_SIZE as usize), 0);
@@ -338,5 +326,33 @@ pub fn convert_to_stream(
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
     writer.finish()?;
     progress(size, size);
+    Ok(())
+}
+
+/// A buffer from `pool` holding the source's bytes of `task`.
+fn filled_buffer(
+    pool: &Pool,
+    opts: &ConvertOptions,
+    task: &Task,
+    scratch: &mut Scratch,
+) -> Result<Vec<u8>> {
+    let mut buf = pool.get();
+    buf.resize((task.end - task.start) as usize, 0);
+    opts.fill(task, &mut buf, scratch)?;
+    Ok(buf)
+}
+
+/// Hand each run of a filled task to `write` (its offset in the disk, its bytes), in order,
+/// then give the buffer back to `pool`.
+fn write_runs(
+    pool: &Pool,
+    task: &Task,
+    (buf, runs): Filled,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    for (s, e) in runs {
+        write(task.start + s as u64, &buf[s..e])?;
+    }
+    pool.put(buf);
     Ok(())
 }

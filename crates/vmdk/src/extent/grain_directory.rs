@@ -68,8 +68,8 @@ pub struct GrainDirectory {
     directory_lock: Mutex<()>,
 }
 
-fn corrupt(file: &ExtentFile, msg: impl Into<String>) -> Error {
-    Error::corrupt(msg).with_path(&file.path)
+fn corrupt(file: &ExtentFile, msg: impl std::fmt::Display) -> Error {
+    Error::corrupt(msg.to_string()).with_path(&file.path)
 }
 
 fn io_err<'a>(file: &'a ExtentFile, what: &'a str) -> impl Fn(std::io::Error) -> Error + 'a {
@@ -539,8 +539,8 @@ impl GrainDirectory {
         let raw = entries
             .iter()
             .map(|e| self.coding.encode(*e))
-            .collect::<std::result::Result<Vec<u64>, String>>()
-            .map_err(|m| Error::invalid(m).with_path(&self.file.path))?;
+            .collect::<std::result::Result<Vec<u64>, _>>()
+            .map_err(|m| Error::invalid(m.to_string()).with_path(&self.file.path))?;
         let w = self.coding.width();
         let mut bytes = Vec::new();
         grain_entry::put_entries(w, &raw, &mut bytes);

@@ -47,7 +47,7 @@ impl SparseExtent {
                 let Some(off) = dir
                     .coding()
                     .decode_directory(raw)
-                    .map_err(|m| Error::corrupt(m).with_path(path))?
+                    .map_err(|m| Error::corrupt(m.to_string()).with_path(path))?
                 else {
                     continue;
                 };

@@ -72,8 +72,8 @@ impl Layout {
     }
 }
 
-fn corrupt(file: &ExtentFile, msg: impl Into<String>) -> Error {
-    Error::corrupt(msg).with_path(&file.path)
+fn corrupt(file: &ExtentFile, msg: impl std::fmt::Display) -> Error {
+    Error::corrupt(msg.to_string()).with_path(&file.path)
 }
 
 fn file_len(file: &ExtentFile) -> Result<u64> {

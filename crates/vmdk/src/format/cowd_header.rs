@@ -1,6 +1,7 @@
 //! The VMDK3 / ESX `COWD` sparse header (vmfsSparse extents, ESX 2.x-6.x snapshots).
 //! Grain tables have a fixed 4096 entries; all offsets are 32-bit sector numbers.
 
+use super::error::{FormatError, FormatResult};
 use super::le::*;
 
 /// `COWD` read as a little-endian u32.
@@ -47,12 +48,12 @@ pub struct CowdHeader {
 
 impl CowdHeader {
     /// Parse from the first bytes of the file (at least 1056 are needed for the parent name).
-    pub fn parse(buf: &[u8]) -> Result<CowdHeader, String> {
+    pub fn parse(buf: &[u8]) -> FormatResult<CowdHeader> {
         if buf.len() < 32 {
-            return Err("COWD header truncated".into());
+            return Err(FormatError::Truncated("COWD header"));
         }
         if u32_at(buf, 0) != COWD_MAGIC {
-            return Err("bad COWD magic".into());
+            return Err(FormatError::BadMagic("COWD"));
         }
         // The header is a union: for child disks bytes 32..1056 hold the parent file name,
         // for root disks they hold the geometry. Only a printable NUL-terminated string is
@@ -97,21 +98,21 @@ impl CowdHeader {
     }
 
     /// Check the geometry the lookup code relies on.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> FormatResult<()> {
         if self.grain_size == 0 || self.grain_size as u64 > super::sparse_header::MAX_GRAIN_SECTORS
         {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "invalid COWD grain size {} sectors",
                 self.grain_size
-            ));
+            )));
         }
         let per_gd = self.grain_size as u64 * COWD_GT_ENTRIES as u64;
         let needed = (self.capacity as u64).div_ceil(per_gd);
         if (self.gd_entries as u64) < needed {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "COWD grain directory has {} entries but the capacity needs {}",
                 self.gd_entries, needed
-            ));
+            )));
         }
         Ok(())
     }

@@ -758,93 +758,79 @@ fn clean_key(s: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    /// A descriptor as QEMU's template writes it (block/vmdk.c `desc_template`): `after`
+    /// follows the createType line (a blank line, or QEMU's parentFileNameHint line with no
+    /// blank line after it), `extents` are the extent lines, `cylinders` the geometry.
+    macro_rules! qemu_descriptor {
+        ($cid:literal, $parent:literal, $create_type:literal, $after:literal, $extents:literal,
+         $cylinders:literal) => {
+            concat!(
+                "# Disk DescriptorFile\nversion=1\nCID=",
+                $cid,
+                "\nparentCID=",
+                $parent,
+                "\ncreateType=\"",
+                $create_type,
+                "\"\n",
+                $after,
+                "# Extent description\n",
+                $extents,
+                "\n# The Disk Data Base\n#DDB\n\n",
+                "ddb.virtualHWVersion = \"4\"\n",
+                "ddb.geometry.cylinders = \"",
+                $cylinders,
+                "\"\n",
+                "ddb.geometry.heads = \"16\"\n",
+                "ddb.geometry.sectors = \"63\"\n",
+                "ddb.adapterType = \"ide\"\n",
+                "ddb.toolsVersion = \"2147483647\"\n",
+            )
+        };
+    }
+
     // Written by `qemu-img create -f vmdk -o subformat=monolithicSparse ms.vmdk 10M` (QEMU 10.0.2)
     // and read back with `dd if=ms.vmdk bs=512 skip=1 count=2`.
-    const QEMU_MONOLITHIC_SPARSE: &str = "# Disk DescriptorFile
-version=1
-CID=7b9b5658
-parentCID=ffffffff
-createType=\"monolithicSparse\"
-
-# Extent description
-RW 20480 SPARSE \"ms.vmdk\"
-
-# The Disk Data Base
-#DDB
-
-ddb.virtualHWVersion = \"4\"
-ddb.geometry.cylinders = \"20\"
-ddb.geometry.heads = \"16\"
-ddb.geometry.sectors = \"63\"
-ddb.adapterType = \"ide\"
-ddb.toolsVersion = \"2147483647\"
-";
+    const QEMU_MONOLITHIC_SPARSE: &str = qemu_descriptor!(
+        "7b9b5658",
+        "ffffffff",
+        "monolithicSparse",
+        "\n",
+        "RW 20480 SPARSE \"ms.vmdk\"\n",
+        "20"
+    );
 
     // `qemu-img create -f vmdk -o subformat=twoGbMaxExtentFlat tf.vmdk 5G`: a separate file.
-    const QEMU_TWO_GB_FLAT: &str = "# Disk DescriptorFile
-version=1
-CID=402a4429
-parentCID=ffffffff
-createType=\"twoGbMaxExtentFlat\"
-
-# Extent description
-RW 4194304 FLAT \"tf-f001.vmdk\" 0
-RW 4194304 FLAT \"tf-f002.vmdk\" 0
-RW 2097152 FLAT \"tf-f003.vmdk\" 0
-
-# The Disk Data Base
-#DDB
-
-ddb.virtualHWVersion = \"4\"
-ddb.geometry.cylinders = \"10402\"
-ddb.geometry.heads = \"16\"
-ddb.geometry.sectors = \"63\"
-ddb.adapterType = \"ide\"
-ddb.toolsVersion = \"2147483647\"
-";
+    const QEMU_TWO_GB_FLAT: &str = qemu_descriptor!(
+        "402a4429",
+        "ffffffff",
+        "twoGbMaxExtentFlat",
+        "\n",
+        "RW 4194304 FLAT \"tf-f001.vmdk\" 0\n\
+         RW 4194304 FLAT \"tf-f002.vmdk\" 0\n\
+         RW 2097152 FLAT \"tf-f003.vmdk\" 0\n",
+        "10402"
+    );
 
     // `qemu-img create -f vmdk -o subformat=streamOptimized so.vmdk 10M`, embedded at 512.
-    const QEMU_STREAM_OPTIMIZED: &str = "# Disk DescriptorFile
-version=1
-CID=fcf99585
-parentCID=ffffffff
-createType=\"streamOptimized\"
-
-# Extent description
-RW 20480 SPARSE \"so.vmdk\"
-
-# The Disk Data Base
-#DDB
-
-ddb.virtualHWVersion = \"4\"
-ddb.geometry.cylinders = \"20\"
-ddb.geometry.heads = \"16\"
-ddb.geometry.sectors = \"63\"
-ddb.adapterType = \"ide\"
-ddb.toolsVersion = \"2147483647\"
-";
+    const QEMU_STREAM_OPTIMIZED: &str = qemu_descriptor!(
+        "fcf99585",
+        "ffffffff",
+        "streamOptimized",
+        "\n",
+        "RW 20480 SPARSE \"so.vmdk\"\n",
+        "20"
+    );
 
     // `qemu-img create -f vmdk -b ms.vmdk -F vmdk child.vmdk`, embedded at 512. QEMU's template
     // leaves out the blank line after parentFileNameHint.
-    const QEMU_CHILD: &str = "# Disk DescriptorFile
-version=1
-CID=7fdf1262
-parentCID=7b9b5658
-createType=\"monolithicSparse\"
-parentFileNameHint=\"ms.vmdk\"
-# Extent description
-RW 20480 SPARSE \"child.vmdk\"
-
-# The Disk Data Base
-#DDB
-
-ddb.virtualHWVersion = \"4\"
-ddb.geometry.cylinders = \"20\"
-ddb.geometry.heads = \"16\"
-ddb.geometry.sectors = \"63\"
-ddb.adapterType = \"ide\"
-ddb.toolsVersion = \"2147483647\"
-";
+    const QEMU_CHILD: &str = qemu_descriptor!(
+        "7fdf1262",
+        "7b9b5658",
+        "monolithicSparse",
+        "parentFileNameHint=\"ms.vmdk\"\n",
+        "RW 20480 SPARSE \"child.vmdk\"\n",
+        "20"
+    );
 
     // What VMware-made and hand-edited descriptors look like: CRLF, odd spacing, lower-case
     // keywords, unknown keys, an unknown line, no final newline.

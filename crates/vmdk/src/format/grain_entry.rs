@@ -12,6 +12,8 @@
 //! Whether a stored grain is compressed is the extent's property (its header's flag), not
 //! the entry's: the same sector number means compressed data in a stream file.
 
+use super::error::{FormatError, FormatResult};
+
 /// How entries of an extent are coded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SparseFlavor {
@@ -121,7 +123,7 @@ impl GrainCoding {
 
     /// Decode a grain-table entry.
     #[inline]
-    pub fn decode(&self, raw: u64) -> Result<GrainEntry, String> {
+    pub fn decode(&self, raw: u64) -> FormatResult<GrainEntry> {
         match self.flavor {
             SparseFlavor::Vmdk4 | SparseFlavor::Cowd => Ok(match raw {
                 0 => GrainEntry::Unallocated,
@@ -142,9 +144,11 @@ impl GrainCoding {
                         // Reads add offsets inside the grain.
                         .filter(|o| o.checked_add(self.grain_size).is_some())
                         .map(GrainEntry::Data)
-                        .ok_or_else(|| "grain index overflows".to_string())
+                        .ok_or_else(|| FormatError::Invalid("grain index overflows".into()))
                 }
-                _ => Err(format!("invalid seSparse grain table entry {raw:#018x}")),
+                _ => Err(FormatError::Invalid(format!(
+                    "invalid seSparse grain table entry {raw:#018x}"
+                ))),
             },
         }
     }
@@ -152,24 +156,28 @@ impl GrainCoding {
     /// The raw grain-table entry saying `entry`; an error for what this coding cannot say
     /// (a zeroed grain without the flag, an offset that is not a whole sector or grain of
     /// the grain area, or does not fit the entry).
-    pub fn encode(&self, entry: GrainEntry) -> Result<u64, String> {
+    pub fn encode(&self, entry: GrainEntry) -> FormatResult<u64> {
         match (self.flavor, entry) {
             (_, GrainEntry::Unallocated) => Ok(0),
             (SparseFlavor::SeSparse, GrainEntry::Zero) => Ok(SESPARSE_GT_ZERO),
             (_, GrainEntry::Zero) if self.zero_grain => Ok(VMDK4_GT_ZERO),
-            (_, GrainEntry::Zero) => Err("this extent has no zeroed-grain entries".into()),
-            (_, GrainEntry::Data(_)) if self.compressed => {
-                Err("grains of a compressed extent are compressed".into())
-            }
-            (_, GrainEntry::Compressed(_)) if !self.compressed => {
-                Err("grains of this extent are not compressed".into())
-            }
+            (_, GrainEntry::Zero) => Err(FormatError::Invalid(
+                "this extent has no zeroed-grain entries".into(),
+            )),
+            (_, GrainEntry::Data(_)) if self.compressed => Err(FormatError::Invalid(
+                "grains of a compressed extent are compressed".into(),
+            )),
+            (_, GrainEntry::Compressed(_)) if !self.compressed => Err(FormatError::Invalid(
+                "grains of this extent are not compressed".into(),
+            )),
             (SparseFlavor::Vmdk4 | SparseFlavor::Cowd, e) => {
                 let off = e.offset().expect("stored entries only");
                 let sector = sector_of(off)?;
                 // Sector 0 is the header; 1 would read as a zeroed grain.
                 if sector == 0 || (sector == VMDK4_GT_ZERO && self.zero_grain) {
-                    return Err(format!("a grain cannot be stored at offset {off}"));
+                    return Err(FormatError::Invalid(format!(
+                        "a grain cannot be stored at offset {off}"
+                    )));
                 }
                 Ok(sector)
             }
@@ -178,10 +186,16 @@ impl GrainCoding {
                 let rel = off
                     .checked_sub(self.grain_area)
                     .filter(|r| r.is_multiple_of(self.grain_size))
-                    .ok_or_else(|| format!("offset {off} is not a grain of the grain area"))?;
+                    .ok_or_else(|| {
+                        FormatError::Invalid(format!(
+                            "offset {off} is not a grain of the grain area"
+                        ))
+                    })?;
                 let index = rel / self.grain_size;
                 if index >= 1 << 60 {
-                    return Err(format!("grain index {index} does not fit an entry"));
+                    return Err(FormatError::Invalid(format!(
+                        "grain index {index} does not fit an entry"
+                    )));
                 }
                 Ok(0x3000_0000_0000_0000
                     | ((index & 0xfff) << 48)
@@ -193,7 +207,7 @@ impl GrainCoding {
     /// Decode a grain-directory entry: the byte offset of its grain table, or `None` when
     /// the directory says there is none.
     #[inline]
-    pub fn decode_directory(&self, raw: u64) -> Result<Option<u64>, String> {
+    pub fn decode_directory(&self, raw: u64) -> FormatResult<Option<u64>> {
         match self.flavor {
             SparseFlavor::Vmdk4 | SparseFlavor::Cowd => Ok((raw != 0).then_some(raw * SECTOR)),
             SparseFlavor::SeSparse => {
@@ -201,27 +215,29 @@ impl GrainCoding {
                     return Ok(None);
                 }
                 if raw & 0xffff_ffff_0000_0000 != SESPARSE_GD_TAG {
-                    return Err(format!(
+                    return Err(FormatError::Invalid(format!(
                         "invalid seSparse grain directory entry {raw:#018x}"
-                    ));
+                    )));
                 }
                 let table_bytes = self.table_bytes();
                 self.table_area
                     .checked_add((raw as u32) as u64 * table_bytes)
                     .filter(|o| o.checked_add(table_bytes).is_some())
                     .map(Some)
-                    .ok_or_else(|| "grain table offset overflows".to_string())
+                    .ok_or_else(|| FormatError::Invalid("grain table offset overflows".into()))
             }
         }
     }
 
     /// The raw grain-directory entry pointing at a table at byte offset `table` (`None`:
     /// no table).
-    pub fn encode_directory(&self, table: Option<u64>) -> Result<u64, String> {
+    pub fn encode_directory(&self, table: Option<u64>) -> FormatResult<u64> {
         let Some(off) = table else { return Ok(0) };
         match self.flavor {
             SparseFlavor::Vmdk4 | SparseFlavor::Cowd => match sector_of(off)? {
-                0 => Err("a grain table cannot be stored at offset 0".into()),
+                0 => Err(FormatError::Invalid(
+                    "a grain table cannot be stored at offset 0".into(),
+                )),
                 s => Ok(s),
             },
             SparseFlavor::SeSparse => {
@@ -230,7 +246,11 @@ impl GrainCoding {
                     .filter(|r| r.is_multiple_of(self.table_bytes()))
                     .map(|r| r / self.table_bytes())
                     .and_then(|i| u32::try_from(i).ok())
-                    .ok_or_else(|| format!("offset {off} is not a table of the table area"))?;
+                    .ok_or_else(|| {
+                        FormatError::Invalid(format!(
+                            "offset {off} is not a table of the table area"
+                        ))
+                    })?;
                 Ok(SESPARSE_GD_TAG | index as u64)
             }
         }
@@ -243,15 +263,17 @@ impl GrainCoding {
 }
 
 /// The sector number of byte offset `off` as a 32-bit entry.
-fn sector_of(off: u64) -> Result<u64, String> {
+fn sector_of(off: u64) -> FormatResult<u64> {
     if !off.is_multiple_of(SECTOR) {
-        return Err(format!("offset {off} is not a whole sector"));
+        return Err(FormatError::Invalid(format!(
+            "offset {off} is not a whole sector"
+        )));
     }
     let s = off / SECTOR;
     if s > u32::MAX as u64 {
-        return Err(format!(
+        return Err(FormatError::Invalid(format!(
             "offset {off} is past what 32-bit sector entries address (2 TiB)"
-        ));
+        )));
     }
     Ok(s)
 }
@@ -286,14 +308,16 @@ pub fn preallocated_directory(
     n: u64,
     first_table: u64,
     table_sectors: u64,
-) -> Result<Vec<u8>, String> {
+) -> FormatResult<Vec<u8>> {
     let mut raw = Vec::with_capacity(n as usize);
     for i in 0..n {
         let sector = i
             .checked_mul(table_sectors)
             .and_then(|s| s.checked_add(first_table))
             .filter(|s| *s <= u32::MAX as u64)
-            .ok_or("image too large for 32-bit grain directory")?;
+            .ok_or_else(|| {
+                FormatError::Unsupported("image too large for 32-bit grain directory".into())
+            })?;
         raw.push(sector);
     }
     let mut out = Vec::new();

@@ -3,6 +3,7 @@
 //! says what follows. VMware-layout stream files end in a footer: footer marker, a copy of
 //! the header giving the real directory offset, end-of-stream marker.
 
+use super::error::{FormatError, FormatResult};
 use super::le::*;
 use super::sparse_header::{SparseHeader, GD_AT_END, SPARSE_MAGIC};
 
@@ -51,14 +52,14 @@ impl GrainMarker {
     /// Parse the marker of a grain of `grain_size` bytes and check its size is one a zlib
     /// stream of the grain can have: not 0, at most [`compress_bound`]. The message says
     /// what is wrong.
-    pub fn parse_checked(buf: &[u8], grain_size: u64) -> Result<GrainMarker, String> {
-        let m = GrainMarker::parse(buf).ok_or("grain marker truncated")?;
+    pub fn parse_checked(buf: &[u8], grain_size: u64) -> FormatResult<GrainMarker> {
+        let m = GrainMarker::parse(buf).ok_or(FormatError::Truncated("grain marker"))?;
         let bound = compress_bound(grain_size);
         if m.size == 0 || m.size as u64 > bound {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "marker claims {} compressed bytes (at most {bound} possible)",
                 m.size
-            ));
+            )));
         }
         Ok(m)
     }
@@ -128,19 +129,23 @@ pub fn stream_footer(header: &SparseHeader) -> [u8; FOOTER_SIZE] {
 
 /// The header in the footer `buf` (the last [`FOOTER_SIZE`] bytes of a stream file whose
 /// header says the directory is at the end).
-pub fn parse_stream_footer(buf: &[u8]) -> Result<SparseHeader, String> {
+pub fn parse_stream_footer(buf: &[u8]) -> FormatResult<SparseHeader> {
     let ok = buf.len() >= FOOTER_SIZE
         && matches!(MetadataMarker::parse(&buf[0..512]), Some(m) if m.kind == MARKER_FOOTER)
         && is_end_of_stream(&buf[1024..1536])
         && u32_at(&buf[512..], 0) == SPARSE_MAGIC;
     if !ok {
-        return Err("invalid footer (grain directory is at end of file but no \
-                    footer/end-of-stream marker found)"
-            .into());
+        return Err(FormatError::Invalid(
+            "invalid footer (grain directory is at end of file but no footer/end-of-stream \
+             marker found)"
+                .into(),
+        ));
     }
     let h = SparseHeader::parse(&buf[512..1024])?;
     if h.gd_offset == GD_AT_END {
-        return Err("footer does not give the grain directory offset".into());
+        return Err(FormatError::Invalid(
+            "footer does not give the grain directory offset".into(),
+        ));
     }
     Ok(h)
 }

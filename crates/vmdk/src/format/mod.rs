@@ -4,6 +4,7 @@
 pub mod cowd_header;
 pub mod descriptor;
 pub mod descriptor_edit;
+pub mod error;
 pub mod foreign;
 pub mod grain_entry;
 pub(crate) mod le;

@@ -2,6 +2,7 @@
 //! this format; the layout follows QEMU's black-box reading of it, which is strict about
 //! the constants so that an unexpected variant is refused rather than misread.
 
+use super::error::{FormatError, FormatResult};
 use super::le::*;
 
 /// Constant header magic.
@@ -44,12 +45,12 @@ pub fn is_sesparse(buf: &[u8]) -> bool {
 
 impl SeSparseConstHeader {
     /// Parse and check the 512-byte constant header the way QEMU does.
-    pub fn parse(buf: &[u8]) -> Result<Self, String> {
+    pub fn parse(buf: &[u8]) -> FormatResult<Self> {
         if buf.len() < 512 {
-            return Err("seSparse constant header truncated".into());
+            return Err(FormatError::Truncated("seSparse constant header"));
         }
         if u64_at(buf, 0) != SESPARSE_CONST_MAGIC {
-            return Err("bad seSparse constant header magic".into());
+            return Err(FormatError::BadMagic("seSparse constant header"));
         }
         let f = |i: usize| u64_at(buf, i * 8);
         let h = SeSparseConstHeader {
@@ -76,25 +77,38 @@ impl SeSparseConstHeader {
             grains_size: f(25),
         };
         if h.version != SESPARSE_VERSION {
-            return Err(format!("unsupported seSparse version {:#018x}", h.version));
+            return Err(FormatError::Unsupported(format!(
+                "unsupported seSparse version {:#018x}",
+                h.version
+            )));
         }
         if h.grain_size != 8 {
-            return Err(format!("unsupported seSparse grain size {}", h.grain_size));
+            return Err(FormatError::Unsupported(format!(
+                "unsupported seSparse grain size {}",
+                h.grain_size
+            )));
         }
         if h.grain_table_size != 64 {
-            return Err(format!(
+            return Err(FormatError::Unsupported(format!(
                 "unsupported seSparse grain table size {}",
                 h.grain_table_size
-            ));
+            )));
         }
         if h.flags != 0 {
-            return Err(format!("unsupported seSparse flags {:#x}", h.flags));
+            return Err(FormatError::Unsupported(format!(
+                "unsupported seSparse flags {:#x}",
+                h.flags
+            )));
         }
         if (6..10).any(|i| f(i) != 0) {
-            return Err("unsupported non-zero seSparse reserved fields".into());
+            return Err(FormatError::Unsupported(
+                "unsupported non-zero seSparse reserved fields".into(),
+            ));
         }
         if buf[208..512].iter().any(|&b| b != 0) {
-            return Err("unsupported non-zero seSparse header padding".into());
+            return Err(FormatError::Unsupported(
+                "unsupported non-zero seSparse header padding".into(),
+            ));
         }
         Ok(h)
     }
@@ -138,18 +152,22 @@ impl SeSparseConstHeader {
 }
 
 /// Check the volatile header: magic, and no pending journal (we cannot replay it).
-pub fn check_volatile_header(buf: &[u8]) -> Result<(), String> {
+pub fn check_volatile_header(buf: &[u8]) -> FormatResult<()> {
     if buf.len() < 512 {
-        return Err("seSparse volatile header truncated".into());
+        return Err(FormatError::Truncated("seSparse volatile header"));
     }
     if u64_at(buf, 0) != SESPARSE_VOLATILE_MAGIC {
-        return Err("bad seSparse volatile header magic".into());
+        return Err(FormatError::BadMagic("seSparse volatile header"));
     }
     if u64_at(buf, 24) != 0 {
-        return Err("seSparse image is dirty (journal replay needed, not supported)".into());
+        return Err(FormatError::Unsupported(
+            "seSparse image is dirty (journal replay needed, not supported)".into(),
+        ));
     }
     if buf[32..512].iter().any(|&b| b != 0) {
-        return Err("unsupported non-zero seSparse volatile header padding".into());
+        return Err(FormatError::Unsupported(
+            "unsupported non-zero seSparse volatile header padding".into(),
+        ));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The VMDK4 (`KDMV`) sparse extent header: 512 bytes at the start of every hosted sparse
 //! extent, and repeated in the footer of VMware-layout streamOptimized files.
 
+use super::error::{FormatError, FormatResult};
 use super::le::*;
 use super::SECTOR_SIZE;
 
@@ -73,12 +74,12 @@ impl SparseHeader {
 
     /// Parse the 512 bytes at the start of a sparse extent. Only the magic is checked here;
     /// [`SparseHeader::validate`] checks the geometry.
-    pub fn parse(buf: &[u8]) -> Result<SparseHeader, String> {
+    pub fn parse(buf: &[u8]) -> FormatResult<SparseHeader> {
         if buf.len() < 79 {
-            return Err("sparse header truncated".into());
+            return Err(FormatError::Truncated("sparse header"));
         }
         if u32_at(buf, 0) != SPARSE_MAGIC {
-            return Err("bad sparse header magic".into());
+            return Err(FormatError::BadMagic("sparse header"));
         }
         let mut check_bytes = [0u8; 4];
         check_bytes.copy_from_slice(&buf[73..77]);
@@ -142,37 +143,40 @@ impl SparseHeader {
 
     /// Check what the rest of the code relies on: supported version, a power-of-two grain
     /// size no larger than 1 GiB, a sane grain table size, and newline bytes intact.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> FormatResult<()> {
         if self.version == 0 || self.version > 3 {
-            return Err(format!("unsupported VMDK version {}", self.version));
+            return Err(FormatError::Unsupported(format!(
+                "unsupported VMDK version {}",
+                self.version
+            )));
         }
         // Any size QEMU accepts is legal here: VMware only ever writes powers of two, but
         // nothing in the lookup arithmetic needs one.
         if self.grain_size == 0 || self.grain_size > MAX_GRAIN_SECTORS {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "invalid grain size {} sectors (must be 1 sector to 1 GiB)",
                 self.grain_size
-            ));
+            )));
         }
         if self.num_gtes_per_gt == 0 || self.num_gtes_per_gt > MAX_GT_ENTRIES {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "invalid grain table size {} entries (at most {})",
                 self.num_gtes_per_gt, MAX_GT_ENTRIES
-            ));
+            )));
         }
         if self.compress_algorithm > COMPRESSION_DEFLATE {
-            return Err(format!(
+            return Err(FormatError::Unsupported(format!(
                 "unsupported compression algorithm {}",
                 self.compress_algorithm
-            ));
+            )));
         }
         if self.capacity > super::MAX_VIRTUAL_SIZE / SECTOR_SIZE {
-            return Err(format!(
+            return Err(FormatError::Unsupported(format!(
                 "capacity of {} sectors is more than the {} bytes (8 EiB - 1 GiB) QEMU and NBD \
                  clients can address",
                 self.capacity,
                 super::MAX_VIRTUAL_SIZE
-            ));
+            )));
         }
         Ok(())
     }

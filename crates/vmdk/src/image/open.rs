@@ -128,8 +128,8 @@ impl ChainOpener<'_> {
                 )?
             }
             FileFormat::Vmdk4Sparse => {
-                let header =
-                    SparseHeader::parse(head).map_err(|m| Error::corrupt(m).with_path(path))?;
+                let header = SparseHeader::parse(head)
+                    .map_err(|m| Error::corrupt(m.to_string()).with_path(path))?;
                 let embedded = read_embedded_descriptor(&*storage, path, &header)?;
                 if header.capacity == 0 {
                     // A KDMV header with no capacity is just a container for a descriptor

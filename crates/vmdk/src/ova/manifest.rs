@@ -167,7 +167,7 @@ fn check_one(arch: &Archive, e: &Entry) -> Status {
     match digest_member(arch, m, alg) {
         Ok(d) if d == e.digest => Status::Match,
         Ok(d) => Status::Mismatch(d),
-        Err(err) => Status::Unreadable(err.to_string()),
+        Err(err) => Status::Unreadable(format!("{err:#}")),
     }
 }
 

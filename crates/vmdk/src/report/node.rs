@@ -62,36 +62,38 @@ impl Node {
         writeln!(out)
     }
 
+    /// One entry of a dict or list under `label` (a key or `[i]`): a scalar on the same
+    /// line, a dict or list on the lines after, one level deeper.
+    fn print_human_entry(
+        &self,
+        label: &str,
+        indent: usize,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        let composite = matches!(self, Node::Dict(_) | Node::List(_));
+        write!(
+            out,
+            "{:w$}{label}:{}",
+            "",
+            if composite { '\n' } else { ' ' },
+            w = indent * 4
+        )?;
+        self.print_human(indent + 1, out)
+    }
+
     /// Print an object's entries the way qemu's `dump_qdict` does: keys with `-` shown as
     /// spaces, nested values indented by four spaces per level, list items as `[i]:`.
     pub fn print_human(&self, indent: usize, out: &mut impl Write) -> std::io::Result<()> {
         match self {
             Node::Dict(entries) => {
                 for (k, v) in entries {
-                    let key = k.replace('-', " ");
-                    let composite = matches!(v, Node::Dict(_) | Node::List(_));
-                    write!(
-                        out,
-                        "{:w$}{key}:{}",
-                        "",
-                        if composite { '\n' } else { ' ' },
-                        w = indent * 4
-                    )?;
-                    v.print_human(indent + 1, out)?;
+                    v.print_human_entry(&k.replace('-', " "), indent, out)?;
                 }
                 Ok(())
             }
             Node::List(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    let composite = matches!(v, Node::Dict(_) | Node::List(_));
-                    write!(
-                        out,
-                        "{:w$}[{i}]:{}",
-                        "",
-                        if composite { '\n' } else { ' ' },
-                        w = indent * 4
-                    )?;
-                    v.print_human(indent + 1, out)?;
+                    v.print_human_entry(&format!("[{i}]"), indent, out)?;
                 }
                 Ok(())
             }
