@@ -135,12 +135,7 @@ pub fn check(image: &Image) -> Result<CheckReport> {
             } else {
                 String::new()
             };
-            let mut c = ExtentCheck {
-                s,
-                ext_start: e.start,
-                prefix,
-                r: &mut r,
-            };
+            let mut c = ExtentCheck::new(s, e.start, prefix, &mut r);
             ends.push(c.run());
         }
     }
@@ -250,9 +245,44 @@ struct ExtentCheck<'a> {
     ext_start: u64,
     prefix: String,
     r: &'a mut CheckReport,
+    /// Length of the extent file.
+    file_len: u64,
+    /// What each sector of the file is used by so far.
+    space: SpaceMap,
+    /// Whether unused space can be told apart from used space (and so reported as leaked).
+    leak_check: bool,
+    /// Where grains may start: the end of the header's overhead.
+    data_start: u64,
+    /// Offset of the end-of-stream marker that may close a QEMU-layout stream file.
+    eos_candidate: Option<u64>,
+    /// Sectors holding metadata markers (before tables and directories), claimed last.
+    markers: Vec<u64>,
+    /// Directory entries whose grain table is sound enough to walk.
+    walk: Vec<bool>,
 }
 
-impl ExtentCheck<'_> {
+impl<'a> ExtentCheck<'a> {
+    fn new(
+        s: &'a SparseExtent,
+        ext_start: u64,
+        prefix: String,
+        r: &'a mut CheckReport,
+    ) -> ExtentCheck<'a> {
+        ExtentCheck {
+            s,
+            ext_start,
+            prefix,
+            r,
+            file_len: 0,
+            space: SpaceMap::new(0),
+            leak_check: true,
+            data_start: 0,
+            eos_candidate: None,
+            markers: Vec::new(),
+            walk: Vec::new(),
+        }
+    }
+
     fn corruption(&mut self, msg: String) {
         let m = format!("{}{msg}", self.prefix);
         self.r.corruption(m);
@@ -294,53 +324,69 @@ impl ExtentCheck<'_> {
     }
 
     /// Check the extent; returns the end of its used space.
+    ///
+    /// The phases run in this order because each claims space the later ones test against:
+    /// fixed metadata, then grain tables, then grains, then the markers that only count
+    /// where no grain is, and what is left unclaimed is leaked.
     fn run(&mut self) -> Option<u64> {
-        let s = self.s;
-        let dir = s.directory();
-        let file_len = match s.file().storage.len() {
+        self.file_len = match self.s.file().storage.len() {
             Ok(l) => l,
             Err(e) => {
                 self.error(format!("cannot get the file size: {e}"));
                 return None;
             }
         };
-        let gs = s.grain_size();
-        self.r.total_clusters += s.capacity().div_ceil(gs);
-        let mut space = SpaceMap::new(file_len);
-        let mut leak_check = true;
-        let mut data_start = 0;
-        // Offset of the end-of-stream marker closing a QEMU-layout stream file.
-        let mut eos_at = None;
-        let mut eos_candidate = None;
-        // Sectors holding metadata markers (before tables and directories).
-        let mut markers: Vec<u64> = Vec::new();
+        self.r.total_clusters += self.s.capacity().div_ceil(self.s.grain_size());
+        self.space = SpaceMap::new(self.file_len);
+        self.claim_header_and_descriptor();
+        self.claim_flavor_metadata();
+        self.claim_directories();
+        self.claim_tables();
+        self.check_grains();
+        let eos_at = self.claim_markers();
+        let used_end = self
+            .space
+            .end
+            .max(self.data_start)
+            .min(self.file_len.next_multiple_of(SECTOR_SIZE));
+        if self.leak_check {
+            self.find_leaks(eos_at);
+        }
+        Some(used_end)
+    }
 
-        // Headers, descriptor, footer.
-        let fixed = dir.fixed_regions();
-        // The directories are claimed below, after the footer.
-        for &(region, start, end) in &fixed {
+    /// Header and embedded descriptor (the directories are claimed after the footer).
+    fn claim_header_and_descriptor(&mut self) {
+        for (region, start, end) in self.s.directory().fixed_regions() {
             if matches!(region, Region::Header | Region::Descriptor)
-                && space.claim(Hit::Meta, start, end) != Hit::Free
+                && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
             }
         }
+    }
+
+    /// What each flavour adds: VMDK4's overhead, footer or end-of-stream marker; seSparse
+    /// and marker-less compressed extents cannot be checked for leaks.
+    fn claim_flavor_metadata(&mut self) {
+        let s = self.s;
+        let file_len = self.file_len;
         match s.flavor() {
             SparseFlavor::Vmdk4 => {
                 if let Some(h) = s.header() {
-                    data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
+                    self.data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
                 }
                 let footer = FOOTER_SIZE as u64;
                 if s.has_footer() && file_len >= footer {
-                    space.claim(Hit::Meta, file_len - footer, file_len);
+                    self.space.claim(Hit::Meta, file_len - footer, file_len);
                 } else if s.has_markers() && file_len >= SECTOR_SIZE {
                     let mut buf = [0u8; 512];
                     let eos = file_len - SECTOR_SIZE;
                     if self.read(&mut buf, eos).is_ok() && is_end_of_stream(&buf) {
                         // Claimed after the grains, like the other markers.
-                        eos_candidate = Some(eos);
+                        self.eos_candidate = Some(eos);
                     }
                 }
             }
@@ -348,32 +394,40 @@ impl ExtentCheck<'_> {
             SparseFlavor::SeSparse => {
                 // The journal, bitmaps and preallocated areas are not described well enough
                 // to tell free space from used: overlaps are checked, leaks are not.
-                leak_check = false;
+                self.leak_check = false;
             }
         }
         if s.is_compressed() && !s.has_markers() {
             // Compressed grains without markers have no recorded length.
-            leak_check = false;
+            self.leak_check = false;
         }
+    }
 
-        // Grain directories.
-        for &(region, start, end) in &fixed {
+    /// The grain directory and its redundant copy.
+    fn claim_directories(&mut self) {
+        for (region, start, end) in self.s.directory().fixed_regions() {
             if region == Region::Directory {
-                markers.extend(self.marker_before(start, MARKER_GD));
+                let m = self.marker_before(start, MARKER_GD);
+                self.markers.extend(m);
             }
             if matches!(region, Region::Directory | Region::RedundantDirectory)
-                && space.claim(Hit::Meta, start, end) != Hit::Free
+                && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
             }
         }
+    }
 
-        // Pass 1: grain tables (and their redundant copies) are metadata.
+    /// Pass 1: grain tables (and their redundant copies) are metadata. Tables that lie
+    /// inside the file and overlap nothing are marked to be walked.
+    fn claim_tables(&mut self) {
+        let dir = self.s.directory();
+        let file_len = self.file_len;
         let gt_bytes = dir.coding().table_bytes();
-        let mut walk = vec![false; dir.len()];
-        for (i, good) in walk.iter_mut().enumerate() {
+        self.walk = vec![false; dir.len()];
+        for i in 0..dir.len() {
             let rgt = dir.redundant_table_offset(i);
             let gt = match dir.table_offset(i) {
                 Ok(gt) => gt,
@@ -383,7 +437,7 @@ impl ExtentCheck<'_> {
                 }
             };
             if let Some(rgt) = rgt {
-                self.check_redundant_table(&mut space, i, gt, rgt, file_len, gt_bytes);
+                self.check_redundant_table(i, gt, rgt, gt_bytes);
             }
             let Some(gt) = gt else { continue };
             if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
@@ -392,19 +446,27 @@ impl ExtentCheck<'_> {
                 ));
                 continue;
             }
-            markers.extend(self.marker_before(gt, MARKER_GT));
-            match space.claim(Hit::Meta, gt, gt + gt_bytes) {
-                Hit::Free => *good = true,
+            let m = self.marker_before(gt, MARKER_GT);
+            self.markers.extend(m);
+            match self.space.claim(Hit::Meta, gt, gt + gt_bytes) {
+                Hit::Free => self.walk[i] = true,
                 hit => self.corruption(format!(
                     "grain table {i} at offset {gt} overlaps {}",
                     Self::describe(hit)
                 )),
             }
         }
+    }
 
-        // Pass 2: the grains.
+    /// Pass 2: every entry of every walkable table, against the end of the file, the
+    /// metadata and the other grains.
+    fn check_grains(&mut self) {
+        let dir = self.s.directory();
         let mut next_contiguous: Option<u64> = None;
-        for (i, _) in walk.iter().enumerate().filter(|(_, g)| **g) {
+        for i in 0..self.walk.len() {
+            if !self.walk[i] {
+                continue;
+            }
             let table = match dir.table(i) {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
@@ -416,7 +478,7 @@ impl ExtentCheck<'_> {
             let gt_entries = dir.coding().gt_entries;
             for j in 0..(gt_entries as usize).min(table.len()) {
                 let grain = i as u64 * gt_entries + j as u64;
-                if grain.saturating_mul(gs) >= s.capacity() {
+                if grain.saturating_mul(self.s.grain_size()) >= self.s.capacity() {
                     break;
                 }
                 let entry = match dir.decode(table.get(j)) {
@@ -429,96 +491,107 @@ impl ExtentCheck<'_> {
                 let Some(off) = entry.offset() else {
                     continue;
                 };
-                let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
-                self.r.allocated_clusters += 1;
-                if s.is_compressed() {
-                    self.r.compressed_clusters += 1;
-                }
-                if off >= file_len {
-                    self.corruption(format!(
-                        "cluster offset for sector {sector} points after end of file \
-                         ({off} >= {file_len})"
-                    ));
-                    continue;
-                }
-                let end = if s.is_compressed() {
-                    match self.compressed_end(grain, off, file_len, sector) {
-                        Some(end) => end,
-                        None => continue,
-                    }
-                } else {
-                    off + gs
-                };
-                if next_contiguous.is_some_and(|n| n != off) {
-                    self.r.fragmented_clusters += 1;
-                }
-                next_contiguous = Some(end);
-                match space.claim(Hit::Grain, off, end) {
-                    Hit::Free => {}
-                    hit => self.corruption(format!(
-                        "grain for sector {sector} at offset {off} overlaps {}",
-                        if hit == Hit::Meta {
-                            "metadata"
-                        } else {
-                            "another grain"
-                        }
-                    )),
-                }
+                self.check_grain(grain, off, &mut next_contiguous);
             }
         }
+    }
 
-        // Markers, last: what a grain already covers is not a marker (and a "marker" that
-        // is really the tail of other metadata is not our business either).
-        for m in markers {
-            let _ = space.claim(Hit::Meta, m, m + SECTOR_SIZE);
+    /// One allocated grain at file offset `off`: counted, then checked against the end of
+    /// the file and claimed.
+    fn check_grain(&mut self, grain: u64, off: u64, next_contiguous: &mut Option<u64>) {
+        let s = self.s;
+        let (gs, file_len) = (s.grain_size(), self.file_len);
+        let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
+        self.r.allocated_clusters += 1;
+        if s.is_compressed() {
+            self.r.compressed_clusters += 1;
         }
-        if let Some(eos) = eos_candidate {
-            if space.claim(Hit::Meta, eos, file_len) == Hit::Free {
-                eos_at = Some(eos);
+        if off >= file_len {
+            self.corruption(format!(
+                "cluster offset for sector {sector} points after end of file \
+                 ({off} >= {file_len})"
+            ));
+            return;
+        }
+        let end = if s.is_compressed() {
+            match self.compressed_end(grain, off, file_len, sector) {
+                Some(end) => end,
+                None => return,
             }
+        } else {
+            off + gs
+        };
+        if next_contiguous.is_some_and(|n| n != off) {
+            self.r.fragmented_clusters += 1;
         }
-
-        let used_end = space
-            .end
-            .max(data_start)
-            .min(file_len.next_multiple_of(SECTOR_SIZE));
-        if leak_check {
-            for (start, end) in space.unused(data_start / SECTOR_SIZE, file_len) {
-                let end = end.min(file_len.next_multiple_of(SECTOR_SIZE));
-                let start = if s.has_markers() {
-                    self.skip_metadata_markers(start, end)
+        *next_contiguous = Some(end);
+        match self.space.claim(Hit::Grain, off, end) {
+            Hit::Free => {}
+            hit => self.corruption(format!(
+                "grain for sector {sector} at offset {off} overlaps {}",
+                if hit == Hit::Meta {
+                    "metadata"
                 } else {
-                    start
-                };
-                if end <= start {
-                    continue;
+                    "another grain"
                 }
-                if s.has_markers()
-                    && !s.has_footer()
-                    && end - start <= gs
-                    && self.is_zero_sector(end - SECTOR_SIZE)
-                {
-                    // An end-of-stream marker left behind when grains were appended, with
-                    // QEMU's slack before it.
-                    continue;
-                }
-                if eos_at == Some(end) && end - start < gs {
-                    // QEMU ends its stream files one grain after the last grain's sector,
-                    // leaving slack before the end-of-stream marker.
-                    continue;
-                }
-                self.r.leaked_clusters += (end - start).div_ceil(gs);
-                if self.r.leaks.len() < MAX_MESSAGES {
-                    let m = format!(
-                        "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
-                        self.prefix,
-                        end - start
-                    );
-                    self.r.leaks.push(m);
-                }
+            )),
+        }
+    }
+
+    /// Markers, last: what a grain already covers is not a marker (and a "marker" that is
+    /// really the tail of other metadata is not our business either). Returns where the
+    /// end-of-stream marker closing the file is, if there is one.
+    fn claim_markers(&mut self) -> Option<u64> {
+        for m in std::mem::take(&mut self.markers) {
+            let _ = self.space.claim(Hit::Meta, m, m + SECTOR_SIZE);
+        }
+        let eos = self.eos_candidate?;
+        (self.space.claim(Hit::Meta, eos, self.file_len) == Hit::Free).then_some(eos)
+    }
+
+    /// Report every unclaimed stretch after the header's overhead as leaked, except the
+    /// slack and stale markers stream writers leave.
+    fn find_leaks(&mut self, eos_at: Option<u64>) {
+        let s = self.s;
+        let gs = s.grain_size();
+        let file_end = self.file_len.next_multiple_of(SECTOR_SIZE);
+        for (start, end) in self
+            .space
+            .unused(self.data_start / SECTOR_SIZE, self.file_len)
+        {
+            let end = end.min(file_end);
+            let start = if s.has_markers() {
+                self.skip_metadata_markers(start, end)
+            } else {
+                start
+            };
+            if end <= start {
+                continue;
+            }
+            if s.has_markers()
+                && !s.has_footer()
+                && end - start <= gs
+                && self.is_zero_sector(end - SECTOR_SIZE)
+            {
+                // An end-of-stream marker left behind when grains were appended, with
+                // QEMU's slack before it.
+                continue;
+            }
+            if eos_at == Some(end) && end - start < gs {
+                // QEMU ends its stream files one grain after the last grain's sector,
+                // leaving slack before the end-of-stream marker.
+                continue;
+            }
+            self.r.leaked_clusters += (end - start).div_ceil(gs);
+            if self.r.leaks.len() < MAX_MESSAGES {
+                let m = format!(
+                    "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
+                    self.prefix,
+                    end - start
+                );
+                self.r.leaks.push(m);
             }
         }
-        Some(used_end)
     }
 
     /// Skip the metadata markers (and the sectors they announce) that start the unused
@@ -593,16 +666,9 @@ impl ExtentCheck<'_> {
     }
 
     /// Claim redundant table `i` and compare it with the primary.
-    fn check_redundant_table(
-        &mut self,
-        space: &mut SpaceMap,
-        i: usize,
-        gt: Option<u64>,
-        rgt: u64,
-        file_len: u64,
-        gt_bytes: u64,
-    ) {
+    fn check_redundant_table(&mut self, i: usize, gt: Option<u64>, rgt: u64, gt_bytes: u64) {
         let dir = self.s.directory();
+        let file_len = self.file_len;
         match (gt, rgt) {
             (None, 0) => return,
             (Some(_), 0) => {
@@ -626,7 +692,7 @@ impl ExtentCheck<'_> {
             ));
             return;
         }
-        let hit = space.claim(Hit::Meta, rgt, rgt + gt_bytes);
+        let hit = self.space.claim(Hit::Meta, rgt, rgt + gt_bytes);
         if hit != Hit::Free {
             self.corruption(format!(
                 "redundant grain table {i} at offset {rgt} overlaps {}",
