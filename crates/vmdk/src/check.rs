@@ -34,6 +34,11 @@ use crate::format::marker::{
 };
 use crate::format::SECTOR_SIZE;
 use crate::image::Image;
+use crate::storage::scan_holes;
+
+/// The filesystem block size leaked space is judged by: a zeroed piece of unused space
+/// smaller than this cannot be given back to the filesystem, so it is not counted.
+const HOST_BLOCK: u64 = 4096;
 
 /// At most this many corruption (and, separately, leak and warning) descriptions are kept;
 /// further ones are only counted.
@@ -72,6 +77,10 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// End of the used part of the image file (single sparse extent images only).
     pub image_end_offset: Option<u64>,
+    /// Leaked clusters a repair gave back (see [`crate::repair`]); 0 for a plain check.
+    pub leaks_fixed: u64,
+    /// Corruptions (and redundant-copy disagreements) a repair fixed; 0 for a plain check.
+    pub corruptions_fixed: u64,
 }
 
 impl CheckReport {
@@ -125,10 +134,41 @@ impl CheckReport {
 /// Problems found are reported in the [`CheckReport`]; an `Err` is never returned for a
 /// damaged image, only for failures that leave nothing to report.
 pub fn check(image: &Image) -> Result<CheckReport> {
+    Ok(check_with_findings(image).0)
+}
+
+/// What a repair needs to know about one sparse extent beyond the report: where the
+/// problems are, by place rather than by message.
+#[derive(Debug, Default)]
+pub(crate) struct ExtentFindings {
+    /// Index of the extent in [`Image::extents`].
+    pub extent: usize,
+    /// Length of the extent file when it was checked.
+    pub file_len: u64,
+    /// Leaked byte ranges, in file order (what the report counts as leaked clusters).
+    pub leaks: Vec<(u64, u64)>,
+    /// Why the leaked ranges cannot be trusted to be unused, if they cannot: a table that
+    /// was not walked, a claim that overlapped another (its tail stayed unclaimed), an
+    /// entry that could not be decoded, or an error.
+    pub leaks_unreliable: Option<String>,
+    /// Directory entries whose primary table lies inside the file and overlaps nothing.
+    pub table_ok: Vec<bool>,
+    /// Directory entries whose redundant table lies inside the file and overlaps nothing.
+    pub redundant_ok: Vec<bool>,
+    /// Directory entries whose primary table lies (partly) past the end of the file.
+    pub table_past_eof: Vec<usize>,
+    /// Grain-table entries `(table, entry)` of the primary tables pointing past the end of
+    /// the file or into metadata.
+    pub bad_grains: Vec<(usize, usize)>,
+}
+
+/// [`check`], plus the per-extent [`ExtentFindings`] a repair works from.
+pub(crate) fn check_with_findings(image: &Image) -> (CheckReport, Vec<ExtentFindings>) {
     let mut r = CheckReport::default();
     let multi = image.extents().len() > 1;
     let mut ends = Vec::new();
-    for e in image.extents() {
+    let mut findings = Vec::new();
+    for (index, e) in image.extents().iter().enumerate() {
         if let ExtentKind::Sparse(s) = &e.kind {
             let prefix = if multi {
                 format!("{}: ", s.file().path().display())
@@ -137,12 +177,15 @@ pub fn check(image: &Image) -> Result<CheckReport> {
             };
             let mut c = ExtentCheck::new(s, e.start, prefix, &mut r);
             ends.push(c.run());
+            let mut f = c.f;
+            f.extent = index;
+            findings.push(f);
         }
     }
     if let [Some(end)] = ends[..] {
         r.image_end_offset = Some(end);
     }
-    Ok(r)
+    (r, findings)
 }
 
 /// What already uses a stretch of the file.
@@ -257,8 +300,8 @@ struct ExtentCheck<'a> {
     eos_candidate: Option<u64>,
     /// Sectors holding metadata markers (before tables and directories), claimed last.
     markers: Vec<u64>,
-    /// Directory entries whose grain table is sound enough to walk.
-    walk: Vec<bool>,
+    /// What a repair needs (see [`ExtentFindings`]); `table_ok` says which tables to walk.
+    f: ExtentFindings,
 }
 
 impl<'a> ExtentCheck<'a> {
@@ -279,7 +322,7 @@ impl<'a> ExtentCheck<'a> {
             data_start: 0,
             eos_candidate: None,
             markers: Vec::new(),
-            walk: Vec::new(),
+            f: ExtentFindings::default(),
         }
     }
 
@@ -295,7 +338,15 @@ impl<'a> ExtentCheck<'a> {
 
     fn error(&mut self, msg: String) {
         let m = format!("{}{msg}", self.prefix);
+        self.unreliable(&m);
         self.r.error(m);
+    }
+
+    /// Note that unclaimed space may still be in use (the first reason is kept).
+    fn unreliable(&mut self, why: &str) {
+        self.f
+            .leaks_unreliable
+            .get_or_insert_with(|| why.to_string());
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -338,6 +389,7 @@ impl<'a> ExtentCheck<'a> {
         };
         self.r.total_clusters += self.s.capacity().div_ceil(self.s.grain_size());
         self.space = SpaceMap::new(self.file_len);
+        self.f.file_len = self.file_len;
         self.claim_header_and_descriptor();
         self.claim_flavor_metadata();
         self.claim_directories();
@@ -361,6 +413,7 @@ impl<'a> ExtentCheck<'a> {
             if matches!(region, Region::Header | Region::Descriptor)
                 && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
+                self.unreliable("metadata overlaps");
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
@@ -413,6 +466,7 @@ impl<'a> ExtentCheck<'a> {
             if matches!(region, Region::Directory | Region::RedundantDirectory)
                 && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
+                self.unreliable("metadata overlaps");
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
@@ -426,12 +480,14 @@ impl<'a> ExtentCheck<'a> {
         let dir = self.s.directory();
         let file_len = self.file_len;
         let gt_bytes = dir.coding().table_bytes();
-        self.walk = vec![false; dir.len()];
+        self.f.table_ok = vec![false; dir.len()];
+        self.f.redundant_ok = vec![false; dir.len()];
         for i in 0..dir.len() {
             let rgt = dir.redundant_table_offset(i);
             let gt = match dir.table_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {
+                    self.unreliable("a grain directory entry cannot be decoded");
                     self.corruption(format!("grain directory entry {i}: {}", e.message()));
                     continue;
                 }
@@ -441,6 +497,7 @@ impl<'a> ExtentCheck<'a> {
             }
             let Some(gt) = gt else { continue };
             if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
+                self.f.table_past_eof.push(i);
                 self.corruption(format!(
                     "grain table {i} at offset {gt} lies past the end of the file ({file_len} bytes)"
                 ));
@@ -449,11 +506,14 @@ impl<'a> ExtentCheck<'a> {
             let m = self.marker_before(gt, MARKER_GT);
             self.markers.extend(m);
             match self.space.claim(Hit::Meta, gt, gt + gt_bytes) {
-                Hit::Free => self.walk[i] = true,
-                hit => self.corruption(format!(
-                    "grain table {i} at offset {gt} overlaps {}",
-                    Self::describe(hit)
-                )),
+                Hit::Free => self.f.table_ok[i] = true,
+                hit => {
+                    self.unreliable("a grain table overlaps other metadata");
+                    self.corruption(format!(
+                        "grain table {i} at offset {gt} overlaps {}",
+                        Self::describe(hit)
+                    ))
+                }
             }
         }
     }
@@ -463,8 +523,8 @@ impl<'a> ExtentCheck<'a> {
     fn check_grains(&mut self) {
         let dir = self.s.directory();
         let mut next_contiguous: Option<u64> = None;
-        for i in 0..self.walk.len() {
-            if !self.walk[i] {
+        for i in 0..self.f.table_ok.len() {
+            if !self.f.table_ok[i] {
                 continue;
             }
             let table = match dir.table(i) {
@@ -484,6 +544,7 @@ impl<'a> ExtentCheck<'a> {
                 let entry = match dir.decode(table.get(j)) {
                     Ok(e) => e,
                     Err(e) => {
+                        self.unreliable("a grain table entry cannot be decoded");
                         self.corruption(format!("grain table {i} entry {j}: {}", e.message()));
                         continue;
                     }
@@ -491,14 +552,17 @@ impl<'a> ExtentCheck<'a> {
                 let Some(off) = entry.offset() else {
                     continue;
                 };
-                self.check_grain(grain, off, &mut next_contiguous);
+                if !self.check_grain(grain, off, &mut next_contiguous) {
+                    self.f.bad_grains.push((i, j));
+                }
             }
         }
     }
 
     /// One allocated grain at file offset `off`: counted, then checked against the end of
-    /// the file and claimed.
-    fn check_grain(&mut self, grain: u64, off: u64, next_contiguous: &mut Option<u64>) {
+    /// the file and claimed. Returns `false` when the grain points past the end of the file
+    /// or into metadata (what a repair sets to unallocated).
+    fn check_grain(&mut self, grain: u64, off: u64, next_contiguous: &mut Option<u64>) -> bool {
         let s = self.s;
         let (gs, file_len) = (s.grain_size(), self.file_len);
         let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
@@ -511,12 +575,15 @@ impl<'a> ExtentCheck<'a> {
                 "cluster offset for sector {sector} points after end of file \
                  ({off} >= {file_len})"
             ));
-            return;
+            return false;
         }
         let end = if s.is_compressed() {
             match self.compressed_end(grain, off, file_len, sector) {
                 Some(end) => end,
-                None => return,
+                None => {
+                    self.unreliable("a compressed grain is damaged");
+                    return true;
+                }
             }
         } else {
             off + gs
@@ -526,15 +593,20 @@ impl<'a> ExtentCheck<'a> {
         }
         *next_contiguous = Some(end);
         match self.space.claim(Hit::Grain, off, end) {
-            Hit::Free => {}
-            hit => self.corruption(format!(
-                "grain for sector {sector} at offset {off} overlaps {}",
-                if hit == Hit::Meta {
-                    "metadata"
-                } else {
-                    "another grain"
-                }
-            )),
+            Hit::Free => true,
+            hit => {
+                // The claim stopped at the overlap: the rest of this grain is unclaimed.
+                self.unreliable("a grain overlaps metadata or another grain");
+                self.corruption(format!(
+                    "grain for sector {sector} at offset {off} overlaps {}",
+                    if hit == Hit::Meta {
+                        "metadata"
+                    } else {
+                        "another grain"
+                    }
+                ));
+                hit != Hit::Meta
+            }
         }
     }
 
@@ -582,16 +654,52 @@ impl<'a> ExtentCheck<'a> {
                 // leaving slack before the end-of-stream marker.
                 continue;
             }
-            self.r.leaked_clusters += (end - start).div_ceil(gs);
-            if self.r.leaks.len() < MAX_MESSAGES {
-                let m = format!(
-                    "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
-                    self.prefix,
-                    end - start
-                );
-                self.r.leaks.push(m);
+            for (start, end) in self.allocated_parts(start, end) {
+                self.leak(start, end);
             }
         }
+    }
+
+    fn leak(&mut self, start: u64, end: u64) {
+        self.r.leaked_clusters += (end - start).div_ceil(self.s.grain_size());
+        self.f.leaks.push((start, end));
+        if self.r.leaks.len() < MAX_MESSAGES {
+            let m = format!(
+                "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
+                self.prefix,
+                end - start
+            );
+            self.r.leaks.push(m);
+        }
+    }
+
+    /// The parts of the unused stretch `[start, end)` that take space on the host: holes
+    /// (what `check -r leaks` punches) are not leaked, and neither is a zeroed piece smaller
+    /// than a filesystem block, which punching a hole zeroes but cannot give back.
+    fn allocated_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let storage = &*self.s.file().storage;
+        let mut parts = Vec::new();
+        let data_end = end.min(self.file_len);
+        scan_holes(storage, start.min(data_end), data_end, |at, len, data| {
+            if data {
+                parts.push((at, at + len));
+            }
+            true
+        });
+        // The sector-rounding past the end of the file belongs to the last piece.
+        if end > data_end {
+            match parts.last_mut() {
+                Some(p) if p.1 == data_end => p.1 = end,
+                _ => parts.push((data_end, end)),
+            }
+        }
+        parts.retain(|&(s, e)| {
+            e - s >= HOST_BLOCK || {
+                let mut buf = vec![0u8; (e - s) as usize];
+                storage.read_up_to(&mut buf, s).is_err() || buf.iter().any(|&b| b != 0)
+            }
+        });
+        parts
     }
 
     /// Skip the metadata markers (and the sectors they announce) that start the unused
@@ -694,12 +802,14 @@ impl<'a> ExtentCheck<'a> {
         }
         let hit = self.space.claim(Hit::Meta, rgt, rgt + gt_bytes);
         if hit != Hit::Free {
+            self.unreliable("a redundant grain table overlaps other metadata");
             self.corruption(format!(
                 "redundant grain table {i} at offset {rgt} overlaps {}",
                 Self::describe(hit)
             ));
             return;
         }
+        self.f.redundant_ok[i] = true;
         let Some(gt) = gt else { return };
         if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
             return; // reported by the caller
