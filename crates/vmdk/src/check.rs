@@ -34,6 +34,11 @@ use crate::format::marker::{
 };
 use crate::format::SECTOR_SIZE;
 use crate::image::Image;
+use crate::storage::scan_holes;
+
+/// The filesystem block size leaked space is judged by: a zeroed piece of unused space
+/// smaller than this cannot be given back to the filesystem, so it is not counted.
+const HOST_BLOCK: u64 = 4096;
 
 /// At most this many corruption (and, separately, leak and warning) descriptions are kept;
 /// further ones are only counted.
@@ -72,6 +77,10 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// End of the used part of the image file (single sparse extent images only).
     pub image_end_offset: Option<u64>,
+    /// Leaked clusters a repair gave back (see [`crate::repair`]); 0 for a plain check.
+    pub leaks_fixed: u64,
+    /// Corruptions (and redundant-copy disagreements) a repair fixed; 0 for a plain check.
+    pub corruptions_fixed: u64,
 }
 
 impl CheckReport {
@@ -125,29 +134,58 @@ impl CheckReport {
 /// Problems found are reported in the [`CheckReport`]; an `Err` is never returned for a
 /// damaged image, only for failures that leave nothing to report.
 pub fn check(image: &Image) -> Result<CheckReport> {
+    Ok(check_with_findings(image).0)
+}
+
+/// What a repair needs to know about one sparse extent beyond the report: where the
+/// problems are, by place rather than by message.
+#[derive(Debug, Default)]
+pub(crate) struct ExtentFindings {
+    /// Index of the extent in [`Image::extents`].
+    pub extent: usize,
+    /// Length of the extent file when it was checked.
+    pub file_len: u64,
+    /// Leaked byte ranges, in file order (what the report counts as leaked clusters).
+    pub leaks: Vec<(u64, u64)>,
+    /// Why the leaked ranges cannot be trusted to be unused, if they cannot: a table that
+    /// was not walked, a claim that overlapped another (its tail stayed unclaimed), an
+    /// entry that could not be decoded, or an error.
+    pub leaks_unreliable: Option<String>,
+    /// Directory entries whose primary table lies inside the file and overlaps nothing.
+    pub table_ok: Vec<bool>,
+    /// Directory entries whose redundant table lies inside the file and overlaps nothing.
+    pub redundant_ok: Vec<bool>,
+    /// Directory entries whose primary table lies (partly) past the end of the file.
+    pub table_past_eof: Vec<usize>,
+    /// Grain-table entries `(table, entry)` of the primary tables pointing past the end of
+    /// the file or into metadata.
+    pub bad_grains: Vec<(usize, usize)>,
+}
+
+/// [`check`], plus the per-extent [`ExtentFindings`] a repair works from.
+pub(crate) fn check_with_findings(image: &Image) -> (CheckReport, Vec<ExtentFindings>) {
     let mut r = CheckReport::default();
     let multi = image.extents().len() > 1;
     let mut ends = Vec::new();
-    for e in image.extents() {
+    let mut findings = Vec::new();
+    for (index, e) in image.extents().iter().enumerate() {
         if let ExtentKind::Sparse(s) = &e.kind {
             let prefix = if multi {
                 format!("{}: ", s.file().path().display())
             } else {
                 String::new()
             };
-            let mut c = ExtentCheck {
-                s,
-                ext_start: e.start,
-                prefix,
-                r: &mut r,
-            };
+            let mut c = ExtentCheck::new(s, e.start, prefix, &mut r);
             ends.push(c.run());
+            let mut f = c.f;
+            f.extent = index;
+            findings.push(f);
         }
     }
     if let [Some(end)] = ends[..] {
         r.image_end_offset = Some(end);
     }
-    Ok(r)
+    (r, findings)
 }
 
 /// What already uses a stretch of the file.
@@ -250,9 +288,44 @@ struct ExtentCheck<'a> {
     ext_start: u64,
     prefix: String,
     r: &'a mut CheckReport,
+    /// Length of the extent file.
+    file_len: u64,
+    /// What each sector of the file is used by so far.
+    space: SpaceMap,
+    /// Whether unused space can be told apart from used space (and so reported as leaked).
+    leak_check: bool,
+    /// Where grains may start: the end of the header's overhead.
+    data_start: u64,
+    /// Offset of the end-of-stream marker that may close a QEMU-layout stream file.
+    eos_candidate: Option<u64>,
+    /// Sectors holding metadata markers (before tables and directories), claimed last.
+    markers: Vec<u64>,
+    /// What a repair needs (see [`ExtentFindings`]); `table_ok` says which tables to walk.
+    f: ExtentFindings,
 }
 
-impl ExtentCheck<'_> {
+impl<'a> ExtentCheck<'a> {
+    fn new(
+        s: &'a SparseExtent,
+        ext_start: u64,
+        prefix: String,
+        r: &'a mut CheckReport,
+    ) -> ExtentCheck<'a> {
+        ExtentCheck {
+            s,
+            ext_start,
+            prefix,
+            r,
+            file_len: 0,
+            space: SpaceMap::new(0),
+            leak_check: true,
+            data_start: 0,
+            eos_candidate: None,
+            markers: Vec::new(),
+            f: ExtentFindings::default(),
+        }
+    }
+
     fn corruption(&mut self, msg: String) {
         let m = format!("{}{msg}", self.prefix);
         self.r.corruption(m);
@@ -265,7 +338,15 @@ impl ExtentCheck<'_> {
 
     fn error(&mut self, msg: String) {
         let m = format!("{}{msg}", self.prefix);
+        self.unreliable(&m);
         self.r.error(m);
+    }
+
+    /// Note that unclaimed space may still be in use (the first reason is kept).
+    fn unreliable(&mut self, why: &str) {
+        self.f
+            .leaks_unreliable
+            .get_or_insert_with(|| why.to_string());
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -294,53 +375,71 @@ impl ExtentCheck<'_> {
     }
 
     /// Check the extent; returns the end of its used space.
+    ///
+    /// The phases run in this order because each claims space the later ones test against:
+    /// fixed metadata, then grain tables, then grains, then the markers that only count
+    /// where no grain is, and what is left unclaimed is leaked.
     fn run(&mut self) -> Option<u64> {
-        let s = self.s;
-        let dir = s.directory();
-        let file_len = match s.file().storage.len() {
+        self.file_len = match self.s.file().storage.len() {
             Ok(l) => l,
             Err(e) => {
                 self.error(format!("cannot get the file size: {e}"));
                 return None;
             }
         };
-        let gs = s.grain_size();
-        self.r.total_clusters += s.capacity().div_ceil(gs);
-        let mut space = SpaceMap::new(file_len);
-        let mut leak_check = true;
-        let mut data_start = 0;
-        // Offset of the end-of-stream marker closing a QEMU-layout stream file.
-        let mut eos_at = None;
-        let mut eos_candidate = None;
-        // Sectors holding metadata markers (before tables and directories).
-        let mut markers: Vec<u64> = Vec::new();
+        self.r.total_clusters += self.s.capacity().div_ceil(self.s.grain_size());
+        self.space = SpaceMap::new(self.file_len);
+        self.f.file_len = self.file_len;
+        self.claim_header_and_descriptor();
+        self.claim_flavor_metadata();
+        self.claim_directories();
+        self.claim_tables();
+        self.check_grains();
+        let eos_at = self.claim_markers();
+        let used_end = self
+            .space
+            .end
+            .max(self.data_start)
+            .min(self.file_len.next_multiple_of(SECTOR_SIZE));
+        if self.leak_check {
+            self.find_leaks(eos_at);
+        }
+        Some(used_end)
+    }
 
-        // Headers, descriptor, footer.
-        let fixed = dir.fixed_regions();
-        // The directories are claimed below, after the footer.
-        for &(region, start, end) in &fixed {
+    /// Header and embedded descriptor (the directories are claimed after the footer).
+    fn claim_header_and_descriptor(&mut self) {
+        for (region, start, end) in self.s.directory().fixed_regions() {
             if matches!(region, Region::Header | Region::Descriptor)
-                && space.claim(Hit::Meta, start, end) != Hit::Free
+                && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
+                self.unreliable("metadata overlaps");
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
             }
         }
+    }
+
+    /// What each flavour adds: VMDK4's overhead, footer or end-of-stream marker; seSparse
+    /// and marker-less compressed extents cannot be checked for leaks.
+    fn claim_flavor_metadata(&mut self) {
+        let s = self.s;
+        let file_len = self.file_len;
         match s.flavor() {
             SparseFlavor::Vmdk4 => {
                 if let Some(h) = s.header() {
-                    data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
+                    self.data_start = h.overhead.saturating_mul(SECTOR_SIZE).min(file_len);
                 }
                 let footer = FOOTER_SIZE as u64;
                 if s.has_footer() && file_len >= footer {
-                    space.claim(Hit::Meta, file_len - footer, file_len);
+                    self.space.claim(Hit::Meta, file_len - footer, file_len);
                 } else if s.has_markers() && file_len >= SECTOR_SIZE {
                     let mut buf = [0u8; 512];
                     let eos = file_len - SECTOR_SIZE;
                     if self.read(&mut buf, eos).is_ok() && is_end_of_stream(&buf) {
                         // Claimed after the grains, like the other markers.
-                        eos_candidate = Some(eos);
+                        self.eos_candidate = Some(eos);
                     }
                 }
             }
@@ -348,63 +447,86 @@ impl ExtentCheck<'_> {
             SparseFlavor::SeSparse => {
                 // The journal, bitmaps and preallocated areas are not described well enough
                 // to tell free space from used: overlaps are checked, leaks are not.
-                leak_check = false;
+                self.leak_check = false;
             }
         }
         if s.is_compressed() && !s.has_markers() {
             // Compressed grains without markers have no recorded length.
-            leak_check = false;
+            self.leak_check = false;
         }
+    }
 
-        // Grain directories.
-        for &(region, start, end) in &fixed {
+    /// The grain directory and its redundant copy.
+    fn claim_directories(&mut self) {
+        for (region, start, end) in self.s.directory().fixed_regions() {
             if region == Region::Directory {
-                markers.extend(self.marker_before(start, MARKER_GD));
+                let m = self.marker_before(start, MARKER_GD);
+                self.markers.extend(m);
             }
             if matches!(region, Region::Directory | Region::RedundantDirectory)
-                && space.claim(Hit::Meta, start, end) != Hit::Free
+                && self.space.claim(Hit::Meta, start, end) != Hit::Free
             {
+                self.unreliable("metadata overlaps");
                 self.corruption(format!(
                     "{region} at offset {start} overlaps other metadata"
                 ));
             }
         }
+    }
 
-        // Pass 1: grain tables (and their redundant copies) are metadata.
+    /// Pass 1: grain tables (and their redundant copies) are metadata. Tables that lie
+    /// inside the file and overlap nothing are marked to be walked.
+    fn claim_tables(&mut self) {
+        let dir = self.s.directory();
+        let file_len = self.file_len;
         let gt_bytes = dir.coding().table_bytes();
-        let mut walk = vec![false; dir.len()];
-        for (i, good) in walk.iter_mut().enumerate() {
+        self.f.table_ok = vec![false; dir.len()];
+        self.f.redundant_ok = vec![false; dir.len()];
+        for i in 0..dir.len() {
             let rgt = dir.redundant_table_offset(i);
             let gt = match dir.table_offset(i) {
                 Ok(gt) => gt,
                 Err(e) => {
+                    self.unreliable("a grain directory entry cannot be decoded");
                     self.corruption(format!("grain directory entry {i}: {}", e.message()));
                     continue;
                 }
             };
             if let Some(rgt) = rgt {
-                self.check_redundant_table(&mut space, i, gt, rgt, file_len, gt_bytes);
+                self.check_redundant_table(i, gt, rgt, gt_bytes);
             }
             let Some(gt) = gt else { continue };
             if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
+                self.f.table_past_eof.push(i);
                 self.corruption(format!(
                     "grain table {i} at offset {gt} lies past the end of the file ({file_len} bytes)"
                 ));
                 continue;
             }
-            markers.extend(self.marker_before(gt, MARKER_GT));
-            match space.claim(Hit::Meta, gt, gt + gt_bytes) {
-                Hit::Free => *good = true,
-                hit => self.corruption(format!(
-                    "grain table {i} at offset {gt} overlaps {}",
-                    Self::describe(hit)
-                )),
+            let m = self.marker_before(gt, MARKER_GT);
+            self.markers.extend(m);
+            match self.space.claim(Hit::Meta, gt, gt + gt_bytes) {
+                Hit::Free => self.f.table_ok[i] = true,
+                hit => {
+                    self.unreliable("a grain table overlaps other metadata");
+                    self.corruption(format!(
+                        "grain table {i} at offset {gt} overlaps {}",
+                        Self::describe(hit)
+                    ))
+                }
             }
         }
+    }
 
-        // Pass 2: the grains.
+    /// Pass 2: every entry of every walkable table, against the end of the file, the
+    /// metadata and the other grains.
+    fn check_grains(&mut self) {
+        let dir = self.s.directory();
         let mut next_contiguous: Option<u64> = None;
-        for (i, _) in walk.iter().enumerate().filter(|(_, g)| **g) {
+        for i in 0..self.f.table_ok.len() {
+            if !self.f.table_ok[i] {
+                continue;
+            }
             let table = match dir.table(i) {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
@@ -416,12 +538,13 @@ impl ExtentCheck<'_> {
             let gt_entries = dir.coding().gt_entries;
             for j in 0..(gt_entries as usize).min(table.len()) {
                 let grain = i as u64 * gt_entries + j as u64;
-                if grain.saturating_mul(gs) >= s.capacity() {
+                if grain.saturating_mul(self.s.grain_size()) >= self.s.capacity() {
                     break;
                 }
                 let entry = match dir.decode(table.get(j)) {
                     Ok(e) => e,
                     Err(e) => {
+                        self.unreliable("a grain table entry cannot be decoded");
                         self.corruption(format!("grain table {i} entry {j}: {}", e.message()));
                         continue;
                     }
@@ -429,96 +552,154 @@ impl ExtentCheck<'_> {
                 let Some(off) = entry.offset() else {
                     continue;
                 };
-                let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
-                self.r.allocated_clusters += 1;
-                if s.is_compressed() {
-                    self.r.compressed_clusters += 1;
+                if !self.check_grain(grain, off, &mut next_contiguous) {
+                    self.f.bad_grains.push((i, j));
                 }
-                if off >= file_len {
-                    self.corruption(format!(
-                        "cluster offset for sector {sector} points after end of file \
-                         ({off} >= {file_len})"
-                    ));
-                    continue;
+            }
+        }
+    }
+
+    /// One allocated grain at file offset `off`: counted, then checked against the end of
+    /// the file and claimed. Returns `false` when the grain points past the end of the file
+    /// or into metadata (what a repair sets to unallocated).
+    fn check_grain(&mut self, grain: u64, off: u64, next_contiguous: &mut Option<u64>) -> bool {
+        let s = self.s;
+        let (gs, file_len) = (s.grain_size(), self.file_len);
+        let sector = (self.ext_start + grain * gs) / SECTOR_SIZE;
+        self.r.allocated_clusters += 1;
+        if s.is_compressed() {
+            self.r.compressed_clusters += 1;
+        }
+        if off >= file_len {
+            self.corruption(format!(
+                "cluster offset for sector {sector} points after end of file \
+                 ({off} >= {file_len})"
+            ));
+            return false;
+        }
+        let end = if s.is_compressed() {
+            match self.compressed_end(grain, off, file_len, sector) {
+                Some(end) => end,
+                None => {
+                    self.unreliable("a compressed grain is damaged");
+                    return true;
                 }
-                let end = if s.is_compressed() {
-                    match self.compressed_end(grain, off, file_len, sector) {
-                        Some(end) => end,
-                        None => continue,
+            }
+        } else {
+            off + gs
+        };
+        if next_contiguous.is_some_and(|n| n != off) {
+            self.r.fragmented_clusters += 1;
+        }
+        *next_contiguous = Some(end);
+        match self.space.claim(Hit::Grain, off, end) {
+            Hit::Free => true,
+            hit => {
+                // The claim stopped at the overlap: the rest of this grain is unclaimed.
+                self.unreliable("a grain overlaps metadata or another grain");
+                self.corruption(format!(
+                    "grain for sector {sector} at offset {off} overlaps {}",
+                    if hit == Hit::Meta {
+                        "metadata"
+                    } else {
+                        "another grain"
                     }
-                } else {
-                    off + gs
-                };
-                if next_contiguous.is_some_and(|n| n != off) {
-                    self.r.fragmented_clusters += 1;
-                }
-                next_contiguous = Some(end);
-                match space.claim(Hit::Grain, off, end) {
-                    Hit::Free => {}
-                    hit => self.corruption(format!(
-                        "grain for sector {sector} at offset {off} overlaps {}",
-                        if hit == Hit::Meta {
-                            "metadata"
-                        } else {
-                            "another grain"
-                        }
-                    )),
-                }
+                ));
+                hit != Hit::Meta
             }
         }
+    }
 
-        // Markers, last: what a grain already covers is not a marker (and a "marker" that
-        // is really the tail of other metadata is not our business either).
-        for m in markers {
-            let _ = space.claim(Hit::Meta, m, m + SECTOR_SIZE);
+    /// Markers, last: what a grain already covers is not a marker (and a "marker" that is
+    /// really the tail of other metadata is not our business either). Returns where the
+    /// end-of-stream marker closing the file is, if there is one.
+    fn claim_markers(&mut self) -> Option<u64> {
+        for m in std::mem::take(&mut self.markers) {
+            let _ = self.space.claim(Hit::Meta, m, m + SECTOR_SIZE);
         }
-        if let Some(eos) = eos_candidate {
-            if space.claim(Hit::Meta, eos, file_len) == Hit::Free {
-                eos_at = Some(eos);
-            }
-        }
+        let eos = self.eos_candidate?;
+        (self.space.claim(Hit::Meta, eos, self.file_len) == Hit::Free).then_some(eos)
+    }
 
-        let used_end = space
-            .end
-            .max(data_start)
-            .min(file_len.next_multiple_of(SECTOR_SIZE));
-        if leak_check {
-            for (start, end) in space.unused(data_start / SECTOR_SIZE, file_len) {
-                let end = end.min(file_len.next_multiple_of(SECTOR_SIZE));
-                let start = if s.has_markers() {
-                    self.skip_metadata_markers(start, end)
-                } else {
-                    start
-                };
-                if end <= start {
-                    continue;
-                }
-                if s.has_markers()
-                    && !s.has_footer()
-                    && end - start <= gs
-                    && self.is_zero_sector(end - SECTOR_SIZE)
-                {
-                    // An end-of-stream marker left behind when grains were appended, with
-                    // QEMU's slack before it.
-                    continue;
-                }
-                if eos_at == Some(end) && end - start < gs {
-                    // QEMU ends its stream files one grain after the last grain's sector,
-                    // leaving slack before the end-of-stream marker.
-                    continue;
-                }
-                self.r.leaked_clusters += (end - start).div_ceil(gs);
-                if self.r.leaks.len() < MAX_MESSAGES {
-                    let m = format!(
-                        "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
-                        self.prefix,
-                        end - start
-                    );
-                    self.r.leaks.push(m);
-                }
+    /// Report every unclaimed stretch after the header's overhead as leaked, except the
+    /// slack and stale markers stream writers leave.
+    fn find_leaks(&mut self, eos_at: Option<u64>) {
+        let s = self.s;
+        let gs = s.grain_size();
+        let file_end = self.file_len.next_multiple_of(SECTOR_SIZE);
+        for (start, end) in self
+            .space
+            .unused(self.data_start / SECTOR_SIZE, self.file_len)
+        {
+            let end = end.min(file_end);
+            let start = if s.has_markers() {
+                self.skip_metadata_markers(start, end)
+            } else {
+                start
+            };
+            if end <= start {
+                continue;
+            }
+            if s.has_markers()
+                && !s.has_footer()
+                && end - start <= gs
+                && self.is_zero_sector(end - SECTOR_SIZE)
+            {
+                // An end-of-stream marker left behind when grains were appended, with
+                // QEMU's slack before it.
+                continue;
+            }
+            if eos_at == Some(end) && end - start < gs {
+                // QEMU ends its stream files one grain after the last grain's sector,
+                // leaving slack before the end-of-stream marker.
+                continue;
+            }
+            for (start, end) in self.allocated_parts(start, end) {
+                self.leak(start, end);
             }
         }
-        Some(used_end)
+    }
+
+    fn leak(&mut self, start: u64, end: u64) {
+        self.r.leaked_clusters += (end - start).div_ceil(self.s.grain_size());
+        self.f.leaks.push((start, end));
+        if self.r.leaks.len() < MAX_MESSAGES {
+            let m = format!(
+                "{}leaked space: {} bytes at offset {start} are used by no grain or metadata",
+                self.prefix,
+                end - start
+            );
+            self.r.leaks.push(m);
+        }
+    }
+
+    /// The parts of the unused stretch `[start, end)` that take space on the host: holes
+    /// (what `check -r leaks` punches) are not leaked, and neither is a zeroed piece smaller
+    /// than a filesystem block, which punching a hole zeroes but cannot give back.
+    fn allocated_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let storage = &*self.s.file().storage;
+        let mut parts = Vec::new();
+        let data_end = end.min(self.file_len);
+        scan_holes(storage, start.min(data_end), data_end, |at, len, data| {
+            if data {
+                parts.push((at, at + len));
+            }
+            true
+        });
+        // The sector-rounding past the end of the file belongs to the last piece.
+        if end > data_end {
+            match parts.last_mut() {
+                Some(p) if p.1 == data_end => p.1 = end,
+                _ => parts.push((data_end, end)),
+            }
+        }
+        parts.retain(|&(s, e)| {
+            e - s >= HOST_BLOCK || {
+                let mut buf = vec![0u8; (e - s) as usize];
+                storage.read_up_to(&mut buf, s).is_err() || buf.iter().any(|&b| b != 0)
+            }
+        });
+        parts
     }
 
     /// Skip the metadata markers (and the sectors they announce) that start the unused
@@ -593,16 +774,9 @@ impl ExtentCheck<'_> {
     }
 
     /// Claim redundant table `i` and compare it with the primary.
-    fn check_redundant_table(
-        &mut self,
-        space: &mut SpaceMap,
-        i: usize,
-        gt: Option<u64>,
-        rgt: u64,
-        file_len: u64,
-        gt_bytes: u64,
-    ) {
+    fn check_redundant_table(&mut self, i: usize, gt: Option<u64>, rgt: u64, gt_bytes: u64) {
         let dir = self.s.directory();
+        let file_len = self.file_len;
         match (gt, rgt) {
             (None, 0) => return,
             (Some(_), 0) => {
@@ -626,14 +800,16 @@ impl ExtentCheck<'_> {
             ));
             return;
         }
-        let hit = space.claim(Hit::Meta, rgt, rgt + gt_bytes);
+        let hit = self.space.claim(Hit::Meta, rgt, rgt + gt_bytes);
         if hit != Hit::Free {
+            self.unreliable("a redundant grain table overlaps other metadata");
             self.corruption(format!(
                 "redundant grain table {i} at offset {rgt} overlaps {}",
                 Self::describe(hit)
             ));
             return;
         }
+        self.f.redundant_ok[i] = true;
         let Some(gt) = gt else { return };
         if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
             return; // reported by the caller

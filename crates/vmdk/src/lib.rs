@@ -40,6 +40,7 @@ pub mod paths;
 pub mod qcow2;
 pub mod raw;
 pub mod rebase;
+pub mod repair;
 pub mod report;
 pub mod resize;
 pub mod source_window;

@@ -45,6 +45,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn seek_hole(&self, _offset: u64) -> io::Result<Option<u64>> {
         Err(io::ErrorKind::Unsupported.into())
     }
+    /// Give `[offset, offset + len)` back to the host, leaving a hole that reads as zeros
+    /// and the length unchanged (`fallocate(PUNCH_HOLE)`). Returns whether it did: the
+    /// default, for storage that cannot, does nothing and returns `Ok(false)`.
+    fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -312,6 +318,32 @@ impl Storage for FileStorage {
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    #[cfg(target_os = "linux")]
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: fallocate on a descriptor this storage owns for its whole life; no memory
+        // is passed to the kernel.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // Filesystems (and devices) without hole punching.
+                Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) | Some(libc::ENOSYS) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        Ok(true)
     }
     fn allocated_size(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;

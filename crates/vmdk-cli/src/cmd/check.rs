@@ -1,6 +1,7 @@
 //! `vmdk check`: the library's consistency check, reported like `qemu-img check`.
 //! Exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaked clusters only,
-//! 63 the image is not one that can be checked (raw).
+//! 63 the image is not one that can be checked (raw). With `-r` the image is repaired
+//! first and the status is that of the check after the repair, as qemu-img's is.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,10 +23,22 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Repair what the check finds: `leaks` (give leaked space back) or `all` (also fix
+    /// grain tables and directory entries pointing outside the file, and redundant tables
+    /// that disagree with the primary ones).
+    #[arg(short = 'r', value_enum, value_name = "leaks|all")]
+    repair: Option<Repair>,
     #[command(flatten)]
     open: OpenArgs,
     /// The image.
     image: PathBuf,
+}
+
+/// What `-r` repairs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Repair {
+    Leaks,
+    All,
 }
 
 pub fn run(a: Args) -> Result<u8> {
@@ -33,10 +46,35 @@ pub fn run(a: Args) -> Result<u8> {
         eprintln!("vmdk: This image format does not support checks");
         return Ok(63);
     }
-    // Only the image itself is checked, so a missing backing file does not stop us.
-    let img = vmdk::Image::open_with(&a.image, &a.open.options().open_backing(false))?;
-    let r = vmdk::check(&img)?;
-    drop(img);
+    let r = match a.repair {
+        Some(mode) => {
+            let mode = match mode {
+                Repair::Leaks => vmdk::repair::RepairMode::Leaks,
+                Repair::All => vmdk::repair::RepairMode::All,
+            };
+            let o = vmdk::repair::repair(&a.image, mode, &a.open.options())?;
+            for n in &o.notes {
+                eprintln!("Warning: {n}");
+            }
+            let r = o.report;
+            if (r.leaks_fixed > 0 || r.corruptions_fixed > 0)
+                && matches!(a.output, OutputFormat::Human)
+                && !a.quiet
+            {
+                println!(
+                    "The following inconsistencies were found and repaired:\n\n    \
+                     {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
+                    r.leaks_fixed, r.corruptions_fixed
+                );
+            }
+            r
+        }
+        None => {
+            // Only the image itself is checked, so a missing backing file does not stop us.
+            let img = vmdk::Image::open_with(&a.image, &a.open.options().open_backing(false))?;
+            vmdk::check(&img)?
+        }
+    };
 
     let mut err = std::io::stderr().lock();
     for m in r.corruptions.iter().chain(&r.errors) {

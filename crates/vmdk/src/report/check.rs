@@ -14,6 +14,8 @@ pub fn check_json(r: &CheckReport, name: &str) -> Node {
         .put_opt("image-end-offset", r.image_end_offset.filter(|v| *v != 0))
         .put_opt("corruptions", nz(r.corruption_count()))
         .put_opt("leaks", nz(r.leaked_clusters))
+        .put_opt("leaks-fixed", nz(r.leaks_fixed))
+        .put_opt("corruptions-fixed", nz(r.corruptions_fixed))
         .put_opt("total-clusters", nz(r.total_clusters))
         .put_opt("allocated-clusters", nz(r.allocated_clusters))
         .put_opt("fragmented-clusters", nz(r.fragmented_clusters))
