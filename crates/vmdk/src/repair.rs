@@ -279,7 +279,7 @@ fn write_fixes(s: &SparseExtent, w: &TableFixes) -> Result<()> {
     let write_dir_entry = |base: u64, i: usize, table: Option<u64>| -> Result<()> {
         let raw = coding
             .encode_directory(table)
-            .map_err(|m| Error::invalid(m).with_path(&s.file().path))?;
+            .map_err(|m| Error::invalid(m.to_string()).with_path(&s.file().path))?;
         let mut bytes = Vec::new();
         coding.put_entries(&[raw], &mut bytes);
         storage
