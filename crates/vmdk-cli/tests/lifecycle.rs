@@ -297,7 +297,7 @@ fn resize_grows_every_writable_subformat() {
 }
 
 #[test]
-fn resize_shrinks_only_when_asked_and_only_flat() {
+fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let dir = tempdir();
     let d = dir.path();
     let flat = qemu_create(d, "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
@@ -315,10 +315,40 @@ fn resize_shrinks_only_when_asked_and_only_flat() {
     );
     qemu_io(&flat, &["read -P 3 0 1M"]);
     qemu_img(&["check", &f]);
+    // Sparse extents shrink when nothing but zeros lies past the new end: allocated data
+    // there refuses the shrink (naming its offset) before anything changes; grains of
+    // zeros are dropped. qemu-img refuses to resize VMDK at all.
     let sparse = qemu_create(d, "s.vmdk", "100M", &[]);
+    qemu_io(
+        &sparse,
+        &["write -P 5 0 1M", "write -P 6 60M 4k", "write -P 0 80M 64k"],
+    );
+    let before = raw_of(&sparse);
     let r = vmdk(&["resize", "--shrink", &s(&sparse), "10M"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("not supported"), "{}", r.stderr);
+    assert!(r.stderr.contains("offset 62914560"), "{}", r.stderr);
+    assert_eq!(
+        raw_of(&sparse),
+        before,
+        "a refused shrink changed the image"
+    );
+    vmdk_ok(&["resize", "--shrink", &s(&sparse), "61M"]);
+    assert!(qemu_img(&["info", &s(&sparse)]).contains("virtual size: 61 MiB"));
+    qemu_img(&["check", &s(&sparse)]);
+    vmdk_ok(&["check", &s(&sparse)]);
+    assert!(
+        raw_of(&sparse) == before[..61 << 20],
+        "content changed by the shrink"
+    );
+    // twoGbMaxExtentSparse: whole extents past the new end go when they hold only zeros.
+    let split = qemu_create(d, "t.vmdk", "5G", &["subformat=twoGbMaxExtentSparse"]);
+    qemu_io(&split, &["write -P 7 0 1M", "write -P 0 4500M 64k"]);
+    vmdk_ok(&["resize", "--shrink", &s(&split), "3G"]);
+    assert!(qemu_img(&["info", &s(&split)]).contains("virtual size: 3 GiB"));
+    assert!(!d.join("t-s003.vmdk").exists());
+    qemu_img(&["check", &s(&split)]);
+    vmdk_ok(&["check", &s(&split)]);
+    qemu_io(&split, &["read -P 7 0 1M", "read -P 0 1M 1M"]);
     let stream = qemu_create(d, "st.vmdk", "100M", &["subformat=streamOptimized"]);
     assert_ne!(vmdk(&["resize", &s(&stream), "1G"]).code, 0);
     // qemu-io's truncate, through vmdk io.

@@ -10,8 +10,12 @@
 //! - split images (twoGbMaxExtent*) fill their last extent up to 2 GiB, then get new
 //!   extent files named as qemu-img names them.
 //!
-//! Shrinking needs `shrink` and works on flat extents (whole trailing extents are dropped,
-//! the last one is cut); sparse extents cannot shrink yet.
+//! Shrinking needs `shrink`. Flat extents: whole trailing extents are dropped, the last one
+//! is cut. Hosted sparse extents shrink only when no data lies past the new end: grains
+//! there that are unallocated, zeroed or read as zeros are dropped (their table entries
+//! cleared, redundant copy first, then the space punched out of the file); any other
+//! allocated grain refuses the shrink, naming its offset, before anything is changed.
+//! Whole sparse extents past the new end obey the same rule before their files go.
 //!
 //! Crash ordering: new tables, directories and files are written and flushed first, the
 //! sparse header (capacity and directory offsets) next, and the descriptor last, so an
@@ -167,6 +171,19 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     let mut sectors = Vec::new();
     let mut drop_files: Vec<PathBuf> = Vec::new();
     let mut cut: Option<(std::sync::Arc<crate::map::ExtentFile>, u64)> = None;
+    let mut sparse_cut: Option<(&SparseExtent, u64, Vec<u64>)> = None;
+    // Sparse data past the new end refuses the shrink before anything changes.
+    for e in img.extents() {
+        if let ExtentKind::Sparse(s) = &e.kind {
+            let keep = new_size.saturating_sub(e.start).min(e.length);
+            if keep < e.length {
+                let dropped = grains_past(s, keep, e.start)?;
+                if e.start < new_size {
+                    sparse_cut = Some((s, keep, dropped));
+                }
+            }
+        }
+    }
     for e in img.extents() {
         if e.start >= new_size {
             if let Some(f) = e.file() {
@@ -177,13 +194,6 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
         let keep = (new_size - e.start).min(e.length);
         if keep < e.length {
             match &e.kind {
-                ExtentKind::Sparse(_) => {
-                    return Err(Error::unsupported(
-                        "shrinking a sparse extent is not supported (convert the image to a \
-                         smaller one with vmdk dd instead)",
-                    )
-                    .with_path(path))
-                }
                 ExtentKind::Flat { file, offset } if *offset == 0 => {
                     cut = Some((file.clone(), keep));
                 }
@@ -206,7 +216,17 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     if drop_files.iter().any(|f| f == path) {
         return Err(Error::unsupported("cannot drop the descriptor's own extent").with_path(path));
     }
+    if let Some((s, keep, _)) = &sparse_cut {
+        shrink_sparse(s, *keep)?;
+    }
     update_descriptor(img, new_size, &sectors, &[])?;
+    if let Some((s, _, dropped)) = &sparse_cut {
+        // Best effort: the dropped grains held zeros; where holes cannot be punched the
+        // space stays (and check reports it as leaked).
+        for &off in dropped {
+            let _ = s.file.storage.punch_hole(off, s.grain_size());
+        }
+    }
     if let Some((file, keep)) = cut {
         file.storage
             .set_len(keep)
@@ -215,6 +235,98 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     for f in drop_files {
         img.namespace().remove(&f)?;
     }
+    Ok(())
+}
+
+/// The first grain of `s` wholly past `keep` bytes, and the tables' entry count.
+fn first_dropped_grain(s: &SparseExtent, keep: u64) -> u64 {
+    keep.div_ceil(s.grain_size())
+}
+
+/// Check that no data lies in `s` past `keep` bytes: every allocated grain there must read
+/// as zeros. Returns the file offsets of the allocated ones (to punch out); an error naming
+/// the first grain holding data (as a virtual-disk offset, the extent starting at
+/// `ext_start`).
+fn grains_past(s: &SparseExtent, keep: u64, ext_start: u64) -> Result<Vec<u64>> {
+    let gs = s.grain_size();
+    let grains = s.capacity().div_ceil(gs);
+    let per_table = s.directory().coding().gt_entries;
+    let mut dropped = Vec::new();
+    let mut buf = vec![0u8; gs as usize];
+    let mut g = first_dropped_grain(s, keep);
+    while g < grains {
+        let i = (g / per_table) as usize;
+        if s.directory().table(i)?.is_none() {
+            g = (i as u64 + 1) * per_table;
+            continue;
+        }
+        if let Some(off) = s.directory().lookup(g)?.offset() {
+            s.file.storage.read_at_padded(&mut buf, off).map_err(|e| {
+                Error::io(e, "reading a grain past the new end").with_path(&s.file.path)
+            })?;
+            if buf.iter().any(|&b| b != 0) {
+                return Err(Error::invalid(format!(
+                    "cannot shrink: data is allocated at offset {} past the new end (only \
+                     unallocated or zero grains can be dropped)",
+                    ext_start + g * gs
+                ))
+                .with_path(&s.file.path));
+            }
+            dropped.push(off);
+        }
+        g += 1;
+    }
+    Ok(dropped)
+}
+
+/// Shrink a hosted sparse extent to `keep` bytes: clear the table entries past the new end
+/// (redundant tables first, flushed), then write the header with the new capacity.
+fn shrink_sparse(s: &SparseExtent, keep: u64) -> Result<()> {
+    let path = &s.file.path;
+    let storage = &s.file.storage;
+    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
+    // Stream files keep a second copy of the header (the footer) that readers prefer, and
+    // COWD/seSparse headers are not VMDK4 headers: only hosted sparse extents shrink.
+    let mut h = s
+        .header
+        .clone()
+        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
+        .ok_or_else(|| {
+            Error::unsupported("only hosted sparse extents (not stream, COWD or seSparse) shrink")
+                .with_path(path)
+        })?;
+    let dir = s.directory();
+    let coding = dir.coding();
+    let width = coding.width() as u64;
+    let per_table = coding.gt_entries;
+    let first = first_dropped_grain(s, keep);
+    let grains = s.capacity().div_ceil(s.grain_size());
+    // Redundant copies first, so a cut leaves the primary (what readers use) unchanged
+    // until its own turn; the dropped grains read as zeros either way.
+    let copies: Vec<Box<dyn Fn(usize) -> Option<u64>>> = vec![
+        Box::new(|i| dir.redundant_table_offset(i).filter(|&o| o != 0)),
+        Box::new(|i| dir.table_offset(i).ok().flatten()),
+    ];
+    for table_of in copies {
+        let mut g = first;
+        while g < grains {
+            let i = (g / per_table) as usize;
+            let table_end = ((i as u64 + 1) * per_table).min(grains);
+            if let Some(t) = table_of(i) {
+                let n = (table_end - g) as usize;
+                storage
+                    .write_at(&vec![0u8; n * width as usize], t + (g % per_table) * width)
+                    .map_err(io("clearing grain table entries"))?;
+            }
+            g = table_end;
+        }
+        storage.flush().map_err(io("flushing"))?;
+    }
+    h.capacity = keep / SECTOR_SIZE;
+    storage
+        .write_at(&h.serialize(), 0)
+        .map_err(io("writing the header"))?;
+    storage.flush().map_err(io("flushing"))?;
     Ok(())
 }
 
@@ -290,10 +402,16 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
     let path = &s.file.path;
     let storage = &s.file.storage;
     let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
+    // Stream files keep a second copy of the header (the footer) that readers prefer, and
+    // COWD/seSparse headers are not VMDK4 headers: only hosted sparse extents shrink.
     let mut h = s
         .header
         .clone()
-        .ok_or_else(|| Error::unsupported("extent without a header").with_path(path))?;
+        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
+        .ok_or_else(|| {
+            Error::unsupported("only hosted sparse extents (not stream, COWD or seSparse) shrink")
+                .with_path(path)
+        })?;
     let dir = s.directory();
     let old_n = dir.len() as u64;
     h.capacity = new_len / SECTOR_SIZE;

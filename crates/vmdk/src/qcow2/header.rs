@@ -6,6 +6,8 @@
 //! the first cluster. Every bound QEMU's driver enforces is checked here, so a hostile
 //! header is an error before anything is allocated from it.
 
+use crate::format::error::{FormatError, FormatResult};
+
 /// `QFI\xfb`.
 pub const MAGIC: u32 = 0x5146_49fb;
 /// Smallest and largest cluster sizes QEMU accepts (512 B and 2 MiB).
@@ -103,19 +105,21 @@ impl Header {
     /// Parse and check the header in `b` (the file's first bytes, at least 72 and for
     /// version 3 at least `header_length`). `file_len` bounds offsets that must lie in the
     /// file.
-    pub fn parse(b: &[u8], file_len: u64) -> Result<Header, String> {
+    pub fn parse(b: &[u8], file_len: u64) -> FormatResult<Header> {
         if b.len() < 72 {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "file is too short for a qcow2 header ({} bytes)",
                 b.len()
-            ));
+            )));
         }
         if be32(b, 0) != MAGIC {
-            return Err("not a qcow2 image (bad magic)".into());
+            return Err(FormatError::Invalid("not a qcow2 image (bad magic)".into()));
         }
         let version = be32(b, 4);
         if version != 2 && version != 3 {
-            return Err(format!("unsupported qcow2 version {version}"));
+            return Err(FormatError::Unsupported(format!(
+                "unsupported qcow2 version {version}"
+            )));
         }
         let mut h = Header {
             version,
@@ -139,7 +143,9 @@ impl Header {
         };
         if version == 3 {
             if b.len() < 104 {
-                return Err("file is too short for a qcow2 version 3 header".into());
+                return Err(FormatError::Invalid(
+                    "file is too short for a qcow2 version 3 header".into(),
+                ));
             }
             h.incompatible_features = be64(b, 72);
             h.compatible_features = be64(b, 80);
@@ -147,7 +153,10 @@ impl Header {
             h.refcount_order = be32(b, 96);
             h.header_length = be32(b, 100);
             if h.header_length < 104 {
-                return Err(format!("invalid header length {}", h.header_length));
+                return Err(FormatError::Invalid(format!(
+                    "invalid header length {}",
+                    h.header_length
+                )));
             }
             if h.header_length > 104 && b.len() > 104 {
                 h.compression_type = b[104];
@@ -157,108 +166,131 @@ impl Header {
         Ok(h)
     }
 
-    fn check(&self, file_len: u64) -> Result<(), String> {
+    fn check(&self, file_len: u64) -> FormatResult<()> {
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&self.cluster_bits) {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "cluster size 2^{} is outside the 512 B to 2 MiB qcow2 allows",
                 self.cluster_bits
-            ));
+            )));
         }
         let cs = self.cluster_size();
         if u64::from(self.header_length) > cs {
-            return Err("header is larger than a cluster".into());
+            return Err(FormatError::Invalid(
+                "header is larger than a cluster".into(),
+            ));
         }
         if self.size > crate::format::MAX_VIRTUAL_SIZE {
-            return Err(format!("virtual size {} is too large", self.size));
+            return Err(FormatError::Invalid(format!(
+                "virtual size {} is too large",
+                self.size
+            )));
         }
         if self.refcount_order > 6 {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "refcount width 2^{} bits is more than 64",
                 self.refcount_order
-            ));
+            )));
         }
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "unsupported incompatible feature bits {unknown:#x}"
-            ));
+            )));
         }
         if self.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            return Err("images with an external data file are not supported".into());
+            return Err(FormatError::Unsupported(
+                "images with an external data file are not supported".into(),
+            ));
         }
         if self.crypt_method != 0 {
-            return Err("encrypted qcow2 images are not supported".into());
+            return Err(FormatError::Unsupported(
+                "encrypted qcow2 images are not supported".into(),
+            ));
         }
         match self.compression_type {
             0 => {}
-            1 => return Err("zstd-compressed qcow2 images are not supported".into()),
-            t => return Err(format!("unknown compression type {t}")),
+            1 => {
+                return Err(FormatError::Unsupported(
+                    "zstd-compressed qcow2 images are not supported".into(),
+                ))
+            }
+            t => {
+                return Err(FormatError::Unsupported(format!(
+                    "unknown compression type {t}"
+                )))
+            }
         }
         if self.compression_type != 0 && self.incompatible_features & INCOMPAT_COMPRESSION == 0 {
-            return Err("compression type set without its feature bit".into());
+            return Err(FormatError::Invalid(
+                "compression type set without its feature bit".into(),
+            ));
         }
         if self.extended_l2() && self.cluster_bits < 14 {
-            return Err("extended L2 entries need clusters of at least 16 KiB".into());
+            return Err(FormatError::Invalid(
+                "extended L2 entries need clusters of at least 16 KiB".into(),
+            ));
         }
         // The L1 table: bounded in memory, aligned, inside the file, and large enough to
         // cover the disk (a short L1 would leave the end of the disk unmapped).
         let l1_bytes = u64::from(self.l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "L1 table of {} entries is larger than the 32 MiB qcow2 allows",
                 self.l1_size
-            ));
+            )));
         }
         if u64::from(self.l1_size) < self.l1_entries_needed() {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "L1 table of {} entries is too small for a {}-byte disk",
                 self.l1_size, self.size
-            ));
+            )));
         }
         if self.l1_size > 0 {
             if !self.l1_table_offset.is_multiple_of(cs) {
-                return Err(format!(
+                return Err(FormatError::Invalid(format!(
                     "L1 table offset {:#x} is not cluster-aligned",
                     self.l1_table_offset
-                ));
+                )));
             }
             if self
                 .l1_table_offset
                 .checked_add(l1_bytes)
                 .is_none_or(|end| end > file_len)
             {
-                return Err(format!(
+                return Err(FormatError::Invalid(format!(
                     "L1 table at {:#x} ({} bytes) lies past the end of the {}-byte file",
                     self.l1_table_offset, l1_bytes, file_len
-                ));
+                )));
             }
         }
         let rt_bytes = u64::from(self.refcount_table_clusters) * cs;
         if rt_bytes > MAX_REFTABLE_BYTES {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "refcount table of {} clusters is larger than the 8 MiB qcow2 allows",
                 self.refcount_table_clusters
-            ));
+            )));
         }
         if !self.refcount_table_offset.is_multiple_of(cs) {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "refcount table offset {:#x} is not cluster-aligned",
                 self.refcount_table_offset
-            ));
+            )));
         }
         if self.backing_file_offset != 0 {
             if self.backing_file_size > MAX_BACKING_NAME {
-                return Err(format!(
+                return Err(FormatError::Invalid(format!(
                     "backing file name of {} bytes is longer than 1023",
                     self.backing_file_size
-                ));
+                )));
             }
             if self
                 .backing_file_offset
                 .checked_add(u64::from(self.backing_file_size))
                 .is_none_or(|end| end > cs)
             {
-                return Err("backing file name lies outside the header cluster".into());
+                return Err(FormatError::Invalid(
+                    "backing file name lies outside the header cluster".into(),
+                ));
             }
         }
         Ok(())
@@ -317,9 +349,10 @@ pub struct Extensions {
 }
 
 /// Parse the header extensions in `b`, the bytes of the header cluster from `start` on.
-pub fn parse_extensions(b: &[u8], start: u64) -> Result<Extensions, String> {
+pub fn parse_extensions(b: &[u8], start: u64) -> FormatResult<Extensions> {
     let mut ext = Extensions::default();
-    let mut at = usize::try_from(start).map_err(|_| "bad extension offset")?;
+    let mut at =
+        usize::try_from(start).map_err(|_| FormatError::Invalid("bad extension offset".into()))?;
     loop {
         if at + 8 > b.len() {
             // QEMU accepts a header cluster that simply ends: no end marker needed then.
@@ -332,9 +365,9 @@ pub fn parse_extensions(b: &[u8], start: u64) -> Result<Extensions, String> {
             return Ok(ext);
         }
         if len > b.len() - at {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "header extension {ty:#x} of {len} bytes runs past the header cluster"
-            ));
+            )));
         }
         let data = &b[at..at + len];
         match ty {
@@ -388,22 +421,29 @@ mod tests {
         b[20..24].copy_from_slice(&30u32.to_be_bytes());
         assert!(Header::parse(&b, 1 << 20)
             .unwrap_err()
+            .to_string()
             .contains("cluster size"));
         let mut b = ok.clone();
         b[36..40].copy_from_slice(&1u32.to_be_bytes());
         assert!(Header::parse(&b, 1 << 20)
             .unwrap_err()
+            .to_string()
             .contains("too small"));
         assert!(Header::parse(&ok, 1 << 16)
             .unwrap_err()
+            .to_string()
             .contains("past the end"));
         let mut b = ok.clone();
         b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(Header::parse(&b, 1 << 20).unwrap_err().contains("32 MiB"));
+        assert!(Header::parse(&b, 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("32 MiB"));
         let mut b = ok;
         b[72..80].copy_from_slice(&INCOMPAT_DATA_FILE.to_be_bytes());
         assert!(Header::parse(&b, 1 << 20)
             .unwrap_err()
+            .to_string()
             .contains("external data file"));
     }
 }

@@ -2,6 +2,8 @@
 //! host offset / compressed at a host offset, per cluster or (extended L2) per subcluster,
 //! with QEMU's rules (`qcow2_get_cluster_type`, `qcow2_get_subcluster_type`).
 
+use crate::format::error::{FormatError, FormatResult};
+
 /// Offset bits of L1 and standard L2 entries.
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Standard L2 entry: the cluster is compressed.
@@ -69,7 +71,7 @@ impl Entry {
 
 /// Decode the L2 entry `e` (and `bitmap`, the second half of an extended entry) of an image
 /// with `cluster_bits`. Errors say what is wrong with the entry.
-pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> Result<Entry, String> {
+pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> FormatResult<Entry> {
     let cs = 1u64 << cluster_bits;
     if e & FLAG_COMPRESSED != 0 {
         // Bits 0..x-1 hold the offset, x..61 the count of additional 512-byte sectors.
@@ -78,23 +80,29 @@ pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> Result<Entry, S
         let sectors = ((e >> x) & ((1u64 << (cluster_bits - 8)) - 1)) + 1;
         let len = (sectors * 512).saturating_sub(offset & 511);
         if offset == 0 {
-            return Err("compressed cluster at host offset 0".into());
+            return Err(FormatError::Invalid(
+                "compressed cluster at host offset 0".into(),
+            ));
         }
         return Ok(Entry::Whole(Cluster::Compressed { offset, len }));
     }
     let host = e & OFFSET_MASK;
     if !host.is_multiple_of(cs) {
-        return Err(format!("cluster offset {host:#x} is not cluster-aligned"));
+        return Err(FormatError::Invalid(format!(
+            "cluster offset {host:#x} is not cluster-aligned"
+        )));
     }
     if let Some(bm) = bitmap {
         let (alloc, zero) = (bm as u32, (bm >> 32) as u32);
         if alloc & zero != 0 {
-            return Err(format!(
+            return Err(FormatError::Invalid(format!(
                 "subclusters both allocated and zero (bitmap {bm:#018x})"
-            ));
+            )));
         }
         if host == 0 && alloc != 0 {
-            return Err("subclusters allocated in a cluster without a host cluster".into());
+            return Err(FormatError::Invalid(
+                "subclusters allocated in a cluster without a host cluster".into(),
+            ));
         }
         return Ok(Entry::Sub { host, alloc, zero });
     }

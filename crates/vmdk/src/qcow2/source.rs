@@ -51,8 +51,8 @@ impl std::fmt::Debug for Qcow2Image {
     }
 }
 
-fn corrupt(path: &Path, msg: impl Into<String>) -> Error {
-    Error::corrupt(msg).with_path(path)
+fn corrupt(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::corrupt(msg.to_string()).with_path(path)
 }
 
 impl Qcow2Image {
