@@ -279,22 +279,31 @@ fn grains_past(s: &SparseExtent, keep: u64, ext_start: u64) -> Result<Vec<u64>> 
     Ok(dropped)
 }
 
+/// The VMDK4 header of `s` when it is a hosted sparse extent, the only sparse kind whose
+/// capacity can change here: stream files keep a second copy of the header (the footer)
+/// that readers prefer, and COWD/seSparse headers are not VMDK4 headers.
+fn hosted_header(
+    s: &SparseExtent,
+    verb: &str,
+) -> Result<crate::format::sparse_header::SparseHeader> {
+    s.header
+        .clone()
+        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
+        .ok_or_else(|| {
+            Error::unsupported(format!(
+                "only hosted sparse extents (not stream, COWD or seSparse) can {verb}"
+            ))
+            .with_path(&s.file.path)
+        })
+}
+
 /// Shrink a hosted sparse extent to `keep` bytes: clear the table entries past the new end
 /// (redundant tables first, flushed), then write the header with the new capacity.
 fn shrink_sparse(s: &SparseExtent, keep: u64) -> Result<()> {
     let path = &s.file.path;
     let storage = &s.file.storage;
     let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
-    // Stream files keep a second copy of the header (the footer) that readers prefer, and
-    // COWD/seSparse headers are not VMDK4 headers: only hosted sparse extents shrink.
-    let mut h = s
-        .header
-        .clone()
-        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
-        .ok_or_else(|| {
-            Error::unsupported("only hosted sparse extents (not stream, COWD or seSparse) shrink")
-                .with_path(path)
-        })?;
+    let mut h = hosted_header(s, "shrink")?;
     let dir = s.directory();
     let coding = dir.coding();
     let width = coding.width() as u64;
@@ -402,16 +411,7 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
     let path = &s.file.path;
     let storage = &s.file.storage;
     let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
-    // Stream files keep a second copy of the header (the footer) that readers prefer, and
-    // COWD/seSparse headers are not VMDK4 headers: only hosted sparse extents shrink.
-    let mut h = s
-        .header
-        .clone()
-        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
-        .ok_or_else(|| {
-            Error::unsupported("only hosted sparse extents (not stream, COWD or seSparse) shrink")
-                .with_path(path)
-        })?;
+    let mut h = hosted_header(s, "grow")?;
     let dir = s.directory();
     let old_n = dir.len() as u64;
     h.capacity = new_len / SECTOR_SIZE;
