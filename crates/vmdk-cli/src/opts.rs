@@ -91,6 +91,22 @@ pub fn vmdk_or_raw(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     }
 }
 
+/// Refuse a `-f` other than vmdk for commands that change VMDK images.
+pub fn require_vmdk(fmt: Option<&str>) -> Result<()> {
+    if fmt.is_some_and(|f| f != "vmdk") {
+        bail!("this command only works on vmdk images");
+    }
+    Ok(())
+}
+
+/// Refuse `-U` for commands that write the image, as qemu-img does.
+pub fn refuse_force_share_for_write(open: &OpenArgs) -> Result<()> {
+    if open.force_share {
+        bail!("-U cannot be used when writing (force-share=on can only be used with read-only images)");
+    }
+    Ok(())
+}
+
 /// Open a VMDK image, refusing `-f raw`.
 pub fn open_vmdk(path: &Path, fmt: Option<&str>, opts: &OpenOptions) -> Result<Image> {
     if let Some(f) = fmt {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use vmdk::commit::CommitOptions;
 
 use crate::opts::OpenArgs;
@@ -36,12 +36,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    if a.format.as_deref().is_some_and(|f| f != "vmdk") {
-        bail!("this command only works on vmdk images");
-    }
-    if a.open.force_share {
-        bail!("-U cannot be used when writing (force-share=on can only be used with read-only images)");
-    }
+    crate::opts::require_vmdk(a.format.as_deref())?;
+    crate::opts::refuse_force_share_for_write(&a.open)?;
     let pb = crate::progress::Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let c = CommitOptions {

@@ -40,9 +40,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    if a.format.as_deref().is_some_and(|f| f != "vmdk") {
-        bail!("this command only works on vmdk images");
-    }
+    crate::opts::require_vmdk(a.format.as_deref())?;
     if a.backing_format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("backing format must be vmdk (a VMDK's backing file is a VMDK)");
     }
