@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, OpenOptions};
 use crate::map::MapTarget;
@@ -29,6 +30,8 @@ pub struct CommitOptions {
 const CHUNK: u64 = 4 << 20;
 /// Steps the reader may run ahead of the writer (bounds memory to a few chunks).
 const STEPS_AHEAD: usize = 4;
+/// Bytes written into the base between two requests to start its writeback.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 /// Commit `top` into its base. `opts` opens the chain (paths, CIDs); `progress` gets
 /// (bytes done, bytes total).
@@ -127,7 +130,7 @@ pub fn commit(
 /// What one step of the copy does to the base.
 enum Step {
     Zero(u64, u64),
-    Data(Vec<u8>, u64),
+    Data(AlignedBuf, u64),
     /// Everything before this offset has been handed over.
     Done(u64),
 }
@@ -145,6 +148,9 @@ fn copy_down(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(STEPS_AHEAD);
+    // Buffers go back to the reader once written: no allocation (and no page faults) per
+    // step. They are page-aligned, which makes the kernel's copies to and from them fast.
+    let (give_back, reuse) = std::sync::mpsc::channel::<AlignedBuf>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<()> {
             let mut pos = 0;
@@ -158,7 +164,8 @@ fn copy_down(
                         MapTarget::Unallocated => continue,
                         MapTarget::Zero => Step::Zero(e.start, e.length),
                         t => {
-                            let mut buf = vec![0u8; e.length as usize];
+                            let mut buf = reuse.try_recv().unwrap_or_default();
+                            buf.resize(e.length as usize, 0);
                             t.read_into(&mut buf)?;
                             Step::Data(buf, e.start)
                         }
@@ -175,12 +182,26 @@ fn copy_down(
             }
             Ok(())
         });
+        // The base must be flushed before the overlay is emptied, and that flush writes
+        // everything the copy dirtied: measured on the 1 GiB overlay, 1.2-2.0 s after a
+        // 0.9 s copy. Starting the writeback as the copy goes lets the disk work while the
+        // copy runs, leaving the final flush only the tail.
         let written = (|| -> Result<()> {
+            let mut dirty = 0u64;
             for step in rx.iter() {
                 match step {
                     Step::Zero(start, len) => base.write_zeroes(start, len, true)?,
-                    Step::Data(buf, start) => base.write_at(&buf, start)?,
+                    Step::Data(buf, start) => {
+                        base.write_at(&buf, start)?;
+                        dirty += buf.len() as u64;
+                        // The reader may be gone (it stops at the end): nothing to give back.
+                        let _ = give_back.send(buf);
+                    }
                     Step::Done(pos) => progress(pos, size),
+                }
+                if dirty >= WRITEBACK_EVERY {
+                    base.start_writeback()?;
+                    dirty = 0;
                 }
             }
             Ok(())

@@ -17,6 +17,7 @@
 //! # Ok::<(), vmdk::Error>(())
 //! ```
 
+pub mod aligned_buf;
 pub mod amend;
 pub mod check;
 pub mod commit;

@@ -51,6 +51,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// Start writing this storage's dirty data to the device without waiting for it, so a
+    /// later [`Storage::flush`] finds little left to do (`sync_file_range(WRITE)`). A hint:
+    /// the default, for storage without a device behind it, does nothing.
+    fn start_writeback(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -223,8 +229,7 @@ impl FileStorage {
             .open(path)
             .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
         crate::lock::lock(&file, path, LockRequest::for_create())?;
-        file.set_len(0)
-            .map_err(|e| Error::io(e, "cannot truncate").with_path(path))?;
+        empty_file(&file, path)?;
         Ok(FileStorage {
             file,
             path: path.to_path_buf(),
@@ -238,9 +243,10 @@ impl FileStorage {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        empty_file(&file, path)?;
         Ok(FileStorage {
             file,
             path: path.to_path_buf(),
@@ -318,6 +324,24 @@ impl Storage for FileStorage {
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self) -> io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: sync_file_range on a descriptor this storage owns for its whole life; no
+        // memory is passed to the kernel. Offset 0 and length 0 mean the whole file.
+        let r = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // Not a regular file or a filesystem without it (the hint is then moot).
+            if matches!(e.raw_os_error(), Some(libc::ESPIPE) | Some(libc::EINVAL)) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
     }
     #[cfg(target_os = "linux")]
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
@@ -425,4 +449,31 @@ impl Storage for MemStorage {
     fn file_id(&self) -> Option<FileId> {
         self.id
     }
+}
+
+/// Empty `file` (just opened or created at `path`) the way that costs nothing later.
+///
+/// Why not simply truncate: ext4 marks a file truncated to length 0 (even one that was
+/// already empty) so that the *last close of that open file* writes back all its dirty data
+/// ("auto_da_alloc", protection for programs that rewrite a file in place without fsync).
+/// A converter keeps its creating descriptor open and writes gigabytes through it, so its
+/// close would wait for the writeback of the whole output: measured as a quarter of the
+/// wall time of a 1.6 GB VMDK -> raw conversion. qemu-img escapes this by closing its
+/// creating descriptor before writing. Here: an empty file is not truncated at all, and
+/// after emptying a non-empty one, a second descriptor is opened and closed at once, which
+/// clears ext4's mark while nothing is dirty yet. (Our locks are OFD locks, held by `file`'s
+/// own open file description: closing another description of the file does not drop them.)
+fn empty_file(file: &File, path: &Path) -> Result<()> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(e, "cannot stat").with_path(path))?
+        .len();
+    if len == 0 {
+        return Ok(());
+    }
+    file.set_len(0)
+        .map_err(|e| Error::io(e, "cannot truncate").with_path(path))?;
+    // Failing to open it again only costs the writeback at close: not an error.
+    drop(File::open(path));
+    Ok(())
 }

@@ -322,6 +322,26 @@ impl Image {
             })
     }
 
+    /// Start writing the image's dirty data (every writable extent file) to the device
+    /// without waiting for it, so that the next [`Image::flush`] finds little left to do.
+    /// Long copies call it as they go: the disk then works while the copy runs, instead of
+    /// all of it after the copy, in the final flush (see [`crate::commit`]).
+    pub fn start_writeback(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        for e in &self.extents {
+            if let Some(f) = e.file() {
+                if e.access == ExtentAccess::ReadWrite {
+                    f.storage
+                        .start_writeback()
+                        .map_err(|err| Error::io(err, "writing back").with_path(&f.path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Make all completed writes durable.
     pub fn flush(&self) -> Result<()> {
         if !self.writable {

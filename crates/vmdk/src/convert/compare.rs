@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use super::options::*;
 use super::pipeline::*;
 use super::source::*;
+use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::map::{MapEntry, MapTarget};
 use crate::stream_writer::is_zero;
@@ -117,8 +118,9 @@ pub fn compare_with(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let mut ba = Vec::new();
-                let mut bb = Vec::new();
+                // Page-aligned: reads into them run at the kernel's full copy speed.
+                let mut ba = AlignedBuf::new();
+                let mut bb = AlignedBuf::new();
                 loop {
                     if failed.load(Ordering::Relaxed) {
                         return;
@@ -194,8 +196,8 @@ fn compare_range(
     start: u64,
     end: u64,
     found_before: &AtomicU64,
-    ba: &mut Vec<u8>,
-    bb: &mut Vec<u8>,
+    ba: &mut AlignedBuf,
+    bb: &mut AlignedBuf,
 ) -> Result<Option<u64>> {
     let ma = map_or_past_end(a, start, end)?;
     let mb = map_or_past_end(b, start, end)?;

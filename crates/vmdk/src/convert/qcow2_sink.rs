@@ -19,6 +19,7 @@ use std::path::Path;
 use super::options::*;
 use super::pipeline::*;
 use super::source::*;
+use crate::aligned_buf::AlignedBuf;
 use crate::create::refuse_to_overwrite;
 use crate::error::{Error, Result};
 use crate::image::{FileFormat, OpenOptions};
@@ -40,7 +41,7 @@ enum Op {
 /// A worker's finished task: the data (padded to whole clusters), the compressed streams,
 /// and what each cluster that is not left unallocated becomes.
 struct Clusters {
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     compressed: Vec<u8>,
     ops: Vec<(u64, Op)>,
 }
@@ -197,7 +198,8 @@ pub fn convert_to_qcow2(
         is_data
     };
     let planner = Planner::new(src, align, max_task, want);
-    let pool = Pool::default();
+    let pool: Pool = Pool::default();
+    let compressed_pool: Pool<Vec<u8>> = Pool::default();
     let level = opts.compression_level;
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Clusters> {
@@ -210,7 +212,7 @@ pub fn convert_to_qcow2(
             Some(b) => Some(read_backing(&**b, task.start, buf.len(), scratch, &pool)?),
             None => None,
         };
-        let mut compressed = pool.get();
+        let mut compressed = compressed_pool.get();
         compressed.clear();
         let mut ops = Vec::new();
         for (i, c) in buf.chunks(cs as usize).enumerate() {
@@ -267,7 +269,7 @@ pub fn convert_to_qcow2(
             i += 1;
         }
         pool.put(c.buf);
-        pool.put(c.compressed);
+        compressed_pool.put(c.compressed);
         progress(task.end, size);
         Ok(())
     };
@@ -286,7 +288,7 @@ fn read_backing(
     len: usize,
     scratch: &mut Scratch,
     pool: &Pool,
-) -> Result<Vec<u8>> {
+) -> Result<AlignedBuf> {
     let mut out = pool.get();
     out.clear();
     out.resize(len, 0);

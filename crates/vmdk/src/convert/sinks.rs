@@ -6,6 +6,7 @@ use std::path::Path;
 use super::options::*;
 use super::pipeline::*;
 use super::source::*;
+use crate::aligned_buf::AlignedBuf;
 use crate::create::refuse_to_overwrite;
 use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
@@ -118,10 +119,10 @@ fn convert_to_raw_stream(
     let pool = Pool::default();
     let planner = Planner::new(src, OUT_GRAIN, max_task, opts.want());
     progress(0, size);
-    let produce = |task: &Task, scratch: &mut Scratch| -> Result<Vec<u8>> {
+    let produce = |task: &Task, scratch: &mut Scratch| -> Result<AlignedBuf> {
         filled_buffer(&pool, opts, task, scratch)
     };
-    let mut consume = |task: &Task, buf: Vec<u8>| -> Result<()> {
+    let mut consume = |task: &Task, buf: AlignedBuf| -> Result<()> {
         fill_to(&mut *sink, task.start)?;
         sink.write_all(&buf)
             .map_err(|e| Error::io(e, "writing").with_path(dst))?;
@@ -292,6 +293,7 @@ pub fn convert_to_stream(
     GrainEncoder::new(level)?;
     let (ahead, max_task) = sizing(threads, 2, MAX_TASK);
     let pool = Pool::default();
+    let records_pool: Pool<Vec<u8>> = Pool::default();
     let planner = Planner::new(src, OUT_GRAIN, max_task, is_data);
     progress(0, size);
     let produce = |task: &Task, scratch: &mut Scratch| -> Result<Encoded> {
@@ -303,7 +305,7 @@ pub fn convert_to_stream(
             scratch.encoder = Some(GrainEncoder::new(level)?);
         }
         let enc = scratch.encoder.as_mut().expect("made above");
-        let mut records = pool.get();
+        let mut records = records_pool.get();
         records.clear();
         let mut grains = Vec::new();
         for (i, g) in buf.chunks(OUT_GRAIN as usize).enumerate() {
@@ -319,7 +321,7 @@ pub fn convert_to_stream(
     };
     let mut consume = |task: &Task, e: Encoded| -> Result<()> {
         writer.write_encoded(&e.records, &e.grains)?;
-        pool.put(e.records);
+        records_pool.put(e.records);
         progress(task.end, size);
         Ok(())
     };
@@ -335,7 +337,7 @@ fn filled_buffer(
     opts: &ConvertOptions,
     task: &Task,
     scratch: &mut Scratch,
-) -> Result<Vec<u8>> {
+) -> Result<AlignedBuf> {
     let mut buf = pool.get();
     buf.resize((task.end - task.start) as usize, 0);
     opts.fill(task, &mut buf, scratch)?;
