@@ -327,19 +327,7 @@ impl Image {
     /// Long copies call it as they go: the disk then works while the copy runs, instead of
     /// all of it after the copy, in the final flush (see [`crate::commit`]).
     pub fn start_writeback(&self) -> Result<()> {
-        if !self.writable {
-            return Ok(());
-        }
-        for e in &self.extents {
-            if let Some(f) = e.file() {
-                if e.access == ExtentAccess::ReadWrite {
-                    f.storage
-                        .start_writeback()
-                        .map_err(|err| Error::io(err, "writing back").with_path(&f.path))?;
-                }
-            }
-        }
-        Ok(())
+        self.each_written_file(|s| s.start_writeback(), "writing back")
     }
 
     /// Make all completed writes durable.
@@ -350,12 +338,23 @@ impl Image {
         self.storage
             .flush()
             .map_err(|e| Error::io(e, "flushing").with_path(&self.path))?;
+        self.each_written_file(|s| s.flush(), "flushing")
+    }
+
+    /// Apply `op` to the storage of every extent file this image writes (none when it is
+    /// open read-only); a failure is reported as `what` failing on that file.
+    fn each_written_file(
+        &self,
+        op: impl Fn(&dyn crate::storage::Storage) -> std::io::Result<()>,
+        what: &str,
+    ) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
         for e in &self.extents {
             if let Some(f) = e.file() {
                 if e.access == ExtentAccess::ReadWrite {
-                    f.storage
-                        .flush()
-                        .map_err(|err| Error::io(err, "flushing").with_path(&f.path))?;
+                    op(&*f.storage).map_err(|err| Error::io(err, what).with_path(&f.path))?;
                 }
             }
         }

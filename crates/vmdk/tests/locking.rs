@@ -105,3 +105,22 @@ fn convert_refuses_its_own_input() {
     drop(src);
     assert!(std::fs::read(&p).unwrap() == before);
 }
+
+#[test]
+fn creating_over_a_file_keeps_its_creation_lock() {
+    // Creating over an existing file empties it and then opens and closes a second
+    // descriptor of it (to clear ext4's write-back-on-close mark). The creation lock is an
+    // OFD lock of the first descriptor: it must survive that close, while the storage
+    // lives, and go away with it.
+    let dir = Dir::new();
+    let p = dir.path("out.raw");
+    std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+    let created = vmdk::storage::FileStorage::create(&p).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+    let e = OpenOptions::new().open(&p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    let e = vmdk::storage::FileStorage::create(&p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    drop(created);
+    vmdk::storage::FileStorage::create(&p).unwrap();
+}
