@@ -54,29 +54,23 @@ best_time() {
 }
 
 # best_time_pair RUNS OUT_A "CMD A" OUT_B "CMD B": "WALL_A CPU_A WALL_B CPU_B", the fastest of
-#   RUNS runs of each, the two commands run alternately (A, B, A, B, ...) so that both see the
-#   same state of a noisy page cache; each output removed and `sync` run before every run.
-#   The commands are word-split (no quoting inside them). "nan" for a command that failed.
+#   RUNS runs of each (each run a `best_time 1`), the two commands run alternately (A, B, A,
+#   B, ...) so that both see the same state of a noisy page cache. The commands are
+#   word-split (no quoting inside them). "nan" for a command that never succeeded.
 best_time_pair() {
-    local runs=$1 oa=$2 ca=$3 ob=$4 cb=$5 i
-    local ba= pa= bb= pb= t c
-    for i in $(seq "$runs"); do
-        for side in a b; do
-            local out cmd
-            if [ $side = a ]; then out=$oa; cmd=$ca; else out=$ob; cmd=$cb; fi
-            rm -rf "$out"; sync
-            # shellcheck disable=SC2086
-            if ! /usr/bin/time -f '%e %U %S' -o t.txt $cmd >/dev/null 2>&1; then
-                echo "FAILED: $cmd" >&2; t=nan; c=nan
-            else
-                read -r t c < <(awk '{print $1, $2 + $3}' t.txt)
-            fi
-            if [ $side = a ]; then
-                if [ -z "$ba" ] || [ "$ba" = nan ] || awk "BEGIN{exit !($t < $ba)}"; then ba=$t; pa=$c; fi
-            else
-                if [ -z "$bb" ] || [ "$bb" = nan ] || awk "BEGIN{exit !($t < $bb)}"; then bb=$t; pb=$c; fi
-            fi
-        done
+    local runs=$1 oa=$2 ca=$3 ob=$4 cb=$5 ta= pa= tb= pb= t c
+    for _ in $(seq "$runs"); do
+        # shellcheck disable=SC2086
+        read -r t c < <(best_time 1 "$oa" $ca)
+        if faster "$t" "$ta"; then ta=$t; pa=$c; fi
+        # shellcheck disable=SC2086
+        read -r t c < <(best_time 1 "$ob" $cb)
+        if faster "$t" "$tb"; then tb=$t; pb=$c; fi
     done
-    echo "$ba $pa $bb $pb"
+    echo "${ta:-nan} ${pa:-nan} ${tb:-nan} ${pb:-nan}"
+}
+
+# faster T BEST: whether wall time T (maybe "nan") beats BEST (maybe empty or "nan").
+faster() {
+    [ "$1" != nan ] && { [ -z "$2" ] || [ "$2" = nan ] || awk "BEGIN{exit !($1 < $2)}"; }
 }

@@ -33,18 +33,12 @@ make_test_disk ./*.qcow2 sparse.vmdk stream.vmdk
 [ -s stream.vmdk ] || qemu-img convert -O vmdk -o subformat=streamOptimized img.raw stream.vmdk
 
 # one OUT CMD...: wall seconds of one run, the output removed and synced first
-one() { local t; read -r t _ < <(best_time 1 "$@"); echo "$t"; }
-min() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "" || a + 0 < b + 0) print a; else print b }'; }
-
 rows=()
 # case NAME INPUT QOUT OOUT "QEMU CMD" "OUR CMD"
 case_() {
-    local name=$1 input=$2 qout=$3 oout=$4 qcmd=$5 ocmd=$6 tq= to= v sq so
+    local name=$1 input=$2 qout=$3 oout=$4 qcmd=$5 ocmd=$6 tq to v sq so
     warm "$input"
-    for _ in $(seq "$RUNS"); do
-        tq=$(min "$(one "$qout" $qcmd)" "$tq")
-        to=$(min "$(one "$oout" $ocmd)" "$to")
-    done
+    read -r tq _ to _ < <(best_time_pair "$RUNS" "$qout" "$qcmd" "$oout" "$ocmd")
     if qemu-img compare -q "$input" "$oout" 2>/dev/null; then v=ok; else v=MISMATCH; fi
     case $oout in *.qcow2) qemu-img check -q "$oout" >/dev/null 2>&1 || v="$v,CHECK-FAILED" ;; esac
     sq=$(stat -c %s "$qout"); so=$(stat -c %s "$oout")
