@@ -21,6 +21,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-bench-compact}
 DISK=${DISK:-4G}
 DATA_MB=${DATA_MB:-1600}
@@ -37,21 +38,12 @@ fi
 
 mkdir -p "$WORK"
 cd "$WORK"
-rm -rf stage mnt img.raw disk.vmdk before.vmdk
-mkdir stage mnt
+rm -rf mnt img.raw disk.vmdk before.vmdk
+mkdir mnt
 
 # ---- 1. the disk -----------------------------------------------------------------------
 echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-have=0
-for d in /usr/lib/x86_64-linux-gnu /usr/lib/jvm /usr/lib/llvm-* /usr/share/doc /usr/lib/gcc \
-    /usr/bin /usr/share /usr/lib /usr/include /usr/libexec /usr/sbin /opt; do
-    [ -d "$d" ] || continue
-    [ "$have" -ge "$DATA_MB" ] && break
-    dst="stage/$(echo "$d" | tr / _)"
-    [ -e "$dst" ] && continue
-    cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
-    have=$(du -sm stage | cut -f1)
-done
+stage_files
 # Every other regular file goes in step 2 (paths relative to the file system's root).
 (cd stage && find . -type f -printf '%P\n' | awk 'NR % 2 == 0') > delete.list
 mke2fs -q -t ext4 -d stage -F img.raw "$DISK"

@@ -1,8 +1,9 @@
-# bench/lib.sh — what the benchmarks share; sourced by convert.sh, ova.sh, qcow2.sh and s3.sh.
+# bench/lib.sh — what the benchmarks share; sourced by compact.sh, convert.sh, ova.sh, qcow2.sh and s3.sh.
 #
 # make_test_disk [FILE...]: img.raw, an ext4 disk of $DISK holding ~$DATA_MB MiB of real files
 #   (hard-linked copies of /usr trees), built in the current directory unless img.stamp says
 #   the one there has this size and data; FILEs (inputs made from img.raw) are removed with it.
+# stage_files: the directory `stage` of ~$DATA_MB MiB of real files the disks are made of.
 # warm FILE...: read files into the page cache.
 # hsize BYTES: bytes in IEC units.
 # best_time RUNS OUT CMD...: "WALL CPU" of the fastest run (wall seconds, user + system
@@ -14,7 +15,15 @@ make_test_disk() {
         return
     fi
     echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-    rm -rf stage img.raw "$@"
+    rm -rf img.raw "$@"
+    stage_files
+    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
+    rm -rf stage
+    echo "$DISK $DATA_MB" > img.stamp
+}
+
+stage_files() {
+    rm -rf stage
     mkdir stage
     local have=0 d dst
     for d in /usr/lib/x86_64-linux-gnu /usr/lib/jvm /usr/lib/llvm-* /usr/share/doc /usr/lib/gcc \
@@ -26,9 +35,6 @@ make_test_disk() {
         cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
         have=$(du -sm stage | cut -f1)
     done
-    mke2fs -q -t ext4 -d stage -F img.raw "$DISK"
-    rm -rf stage
-    echo "$DISK $DATA_MB" > img.stamp
 }
 
 warm() { cat "$@" > /dev/null; }
