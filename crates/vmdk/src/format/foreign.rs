@@ -100,34 +100,41 @@ fn le64(buf: &[u8], off: usize) -> Option<u64> {
 
 /// The format whose magic `head` (a file's first bytes, up to [`HEAD_BYTES`]) carries.
 pub fn probe_head(head: &[u8]) -> Option<ForeignFormat> {
+    probe_head_all(head).into_iter().next()
+}
+
+/// Every format whose magic `head` carries, in [`probe_head`]'s order of preference: more
+/// than one means a polyglot, a file that different readers take for different things.
+pub fn probe_head_all(head: &[u8]) -> Vec<ForeignFormat> {
+    let mut found = Vec::new();
     if at(head, 0, b"QFI\xfb") {
-        return Some(match be32(head, 4) {
+        found.push(match be32(head, 4) {
             Some(1) => ForeignFormat::Qcow,
             _ => ForeignFormat::Qcow2,
         });
     }
     if at(head, 0, b"QED\0") {
-        return Some(ForeignFormat::Qed);
+        found.push(ForeignFormat::Qed);
     }
     // VDI: the signature after the 64-byte text banner.
     if at(head, 0x40, &0xbeda_107fu32.to_le_bytes()) {
-        return Some(ForeignFormat::Vdi);
+        found.push(ForeignFormat::Vdi);
     }
     if at(head, 0, b"vhdxfile") {
-        return Some(ForeignFormat::Vhdx);
+        found.push(ForeignFormat::Vhdx);
     }
     // Dynamic VHDs start with a copy of their footer.
     if at(head, 0, b"conectix") {
-        return Some(ForeignFormat::Vpc);
+        found.push(ForeignFormat::Vpc);
     }
     if at(head, 0, b"LUKS\xba\xbe") {
-        return Some(ForeignFormat::Luks);
+        found.push(ForeignFormat::Luks);
     }
     if at(head, 0, b"WithoutFreeSpace") || at(head, 0, b"WithouFreSpacExt") {
-        return Some(ForeignFormat::Parallels);
+        found.push(ForeignFormat::Parallels);
     }
     if at(head, 0, b"Bochs Virtual HD Image\0") {
-        return Some(ForeignFormat::Bochs);
+        found.push(ForeignFormat::Bochs);
     }
     if at(head, 0, b"#!/bin/sh\n")
         && head
@@ -135,13 +142,17 @@ pub fn probe_head(head: &[u8]) -> Option<ForeignFormat> {
             .take(256)
             .any(|w| w == b"modprobe cloop")
     {
-        return Some(ForeignFormat::Cloop);
+        found.push(ForeignFormat::Cloop);
     }
-    // ISO 9660: a volume descriptor (type byte, "CD001", version 1) in sector 16.
-    if at(head, ISO_VD_OFFSET + 1, b"CD001") {
-        return Some(ForeignFormat::Iso9660);
+    // ISO 9660: a volume descriptor (type byte, "CD001", version 1) in sector 16; UDF
+    // discs carry "NSR02"/"NSR03" in the same place.
+    if at(head, ISO_VD_OFFSET + 1, b"CD001")
+        || at(head, ISO_VD_OFFSET + 1, b"NSR02")
+        || at(head, ISO_VD_OFFSET + 1, b"NSR03")
+    {
+        found.push(ForeignFormat::Iso9660);
     }
-    None
+    found
 }
 
 /// The format whose trailer `tail` (a file's last bytes, up to [`TAIL_BYTES`]) carries.

@@ -9,6 +9,7 @@ pub mod foreign;
 pub mod grain_entry;
 pub(crate) mod le;
 pub mod marker;
+pub mod qemu_view;
 pub mod sesparse_header;
 pub mod sparse_header;
 

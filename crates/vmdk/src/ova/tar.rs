@@ -250,6 +250,19 @@ fn check_name(name: &str, at: u64, path: &Path) -> Result<String> {
 }
 
 fn verify_checksum(block: &[u8; 512], pos: u64, path: &Path) -> Result<()> {
+    if checksum_matches(block) {
+        Ok(())
+    } else {
+        Err(corrupt(
+            path,
+            format!(
+                "tar header at offset {pos} has a bad checksum (not a tar archive, or a damaged one)"
+            ),
+        ))
+    }
+}
+
+fn checksum_matches(block: &[u8; 512]) -> bool {
     let stored = parse_octal(&block[148..156]);
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
@@ -259,15 +272,18 @@ fn verify_checksum(block: &[u8; 512], pos: u64, path: &Path) -> Result<()> {
         signed += b as i8 as i64;
     }
     // Old tars summed signed chars; both are accepted, as GNU tar does.
-    match stored {
-        Some(s) if s == unsigned || s as i64 == signed => Ok(()),
-        _ => Err(corrupt(
-            path,
-            format!(
-                "tar header at offset {pos} has a bad checksum (not a tar archive, or a damaged one)"
-            ),
-        )),
-    }
+    matches!(stored, Some(s) if s == unsigned || s as i64 == signed)
+}
+
+/// Whether a file starting with `head` is a tar archive to GNU tar: its first block is a
+/// header whose checksum matches (an all-zero block is the end of an empty archive, not a
+/// header). The magic is not required: tar reads old v7 headers, which have none.
+pub fn is_tar_header(head: &[u8]) -> bool {
+    let Some(block) = head.get(..BLOCK as usize) else {
+        return false;
+    };
+    let block: &[u8; 512] = block.try_into().expect("512 bytes");
+    block.iter().any(|&b| b != 0) && checksum_matches(block)
 }
 
 /// An octal field (NUL- or space-terminated, leading spaces allowed); `None` if it holds

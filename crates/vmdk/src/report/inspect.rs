@@ -18,6 +18,7 @@ pub fn inspect_json(rep: &InspectReport) -> Node {
     let mut n = Node::dict();
     n.put("filename", rep.filename.as_str())
         .put("format", rep.format.as_str())
+        .put("qemu-format", rep.qemu_format.as_str())
         .put("subformat", rep.subformat.as_deref())
         .put("virtual-size", rep.virtual_size)
         .put("file-size", rep.file_size)
@@ -27,5 +28,9 @@ pub fn inspect_json(rep: &InspectReport) -> Node {
         .put("grains-allocated", rep.grains_allocated)
         .put("verdict", rep.verdict().as_str())
         .put("reasons", reasons);
+    if rep.format == "ova" {
+        let members = rep.members.iter().map(inspect_json).collect::<Vec<_>>();
+        n.put("members", members);
+    }
     n
 }
