@@ -440,3 +440,486 @@ fn realworld_samples() {
         assert_unsafe(&dir.join(f), &[], code);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Against QEMU's own reading. QEMU does not parse descriptors into lines: it searches the
+// text at sector 1 for parentFileNameHint and the CIDs, and probes formats by the first
+// 2 KiB. Every case here is checked with qemu-img itself first (it really opens or names
+// the other file), then with inspect.
+
+/// What `qemu-img info` makes of a file: Ok(backing file name, if any) or its error.
+fn qemu_info(file: &Path) -> Result<Option<String>, String> {
+    let r = tool("qemu-img", &["info", "--output=json", &s(file)]);
+    if r.code != 0 {
+        return Err(r.stderr);
+    }
+    let j = r.json();
+    Ok(j["backing-filename"].as_str().map(str::to_string))
+}
+
+/// A qemu-made monolithicSparse image with data, and its descriptor text.
+fn sparse_with_text(d: &Path) -> (Vec<u8>, String) {
+    let img = qemu_create(d, "good.vmdk", "16M", &[]);
+    qemu_io(&img, &["write -P 0x61 0 64k"]);
+    let bytes = std::fs::read(&img).unwrap();
+    let area = &bytes[512..512 + 20 * 512];
+    let end = area.iter().position(|&b| b == 0).unwrap();
+    let text = String::from_utf8(area[..end].to_vec()).unwrap();
+    (bytes, text)
+}
+
+/// `bytes` with `text` written over the 20-sector descriptor area (NUL-padded).
+fn with_area(bytes: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let mut t = text.to_vec();
+    assert!(t.len() <= 20 * 512);
+    t.resize(20 * 512, 0);
+    b[512..512 + 20 * 512].copy_from_slice(&t);
+    b
+}
+
+#[test]
+fn qemu_finds_the_backing_file_wherever_it_searches() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, text) = sparse_with_text(d);
+    let hint = "parentFileNameHint=\"/etc/passwd\"";
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "in a comment",
+            with_area(
+                &good,
+                text.replace(
+                    "# Disk DescriptorFile",
+                    &format!("# Disk DescriptorFile {hint}"),
+                )
+                .as_bytes(),
+            ),
+        ),
+        (
+            "inside another key",
+            with_area(
+                &good,
+                text.replace("ddb.adapterType", &format!("ddb.x{hint}\nddb.adapterType"))
+                    .as_bytes(),
+            ),
+        ),
+        (
+            "with a matching parentCID in a comment",
+            with_area(
+                &good,
+                text.replace(
+                    "# Extent description",
+                    &format!("# Extent description {hint} parentCID=12345678"),
+                )
+                .as_bytes(),
+            ),
+        ),
+    ];
+    // A one-sector descriptor that no NUL ends: QEMU reads on into sector 2.
+    let mut nonul = good.clone();
+    let mut sector = text.clone().into_bytes();
+    sector.resize(512, b'#');
+    nonul[512..1024].copy_from_slice(&sector);
+    nonul[1024..1024 + hint.len()].copy_from_slice(hint.as_bytes());
+    nonul[1024 + hint.len()..1024 + 512].fill(b' ');
+    nonul[36..44].copy_from_slice(&1u64.to_le_bytes());
+    cases.push(("past a one-sector descriptor without a NUL", nonul));
+    // A header that says there is no descriptor, or that it is elsewhere: QEMU still
+    // reads sector 1.
+    let commented = cases[0].1.clone();
+    let mut nodesc = commented.clone();
+    nodesc[28..44].fill(0);
+    cases.push(("a header without a descriptor", nodesc));
+    let mut elsewhere = commented;
+    elsewhere[28..36].copy_from_slice(&2u64.to_le_bytes());
+    elsewhere[36..44].copy_from_slice(&19u64.to_le_bytes());
+    cases.push(("a header pointing elsewhere", elsewhere));
+
+    for (what, bytes) in cases {
+        let f = d.join("case.vmdk");
+        std::fs::write(&f, &bytes).unwrap();
+        assert_eq!(
+            qemu_info(&f),
+            Ok(Some("/etc/passwd".to_string())),
+            "{what}: qemu-img takes /etc/passwd as the backing file"
+        );
+        for policy in ["--policy=default", "--policy=strict"] {
+            let j = assert_unsafe(&f, &[policy], "backing-file");
+            assert!(
+                j["reasons"].to_string().contains("/etc/passwd"),
+                "{what}: {j:#}"
+            );
+        }
+    }
+
+    // The leak itself: with the victim's CID as parentCID, qemu-img convert copies the
+    // victim's data (from outside the upload's directory) into the output.
+    let victim_dir = tempdir();
+    let victim = qemu_create(victim_dir.path(), "victim.vmdk", "16M", &[]);
+    qemu_io(&victim, &["write -P 0x5a 1M 64k"]);
+    let vtext = std::fs::read(&victim).unwrap();
+    let vcid = std::str::from_utf8(&vtext[512..1024])
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CID="))
+        .unwrap()
+        .to_string();
+    let mut evil = text.replace(
+        "# Disk DescriptorFile",
+        &format!("# parentFileNameHint=\"{}\"", s(&victim)),
+    );
+    evil = evil.replace("parentCID=ffffffff", &format!("parentCID={vcid}"));
+    let f = d.join("leak.vmdk");
+    std::fs::write(&f, with_area(&good, evil.as_bytes())).unwrap();
+    let out = d.join("leak.raw");
+    qemu_img(&["convert", "-O", "raw", &s(&f), &s(&out)]);
+    let leaked = std::fs::read(&out).unwrap();
+    assert!(
+        leaked[1 << 20..(1 << 20) + 65536]
+            .iter()
+            .all(|&b| b == 0x5a),
+        "qemu-img convert copied the victim's data"
+    );
+    assert_unsafe(&f, &[], "backing-file");
+}
+
+#[test]
+fn what_qemu_refuses_or_reads_elsewhere_is_named() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, text) = sparse_with_text(d);
+    // No CID where QEMU reads it (the real descriptor moved to sector 2): qemu-img refuses.
+    let mut moved = good.clone();
+    let mut area = vec![0u8; 512];
+    area.extend_from_slice(text.as_bytes());
+    area.resize(20 * 512, 0);
+    moved[512..512 + 20 * 512].copy_from_slice(&area);
+    moved[28..36].copy_from_slice(&2u64.to_le_bytes());
+    moved[36..44].copy_from_slice(&19u64.to_le_bytes());
+    let f = d.join("moved.vmdk");
+    std::fs::write(&f, &moved).unwrap();
+    assert!(
+        qemu_info(&f).is_err(),
+        "qemu-img refuses a descriptor at sector 2"
+    );
+    let j = assert_unsafe(&f, &[], "qemu-cannot-open");
+    assert!(
+        codes(&j).contains(&"descriptor-location".to_string()),
+        "{j:#}"
+    );
+
+    // Capacity 0 in the first header of a stream: QEMU opens the descriptor's extents
+    // before it ever looks at the footer.
+    let mut zero = with_area(
+        &good,
+        text.replace("createType=\"monolithicSparse\"", "createType=\"vmfs\"")
+            .replace(
+                "RW 32768 SPARSE \"good.vmdk\"",
+                "RW 1 VMFS \"/etc/hostname\"",
+            )
+            .as_bytes(),
+    );
+    zero[12..20].fill(0);
+    let f = d.join("capacity-zero.vmdk");
+    std::fs::write(&f, &zero).unwrap();
+    let info = tool("qemu-img", &["info", "--output=json", &s(&f)]);
+    assert_eq!(info.code, 0, "{}", info.stderr);
+    assert!(info.stdout.contains("/etc/hostname"), "{}", info.stdout);
+    let j = assert_unsafe(&f, &[], "capacity-zero-descriptor");
+    assert!(j["reasons"].to_string().contains("/etc/hostname"), "{j:#}");
+}
+
+/// A tiny deterministic generator for the differential run (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Mutants of a good image's descriptor region, judged by qemu-img and by inspect: every
+/// mutant qemu-img gives a backing file is unsafe, and every mutant inspect calls safe
+/// opens in qemu-img without one.
+#[test]
+fn differential_against_qemu_img() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, text) = sparse_with_text(d);
+    let tokens: [&[u8]; 12] = [
+        b"parentFileNameHint=\"victim.vmdk\"",
+        b"parentFileNameHint = \"victim.vmdk\"",
+        b"parentFileNameHint",
+        b"\"",
+        b"\0",
+        b"\n",
+        b"#",
+        b" ",
+        b"CID=",
+        b"parentCID=1",
+        b"\r\n",
+        b"PARENTFILENAMEHINT=\"victim.vmdk\"",
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut qemu_backing, mut agreed_safe, mut stricter) = (0, 0, 0);
+    for i in 0..160 {
+        let mut b = good.clone();
+        if rng.below(6) == 0 {
+            // No NUL after the text: QEMU's scan runs on to the end of its window.
+            b[512 + text.len()..512 + 20 * 512].fill(b' ');
+        }
+        for _ in 0..1 + rng.below(3) {
+            let tok = tokens[rng.below(tokens.len() as u64) as usize];
+            // Mostly inside the descriptor text, sometimes anywhere in QEMU's 10 KiB
+            // window at sector 1 or just past it.
+            let span = if rng.below(3) == 0 {
+                20 * 512 + 1024
+            } else {
+                text.len() as u64 + 16
+            };
+            let at = 512 + rng.below(span) as usize;
+            let end = (at + tok.len()).min(b.len());
+            b[at..end].copy_from_slice(&tok[..end - at]);
+        }
+        if rng.below(8) == 0 {
+            // The header's descriptor pointer: gone, one sector, or elsewhere.
+            let (off, size) = [(0u64, 0u64), (1, 1), (3, 18)][rng.below(3) as usize];
+            b[28..36].copy_from_slice(&off.to_le_bytes());
+            b[36..44].copy_from_slice(&size.to_le_bytes());
+        }
+        let f = d.join(format!("m{i}.vmdk"));
+        std::fs::write(&f, &b).unwrap();
+        let (status, j) = inspect(&f, &[]);
+        let q = qemu_info(&f);
+        match (&q, status) {
+            (Ok(Some(name)), _) if !name.is_empty() => {
+                qemu_backing += 1;
+                assert_eq!(
+                    status, 1,
+                    "mutant {i}: qemu-img takes backing file {name:?}: {j:#}"
+                );
+                assert!(
+                    codes(&j).contains(&"backing-file".to_string()),
+                    "mutant {i}: {j:#}"
+                );
+            }
+            (_, 0) => {
+                assert_eq!(q, Ok(None), "mutant {i} inspected safe: {j:#}");
+                agreed_safe += 1;
+            }
+            _ => stricter += 1,
+        }
+        std::fs::remove_file(&f).unwrap();
+    }
+    eprintln!(
+        "differential: {qemu_backing} with a qemu backing file, {agreed_safe} safe to both, \
+         {stricter} unsafe to inspect only"
+    );
+    // The run must exercise both sides.
+    assert!(
+        qemu_backing >= 20,
+        "only {qemu_backing} mutants gave qemu a backing file"
+    );
+    assert!(
+        agreed_safe >= 10,
+        "only {agreed_safe} mutants stayed safe ({stricter} stricter)"
+    );
+}
+
+/// A ustar header block for a hostile archive (the library's writer makes only honest ones).
+fn tar_header(name: &[u8], size: u64, typeflag: u8, linkname: &[u8]) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[157..157 + linkname.len()].copy_from_slice(linkname);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|&b| b as u64).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A tar archive of (header name, data, typeflag, link name) members.
+fn tar_of(members: &[(&[u8], &[u8], u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data, typeflag, link) in members {
+        out.extend(tar_header(name, data.len() as u64, *typeflag, link));
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn ovf_for(hrefs: &[&str]) -> Vec<u8> {
+    let mut refs = String::new();
+    let mut disks = String::new();
+    for (i, h) in hrefs.iter().enumerate() {
+        refs += &format!("<File ovf:id=\"f{i}\" ovf:href=\"{h}\"/>");
+        disks +=
+            &format!("<Disk ovf:diskId=\"d{i}\" ovf:fileRef=\"f{i}\" ovf:capacity=\"16777216\"/>");
+    }
+    format!(
+        "<?xml version=\"1.0\"?><Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\" \
+         xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\"><References>{refs}</References>\
+         <DiskSection><Info>disks</Info>{disks}</DiskSection></Envelope>"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn ovas_are_judged_member_by_member_and_as_a_whole() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, text) = sparse_with_text(d);
+    let ovf = ovf_for(&["disk.vmdk"]);
+    let honest = d.join("honest.ova");
+    std::fs::write(
+        &honest,
+        tar_of(&[
+            (b"x.ovf", &ovf, b'0', b""),
+            (b"disk.vmdk", &good, b'0', b""),
+        ]),
+    )
+    .unwrap();
+    let j = assert_safe(&honest, &[]);
+    assert_eq!(j["format"], "ova");
+    assert_eq!(j["members"].as_array().unwrap().len(), 1, "{j:#}");
+    assert_eq!(j["members"][0]["verdict"], "safe");
+
+    // A second disk naming /etc/passwd as its backing file.
+    let evil = with_area(
+        &good,
+        text.replace(
+            "createType=",
+            "parentFileNameHint=\"/etc/passwd\"\ncreateType=",
+        )
+        .as_bytes(),
+    );
+    let two = d.join("second-disk.ova");
+    let ovf2 = ovf_for(&["disk.vmdk", "disk2.vmdk"]);
+    std::fs::write(
+        &two,
+        tar_of(&[
+            (b"x.ovf", &ovf2, b'0', b""),
+            (b"disk.vmdk", &good, b'0', b""),
+            (b"disk2.vmdk", &evil, b'0', b""),
+        ]),
+    )
+    .unwrap();
+    let j = assert_unsafe(&two, &[], "backing-file");
+    assert!(j["reasons"].to_string().contains("disk2.vmdk"), "{j:#}");
+
+    // The archive itself a VMDK to qemu-img's probe: descriptor text in the first tar
+    // header's name field (a valid tar all the same).
+    let name = b"version=1\nCID=1\nparentCID=ffffffff\ncreateType=\"vmfs\"\nRW 1 VMFS \"/etc/passwd\"\n#.ovf";
+    let poly = d.join("polyglot.ova");
+    std::fs::write(
+        &poly,
+        tar_of(&[(name, &ovf, b'0', b""), (b"disk.vmdk", &good, b'0', b"")]),
+    )
+    .unwrap();
+    let info = tool("qemu-img", &["info", "--output=json", &s(&poly)]);
+    assert!(
+        info.stdout.contains("\"vmdk\"") && info.stdout.contains("/etc/passwd"),
+        "qemu-img probes the archive as a VMDK naming /etc/passwd: {} {}",
+        info.stdout,
+        info.stderr
+    );
+    let j = assert_unsafe(&poly, &[], "ambiguous-format");
+    assert_eq!(j["qemu-format"], "vmdk");
+    assert!(j["reasons"].to_string().contains("/etc/passwd"), "{j:#}");
+
+    // A link named like a disk, and an OVF reference that is a URL or a path.
+    let link = d.join("link.ova");
+    std::fs::write(
+        &link,
+        tar_of(&[
+            (b"x.ovf", &ovf, b'0', b""),
+            (b"disk.vmdk", &good, b'0', b""),
+            (b"extra.vmdk", b"", b'2', b"/etc/shadow"),
+        ]),
+    )
+    .unwrap();
+    assert_unsafe(&link, &[], "archive-member");
+    for href in [
+        "http://attacker.example/disk.vmdk",
+        "../disk.vmdk",
+        "/etc/passwd",
+    ] {
+        let o = d.join("href.ova");
+        std::fs::write(
+            &o,
+            tar_of(&[
+                (b"x.ovf", &ovf_for(&[href]), b'0', b""),
+                (b"disk.vmdk", &good, b'0', b""),
+            ]),
+        )
+        .unwrap();
+        assert_unsafe(&o, &[], "external-file");
+    }
+    // A tar inside the archive is not looked into.
+    let nested = d.join("nested.ova");
+    let inner = std::fs::read(&honest).unwrap();
+    std::fs::write(
+        &nested,
+        tar_of(&[
+            (b"x.ovf", &ovf, b'0', b""),
+            (b"disk.vmdk", &inner, b'0', b""),
+        ]),
+    )
+    .unwrap();
+    assert_unsafe(&nested, &[], "archive-member");
+}
+
+#[test]
+fn polyglot_sparse_files_are_ambiguous() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, _) = sparse_with_text(d);
+    assert!(
+        good.len() > 0x8006 + 512,
+        "room for an ISO volume descriptor"
+    );
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // A valid tar header in the sparse header's padding (checksum and all).
+    let mut tarred = good.clone();
+    tarred[148..156].fill(b' ');
+    let sum: u64 = tarred[..512].iter().map(|&b| b as u64).sum();
+    tarred[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    cases.push(("tar", tarred));
+    let mut mbr = good.clone();
+    mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+    cases.push(("MBR", mbr));
+    let mut vdi = good.clone();
+    vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+    cases.push(("VDI", vdi));
+    let mut iso = good.clone();
+    iso[0x8000..0x8007].copy_from_slice(b"\x01CD001\x01");
+    cases.push(("ISO", iso));
+    let mut vhd = good.clone();
+    let n = vhd.len();
+    vhd[n - 512..n - 504].copy_from_slice(b"conectix");
+    cases.push(("VHD", vhd));
+    for (what, bytes) in cases {
+        let f = d.join(format!("poly-{what}.vmdk"));
+        std::fs::write(&f, &bytes).unwrap();
+        let j = assert_unsafe(&f, &[], "ambiguous-format");
+        assert!(
+            codes(&j).iter().all(|c| c == "ambiguous-format"),
+            "{what}: only the ambiguity: {j:#}"
+        );
+    }
+}
