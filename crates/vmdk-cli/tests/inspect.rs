@@ -751,8 +751,11 @@ fn tar_header(name: &[u8], size: u64, typeflag: u8, linkname: &[u8]) -> Vec<u8> 
     h
 }
 
-/// A tar archive of (header name, data, typeflag, link name) members.
-fn tar_of(members: &[(&[u8], &[u8], u8, &[u8])]) -> Vec<u8> {
+/// One member of a hand-made archive: header name, data, typeflag, link name.
+type TarMember<'a> = (&'a [u8], &'a [u8], u8, &'a [u8]);
+
+/// A tar archive of these members.
+fn tar_of(members: &[TarMember]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, data, typeflag, link) in members {
         out.extend(tar_header(name, data.len() as u64, *typeflag, link));
