@@ -926,3 +926,212 @@ fn polyglot_sparse_files_are_ambiguous() {
         );
     }
 }
+
+/// OpenStack's `format_inspector` (PyPI oslo.utils), run on the same files: the Python that
+/// has it is `VMDK_TEST_OSLO_PYTHON` (`.ci/run` makes a venv), else `python3`.
+fn format_inspector(files: &[PathBuf]) -> Vec<(String, String)> {
+    let python = std::env::var("VMDK_TEST_OSLO_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys, json, logging
+logging.disable(logging.CRITICAL)
+from oslo_utils.imageutils import format_inspector as fi
+for path in sys.argv[1:]:
+    try:
+        insp = fi.detect_file_format(path)
+        name = str(insp)
+        try:
+            insp.safety_check()
+            verdict = "safe"
+        except Exception:
+            verdict = "unsafe"
+    except Exception:
+        name, verdict = "error", "unsafe"
+    print(json.dumps([name, verdict]))
+"#;
+    let mut args = vec!["-c".to_string(), script.to_string()];
+    args.extend(files.iter().map(|f| s(f)));
+    let out = std::process::Command::new(&python)
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "OpenStack's format_inspector is missing: `pip install oslo.utils cryptography` into a \
+         venv and point VMDK_TEST_OSLO_PYTHON at its python ({python}: {})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<(String, String)>(l).unwrap())
+        .collect()
+}
+
+/// inspect beside format_inspector (oslo.utils 10.2.0) on one corpus. Each row says what
+/// each one answers and, where they differ, why; the README's comparison is this table.
+#[test]
+fn format_inspector_comparison() {
+    let t = tempdir();
+    let d = t.path();
+    let (good, text) = sparse_with_text(d);
+    let write = |name: &str, bytes: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let edited = |from: &str, to: &str| with_area(&good, text.replace(from, to).as_bytes());
+    let hint = "parentFileNameHint=\"/etc/passwd\"";
+    let mut nonul = good.clone();
+    let mut sector = text.clone().into_bytes();
+    sector.resize(512, b'#');
+    nonul[512..1024].copy_from_slice(&sector);
+    nonul[1024..1024 + hint.len()].copy_from_slice(hint.as_bytes());
+    nonul[1024 + hint.len()..1536].fill(b' ');
+    nonul[36..44].copy_from_slice(&1u64.to_le_bytes());
+    let mut nodesc = edited("# Disk DescriptorFile", &format!("# {hint}"));
+    nodesc[28..44].fill(0);
+    let mut zero = good.clone();
+    zero[12..20].fill(0);
+    let mut gte = good.clone();
+    let gd = u64::from_le_bytes(good[56..64].try_into().unwrap());
+    let gt = u32::from_le_bytes(good[gd as usize * 512..][..4].try_into().unwrap()) as usize;
+    gte[gt * 512..gt * 512 + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    let mut mbr = good.clone();
+    mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let mut vdi = good.clone();
+    vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+    let ovf = ovf_for(&["disk.vmdk"]);
+    let poly_name =
+        b"version=1\nCID=1\nparentCID=ffffffff\ncreateType=\"vmfs\"\nRW 1 VMFS \"/etc/passwd\"\n#.ovf";
+    let stream = qemu_image(d, "streamOptimized", 16 * MIB);
+    let flat = qemu_image(d, "monolithicFlat", 16 * MIB);
+    let base = qemu_create(d, "base.vmdk", "16M", &[]);
+    let child = qemu_child(d, "child.vmdk", &base, None);
+    let qcow2 = d.join("qcow2.vmdk");
+    qemu_img(&["create", "-q", "-f", "qcow2", &s(&qcow2), "16M"]);
+
+    // (file, inspect's verdict, format_inspector's (format, verdict), why they differ)
+    let rows: Vec<(PathBuf, &str, (&str, &str), &str)> = vec![
+        (write("sparse.vmdk", &good), "safe", ("vmdk", "safe"), ""),
+        (stream, "safe", ("vmdk", "safe"), ""),
+        (
+            samples().join("xo-vmdk-to-vhd/test.vmdk"),
+            "safe",
+            ("vmdk", "safe"),
+            "",
+        ),
+        (
+            flat,
+            "unsafe",
+            ("raw", "safe"),
+            "a descriptor file under 512 bytes: fi's VMDK test waits for a whole first \
+             sector and never decides; qemu-img opens the extent it names",
+        ),
+        (
+            samples().join("vmdk-rs/monolithicFlat.vmdk"),
+            "unsafe",
+            ("vmdk", "unsafe"),
+            "both: a descriptor file (fi: not an allowed createType)",
+        ),
+        (child, "unsafe", ("vmdk", "safe"), "fi allows any key=value line, parentFileNameHint included"),
+        (
+            write("hint-comment.vmdk", &edited("# Disk DescriptorFile", &format!("# Disk DescriptorFile {hint}"))),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi skips comment lines; QEMU's strstr does not",
+        ),
+        (
+            write("hint-in-key.vmdk", &edited("ddb.adapterType", &format!("ddb.x{hint}\nddb.adapterType"))),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi takes ddb lines as they are; QEMU finds the key inside them",
+        ),
+        (
+            write("hint-past-nul-less.vmdk", &nonul),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi reads the header's descriptor size; QEMU reads on to a NUL",
+        ),
+        (
+            write("hint-no-descriptor.vmdk", &nodesc),
+            "unsafe",
+            ("vmdk", "unsafe"),
+            "both (fi: no descriptor found)",
+        ),
+        (
+            write("second-extent.vmdk", &edited("# The Disk Data Base", "RW 2048 FLAT \"neighbour.img\" 0\n\n# The Disk Data Base")),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi only refuses '/' in extent lines; VMware opens the second extent",
+        ),
+        (
+            write("capacity-zero.vmdk", &zero),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi never reads the capacity; QEMU opens the descriptor's extents",
+        ),
+        (
+            write("gte-past-eof.vmdk", &gte),
+            "unsafe",
+            ("vmdk", "safe"),
+            "fi does not read grain tables",
+        ),
+        (
+            write("mbr.vmdk", &mbr),
+            "unsafe",
+            ("error", "unsafe"),
+            "both: fi sees vmdk and gpt",
+        ),
+        (
+            write("vdi.vmdk", &vdi),
+            "unsafe",
+            ("error", "unsafe"),
+            "both: fi sees vmdk and vdi",
+        ),
+        (
+            write("polyglot.ova", &tar_of(&[(poly_name, &ovf, b'0', b""), (b"disk.vmdk", &good, b'0', b"")])),
+            "unsafe",
+            ("raw", "safe"),
+            "fi's vmdk test wants KDMV or ASCII in its whole first sector; qemu-img probes 2 KiB of text",
+        ),
+        (
+            write("link.ova", &tar_of(&[(b"x.ovf", &ovf, b'0', b""), (b"disk.vmdk", &good, b'0', b""), (b"l.vmdk", b"", b'2', b"/etc/shadow")])),
+            "unsafe",
+            ("raw", "safe"),
+            "fi does not read archives",
+        ),
+        (
+            qcow2,
+            "unsafe",
+            ("qcow2", "safe"),
+            "fi names the format and leaves the comparison to its caller; inspect vets VMDK uploads",
+        ),
+        (
+            write("raw.vmdk", &vec![0u8; 1 << 20]),
+            "unsafe",
+            ("raw", "safe"),
+            "the same: a raw disk is not a VMDK",
+        ),
+    ];
+    let files: Vec<PathBuf> = rows.iter().map(|r| r.0.clone()).collect();
+    let theirs = format_inspector(&files);
+    let mut table = String::new();
+    let mut wrong = Vec::new();
+    for ((file, ours, want_theirs, why), got_theirs) in rows.iter().zip(&theirs) {
+        let (st, j) = inspect(file, &[]);
+        let got_ours = if st == 0 { "safe" } else { "unsafe" };
+        let name = file.file_name().unwrap().to_string_lossy();
+        table += &format!(
+            "{name:28} inspect {got_ours:6} {:?}  format_inspector {got_theirs:?}  {why}\n",
+            codes(&j)
+        );
+        if got_ours != *ours || (got_theirs.0.as_str(), got_theirs.1.as_str()) != *want_theirs {
+            wrong.push(name.to_string());
+        }
+    }
+    eprintln!("{table}");
+    assert!(
+        wrong.is_empty(),
+        "rows that differ from the table: {wrong:?}\n{table}"
+    );
+}
