@@ -10,15 +10,16 @@
 # Seeds are generated here with qemu-img / qemu-io (small images of a few subformats), so no
 # binaries are committed. Run times (seconds) can be changed through the environment:
 #   FUZZ_WRITE_SECS   write_image                           (default 45)
-#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, qcow2_source (default 15 each)
-#   FUZZ_TARGETS      which targets to run                  (default: all five)
+#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, qcow2_source, inspect
+#                     (default 15 each)
+#   FUZZ_TARGETS      which targets to run                  (default: all seven)
 # and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 write_secs=${FUZZ_WRITE_SECS:-45}
 other_secs=${FUZZ_OTHER_SECS:-15}
-targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova qcow2_source"}
+targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova qcow2_source inspect"}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the coverage flags off build scripts and proc macros.
@@ -80,6 +81,10 @@ for t in $targets; do
       (cd "$seeds" && echo "SHA256(stream.vmdk)= $(sha256sum stream.vmdk | cut -d' ' -f1)" >a.mf &&
         tar --format=gnu -cf "$c/a.ova" a.ovf a.mf stream.vmdk &&
         tar --format=pax -cf "$c/pax.ova" a.ovf stream.vmdk a.mf) ;;
+    inspect)
+      # Whole uploads (the other file empty), and a descriptor with an extent to open.
+      for i in $images; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done
+      { printf '\x80'; cat "$seeds/flat.vmdk" "$seeds/sparse.vmdk"; } >"$c/flat" ;;
     qcow2_source)
       for i in q.qcow2 x.qcow2; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done
       t_len=$(wc -c <"$seeds/top.qcow2"); all=$((t_len + $(wc -c <"$seeds/q.qcow2")))
