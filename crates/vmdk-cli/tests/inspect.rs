@@ -1135,3 +1135,39 @@ fn format_inspector_comparison() {
         "rows that differ from the table: {wrong:?}\n{table}"
     );
 }
+
+/// Inputs that make QEMU's own scans quadratic (a megabyte of blank lines, every one a
+/// fresh sscanf that skips to the end) or name an extent a million times: inspect stays
+/// well under a second per megabyte and lists a bounded number of names.
+#[test]
+fn amplifying_descriptors_stay_linear() {
+    let t = tempdir();
+    let d = t.path();
+    let mut text =
+        b"# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"vmfs\"\n"
+            .to_vec();
+    text.resize((1 << 20) - 64, b'\n');
+    text.extend_from_slice(b"RW 1 VMFS \"x.img\"\n");
+    let desc = d.join("blank-lines.vmdk");
+    std::fs::write(&desc, &text).unwrap();
+    // The same text as a capacity-0 sparse file's descriptor.
+    let (good, _) = sparse_with_text(d);
+    let mut zero = good[..512].to_vec();
+    zero[12..20].fill(0);
+    zero.resize(1024, 0);
+    zero.extend_from_slice(&text);
+    zero[28..36].copy_from_slice(&2u64.to_le_bytes());
+    let sparse = d.join("capacity-zero-lines.vmdk");
+    std::fs::write(&sparse, &zero).unwrap();
+    for (f, code) in [
+        (&desc, "external-extent"),
+        (&sparse, "capacity-zero-descriptor"),
+    ] {
+        let start = Instant::now();
+        let j = assert_unsafe(f, &[], code);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "{f:?}: {took:?}");
+        let msg = j["reasons"].to_string();
+        assert!(msg.contains("x.img") && msg.len() < 20_000, "{f:?}: {msg}");
+    }
+}

@@ -211,13 +211,18 @@ pub struct QemuExtent {
     pub line_offset: usize,
 }
 
+/// Extents [`open_descriptor_file`] lists at most.
+pub const MAX_EXTENTS: usize = 1024;
+
 /// What the driver does with a descriptor file (or a capacity-0 embedded descriptor).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DescriptorFileOpen {
     /// Its createType, as the driver finds it.
     pub create_type: Option<Vec<u8>>,
-    /// The files it opens, in order, up to the first failure.
+    /// The files it opens, in order, up to the first failure (at most [`MAX_EXTENTS`]).
     pub extents: Vec<QemuExtent>,
+    /// Whether it opens more extents than [`MAX_EXTENTS`] (the rest are not listed).
+    pub more_extents: bool,
     /// Why the open fails, if it does (files before the failure were opened already).
     pub failure: Option<String>,
 }
@@ -248,13 +253,30 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
         }
         Some(_) => {}
     }
+    // QEMU restarts `sscanf` at every line, and its whitespace skipping runs across lines:
+    // over a run of blank lines that is quadratic. Where each skip ends is the same for
+    // every start inside a run, so it is computed once, backwards.
+    let mut next_word = vec![0u32; text.len() + 1];
+    next_word[text.len()] = text.len() as u32;
+    for i in (0..text.len()).rev() {
+        next_word[i] = if is_c_space(text[i]) {
+            next_word[i + 1]
+        } else {
+            i as u32
+        };
+    }
     let mut line = 0;
     while line < text.len() {
         let next = text[line..]
             .iter()
             .position(|&b| b == b'\n')
             .map_or(text.len(), |n| line + n + 1);
-        match scan_extent_line(&text[line..]) {
+        let scan = Scan {
+            s: text,
+            p: line,
+            next_word: &next_word,
+        };
+        match scan_extent_line(scan) {
             LineScan::Skip => {}
             LineScan::Invalid => {
                 out.failure = Some(format!(
@@ -262,11 +284,18 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
                 ));
                 return out;
             }
-            LineScan::Extent { kind, file } => out.extents.push(QemuExtent {
-                kind,
-                file,
-                line_offset: line,
-            }),
+            LineScan::Extent { kind, file } => {
+                if out.extents.len() == MAX_EXTENTS {
+                    // Enough to say what it opens; a hostile text can name millions.
+                    out.more_extents = true;
+                    return out;
+                }
+                out.extents.push(QemuExtent {
+                    kind,
+                    file,
+                    line_offset: line,
+                });
+            }
         }
         line = next;
     }
@@ -283,13 +312,13 @@ enum LineScan {
 struct Scan<'a> {
     s: &'a [u8],
     p: usize,
+    /// For every position, the first byte at or after it that is not whitespace.
+    next_word: &'a [u32],
 }
 
 impl Scan<'_> {
     fn skip_space(&mut self) {
-        while self.p < self.s.len() && is_c_space(self.s[self.p]) {
-            self.p += 1;
-        }
+        self.p = self.next_word[self.p] as usize;
     }
     /// `%Ns`: whitespace skipped, then 1 to `max` non-space bytes.
     fn word(&mut self, max: usize) -> Option<&[u8]> {
@@ -357,8 +386,7 @@ impl Scan<'_> {
 
 /// One iteration of `vmdk_parse_extents`: `sscanf(p, "%10s %lld %10s \"%511[^\n\r\"]\" %lld")`
 /// from the start of a line to the end of the whole text, then the driver's checks.
-fn scan_extent_line(rest: &[u8]) -> LineScan {
-    let mut sc = Scan { s: rest, p: 0 };
+fn scan_extent_line(mut sc: Scan<'_>) -> LineScan {
     let Some(access) = sc.word(10).map(<[u8]>::to_vec) else {
         return LineScan::Skip;
     };
@@ -555,6 +583,30 @@ mod tests {
         assert_eq!(o.extents.len(), 1);
         let o = open_descriptor_file(b"createType=\"custom\"\nRW 1 VMFS \"x\"\n");
         assert!(o.extents.is_empty() && o.failure.is_some());
+    }
+
+    /// A megabyte of blank lines: QEMU's per-line sscanf would skip to the end from each
+    /// of them; the model stays linear.
+    #[test]
+    fn blank_lines_cost_linear_time() {
+        let mut d = b"createType=\"vmfs\"\n".to_vec();
+        d.resize(READ_DESC_MAX - 64, b'\n');
+        d.extend_from_slice(b"RW 1 OTHER \"x\"\n");
+        let t = std::time::Instant::now();
+        let o = open_descriptor_file(&d);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(o.extents.is_empty() && o.failure.is_none());
+        // With an extent QEMU opens, every blank line finds it again: listed up to a bound.
+        let n = d.len();
+        d[n - 10..n - 4].copy_from_slice(b"VMFS  ");
+        let o = open_descriptor_file(&d);
+        assert_eq!(o.extents.len(), MAX_EXTENTS);
+        assert!(o.more_extents);
+        assert!(o.extents.iter().all(|e| e.file == b"x"));
     }
 
     #[test]

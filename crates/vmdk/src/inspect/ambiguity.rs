@@ -5,7 +5,7 @@
 //! VMDK. Whoever decides by one format while another program reads the other is fooled, so
 //! a second format anywhere is a reason.
 
-use super::{shown, Counted, InspectReport};
+use super::{extent_names, Counted, InspectReport};
 use crate::error::Result;
 use crate::format::foreign;
 use crate::format::qemu_view;
@@ -61,15 +61,10 @@ pub(super) fn check(
                     // Descriptor text in the first tar header: say what QEMU would open.
                     let text = r.bytes(0, qemu_view::READ_DESC_MAX as u64)?;
                     let open = qemu_view::open_descriptor_file(&text);
-                    let names: Vec<String> = open
-                        .extents
-                        .iter()
-                        .map(|e| format!("\"{}\"", shown(&e.file)))
-                        .collect();
-                    what = if names.is_empty() {
+                    what = if open.extents.is_empty() {
                         "a VMDK descriptor".to_string()
                     } else {
-                        format!("a VMDK descriptor naming {}", names.join(", "))
+                        format!("a VMDK descriptor naming {}", extent_names(&open))
                     };
                 }
                 rep.add(

@@ -238,6 +238,26 @@ pub(crate) fn shown(bytes: &[u8]) -> String {
     out
 }
 
+/// The files a descriptor-file open takes, for a message: distinct names, at most eight.
+pub(crate) fn extent_names(open: &crate::format::qemu_view::DescriptorFileOpen) -> String {
+    let mut names: Vec<&[u8]> = Vec::new();
+    for e in &open.extents {
+        if !names.contains(&e.file.as_slice()) {
+            names.push(&e.file);
+        }
+    }
+    let more = names.len() > 8 || open.more_extents;
+    let mut out: Vec<String> = names
+        .iter()
+        .take(8)
+        .map(|n| format!("\"{}\"", shown(n)))
+        .collect();
+    if more {
+        out.push("and more".into());
+    }
+    out.join(", ")
+}
+
 /// Inspect the file `path` names (in the default namespace: a host file, an archive
 /// member, an object), opening only it and taking no lock. An archive named as a whole
 /// (`X.ova`) is inspected as an archive, not as its first disk. A FIFO, device or directory

@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use super::descriptor::{
     check_create_type, check_descriptor_hint, qemu_hint, strict_descriptor_lines,
 };
-use super::{shown, Counted, InspectPolicy, InspectReport, MAX_GD_BYTES, MAX_SAMPLED_TABLES};
+use super::{
+    extent_names, shown, Counted, InspectPolicy, InspectReport, MAX_GD_BYTES, MAX_SAMPLED_TABLES,
+};
 use crate::error::Result;
 use crate::format::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_SIZE};
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
@@ -201,15 +203,10 @@ fn capacity_zero(
         Vec::new()
     };
     let open = qemu_view::open_descriptor_file(&text);
-    let names: Vec<String> = open
-        .extents
-        .iter()
-        .map(|e| format!("\"{}\"", shown(&e.file)))
-        .collect();
-    let opens = if names.is_empty() {
+    let opens = if open.extents.is_empty() {
         "whichever extent files it names".to_string()
     } else {
-        format!("the extent file(s) {}", names.join(", "))
+        format!("the extent file(s) {}", extent_names(&open))
     };
     rep.add(
         "capacity-zero-descriptor",
