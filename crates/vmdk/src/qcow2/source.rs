@@ -335,9 +335,9 @@ impl Qcow2Image {
                 let cl_start = pos / cs * cs;
                 let cl_end = table_end.min(cl_start + cs);
                 let entry = if ext {
-                    l2::decode(table[2 * ci], Some(table[2 * ci + 1]), h.cluster_bits)
+                    l2::decode(table[2 * ci], Some(table[2 * ci + 1]), h.cluster_bits, h.version)
                 } else {
-                    l2::decode(table[ci], None, h.cluster_bits)
+                    l2::decode(table[ci], None, h.cluster_bits, h.version)
                 }
                 .map_err(|m| {
                     corrupt(
@@ -424,6 +424,7 @@ impl Qcow2Image {
                         cs,
                         s - cl_start,
                         stored,
+                        cl_start,
                     );
                     b.push(s, n, MapTarget::Compressed(g), 0)
                 }
