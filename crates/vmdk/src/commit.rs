@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, OpenOptions};
 use crate::map::MapTarget;
 use crate::storage::FileId;
+use crate::walk::MapWalker;
 
 /// How to commit.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +27,7 @@ pub struct CommitOptions {
     pub keep_overlay: bool,
 }
 
-/// Bytes of the disk mapped per step.
+/// Most bytes read per step (one buffer); progress is reported about this often.
 const CHUNK: u64 = 4 << 20;
 /// Steps the reader may run ahead of the writer (bounds memory to a few chunks).
 const STEPS_AHEAD: usize = 4;
@@ -90,15 +91,15 @@ pub fn commit(
     let size = chain.size().min(base.size());
     if chain.size() > base.size() {
         // Data past the base's end would be lost; growing the base is `resize`'s job.
-        let beyond = chain.map(base.size(), chain.size() - base.size())?;
-        if beyond
-            .iter()
-            .any(|e| e.depth < depth as u32 && !matches!(e.target, MapTarget::Unallocated))
-        {
-            return Err(Error::unsupported(
-                "the overlay holds data past the end of the base; resize the base first",
-            )
-            .with_path(&base_path));
+        // Walked entry by entry: the part past the base can be most of a huge disk.
+        let mut beyond = MapWalker::new(&chain, base.size(), chain.size());
+        while let Some(e) = beyond.next()? {
+            if e.depth < depth as u32 && !matches!(e.target, MapTarget::Unallocated) {
+                return Err(Error::unsupported(
+                    "the overlay holds data past the end of the base; resize the base first",
+                )
+                .with_path(&base_path));
+            }
         }
     }
     progress(0, size);
@@ -153,31 +154,43 @@ fn copy_down(
     let (give_back, reuse) = std::sync::mpsc::channel::<AlignedBuf>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<()> {
-            let mut pos = 0;
-            while pos < size {
-                let len = (size - pos).min(CHUNK);
-                for e in chain.map(pos, len)? {
-                    if e.depth >= depth {
-                        continue;
-                    }
-                    let step = match &e.target {
-                        MapTarget::Unallocated => continue,
-                        MapTarget::Zero => Step::Zero(e.start, e.length),
-                        t => {
-                            let mut buf = reuse.try_recv().unwrap_or_default();
-                            buf.resize(e.length as usize, 0);
-                            t.read_into(&mut buf)?;
-                            Step::Data(buf, e.start)
+            // Entry by entry, not window by window: memory stays one batch of entries, and
+            // a huge empty stretch is one step rather than one per CHUNK.
+            let mut walker = MapWalker::new(chain, 0, size);
+            let mut reported = 0;
+            while let Some(e) = walker.next()? {
+                let end = e.start + e.length;
+                if e.depth < depth {
+                    match &e.target {
+                        MapTarget::Unallocated => {}
+                        MapTarget::Zero => {
+                            if tx.send(Step::Zero(e.start, e.length)).is_err() {
+                                // The writer stopped on an error of its own, which it reports.
+                                return Ok(());
+                            }
                         }
-                    };
-                    if tx.send(step).is_err() {
-                        // The writer stopped on an error of its own, which it reports.
-                        return Ok(());
+                        t => {
+                            // Data is read in pieces cut at multiples of CHUNK, so buffers
+                            // stay at most CHUNK bytes however long the stretch.
+                            let mut at = e.start;
+                            while at < end {
+                                let n = end.min((at / CHUNK + 1) * CHUNK) - at;
+                                let mut buf = reuse.try_recv().unwrap_or_default();
+                                buf.resize(n as usize, 0);
+                                t.advanced(at - e.start).read_into(&mut buf)?;
+                                if tx.send(Step::Data(buf, at)).is_err() {
+                                    return Ok(());
+                                }
+                                at += n;
+                            }
+                        }
                     }
                 }
-                pos += len;
-                if tx.send(Step::Done(pos)).is_err() {
-                    return Ok(());
+                if end - reported >= CHUNK || end == size {
+                    reported = end;
+                    if tx.send(Step::Done(end)).is_err() {
+                        return Ok(());
+                    }
                 }
             }
             Ok(())

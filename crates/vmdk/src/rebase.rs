@@ -14,10 +14,12 @@
 use std::path::Path;
 
 use crate::aligned_buf::AlignedBuf;
+use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::format::descriptor::CID_NONE;
 use crate::image::{Image, OpenOptions};
 use crate::map::{MapEntry, MapTarget};
+use crate::walk::{NoDisk, PairWalker};
 
 /// How to rebase.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,8 @@ pub struct RebaseOptions {
 
 /// Bytes compared per step.
 const CHUNK: u64 = 1 << 20;
+/// Entries of the overlay's own map taken at a time.
+const OWN_BATCH: usize = 1024;
 
 /// Rebase `image`. `opts` opens the image and both chains (paths, CIDs, locking).
 pub fn rebase(
@@ -92,39 +96,30 @@ pub fn rebase(
     // Page-aligned: reads into them run at the kernel's full copy speed.
     let mut a = AlignedBuf::new();
     let mut b = AlignedBuf::new();
+    // The overlay's own map in batches of entries, and each of its holes compared through a
+    // pair walk: memory stays a few batches however many entries the chains hold, and a huge
+    // empty stretch is one step.
     let mut pos = 0;
     while pos < size {
-        let len = (size - pos).min(CHUNK * 64);
-        for own in img.map_layer(pos, len)? {
-            if !matches!(own.target, MapTarget::Unallocated) {
-                continue;
-            }
-            copy_differences(&img, old, new.as_ref(), &own, &mut a, &mut b)?;
+        let batch = img.map_layer_prefix(pos, size - pos, OWN_BATCH)?;
+        let covered = batch.last().map_or(pos, |e| e.start + e.length);
+        if covered <= pos {
+            return Err(
+                Error::invalid(format!("mapping made no progress at offset {pos}"))
+                    .with_path(image),
+            );
         }
-        pos += len;
+        for own in &batch {
+            if matches!(own.target, MapTarget::Unallocated) {
+                copy_differences(&img, old, new.as_ref(), own, &mut a, &mut b)?;
+            }
+        }
+        pos = covered;
         progress(pos, size);
     }
     img.flush()?;
     let cid = new.as_ref().map_or(CID_NONE, |n| n.cid());
     set_parent(&img, &rebase.backing, cid)
-}
-
-/// What `layer` (or zeros where there is none, or past its end) holds in `[start, end)`.
-fn chain_map(layer: Option<&Image>, start: u64, end: u64) -> Result<Vec<MapEntry>> {
-    let mut out = Vec::new();
-    let inside = layer.map_or(start, |l| l.size().clamp(start, end));
-    if let Some(l) = layer.filter(|_| inside > start) {
-        out = l.map(start, inside - start)?;
-    }
-    if end > inside {
-        out.push(MapEntry {
-            start: inside,
-            length: end - inside,
-            target: MapTarget::Zero,
-            depth: 0,
-        });
-    }
-    Ok(out)
 }
 
 fn read_chain(layer: Option<&Image>, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -149,37 +144,30 @@ fn copy_differences(
     b: &mut AlignedBuf,
 ) -> Result<()> {
     let end = own.start + own.length;
-    let holds = |e: &MapEntry| e.target.is_data();
-    let old_map = chain_map(old, own.start, end)?;
-    let new_map = chain_map(new, own.start, end)?;
+    // A missing chain is a disk of no bytes: walked, it reads as zeros throughout.
+    let (old_src, new_src): (&dyn Source, &dyn Source) = (
+        old.map_or(&NoDisk as &dyn Source, |l| l),
+        new.map_or(&NoDisk as &dyn Source, |l| l),
+    );
     // Walk both maps together; stretches where neither side holds data read as zeros on
     // both sides and need no reading.
-    let (mut i, mut j, mut pos) = (0, 0, own.start);
-    while pos < end {
-        while old_map[i].start + old_map[i].length <= pos {
-            i += 1;
+    let mut pairs = PairWalker::new(old_src, new_src, own.start, end);
+    while let Some((pos, stop, eo, en)) = pairs.next()? {
+        if !(eo.target.is_data() || en.target.is_data()) {
+            continue;
         }
-        while new_map[j].start + new_map[j].length <= pos {
-            j += 1;
-        }
-        let stop = (old_map[i].start + old_map[i].length)
-            .min(new_map[j].start + new_map[j].length)
-            .min(end);
-        if holds(&old_map[i]) || holds(&new_map[j]) {
-            let mut p = pos;
-            while p < stop {
-                let n = (stop - p).min(CHUNK) as usize;
-                a.resize(n, 0);
-                b.resize(n, 0);
-                read_chain(old, a, p)?;
-                read_chain(new, b, p)?;
-                if a[..] != b[..] {
-                    img.write_at(a, p)?;
-                }
-                p += n as u64;
+        let mut p = pos;
+        while p < stop {
+            let n = (stop - p).min(CHUNK) as usize;
+            a.resize(n, 0);
+            b.resize(n, 0);
+            read_chain(old, a, p)?;
+            read_chain(new, b, p)?;
+            if a[..] != b[..] {
+                img.write_at(a, p)?;
             }
+            p += n as u64;
         }
-        pos = stop;
     }
     Ok(())
 }

@@ -47,13 +47,22 @@ impl Source for SourceWindow<'_> {
         self.size
     }
 
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
         self.check(offset, len)?;
-        let mut b = MapBuilder::default();
+        let mut b = MapBuilder::with_limit(max_entries);
         let inside = self.len.saturating_sub(offset).min(len);
         if inside > 0 {
-            for e in self.src.map(self.offset + offset, inside)? {
+            let mut covered = offset;
+            for e in self
+                .src
+                .map_prefix(self.offset + offset, inside, max_entries)?
+            {
+                covered = e.start + e.length - self.offset;
                 b.push(e.start - self.offset, e.length, e.target, e.depth);
+            }
+            if covered < offset + inside {
+                // The source answered a prefix: so does the window.
+                return Ok(b.entries);
             }
         }
         b.push(offset + inside, len - inside, MapTarget::Zero, 0);

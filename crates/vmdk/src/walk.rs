@@ -77,6 +77,33 @@ impl<'a> MapWalker<'a> {
     }
 }
 
+/// A disk of no bytes: what a missing backing chain is to a walk, which reads it as zeros
+/// throughout (see [`MapWalker`]).
+pub(crate) struct NoDisk;
+
+impl Source for NoDisk {
+    fn size(&self) -> u64 {
+        0
+    }
+    fn map_prefix(&self, offset: u64, len: u64, _max: usize) -> Result<Vec<MapEntry>> {
+        Err(Error::invalid(format!(
+            "range {offset}+{len} is outside the 0-byte disk"
+        )))
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "range {offset}+{} is outside the 0-byte disk",
+            buf.len()
+        )))
+    }
+    fn file_ids(&self) -> Vec<crate::storage::FileId> {
+        Vec::new()
+    }
+}
+
 /// Walks two sources side by side: yields the stretches over which neither source's map
 /// entry changes, with both entries. Compare and `compare -s` are built on it, so there is
 /// one two-cursor merge of maps.

@@ -556,18 +556,31 @@ fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     };
     let count = count.min(img.size().saturating_sub(off));
     let mut sum = 0;
-    match img.map_layer(off, count) {
-        Ok(entries) => {
-            for e in entries {
-                if !matches!(e.target, MapTarget::Unallocated) {
-                    sum += e.length;
-                }
+    if let Err(e) = img.map_layer(off, 0) {
+        // An offset past the end.
+        writeln!(out, "alloc failed: {e:#}")?;
+        return Ok(false);
+    }
+    // Batches of entries: the range may be the whole disk, with millions of entries.
+    let mut pos = off;
+    while pos < off + count {
+        let entries = match img.map_layer_prefix(pos, off + count - pos, 1024) {
+            Ok(e) => e,
+            Err(e) => {
+                writeln!(out, "alloc failed: {e:#}")?;
+                return Ok(false);
+            }
+        };
+        let Some(covered) = entries.last().map(|e| e.start + e.length) else {
+            writeln!(out, "alloc failed: no progress at offset {pos}")?;
+            return Ok(false);
+        };
+        for e in entries {
+            if !matches!(e.target, MapTarget::Unallocated) {
+                sum += e.length;
             }
         }
-        Err(e) => {
-            writeln!(out, "alloc failed: {e:#}")?;
-            return Ok(false);
-        }
+        pos = covered;
     }
     writeln!(
         out,

@@ -163,26 +163,6 @@ pub fn compare_with(
     })
 }
 
-/// Map `[start, end)` of `s`, or say it is all zeros past the source's end.
-fn map_or_past_end(s: &dyn Source, start: u64, end: u64) -> Result<Vec<MapEntry>> {
-    let size = s.size();
-    let mut v = if start < size {
-        s.map(start, end.min(size) - start)?
-    } else {
-        Vec::new()
-    };
-    if end > size {
-        let from = start.max(size);
-        v.push(MapEntry {
-            start: from,
-            length: end - from,
-            target: MapTarget::Zero,
-            depth: 0,
-        });
-    }
-    Ok(v)
-}
-
 fn read_piece(e: &MapEntry, off: u64, buf: &mut [u8]) -> Result<()> {
     e.target.advanced(off - e.start).read_into(buf)
 }
@@ -199,35 +179,29 @@ fn compare_range(
     ba: &mut AlignedBuf,
     bb: &mut AlignedBuf,
 ) -> Result<Option<u64>> {
-    let ma = map_or_past_end(a, start, end)?;
-    let mb = map_or_past_end(b, start, end)?;
-    let (mut i, mut j) = (0, 0);
-    let mut pos = start;
-    while pos < end {
-        while ma[i].start + ma[i].length <= pos {
-            i += 1;
-        }
-        while mb[j].start + mb[j].length <= pos {
-            j += 1;
-        }
-        if pos >= found_before.load(Ordering::Relaxed) {
-            // Another worker found an earlier difference.
-            return Ok(None);
-        }
-        let (ea, eb) = (&ma[i], &mb[j]);
-        let piece_end = (ea.start + ea.length)
-            .min(eb.start + eb.length)
-            .min(pos + COMPARE_READ);
-        let len = (piece_end - pos) as usize;
+    // Walked in batches, not mapped whole: an item's map can hold 65,536 entries per source
+    // (512-byte clusters alternating data and holes) on every worker at once.
+    let mut pairs = PairWalker::new(a, b, start, end);
+    while let Some((pos, stretch_end, ea, eb)) = pairs.next()? {
         let (da, db) = (ea.target.is_data(), eb.target.is_data());
-        if da || db {
+        if !(da || db) {
+            continue;
+        }
+        let mut at = pos;
+        while at < stretch_end {
+            if at >= found_before.load(Ordering::Relaxed) {
+                // Another worker found an earlier difference.
+                return Ok(None);
+            }
+            let piece_end = stretch_end.min(at + COMPARE_READ);
+            let len = (piece_end - at) as usize;
             ba.resize(len, 0);
             bb.resize(len, 0);
             if da {
-                read_piece(ea, pos, ba)?;
+                read_piece(&ea, at, ba)?;
             }
             if db {
-                read_piece(eb, pos, bb)?;
+                read_piece(&eb, at, bb)?;
             }
             let found = match (da, db) {
                 (true, true) => first_mismatch(ba, bb),
@@ -235,10 +209,10 @@ fn compare_range(
                 _ => first_nonzero(bb),
             };
             if let Some(k) = found {
-                return Ok(Some(pos + k as u64));
+                return Ok(Some(at + k as u64));
             }
+            at = piece_end;
         }
-        pos = piece_end;
     }
     Ok(None)
 }

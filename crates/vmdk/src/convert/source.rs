@@ -13,18 +13,19 @@ use crate::storage::FileId;
 pub trait Source: Send + Sync {
     /// Virtual size in bytes.
     fn size(&self) -> u64;
-    /// What `[offset, offset+len)` holds (resolved through any backing chain).
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>>;
+    /// What `[offset, offset+len)` holds (resolved through any backing chain), in one
+    /// vector: for ranges whose entries are bounded (a task, a buffer). A whole disk's map can
+    /// be millions of entries (a qcow2 image of 512-byte clusters alternating data and holes
+    /// holds 2 million per GiB); walk it with [`crate::walk::MapWalker`] instead.
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<MapEntry>> {
+        self.map_prefix(offset, len, usize::MAX)
+    }
     /// Like [`Source::map`], but at most `max_entries` entries (at least one) covering a
     /// prefix of the range, at a cost proportional to the entries rather than the bytes.
     ///
-    /// The default maps at most 1 GiB and keeps the first entries: correct, but a huge
-    /// zero stretch then costs one call per GiB. Images and raw files do better.
-    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
-        let mut v = self.map(offset, len.min(1 << 30))?;
-        v.truncate(max_entries.max(1));
-        Ok(v)
-    }
+    /// Required rather than built on `map`: mapping a fixed window and cutting it would cost
+    /// the whole window's entries (memory and time) for every batch a walker asks for.
+    fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>>;
     /// Read bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Every host file the source reads (so an output never overwrites one of them).
