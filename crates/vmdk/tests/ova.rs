@@ -244,6 +244,9 @@ fn vet_lists_what_an_importer_would_trip_over() {
         ("a.mf", mf.as_bytes()),
         ("disk.vmdk", &disk1),
         ("notes.txt", b"x"),
+        // The certificate is not listed (it signs the manifest); a second one is payload.
+        ("a.cert", b"c"),
+        ("b.cert", b"c"),
         ("b.mf", b""),
         ("./disk.vmdk", &disk2),
     ]);
@@ -266,6 +269,7 @@ fn vet_lists_what_an_importer_would_trip_over() {
             ("unlisted-reference", "gone.vmdk"),
             ("external-reference", "https://example.invalid/x.iso"),
             ("unlisted-member", "notes.txt"),
+            ("unlisted-member", "b.cert"),
             ("unlisted-member", "b.mf"),
             // The last disk.vmdk is the one tar extracts: its digest is checked.
             ("digest-mismatch", "./disk.vmdk"),

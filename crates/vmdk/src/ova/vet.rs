@@ -42,6 +42,7 @@ pub enum FindingCode {
     /// The OVF references a file the manifest has no line for.
     UnlistedReference,
     /// A member (other than the manifest and the certificate) the manifest has no line for.
+    /// Directories are not listed by anyone and are not reported.
     UnlistedMember,
     /// A manifest line names no member, or one that is not a regular file.
     MissingMember,
@@ -232,11 +233,14 @@ pub(super) fn findings(
         return out;
     };
     let listed = listed.unwrap_or_default();
+    // The manifest cannot list itself, nor the certificate that signs it (the first
+    // `.cert`, the one `ova info` reports); any other member is payload.
+    let certificate = index.files_ending(".cert").next().map(|m| m.name.as_str());
     let mut seen = HashSet::new();
     for m in &index.members {
         let exempt = m.name == mf_name
-            || m.kind == MemberKind::Directory
-            || m.name.to_ascii_lowercase().ends_with(".cert");
+            || Some(m.name.as_str()) == certificate
+            || m.kind == MemberKind::Directory;
         if exempt || listed.contains(&m.name) || !seen.insert(m.name.as_str()) {
             continue;
         }
