@@ -99,12 +99,16 @@ fn init_logging(verbose: bool) {
 
 /// An error and its causes on one line, qemu-style: `<context>: '<file>': <problem>: <cause>`.
 /// Every error in the chain shows only its own context (the library's [`vmdk::Error`] never
-/// copies its cause's text), so the chain is printed as it is.
+/// copies its cause's text), so the chain is printed as it is, escaped: names in it come
+/// from files (an extent line, a tar member) and may carry terminal escapes, NULs or
+/// newlines that would forge a line ([`vmdk::report::text`]).
 pub fn render_error(e: &anyhow::Error) -> String {
-    e.chain()
+    let line = e
+        .chain()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    vmdk::report::text::escape(&line).into_owned()
 }
 
 /// What the user can do about an error, in terms of this command's flags (the library's

@@ -9,6 +9,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::report::text::Printable;
+
 /// What class of problem an [`Error`] reports. Callers match on this; the message is for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -143,16 +145,19 @@ impl Error {
     }
 }
 
+/// Names in messages come from files (an extent line, a tar member), so the file and the
+/// message are shown escaped ([`crate::report::text`]): an error is printed to a terminal.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = Printable(&self.message);
         match &self.path {
-            Some(p) => write!(f, "'{}': {}", p.display(), self.message)?,
-            None => f.write_str(&self.message)?,
+            Some(p) => write!(f, "'{}': {message}", Printable(&p.to_string_lossy()))?,
+            None => write!(f, "{message}")?,
         }
         if f.alternate() {
             let mut cause = std::error::Error::source(self);
             while let Some(c) = cause {
-                write!(f, ": {c}")?;
+                write!(f, ": {}", Printable(&c.to_string()))?;
                 cause = c.source();
             }
         }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::inspect::{InspectPolicy, InspectReport, Verdict};
+use vmdk::report::text::Printable;
 
 use crate::size::{parse_size, size_to_str};
 
@@ -65,7 +66,7 @@ pub fn run(a: Args) -> Result<u8> {
 }
 
 fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "file: {}", rep.filename)?;
+    writeln!(out, "file: {}", Printable(&rep.filename))?;
     match &rep.subformat {
         Some(s) => writeln!(out, "format: {} ({s})", rep.format)?,
         None => writeln!(out, "format: {}", rep.format)?,
@@ -89,7 +90,7 @@ fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()>
     }
     writeln!(out, "verdict: {}", rep.verdict().as_str())?;
     for r in &rep.reasons {
-        writeln!(out, "  {}: {}", r.code, r.message)?;
+        writeln!(out, "  {}: {}", r.code, Printable(&r.message))?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use vmdk::convert::Source;
 use vmdk::raw::RawFile;
 use vmdk::report::map::{mergeable, MapReporter, QEntry};
 use vmdk::report::names::display;
+use vmdk::report::text::Printable;
 use vmdk::walk::MapWalker;
 use vmdk::Image;
 
@@ -122,7 +123,7 @@ impl<W: Write> Printer<W> {
                     hex(e.start),
                     hex(e.length),
                     hex(e.offset.unwrap_or(0)),
-                    e.file.as_deref().unwrap_or("")
+                    Printable(e.file.as_deref().unwrap_or(""))
                 )?;
             }
             // qemu: "This format ignores the distinction between 0, ZERO and ZERO|DATA."

@@ -10,6 +10,7 @@ use clap::Subcommand;
 use vmdk::lock::{FileRole, LockRequest};
 use vmdk::ova::manifest::Status;
 use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvaOptions, OvfSource};
+use vmdk::report::text::Printable;
 
 use crate::opts::OpenArgs;
 use crate::output::{Node, OutputFormat};
@@ -110,18 +111,15 @@ pub fn run(a: Args) -> Result<u8> {
 fn info(a: InfoArgs) -> Result<u8> {
     let lock = LockRequest::for_open(FileRole::Metadata, false, a.force_share);
     let info = ova::inspect(&a.ova, Some(lock), a.threads)?;
-    let node = to_node(&info);
     let mut out = std::io::stdout().lock();
     match a.output {
-        OutputFormat::Json => node.print_json(&mut out)?,
+        OutputFormat::Json => to_node(&info).print_json(&mut out)?,
         OutputFormat::Human => print_human(&info, &mut out)?,
     }
     out.flush()?;
-    let bad = info
-        .digests
-        .iter()
-        .any(|c| !matches!(c.status, Status::Match));
-    Ok(if bad { 2 } else { 0 })
+    // Anything found (a digest that does not match, a member the manifest does not cover,
+    // two members of one name, ...) makes the archive one not to import as it is.
+    Ok(if info.findings.is_empty() { 0 } else { 2 })
 }
 
 fn status_str(s: &Status) -> &'static str {
@@ -129,11 +127,14 @@ fn status_str(s: &Status) -> &'static str {
         Status::Match => "ok",
         Status::Mismatch(_) => "MISMATCH",
         Status::Missing => "missing member",
+        Status::NotAFile(_) => "not a regular file",
         Status::UnknownAlgorithm => "unknown algorithm",
         Status::Unreadable(_) => "unreadable",
     }
 }
 
+/// The report as a tree: every string in it comes from the archive, and the tree's JSON
+/// printer escapes what a terminal must not see.
 fn to_node(info: &OvaInfo) -> Node {
     let mut n = Node::dict();
     n.put_opt("ovf", info.ovf_name.clone());
@@ -155,6 +156,7 @@ fn to_node(info: &OvaInfo) -> Node {
             }
             n.put("virtual-system", s);
         }
+        let controllers = env.controllers();
         let disks = env
             .disk_files()
             .map(|(d, f)| {
@@ -168,7 +170,7 @@ fn to_node(info: &OvaInfo) -> Node {
                 x.put_opt("capacity", d.capacity);
                 x.put_opt("format", d.format.clone());
                 x.put_opt("populated-size", d.populated_size);
-                x.put_opt("controller", env.controller_of(d));
+                x.put_opt("controller", controllers.describe(d));
                 x
             })
             .collect();
@@ -197,7 +199,7 @@ fn to_node(info: &OvaInfo) -> Node {
             if let Status::Mismatch(d) = &c.status {
                 x.put("actual", d.clone());
             }
-            if let Status::Unreadable(e) = &c.status {
+            if let Status::Unreadable(e) | Status::NotAFile(e) = &c.status {
                 x.put("error", e.clone());
             }
             x
@@ -205,82 +207,104 @@ fn to_node(info: &OvaInfo) -> Node {
         .collect();
     n.put("digests", Node::List(digests));
     let members = info
-        .members
+        .members()
         .iter()
         .map(|m| {
             let mut x = Node::dict();
-            x.put("name", m.name.clone()).put("size", m.size);
+            x.put("name", m.name.clone())
+                .put("kind", m.kind.short_name())
+                .put("size", m.size);
             x
         })
         .collect();
     n.put("members", Node::List(members));
+    let findings = info
+        .findings
+        .iter()
+        .map(|f| {
+            let mut x = Node::dict();
+            x.put("code", f.code.as_str());
+            x.put_opt("name", f.name.clone());
+            x.put("message", f.message.clone());
+            x
+        })
+        .collect();
+    n.put("findings", Node::List(findings));
     n
 }
 
 fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
+    // Every string below comes from the archive: shown escaped.
+    let p = |s: &str| Printable(s).to_string();
+    let opt = |v: Option<&str>| v.map_or_else(|| "-".to_string(), p);
     if let Some(env) = &info.envelope {
         writeln!(
             out,
             "OVF: {} (OVF {})",
-            info.ovf_name.as_deref().unwrap_or("-"),
+            opt(info.ovf_name.as_deref()),
             env.version
         )?;
         if let Some(sys) = &env.system {
             writeln!(
                 out,
                 "virtual system: {}",
-                sys.name.as_deref().unwrap_or(&sys.id)
+                p(sys.name.as_deref().unwrap_or(&sys.id))
             )?;
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            writeln!(out, "    os type: {}", opt(sys.os_type.clone()))?;
-            writeln!(out, "    cpus: {}", opt(env.cpus().map(|c| c.to_string())))?;
+            writeln!(out, "    os type: {}", opt(sys.os_type.as_deref()))?;
+            writeln!(
+                out,
+                "    cpus: {}",
+                opt(env.cpus().map(|c| c.to_string()).as_deref())
+            )?;
             writeln!(
                 out,
                 "    memory: {}",
-                opt(env.memory_mib().map(|m| format!("{m} MiB")))
+                opt(env.memory_mib().map(|m| format!("{m} MiB")).as_deref())
             )?;
             writeln!(
                 out,
                 "    hardware family: {}",
-                opt(sys.hardware_family.clone())
+                opt(sys.hardware_family.as_deref())
             )?;
             if let Some((_, fw)) = sys.vmw_config.iter().find(|(k, _)| k == "firmware") {
-                writeln!(out, "    firmware: {fw}")?;
+                writeln!(out, "    firmware: {}", p(fw))?;
             }
         }
         writeln!(out, "disks:")?;
+        let controllers = env.controllers();
         for (d, f) in env.disk_files() {
             writeln!(
                 out,
                 "    {}: {}",
-                d.disk_id,
-                f.map_or("(no file)", |f| f.href.as_str())
+                p(&d.disk_id),
+                f.map_or("(no file)".to_string(), |f| p(&f.href))
             )?;
             match d.capacity {
                 Some(c) => writeln!(out, "        capacity: {}", size_to_str(c))?,
                 None => writeln!(
                     out,
                     "        capacity: {} ({})",
-                    d.capacity_text, d.capacity_units
+                    p(&d.capacity_text),
+                    p(&d.capacity_units)
                 )?,
             }
             if let Some(f) = d.format.as_deref() {
-                writeln!(out, "        format: {f}")?;
+                writeln!(out, "        format: {}", p(f))?;
             }
-            if let Some(p) = d.populated_size {
-                writeln!(out, "        populated size: {}", size_to_str(p))?;
+            if let Some(s) = d.populated_size {
+                writeln!(out, "        populated size: {}", size_to_str(s))?;
             }
             if let Some(m) = f.and_then(|f| info.member(&f.href)) {
                 writeln!(out, "        file size: {}", size_to_str(m.size))?;
             }
-            if let Some(c) = env.controller_of(d) {
-                writeln!(out, "        controller: {c}")?;
+            if let Some(c) = controllers.describe(d) {
+                writeln!(out, "        controller: {}", p(&c))?;
             }
         }
         if !env.networks.is_empty() {
             writeln!(out, "networks:")?;
             for w in &env.networks {
-                writeln!(out, "    {}", w.name)?;
+                writeln!(out, "    {}", p(&w.name))?;
             }
         }
     } else {
@@ -289,20 +313,26 @@ fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
     match &info.manifest_name {
         None => writeln!(out, "manifest: none")?,
         Some(m) => {
-            writeln!(out, "manifest: {m}")?;
+            writeln!(out, "manifest: {}", p(m))?;
             for c in &info.digests {
                 writeln!(
                     out,
                     "    {}({}): {}",
-                    c.entry.algorithm,
-                    c.entry.file,
+                    p(&c.entry.algorithm),
+                    p(&c.entry.file),
                     status_str(&c.status)
                 )?;
             }
         }
     }
     if let Some(c) = &info.certificate_name {
-        writeln!(out, "certificate: {c} (not verified)")?;
+        writeln!(out, "certificate: {} (not verified)", p(c))?;
+    }
+    if !info.findings.is_empty() {
+        writeln!(out, "problems:")?;
+        for f in &info.findings {
+            writeln!(out, "    {}: {}", f.code.as_str(), p(&f.message))?;
+        }
     }
     Ok(())
 }

@@ -4,20 +4,24 @@
 //! [`RouterNamespace`](crate::namespace::RouterNamespace), so every command that takes an
 //! image accepts `X.ova` (its first disk) and `X.ova/DISK.vmdk`, read in place as a byte
 //! range of the archive ([`MemberStorage`]), never extracted. [`inspect`] reports what an
-//! appliance is and checks its manifest.
+//! appliance is and checks its manifest; [`vet`] lists what is wrong with it as an importer
+//! would unpack it.
 //!
 //! Writing: [`create`] writes disks as streamOptimized VMDKs straight into a new archive,
 //! `.ovf` first and `.mf` second, in one pass.
 //!
 //! ```text
-//! tar.rs             member index (ustar, GNU, pax; hostile archives refused) + GNU headers
+//! tar.rs             member index (ustar, GNU, pax; names as GNU tar extracts them; hostile
+//!                    archives refused) + GNU headers
 //! member_storage.rs  one member as read-only Storage
 //! archive.rs         an opened OVA: index, OVF, which member is the first disk
+//! open_archives.rs   opened archives shared while a member of theirs is in use
 //! namespace.rs       OvaNamespace: names X.ova/MEMBER
 //! backend.rs         OvaBackend: which names are inside an OVA
 //! ovf.rs             reading OVF descriptors (roxmltree, DTDs refused)
-//! manifest.rs        .mf lines, digests checked in parallel
+//! manifest.rs        .mf lines, digests checked in parallel, each member hashed once
 //! inspect.rs         `ova info`
+//! vet.rs             what an importer would trip over: duplicate or unlisted members, ...
 //! compose.rs         writing an OVF vSphere imports
 //! template.rs        a user's OVF with the disk sizes filled in
 //! writer.rs          `ova create`: the one-pass archive writer
@@ -30,16 +34,19 @@ mod inspect;
 pub mod manifest;
 mod member_storage;
 mod namespace;
+mod open_archives;
 pub mod ovf;
 pub mod tar;
 mod template;
+mod vet;
 mod writer;
 
 pub use archive::Archive;
 pub use backend::{is_ova_name, OvaBackend};
 pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
-pub use inspect::{inspect, OvaInfo};
+pub use inspect::{inspect, inspect_archive, OvaInfo};
 pub use member_storage::{member_id, MemberStorage};
 pub use namespace::OvaNamespace;
 pub use template::Template;
+pub use vet::{vet, Finding, FindingCode};
 pub use writer::{create, populated_size, CreatedOva, OvaOptions, OvfSource};

@@ -49,8 +49,10 @@ impl OvaNamespace {
         &self.archive
     }
 
-    fn open_archive(&self, lock: Option<crate::lock::LockRequest>) -> Result<Archive> {
-        Archive::open_in(&*self.outer, &self.archive, lock)
+    /// The archive, indexed: shared with every other open of it while one of its members
+    /// is in use (see [`super::open_archives`]).
+    fn open_archive(&self, lock: Option<crate::lock::LockRequest>) -> Result<Arc<Archive>> {
+        super::open_archives::open(&*self.outer, &self.archive, lock)
     }
 
     /// `name` (normalised lexically, as inside this namespace) as the outer namespace
@@ -137,7 +139,7 @@ impl Namespace for OvaNamespace {
         let arch = self.open_archive(mode.lock)?;
         let member = self.member_in(&arch, name)?;
         let m = arch.file(&member)?;
-        Ok(arch.member_storage(m))
+        Ok(arch.shared_member_storage(m))
     }
 
     fn create(&self, name: &Path, lock: bool) -> Result<Arc<dyn Storage>> {

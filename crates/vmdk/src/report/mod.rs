@@ -9,5 +9,6 @@ pub mod map;
 pub mod names;
 mod node;
 pub mod qcow2_info;
+pub mod text;
 
 pub use node::Node;
