@@ -68,8 +68,11 @@ pub fn run(a: Args) -> Result<u8> {
 fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "file: {}", Printable(&rep.filename))?;
     match &rep.subformat {
-        Some(s) => writeln!(out, "format: {} ({s})", rep.format)?,
+        Some(s) => writeln!(out, "format: {} ({})", rep.format, Printable(s))?,
         None => writeln!(out, "format: {}", rep.format)?,
+    }
+    if rep.qemu_format != rep.format {
+        writeln!(out, "qemu-img probes it as: {}", rep.qemu_format)?;
     }
     if let Some(v) = rep.virtual_size {
         writeln!(out, "virtual size: {} ({v} bytes)", size_to_str(v))?;
@@ -86,6 +89,20 @@ fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()>
             out,
             "grain tables: {} ({} checked, {} allocated grains in them)",
             rep.grain_tables, rep.grain_tables_checked, rep.grains_allocated
+        )?;
+    }
+    for m in &rep.members {
+        let sub = m
+            .subformat
+            .as_deref()
+            .map_or(String::new(), |s| format!(" ({s})"));
+        writeln!(
+            out,
+            "member: {}: {}{}: {}",
+            Printable(&m.filename),
+            m.format,
+            Printable(&sub),
+            m.verdict().as_str()
         )?;
     }
     writeln!(out, "verdict: {}", rep.verdict().as_str())?;

@@ -3,21 +3,24 @@
 //! place, then hand each disk to QEMU or VMware; so every member is judged, not just the
 //! first disk, and the archive's structure is held to what tar would extract:
 //!
-//! * every member a disk could be (all but the `.ovf`, `.mf` and `.cert`) is inspected as
-//!   an upload of its own, its reasons carried over with its name;
-//! * links, devices and FIFOs are refused: extracting the archive would create them, and a
-//!   link named like a disk makes the importer read whatever it points at;
-//! * the OVF must parse, and every file it references must be a member of the archive
-//!   (an `ovf:href` may be a URL or a path, which importers fetch or open);
-//! * the archive's own bytes are probed as `qemu-img` would probe them (in `ambiguity.rs`).
+//! * the archive's structure, OVF references and manifest coverage, by the same vetting as
+//!   `vmdk ova info` ([`crate::ova::vet`]) minus the digests (which would read every byte):
+//!   duplicate names, links and devices, several descriptors or manifests, references
+//!   missing or outside the archive, members and references the manifest does not list;
+//! * an OVF reference that is a path rather than a member name;
+//! * every member a disk could be (all but the `.ovf`, `.mf` and `.cert`) inspected as an
+//!   upload of its own, its reasons carried over with its name;
+//! * the archive's own bytes probed as `qemu-img` would probe them (in `ambiguity.rs`).
 
 use std::io;
 use std::path::Path;
 
 use super::{inspect_file, shown, Counted, InspectPolicy, InspectReport, Nesting};
 use crate::error::Result;
-use crate::ova::ovf;
-use crate::ova::tar::{self, Member, MemberKind};
+use crate::ova::manifest;
+use crate::ova::ovf::{self, Envelope};
+use crate::ova::tar::{self, MemberKind, TarIndex};
+use crate::ova::vet;
 use crate::storage::Storage;
 
 /// Members that are not disks: the descriptor, the manifest, the signing certificate.
@@ -33,34 +36,48 @@ pub(super) fn inspect_archive(
     rep: &mut InspectReport,
 ) -> Result<()> {
     rep.format = "ova".into();
-    let index = match tar::read_index(r, Path::new(name)) {
+    let path = Path::new(name);
+    let index = match tar::read_index(r, path) {
         Ok(i) => i,
         Err(e) => {
             rep.add("bad-archive", format!("{e:#}"));
             return Ok(());
         }
     };
-    for m in &index.members {
-        if let MemberKind::Other(t) = m.kind {
-            let what = match t {
-                b'1' => "a hard link",
-                b'2' => "a symbolic link",
-                b'3' | b'4' => "a device",
-                b'6' => "a FIFO",
-                _ => "not a regular file",
-            };
-            rep.add(
-                "archive-member",
-                format!(
-                    "member \"{}\" is {what} (tar type '{}'): extracting the archive creates \
-                     it, and an importer reading it reads whatever it stands for",
-                    shown(m.name.as_bytes()),
-                    shown(&[t])
-                ),
-            );
+    let env = descriptor(r, path, &index, rep);
+    let checks = manifest_listing(r, path, &index, rep);
+    let mf_name = index.files_ending(".mf").next().map(|m| m.name.as_str());
+    let listing = mf_name.zip(checks.as_deref());
+    for f in vet::findings(&index, env.as_ref(), listing) {
+        rep.add(f.code.as_str(), f.message);
+    }
+    if let Some(env) = &env {
+        for f in &env.files {
+            let href = f.href.trim_start_matches("./");
+            let path_like =
+                href.contains('/') || href.contains('\\') || href.split('/').any(|c| c == "..");
+            if path_like && !f.href.contains("://") {
+                rep.add(
+                    "external-reference",
+                    format!(
+                        "the OVF references \"{}\": a path, which importers open outside the \
+                         archive or in a directory of it",
+                        shown(f.href.as_bytes())
+                    ),
+                );
+            }
+            if f.chunk_size.is_some() || f.compression.as_deref().is_some_and(|c| c != "identity") {
+                rep.add(
+                    "unverifiable",
+                    format!(
+                        "file \"{}\" is stored split or compressed in the archive: its content \
+                         cannot be inspected in place",
+                        shown(f.href.as_bytes())
+                    ),
+                );
+            }
         }
     }
-    check_ovf(r, name, &index.members, rep);
     for m in &index.members {
         if m.kind != MemberKind::File || is_metadata(&m.name) {
             continue;
@@ -86,94 +103,70 @@ pub(super) fn inspect_archive(
     Ok(())
 }
 
-/// The OVF descriptor: present, readable, and referencing only members of the archive.
-fn check_ovf(r: &Counted<'_>, name: &str, members: &[Member], rep: &mut InspectReport) {
-    let ovfs: Vec<&Member> = members
-        .iter()
-        .filter(|m| m.kind == MemberKind::File && m.name.to_ascii_lowercase().ends_with(".ovf"))
-        .collect();
-    let Some(first) = ovfs.first() else {
+/// The OVF descriptor (the first `.ovf` member), or the reason there is none to go by.
+fn descriptor(
+    r: &Counted<'_>,
+    path: &Path,
+    index: &TarIndex,
+    rep: &mut InspectReport,
+) -> Option<Envelope> {
+    let Some(m) = index.files_ending(".ovf").next() else {
         rep.add("bad-ovf", "the archive has no OVF descriptor (.ovf member)");
-        return;
+        return None;
     };
-    if ovfs.len() > 1 {
-        rep.add(
-            "bad-ovf",
-            format!(
-                "the archive has {} OVF descriptors: importers differ in which one they read",
-                ovfs.len()
-            ),
-        );
-    }
-    if first.size > ovf::MAX_OVF_SIZE {
-        rep.add(
-            "bad-ovf",
-            format!(
-                "the OVF descriptor is {} bytes (at most {})",
-                first.size,
-                ovf::MAX_OVF_SIZE
-            ),
-        );
-        return;
-    }
-    let text = match r.bytes(first.offset, first.size) {
-        Ok(t) if t.len() as u64 == first.size => t,
-        _ => {
-            rep.add("bad-ovf", "the OVF descriptor is cut short");
-            return;
+    let text = match read_whole(r, m.offset, m.size, ovf::MAX_OVF_SIZE) {
+        Ok(t) => t,
+        Err(why) => {
+            rep.add("bad-ovf", format!("the OVF descriptor {why}"));
+            return None;
         }
     };
-    let env = match ovf::parse(&text, &Path::new(name).join(&first.name)) {
-        Ok(e) => e,
+    match ovf::parse(&text, &path.join(&m.name)) {
+        Ok(e) => Some(e),
         Err(e) => {
             rep.add("bad-ovf", format!("{e:#}"));
-            return;
+            None
+        }
+    }
+}
+
+/// What the manifest (the first `.mf` member) lists, checked for presence, not digests.
+fn manifest_listing(
+    r: &Counted<'_>,
+    path: &Path,
+    index: &TarIndex,
+    rep: &mut InspectReport,
+) -> Option<Vec<manifest::Check>> {
+    let m = index.files_ending(".mf").next()?;
+    let text = match read_whole(r, m.offset, m.size, manifest::MAX_MANIFEST_SIZE) {
+        Ok(t) => t,
+        Err(why) => {
+            rep.add("bad-manifest", format!("the manifest {why}"));
+            return None;
         }
     };
-    for f in &env.files {
-        let href = f.href.trim_start_matches("./");
-        let plain = !href.is_empty()
-            && !href.contains('/')
-            && !href.contains('\\')
-            && !href.contains(':')
-            && href != ".."
-            && href != ".";
-        if !plain {
-            rep.add(
-                "external-file",
-                format!(
-                    "the OVF references file \"{}\": a path or URL, which importers open or \
-                     fetch from outside the archive",
-                    shown(f.href.as_bytes())
-                ),
-            );
-            continue;
+    match manifest::parse(&text, &path.join(&m.name)) {
+        Ok(entries) => Some(manifest::check_listing(index, &entries)),
+        Err(e) => {
+            rep.add("bad-manifest", format!("{e:#}"));
+            None
         }
-        let present = |n: &str| {
-            members
-                .iter()
-                .any(|m| m.kind == MemberKind::File && m.name == n)
-        };
-        let chunked = f.chunk_size.is_some() && present(&format!("{href}.000000000"));
-        if !present(href) && !chunked {
-            rep.add(
-                "bad-ovf",
-                format!(
-                    "the OVF references file \"{}\", which the archive does not hold",
-                    shown(f.href.as_bytes())
-                ),
-            );
-        }
-        if chunked || f.compression.as_deref().is_some_and(|c| c != "identity") {
-            rep.add(
-                "unverifiable",
-                format!(
-                    "file \"{}\" is stored split or compressed in the archive: its content \
-                     cannot be inspected in place",
-                    shown(f.href.as_bytes())
-                ),
-            );
-        }
+    }
+}
+
+/// A member's bytes, if it is no larger than `max` and all there.
+fn read_whole(
+    r: &Counted<'_>,
+    offset: u64,
+    size: u64,
+    max: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    if size > max {
+        return Err(format!("is {size} bytes (at most {max})"));
+    }
+    match r.bytes(offset, size) {
+        Ok(t) if t.len() as u64 == size => Ok(t),
+        _ => Err("is cut short".into()),
     }
 }
 

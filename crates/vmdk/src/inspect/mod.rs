@@ -215,27 +215,10 @@ impl InspectReport {
     }
 }
 
-/// Bytes read from a file shown in a message: text as it is, control characters, quotes,
-/// backslashes and bytes that are not UTF-8 as `\xNN`, so a name cannot drive a terminal
-/// or forge a line of the report.
+/// Bytes read from a file shown in a message, so a name cannot drive a terminal or forge a
+/// line of the report.
 pub(crate) fn shown(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' || c == '"' {
-                let mut b = [0u8; 4];
-                for byte in c.encode_utf8(&mut b).bytes() {
-                    out.push_str(&format!("\\x{byte:02x}"));
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
+    crate::report::text::escape_bytes(bytes)
 }
 
 /// The files a descriptor-file open takes, for a message: distinct names, at most eight.

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Mutex};
 use sha2::digest::DynDigest;
 
 use super::archive::Archive;
-use super::tar::{Member, MemberKind};
+use super::tar::{Member, MemberKind, TarIndex};
 use crate::error::{Error, Result};
 
 /// Largest manifest read.
@@ -136,6 +136,29 @@ pub struct Check {
     pub status: Status,
 }
 
+/// The member a manifest line names and its algorithm, or why the line cannot be checked.
+fn line_target<'a>(index: &'a TarIndex, e: &Entry) -> Result<(&'a Member, Algorithm), Status> {
+    let alg = Algorithm::parse(&e.algorithm).ok_or(Status::UnknownAlgorithm)?;
+    let m = index.member(&e.file).ok_or(Status::Missing)?;
+    if m.kind != MemberKind::File {
+        return Err(Status::NotAFile(m.kind.describe()));
+    }
+    Ok((m, alg))
+}
+
+/// Every line of `entries` against the members of `index`, without computing a digest: a
+/// line whose member exists as a regular file counts as [`Status::Match`]. For a vetter
+/// whose reads must stay bounded (what the manifest covers, not whether it is right).
+pub fn check_listing(index: &TarIndex, entries: &[Entry]) -> Vec<Check> {
+    entries
+        .iter()
+        .map(|e| Check {
+            entry: e.clone(),
+            status: line_target(index, e).map_or_else(|s| s, |_| Status::Match),
+        })
+        .collect()
+}
+
 /// Check every line of `entries` against `arch`'s members, on up to `threads` workers (0:
 /// one per CPU).
 /// A name held by several members is checked against the last, the one tar extracts.
@@ -146,11 +169,7 @@ pub fn verify(arch: &Archive, entries: &[Entry], threads: usize) -> Vec<Check> {
     let plan: Vec<Result<usize, Status>> = entries
         .iter()
         .map(|e| {
-            let alg = Algorithm::parse(&e.algorithm).ok_or(Status::UnknownAlgorithm)?;
-            let m = arch.index().member(&e.file).ok_or(Status::Missing)?;
-            if m.kind != MemberKind::File {
-                return Err(Status::NotAFile(m.kind.describe()));
-            }
+            let (m, alg) = line_target(arch.index(), e)?;
             Ok(*job_of.entry((m.header_offset, alg)).or_insert_with(|| {
                 jobs.push((m, alg));
                 jobs.len() - 1

@@ -38,7 +38,7 @@ mod open_archives;
 pub mod ovf;
 pub mod tar;
 mod template;
-mod vet;
+pub(crate) mod vet;
 mod writer;
 
 pub use archive::Archive;

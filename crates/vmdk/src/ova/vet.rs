@@ -97,7 +97,7 @@ pub fn vet(arch: &Archive, threads: usize) -> Result<Vec<Finding>> {
 
 /// The findings for an archive of `index` with descriptor `env` and manifest `manifest`
 /// (its member name and its checked lines).
-pub(super) fn findings(
+pub(crate) fn findings(
     index: &TarIndex,
     env: Option<&Envelope>,
     manifest: Option<(&str, &[Check])>,

@@ -51,6 +51,19 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Bytes from a file shown as text: valid UTF-8 [escaped](escape), every byte that is not
+/// UTF-8 as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&escape(chunk.valid()));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// Formats its text [escaped](escape): `write!(out, "file: {}", Printable(name))`.
 #[derive(Debug, Clone, Copy)]
 pub struct Printable<'a>(pub &'a str);
@@ -78,5 +91,6 @@ mod tests {
         let once = escape("\u{1b}[2J\u{202e}").into_owned();
         assert_eq!(escape(&once), once);
         assert_eq!(Printable("a\rb").to_string(), "a\\x0db");
+        assert_eq!(escape_bytes(b"a\xff\x1bz\xc3\xa9"), "a\\xff\\x1bz\u{e9}");
     }
 }
