@@ -83,10 +83,10 @@ pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     }
 }
 
-/// [`image_format`] for commands that read VMDK and raw only: another format is an error.
+/// [`image_format`] for commands that take VMDK and raw only: another format is an error.
 pub fn vmdk_or_raw(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     match image_format(path, fmt)? {
-        Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f).into()),
+        Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f, "VMDK or raw").into()),
         f => Ok(f),
     }
 }

@@ -38,7 +38,8 @@ pub enum ErrorKind {
     /// Another process holds the image in a way that excludes this use (QEMU's image
     /// locking: a writer excludes other writers and readers that do not share).
     Locked,
-    /// The file is an image of another format (qcow2, VHD, ...), not VMDK or raw.
+    /// The file is an image of another format (VHD, VDI, ...; qcow2 where only VMDK is read)
+    /// than the operation reads.
     ForeignFormat,
 }
 

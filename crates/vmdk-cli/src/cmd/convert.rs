@@ -11,7 +11,7 @@ use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Source format (vmdk or raw); probed from the content when absent.
+    /// Source format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format: raw, vmdk or qcow2.
@@ -29,7 +29,7 @@ pub struct Args {
     /// Compress the output (streamOptimized output is always compressed).
     #[arg(short = 'c')]
     compress: bool,
-    /// Quiet (accepted for qemu-img compatibility; convert prints nothing anyway).
+    /// Quiet: no progress, even with -p.
     #[arg(short = 'q')]
     quiet: bool,
     /// The target exists already: write into it instead of creating it.

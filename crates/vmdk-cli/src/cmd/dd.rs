@@ -1,4 +1,5 @@
-//! `vmdk dd`: copy part of an image to a new raw or VMDK image, with qemu-img dd's operands
+//! `vmdk dd`: copy part of an image (VMDK, qcow2 or raw) to a new raw or VMDK image, with
+//! qemu-img dd's operands
 //! (`bs=`, `count=`, `skip=`, `if=`, `of=`) plus `osize=` (the output's size, padded with
 //! zeros or cut). The stretch becomes a disk of its own and goes through the conversion
 //! engine, so holes stay holes.
@@ -18,7 +19,7 @@ use crate::size::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Input format (vmdk or raw); probed from the content when absent.
+    /// Input format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format: raw (default) or vmdk.

@@ -26,7 +26,8 @@ pub struct Args {
     /// blank line).
     #[arg(long)]
     backing_chain: bool,
-    /// Image format (vmdk or raw); probed from the content when absent.
+    /// Image format (vmdk, qcow2 or raw); probed from the content when absent (an image of
+    /// another format is then named and described).
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]

@@ -31,7 +31,7 @@ pub struct Args {
     /// How many bytes to map at most.
     #[arg(long, value_name = "LEN", value_parser = parse_size)]
     max_length: Option<u64>,
-    /// Image format (vmdk or raw); probed from the content when absent.
+    /// Image format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]
@@ -154,7 +154,14 @@ pub fn run(a: Args) -> Result<u8> {
                 let conv = MapReporter::for_qcow2(&img, &name);
                 (Box::new(img), conv)
             }
-            Fmt::Foreign(f) => return Err(vmdk::image::foreign_format_error(&a.image, f).into()),
+            Fmt::Foreign(f) => {
+                return Err(vmdk::image::foreign_format_error(
+                    &a.image,
+                    f,
+                    vmdk::image::SOURCE_FORMATS,
+                )
+                .into())
+            }
             Fmt::Raw => {
                 let raw = RawFile::open_with(&a.image, &a.open.options())?;
                 (Box::new(raw), MapReporter::for_raw(&name))

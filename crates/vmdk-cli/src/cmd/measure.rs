@@ -27,7 +27,7 @@ pub struct Args {
     /// Measure for an empty image of this size instead of a source image.
     #[arg(short = 's', long, value_name = "SIZE")]
     size: Option<String>,
-    /// Source format (vmdk or raw); probed from the content when absent.
+    /// Source format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format.

@@ -27,7 +27,7 @@ pub struct Args {
 enum Sub {
     /// Show the virtual system, its disks and networks, and check the manifest's digests.
     Info(InfoArgs),
-    /// Build an OVA from disks (raw or VMDK), written as streamOptimized VMDKs.
+    /// Build an OVA from disks (VMDK, qcow2 or raw), written as streamOptimized VMDKs.
     Create(Box<CreateArgs>),
 }
 
@@ -52,36 +52,38 @@ pub struct CreateArgs {
     #[arg(short = 'o', value_name = "OUT.ova")]
     output: PathBuf,
     /// Keep this OVF descriptor, filling in the disks' sizes (its DiskSection order is the
-    /// order of the DISK arguments).
+    /// order of the DISK arguments). The virtual machine is the OVF's: --name, --os-type,
+    /// --os-cim, --cpus, --memory, --hw, --firmware, --network and --controller cannot be
+    /// given with it (edit the OVF instead).
     #[arg(long = "from-ovf", value_name = "TEMPLATE.ovf")]
     from_ovf: Option<PathBuf>,
     /// Virtual machine name (default: the output's file name without .ova).
     #[arg(long)]
     name: Option<String>,
-    /// VMware guest type (vmw:osType).
-    #[arg(long = "os-type", default_value = "other4xLinux64Guest")]
-    os_type: String,
-    /// CIM operating-system code (OperatingSystemSection ovf:id).
-    #[arg(long = "os-cim", default_value_t = 100)]
-    os_cim: u32,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    memory: u64,
-    /// Virtual hardware family.
-    #[arg(long = "hw", default_value = "vmx-14")]
-    hw: String,
-    /// Boot firmware: bios or efi.
-    #[arg(long, default_value = "bios")]
-    firmware: String,
-    /// Network the NIC connects to ("none" for no NIC).
-    #[arg(long, default_value = "VM Network")]
-    network: String,
-    /// Disk controller: lsilogic, pvscsi or sata.
-    #[arg(long, default_value = "lsilogic")]
-    controller: String,
+    /// VMware guest type (vmw:osType; default other4xLinux64Guest).
+    #[arg(long = "os-type", value_name = "TYPE")]
+    os_type: Option<String>,
+    /// CIM operating-system code (OperatingSystemSection ovf:id; default 100).
+    #[arg(long = "os-cim", value_name = "CODE")]
+    os_cim: Option<u32>,
+    /// Virtual CPUs (default 2).
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
+    /// Memory in MiB (default 1024).
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Virtual hardware family (default vmx-14).
+    #[arg(long = "hw", value_name = "VMX")]
+    hw: Option<String>,
+    /// Boot firmware: bios (default) or efi.
+    #[arg(long, value_name = "FIRMWARE")]
+    firmware: Option<String>,
+    /// Network the NIC connects to ("none" for no NIC; default "VM Network").
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<String>,
+    /// Disk controller: lsilogic (default), pvscsi or sata.
+    #[arg(long, value_name = "CONTROLLER")]
+    controller: Option<String>,
     /// zlib level of the disks' grains (0-9).
     #[arg(long = "compression-level", default_value_t = 6)]
     compression_level: u32,
@@ -91,7 +93,7 @@ pub struct CreateArgs {
     /// Show progress on stderr.
     #[arg(short = 'p')]
     progress: bool,
-    /// Source format of every DISK (vmdk or raw); probed from the content when absent.
+    /// Source format of every DISK (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]
@@ -337,36 +339,73 @@ fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// The flags that describe the virtual machine, by name, each with whether it was given:
+/// an OVF given with --from-ovf describes the machine itself.
+fn machine_flags(a: &CreateArgs) -> [(&'static str, bool); 9] {
+    [
+        ("--name", a.name.is_some()),
+        ("--os-type", a.os_type.is_some()),
+        ("--os-cim", a.os_cim.is_some()),
+        ("--cpus", a.cpus.is_some()),
+        ("--memory", a.memory.is_some()),
+        ("--hw", a.hw.is_some()),
+        ("--firmware", a.firmware.is_some()),
+        ("--network", a.network.is_some()),
+        ("--controller", a.controller.is_some()),
+    ]
+}
+
 fn create(a: CreateArgs) -> Result<u8> {
     let ovf = match &a.from_ovf {
         Some(t) => {
+            let given: Vec<&str> = machine_flags(&a)
+                .into_iter()
+                .filter_map(|(flag, given)| given.then_some(flag))
+                .collect();
+            if !given.is_empty() {
+                bail!(
+                    "{} cannot be used with --from-ovf: the virtual machine is the one '{}'                      describes (edit it there)",
+                    given.join(", "),
+                    t.display()
+                );
+            }
             let text = std::fs::read(t).with_context(|| format!("reading '{}'", t.display()))?;
             OvfSource::Template(ova::Template::parse(text, t)?)
         }
         None => {
+            let d = ApplianceSpec::default();
             let name = match &a.name {
                 Some(n) => n.clone(),
                 None => a
                     .output
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "vm".into()),
+                    .unwrap_or_else(|| d.name.clone()),
             };
-            let firmware = match a.firmware.as_str() {
-                "bios" => Firmware::Bios,
-                "efi" | "uefi" => Firmware::Efi,
-                other => bail!("unknown firmware '{other}' (expected bios or efi)"),
+            let firmware = match a.firmware.as_deref() {
+                None => d.firmware,
+                Some("bios") => Firmware::Bios,
+                Some("efi" | "uefi") => Firmware::Efi,
+                Some(other) => bail!("unknown firmware '{other}' (expected bios or efi)"),
+            };
+            let network = match a.network.as_deref() {
+                None => d.network,
+                Some("none") => None,
+                Some(n) => Some(n.to_string()),
             };
             OvfSource::Compose(ApplianceSpec {
                 name,
-                os_type: a.os_type.clone(),
-                os_cim: a.os_cim,
-                cpus: a.cpus,
-                memory_mib: a.memory,
-                hardware: a.hw.clone(),
+                os_type: a.os_type.clone().unwrap_or(d.os_type),
+                os_cim: a.os_cim.unwrap_or(d.os_cim),
+                cpus: a.cpus.unwrap_or(d.cpus),
+                memory_mib: a.memory.unwrap_or(d.memory_mib),
+                hardware: a.hw.clone().unwrap_or(d.hardware),
                 firmware,
-                network: (a.network != "none").then(|| a.network.clone()),
-                controller: Controller::parse(&a.controller)?,
+                network,
+                controller: match &a.controller {
+                    Some(c) => Controller::parse(c)?,
+                    None => d.controller,
+                },
             })
         }
     };

@@ -27,7 +27,7 @@ pub struct Args {
     open: OpenArgs,
     /// The image.
     image: PathBuf,
-    /// New size, or +SIZE / -SIZE relative to the current one (k, M, G, T suffixes).
+    /// New size, or +SIZE / -SIZE relative to the current one (k, M, G, T, P or E suffix).
     #[arg(allow_hyphen_values = true)]
     size: String,
 }

@@ -1,4 +1,4 @@
-//! Whole-disk operations shared by the CLI and exports: convert to raw or VMDK, compare.
+//! Whole-disk operations shared by the CLI and exports: convert to raw, VMDK or qcow2, compare.
 //! Everything is driven by the mapping primitive so holes and zero grains cost nothing.
 //!
 //! # How a conversion runs

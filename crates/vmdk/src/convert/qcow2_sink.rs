@@ -100,7 +100,11 @@ fn open_backing(
         None => match crate::image::probe_in(&**ns, &bpath).map_err(fail)? {
             Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => "qcow2",
             Some(FileFormat::Foreign(f)) => {
-                return Err(fail(crate::image::foreign_format_error(&bpath, f)))
+                return Err(fail(crate::image::foreign_format_error(
+                    &bpath,
+                    f,
+                    crate::image::SOURCE_FORMATS,
+                )))
             }
             Some(_) => "vmdk",
             None => "raw",

@@ -1,5 +1,6 @@
 //! What convert and compare read: the [`Source`] trait, its implementations for VMDK images
-//! and raw files, and [`open_source`], which decides by content which one a file is.
+//! and raw files (qcow2's is in `qcow2/`), and [`open_source`], which decides by content
+//! which one a file is.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use crate::map::MapEntry;
 use crate::raw::RawFile;
 use crate::storage::FileId;
 
-/// Anything convert and compare can read: a VMDK image or a raw file.
+/// Anything convert and compare can read: a VMDK image, a qcow2 image or a raw file.
 pub trait Source: Send + Sync {
     /// Virtual size in bytes.
     fn size(&self) -> u64;
@@ -68,9 +69,10 @@ impl Source for RawFile {
     }
 }
 
-/// Open `path` as a source: `format` "raw" or "vmdk", or probed from content when `None`:
-/// a VMDK file opens as an image, an image of another format (qcow2, VHD, ...) is refused
-/// with its name rather than read as raw bytes, and anything else is a raw disk.
+/// Open `path` as a source: `format` "raw", "vmdk" or "qcow2", or probed from content when
+/// `None`: a VMDK file opens as an image, a qcow2 file as a qcow2 image, an image of another
+/// format (VHD, VDI, ...) is refused with its name rather than read as raw bytes, and
+/// anything else is a raw disk.
 pub fn open_source(
     path: &Path,
     format: Option<&str>,
@@ -90,7 +92,11 @@ pub fn open_source(
                 return Ok(Box::new(crate::qcow2::Qcow2Image::open_with(path, opts)?))
             }
             Some(FileFormat::Foreign(f)) => {
-                return Err(crate::image::foreign_format_error(path, f))
+                return Err(crate::image::foreign_format_error(
+                    path,
+                    f,
+                    crate::image::SOURCE_FORMATS,
+                ))
             }
             Some(_) => true,
             None => false,

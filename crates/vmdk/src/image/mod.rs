@@ -25,7 +25,7 @@ pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MA
 pub(crate) use probe::probe_storage_full;
 pub use probe::{
     foreign_format_error, foreign_virtual_size, foreign_virtual_size_of, probe, probe_in,
-    probe_path, probe_storage, FileFormat,
+    probe_path, probe_storage, FileFormat, SOURCE_FORMATS,
 };
 
 /// Where an image's descriptor text lives.

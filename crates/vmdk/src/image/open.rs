@@ -246,7 +246,7 @@ fn probe_vmdk(storage: &dyn Storage, path: &Path) -> Result<(FileFormat, Vec<u8>
             let probed = probe_storage(storage)
                 .map_err(|e| Error::io(e, "reading header").with_path(path))?;
             Err(match probed {
-                Some(FileFormat::Foreign(f)) => foreign_format_error(path, f),
+                Some(FileFormat::Foreign(f)) => foreign_format_error(path, f, "VMDK"),
                 _ => Error::new(
                     ErrorKind::NotVmdk,
                     "not a VMDK image (no KDMV/COWD/seSparse magic and no descriptor)",

@@ -109,14 +109,16 @@ pub fn foreign_virtual_size_of(storage: &dyn Storage, format: ForeignFormat) -> 
     foreign::virtual_size(format, &head, &tail)
 }
 
-/// The error for a file that is an image of another format.
-pub fn foreign_format_error(path: &Path, format: ForeignFormat) -> Error {
+/// The error for a file that is an image of another format, for a reader of the formats
+/// `readable` names ("VMDK", "VMDK, qcow2 or raw"): "this is a VDI image, not VMDK".
+pub fn foreign_format_error(path: &Path, format: ForeignFormat, readable: &str) -> Error {
     Error::new(
         ErrorKind::ForeignFormat,
-        format!(
-            "this is a {} image, not VMDK; vmdk reads VMDK and raw images",
-            format.description()
-        ),
+        format!("this is a {} image, not {readable}", format.description()),
     )
     .with_path(path)
 }
+
+/// What [`crate::convert::open_source`] (and a qcow2 image's backing chain) reads, as
+/// [`foreign_format_error`] names it.
+pub const SOURCE_FORMATS: &str = "VMDK, qcow2 or raw";

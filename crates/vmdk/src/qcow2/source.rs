@@ -195,7 +195,11 @@ impl Qcow2Image {
             None => match crate::image::probe_in(&*ns, path)? {
                 Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => "qcow2",
                 Some(FileFormat::Foreign(f)) => {
-                    return Err(crate::image::foreign_format_error(path, f))
+                    return Err(crate::image::foreign_format_error(
+                        path,
+                        f,
+                        crate::image::SOURCE_FORMATS,
+                    ))
                 }
                 Some(_) => "vmdk",
                 None => "raw",
