@@ -158,20 +158,34 @@ pub fn parse_bool(key: &str, v: &str) -> Result<bool> {
     }
 }
 
-/// The `-o` options of the vmdk format.
-pub const VMDK_OPTIONS_HELP: &str = "\
-Creation options for 'vmdk':
-  adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX
-  backing_file=<str>      - File name of a base image
-  backing_fmt=<str>       - Image format of the base image (vmdk)
-  compat6=<bool (on/off)> - VMDK version 6 image
-  compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output
-  hwversion=<str>         - VMDK hardware version
-  size=<size>             - Virtual disk size
-  subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}
-  toolsversion=<str>      - VMware guest tools version
-  zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature
-";
+/// The `-o` options of the vmdk format, in qemu-img's help order, each with whether only
+/// `create` takes it (convert gets the backing file from -B, the size from the source).
+const VMDK_OPTIONS: [(&str, bool); 10] = [
+    ("adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX", false),
+    ("backing_file=<str>      - File name of a base image", true),
+    ("backing_fmt=<str>       - Image format of the base image (vmdk)", true),
+    ("compat6=<bool (on/off)> - VMDK version 6 image", false),
+    ("compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output", false),
+    ("hwversion=<str>         - VMDK hardware version", false),
+    ("size=<size>             - Virtual disk size", true),
+    ("subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}", false),
+    ("toolsversion=<str>      - VMware guest tools version", false),
+    ("zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature", false),
+];
+
+/// What `-o help` prints for the vmdk format: every option for `create`, those
+/// [`vmdk_options`] takes without `allow_backing` for `convert`.
+pub fn vmdk_options_help(create: bool) -> String {
+    let mut s = String::from("Creation options for 'vmdk':\n");
+    for (line, create_only) in VMDK_OPTIONS {
+        if create || !create_only {
+            s.push_str("  ");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s
+}
 
 /// Options parsed from `-o` for a new VMDK image.
 #[derive(Debug, Clone, Default)]

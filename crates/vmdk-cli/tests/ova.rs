@@ -315,6 +315,160 @@ fn from_ovf_keeps_the_users_descriptor() {
     assert!(!d.join("two.ova").exists());
 }
 
+/// With --from-ovf the virtual machine is the OVF's: each flag that describes it (name, OS,
+/// CPUs, memory, hardware, firmware, network, controller) is refused by name before
+/// anything is written, and each is shown to work without a template. The flags about the
+/// disks and the run (-f, --compression-level, -m, -p) apply to a template's disks.
+#[test]
+fn from_ovf_refuses_the_machine_flags_and_honours_the_rest() {
+    let dir = tempdir();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let template = d.join("mine.ovf");
+    std::fs::write(
+        &template,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References><File ovf:href="root.vmdk" ovf:id="file1"/></References>
+  <DiskSection><Info>Virtual disk information</Info>
+    <Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^30" ovf:diskId="vmdisk1" ovf:fileRef="file1"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="mine"><Info>x</Info><Name>mine</Name></VirtualSystem>
+</Envelope>
+"#,
+    )
+    .unwrap();
+    let info = |ova: &Path| vmdk(&["ova", "info", "--output=json", &s(ova)]).json();
+    // (flag, value, where `ova info` shows it without a template, what it shows)
+    let flags: [(&str, &str, &str, &str); 9] = [
+        ("--name", "web", "/virtual-system/name", "web"),
+        (
+            "--os-type",
+            "ubuntu64Guest",
+            "/virtual-system/os-type",
+            "ubuntu64Guest",
+        ),
+        ("--os-cim", "94", "/virtual-system/os-cim-id", "94"),
+        ("--cpus", "4", "/virtual-system/cpus", "4"),
+        ("--memory", "4096", "/virtual-system/memory-mib", "4096"),
+        (
+            "--hw",
+            "vmx-19",
+            "/virtual-system/hardware-family",
+            "vmx-19",
+        ),
+        ("--firmware", "efi", "/virtual-system/firmware", "efi"),
+        ("--network", "Lab Net", "/networks/0/name", "Lab Net"),
+        (
+            "--controller",
+            "pvscsi",
+            "/disks/0/controller",
+            "VirtualSCSI",
+        ),
+    ];
+    for (flag, value, pointer, shown) in flags {
+        let ova = d.join("refused.ova");
+        let r = vmdk(&[
+            "ova",
+            "create",
+            "-o",
+            &s(&ova),
+            "--from-ovf",
+            &s(&template),
+            flag,
+            value,
+            &s(&raw),
+        ]);
+        assert_eq!(r.code, 1, "{flag}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("vmdk: {flag} cannot be used with --from-ovf")),
+            "{flag}: {}",
+            r.stderr
+        );
+        assert!(!ova.exists(), "{flag}: an output was written");
+        let ova = d.join("composed.ova");
+        vmdk_ok(&["ova", "create", "-o", &s(&ova), flag, value, &s(&raw)]);
+        let v = info(&ova);
+        let got = &v.pointer(pointer).unwrap_or_else(|| panic!("{flag}: {v}"));
+        let got = got.as_str().map_or_else(|| got.to_string(), str::to_string);
+        assert!(got.contains(shown), "{flag}: {pointer} is {got}");
+        std::fs::remove_file(&ova).unwrap();
+    }
+    // Several at once: each named.
+    let r = vmdk(&[
+        "ova",
+        "create",
+        "-o",
+        &s(&d.join("x.ova")),
+        "--from-ovf",
+        &s(&template),
+        "--cpus",
+        "8",
+        "--name",
+        "n",
+        &s(&raw),
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("--name, --cpus cannot be used with --from-ovf"),
+        "{}",
+        r.stderr
+    );
+
+    // The disk flags apply to the template's disks. -f raw: a VMDK file's own bytes are
+    // the disk.
+    let vmdk_file = qemu_create(d, "small.vmdk", "1M", &[]);
+    let with = |extra: &[&str], ova: &Path| {
+        let mut args = vec!["ova", "create", "-o"];
+        let o = s(ova);
+        let t = s(&template);
+        args.push(&o);
+        args.extend(["--from-ovf", &t]);
+        args.extend(extra);
+        let r = vmdk(&args);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        r
+    };
+    let as_raw = d.join("as-raw.ova");
+    with(&["-f", "raw", &s(&vmdk_file)], &as_raw);
+    let member = format!("{}/root.vmdk", s(&as_raw));
+    vmdk_ok(&["compare", "-F", "raw", &member, &s(&vmdk_file)]);
+    let probed = d.join("probed.ova");
+    with(&[&s(&vmdk_file)], &probed);
+    let r = vmdk(&[
+        "compare",
+        "-F",
+        "raw",
+        &format!("{}/root.vmdk", s(&probed)),
+        &s(&vmdk_file),
+    ]);
+    assert_eq!(
+        r.code, 1,
+        "without -f the VMDK is read as VMDK: {}",
+        r.stdout
+    );
+    // --compression-level: level 0 stores the grains, 9 deflates them.
+    let stored = d.join("stored.ova");
+    let deflated = d.join("deflated.ova");
+    with(&["--compression-level", "0", &s(&raw)], &stored);
+    with(&["--compression-level", "9", &s(&raw)], &deflated);
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        len(&stored) > len(&deflated) + (512 << 10),
+        "{} {}",
+        len(&stored),
+        len(&deflated)
+    );
+    for ova in [&stored, &deflated] {
+        vmdk_ok(&["compare", &format!("{}/root.vmdk", s(ova)), &s(&raw)]);
+    }
+    // -m and -p: one worker, progress records on stderr.
+    let r = with(&["-m", "1", "-p", &s(&raw)], &d.join("progress.ova"));
+    assert!(r.stderr.contains("(100.00/100%)"), "{}", r.stderr);
+}
+
 const VBOX_OVF: &str = r#"<?xml version="1.0"?>
 <Envelope ovf:version="2.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/2" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine" xmlns:epasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData" xmlns:sasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData">
   <References>

@@ -1160,7 +1160,7 @@ fn many_extents_sharing_a_big_directory() {
         let lines: Vec<String> = (0..300)
             .map(|i| format!("RW {sectors} SPARSE \"{}\"", names(i)))
             .collect();
-        build::descriptor(1, 0xffffffff, "custom", None, &lines)
+        build::descriptor(1, 0xffffffff, "twoGbMaxExtentSparse", None, &lines)
     };
     let same = build::write(
         d.0.path(),
@@ -1297,7 +1297,7 @@ fn map_prefix_and_walker_cost_entries_not_bytes() {
     let desc = build::descriptor(
         1,
         0xffffffff,
-        "custom",
+        "twoGbMaxExtentSparse",
         None,
         &[
             "RW 2048 SPARSE \"a.vmdk\"".to_string(),
@@ -1351,7 +1351,7 @@ fn lines_naming_one_sparse_file_share_its_allocator() {
     let desc = build::descriptor(
         1,
         0xffffffff,
-        "custom",
+        "twoGbMaxExtentSparse",
         None,
         &[
             "RW 2048 SPARSE \"one.vmdk\"".to_string(),

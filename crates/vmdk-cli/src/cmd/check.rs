@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
     /// Image format (vmdk or raw: a raw image cannot be checked, exit status 63 as with
-    /// qemu-img); probed from the content when absent..
+    /// qemu-img); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Print nothing but errors.

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
 use vmdk::ConvertOptions;
 
-use crate::opts::{split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP};
+use crate::opts::{split_options, vmdk_options, vmdk_options_help, OpenArgs};
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +26,9 @@ pub struct Args {
     /// Worker threads (0 = one per CPU).
     #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
     threads: usize,
-    /// Compress the output (streamOptimized output is always compressed).
+    /// Compress the output: qcow2 clusters (streamOptimized VMDK output is always compressed;
+    /// the other sparse VMDK subformats take -c and stay uncompressed, as with qemu-img; flat
+    /// VMDK and raw output refuse it).
     #[arg(short = 'c')]
     compress: bool,
     /// Quiet: no progress, even with -p.
@@ -66,17 +68,17 @@ pub struct Args {
     salvage: bool,
     #[command(flatten)]
     open: OpenArgs,
-    /// Source image.
-    src: PathBuf,
-    /// Destination file.
-    dst: PathBuf,
+    /// Source image (not needed with `-o help`).
+    src: Option<PathBuf>,
+    /// Destination file (not needed with `-o help`).
+    dst: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
         if a.out_format == "vmdk" {
-            print!("{VMDK_OPTIONS_HELP}");
+            print!("{}", vmdk_options_help(false));
         } else if a.out_format == "qcow2" {
             print!("{QCOW2_OPTIONS_HELP}");
         } else {
@@ -84,6 +86,9 @@ pub fn run(a: Args) -> Result<u8> {
         }
         return Ok(0);
     }
+    let (Some(src_path), Some(dst)) = (a.src.clone(), a.dst.clone()) else {
+        bail!("Must specify image file name");
+    };
     let min_sparse = match &a.sparse_size {
         None => vmdk::convert::RAW_ZERO_BLOCK,
         Some(v) => crate::size::parse_size(v)
@@ -140,20 +145,20 @@ pub fn run(a: Args) -> Result<u8> {
         }
         other => bail!("Unknown output format '{other}' (expected raw, vmdk or qcow2)"),
     };
-    let src = vmdk::open_source(&a.src, a.format.as_deref(), &a.open.options())?;
+    let src = vmdk::open_source(&src_path, a.format.as_deref(), &a.open.options())?;
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let r = match &target {
-        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
-        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &a.dst, c, &copts, &progress),
-        Target::Raw => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
+        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &progress),
+        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &progress),
+        Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &progress),
     };
     pb.end(r.is_ok());
     r?;
     drop(src);
     // A completed upload is durable already (and is no host file to fsync).
-    if sync && vmdk_object::name::scheme_of(&a.dst).is_none() {
-        make_durable(&a.dst, matches!(target, Target::Vmdk(_)))?;
+    if sync && vmdk_object::name::scheme_of(&dst).is_none() {
+        make_durable(&dst, matches!(target, Target::Vmdk(_)))?;
     }
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {

@@ -11,7 +11,8 @@ use crate::size::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Allow the disk to get smaller (data past the new end is lost).
+    /// Allow the disk to get smaller: flat extents lose the data past the new end; a sparse
+    /// extent shrinks only when nothing but zeros lies there.
     #[arg(long)]
     shrink: bool,
     /// Image format (only vmdk).
