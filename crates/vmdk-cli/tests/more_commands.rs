@@ -961,11 +961,14 @@ fn run_probe(pristine: &std::path::Path, args: &[&str], format: &str) -> Run {
     r
 }
 
+/// A set of format names.
+type Formats = std::collections::BTreeSet<String>;
+
 /// The formats each probe's option takes (and, per format, the first run's exit status).
 fn taken_formats(
     pristine: &std::path::Path,
     universe: &[String],
-) -> Vec<(std::collections::BTreeSet<String>, Vec<(String, i32)>)> {
+) -> Vec<(Formats, Vec<(String, i32)>)> {
     PROBES
         .iter()
         .map(|p| {

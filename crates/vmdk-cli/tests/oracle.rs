@@ -535,3 +535,24 @@ fn descriptor_files_qemu_refuses_are_refused_with_its_message() {
         assert_eq!(v["virtual-size"], 1 << 20, "{create_type} / {line}");
     }
 }
+
+/// The one leniency: a capacity-0 sparse file's embedded descriptor is a descriptor file to
+/// QEMU (whose check refuses its `monolithicSparse`), but qemu-img writes such files itself
+/// (`create ... 0`, and the realworld `dualfuse` sample): they open here as 0-byte disks.
+#[test]
+fn capacity_zero_images_qemu_img_writes_open_as_empty_disks() {
+    let d = tempdir();
+    let p = qemu_create(d.path(), "zero.vmdk", "0", &[]);
+    let theirs = tool("qemu-img", &["info", &s(&p)]);
+    assert_eq!(theirs.code, 1);
+    assert!(
+        theirs
+            .stderr
+            .contains("Unsupported image type 'monolithicSparse'"),
+        "{}",
+        theirs.stderr
+    );
+    let v = vmdk(&["info", "--output=json", &s(&p)]).json();
+    assert_eq!(v["virtual-size"], 0);
+    assert_eq!(vmdk(&["check", &s(&p)]).code, 0);
+}

@@ -401,6 +401,8 @@ fn oversized_descriptors() {
 }
 
 fn flat_desc(d: &Dir, name: &str, extent: &str, kind: &str) -> PathBuf {
+    // Only FLAT lines carry an offset (QEMU refuses one on the other kinds).
+    let offset = if kind == "FLAT" { " 0" } else { "" };
     build::write(
         d.0.path(),
         name,
@@ -409,7 +411,7 @@ fn flat_desc(d: &Dir, name: &str, extent: &str, kind: &str) -> PathBuf {
             0xffffffff,
             "monolithicFlat",
             None,
-            &[format!("RW 8 {kind} \"{extent}\" 0")],
+            &[format!("RW 8 {kind} \"{extent}\"{offset}")],
         )
         .as_bytes(),
     )

@@ -221,7 +221,8 @@ pub struct DescriptorFileOpen {
     pub create_type: Option<Vec<u8>>,
     /// The files it opens, in order, up to the first failure (at most [`MAX_EXTENTS`]).
     pub extents: Vec<QemuExtent>,
-    /// Whether it opens more extents than [`MAX_EXTENTS`] (the rest are not listed).
+    /// Whether it opens more extents than [`MAX_EXTENTS`] (the rest are not listed, but the
+    /// lines after them are still checked for [`Self::failure`]).
     pub more_extents: bool,
     /// Why the open fails, if it does (files before the failure were opened already).
     pub failure: Option<OpenFailure>,
@@ -322,9 +323,11 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
             }
             LineScan::Extent { kind, file } => {
                 if out.extents.len() == MAX_EXTENTS {
-                    // Enough to say what it opens; a hostile text can name millions.
+                    // Enough to say what it opens (a hostile text can name millions); the
+                    // scan goes on for a line that fails the open.
                     out.more_extents = true;
-                    return out;
+                    line = next;
+                    continue;
                 }
                 out.extents.push(QemuExtent {
                     kind,
