@@ -85,6 +85,9 @@ pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
 
 /// [`image_format`] for commands that take VMDK and raw only: another format is an error.
 pub fn vmdk_or_raw(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
+    if let Some(other) = fmt.filter(|f| !matches!(*f, "vmdk" | "raw")) {
+        bail!("unknown image format '{other}' (expected vmdk or raw)");
+    }
     match image_format(path, fmt)? {
         Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f, "VMDK or raw").into()),
         f => Ok(f),

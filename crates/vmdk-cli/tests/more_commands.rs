@@ -619,8 +619,9 @@ fn io_p_is_ignored_where_qemu_io_ignores_it() {
 // ---- What the help says against what the code takes ---------------------------------------
 //
 // Every format the help names (option help of -f/-F/-O, command summaries, the errors for
-// an image of another format) is checked against what the command really takes, found by
-// running it: each format qemu-img can create is tried with each format option.
+// a format a command does not take and for an image of another format) is checked against
+// what the command really takes, found by running it: each format qemu-img can create is
+// tried with each format option.
 
 /// Run `vmdk` in `dir`.
 fn vmdk_in(dir: &std::path::Path, args: &[&str]) -> Run {
@@ -1091,6 +1092,24 @@ fn help_names_exactly_the_formats_each_option_takes() {
         if named != takes {
             wrong.push(format!(
                 "vmdk {cmd:?}: \"{about}\" names {named:?}; it takes {takes:?}"
+            ));
+        }
+    }
+    // Told a format it does not take, each command's error names those it does.
+    for (probe, (takes, _)) in PROBES.iter().zip(&taken) {
+        let mut named = Formats::new();
+        for run in probe.runs {
+            let r = run_probe(p, run, "vdi");
+            let line = r.stderr.lines().next().unwrap_or_default();
+            let message = line.strip_prefix("vmdk: ").unwrap_or(line);
+            named.extend(formats_named(message, &universe));
+        }
+        named.remove("vdi");
+        if &named != takes {
+            wrong.push(format!(
+                "vmdk {} {} vdi: the error names {named:?}; it takes {takes:?}",
+                probe.cmd.join(" "),
+                probe.opt
             ));
         }
     }
