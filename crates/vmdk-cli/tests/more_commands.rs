@@ -1310,3 +1310,55 @@ fn man_pages_for_every_command_render() {
         }
     }
 }
+
+/// `fuzz/run-ci.sh` runs every fuzz target by default, and its header names each one with
+/// its time budget (a target added to `fuzz/Cargo.toml` must be added there too).
+#[test]
+fn fuzz_ci_script_names_every_target() {
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
+    let mut bins: Vec<&str> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.trim().strip_prefix("name = ")))
+        .map(|n| n.trim_matches('"'))
+        .collect();
+    bins.sort();
+    let script = std::fs::read_to_string(fuzz.join("run-ci.sh")).unwrap();
+    let default = script
+        .split("targets=${FUZZ_TARGETS:-\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the default target list");
+    let mut listed: Vec<&str> = default.split_whitespace().collect();
+    listed.sort();
+    assert_eq!(listed, bins, "run-ci.sh's default targets");
+    // The header: write_image's line, then the others' (up to the FUZZ_TARGETS line).
+    let header: String = script
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let budgets = header
+        .split("FUZZ_WRITE_SECS")
+        .nth(1)
+        .and_then(|h| h.split("FUZZ_TARGETS").next())
+        .expect("the header's time budgets");
+    let mut named: Vec<&str> = budgets
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| bins.contains(w))
+        .collect();
+    named.sort();
+    assert_eq!(named, bins, "run-ci.sh's header");
+    let words = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+        "twelve",
+    ];
+    let count = words
+        .get(bins.len() - 1)
+        .expect("a word for the number of targets");
+    assert!(
+        header.contains(&format!("(default: all {count})")),
+        "the header's count of targets: {header}"
+    );
+}
