@@ -380,11 +380,14 @@ fn from_ovf_refuses_the_machine_flags_and_honours_the_rest() {
             &s(&raw),
         ]);
         assert_eq!(r.code, 1, "{flag}: {}", r.stderr);
-        assert!(
-            r.stderr
-                .contains(&format!("vmdk: {flag} cannot be used with --from-ovf")),
-            "{flag}: {}",
-            r.stderr
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "vmdk: {flag} cannot be used with --from-ovf: the virtual machine is the one \
+                 '{}' describes (edit it there)",
+                s(&template)
+            ),
+            "{flag}"
         );
         assert!(!ova.exists(), "{flag}: an output was written");
         let ova = d.join("composed.ova");

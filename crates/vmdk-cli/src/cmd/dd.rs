@@ -1,8 +1,7 @@
 //! `vmdk dd`: copy part of an image (VMDK, qcow2 or raw) to a new raw or VMDK image, with
-//! qemu-img dd's operands
-//! (`bs=`, `count=`, `skip=`, `if=`, `of=`) plus `osize=` (the output's size, padded with
-//! zeros or cut). The stretch becomes a disk of its own and goes through the conversion
-//! engine, so holes stay holes.
+//! qemu-img dd's operands (`bs=`, `count=`, `skip=`, `if=`, `of=`) plus `osize=` (the
+//! output's size, padded with zeros or cut). The stretch becomes a disk of its own and goes
+//! through the conversion engine, so holes stay holes.
 //!
 //! Where qemu-img dd is wrong we are not: with both `skip=` and `count=` it sizes the output
 //! `count*bs - skip*bs` bytes (qemu-img 10 copies 64 KiB for `bs=64k skip=2 count=3`); we copy

@@ -364,7 +364,8 @@ fn create(a: CreateArgs) -> Result<u8> {
                 .collect();
             if !given.is_empty() {
                 bail!(
-                    "{} cannot be used with --from-ovf: the virtual machine is the one '{}'                      describes (edit it there)",
+                    "{} cannot be used with --from-ovf: the virtual machine is the one '{}' \
+                     describes (edit it there)",
                     given.join(", "),
                     t.display()
                 );
