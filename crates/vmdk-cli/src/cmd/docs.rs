@@ -2,6 +2,7 @@
 //! made from the command line's own definition (clap_complete, clap_mangen), so they list
 //! exactly the commands, options and values the parser takes.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -25,8 +26,13 @@ pub struct ManpagesArgs {
 /// Print the completion script for `a.shell` to standard output.
 pub fn completions(a: CompletionsArgs) -> Result<u8> {
     let mut cmd = crate::cli_command();
+    // Made in memory first: clap_complete panics on a failed write, and a reader that goes
+    // away (`vmdk completions bash | head`) must end the command as it ends the others.
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "vmdk", &mut script);
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(a.shell, &mut cmd, "vmdk", &mut out);
+    out.write_all(&script)?;
+    out.flush()?;
     Ok(0)
 }
 
