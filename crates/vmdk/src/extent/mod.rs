@@ -9,6 +9,7 @@ pub(crate) mod free_space;
 pub mod grain_directory;
 pub mod grain_table;
 mod make_empty;
+pub mod map;
 pub mod metadata;
 pub mod sparse;
 pub mod sparse_write;

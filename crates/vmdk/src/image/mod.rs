@@ -20,6 +20,10 @@ mod extents;
 mod open;
 mod options;
 mod probe;
+pub mod raw;
+pub mod reader;
+pub mod walk;
+pub mod write;
 
 pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE};
 pub(crate) use probe::probe_storage_full;

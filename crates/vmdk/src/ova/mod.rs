@@ -39,8 +39,8 @@ pub mod ovf;
 pub mod tar;
 mod template;
 pub(crate) mod vet;
-mod writer;
 
+pub use crate::ops::ova_create::{create, populated_size, CreatedOva, OvaOptions, OvfSource};
 pub use archive::Archive;
 pub use backend::{is_ova_name, OvaBackend};
 pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
@@ -49,4 +49,3 @@ pub use member_storage::{member_id, MemberStorage};
 pub use namespace::OvaNamespace;
 pub use template::Template;
 pub use vet::{vet, Finding, FindingCode};
-pub use writer::{create, populated_size, CreatedOva, OvaOptions, OvfSource};

@@ -1,5 +1,22 @@
-//! Positional I/O under every extent: a small trait so tests can swap in memory or a
-//! crash-recording layer, and the real thing over `std::fs::File`.
+//! The storage layer: the only code that touches `std::fs`. Everything above reaches bytes
+//! through a [`Namespace`](namespace::Namespace) (names to files) and [`Storage`] (one
+//! open file).
+//!
+//! This file is positional I/O under every extent: a small trait so tests can swap in
+//! memory or a crash-recording layer, and the real thing over `std::fs::File`.
+//!
+//! ```text
+//! mod.rs          Storage, FileStorage (host files), MemStorage, FileId
+//! namespace/      names to Storage: host, memory, the router and its backends
+//! paths.rs        the path gate: where a name written in a file may lead
+//! lock.rs         QEMU's lock bytes on host files
+//! aligned_buf.rs  the page-aligned buffer bulk copies read into and write from
+//! ```
+
+pub mod aligned_buf;
+pub mod lock;
+pub mod namespace;
+pub mod paths;
 
 use std::fmt;
 use std::fs::File;

@@ -22,14 +22,14 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::compose::{self, ApplianceSpec, DiskFacts};
-use super::manifest::hex;
-use super::tar::{gnu_header, BLOCK};
-use super::template::Template;
 use crate::convert::{convert_to_stream, ConvertOptions, Progress, Source};
 use crate::create::{refuse_to_overwrite, AdapterType, CreateOptions, Subformat};
 use crate::error::{Error, Result};
 use crate::namespace::{Namespace, StorageSink, StreamSink};
+use crate::ova::compose::{self, ApplianceSpec, DiskFacts};
+use crate::ova::manifest::hex;
+use crate::ova::tar::{gnu_header, BLOCK};
+use crate::ova::Template;
 use crate::stream_writer::{StreamWriter, GRAIN_SECTORS};
 
 /// Where the OVF descriptor comes from.

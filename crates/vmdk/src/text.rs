@@ -9,8 +9,8 @@
 //! formatting characters (zero-width and bidirectional marks and overrides, the BOM).
 //! Everything else, non-ASCII letters included, is shown as it is.
 //!
-//! Reports keep the true names ([`Node`](super::Node) trees, the Python module's dicts); the
-//! escaping happens where text meets a terminal: [`Node`](super::Node)'s printers (its JSON
+//! Reports keep the true names ([`Node`](crate::report::Node) trees, the Python module's dicts); the
+//! escaping happens where text meets a terminal: [`Node`](crate::report::Node)'s printers (its JSON
 //! writes `\uXXXX` for these characters, so parsers still get the true name), the library's
 //! error messages, and the CLI's printers.
 
