@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use vmdk::format::foreign::ForeignFormat;
-use vmdk::{AdapterType, CreateOptions, FileFormat, Image, OpenOptions, Subformat};
+use vmdk::{
+    AdapterType, CreateOptions, Disk, FileFormat, Image, ImageFormat, OpenOptions, Subformat,
+};
 
 /// qemu-img's vmdk creation options in the order of its option table, which is the order
 /// it prints them in.
@@ -68,13 +70,34 @@ pub enum Fmt {
     Foreign(ForeignFormat),
 }
 
+/// `-f FMT` for the image `path`: `None` when absent (probe the content); a name qemu does
+/// not know is qemu-img's "Unknown driver" error.
+pub fn format_arg(path: &Path, fmt: Option<&str>) -> vmdk::Result<Option<ImageFormat>> {
+    fmt.map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(path)))
+        .transpose()
+}
+
+/// Open `path` as a disk of the `-f` format, or of the format its content says.
+pub fn open_disk(
+    path: &Path,
+    fmt: Option<&str>,
+    opts: &OpenOptions,
+) -> vmdk::Result<Box<dyn Disk>> {
+    vmdk::open_disk(path, format_arg(path, fmt)?, opts)
+}
+
+/// `-O FMT`: a name qemu does not know is qemu-img's "Unknown file format" error.
+pub fn output_format(fmt: &str) -> Result<ImageFormat> {
+    fmt.parse::<ImageFormat>()
+        .map_err(|_| anyhow::anyhow!("Unknown file format '{fmt}'"))
+}
+
 /// `-f FMT`, or the format probed from the file's content.
 pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
-    match fmt {
-        Some("vmdk") => Ok(Fmt::Vmdk),
-        Some("raw") => Ok(Fmt::Raw),
-        Some("qcow2") => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
-        Some(other) => bail!("unknown image format '{other}' (expected vmdk, raw or qcow2)"),
+    match format_arg(path, fmt)? {
+        Some(ImageFormat::Vmdk) => Ok(Fmt::Vmdk),
+        Some(ImageFormat::Raw) => Ok(Fmt::Raw),
+        Some(ImageFormat::Qcow2) => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
         None => Ok(match vmdk::image::probe_path(path)? {
             Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
             Some(_) => Fmt::Vmdk,

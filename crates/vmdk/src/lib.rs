@@ -46,14 +46,15 @@ pub use ops::{
 pub use storage::{aligned_buf, lock, namespace, paths};
 
 pub use check::{check, CheckReport};
-pub use convert::{open_source, CompareResult, ConvertOptions, Source};
+pub use convert::{CompareResult, ConvertOptions, Source};
 pub use create::{create, AdapterType, CreateOptions, Subformat, DEFAULT_COMPRESSION_LEVEL};
 pub use error::{Error, ErrorKind, Result};
-pub use image::{probe, DescriptorLocation, FileFormat, Image, OpenOptions};
+pub use image::{probe, DescriptorLocation, Disk, FileFormat, Image, ImageFormat, OpenOptions};
 pub use inspect::{inspect, InspectPolicy, InspectReport, Verdict};
 pub use io_adapter::ImageReader;
 pub use map::{ExtentFile, MapEntry, MapTarget};
 pub use namespace::{LocalNamespace, MemNamespace, Namespace, OpenMode};
+pub use ops::{open_disk, open_source};
 pub use storage::{FileId, FileStorage, MemStorage, Storage};
 
 #[cfg(test)]

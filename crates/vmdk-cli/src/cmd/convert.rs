@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
-use vmdk::ConvertOptions;
+use vmdk::{ConvertOptions, ImageFormat};
 
-use crate::opts::{split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP};
+use crate::opts::{
+    open_disk, output_format, split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP,
+};
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
@@ -107,9 +109,9 @@ pub fn run(a: Args) -> Result<u8> {
         salvage: a.salvage,
         ..Default::default()
     };
-    let target = match a.out_format.as_str() {
-        "qcow2" => Target::Qcow2(qcow2_options(&opts, &a)?),
-        "vmdk" => {
+    let target = match output_format(&a.out_format)? {
+        ImageFormat::Qcow2 => Target::Qcow2(qcow2_options(&opts, &a)?),
+        ImageFormat::Vmdk => {
             let mut v = vmdk_options(&opts, false)?;
             if let Some(f) = &a.backing_format {
                 if f != "vmdk" {
@@ -126,7 +128,7 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Vmdk(v.create)
         }
-        "raw" => {
+        ImageFormat::Raw => {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
@@ -138,9 +140,8 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Raw
         }
-        other => bail!("Unknown output format '{other}' (expected raw, vmdk or qcow2)"),
     };
-    let src = vmdk::open_source(&a.src, a.format.as_deref(), &a.open.options())?;
+    let src = open_disk(&a.src, a.format.as_deref(), &a.open.options())?;
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let r = match &target {
@@ -228,7 +229,7 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
         }
     }
     if let Some(f) = &q.backing_format {
-        if !matches!(f.as_str(), "vmdk" | "qcow2" | "raw") {
+        if f.parse::<ImageFormat>().is_err() {
             bail!("Unknown backing format '{f}' (expected vmdk, qcow2 or raw)");
         }
     }

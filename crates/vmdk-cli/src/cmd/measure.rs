@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::measure::{measure, MeasureInput};
+use vmdk::ImageFormat;
 
-use crate::opts::{split_options, vmdk_options, OpenArgs};
+use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
 use crate::output::{Node, OutputFormat};
 use crate::size::parse_size;
 
@@ -41,12 +42,12 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
-    let (subformat, zeroed) = match a.out_format.as_str() {
-        "vmdk" => {
+    let (subformat, zeroed) = match output_format(&a.out_format)? {
+        ImageFormat::Vmdk => {
             let v = vmdk_options(&opts, false)?;
             (Some(v.create.subformat), v.create.zeroed_grain)
         }
-        "raw" => {
+        ImageFormat::Raw => {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
@@ -63,7 +64,7 @@ pub fn run(a: Args) -> Result<u8> {
             measure(subformat, zeroed, MeasureInput::Size(size))?
         }
         (None, Some(p)) => {
-            let src = vmdk::open_source(p, a.format.as_deref(), &a.open.options())?;
+            let src = open_disk(p, a.format.as_deref(), &a.open.options())?;
             measure(subformat, zeroed, MeasureInput::Source(&*src))?
         }
     };

@@ -387,9 +387,9 @@ fn create(a: CreateArgs) -> Result<u8> {
     let sources = a
         .disks
         .iter()
-        .map(|d| vmdk::open_source(d, a.format.as_deref(), &open))
+        .map(|d| crate::opts::open_disk(d, a.format.as_deref(), &open))
         .collect::<vmdk::Result<Vec<_>>>()?;
-    let refs: Vec<&dyn vmdk::Source> = sources.iter().map(|s| &**s).collect();
+    let refs: Vec<&dyn vmdk::Disk> = sources.iter().map(|s| &**s).collect();
     let pb = Progress::new(a.progress);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let ns = vmdk::namespace::default();

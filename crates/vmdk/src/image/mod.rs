@@ -16,6 +16,7 @@ use crate::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
 mod descriptor;
+mod disk;
 mod extents;
 mod open;
 mod options;
@@ -25,6 +26,7 @@ pub mod reader;
 pub mod walk;
 pub mod write;
 
+pub use disk::{Disk, ImageFormat};
 pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE};
 pub(crate) use probe::probe_storage_full;
 pub use probe::{

@@ -1,4 +1,4 @@
-//! Raw image files as a convert/compare [`Source`](crate::convert::Source): positional reads,
+//! Raw image files as a [`Disk`](crate::image::Disk): positional reads,
 //! and a map that reports the file's holes (found with `SEEK_DATA`/`SEEK_HOLE`) as zeros so
 //! they are never read.
 

@@ -2,13 +2,13 @@
 //!
 //! Fixed-size windows make the cost of mapping a disk proportional to its virtual size: an
 //! 8 EiB disk of zeros is 2^33 one-GiB windows. The walker asks instead for the next batch
-//! of entries ([`Source::map_prefix`]), so a huge zero, unallocated or flat stretch costs one
+//! of entries ([`Disk::map_prefix`]), so a huge zero, unallocated or flat stretch costs one
 //! step and memory stays bounded by the batch, whatever the disk.
 
 use std::collections::VecDeque;
 
-use crate::convert::Source;
 use crate::error::{Error, Result};
+use crate::image::Disk;
 use crate::map::{MapEntry, MapTarget};
 
 /// Entries asked of the source at a time.
@@ -18,7 +18,7 @@ const BATCH: usize = 1024;
 /// (when `end` is beyond it) the walker yields one [`MapTarget::Zero`] entry of depth 0, so
 /// two sources of different sizes can be walked side by side.
 pub struct MapWalker<'a> {
-    src: &'a dyn Source,
+    src: &'a dyn Disk,
     size: u64,
     end: u64,
     /// Where the next batch starts.
@@ -28,7 +28,7 @@ pub struct MapWalker<'a> {
 
 impl<'a> MapWalker<'a> {
     /// A walker over `[start, end)` of `src`.
-    pub fn new(src: &'a dyn Source, start: u64, end: u64) -> Self {
+    pub fn new(src: &'a dyn Disk, start: u64, end: u64) -> Self {
         MapWalker {
             src,
             size: src.size(),
@@ -81,7 +81,7 @@ impl<'a> MapWalker<'a> {
 /// throughout (see [`MapWalker`]).
 pub(crate) struct NoDisk;
 
-impl Source for NoDisk {
+impl Disk for NoDisk {
     fn size(&self) -> u64 {
         0
     }
@@ -119,7 +119,7 @@ pub struct PairWalker<'a> {
 impl<'a> PairWalker<'a> {
     /// A walker over `[start, end)` of `a` and `b` (a source shorter than `end` reads as
     /// zeros past its end, see [`MapWalker`]).
-    pub fn new(a: &'a dyn Source, b: &'a dyn Source, start: u64, end: u64) -> Self {
+    pub fn new(a: &'a dyn Disk, b: &'a dyn Disk, start: u64, end: u64) -> Self {
         PairWalker {
             wa: MapWalker::new(a, start, end),
             wb: MapWalker::new(b, start, end),
@@ -179,7 +179,7 @@ mod tests {
         calls: std::sync::atomic::AtomicUsize,
     }
 
-    impl Source for Striped {
+    impl Disk for Striped {
         fn size(&self) -> u64 {
             self.size
         }

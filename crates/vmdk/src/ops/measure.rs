@@ -6,12 +6,12 @@
 //! write, so `required` is what `vmdk convert` produces (for streamOptimized an upper bound:
 //! compressed sizes are known only after compressing).
 
-use crate::convert::Source;
 use crate::create::{sparse_layout, Subformat, DEFAULT_GRAIN_SECTORS, SPLIT_SIZE};
 use crate::error::{Error, Result};
 use crate::format::marker::compress_bound;
 use crate::format::marker::GRAIN_MARKER_SIZE;
 use crate::format::SECTOR_SIZE;
+use crate::image::Disk;
 use crate::stream_writer::{DESC_SECTORS, GT_ENTRIES};
 
 /// Host bytes a new image takes.
@@ -29,7 +29,7 @@ pub enum MeasureInput<'a> {
     /// An empty disk of this many bytes.
     Size(u64),
     /// The contents of this source (its size, and which grains hold data).
-    Source(&'a dyn Source),
+    Source(&'a dyn Disk),
 }
 
 const GRAIN: u64 = DEFAULT_GRAIN_SECTORS * SECTOR_SIZE;
@@ -156,7 +156,7 @@ const MAX_BATCH: usize = 1024;
 /// that image costs a step per 64 KiB grain rather than per cluster. Batches start at two
 /// entries after data and double while none is found: small where data is dense, few calls
 /// where it is not.
-fn for_each_data_unit(src: &dyn Source, unit: u64, mut f: impl FnMut(u64, u64)) -> Result<()> {
+fn for_each_data_unit(src: &dyn Disk, unit: u64, mut f: impl FnMut(u64, u64)) -> Result<()> {
     let size = src.size();
     let mut pos = 0;
     let mut batch = 2;

@@ -12,6 +12,7 @@
 //! resize.rs, amend.rs   changing an image's size or descriptor fields
 //! compact.rs            zero grains dropped, grains moved into holes, file cut
 //! inspect/              the upload verdict on one file (never an Image)
+//! open_disk.rs          a file as a Disk of the format given or probed
 //! source_window.rs      a window of a disk (dd's skip/count)
 //! ova_create.rs         ova create: each disk converted into an archive member
 //! ```
@@ -24,9 +25,12 @@ pub mod convert;
 pub mod create;
 pub mod inspect;
 pub mod measure;
+pub mod open_disk;
 pub mod ova_create;
 pub mod rebase;
 pub mod repair;
 pub mod resize;
 pub mod source_window;
 pub mod stream_writer;
+
+pub use open_disk::{open_disk, open_source};

@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::convert::{convert_to_stream, ConvertOptions, Progress, Source};
+use crate::convert::{convert_to_stream, ConvertOptions, Progress};
 use crate::create::{refuse_to_overwrite, AdapterType, CreateOptions, Subformat};
 use crate::error::{Error, Result};
+use crate::image::Disk;
 use crate::namespace::{Namespace, StorageSink, StreamSink};
 use crate::ova::compose::{self, ApplianceSpec, DiskFacts};
 use crate::ova::manifest::hex;
@@ -116,7 +117,7 @@ impl StreamSink for MemberSink {
 /// Bytes of `src` that a stream image of it holds: every 64 KiB grain any data stretch
 /// touches (what `ovf:populatedSize` reports; grains that turn out to be all zeros are
 /// counted too, so this is an upper bound by at most those).
-pub fn populated_size(src: &dyn Source) -> Result<u64> {
+pub fn populated_size(src: &dyn Disk) -> Result<u64> {
     let grain = GRAIN_SECTORS * crate::format::SECTOR_SIZE;
     let size = src.size();
     let (mut off, mut grains, mut last) = (0u64, 0u64, None::<u64>);
@@ -160,7 +161,7 @@ fn mtime() -> u64 {
 pub fn create(
     out: &Path,
     ns: &dyn Namespace,
-    disks: &[&dyn Source],
+    disks: &[&dyn Disk],
     ovf: &OvfSource,
     opts: &OvaOptions,
     progress: Progress,
@@ -334,7 +335,12 @@ mod tests {
         disk[(2 << 20) + 5] = 1;
         ns.insert("/d.raw", disk.clone());
         let opts = crate::OpenOptions::new().in_namespace(ns.clone());
-        let src = crate::open_source(Path::new("/d.raw"), Some("raw"), &opts).unwrap();
+        let src = crate::ops::open_disk(
+            Path::new("/d.raw"),
+            Some(crate::image::ImageFormat::Raw),
+            &opts,
+        )
+        .unwrap();
         let created = create(
             Path::new("/a.ova"),
             &*ns,

@@ -14,9 +14,9 @@
 use std::path::Path;
 
 use crate::aligned_buf::AlignedBuf;
-use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::format::descriptor::CID_NONE;
+use crate::image::Disk;
 use crate::image::{Image, OpenOptions};
 use crate::map::{MapEntry, MapTarget};
 use crate::walk::{NoDisk, PairWalker};
@@ -145,9 +145,9 @@ fn copy_differences(
 ) -> Result<()> {
     let end = own.start + own.length;
     // A missing chain is a disk of no bytes: walked, it reads as zeros throughout.
-    let (old_src, new_src): (&dyn Source, &dyn Source) = (
-        old.map_or(&NoDisk as &dyn Source, |l| l),
-        new.map_or(&NoDisk as &dyn Source, |l| l),
+    let (old_src, new_src): (&dyn Disk, &dyn Disk) = (
+        old.map_or(&NoDisk as &dyn Disk, |l| l),
+        new.map_or(&NoDisk as &dyn Disk, |l| l),
     );
     // Walk both maps together; stretches where neither side holds data read as zeros on
     // both sides and need no reading.

@@ -1,14 +1,14 @@
 //! A stretch of a source seen as a disk of its own (`vmdk dd`'s `skip=`/`count=`/`osize=`):
 //! the conversion engine then copies it like any disk, holes and zero grains included.
 
-use crate::convert::Source;
 use crate::error::{Error, Result};
+use crate::image::Disk;
 use crate::map::{MapBuilder, MapEntry, MapTarget};
 use crate::storage::FileId;
 
 /// `len` bytes of `src` from `offset`, then zeros up to `size` bytes in all.
 pub struct SourceWindow<'a> {
-    src: &'a dyn Source,
+    src: &'a dyn Disk,
     offset: u64,
     len: u64,
     size: u64,
@@ -16,7 +16,7 @@ pub struct SourceWindow<'a> {
 
 impl<'a> SourceWindow<'a> {
     /// The window `[offset, offset + len)` of `src`, padded with zeros (or cut) to `size`.
-    pub fn new(src: &'a dyn Source, offset: u64, len: u64, size: u64) -> Result<Self> {
+    pub fn new(src: &'a dyn Disk, offset: u64, len: u64, size: u64) -> Result<Self> {
         if offset.checked_add(len).is_none_or(|end| end > src.size()) {
             return Err(Error::invalid(format!(
                 "range {offset}+{len} is outside the {}-byte source",
@@ -42,7 +42,7 @@ impl<'a> SourceWindow<'a> {
     }
 }
 
-impl Source for SourceWindow<'_> {
+impl Disk for SourceWindow<'_> {
     fn size(&self) -> u64 {
         self.size
     }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::names::{chain, display, extent_name};
-use crate::convert::Source;
 use crate::error::Result;
 use crate::extent::ExtentKind;
+use crate::image::Disk;
 use crate::walk::MapWalker;
 use crate::{ExtentFile, Image, MapEntry, MapTarget};
 
@@ -215,7 +215,7 @@ impl MapReporter {
 /// `qemu-img map --output=json` lists them. Like qemu-img, an empty range still yields one
 /// zero-length entry.
 pub fn merged_entries(
-    src: &dyn Source,
+    src: &dyn Disk,
     reporter: &mut MapReporter,
     start: u64,
     end: u64,

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 
 use super::options::*;
 use super::pipeline::*;
-use super::source::*;
 use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
+use crate::image::Disk;
 use crate::map::{MapEntry, MapTarget};
 use crate::stream_writer::is_zero;
 use crate::walk::PairWalker;
@@ -46,7 +46,7 @@ const COMPARE_READ: u64 = 1 << 20;
 /// The cost is proportional to the data and the map entries of the two sources, not to
 /// their size: stretches where neither holds data are skipped without being read or cut
 /// into work items.
-pub fn compare(a: &dyn Source, b: &dyn Source, progress: Progress) -> Result<CompareResult> {
+pub fn compare(a: &dyn Disk, b: &dyn Disk, progress: Progress) -> Result<CompareResult> {
     compare_with(a, b, 0, progress)
 }
 
@@ -74,11 +74,7 @@ impl CompareItems<'_> {
 /// The first offset below `end` where one source has something allocated (anything but
 /// [`MapTarget::Unallocated`]) and the other does not: `qemu-img compare -s`'s block-status
 /// comparison. Huge unallocated stretches cost one step.
-pub fn first_allocation_difference(
-    a: &dyn Source,
-    b: &dyn Source,
-    end: u64,
-) -> Result<Option<u64>> {
+pub fn first_allocation_difference(a: &dyn Disk, b: &dyn Disk, end: u64) -> Result<Option<u64>> {
     let allocated = |t: &MapTarget| !matches!(t, MapTarget::Unallocated);
     let mut pairs = PairWalker::new(a, b, 0, end);
     while let Some((start, _, ea, eb)) = pairs.next()? {
@@ -91,8 +87,8 @@ pub fn first_allocation_difference(
 
 /// [`compare`] with an explicit worker count (0 = number of CPUs).
 pub fn compare_with(
-    a: &dyn Source,
-    b: &dyn Source,
+    a: &dyn Disk,
+    b: &dyn Disk,
     threads: usize,
     progress: Progress,
 ) -> Result<CompareResult> {
@@ -171,8 +167,8 @@ fn read_piece(e: &MapEntry, off: u64, buf: &mut [u8]) -> Result<()> {
 /// one, it counts as zeros). Gives up (`None`) on reaching `found_before`, a difference some
 /// other worker already found.
 fn compare_range(
-    a: &dyn Source,
-    b: &dyn Source,
+    a: &dyn Disk,
+    b: &dyn Disk,
     start: u64,
     end: u64,
     found_before: &AtomicU64,

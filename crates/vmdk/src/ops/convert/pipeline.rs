@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{mpsc, Condvar, Mutex};
 
-use super::source::*;
 use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::format::SECTOR_SIZE;
+use crate::image::Disk;
 use crate::map::{MapEntry, MapTarget};
 use crate::stream_writer::{is_zero, GRAIN_SECTORS};
 
@@ -47,7 +47,7 @@ pub(super) struct Task {
 
 /// Cuts the source's map into tasks, front to back.
 pub(super) struct Planner<'a> {
-    src: &'a dyn Source,
+    src: &'a dyn Disk,
     size: u64,
     align: u64,
     max_task: u64,
@@ -62,7 +62,7 @@ pub(super) struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     pub(super) fn new(
-        src: &'a dyn Source,
+        src: &'a dyn Disk,
         align: u64,
         max_task: u64,
         want: fn(&MapEntry) -> bool,

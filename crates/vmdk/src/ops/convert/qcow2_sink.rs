@@ -18,12 +18,13 @@ use std::path::Path;
 
 use super::options::*;
 use super::pipeline::*;
-use super::source::*;
 use crate::aligned_buf::AlignedBuf;
 use crate::create::refuse_to_overwrite;
 use crate::error::{Error, Result};
-use crate::image::{FileFormat, OpenOptions};
+use crate::image::OpenOptions;
+use crate::image::{Disk, ImageFormat};
 use crate::map::MapEntry;
+use crate::ops::open_disk;
 use crate::qcow2::layout::{Preallocation, Qcow2CreateOptions};
 use crate::qcow2::writer::Qcow2Writer;
 use crate::stream_writer::is_zero;
@@ -88,7 +89,7 @@ fn open_backing(
     dst: &Path,
     create: &Qcow2CreateOptions,
     ns: &std::sync::Arc<dyn crate::namespace::Namespace>,
-) -> Result<Option<(String, Box<dyn Source>)>> {
+) -> Result<Option<(String, Box<dyn Disk>)>> {
     let Some(name) = &create.backing_file else {
         return Ok(None);
     };
@@ -96,16 +97,10 @@ fn open_backing(
     let fail =
         |e: Error| Error::new(e.kind(), format!("could not open backing file: {e}")).with_path(dst);
     let fmt = match &create.backing_format {
-        Some(f) => f.clone(),
-        None => match crate::image::probe_in(&**ns, &bpath).map_err(fail)? {
-            Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => "qcow2",
-            Some(FileFormat::Foreign(f)) => {
-                return Err(fail(crate::image::foreign_format_error(&bpath, f)))
-            }
-            Some(_) => "vmdk",
-            None => "raw",
-        }
-        .to_string(),
+        Some(f) => f
+            .parse::<ImageFormat>()
+            .map_err(|e| fail(e.with_path(&bpath)))?,
+        None => ImageFormat::probe_in(&**ns, &bpath).map_err(fail)?,
     };
     // Like qemu-img, read the backing file without excluding its other users.
     let open = OpenOptions {
@@ -115,8 +110,8 @@ fn open_backing(
         namespace: Some(ns.clone()),
         ..Default::default()
     };
-    let src = open_source(&bpath, Some(&fmt), &open).map_err(fail)?;
-    Ok(Some((fmt, src)))
+    let src = open_disk(&bpath, Some(fmt), &open).map_err(fail)?;
+    Ok(Some((fmt.to_string(), src)))
 }
 
 /// Write `src` to a new qcow2 image at `dst` (see the [module docs](self)).
@@ -126,7 +121,7 @@ fn open_backing(
 /// (object storage) is refused, since the image's tables are written after its data.
 /// `opts.compress` stores clusters compressed; `opts.target_exists` (`-n`) is refused.
 pub fn convert_to_qcow2(
-    src: &dyn Source,
+    src: &dyn Disk,
     dst: &Path,
     create: &Qcow2CreateOptions,
     opts: &ConvertOptions,
@@ -283,7 +278,7 @@ pub fn convert_to_qcow2(
 /// The backing file's bytes for `[start, start + len)` (zeros past its end), in a pooled
 /// buffer, read through the same task filler as the source.
 fn read_backing(
-    b: &dyn Source,
+    b: &dyn Disk,
     start: u64,
     len: usize,
     scratch: &mut Scratch,

@@ -5,13 +5,13 @@ use std::path::Path;
 
 use super::options::*;
 use super::pipeline::*;
-use super::source::*;
 use crate::aligned_buf::AlignedBuf;
 use crate::create::refuse_to_overwrite;
 use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::format::SECTOR_SIZE;
+use crate::image::Disk;
 use crate::image::OpenOptions;
 use crate::map::{MapEntry, MapTarget};
 use crate::stream_writer::{is_zero, StreamWriter};
@@ -22,7 +22,7 @@ use crate::stream_writer::{is_zero, StreamWriter};
 /// source maps as zero or unallocated are never read, and all-zero 4 KiB blocks inside data
 /// are left as holes.
 pub fn convert_to_raw(
-    src: &dyn Source,
+    src: &dyn Disk,
     dst: &Path,
     opts: &ConvertOptions,
     progress: Progress,
@@ -95,7 +95,7 @@ pub fn convert_to_raw(
 /// [`convert_to_raw`] into a destination written front to back only (an upload): tasks go
 /// out in disk order, the stretches between them as zeros.
 fn convert_to_raw_stream(
-    src: &dyn Source,
+    src: &dyn Disk,
     dst: &Path,
     ns: &dyn crate::namespace::Namespace,
     out_size: u64,
@@ -155,7 +155,7 @@ struct Encoded {
 /// `opts.compress` is an error for flat subformats and, as in qemu-img, has no effect on
 /// monolithicSparse/twoGbMaxExtentSparse (only stream images hold compressed grains).
 pub fn convert_to_vmdk(
-    src: &dyn Source,
+    src: &dyn Disk,
     dst: &Path,
     create: &CreateOptions,
     opts: &ConvertOptions,
@@ -275,7 +275,7 @@ pub fn convert_to_vmdk(
 /// worker threads and finish it: the engine under streamOptimized output, whatever the
 /// destination (a file, a tar member, an upload).
 pub fn convert_to_stream(
-    src: &dyn Source,
+    src: &dyn Disk,
     mut writer: StreamWriter,
     opts: &ConvertOptions,
     threads: usize,
