@@ -48,7 +48,8 @@ impl OpenArgs {
         let mut o = OpenOptions::new()
             .allow_unsafe_paths(self.allow_unsafe_paths)
             .ignore_cid_mismatch(self.ignore_cid_mismatch)
-            .force_share(self.force_share);
+            .force_share(self.force_share)
+            .in_namespace(crate::namespace());
         o.allow_paths = allowed_dirs(&self.allow_path);
         o
     }
@@ -98,7 +99,7 @@ pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
         Some(ImageFormat::Vmdk) => Ok(Fmt::Vmdk),
         Some(ImageFormat::Raw) => Ok(Fmt::Raw),
         Some(ImageFormat::Qcow2) => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
-        None => Ok(match vmdk::image::probe_path(path)? {
+        None => Ok(match vmdk::image::probe_in(&*crate::namespace(), path)? {
             Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
             Some(_) => Fmt::Vmdk,
             None => Fmt::Raw,
@@ -212,6 +213,8 @@ pub struct VmdkOptions {
 /// backing_fmt / size are accepted (create) or not (convert).
 pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
     let mut v = VmdkOptions::default();
+    // New files (and a backing file named here) go through the command's namespace.
+    v.create.namespace = Some(crate::namespace());
     for (k, val) in opts {
         match k.as_str() {
             "subformat" => v.create.subformat = Subformat::parse(val)?,

@@ -53,8 +53,9 @@ pub use image::{probe, DescriptorLocation, Disk, FileFormat, Image, ImageFormat,
 pub use inspect::{inspect, InspectPolicy, InspectReport, Verdict};
 pub use io_adapter::ImageReader;
 pub use map::{ExtentFile, MapEntry, MapTarget};
-pub use namespace::{LocalNamespace, MemNamespace, Namespace, OpenMode};
+pub use namespace::{LocalNamespace, MemNamespace, Namespace, OpenMode, RouterNamespace};
 pub use ops::{open_disk, open_source};
+pub use ova::default_namespace;
 pub use storage::{FileId, FileStorage, MemStorage, Storage};
 
 #[cfg(test)]

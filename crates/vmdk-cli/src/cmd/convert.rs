@@ -107,6 +107,7 @@ pub fn run(a: Args) -> Result<u8> {
         target_exists: a.no_create,
         target_is_zero: a.target_is_zero,
         salvage: a.salvage,
+        target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
     let target = match output_format(&a.out_format)? {
@@ -243,7 +244,10 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
 fn make_durable(dst: &std::path::Path, vmdk: bool) -> Result<()> {
     let mut files = vec![dst.to_path_buf()];
     if vmdk {
-        let img = vmdk::OpenOptions::new().open_backing(false).open(dst)?;
+        let img = vmdk::OpenOptions::new()
+            .open_backing(false)
+            .in_namespace(crate::namespace())
+            .open(dst)?;
         files.extend(
             img.extents()
                 .iter()

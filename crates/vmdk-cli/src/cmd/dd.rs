@@ -79,7 +79,10 @@ pub fn run(a: Args) -> Result<u8> {
         None => size - start,
     };
     let window = SourceWindow::new(&*src, start, len, osize.unwrap_or(len))?;
-    let copts = ConvertOptions::default();
+    let copts = ConvertOptions {
+        target_namespace: Some(crate::namespace()),
+        ..Default::default()
+    };
     let opts = split_options(&a.options)?;
     match output_format(&a.out_format)? {
         ImageFormat::Raw => {

@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<u8> {
 
 fn info(a: InfoArgs) -> Result<u8> {
     let lock = LockRequest::for_open(FileRole::Metadata, false, a.force_share);
-    let info = ova::inspect(&a.ova, Some(lock), a.threads)?;
+    let info = ova::inspect_in(&crate::namespace(), &a.ova, Some(lock), a.threads)?;
     let mut out = std::io::stdout().lock();
     match a.output {
         OutputFormat::Json => to_node(&info).print_json(&mut out)?,
@@ -392,7 +392,7 @@ fn create(a: CreateArgs) -> Result<u8> {
     let refs: Vec<&dyn vmdk::Disk> = sources.iter().map(|s| &**s).collect();
     let pb = Progress::new(a.progress);
     let progress = |done: u64, total: u64| pb.update(done, total);
-    let ns = vmdk::namespace::default();
+    let ns = crate::namespace();
     let r = ova::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
     pb.end(r.is_ok());
     r?;

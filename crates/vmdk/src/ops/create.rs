@@ -152,11 +152,12 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
-    /// The namespace new files are created in ([`CreateOptions::namespace`], or host files).
+    /// The namespace new files are created in ([`CreateOptions::namespace`], or the
+    /// library's [`default_namespace`](crate::ova::default_namespace)).
     pub fn namespace(&self) -> Arc<dyn Namespace> {
         self.namespace
             .clone()
-            .unwrap_or_else(crate::namespace::default)
+            .unwrap_or_else(|| crate::ova::default_namespace())
     }
 }
 

@@ -186,11 +186,4 @@ impl Namespace for OvaNamespace {
     fn stream_only(&self, _name: &Path) -> bool {
         self.outer.stream_only(&self.archive)
     }
-
-    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
-        match self.member_of(name)? {
-            None => self.outer.open_whole(&self.archive, mode),
-            Some(_) => self.open(name, mode),
-        }
-    }
 }

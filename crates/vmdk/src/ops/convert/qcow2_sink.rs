@@ -142,7 +142,7 @@ pub fn convert_to_qcow2(
     let ns = opts
         .target_namespace
         .clone()
-        .unwrap_or_else(crate::namespace::default);
+        .unwrap_or_else(|| crate::ova::default_namespace());
     if ns.stream_only(dst) {
         return Err(Error::invalid(
             "qcow2 output needs a destination it can write anywhere (its tables are written \

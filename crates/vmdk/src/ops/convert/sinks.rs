@@ -34,7 +34,7 @@ pub fn convert_to_raw(
     let ns = opts
         .target_namespace
         .clone()
-        .unwrap_or_else(crate::namespace::default);
+        .unwrap_or_else(|| crate::ova::default_namespace());
     refuse_to_overwrite(
         &*ns,
         dst,

@@ -57,6 +57,7 @@ use crate::error::{Error, Result};
 use crate::format::foreign;
 use crate::format::qemu_view;
 use crate::image::FileFormat;
+use crate::storage::namespace::{OpenMode, RouterNamespace};
 use crate::storage::Storage;
 
 /// Bytes of one grain directory (primary or redundant) read at most: 1 MiB of entries
@@ -241,13 +242,24 @@ pub(crate) fn extent_names(open: &crate::format::qemu_view::DescriptorFileOpen) 
     out.join(", ")
 }
 
-/// Inspect the file `path` names (in the default namespace: a host file, an archive
-/// member, an object), opening only it and taking no lock. An archive named as a whole
-/// (`X.ova`) is inspected as an archive, not as its first disk. A FIFO, device or directory
-/// is refused before it is opened (reading one could block or read a host disk).
+/// Inspect the file `path` names in the library's
+/// [`default_namespace`](crate::ova::default_namespace) (a host file, an archive member):
+/// [`inspect_in`] that namespace.
 pub fn inspect_path(path: &Path, policy: &InspectPolicy) -> Result<InspectReport> {
-    let storage =
-        crate::namespace::default().open_whole(path, crate::namespace::OpenMode::read_only())?;
+    inspect_in(&crate::ova::default_namespace(), path, policy)
+}
+
+/// Inspect the file `path` names in `ns` (a host file, an archive member, an object when
+/// `ns` has an object-storage backend), opening only it and taking no lock. An archive
+/// named as a whole (`X.ova`) is inspected as an archive, not as its first disk
+/// ([`RouterNamespace::open_file`]). A FIFO, device or directory is refused before it is
+/// opened (reading one could block or read a host disk).
+pub fn inspect_in(
+    ns: &RouterNamespace,
+    path: &Path,
+    policy: &InspectPolicy,
+) -> Result<InspectReport> {
+    let storage = ns.open_file(path, OpenMode::read_only())?;
     inspect_storage(&*storage, &path.display().to_string(), policy).map_err(|e| e.with_path(path))
 }
 

@@ -58,4 +58,8 @@ impl Namespace for LocalNamespace {
     fn identity(&self, name: &Path) -> Result<Option<FileId>> {
         FileId::of_path(name).map_err(|e| Error::io(e, "cannot stat").with_path(name))
     }
+
+    fn is_file(&self, name: &Path) -> bool {
+        std::fs::metadata(name).is_ok_and(|m| m.is_file())
+    }
 }

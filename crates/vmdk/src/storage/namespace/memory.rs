@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Namespace, OpenMode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::paths::{self, PathPolicy};
+use crate::storage::paths;
 use crate::storage::{FileId, MemStorage, Storage};
 
 /// A set of named in-memory files. Names are resolved lexically (there are no symlinks),
@@ -75,16 +75,6 @@ impl MemNamespace {
 }
 
 impl Namespace for MemNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        paths::resolve_lexically(referrer, name, what, policy)
-    }
-
     fn open(&self, name: &Path, _mode: OpenMode) -> Result<Arc<dyn Storage>> {
         match self.files().get(&Self::key(name)) {
             Some(s) => Ok(s.clone()),
@@ -115,6 +105,7 @@ impl Namespace for MemNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::paths::PathPolicy;
 
     #[test]
     fn names_resolve_inside_their_directory_only() {

@@ -20,7 +20,7 @@ mod sink;
 
 pub use local::LocalNamespace;
 pub use memory::MemNamespace;
-pub use router::{register_backend, Backend, RouterNamespace};
+pub use router::{Backend, RouterNamespace};
 pub use sink::{AppendOutput, StorageOutput, StorageSink, StreamSink};
 
 use std::fmt;
@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::lock::LockRequest;
-use crate::paths::PathPolicy;
+use crate::storage::lock::LockRequest;
+use crate::storage::paths::{self, PathPolicy};
 use crate::storage::{FileId, Storage};
 
 /// How a file is opened.
@@ -56,15 +56,23 @@ pub trait Namespace: Send + Sync + fmt::Debug {
     /// The name `name` stands for when it is written inside the file `referrer` (a
     /// descriptor's extent line, a `parentFileNameHint`): relative to the referrer's
     /// directory. A name whose file lies outside that directory and outside every directory
-    /// `policy` allows is refused with [`ErrorKind::UnsafePath`](crate::ErrorKind::UnsafePath)
-    /// (the path gate); `what` names the reference in the message ("extent file").
+    /// `policy` allows is refused with
+    /// [`ErrorKind::UnsafePath`](crate::error::ErrorKind::UnsafePath) (the path gate);
+    /// `what` names the reference in the message ("extent file").
+    ///
+    /// The default applies the gate lexically ([`paths::resolve_lexically`]), which is
+    /// exact for namespaces without symlinks (memory, a caller's file objects). A namespace
+    /// whose names can be symlinks must judge real locations instead, as
+    /// [`LocalNamespace`] does.
     fn resolve(
         &self,
         referrer: &Path,
         name: &str,
         what: &str,
         policy: &PathPolicy,
-    ) -> Result<PathBuf>;
+    ) -> Result<PathBuf> {
+        paths::resolve_lexically(referrer, name, what, policy)
+    }
 
     /// Open the existing file `name`. Only regular files (and devices, when `mode` allows)
     /// are opened: a FIFO would hang, a directory is a mistake.
@@ -105,27 +113,21 @@ pub trait Namespace: Send + Sync + fmt::Debug {
     /// Remove the file `name` (an extent a shrink drops).
     fn remove(&self, name: &Path) -> Result<()>;
 
-    /// Open the file `name` itself, read-only, as it is stored: the same as
-    /// [`Namespace::open`] except where this namespace serves the name as something inside
-    /// it (an OVA archive's own name stands for its first disk; this opens the archive, for
-    /// `ova info`).
-    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
-        self.open(name, mode)
-    }
-
     /// Whether `name` exists.
     fn exists(&self, name: &Path) -> bool {
         matches!(self.identity(name), Ok(Some(_)))
+    }
+
+    /// Whether `name` is a regular file (not a directory, device or FIFO). The default is
+    /// [`Namespace::exists`], right for namespaces that hold only files (memory, objects);
+    /// host files override it. Backends use it to tell an archive from a directory of the
+    /// same name without opening it.
+    fn is_file(&self, name: &Path) -> bool {
+        self.exists(name)
     }
 }
 
 /// The host's files only.
 pub fn local() -> Arc<dyn Namespace> {
     Arc::new(LocalNamespace)
-}
-
-/// The namespace used when none is given: host files, and every name a registered
-/// [`Backend`] claims (see [`RouterNamespace`]).
-pub fn default() -> Arc<dyn Namespace> {
-    Arc::new(RouterNamespace)
 }
