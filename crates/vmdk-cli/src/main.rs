@@ -26,7 +26,7 @@ use vmdk::ova::OvaBackend;
 /// object-storage client per process) and hands it to every library call that takes a
 /// name: `OpenOptions::in_namespace` (through [`opts::OpenArgs::options`]), the
 /// `namespace` of `CreateOptions`, `ConvertOptions::target_namespace`, `inspect_in`,
-/// `ova::inspect_in` and `ova::create`.
+/// `ova::inspect_in` and `ova_create::create`.
 pub fn namespace() -> Arc<RouterNamespace> {
     static NS: OnceLock<Arc<RouterNamespace>> = OnceLock::new();
     NS.get_or_init(|| {

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use vmdk::lock::{FileRole, LockRequest};
+use vmdk::ops::ova_create::{self, OvaOptions};
 use vmdk::ova::manifest::Status;
-use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvaOptions, OvfSource};
+use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvfSource};
 use vmdk::report::text::Printable;
 
 use crate::opts::OpenArgs;
@@ -393,7 +394,7 @@ fn create(a: CreateArgs) -> Result<u8> {
     let pb = Progress::new(a.progress);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let ns = crate::namespace();
-    let r = ova::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
+    let r = ova_create::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
     pb.end(r.is_ok());
     r?;
     Ok(0)

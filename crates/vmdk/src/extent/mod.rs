@@ -19,8 +19,8 @@ pub mod write_map;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::extent::map::{ExtentFile, MapTarget};
 use crate::format::descriptor::{ExtentAccess, ExtentType};
-use crate::map::{ExtentFile, MapTarget};
 pub use grain_directory::GrainDirectory;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
 pub use write_map::WriteOp;

@@ -7,7 +7,7 @@
 //! ([`SourceWindow`](crate::ops::source_window::SourceWindow)) implement it. It lives in
 //! the image layer, not with convert, so that the layers between (qcow2's backing files,
 //! the walks in [`super::walk`]) can name it without naming an operation. Opening a file
-//! as a disk of the format given or probed is [`open_disk`](crate::ops::open_disk), in the
+//! as a disk of the format given or probed is [`open_disk`](fn@crate::ops::open_disk), in the
 //! operations layer because it names qcow2.
 
 use std::fmt;

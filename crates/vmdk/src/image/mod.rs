@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
 use crate::extent::{Extent, ExtentKind};
 use crate::format::descriptor::{Descriptor, ExtentAccess};
-use crate::map::{MapBuilder, MapEntry, MapTarget};
-use crate::namespace::Namespace;
+use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
 mod descriptor;
@@ -64,7 +64,7 @@ pub struct Image {
     pub(crate) backing: Option<Box<Image>>,
     pub(crate) writable: bool,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) write_state: crate::write::WriteState,
+    pub(crate) write_state: crate::image::write::WriteState,
     /// Where this image's files are (new extents of a resize go there too).
     pub(crate) namespace: Arc<dyn Namespace>,
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::Image;
 use crate::error::Result;
-use crate::lock::{FileRole, LockRequest};
-use crate::namespace::Namespace;
-use crate::paths::PathPolicy;
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::Namespace;
+use crate::storage::paths::PathPolicy;
 
 /// Most memory the grain directories of an image and its backing chain may take together
 /// (checked before each directory is allocated). 512 MiB is 128M four-byte entries: 4 PiB
@@ -32,7 +32,7 @@ pub struct OpenOptions {
     /// an image may name as extents or backing files. The CLI fills this from
     /// `--allow-path` and `VMDK_ALLOW_PATHS` ([`PathPolicy::dirs_from_env`]).
     pub allow_paths: Vec<PathBuf>,
-    /// Take QEMU-compatible image locks on every file the image uses (see [`crate::lock`]),
+    /// Take QEMU-compatible image locks on every file the image uses (see [`crate::storage::lock`]),
     /// so a `vmdk` and a QEMU process never write one image at once. On by default; turn it
     /// off only when the caller excludes other users itself.
     pub locking: bool,

@@ -9,7 +9,7 @@ use crate::format::descriptor::Descriptor;
 use crate::format::foreign::{self, ForeignFormat};
 use crate::format::sesparse_header;
 use crate::format::sparse_header::SPARSE_MAGIC;
-use crate::namespace::{Namespace, OpenMode};
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::Storage;
 
 /// What kind of file was probed.

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::extent::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::image::OpenOptions;
-use crate::lock::{FileRole, LockRequest};
-use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::namespace::OpenMode;
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::OpenMode;
 
 /// A raw disk image (regular file or block device), read-only.
 #[derive(Debug)]

@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
+use crate::extent::map::{MapEntry, MapTarget};
 use crate::image::Disk;
-use crate::map::{MapEntry, MapTarget};
 
 /// Entries asked of the source at a time.
 const BATCH: usize = 1024;

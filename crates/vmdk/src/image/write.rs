@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{ExtentKind, WriteOp};
-use crate::format::descriptor::ExtentAccess;
+use crate::format::descriptor::{ExtentAccess, CID_NONE};
 use crate::image::{DescriptorLocation, Image};
 
 /// Per-image state used by writers.
@@ -17,6 +17,18 @@ pub struct WriteState {
     cid_updated: AtomicBool,
     new_cid: AtomicU32,
     cid_lock: Mutex<()>,
+}
+
+/// A fresh random CID (never the "no parent" value). Here, in the image layer, because
+/// the first write to an image changes its CID; a new image (`ops::create`) gets its
+/// first one from here too.
+pub fn random_cid() -> u32 {
+    loop {
+        let c: u32 = rand::random();
+        if c != CID_NONE {
+            return c;
+        }
+    }
 }
 
 impl Image {
@@ -70,7 +82,7 @@ impl Image {
         if self.write_state.cid_updated.load(Ordering::Acquire) {
             return Ok(());
         }
-        let cid = crate::create::random_cid();
+        let cid = random_cid();
         self.write_cid(cid)?;
         self.write_state.new_cid.store(cid, Ordering::Release);
         self.write_state.cid_updated.store(true, Ordering::Release);
@@ -325,7 +337,7 @@ impl Image {
     /// Start writing the image's dirty data (every writable extent file) to the device
     /// without waiting for it, so that the next [`Image::flush`] finds little left to do.
     /// Long copies call it as they go: the disk then works while the copy runs, instead of
-    /// all of it after the copy, in the final flush (see [`crate::commit`]).
+    /// all of it after the copy, in the final flush (see [`crate::ops::commit`]).
     pub fn start_writeback(&self) -> Result<()> {
         self.each_written_file(|s| s.start_writeback(), "writing back")
     }

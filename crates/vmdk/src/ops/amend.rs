@@ -3,9 +3,9 @@
 //! geometry that goes with it), the virtual hardware and tools versions. Only the lines that
 //! change are rewritten; every other byte of the descriptor stays as it was.
 
-use crate::create::{geometry, AdapterType};
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::ops::create::{geometry, AdapterType};
 
 /// What to change; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +26,7 @@ pub struct AmendOptions {
 pub fn amend(img: &Image, opts: &AmendOptions) -> Result<()> {
     if !img.is_writable() {
         return Err(Error::new(
-            crate::ErrorKind::ReadOnly,
+            crate::error::ErrorKind::ReadOnly,
             "the image must be opened for writing to amend it",
         )
         .with_path(img.path()));

@@ -77,7 +77,7 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// End of the used part of the image file (single sparse extent images only).
     pub image_end_offset: Option<u64>,
-    /// Leaked clusters a repair gave back (see [`crate::repair`]); 0 for a plain check.
+    /// Leaked clusters a repair gave back (see [`crate::ops::repair`]); 0 for a plain check.
     pub leaks_fixed: u64,
     /// Corruptions (and redundant-copy disagreements) a repair fixed; 0 for a plain check.
     pub corruptions_fixed: u64,

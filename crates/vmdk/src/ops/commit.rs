@@ -9,12 +9,12 @@
 
 use std::path::Path;
 
-use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
+use crate::extent::map::MapTarget;
+use crate::image::walk::MapWalker;
 use crate::image::{Image, OpenOptions};
-use crate::map::MapTarget;
+use crate::storage::aligned_buf::AlignedBuf;
 use crate::storage::FileId;
-use crate::walk::MapWalker;
 
 /// How to commit.
 #[derive(Debug, Clone, Default)]

@@ -62,7 +62,7 @@ pub fn compact(
     }
     .open(path)?;
     let extents = compactable_extents(&img)?;
-    let report = crate::check::check(&img)?;
+    let report = crate::ops::check::check(&img)?;
     if report.corruption_count() > 0 || report.check_errors > 0 {
         return Err(Error::corrupt(
             "the image has errors; repair it ('check -r all') before compacting",

@@ -12,7 +12,7 @@ use crate::format::sparse_header::{
     FLAG_ZERO_GRAIN, NEWLINE_CHECK,
 };
 use crate::format::SECTOR_SIZE;
-use crate::namespace::Namespace;
+use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
 /// Refuse to create (and so truncate) `path` in `ns` when it is one of the files in `spare`,
@@ -201,15 +201,8 @@ pub fn geometry(size: u64, adapter: AdapterType) -> (u64, u32, u32) {
     (size / (63 * heads as u64 * SECTOR_SIZE), heads, 63)
 }
 
-/// A fresh random CID (never the "no parent" value).
-pub fn random_cid() -> u32 {
-    loop {
-        let c: u32 = rand::random();
-        if c != CID_NONE {
-            return c;
-        }
-    }
-}
+// New images get their first CID the way a write gets its next one.
+pub use crate::image::write::random_cid;
 
 /// The descriptor qemu-img would write for these options (plus a `ddb.uuid`), with the
 /// given extent lines and parent.
@@ -371,7 +364,7 @@ pub fn flat_extent(ns: &dyn Namespace, path: &Path, size: u64) -> Result<Arc<dyn
 ///
 /// A backing file is named as the user gave it (`parentFileNameHint`), relative to the new
 /// image's directory, and opened to read its CID wherever it is; whether the new image can
-/// later be opened with its backing depends on the path gate then (see [`crate::paths`]).
+/// later be opened with its backing depends on the path gate then (see [`crate::storage::paths`]).
 /// Refuses to overwrite any file the backing chain uses.
 pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     create_sparing(path, size, opts, &[])
@@ -412,7 +405,7 @@ pub fn create_sparing(
             if b.is_empty() || b.contains('\0') {
                 return Err(Error::invalid("invalid backing file name").with_path(path));
             }
-            let bpath = crate::paths::directory_of(path).join(b);
+            let bpath = crate::storage::paths::directory_of(path).join(b);
             // Like qemu-img, read the backing file without excluding its other users: only
             // its size and CID are needed.
             let parent = crate::image::OpenOptions {

@@ -2,17 +2,17 @@
 //! not implement): the space a fresh image of a given size takes with the data a source
 //! holds (*required*), and with every grain allocated (*fully allocated*).
 //!
-//! The figures follow the layouts [`crate::create`] and [`crate::stream_writer`] really
+//! The figures follow the layouts [`crate::ops::create`] and [`crate::ops::stream_writer`] really
 //! write, so `required` is what `vmdk convert` produces (for streamOptimized an upper bound:
 //! compressed sizes are known only after compressing).
 
-use crate::create::{sparse_layout, Subformat, DEFAULT_GRAIN_SECTORS, SPLIT_SIZE};
 use crate::error::{Error, Result};
 use crate::format::marker::compress_bound;
 use crate::format::marker::GRAIN_MARKER_SIZE;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
-use crate::stream_writer::{DESC_SECTORS, GT_ENTRIES};
+use crate::ops::create::{sparse_layout, Subformat, DEFAULT_GRAIN_SECTORS, SPLIT_SIZE};
+use crate::ops::stream_writer::{DESC_SECTORS, GT_ENTRIES};
 
 /// Host bytes a new image takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,13 +13,13 @@
 
 use std::path::Path;
 
-use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
+use crate::extent::map::{MapEntry, MapTarget};
 use crate::format::descriptor::CID_NONE;
+use crate::image::walk::{NoDisk, PairWalker};
 use crate::image::Disk;
 use crate::image::{Image, OpenOptions};
-use crate::map::{MapEntry, MapTarget};
-use crate::walk::{NoDisk, PairWalker};
+use crate::storage::aligned_buf::AlignedBuf;
 
 /// How to rebase.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,7 @@ pub fn rebase(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
     let flatten = rebase.backing.is_empty();
-    let new_path = crate::paths::directory_of(image).join(&rebase.backing);
+    let new_path = crate::storage::paths::directory_of(image).join(&rebase.backing);
     // The new backing file is the user's choice: opened wherever it is (its own extents and
     // backing files still pass the path gate). Read-only and shared, as for create -b.
     let open_new = || {

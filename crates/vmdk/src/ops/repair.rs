@@ -1,4 +1,4 @@
-//! `check -r leaks|all` (`qemu-img check -r`): repair what [`crate::check`] finds, then check
+//! `check -r leaks|all` (`qemu-img check -r`): repair what [`crate::ops::check`] finds, then check
 //! again.
 //!
 //! * **Leaks** (both modes): space no table references. A leak at the end of the file is
@@ -28,12 +28,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::check::{check_with_findings, CheckReport, ExtentFindings};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::grain_entry;
 use crate::format::SECTOR_SIZE;
 use crate::image::{Image, OpenOptions};
+use crate::ops::check::{check_with_findings, CheckReport, ExtentFindings};
 
 /// What `check -r` repairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,14 +23,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::create::{
-    flat_extent, geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE,
-};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::descriptor::ExtentType;
 use crate::format::SECTOR_SIZE;
 use crate::image::{DescriptorLocation, Image, OpenOptions};
+use crate::ops::create::{
+    flat_extent, geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE,
+};
 
 /// Largest virtual size: QEMU's and the NBD protocol's limit (a signed 64-bit offset).
 const MAX_SIZE: u64 = i64::MAX as u64 / SECTOR_SIZE * SECTOR_SIZE;
@@ -170,7 +170,7 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     let path = img.path();
     let mut sectors = Vec::new();
     let mut drop_files: Vec<PathBuf> = Vec::new();
-    let mut cut: Option<(std::sync::Arc<crate::map::ExtentFile>, u64)> = None;
+    let mut cut: Option<(std::sync::Arc<crate::extent::map::ExtentFile>, u64)> = None;
     let mut sparse_cut: Option<(&SparseExtent, u64, Vec<u64>)> = None;
     // Sparse data past the new end refuses the shrink before anything changes.
     for e in img.extents() {

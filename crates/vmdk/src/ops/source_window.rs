@@ -2,8 +2,8 @@
 //! the conversion engine then copies it like any disk, holes and zero grains included.
 
 use crate::error::{Error, Result};
+use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
 use crate::image::Disk;
-use crate::map::{MapBuilder, MapEntry, MapTarget};
 use crate::storage::FileId;
 
 /// `len` bytes of `src` from `offset`, then zeros up to `size` bytes in all.
@@ -87,7 +87,7 @@ impl Disk for SourceWindow<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw::RawFile;
+    use crate::image::raw::RawFile;
 
     #[test]
     fn window_shifts_and_pads() {

@@ -15,11 +15,10 @@
 //! destination, and memory stays at one grain table plus the grain directory whatever the
 //! disk size. Compression is separate from writing: a [`GrainEncoder`] turns grains into
 //! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
-//! records down in disk order; [`crate::convert::convert_to_vmdk`] runs encoders on all cores.
+//! records down in disk order; [`crate::ops::convert::convert_to_vmdk`] runs encoders on all cores.
 
 use std::path::{Path, PathBuf};
 
-use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::format::descriptor::{ExtentAccess, ExtentLine, ExtentType};
@@ -30,7 +29,8 @@ use crate::format::sparse_header::{
     NEWLINE_CHECK,
 };
 use crate::format::SECTOR_SIZE;
-use crate::namespace::StreamSink;
+use crate::ops::create::{CreateOptions, Subformat};
+use crate::storage::namespace::StreamSink;
 
 pub use crate::extent::compressed::MAX_LEVEL;
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
@@ -80,7 +80,7 @@ impl std::fmt::Debug for StreamWriter {
 impl StreamWriter {
     /// Create (or truncate) `path` in `opts`'s namespace as a streamOptimized image of
     /// `size` bytes (rounded up to 512), with the descriptor
-    /// [`crate::create::default_descriptor`] makes for `opts`. `level` is the zlib level
+    /// [`crate::ops::create::default_descriptor`] makes for `opts`. `level` is the zlib level
     /// [`StreamWriter::write_grain`] compresses at.
     pub fn create(
         path: &Path,
@@ -137,7 +137,7 @@ impl StreamWriter {
             .into_owned();
         let mut dopts = opts.clone();
         dopts.subformat = Subformat::StreamOptimized;
-        let desc = crate::create::default_descriptor(
+        let desc = crate::ops::create::default_descriptor(
             &dopts,
             size,
             vec![ExtentLine {
@@ -393,7 +393,7 @@ pub fn is_zero(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::namespace::{MemNamespace, Namespace};
+    use crate::storage::namespace::{MemNamespace, Namespace};
     use std::sync::Arc;
 
     fn writer(ns: &MemNamespace, size: u64) -> StreamWriter {
@@ -430,7 +430,7 @@ mod tests {
         let tail = (size - last * GRAIN_SECTORS * SECTOR_SIZE).next_multiple_of(SECTOR_SIZE);
         w.write_grain(last, &vec![9; tail as usize]).unwrap();
         w.finish().unwrap();
-        let img = crate::OpenOptions::new()
+        let img = crate::image::OpenOptions::new()
             .in_namespace(ns.clone())
             .open("s.vmdk")
             .unwrap();
@@ -444,7 +444,7 @@ mod tests {
         let mut b = vec![0; 1000];
         img.read_at(&mut b, last * gs).unwrap();
         assert!(b.iter().all(|&x| x == 9));
-        let report = crate::check(&img).unwrap();
+        let report = crate::ops::check::check(&img).unwrap();
         assert_eq!(report.corruption_count(), 0, "{:?}", report.corruptions);
     }
 

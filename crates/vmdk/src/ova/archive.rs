@@ -9,10 +9,10 @@ use super::member_storage::{member_id, MemberStorage};
 use super::ovf::{self, Envelope};
 use super::tar::{self, Member, MemberKind, TarIndex};
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::LockRequest;
-use crate::namespace::{Namespace, OpenMode};
-use crate::report::text::escape;
+use crate::storage::lock::LockRequest;
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, FileStorage, Storage};
+use crate::text::escape;
 
 /// An OVA archive opened for reading.
 #[derive(Debug)]

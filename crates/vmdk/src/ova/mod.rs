@@ -1,9 +1,8 @@
 //! OVA appliances: a tar archive of an OVF descriptor, a manifest and the disks.
 //!
-//! Reading: [`OvaBackend`] is a backend of a
-//! [`RouterNamespace`]; with it every command that takes an
-//! image accepts `X.ova` (its first disk) and `X.ova/DISK.vmdk`, read in place as a byte
-//! range of the archive ([`MemberStorage`]), never extracted. [`default_namespace`], the
+//! Reading: [`OvaBackend`] is a backend of a [`RouterNamespace`]; with it every command
+//! that takes an image accepts `X.ova` (its first disk) and `X.ova/DISK.vmdk`, read in
+//! place as a byte range of the archive ([`MemberStorage`]), never extracted. [`default_namespace`], the
 //! namespace the library opens in when its caller gives none, is a router holding it.
 //! [`inspect`] reports what an appliance is and checks its manifest; [`vet`] lists what is
 //! wrong with it as an importer would unpack it.
@@ -12,8 +11,10 @@
 //! below extents and images: so the image layer's default namespace can hold the OVA
 //! backend as a value, with no registry for this module to fill in from above.
 //!
-//! Writing: [`create`] writes disks as streamOptimized VMDKs straight into a new archive,
-//! `.ovf` first and `.mf` second, in one pass.
+//! Writing: the primitives [`layout`] (the descriptor's and manifest's space reserved at
+//! the front and filled in last, members written in place and hashed), [`compose`] and
+//! [`Template`]. Converting disks into members is the operation
+//! [`ops::ova_create`](crate::ops::ova_create), above this layer.
 //!
 //! ```text
 //! tar.rs             member index (ustar, GNU, pax; names as GNU tar extracts them; hostile
@@ -29,13 +30,14 @@
 //! vet.rs             what an importer would trip over: duplicate or unlisted members, ...
 //! compose.rs         writing an OVF vSphere imports
 //! template.rs        a user's OVF with the disk sizes filled in
-//! writer.rs          `ova create`: the one-pass archive writer
+//! layout.rs          writing: the front reserved and filled in last, members hashed
 //! ```
 
 mod archive;
 mod backend;
 pub mod compose;
 mod inspect;
+pub mod layout;
 pub mod manifest;
 mod member_storage;
 mod namespace;
@@ -45,11 +47,11 @@ pub mod tar;
 mod template;
 pub(crate) mod vet;
 
-pub use crate::ops::ova_create::{create, populated_size, CreatedOva, OvaOptions, OvfSource};
 pub use archive::Archive;
 pub use backend::{is_ova_name, OvaBackend};
 pub use compose::{ApplianceSpec, Controller, DiskFacts, Firmware};
 pub use inspect::{inspect, inspect_archive, inspect_in, OvaInfo};
+pub use layout::OvfSource;
 pub use member_storage::{member_id, MemberStorage};
 pub use namespace::OvaNamespace;
 pub use template::Template;

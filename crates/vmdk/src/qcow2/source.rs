@@ -16,12 +16,12 @@ use super::l2::{self, Cluster, Entry, SUBCLUSTERS};
 use super::l2_cache::L2Cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::compressed::CompressedGrain;
+use crate::extent::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
+use crate::image::raw::RawFile;
 use crate::image::Disk;
 use crate::image::{Image, ImageFormat, OpenOptions};
-use crate::lock::{FileRole, LockRequest};
-use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::namespace::OpenMode;
-use crate::raw::RawFile;
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::OpenMode;
 use crate::storage::FileId;
 
 /// Bytes of L2 tables kept in memory per image.
@@ -175,7 +175,7 @@ impl Qcow2Image {
 
     /// Open a backing file: of the format the header names, or probed from its content.
     ///
-    /// The same choice as [`open_disk`](crate::ops::open_disk), which cannot be called
+    /// The same choice as [`open_disk`](fn@crate::ops::open_disk), which cannot be called
     /// from here (it is an operation, above this layer); this one also carries the chain's
     /// depth and the files already visited into a qcow2 backing file.
     fn open_backing(

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::lock::LockRequest;
+use crate::storage::lock::LockRequest;
 
 /// A byte-addressed file that can be read and written at any offset from many threads at once.
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -214,7 +214,7 @@ impl FileStorage {
     }
 
     /// Open `path` for reading, and for writing too if `writable`, holding `lock`'s
-    /// QEMU-compatible locks for as long as the storage lives (see [`crate::lock`]).
+    /// QEMU-compatible locks for as long as the storage lives (see [`crate::storage::lock`]).
     pub fn open_locked(path: &Path, writable: bool, lock: Option<LockRequest>) -> Result<Self> {
         let s = Self::open(path, writable).map_err(|e| {
             Error::io(
@@ -228,7 +228,7 @@ impl FileStorage {
             .with_path(path)
         })?;
         if let Some(req) = lock {
-            crate::lock::lock(&s.file, path, req)?;
+            crate::storage::lock::lock(&s.file, path, req)?;
         }
         Ok(s)
     }
@@ -245,7 +245,7 @@ impl FileStorage {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
-        crate::lock::lock(&file, path, LockRequest::for_create())?;
+        crate::storage::lock::lock(&file, path, LockRequest::for_create())?;
         empty_file(&file, path)?;
         Ok(FileStorage {
             file,
@@ -399,7 +399,7 @@ impl Storage for FileStorage {
 #[derive(Default)]
 pub struct MemStorage {
     data: RwLock<Vec<u8>>,
-    /// Identity given by a [`crate::namespace::MemNamespace`].
+    /// Identity given by a [`crate::storage::namespace::MemNamespace`].
     id: Option<FileId>,
 }
 

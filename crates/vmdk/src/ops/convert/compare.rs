@@ -5,12 +5,12 @@ use std::sync::Mutex;
 
 use super::options::*;
 use super::pipeline::*;
-use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
+use crate::extent::map::{MapEntry, MapTarget};
+use crate::image::walk::PairWalker;
 use crate::image::Disk;
-use crate::map::{MapEntry, MapTarget};
-use crate::stream_writer::is_zero;
-use crate::walk::PairWalker;
+use crate::ops::stream_writer::is_zero;
+use crate::storage::aligned_buf::AlignedBuf;
 
 /// Result of [`compare`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@
 //! the writer, so memory is bounded (tens of MiB) whatever the disk size.
 //!
 //! What is read is any [`Disk`](crate::image::Disk) (opened by
-//! [`open_disk`](crate::ops::open_disk)). The parts: [`options`],
+//! [`open_disk`](fn@crate::ops::open_disk)). The parts: [`options`],
 //! [`pipeline`] (planner, workers, in-order writer), [`sinks`] (raw, sparse VMDK and stream
 //! outputs), [`qcow2_sink`] (qcow2 output) and [`compare`].
 

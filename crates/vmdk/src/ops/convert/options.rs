@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::pipeline::*;
 use crate::error::Result;
-use crate::map::MapEntry;
-use crate::namespace::Namespace;
+use crate::extent::map::MapEntry;
+use crate::storage::namespace::Namespace;
 
 /// Options for conversions.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             threads: 0,
             compress: false,
-            compression_level: crate::create::DEFAULT_COMPRESSION_LEVEL,
+            compression_level: crate::ops::create::DEFAULT_COMPRESSION_LEVEL,
             min_sparse: RAW_ZERO_BLOCK,
             target_exists: false,
             target_is_zero: false,

@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{mpsc, Condvar, Mutex};
 
-use crate::aligned_buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
+use crate::extent::map::{MapEntry, MapTarget};
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
-use crate::map::{MapEntry, MapTarget};
-use crate::stream_writer::{is_zero, GRAIN_SECTORS};
+use crate::ops::stream_writer::{is_zero, GRAIN_SECTORS};
+use crate::storage::aligned_buf::AlignedBuf;
 
 /// Largest task (virtual bytes one worker reads at once) when the writer copies its bytes:
 /// small enough that a task's buffer is still in the CPU cache when the writer gets to it

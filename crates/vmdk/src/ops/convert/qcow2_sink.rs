@@ -18,16 +18,16 @@ use std::path::Path;
 
 use super::options::*;
 use super::pipeline::*;
-use crate::aligned_buf::AlignedBuf;
-use crate::create::refuse_to_overwrite;
 use crate::error::{Error, Result};
+use crate::extent::map::MapEntry;
 use crate::image::OpenOptions;
 use crate::image::{Disk, ImageFormat};
-use crate::map::MapEntry;
+use crate::ops::create::refuse_to_overwrite;
 use crate::ops::open_disk;
+use crate::ops::stream_writer::is_zero;
 use crate::qcow2::layout::{Preallocation, Qcow2CreateOptions};
 use crate::qcow2::writer::Qcow2Writer;
-use crate::stream_writer::is_zero;
+use crate::storage::aligned_buf::AlignedBuf;
 
 /// What one cluster of a task becomes.
 enum Op {
@@ -88,12 +88,12 @@ fn deflate_cluster(level: u32, data: &[u8], out: &mut Vec<u8>) -> Result<bool> {
 fn open_backing(
     dst: &Path,
     create: &Qcow2CreateOptions,
-    ns: &std::sync::Arc<dyn crate::namespace::Namespace>,
+    ns: &std::sync::Arc<dyn crate::storage::namespace::Namespace>,
 ) -> Result<Option<(String, Box<dyn Disk>)>> {
     let Some(name) = &create.backing_file else {
         return Ok(None);
     };
-    let bpath = crate::paths::directory_of(dst).join(name);
+    let bpath = crate::storage::paths::directory_of(dst).join(name);
     let fail =
         |e: Error| Error::new(e.kind(), format!("could not open backing file: {e}")).with_path(dst);
     let fmt = match &create.backing_format {

@@ -5,16 +5,16 @@ use std::path::Path;
 
 use super::options::*;
 use super::pipeline::*;
-use crate::aligned_buf::AlignedBuf;
-use crate::create::refuse_to_overwrite;
-use crate::create::{CreateOptions, Subformat};
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
+use crate::extent::map::{MapEntry, MapTarget};
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
 use crate::image::OpenOptions;
-use crate::map::{MapEntry, MapTarget};
-use crate::stream_writer::{is_zero, StreamWriter};
+use crate::ops::create::refuse_to_overwrite;
+use crate::ops::create::{CreateOptions, Subformat};
+use crate::ops::stream_writer::{is_zero, StreamWriter};
+use crate::storage::aligned_buf::AlignedBuf;
 
 /// Write `src` to `dst` as a sparse raw file (holes where the source has zeros).
 ///
@@ -52,8 +52,12 @@ pub fn convert_to_raw(
     let out = if opts.target_exists {
         // Holes would leave stale contents where the disk has zeros: only regular files
         // (the namespace refuses devices unless told otherwise).
-        let lock = crate::lock::LockRequest::for_open(crate::lock::FileRole::Data, true, false);
-        let mode = crate::namespace::OpenMode {
+        let lock = crate::storage::lock::LockRequest::for_open(
+            crate::storage::lock::FileRole::Data,
+            true,
+            false,
+        );
+        let mode = crate::storage::namespace::OpenMode {
             writable: true,
             lock: Some(lock),
             allow_devices: false,
@@ -97,7 +101,7 @@ pub fn convert_to_raw(
 fn convert_to_raw_stream(
     src: &dyn Disk,
     dst: &Path,
-    ns: &dyn crate::namespace::Namespace,
+    ns: &dyn crate::storage::namespace::Namespace,
     out_size: u64,
     opts: &ConvertOptions,
     progress: Progress,
@@ -106,7 +110,7 @@ fn convert_to_raw_stream(
     let size = src.size();
     let mut sink = ns.create_stream(dst, true)?;
     let zeros = vec![0u8; 1 << 20];
-    let fill_to = |sink: &mut dyn crate::namespace::StreamSink, end: u64| -> Result<()> {
+    let fill_to = |sink: &mut dyn crate::storage::namespace::StreamSink, end: u64| -> Result<()> {
         while sink.position() < end {
             let n = (end - sink.position()).min(zeros.len() as u64) as usize;
             sink.write_all(&zeros[..n])
@@ -148,7 +152,7 @@ struct Encoded {
 ///
 /// streamOptimized output is written by [`StreamWriter`] in VMware's layout, compressing
 /// grains on all worker threads; all-zero grains are left out. Other subformats are made
-/// with [`crate::create::create`] and filled with [`Image::write_at`] in large grain-aligned
+/// with [`crate::ops::create::create`] and filled with [`Image::write_at`] in large grain-aligned
 /// runs, in disk order, skipping zero stretches and all-zero grains. When `create` names a
 /// backing file, only what the source's own top layer holds is copied (the new image's
 /// backing file is assumed to hold the rest, as with `qemu-img convert -B`), zeros included.
@@ -215,7 +219,7 @@ pub fn convert_to_vmdk(
         }
         img
     } else {
-        crate::create::create_sparing(dst, size, create, &src.file_ids())?;
+        crate::ops::create::create_sparing(dst, size, create, &src.file_ids())?;
         open.open(dst)?
     };
     // A new overlay (`-B`) takes only what the source's own top layer holds, as qemu-img

@@ -219,7 +219,7 @@ impl InspectReport {
 /// Bytes read from a file shown in a message, so a name cannot drive a terminal or forge a
 /// line of the report.
 pub(crate) fn shown(bytes: &[u8]) -> String {
-    crate::report::text::escape_bytes(bytes)
+    crate::text::escape_bytes(bytes)
 }
 
 /// The files a descriptor-file open takes, for a message: distinct names, at most eight.
@@ -415,8 +415,8 @@ impl Storage for Counted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::create::{create, CreateOptions, Subformat};
     use crate::storage::MemStorage;
-    use crate::{create, CreateOptions, Subformat};
 
     fn inspect_bytes(data: Vec<u8>, policy: &InspectPolicy) -> InspectReport {
         inspect_storage(&MemStorage::new(data), "t.vmdk", policy).unwrap()
@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn huge_sparse_file_reads_little() {
         #[derive(Debug)]
-        struct Counting(crate::FileStorage, AtomicU64);
+        struct Counting(crate::storage::FileStorage, AtomicU64);
         impl Storage for Counting {
             fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
                 let n = self.0.read_at(buf, offset)?;
@@ -487,7 +487,7 @@ mod tests {
         }
         let (_d, p) = made(Subformat::MonolithicSparse, 4 << 40);
         let s = Counting(
-            crate::FileStorage::open(&p, false).unwrap(),
+            crate::storage::FileStorage::open(&p, false).unwrap(),
             AtomicU64::new(0),
         );
         let rep = inspect_storage(&s, "big.vmdk", &InspectPolicy::default()).unwrap();

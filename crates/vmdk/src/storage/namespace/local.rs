@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Namespace, OpenMode};
 use crate::error::{Error, Result};
-use crate::paths::{self, PathPolicy};
+use crate::storage::paths::{self, PathPolicy};
 use crate::storage::{FileId, FileStorage, Storage};
 
 /// The host's file system.
