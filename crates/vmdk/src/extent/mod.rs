@@ -1,5 +1,6 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
-//! nothing, for ZERO extents).
+//! nothing, for ZERO extents), and [`map`], the answers a map gives (extents produce them,
+//! so they live here rather than above).
 
 pub(crate) mod allocation;
 pub mod budget;

@@ -1,8 +1,12 @@
-//! An open image as a mapped disk: the [`Image`] type, what it holds, and the answers it
-//! gives over the whole virtual disk ([`Image::map`], [`Image::map_layer`],
-//! [`Image::read_at`]) through the one walk over its extents. Opening (probing, the
-//! descriptor, extents, backing chain, CID check, locks) is in `open.rs`, what a file is in
-//! `probe.rs`, and how to open in `options.rs`.
+//! The image layer. This file: an open image as a mapped disk: the [`Image`] type, what it
+//! holds, and the answers it gives over the whole virtual disk ([`Image::map`],
+//! [`Image::map_layer`], [`Image::read_at`]) through the one walk over its extents.
+//! Opening (probing, the descriptor, extents, backing chain, CID check, locks) is in
+//! `open.rs`, what a file is in `probe.rs`, and how to open in `options.rs`; writing (the
+//! one write walk, the CID update) in [`write`](mod@write). [`Disk`] (`disk.rs`) is what whole-disk
+//! operations read, whatever the format ([`ImageFormat`]); [`raw`] is raw files as disks,
+//! [`walk`] walks disks' maps in bounded batches, [`reader`] is `std::io::Read + Seek` over
+//! an image.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
