@@ -465,6 +465,35 @@ fn rebase_copies_are_durable_before_their_entries() {
     run.verify_every_cut("rebase, unflushed data lost", &v, data_writes);
 }
 
+#[test]
+fn rebase_descriptor_file_overlay() {
+    // The new backing name is shorter: the descriptor file gets shorter.
+    let (run, v) = rebase_run(
+        &rebase_start("twoGbMaxExtentSparse"),
+        "/d/top.vmdk",
+        "nb.vmdk",
+    );
+    run.verify("rebase/descriptor file", &v);
+}
+
+/// Loses every unflushed write to a descriptor file `top.vmdk`, keeping its `set_len`s.
+fn descriptor_writes(e: &Event) -> bool {
+    e.file.ends_with("top.vmdk") && matches!(e.kind, Kind::Write { .. })
+}
+
+#[test]
+fn shorter_descriptor_file_is_never_cut_short() {
+    // Regression: a descriptor file rewritten shorter was written and cut in one go, so a
+    // power loss could keep the cut and lose the new text: the old text, cut short (its
+    // last lines gone or half there).
+    let (run, v) = rebase_run(
+        &rebase_start("twoGbMaxExtentSparse"),
+        "/d/top.vmdk",
+        "nb.vmdk",
+    );
+    run.verify_every_cut("rebase, descriptor text lost", &v, descriptor_writes);
+}
+
 // ---------------------------------------------------------------------------------------
 // resize
 

@@ -22,6 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vmdk::format::descriptor::Descriptor;
 use vmdk::paths::normalize_lexically;
 use vmdk::{FileId, Image, MapTarget, MemNamespace, Namespace, OpenMode, OpenOptions, Storage};
 
@@ -733,6 +734,7 @@ impl Run {
             self.events.iter().any(|e| !matches!(e.kind, Kind::Flush)),
             "{name}: the operation changed nothing"
         );
+        let descriptors = self.descriptors(v);
         let mut failures = Vec::new();
         // The finished operation: everything kept opens strictly, and if the operation says
         // so, losing every unflushed change loses nothing.
@@ -746,7 +748,7 @@ impl Run {
             corruptions_allowed: 0,
             ..v.clone()
         };
-        if let Err(e) = check_state(&self.end, &strict, None) {
+        if let Err(e) = check_state(&self.end, &strict, &descriptors, None) {
             failures.push(format!("the finished operation: {e}"));
         }
         if v.durable_on_return {
@@ -782,7 +784,7 @@ impl Run {
                 .as_ref()
                 .filter(|_| tried.distinct % v.qemu_every == 1 % v.qemu_every)
                 .map(|d| d.path());
-            if let Err(e) = check_state(&files, v, qemu) {
+            if let Err(e) = check_state(&files, v, &descriptors, qemu) {
                 failures.push(format!("{e}\n  {}", self.describe(c)));
                 if failures.len() >= 5 {
                     break;
@@ -806,6 +808,7 @@ impl Run {
     /// Check the states of one family (a regression test): a cut after every event, with
     /// the unflushed changes `lost` picks lost and the rest kept.
     pub fn verify_every_cut(&self, name: &str, v: &Verify, lost: fn(&Event) -> bool) {
+        let descriptors = self.descriptors(v);
         let mut seen = HashSet::new();
         for cut in 0..=self.events.len() {
             let c = Cut {
@@ -816,10 +819,76 @@ impl Run {
             if !seen.insert(files_hash(&files)) {
                 continue;
             }
-            if let Err(e) = check_state(&files, v, None) {
+            if let Err(e) = check_state(&files, v, &descriptors, None) {
                 panic!("{name}: {e}\n  {}", self.describe(&c));
             }
         }
+    }
+}
+
+/// The descriptors each checked image may have: one it had at some point of the operation
+/// (never a mix of two, nor one cut short).
+type Descriptors = BTreeMap<String, Vec<Descriptor>>;
+
+impl Run {
+    fn descriptors(&self, v: &Verify) -> Descriptors {
+        let mut out = Descriptors::new();
+        for name in v.images() {
+            let key = normalize_lexically(Path::new(name));
+            // Where the descriptor lies in its file: an embedded one in its sectors, a
+            // descriptor file anywhere.
+            let region = [&self.start, &self.end]
+                .iter()
+                .filter_map(|f| f.get(&key))
+                .find_map(|bytes| {
+                    let h = vmdk::format::sparse_header::SparseHeader::parse(bytes).ok()?;
+                    Some((h.desc_offset * 512, (h.desc_offset + h.desc_size) * 512))
+                });
+            let touches = |e: &Event| {
+                e.file == key
+                    && match (&e.kind, region) {
+                        (_, None) => true,
+                        (Kind::Write { at, data }, Some((a, b))) => {
+                            *at < b && at + data.len() as u64 > a
+                        }
+                        (Kind::Punch { at, len }, Some((a, b))) => *at < b && at + len > a,
+                        (Kind::Flush, _) => false,
+                        _ => true,
+                    }
+            };
+            let mut list: Vec<Descriptor> = Vec::new();
+            let mut add = |files: &Files| {
+                let ns = mem_of(files);
+                let opened = opts_in(&ns)
+                    .open_backing(false)
+                    .ignore_cid_mismatch(true)
+                    .open(name);
+                if let Ok(img) = opened {
+                    if !list.contains(img.descriptor()) {
+                        list.push(img.descriptor().clone());
+                    }
+                }
+            };
+            let mut cur = self.start.clone();
+            add(&cur);
+            for e in &self.events {
+                apply(&mut cur, e);
+                if touches(e) {
+                    add(&cur);
+                }
+            }
+            out.insert(name.to_string(), list);
+        }
+        out
+    }
+}
+
+impl Verify {
+    /// Every image checked alone: the expected ones and `also_check`.
+    fn images(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.expects.iter().map(|e| e.image.as_str()).collect();
+        v.extend(self.also_check.iter().map(String::as_str));
+        v
     }
 }
 
@@ -866,11 +935,15 @@ pub fn apply(files: &mut Files, e: &Event) {
 }
 
 /// Check one state against `v`; with `qemu`, also run `qemu-img check` on each image there.
-fn check_state(files: &Files, v: &Verify, qemu: Option<&Path>) -> Result<(), String> {
+fn check_state(
+    files: &Files,
+    v: &Verify,
+    descriptors: &Descriptors,
+    qemu: Option<&Path>,
+) -> Result<(), String> {
     let ns = mem_of(files);
     let opts = opts_in(&ns).ignore_cid_mismatch(v.cid_tolerant);
-    let mut to_check: Vec<&str> = v.expects.iter().map(|e| e.image.as_str()).collect();
-    to_check.extend(v.also_check.iter().map(String::as_str));
+    let to_check = v.images();
     for e in &v.expects {
         let img = match opts.clone().open_backing(e.chain).open(&e.image) {
             Ok(img) => img,
@@ -887,6 +960,13 @@ fn check_state(files: &Files, v: &Verify, qemu: Option<&Path>) -> Result<(), Str
             Err(_) if v.may_not_open => return Ok(()),
             Err(err) => return Err(format!("{name} does not open alone: {err:#}")),
         };
+        let allowed = &descriptors[*name];
+        if !allowed.is_empty() && !allowed.contains(img.descriptor()) {
+            return Err(format!(
+                "{name}: the descriptor is none the image had: {:?}",
+                img.descriptor()
+            ));
+        }
         let r = vmdk::check(&img).map_err(|e| format!("{name}: check failed: {e:#}"))?;
         if r.corruption_count() > v.corruptions_allowed || r.check_errors > 0 {
             return Err(format!(
