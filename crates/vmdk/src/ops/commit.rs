@@ -80,11 +80,14 @@ pub fn commit(
     };
     let base_path = layers[depth].path().to_path_buf();
     // Our chain holds the base open for reading (and keeps other writers out); this second
-    // handle writes it and takes no lock of its own, which would conflict with ours.
+    // handle writes it and takes no lock of its own, which would conflict with ours. Durable
+    // writes: a new grain's data is flushed before its table entry points at it, so a power
+    // loss part-way leaves the base readable, every grain old or new.
     let base = OpenOptions {
         writable: true,
         locking: false,
         force_share: false,
+        durable: true,
         ..opts.clone()
     }
     .open(&base_path)?;
