@@ -122,6 +122,9 @@ pub fn commit(
     .open(top)?;
     if direct {
         top_img.set_parent_cid(new_cid)?;
+        // Durable before the overlay is emptied: an emptied overlay must name the base's
+        // new CID (a descriptor file is flushed by nothing else).
+        top_img.flush()?;
     }
     if direct && !commit.keep_overlay {
         top_img.make_empty()?;
