@@ -496,6 +496,42 @@ fn commit_descriptor_file_overlay() {
 }
 
 #[test]
+fn commit_into_lower_base() {
+    // Regression: the base named (-b) was looked up among the host's files, whatever the
+    // namespace the chain was in.
+    let start = qemu_files(|d| {
+        commit_chain(d);
+        qemu_img(&[
+            "create",
+            "-f",
+            "vmdk",
+            "-b",
+            "top.vmdk",
+            "-F",
+            "vmdk",
+            &q(d, "top2.vmdk"),
+        ]);
+        qemu_io(
+            &d.join("top2.vmdk"),
+            &["write -P 0x81 0 8k", "write -P 0x82 1M 64k"],
+        );
+    });
+    let opts = CommitOptions {
+        base: Some("/d/base.vmdk".into()),
+        ..Default::default()
+    };
+    let (run, v) = commit_run(&start, opts, "/d/top2.vmdk", "/d/base.vmdk");
+    // The image between is left stale (its parentCID no longer the base's), by design.
+    run.verify(
+        "commit -b",
+        &Verify {
+            stale_at_end: true,
+            ..v
+        },
+    );
+}
+
+#[test]
 fn commit_is_durable_when_it_returns() {
     // Regression: the emptied overlay was cut after its last flush, and a descriptor file's
     // new parentCID was never flushed, so a power loss just after commit returned could

@@ -14,7 +14,6 @@ use crate::extent::map::MapTarget;
 use crate::image::walk::MapWalker;
 use crate::image::{Image, OpenOptions};
 use crate::storage::aligned_buf::AlignedBuf;
-use crate::storage::FileId;
 
 /// How to commit.
 #[derive(Debug, Clone, Default)]
@@ -62,8 +61,11 @@ pub fn commit(
     let depth = match &commit.base {
         None => 1,
         Some(b) => {
-            let id = FileId::of_path(b)
-                .map_err(|e| Error::io(e, "cannot stat").with_path(b))?
+            // Asked of the namespace the chain is in (memory, an archive, ...), not of the
+            // host's files.
+            let id = opts
+                .namespace()
+                .identity(b)?
                 .ok_or_else(|| Error::invalid("no such file").with_path(b))?;
             layers
                 .iter()
