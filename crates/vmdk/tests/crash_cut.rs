@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use vmdk::amend::{amend, AmendOptions};
 use vmdk::commit::{commit, CommitOptions};
+use vmdk::convert::{convert_to_vmdk, ConvertOptions};
 use vmdk::rebase::{rebase, RebaseOptions};
 use vmdk::repair::{repair, RepairMode};
 use vmdk::resize::{resize, ResizeOptions};
@@ -391,13 +392,103 @@ fn create_is_durable_when_it_returns() {
 }
 
 // ---------------------------------------------------------------------------------------
-// commit
+// convert (durable), into an existing image (-n) and a new one
 
 /// Loses every unflushed write of a grain or more (data), keeping the small ones (table
 /// entries, descriptors).
 fn data_writes(e: &Event) -> bool {
     matches!(&e.kind, Kind::Write { data, .. } if data.len() as u64 >= GRAIN)
 }
+
+/// A source with data and zeros, and (`existing`) a target holding other data.
+fn convert_start(existing: bool) -> Files {
+    qemu_files(|d| {
+        qemu_img(&["create", "-f", "vmdk", &q(d, "src.vmdk"), "2M"]);
+        qemu_io(
+            &d.join("src.vmdk"),
+            &[
+                "write -P 0x21 0 300k",
+                "write -P 0 512k 128k",
+                "write -P 0x23 1M 200k",
+            ],
+        );
+        if existing {
+            qemu_img(&["create", "-f", "vmdk", &q(d, "dst.vmdk"), "2M"]);
+            qemu_io(
+                &d.join("dst.vmdk"),
+                &["write -P 0x91 128k 640k", "write -P 0x92 1500k 64k"],
+            );
+        }
+    })
+}
+
+/// Convert `src.vmdk` into `dst.vmdk` with durable output: every sector of the target
+/// holds what it held (zeros for a new one) or the source's.
+fn convert_run(start: &Files, existing: bool) -> (Run, Verify) {
+    let src = view(start, "/d/src.vmdk", false);
+    let old = if existing {
+        view(start, "/d/dst.vmdk", false)
+    } else {
+        vec![0; src.len()]
+    };
+    let run = record(start, |ns| {
+        let source = ns.opts().open("/d/src.vmdk").unwrap();
+        let opts = ConvertOptions {
+            target_exists: existing,
+            target_namespace: Some(ns.dyn_ns()),
+            threads: 1,
+            durable: true,
+            ..Default::default()
+        };
+        let create = CreateOptions {
+            namespace: Some(ns.dyn_ns()),
+            ..Default::default()
+        };
+        convert_to_vmdk(
+            &source,
+            Path::new("/d/dst.vmdk"),
+            &create,
+            &opts,
+            &|_, _| {},
+        )
+        .unwrap();
+    });
+    assert_eq!(view(&run.end, "/d/dst.vmdk", false), src);
+    let v = Verify {
+        durable_on_return: true,
+        may_not_open: !existing,
+        ..verify(vec![Expect::new(
+            "/d/dst.vmdk",
+            false,
+            Allowed::any_of(&[&old, &src]),
+        )])
+    };
+    (run, v)
+}
+
+#[test]
+fn convert_into_existing_image() {
+    let (run, v) = convert_run(&convert_start(true), true);
+    run.verify("convert -n", &v);
+}
+
+#[test]
+fn convert_into_new_image() {
+    let (run, v) = convert_run(&convert_start(false), false);
+    run.verify("convert", &v);
+}
+
+#[test]
+fn durable_convert_writes_data_before_entries() {
+    // Regression: convert wrote its VMDK output without durable writes and never flushed,
+    // whatever the cache mode, so a power loss could keep a new grain's table entry and
+    // lose its data (or the file's growth): the target checked corrupt.
+    let (run, v) = convert_run(&convert_start(true), true);
+    run.verify_every_cut("convert -n, unflushed data lost", &v, data_writes);
+}
+
+// ---------------------------------------------------------------------------------------
+// commit
 
 /// A base with data and an overlay with data of its own over part of it.
 fn commit_chain(d: &Path) {
