@@ -541,6 +541,14 @@ pub fn default_random_cuts() -> usize {
         .unwrap_or(200)
 }
 
+/// `VMDK_CRASH_TEAR`: also tear writes into pieces of this many bytes (off by default).
+pub fn tear_size() -> Option<u64> {
+    std::env::var("VMDK_CRASH_TEAR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&t| t > 0)
+}
+
 /// Which unflushed changes a state keeps.
 #[derive(Debug, Clone)]
 pub enum Keep {
@@ -768,29 +776,35 @@ impl Run {
             }
         }
         debug_assert!(self.state(&end) == self.end);
-        let cuts = self.cuts(random, seed);
         let mut seen = HashSet::new();
         let mut tried = Tried {
-            cuts: cuts.len(),
             flushes: self.flushes().len(),
             events: self.events.len(),
             ..Default::default()
         };
         let qemu_dir = (v.qemu_every > 0).then(|| tempfile::tempdir().unwrap());
-        for c in &cuts {
-            let files = self.state(c);
-            if !seen.insert(files_hash(&files)) {
-                continue;
-            }
-            tried.distinct += 1;
-            let qemu = qemu_dir
-                .as_ref()
-                .filter(|_| tried.distinct % v.qemu_every == 1 % v.qemu_every)
-                .map(|d| d.path());
-            if let Err(e) = check_state(&files, v, &descriptors, qemu) {
-                failures.push(format!("{e}\n  {}", self.describe(c)));
-                if failures.len() >= 5 {
-                    break;
+        // Whole writes, then (with `VMDK_CRASH_TEAR`) writes torn into pieces of that many
+        // bytes, each kept or lost on its own.
+        let torn = tear_size().map(|t| self.torn(t));
+        let runs = std::iter::once((self, seed)).chain(torn.as_ref().map(|t| (t, seed ^ 1)));
+        'runs: for (run, seed) in runs {
+            let cuts = run.cuts(random, seed);
+            tried.cuts += cuts.len();
+            for c in &cuts {
+                let files = run.state(c);
+                if !seen.insert(files_hash(&files)) {
+                    continue;
+                }
+                tried.distinct += 1;
+                let qemu = qemu_dir
+                    .as_ref()
+                    .filter(|_| tried.distinct % v.qemu_every == 1 % v.qemu_every)
+                    .map(|d| d.path());
+                if let Err(e) = check_state(&files, v, &descriptors, qemu) {
+                    failures.push(format!("{e}\n  {}", run.describe(c)));
+                    if failures.len() >= 5 {
+                        break 'runs;
+                    }
                 }
             }
         }
@@ -806,6 +820,38 @@ impl Run {
             );
         }
         tried
+    }
+
+    /// The same changes with every write cut into pieces at multiples of `size` bytes of
+    /// its file (a device that keeps only some sectors of a write).
+    pub fn torn(&self, size: u64) -> Run {
+        let mut events = Vec::new();
+        for e in &self.events {
+            match &e.kind {
+                Kind::Write { at, data } => {
+                    let mut pos = *at;
+                    let end = at + data.len() as u64;
+                    while pos < end {
+                        let next = ((pos / size + 1) * size).min(end);
+                        let piece = data[(pos - at) as usize..(next - at) as usize].to_vec();
+                        events.push(Event {
+                            file: e.file.clone(),
+                            kind: Kind::Write {
+                                at: pos,
+                                data: piece,
+                            },
+                        });
+                        pos = next;
+                    }
+                }
+                _ => events.push(e.clone()),
+            }
+        }
+        Run {
+            start: self.start.clone(),
+            events,
+            end: self.end.clone(),
+        }
     }
 
     /// Check the states of one family (a regression test): a cut after every event, with
