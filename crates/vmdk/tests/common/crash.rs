@@ -78,10 +78,15 @@ fn lock(log: &Log) -> MutexGuard<'_, Vec<Event>> {
 }
 
 /// In-memory files whose every change is logged (see the module docs).
-#[derive(Debug)]
 pub struct CrashNamespace {
     inner: MemNamespace,
     log: Log,
+}
+
+impl std::fmt::Debug for CrashNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashNamespace").finish_non_exhaustive()
+    }
 }
 
 impl CrashNamespace {
@@ -156,11 +161,18 @@ impl Namespace for CrashNamespace {
 
 /// One open file of a [`CrashNamespace`]: changes are applied and logged under one lock,
 /// so the log's order is the order they landed in.
-#[derive(Debug)]
 struct Recording {
     inner: Arc<dyn Storage>,
     file: PathBuf,
     log: Log,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Recording {
