@@ -16,6 +16,7 @@ use vmdk::{create, CreateOptions, FileId, FileStorage, OpenOptions, Storage};
 enum Op {
     Write(PathBuf, u64, Vec<u8>),
     SetLen(PathBuf, u64),
+    Punch(PathBuf, u64, u64),
 }
 
 #[derive(Debug)]
@@ -49,9 +50,22 @@ impl Storage for Recording {
     fn flush(&self) -> std::io::Result<()> {
         self.inner.flush()
     }
+    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<bool> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Op::Punch(self.path.clone(), offset, len));
+        self.inner.punch_hole(offset, len)
+    }
+    fn seek_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.inner.seek_data(offset)
+    }
+    fn seek_hole(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.inner.seek_hole(offset)
+    }
 }
 
-/// Host files whose every write and resize is logged.
+/// Host files whose every write, resize and punched hole is logged.
 #[derive(Debug)]
 struct RecordingNamespace {
     log: Arc<Mutex<Vec<Op>>>,
@@ -103,6 +117,10 @@ fn replay(ops: &[Op], dir: &Path) {
             Op::SetLen(p, len) => {
                 let s = FileStorage::open(&dir.join(p.file_name().unwrap()), true).unwrap();
                 s.set_len(*len).unwrap();
+            }
+            Op::Punch(p, off, len) => {
+                let s = FileStorage::open(&dir.join(p.file_name().unwrap()), true).unwrap();
+                s.punch_hole(*off, *len).unwrap();
             }
         }
     }
@@ -341,4 +359,68 @@ fn compact_cuts_overlay_with_zeroed_grains() {
     ]);
     fill_for_compact(&disk);
     compact_cuts(&setup);
+}
+
+/// Discards and zero writes give grains back (punched, the file cut at the end) and later
+/// writes reuse them: every cut still opens, checks clean (at worst leaks) and holds old or
+/// new data per grain, so the cleared entries are durable before their space is punched or
+/// reused.
+#[test]
+fn discard_and_reuse_cuts() {
+    let d = Dir::new();
+    let setup = d.path("setup");
+    std::fs::create_dir(&setup).unwrap();
+    let disk = setup.join("disk.vmdk");
+    qemu_img(&["create", "-f", "vmdk", disk.to_str().unwrap(), "4M"]);
+    qemu_io(&disk, &["write -P 0x11 0 1M", "write -P 0x22 2M 256k"]);
+    let ops = record(&setup, true, |disk, opts| {
+        let img = opts.clone().writable(true).open(disk).unwrap();
+        img.discard(2 * 65536, 3 * 65536).unwrap();
+        img.write_zeroes(8 * 65536, 2 * 65536, true).unwrap();
+        img.write_at(&vec![0x33; 4 * 65536], 3 << 20).unwrap();
+        img.discard(2 << 20, 256 << 10).unwrap();
+        img.flush().unwrap();
+    });
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::Punch(..))),
+        "nothing was punched"
+    );
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::SetLen(..))),
+        "the file was never cut"
+    );
+    check_cuts(&setup, 65536, &ops);
+}
+
+/// The same over a backing file: discarded grains become zeroed-grain entries before their
+/// space goes, so no cut lets the backing file show through a grain that held data.
+#[test]
+fn overlay_discard_and_reuse_cuts() {
+    let d = Dir::new();
+    let setup = d.path("setup");
+    std::fs::create_dir(&setup).unwrap();
+    let base = setup.join("base.vmdk");
+    qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "2M"]);
+    qemu_io(&base, &["write -P 0xaa 0 2M"]);
+    let disk = setup.join("disk.vmdk");
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        disk.to_str().unwrap(),
+    ]);
+    qemu_io(&disk, &["write -P 0x11 0 512k"]);
+    let ops = record(&setup, true, |disk, opts| {
+        let img = opts.clone().writable(true).open(disk).unwrap();
+        img.discard(65536, 3 * 65536).unwrap();
+        img.write_at(&vec![0x33; 2 * 65536], 1 << 20).unwrap();
+        img.flush().unwrap();
+    });
+    check_cuts(&setup, 65536, &ops);
 }
