@@ -126,3 +126,13 @@ def test_discard_refused_where_nothing_can_be_deallocated(workdir):
             img.discard(0, MIB)
     assert "compressed (streamOptimized)" in str(e.value)
 
+
+def test_force_share_is_for_readers(workdir):
+    """force_share (qemu-img's -U) opens read-only; asked of a writable open it is refused
+    with qemu's message, as every writer in the library refuses it."""
+    qemu_img("create", "-q", "-f", "vmdk", "a.vmdk", "1M")
+    with pytest.raises(vmdk.InvalidArgumentError) as e:
+        vmdk.open("a.vmdk", writable=True, force_share=True)
+    assert str(e.value).endswith("force-share=on can only be used with read-only images")
+    with vmdk.open("a.vmdk", force_share=True) as img:
+        assert not img.writable

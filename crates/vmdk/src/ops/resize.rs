@@ -50,10 +50,8 @@ pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptio
         .filter(|s| *s <= MAX_SIZE)
         .ok_or_else(|| Error::invalid("the new size is too large").with_path(path))?;
     let img = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..open.clone()
+        ..open.for_writing(path)?
     }
     .open(path)?;
     let old = img.size();
