@@ -115,7 +115,7 @@ impl OpenOptions {
     /// for force-share (`-U`), with qemu's message: sharing is for readers, and a writer
     /// that dropped it quietly would take the locks the caller asked it not to take, or
     /// write an image another process may be using. This is the one place that decides:
-    /// [`Image::open_with`] asks it of every writable open, [`crate::open_disk`] of every
+    /// [`Image::open_with`] asks it of every writable open, [`crate::open_disk()`] of every
     /// writable disk, and every operation that writes ([`crate::resize::resize`],
     /// [`crate::rebase::rebase`], [`crate::commit::commit`], [`crate::compact::compact`],
     /// [`crate::repair::repair`]) before it opens anything.
