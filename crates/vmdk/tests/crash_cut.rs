@@ -369,6 +369,65 @@ fn discard_monolithic_sparse() {
     );
 }
 
+/// Discards and zero writes give grains back (punched, the file cut at the end) and later
+/// writes reuse that space: every cut still holds old or new data per sector, so the cleared
+/// entries are durable before their space is punched or reused.
+#[test]
+fn discard_and_reuse_of_the_freed_space() {
+    let start = qemu_files(|d| {
+        qemu_img(&["create", "-f", "vmdk", &q(d, "disk.vmdk"), "4M"]);
+        qemu_io(
+            &d.join("disk.vmdk"),
+            &["write -P 0x11 0 1M", "write -P 0x22 2M 256k"],
+        );
+    });
+    guest_writes(
+        "discard+reuse/monolithicSparse",
+        &start,
+        "/d/disk.vmdk",
+        false,
+        &[
+            Act::Discard(2 * GRAIN, 3 * GRAIN),
+            Act::Zeroes(8 * GRAIN, 2 * GRAIN, true),
+            Act::Write(3 << 20, 4 * GRAIN as usize, 0x33),
+            Act::Discard(2 << 20, 256 << 10),
+        ],
+    );
+}
+
+/// The same over a backing file: discarded grains become zeroed-grain entries before their
+/// space goes, so no cut lets the backing file show through a grain that held data.
+#[test]
+fn overlay_discard_and_reuse_of_the_freed_space() {
+    let start = qemu_files(|d| {
+        qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "2M"]);
+        qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 2M"]);
+        qemu_img(&[
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            "zeroed_grain=on",
+            "-b",
+            "base.vmdk",
+            "-F",
+            "vmdk",
+            &q(d, "disk.vmdk"),
+        ]);
+        qemu_io(&d.join("disk.vmdk"), &["write -P 0x11 0 512k"]);
+    });
+    guest_writes(
+        "discard+reuse/overlay",
+        &start,
+        "/d/disk.vmdk",
+        true,
+        &[
+            Act::Discard(GRAIN, 3 * GRAIN),
+            Act::Write(1 << 20, 2 * GRAIN as usize, 0x33),
+        ],
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // create
 

@@ -41,11 +41,12 @@ pub fn commit(
     opts: &OpenOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
+    // Writes the base and the overlay: no force-share.
+    let writing = opts.for_writing(top)?;
     let chain_opts = OpenOptions {
         writable: false,
-        force_share: false,
         open_backing: true,
-        ..opts.clone()
+        ..writing.clone()
     };
     let chain = Image::open_with(top, &chain_opts)?;
     // Find the base: the direct backing file, or the named layer.
@@ -86,11 +87,9 @@ pub fn commit(
     // writes: a new grain's data is flushed before its table entry points at it, so a power
     // loss part-way leaves the base readable, every grain old or new.
     let base = OpenOptions {
-        writable: true,
         locking: false,
-        force_share: false,
         durable: true,
-        ..opts.clone()
+        ..writing.clone()
     }
     .open(&base_path)?;
     let size = chain.size().min(base.size());
@@ -116,10 +115,8 @@ pub fn commit(
     drop(chain);
     // Point the overlay at the base's new CID, and empty it.
     let top_img = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..opts.clone()
+        ..writing
     }
     .open(top)?;
     if direct {
