@@ -22,6 +22,7 @@
 
 mod append_upload;
 mod client;
+mod files;
 pub mod name;
 mod namespace;
 mod profile;
@@ -29,7 +30,7 @@ mod reader;
 mod upload;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vmdk::namespace::{Backend, Namespace};
@@ -37,6 +38,7 @@ use vmdk::Result;
 
 pub use append_upload::AppendUpload;
 pub use client::{stats, Stats};
+pub use files::ObjectInfo;
 pub use namespace::ObjectNamespace;
 pub use reader::ObjectStorage;
 pub use upload::UploadSink;
@@ -136,6 +138,12 @@ impl ObjectBackend {
 }
 
 impl ObjectBackend {
+    /// The namespace this backend serves names from (and lists, looks up and stores whole
+    /// objects with: [`ObjectNamespace::list`], ...).
+    pub fn namespace(&self) -> &Arc<ObjectNamespace> {
+        &self.ns
+    }
+
     /// The OVA archive `name` runs through, as the host's OVA backend finds one among host
     /// files: the shortest prefix of `name` whose last part is named `*.ova` and that is an
     /// existing object. Names without such a part cost nothing (no request).
@@ -176,10 +184,17 @@ impl Backend for ObjectBackend {
     }
 }
 
-/// Register an [`ObjectBackend`] configured by [`Config::from_env`] with the library's
-/// default namespace. Call once, at startup.
+/// The process's [`ObjectBackend`], configured by [`Config::from_env`] when first asked
+/// for: the one [`register`] registers, so whole-object calls
+/// (`shared().namespace().list(..)`) share its stores with the images.
+pub fn shared() -> &'static ObjectBackend {
+    static BACKEND: OnceLock<ObjectBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| ObjectBackend::new(Config::from_env()))
+}
+
+/// Register [`shared`] with the library's default namespace. Call once, at startup.
 pub fn register() {
-    vmdk::namespace::register_backend(Arc::new(ObjectBackend::new(Config::from_env())));
+    vmdk::namespace::register_backend(Arc::new(shared().clone()));
 }
 
 /// A one-line summary of the requests made so far ("object storage: N requests, M bytes

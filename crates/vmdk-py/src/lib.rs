@@ -5,8 +5,10 @@
 //! return, built by the library's [`vmdk::report`] as the CLI's are ([`info`]), the exceptions
 //! ([`errors`]), and what the libyal-compatible `vmdk.pyvmdk` module needs: descriptor
 //! parsing without opening extents ([`descriptor`]) and reading through Python file
-//! objects ([`pyfile`]). The pure-Python half (`python/vmdk`) adds file-object views,
-//! context managers and the pyvmdk surface.
+//! objects ([`pyfile`]); and whole objects in object storage for `vmdk.files`
+//! ([`objects`]). `s3://` and `http(s)://` names open like files everywhere (vmdk-object's
+//! backend is registered when the module loads). The pure-Python half (`python/vmdk`) adds
+//! file-object views, context managers and the pyvmdk surface.
 
 mod convert;
 mod descriptor;
@@ -14,6 +16,7 @@ mod errors;
 mod image;
 mod info;
 mod inspect;
+mod objects;
 mod pyfile;
 
 use pyo3::prelude::*;
@@ -21,6 +24,8 @@ use pyo3::prelude::*;
 /// The native module. Its name must match `module-name` in pyproject.toml.
 #[pymodule]
 fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Object names wherever a file name is taken; nothing runs until one is used.
+    vmdk_object::register();
     m.add_class::<image::Image>()?;
     m.add_function(wrap_pyfunction!(convert::create, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
@@ -29,6 +34,12 @@ fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(descriptor::embedded_descriptor_range, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::probe, m)?)?;
     m.add_function(wrap_pyfunction!(pyfile::open_file_objects, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_list, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_stat, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_read, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_write, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_remove, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::object_stats, m)?)?;
     m.add(
         "MAX_DESCRIPTOR_SIZE",
         vmdk::format::descriptor::MAX_DESCRIPTOR_SIZE,
