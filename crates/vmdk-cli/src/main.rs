@@ -14,8 +14,30 @@ mod size;
 mod spool;
 
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
+use vmdk::namespace::RouterNamespace;
+use vmdk::ova::OvaBackend;
+
+/// Where every command opens, probes and creates images: `s3://` and `http(s)://` objects
+/// (OVAs among them), names inside OVA archives among host files, and host files. The
+/// library keeps no registry of backends, so the command builds this router (once: one
+/// object-storage client per process) and hands it to every library call that takes a
+/// name: `OpenOptions::in_namespace` (through [`opts::OpenArgs::options`]), the
+/// `namespace` of `CreateOptions`, `ConvertOptions::target_namespace`, `inspect_in`,
+/// `ova::inspect_in` and `ova_create::create`.
+pub fn namespace() -> Arc<RouterNamespace> {
+    static NS: OnceLock<Arc<RouterNamespace>> = OnceLock::new();
+    NS.get_or_init(|| {
+        Arc::new(RouterNamespace::new(vec![
+            // Asked first, as when it was registered: it claims only names with a scheme.
+            vmdk_object::backend_from_env(),
+            Arc::new(OvaBackend::default()),
+        ]))
+    })
+    .clone()
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -169,8 +191,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let reads_raw = cli.command.reads_raw();
-    // s3:// and http(s):// names, for every command that opens or writes an image.
-    vmdk_object::register();
     let result = match cli.command {
         Command::Info(a) => cmd::info::run(a),
         Command::Map(a) => cmd::map::run(a),

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use vmdk::format::foreign::ForeignFormat;
-use vmdk::{AdapterType, CreateOptions, FileFormat, Image, OpenOptions, Subformat};
+use vmdk::{
+    AdapterType, CreateOptions, Disk, FileFormat, Image, ImageFormat, OpenOptions, Subformat,
+};
 
 /// qemu-img's vmdk creation options in the order of its option table, which is the order
 /// it prints them in.
@@ -46,7 +48,8 @@ impl OpenArgs {
         let mut o = OpenOptions::new()
             .allow_unsafe_paths(self.allow_unsafe_paths)
             .ignore_cid_mismatch(self.ignore_cid_mismatch)
-            .force_share(self.force_share);
+            .force_share(self.force_share)
+            .in_namespace(crate::namespace());
         o.allow_paths = allowed_dirs(&self.allow_path);
         o
     }
@@ -68,14 +71,46 @@ pub enum Fmt {
     Foreign(ForeignFormat),
 }
 
+/// `-f FMT` for the image `path`: `None` when absent (probe the content); a name qemu does
+/// not know is qemu-img's "Unknown driver" error.
+pub fn format_arg(path: &Path, fmt: Option<&str>) -> vmdk::Result<Option<ImageFormat>> {
+    fmt.map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(path)))
+        .transpose()
+}
+
+/// Open `path` as a disk of the `-f` format, or of the format its content says.
+pub fn open_disk(
+    path: &Path,
+    fmt: Option<&str>,
+    opts: &OpenOptions,
+) -> vmdk::Result<Box<dyn Disk>> {
+    vmdk::open_disk(path, format_arg(path, fmt)?, opts)
+}
+
+/// `-O FMT` of a command that writes the formats `takes`: another name is qemu-img's
+/// "Unknown file format" error, with the names the command takes.
+pub fn output_format(fmt: &str, takes: &[ImageFormat]) -> Result<ImageFormat> {
+    match fmt.parse::<ImageFormat>() {
+        Ok(f) if takes.contains(&f) => Ok(f),
+        _ => {
+            let names: Vec<&str> = takes.iter().map(|f| f.name()).collect();
+            let list = match names.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            bail!("Unknown file format '{fmt}' (expected {list})")
+        }
+    }
+}
+
 /// `-f FMT`, or the format probed from the file's content.
 pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
-    match fmt {
-        Some("vmdk") => Ok(Fmt::Vmdk),
-        Some("raw") => Ok(Fmt::Raw),
-        Some("qcow2") => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
-        Some(other) => bail!("unknown image format '{other}' (expected vmdk, raw or qcow2)"),
-        None => Ok(match vmdk::image::probe_path(path)? {
+    match format_arg(path, fmt)? {
+        Some(ImageFormat::Vmdk) => Ok(Fmt::Vmdk),
+        Some(ImageFormat::Raw) => Ok(Fmt::Raw),
+        Some(ImageFormat::Qcow2) => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
+        None => Ok(match vmdk::image::probe_in(&*crate::namespace(), path)? {
             Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
             Some(_) => Fmt::Vmdk,
             None => Fmt::Raw,
@@ -206,6 +241,8 @@ pub struct VmdkOptions {
 /// backing_fmt / size are accepted (create) or not (convert).
 pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
     let mut v = VmdkOptions::default();
+    // New files (and a backing file named here) go through the command's namespace.
+    v.create.namespace = Some(crate::namespace());
     for (k, val) in opts {
         match k.as_str() {
             "subformat" => v.create.subformat = Subformat::parse(val)?,

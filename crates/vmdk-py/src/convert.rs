@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use vmdk::qcow2::{Compat, Qcow2CreateOptions};
-use vmdk::{AdapterType, ConvertOptions, CreateOptions, Subformat};
+use vmdk::{AdapterType, ConvertOptions, CreateOptions, ImageFormat, Subformat};
 
 use crate::errors::to_py;
 use crate::image::open_options;
@@ -32,6 +32,7 @@ fn create_options(
         compat6,
         zeroed_grain,
         allow_paths,
+        namespace: Some(crate::namespace()),
         ..Default::default()
     })
 }
@@ -110,8 +111,9 @@ pub fn convert(
             "cluster_size, compat and lazy_refcounts are qcow2 options (format=\"qcow2\")",
         )));
     }
-    let target = match format {
-        "vmdk" => Target::Vmdk(create_options(
+    // A Python caller names formats as qemu does; the one parser of those names decides.
+    let target = match format.parse::<ImageFormat>() {
+        Ok(ImageFormat::Vmdk) => Target::Vmdk(create_options(
             subformat,
             adapter_type,
             None,
@@ -121,7 +123,7 @@ pub fn convert(
             false,
             Vec::new(),
         )?),
-        "qcow2" => {
+        Ok(ImageFormat::Qcow2) => {
             let mut q = Qcow2CreateOptions {
                 lazy_refcounts,
                 ..Default::default()
@@ -134,16 +136,17 @@ pub fn convert(
             }
             Target::Qcow2(q)
         }
-        "raw" => Target::Raw,
-        other => {
+        Ok(ImageFormat::Raw) => Target::Raw,
+        _ => {
             return Err(to_py(vmdk::Error::invalid(format!(
-                "unknown output format '{other}' (expected vmdk, qcow2 or raw)"
+                "unknown output format '{format}' (expected vmdk, qcow2 or raw)"
             ))))
         }
     };
     let copts = ConvertOptions {
         threads,
         compress,
+        target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
     let oopts = open_options(false, allow_paths, false, ignore_cid_mismatch, false, true);
@@ -161,7 +164,10 @@ pub fn convert(
         });
     };
     let result = py.allow_threads(|| {
-        let src = vmdk::open_source(&src, src_format.as_deref(), &oopts)?;
+        let src_format = src_format
+            .map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(&src)))
+            .transpose()?;
+        let src = vmdk::open_disk(&src, src_format, &oopts)?;
         match &target {
             Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
             Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &report),

@@ -6,8 +6,8 @@
 //! ([`errors`]), and what the libyal-compatible `vmdk.pyvmdk` module needs: descriptor
 //! parsing without opening extents ([`descriptor`]) and reading through Python file
 //! objects ([`pyfile`]); and whole objects in object storage for `vmdk.files`
-//! ([`objects`]). `s3://` and `http(s)://` names open like files everywhere (vmdk-object's
-//! backend is registered when the module loads). The pure-Python half (`python/vmdk`) adds
+//! ([`objects`]). `s3://` and `http(s)://` names open like files everywhere (through
+//! [`namespace`], which the calls taking names are given). The pure-Python half (`python/vmdk`) adds
 //! file-object views, context managers and the pyvmdk surface.
 
 mod convert;
@@ -19,13 +19,30 @@ mod inspect;
 mod objects;
 mod pyfile;
 
+use std::sync::{Arc, OnceLock};
+
 use pyo3::prelude::*;
+use vmdk::namespace::RouterNamespace;
+use vmdk::ova::OvaBackend;
+
+/// Where the module opens, probes and creates images, as the CLI does: `s3://` and
+/// `http(s)://` objects, names inside OVA archives, host files. Built once per process
+/// (one object-storage client, the one `vmdk.files` uses too: `vmdk_object::shared()`),
+/// and handed to every library call that takes a name.
+pub(crate) fn namespace() -> Arc<RouterNamespace> {
+    static NS: OnceLock<Arc<RouterNamespace>> = OnceLock::new();
+    NS.get_or_init(|| {
+        Arc::new(RouterNamespace::new(vec![
+            Arc::new(vmdk_object::shared().clone()),
+            Arc::new(OvaBackend::default()),
+        ]))
+    })
+    .clone()
+}
 
 /// The native module. Its name must match `module-name` in pyproject.toml.
 #[pymodule]
 fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // Object names wherever a file name is taken; nothing runs until one is used.
-    vmdk_object::register();
     m.add_class::<image::Image>()?;
     m.add_function(wrap_pyfunction!(convert::create, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::report::text::Printable;
+use crate::text::Printable;
 
 /// What class of problem an [`Error`] reports. Callers match on this; the message is for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,7 +147,7 @@ impl Error {
 }
 
 /// Names in messages come from files (an extent line, a tar member), so the file and the
-/// message are shown escaped ([`crate::report::text`]): an error is printed to a terminal.
+/// message are shown escaped ([`crate::text`]): an error is printed to a terminal.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let message = Printable(&self.message);

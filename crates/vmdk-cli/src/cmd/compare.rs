@@ -55,11 +55,11 @@ pub fn run(a: Args) -> Result<u8> {
         }
     };
     let opts = a.open.options();
-    let sa = match vmdk::open_source(&a.a, a.format_a.as_deref(), &opts) {
+    let sa = match crate::opts::open_disk(&a.a, a.format_a.as_deref(), &opts) {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };
-    let sb = match vmdk::open_source(&a.b, a.format_b.as_deref(), &opts) {
+    let sb = match crate::opts::open_disk(&a.b, a.format_b.as_deref(), &opts) {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };

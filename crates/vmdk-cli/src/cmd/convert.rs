@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
-use vmdk::ConvertOptions;
+use vmdk::{ConvertOptions, ImageFormat};
 
-use crate::opts::{split_options, vmdk_options, vmdk_options_help, OpenArgs};
+use crate::opts::{
+    open_disk, output_format, split_options, vmdk_options, vmdk_options_help, OpenArgs,
+};
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
@@ -110,11 +112,15 @@ pub fn run(a: Args) -> Result<u8> {
         target_exists: a.no_create,
         target_is_zero: a.target_is_zero,
         salvage: a.salvage,
+        target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
-    let target = match a.out_format.as_str() {
-        "qcow2" => Target::Qcow2(qcow2_options(&opts, &a)?),
-        "vmdk" => {
+    let target = match output_format(
+        &a.out_format,
+        &[ImageFormat::Raw, ImageFormat::Vmdk, ImageFormat::Qcow2],
+    )? {
+        ImageFormat::Qcow2 => Target::Qcow2(qcow2_options(&opts, &a)?),
+        ImageFormat::Vmdk => {
             let mut v = vmdk_options(&opts, false)?;
             if let Some(f) = &a.backing_format {
                 if f != "vmdk" {
@@ -131,7 +137,7 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Vmdk(v.create)
         }
-        "raw" => {
+        ImageFormat::Raw => {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
@@ -143,9 +149,8 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Raw
         }
-        other => bail!("Unknown output format '{other}' (expected raw, vmdk or qcow2)"),
     };
-    let src = vmdk::open_source(&src_path, a.format.as_deref(), &a.open.options())?;
+    let src = open_disk(&src_path, a.format.as_deref(), &a.open.options())?;
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let r = match &target {
@@ -233,7 +238,7 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
         }
     }
     if let Some(f) = &q.backing_format {
-        if !matches!(f.as_str(), "vmdk" | "qcow2" | "raw") {
+        if f.parse::<ImageFormat>().is_err() {
             bail!("Unknown backing format '{f}' (expected vmdk, qcow2 or raw)");
         }
     }
@@ -247,7 +252,10 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
 fn make_durable(dst: &std::path::Path, vmdk: bool) -> Result<()> {
     let mut files = vec![dst.to_path_buf()];
     if vmdk {
-        let img = vmdk::OpenOptions::new().open_backing(false).open(dst)?;
+        let img = vmdk::OpenOptions::new()
+            .open_backing(false)
+            .in_namespace(crate::namespace())
+            .open(dst)?;
         files.extend(
             img.extents()
                 .iter()

@@ -81,7 +81,8 @@ pub fn run(a: Args) -> Result<u8> {
         }
         let mut o = vmdk::OpenOptions::new()
             .allow_unsafe_paths(a.allow_unsafe_paths)
-            .force_share(true);
+            .force_share(true)
+            .in_namespace(crate::namespace());
         o.allow_paths = v.create.allow_paths.clone();
         o.open(path_combine(&name, b))?;
         bail!("{name}: Backing file specified without backing format\nDetected format of vmdk.");
@@ -98,7 +99,8 @@ pub fn run(a: Args) -> Result<u8> {
                 // qemu-img does.
                 let mut o = vmdk::OpenOptions::new()
                     .allow_unsafe_paths(a.allow_unsafe_paths)
-                    .force_share(true);
+                    .force_share(true)
+                    .in_namespace(crate::namespace());
                 o.allow_paths = v.create.allow_paths.clone();
                 let img = o.open(&bpath)?;
                 img.size()

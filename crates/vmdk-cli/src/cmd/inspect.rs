@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<u8> {
     if let Some(s) = &a.max_size {
         policy.max_virtual_size = Some(parse_size(s)?);
     }
-    let rep = match vmdk::inspect::inspect_path(&a.file, &policy) {
+    let rep = match vmdk::inspect::inspect_in(&crate::namespace(), &a.file, &policy) {
         Ok(r) => r,
         Err(e) => {
             // Not a verdict: the file could not be read at all.

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::convert::Source;
 use vmdk::raw::RawFile;
 use vmdk::report::map::{mergeable, MapReporter, QEntry};
 use vmdk::report::names::display;
 use vmdk::report::text::Printable;
 use vmdk::walk::MapWalker;
+use vmdk::Disk;
 use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
@@ -142,7 +142,7 @@ pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
     let start = a.start_offset.unwrap_or(0);
     // Open before printing anything: a failure prints no output at all.
-    let (source, conv): (Box<dyn Source>, MapReporter) =
+    let (source, conv): (Box<dyn Disk>, MapReporter) =
         match image_format(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
@@ -192,7 +192,7 @@ fn print_map(
     json: bool,
     start: u64,
     end: u64,
-    source: &dyn Source,
+    source: &dyn Disk,
     mut conv: MapReporter,
 ) -> Result<()> {
     let mut printer = Printer::new(out, json, start)?;

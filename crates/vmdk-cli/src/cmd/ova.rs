@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use vmdk::lock::{FileRole, LockRequest};
+use vmdk::ops::ova_create::{self, OvaOptions};
 use vmdk::ova::manifest::Status;
-use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvaOptions, OvfSource};
+use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvfSource};
 use vmdk::report::text::Printable;
 
 use crate::opts::OpenArgs;
@@ -112,7 +113,7 @@ pub fn run(a: Args) -> Result<u8> {
 
 fn info(a: InfoArgs) -> Result<u8> {
     let lock = LockRequest::for_open(FileRole::Metadata, false, a.force_share);
-    let info = ova::inspect(&a.ova, Some(lock), a.threads)?;
+    let info = ova::inspect_in(&crate::namespace(), &a.ova, Some(lock), a.threads)?;
     let mut out = std::io::stdout().lock();
     match a.output {
         OutputFormat::Json => to_node(&info).print_json(&mut out)?,
@@ -427,13 +428,13 @@ fn create(a: CreateArgs) -> Result<u8> {
     let sources = a
         .disks
         .iter()
-        .map(|d| vmdk::open_source(d, a.format.as_deref(), &open))
+        .map(|d| crate::opts::open_disk(d, a.format.as_deref(), &open))
         .collect::<vmdk::Result<Vec<_>>>()?;
-    let refs: Vec<&dyn vmdk::Source> = sources.iter().map(|s| &**s).collect();
+    let refs: Vec<&dyn vmdk::Disk> = sources.iter().map(|s| &**s).collect();
     let pb = Progress::new(a.progress);
     let progress = |done: u64, total: u64| pb.update(done, total);
-    let ns = vmdk::namespace::default();
-    let r = ova::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
+    let ns = crate::namespace();
+    let r = ova_create::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
     pb.end(r.is_ok());
     r?;
     Ok(0)

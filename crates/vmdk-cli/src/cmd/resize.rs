@@ -45,6 +45,7 @@ pub fn run(a: Args) -> Result<u8> {
             let cur = vmdk::OpenOptions::new()
                 .open_backing(false)
                 .force_share(true)
+                .in_namespace(crate::namespace())
                 .open(&a.image)?
                 .size();
             if a.size.starts_with('+') {

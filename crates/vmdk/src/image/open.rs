@@ -15,12 +15,12 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::budget::ExtentBudget;
+use crate::extent::map::ExtentFile;
 use crate::extent::SparseExtent;
 use crate::format::descriptor::{ExtentType, CID_NONE};
 use crate::format::sparse_header::SparseHeader;
-use crate::lock::FileRole;
-use crate::map::ExtentFile;
-use crate::namespace::{Namespace, OpenMode};
+use crate::storage::lock::FileRole;
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, Storage};
 
 impl Image {

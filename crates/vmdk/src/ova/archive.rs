@@ -9,10 +9,10 @@ use super::member_storage::{member_id, MemberStorage};
 use super::ovf::{self, Envelope};
 use super::tar::{self, Member, MemberKind, TarIndex};
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::LockRequest;
-use crate::namespace::{Namespace, OpenMode};
-use crate::report::text::escape;
+use crate::storage::lock::LockRequest;
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, FileStorage, Storage};
+use crate::text::escape;
 
 /// An OVA archive opened for reading.
 #[derive(Debug)]
@@ -37,14 +37,19 @@ impl Archive {
         Self::from_storage(path, storage)
     }
 
-    /// Open the file `path` of `ns` read-only as it is stored ([`Namespace::open_whole`]),
-    /// holding `lock` where `ns` has locks, and index it.
+    /// Open the file `path` of `ns` read-only, holding `lock` where `ns` has locks, and
+    /// index it. `ns` is a namespace the archive is a file of (the host's, object
+    /// storage's), not one that serves the archive's name as its first disk: for a router,
+    /// open the archive with [`RouterNamespace::open_file`] and index it with
+    /// [`Archive::from_storage`].
+    ///
+    /// [`RouterNamespace::open_file`]: crate::storage::namespace::RouterNamespace::open_file
     pub fn open_in(ns: &dyn Namespace, path: &Path, lock: Option<LockRequest>) -> Result<Archive> {
         let mode = OpenMode {
             lock,
             ..OpenMode::read_only()
         };
-        Self::from_storage(path, ns.open_whole(path, mode)?)
+        Self::from_storage(path, ns.open(path, mode)?)
     }
 
     /// Index the archive held in `storage` (named `path`).

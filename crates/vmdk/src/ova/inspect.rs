@@ -9,8 +9,8 @@ use super::ovf::Envelope;
 use super::tar::{Member, TarIndex};
 use super::vet::{self, Finding};
 use crate::error::Result;
-use crate::lock::LockRequest;
-use crate::namespace::RouterNamespace;
+use crate::storage::lock::LockRequest;
+use crate::storage::namespace::{OpenMode, RouterNamespace};
 
 /// What [`inspect`] finds in an OVA.
 #[derive(Debug, Clone)]
@@ -44,11 +44,27 @@ impl OvaInfo {
     }
 }
 
-/// Read the OVA named `path` in the default namespace (a host file, or an object in object
-/// storage when that backend is registered), holding `lock` while reading; see
-/// [`inspect_archive`].
+/// Read the OVA named `path` in the library's [`default_namespace`](super::default_namespace)
+/// (a host file), holding `lock` while reading; see [`inspect_in`].
 pub fn inspect(path: &Path, lock: Option<LockRequest>, threads: usize) -> Result<OvaInfo> {
-    let arch = Archive::open_in(&RouterNamespace, path, lock)?;
+    inspect_in(&super::default_namespace(), path, lock, threads)
+}
+
+/// Read the OVA named `path` in `ns` (a host file, or an object when `ns` has an
+/// object-storage backend), holding `lock` while reading; see [`inspect_archive`]. The
+/// archive itself is read ([`RouterNamespace::open_file`]), not the disk its name stands
+/// for elsewhere.
+pub fn inspect_in(
+    ns: &RouterNamespace,
+    path: &Path,
+    lock: Option<LockRequest>,
+    threads: usize,
+) -> Result<OvaInfo> {
+    let mode = OpenMode {
+        lock,
+        ..OpenMode::read_only()
+    };
+    let arch = Archive::from_storage(path, ns.open_file(path, mode)?)?;
     inspect_archive(&arch, threads)
 }
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::archive::Archive;
 use crate::error::Result;
-use crate::lock::LockRequest;
-use crate::namespace::Namespace;
+use crate::storage::lock::LockRequest;
+use crate::storage::namespace::Namespace;
 use crate::storage::FileId;
 
 struct Entry {
@@ -67,8 +67,8 @@ pub(super) fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::namespace::LocalNamespace;
     use crate::ova::tar::gnu_header;
+    use crate::storage::namespace::LocalNamespace;
 
     #[test]
     fn shared_while_a_member_is_open_and_dropped_after() {

@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::report::text::escape;
 use crate::storage::Storage;
+use crate::text::escape;
 
 /// Size of a tar header and the unit member data is padded to.
 pub const BLOCK: u64 = 512;
@@ -615,7 +615,7 @@ mod tests {
     fn refuses_hostile_names_sizes_and_checksums() {
         for name in ["../x", "a/../../x", "/etc/passwd"] {
             let e = index(archive(&[(name, b"x")])).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{name}: {e}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{name}: {e}");
         }
         let mut a = archive(&[("a", b"x")]);
         a[0] = b'b';
@@ -709,7 +709,7 @@ mod tests {
 
         let refused = |parts: &[Vec<u8>], why: &str| {
             let e = names(parts).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{e}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{e}");
             assert!(e.to_string().contains(why), "{why}: {e}");
         };
         // Data after headers tar -x reads none after.

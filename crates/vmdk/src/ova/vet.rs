@@ -18,7 +18,7 @@ use super::manifest::{Check, Status};
 use super::ovf::Envelope;
 use super::tar::{self, MemberKind, TarIndex};
 use crate::error::Result;
-use crate::report::text::escape;
+use crate::text::escape;
 
 /// What kind of problem a [`Finding`] reports. [`FindingCode::as_str`] is its stable name
 /// (as `vmdk ova info` prints it).
@@ -80,7 +80,7 @@ pub struct Finding {
     /// What kind of problem.
     pub code: FindingCode,
     /// The member or file it concerns, as the archive, OVF or manifest spells it (raw: it
-    /// may hold anything; escape it before printing, see [`crate::report::text`]).
+    /// may hold anything; escape it before printing, see [`crate::text`]).
     pub name: Option<String>,
     /// The problem for people, names already escaped.
     pub message: String,
