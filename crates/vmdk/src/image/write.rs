@@ -139,12 +139,19 @@ impl Image {
         });
         let io = |e| Error::io(e, "updating the descriptor").with_path(&self.path);
         match self.desc_location {
-            DescriptorLocation::File => {
-                self.storage.write_at(&new, 0).map_err(io)?;
-                if (new.len() as u64) < capacity {
-                    self.storage.set_len(new.len() as u64).map_err(io)?;
-                }
+            DescriptorLocation::File if (new.len() as u64) < capacity => {
+                // Shorter: cutting the file before the new text is durable could leave the
+                // old text cut short. So the new text goes in padded with NULs to the old
+                // length (readers stop at the first NUL, as with qemu's own descriptor
+                // files), is flushed, and only then is the padding cut off.
+                let mut padded = new;
+                let len = padded.len() as u64;
+                padded.resize(capacity as usize, 0);
+                self.storage.write_at(&padded, 0).map_err(io)?;
+                self.storage.flush().map_err(io)?;
+                self.storage.set_len(len).map_err(io)?;
             }
+            DescriptorLocation::File => self.storage.write_at(&new, 0).map_err(io)?,
             _ => {
                 if new.len() as u64 > capacity {
                     return Err(

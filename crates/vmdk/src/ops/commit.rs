@@ -14,7 +14,6 @@ use crate::extent::map::MapTarget;
 use crate::image::walk::MapWalker;
 use crate::image::{Image, OpenOptions};
 use crate::storage::aligned_buf::AlignedBuf;
-use crate::storage::FileId;
 
 /// How to commit.
 #[derive(Debug, Clone, Default)]
@@ -62,8 +61,11 @@ pub fn commit(
     let depth = match &commit.base {
         None => 1,
         Some(b) => {
-            let id = FileId::of_path(b)
-                .map_err(|e| Error::io(e, "cannot stat").with_path(b))?
+            // Asked of the namespace the chain is in (memory, an archive, ...), not of the
+            // host's files.
+            let id = opts
+                .namespace()
+                .identity(b)?
                 .ok_or_else(|| Error::invalid("no such file").with_path(b))?;
             layers
                 .iter()
@@ -80,11 +82,14 @@ pub fn commit(
     };
     let base_path = layers[depth].path().to_path_buf();
     // Our chain holds the base open for reading (and keeps other writers out); this second
-    // handle writes it and takes no lock of its own, which would conflict with ours.
+    // handle writes it and takes no lock of its own, which would conflict with ours. Durable
+    // writes: a new grain's data is flushed before its table entry points at it, so a power
+    // loss part-way leaves the base readable, every grain old or new.
     let base = OpenOptions {
         writable: true,
         locking: false,
         force_share: false,
+        durable: true,
         ..opts.clone()
     }
     .open(&base_path)?;
@@ -119,6 +124,9 @@ pub fn commit(
     .open(top)?;
     if direct {
         top_img.set_parent_cid(new_cid)?;
+        // Durable before the overlay is emptied: an emptied overlay must name the base's
+        // new CID (a descriptor file is flushed by nothing else).
+        top_img.flush()?;
     }
     if direct && !commit.keep_overlay {
         top_img.make_empty()?;

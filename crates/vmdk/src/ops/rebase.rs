@@ -73,9 +73,12 @@ pub fn rebase(
         };
         return set_parent(&img, &rebase.backing, cid);
     }
+    // Durable writes: a copied grain's data is flushed before its table entry points at it,
+    // so a power loss part-way never shows the guest anything but the old chain's data.
     let img = OpenOptions {
         writable: true,
         force_share: false,
+        durable: true,
         ..opts.clone()
     }
     .open(image)?;

@@ -226,11 +226,19 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
         for &off in dropped {
             let _ = s.file.storage.punch_hole(off, s.grain_size());
         }
+        // Durable when resize returns, like the rest (lost, the grains would only leak).
+        s.file
+            .storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(&s.file.path))?;
     }
     if let Some((file, keep)) = cut {
         file.storage
             .set_len(keep)
             .map_err(|e| Error::io(e, "cutting the extent").with_path(&file.path))?;
+        file.storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(&file.path))?;
     }
     for f in drop_files {
         img.namespace().remove(&f)?;
