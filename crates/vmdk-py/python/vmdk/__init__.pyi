@@ -1,8 +1,8 @@
 import io
-
-from . import files as files
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+from . import files as files
 
 from ._errors import (
     BackingChainError as BackingChainError,
