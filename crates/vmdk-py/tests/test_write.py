@@ -136,3 +136,17 @@ def test_force_share_is_for_readers(workdir):
     assert str(e.value).endswith("force-share=on can only be used with read-only images")
     with vmdk.open("a.vmdk", force_share=True) as img:
         assert not img.writable
+
+
+@pytest.mark.parametrize("kw", [{}, {"compress": True}, {"compat": "0.10", "cluster_size": 4096}])
+def test_convert_to_qcow2(workdir, kw):
+    src = make_image(workdir, "streamOptimized", "src.vmdk")
+    vmdk.convert(src, "out.qcow2", format="qcow2", **kw)
+    qemu_img("check", "out.qcow2")
+    run("qemu-img", "compare", "-q", src, "out.qcow2")
+    info = qemu_img("info", "--output=json", "out.qcow2").decode()
+    assert '"cluster-size": %d' % kw.get("cluster_size", 65536) in info
+    with pytest.raises(vmdk.InvalidArgumentError, match="qcow2 options"):
+        vmdk.convert(src, "x.vmdk", cluster_size=4096)
+    with pytest.raises(vmdk.InvalidArgumentError, match="compat"):
+        vmdk.convert(src, "x.qcow2", format="qcow2", compat="2")
