@@ -20,7 +20,9 @@
 //!   `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (with [`ServerConfig::tls`]; without
 //!   it, refused with `ERR_POLICY`), `INFO`, `GO` (export, name, description and
 //!   block-size info), `STRUCTURED_REPLY`, `EXTENDED_HEADERS`,
-//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the `base:allocation` context.
+//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the `base:allocation` context, and
+//!   `qemu:allocation-depth` when [`ServerConfig::allocation_depth`] is set (qemu-nbd's
+//!   `-A`).
 //!   Everything else gets `ERR_UNSUP`.
 //! * TLS (rustls): with [`ServerConfig::tls`] set, every option but `STARTTLS` is
 //!   answered `ERR_TLS_REQD` (and `EXPORT_NAME` ends the session) until TLS runs;
@@ -65,6 +67,16 @@ pub struct BlockStatus {
     pub zero: bool,
 }
 
+/// One extent of a `qemu:allocation-depth` answer (qemu's `docs/interop/nbd.txt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationDepth {
+    /// Length of the extent in bytes; must be non-zero.
+    pub length: u64,
+    /// 0: unallocated in every layer; 1: allocated in the export's top layer; N: allocated
+    /// in its (N-1)th backing layer.
+    pub depth: u32,
+}
+
 /// What an export serves.
 ///
 /// All methods may be called concurrently from several worker threads (and
@@ -93,6 +105,19 @@ pub trait BlockExport: Send + Sync + 'static {
     /// Allocation status of [offset, offset+len): contiguous, non-empty extents starting at offset,
     /// covering at least the first byte (may cover less than len, may not go past size()).
     fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>>;
+    /// The status a structured READ uses to send zero runs as holes instead of bytes: the
+    /// same shape as [`block_status`](Self::block_status), and it may be coarser (calling
+    /// data what reads as zeros) when that is cheaper, since the read is correct either
+    /// way. Defaults to `block_status`.
+    fn read_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
+        self.block_status(offset, len)
+    }
+    /// The `qemu:allocation-depth` of [offset, offset+len), with the same rules as
+    /// [`block_status`](Self::block_status). Only asked when
+    /// [`ServerConfig::allocation_depth`] is set; the default says `Unsupported`.
+    fn allocation_depth(&self, _offset: u64, _len: u64) -> std::io::Result<Vec<AllocationDepth>> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Server settings.
@@ -121,6 +146,9 @@ pub struct ServerConfig {
     /// TLS credentials (`qemu-nbd --tls-creds`): clients must then negotiate
     /// `NBD_OPT_STARTTLS` first. Default none.
     pub tls: Option<TlsConfig>,
+    /// Offer the `qemu:allocation-depth` metadata context (`qemu-nbd -A`), answered by
+    /// [`BlockExport::allocation_depth`]. Default off.
+    pub allocation_depth: bool,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +162,7 @@ impl Default for ServerConfig {
             workers_per_client: 4,
             handshake_timeout: std::time::Duration::from_secs(10),
             tls: None,
+            allocation_depth: false,
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct ExportCtx {
     /// Forced by the config or reported by the export.
     pub read_only: bool,
     pub multi_conn: bool,
+    /// `qemu:allocation-depth` is offered.
+    pub allocation_depth: bool,
     /// TLS credentials: when set, clients must start TLS before anything else.
     pub tls: Option<TlsConfig>,
 }
@@ -190,6 +192,7 @@ impl Server {
             description: config.description.clone(),
             read_only,
             multi_conn: config.max_clients > 1,
+            allocation_depth: config.allocation_depth,
             tls: config.tls.clone(),
         };
         Server {
@@ -424,7 +427,7 @@ fn run_connection(
                 structured = neg.structured,
                 extended = neg.extended,
                 tls = ctx.tls.is_some(),
-                block_status = neg.meta_context.is_some(),
+                block_status = neg.meta.any(),
                 "negotiation complete"
             );
             match transmission::serve(ctx, neg, &mut reader, &*sock, workers, peer) {

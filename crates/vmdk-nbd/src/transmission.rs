@@ -12,7 +12,7 @@ use std::thread;
 
 use tracing::{debug, error, warn};
 
-use crate::handshake::Negotiated;
+use crate::handshake::{Negotiated, ALLOCATION_DEPTH_ID, BASE_ALLOCATION_ID};
 use crate::proto::*;
 use crate::server::ExportCtx;
 use crate::socket::Socket;
@@ -562,7 +562,7 @@ impl Conn<'_> {
             if pos >= end {
                 break;
             }
-            let extents = match self.ctx.export.block_status(pos, end - pos) {
+            let extents = match self.ctx.export.read_status(pos, end - pos) {
                 Ok(e) => e,
                 Err(e) => {
                     debug!(peer = self.peer, error = %e, "block status for sparse read failed");
@@ -662,46 +662,76 @@ impl Conn<'_> {
 
     fn cmd_block_status(&self, req: &Request) -> CmdResult {
         self.check_flags(req, CMD_FLAG_FUA | CMD_FLAG_REQ_ONE)?;
-        let Some(context_id) = self.neg.meta_context else {
+        let meta = self.neg.meta;
+        if !meta.any() {
             return Err(CmdError::new(EINVAL, "no metadata context was negotiated"));
-        };
+        }
         if req.length == 0 {
             return Err(CmdError::new(EINVAL, "block status of zero length"));
         }
         self.check_range(req, EINVAL)?;
         let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-        let extents = self
-            .ctx
-            .export
-            .block_status(req.offset, req.length)
-            .map_err(|e| CmdError::io("block status", &e))?;
-
-        // Clip to the request (always required for REQ_ONE; without extended headers the
-        // request, and so every descriptor, is below 4 GiB) and merge equal neighbours.
-        let end = req.offset + req.length;
-        let mut pos = req.offset;
-        let mut descs: Vec<(u64, u32)> = Vec::new();
-        for e in extents {
-            if e.length == 0 || pos >= end {
-                break;
-            }
-            let l = e.length.min(end - pos);
-            let flags =
-                (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
-            match descs.last_mut() {
-                Some(last) if last.1 == flags => last.0 += l,
-                _ => descs.push((l, flags)),
-            }
-            pos += l;
+        let export = &self.ctx.export;
+        // One chunk per selected context, in qemu's order; the last one is final.
+        let mut answers: Vec<(u32, Vec<(u64, u32)>)> = Vec::with_capacity(2);
+        if meta.base_allocation {
+            let extents = export
+                .block_status(req.offset, req.length)
+                .map_err(|e| CmdError::io("block status", &e))?;
+            let descs = extents.iter().map(|e| {
+                let flags =
+                    (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
+                (e.length, flags)
+            });
+            answers.push((BASE_ALLOCATION_ID, clip(req, descs, req_one)?));
         }
-        if descs.is_empty() {
-            return Err(CmdError::new(EIO, "export returned no block status"));
+        if meta.allocation_depth {
+            let extents = export
+                .allocation_depth(req.offset, req.length)
+                .map_err(|e| CmdError::io("allocation depth", &e))?;
+            let descs = extents.iter().map(|e| (e.length, e.depth));
+            answers.push((ALLOCATION_DEPTH_ID, clip(req, descs, req_one)?));
         }
-        if req_one {
-            descs.truncate(1);
+        let chunks = self.chunks(req);
+        let mut out = Vec::new();
+        let last = answers.len() - 1;
+        for (i, (id, descs)) in answers.iter().enumerate() {
+            let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+            chunks.block_status(&mut out, flags, *id, descs);
         }
-        Ok(Some(self.chunks(req).block_status(context_id, &descs)))
+        Ok(Some(out))
     }
+}
+
+/// Clip an export's (length, flags) extents to the request (always required for REQ_ONE;
+/// without extended headers the request, and so every descriptor, is below 4 GiB) and merge
+/// equal neighbours; with `req_one`, only the first.
+fn clip(
+    req: &Request,
+    extents: impl Iterator<Item = (u64, u32)>,
+    req_one: bool,
+) -> Result<Vec<(u64, u32)>, CmdError> {
+    let end = req.offset + req.length;
+    let mut pos = req.offset;
+    let mut descs: Vec<(u64, u32)> = Vec::new();
+    for (length, flags) in extents {
+        if length == 0 || pos >= end {
+            break;
+        }
+        let l = length.min(end - pos);
+        match descs.last_mut() {
+            Some(last) if last.1 == flags => last.0 += l,
+            _ => descs.push((l, flags)),
+        }
+        pos += l;
+    }
+    if descs.is_empty() {
+        return Err(CmdError::new(EIO, "export returned no block status"));
+    }
+    if req_one {
+        descs.truncate(1);
+    }
+    Ok(descs)
 }
 
 #[cfg(test)]
