@@ -38,10 +38,11 @@
 //!
 //! # Threading model
 //!
-//! Blocking sockets and std threads: one thread per connection reads requests
-//! and hands them to `workers_per_client` worker threads, which may complete
-//! them out of order. Every reply is assembled into one buffer and written
-//! under a per-connection lock, so chunks never interleave.
+//! Blocking sockets and std threads: each connection has `workers_per_client`
+//! threads that take turns reading a request from the socket (no hand-off
+//! between threads per request) and then execute it, so requests may complete
+//! out of order. Every reply is assembled into the worker's reused buffer and
+//! written under a per-connection lock, so chunks never interleave.
 //!
 //! Connections beyond `max_clients` are not accepted until a slot frees up
 //! (they wait in the listen backlog), like `qemu-nbd --shared`.
