@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/nbd.sh — `vmdk serve` against nbdkit and qemu-nbd serving the same bytes, in one run.
 #
-# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~12 GB free)
+# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~15 GB free)
 # Environment:
 #   DISK=4G         virtual size of the test disk (the 4 GiB disk of bench/convert.sh)
 #   DATA_MB=1600    how much real data to put in it (hard-linked copies of /usr trees)
@@ -161,24 +161,33 @@ done
 stop_servers
 
 # ---- 3. writable: random writes on fresh copies -----------------------------------------
+# Each copy is removed only once everything is timed: removing a file that random writes
+# fragmented can take minutes on a file system mounted with online discard, and slows the
+# device meanwhile.
+declare -A CHECKS
+# write_run WHO KIND: random writes through server WHO on a fresh copy of the KIND image.
+write_run() {
+    local who=$1 kind=$2 img
+    if [ "$kind" = flat ]; then
+        cp --sparse=always flat-flat.vmdk "w-$who-flat-flat.vmdk"
+        sed "s/flat-flat.vmdk/w-$who-flat-flat.vmdk/" flat.vmdk > "w-$who-flat.vmdk"
+        img=w-$who-flat.vmdk
+        [ "$who" = nbdkit ] && img=w-$who-flat-flat.vmdk
+    else
+        cp --sparse=always sparse.vmdk "w-$who-sparse.vmdk"
+        img=w-$who-sparse.vmdk
+    fi
+    warm "$img"
+    start "$who" rw "$img"
+    IOPS[$who,${kind}write]=$(fio_iops "$URL" randwrite "$IODEPTH")
+    stop_servers
+    if [ "$who" != nbdkit ]; then
+        CHECKS[$who,$kind]=$(qemu-img check -f vmdk "$img" 2>&1 | tail -1)
+    fi
+}
 rm -f w-*.vmdk
-for who in ours qemu; do
-    cp --sparse=always flat-flat.vmdk "w-$who-flat-flat.vmdk"
-    sed "s/flat-flat.vmdk/w-$who-flat-flat.vmdk/" flat.vmdk > "w-$who-flat.vmdk"
-    cp --sparse=always sparse.vmdk "w-$who-sparse.vmdk"
-done
-cp --sparse=always flat-flat.vmdk w-nbdkit-flat-flat.vmdk
-warm w-*.vmdk
-for who in "${WHO[@]}"; do
-    if [ "$who" = nbdkit ]; then start nbdkit rw w-nbdkit-flat-flat.vmdk; else start "$who" rw "w-$who-flat.vmdk"; fi
-    IOPS[$who,flatwrite]=$(fio_iops "$URL" randwrite "$IODEPTH")
-    stop_servers
-done
-for who in ours qemu; do
-    start "$who" rw "w-$who-sparse.vmdk"
-    IOPS[$who,sparsewrite]=$(fio_iops "$URL" randwrite "$IODEPTH")
-    stop_servers
-done
+for who in "${WHO[@]}"; do write_run "$who" flat; done
+for who in ours qemu; do write_run "$who" sparse; done
 IOPS[nbdkit,sparsewrite]=n/a
 
 # ---- 4. report -----------------------------------------------------------------------------
@@ -205,6 +214,10 @@ for w in flatwrite sparsewrite; do
 done
 printf '%-34s %11s %11s %11s\n' "nbdinfo --map extents (data/zero)" "${MAPS[ours]}" "${MAPS[nbdkit]}" "${MAPS[qemu]}"
 echo
-for f in w-ours-flat.vmdk w-qemu-flat.vmdk w-ours-sparse.vmdk w-qemu-sparse.vmdk; do
-    printf '%s: %s\n' "$f" "$(qemu-img check -f vmdk "$f" 2>&1 | tail -1)"
+for who in ours qemu; do
+    for kind in flat sparse; do
+        printf 'qemu-img check of the %s image written through %s: %s\n' "$kind" "$who" \
+            "${CHECKS[$who,$kind]}"
+    done
 done
+rm -f w-*.vmdk

@@ -701,6 +701,30 @@ fn multi_conn_on_read_only_exports() {
     assert!(multi(&rw.url()), "writable export, -e 3: multi-conn");
 }
 
+/// A flat extent whose file ends before the extent does (and mid-way through a read) reads
+/// as zeros past the file's end, as qemu's driver reads it: large reads, which the server
+/// sends straight from the file (`sendfile`), pad the rest with zeros; block status says
+/// zero there, as qemu-nbd's does.
+#[test]
+fn serves_short_flat_file() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(
+        dir.path(),
+        "short.vmdk",
+        "8M",
+        &["subformat=monolithicFlat"],
+    );
+    qemu_io(&img, &["write -P 0x5a 0 8M"]);
+    let flat = dir.path().join("short-flat.vmdk");
+    let f = std::fs::OpenOptions::new().write(true).open(&flat).unwrap();
+    f.set_len(5 * MIB + 1000).unwrap();
+    drop(f);
+    check_read_only_export(dir.path(), &img);
+}
+
 #[test]
 fn serves_stream_optimized_qemu_layout() {
     if tools_for_reads() {

@@ -78,6 +78,16 @@ pub struct AllocationDepth {
     pub depth: u32,
 }
 
+/// Where a stretch of an export lies in a host file, so a READ's data can go from the page
+/// cache to the socket without passing through the server (`sendfile`).
+pub struct FileSlice {
+    /// The file (kept open for as long as the slice lives).
+    pub file: std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>,
+    /// Byte offset in the file of the stretch's first byte. Bytes past the file's end read
+    /// as zeros.
+    pub offset: u64,
+}
+
 /// What an export serves.
 ///
 /// All methods may be called concurrently from several worker threads (and
@@ -112,6 +122,13 @@ pub trait BlockExport: Send + Sync + 'static {
     /// way. Defaults to `block_status`.
     fn read_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
         self.block_status(offset, len)
+    }
+    /// Where [offset, offset+len) lies as one piece of a host file whose bytes are exactly
+    /// the export's there (zeros past the file's end), if it does; the server then sends a
+    /// READ's data straight from the file. The default says `None`: reads go through
+    /// [`read_at`](Self::read_at).
+    fn read_file(&self, _offset: u64, _len: u64) -> Option<FileSlice> {
+        None
     }
     /// The `qemu:allocation-depth` of [offset, offset+len), with the same rules as
     /// [`block_status`](Self::block_status). Only asked when

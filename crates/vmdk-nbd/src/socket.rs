@@ -16,11 +16,19 @@ pub(crate) trait Socket: Read + Write + Send + Sync {
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()>;
     fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
     fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// The kernel socket, when bytes written to it go to the peer as they are (plain TCP
+    /// and Unix sockets, not TLS): replies may then be sent with `sendfile`.
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl Socket for TcpStream {
     fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
         Ok(Box::new(self.try_clone()?))
+    }
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
         self.shutdown(how)
@@ -36,6 +44,9 @@ impl Socket for TcpStream {
 impl Socket for UnixStream {
     fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
         Ok(Box::new(self.try_clone()?))
+    }
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
         self.shutdown(how)

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -89,6 +90,10 @@ struct Job {
     /// Budget held by this job, released once it is answered.
     cost: u64,
 }
+
+/// Smallest READ whose data is sent with `sendfile` when the export can name its file: below
+/// it, copying through the reply buffer costs less than the extra system call.
+const SENDFILE_MIN: u64 = 64 * 1024;
 
 /// A worker's reply buffer above this size is not kept for the next request.
 const KEEP_BUFFER: usize = 4 << 20;
@@ -237,6 +242,8 @@ struct Conn<'a> {
     budget: Budget,
     /// Set once writing failed or a handler panicked: stop doing work.
     broken: AtomicBool,
+    /// The socket takes `sendfile` (plain TCP or Unix, not TLS).
+    zero_copy: bool,
     /// Something was written; flush when the client leaves.
     dirty: AtomicBool,
 }
@@ -259,6 +266,7 @@ pub(crate) fn serve<R: Read + Send>(
         closer: sock.try_clone_box()?,
         budget: Budget::new(),
         broken: AtomicBool::new(false),
+        zero_copy: sock.plain_fd().is_some(),
         dirty: AtomicBool::new(false),
     };
     let reader = Mutex::new(Reader {
@@ -454,10 +462,12 @@ impl Conn<'_> {
         let req = job.req;
         let result = match req.command {
             CMD_READ => match self.cmd_read(&req, &mut bufs.reply) {
-                Ok(used) => {
+                Ok(Some(used)) => {
                     self.send(&bufs.reply[..used]);
                     return;
                 }
+                // Sent straight from the file.
+                Ok(None) => return,
                 Err(e) => Err(e),
             },
             CMD_WRITE => self.cmd_write(&req, &bufs.payload[..job.payload_len]),
@@ -548,8 +558,9 @@ impl Conn<'_> {
 
     // ---- commands -----------------------------------------------------------
 
-    /// A READ's whole reply, assembled in `buf`; returns how many bytes of it to send.
-    fn cmd_read(&self, req: &Request, buf: &mut Vec<u8>) -> Result<usize, CmdError> {
+    /// A READ's whole reply, assembled in `buf`: returns how many bytes of it to send, or
+    /// `None` when the reply went out already, its data straight from the export's file.
+    fn cmd_read(&self, req: &Request, buf: &mut Vec<u8>) -> Result<Option<usize>, CmdError> {
         let mut allowed = CMD_FLAG_FUA;
         if self.neg.structured {
             allowed |= CMD_FLAG_DF;
@@ -565,11 +576,63 @@ impl Conn<'_> {
             ));
         }
         self.check_range(req, EINVAL)?;
-        if self.neg.structured {
-            self.read_structured(req, buf)
-        } else {
-            self.read_simple(req, buf)
+        if self.send_file_read(req) {
+            return Ok(None);
         }
+        if self.neg.structured {
+            self.read_structured(req, buf).map(Some)
+        } else {
+            self.read_simple(req, buf).map(Some)
+        }
+    }
+
+    /// Answer a (validated) READ with its data sent from the export's host file by
+    /// `sendfile`, when the socket takes it, the read is large enough, it is data throughout
+    /// (no hole chunk to send) and the export names one file for it. Returns whether it did.
+    /// A failure after the reply started leaves the stream unusable, so it breaks the
+    /// connection (the client sees it closed); one before it is answered as a read error
+    /// the usual way, by returning `false` and letting the buffered path try.
+    fn send_file_read(&self, req: &Request) -> bool {
+        if !self.zero_copy || req.length < SENDFILE_MIN {
+            return false;
+        }
+        if self.neg.structured && req.flags & CMD_FLAG_DF == 0 {
+            let segs = self.classify(req.offset, req.length);
+            if segs.len() != 1 || segs[0].hole {
+                return false;
+            }
+        }
+        let Some(slice) = self.ctx.export.read_file(req.offset, req.length) else {
+            return false;
+        };
+        let mut hdr = Vec::with_capacity(64);
+        if self.neg.structured {
+            let chunks = self.chunks(req);
+            chunks.header(
+                &mut hdr,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + req.length,
+            );
+            hdr.extend_from_slice(&req.offset.to_be_bytes());
+        } else {
+            hdr.resize(SIMPLE_REPLY_LEN, 0);
+            write_simple_reply(&mut hdr, req.handle, 0);
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            return true;
+        }
+        let w = lock(&self.writer);
+        let Some(fd) = w.plain_fd() else {
+            drop(w);
+            return false;
+        };
+        if let Err(e) = send_from_file(fd, &hdr, &slice, req.length) {
+            debug!(peer = self.peer, error = %e, "sending a read from the file failed");
+            drop(w);
+            self.break_connection();
+        }
+        true
     }
 
     fn read_simple(&self, req: &Request, buf: &mut Vec<u8>) -> Result<usize, CmdError> {
@@ -781,6 +844,53 @@ impl Conn<'_> {
         }
         Ok(Some(out))
     }
+}
+
+/// Send `header`, then `len` bytes of `slice`'s file (zeros past its end), on the socket
+/// `fd`: the header with `MSG_MORE` so it leaves in one segment with the data, the data by
+/// `sendfile`, from the page cache to the socket without a copy through this process.
+fn send_from_file(
+    fd: std::os::fd::BorrowedFd<'_>,
+    header: &[u8],
+    slice: &crate::FileSlice,
+    len: u64,
+) -> io::Result<()> {
+    use rustix::io::Errno;
+    let mut sent = 0;
+    while sent < header.len() {
+        match rustix::net::send(fd, &header[sent..], rustix::net::SendFlags::MORE) {
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let file = slice.file.as_fd();
+    let mut offset = slice.offset;
+    let mut left = len;
+    while left > 0 {
+        let count = left.min(1 << 30) as usize;
+        match rustix::fs::sendfile(fd, file, Some(&mut offset), count) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Past the file's end the export reads as zeros.
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        let mut done = 0;
+        while done < n {
+            match rustix::net::send(fd, &ZEROS[done..n], rustix::net::SendFlags::empty()) {
+                Ok(k) => done += k,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// Clip an export's (length, flags) extents to the request (always required for REQ_ONE;

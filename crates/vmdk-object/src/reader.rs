@@ -379,7 +379,11 @@ mod tests {
         let s = ObjectStorage::new(store, meta, FileId { dev: 0, ino: 1 }, &cfg);
         let mut buf = vec![0u8; block];
         s.read_at(&mut buf, 0).unwrap();
-        assert_eq!(s.inner.read_ahead.load(Ordering::Relaxed), 2, "not forwards yet");
+        assert_eq!(
+            s.inner.read_ahead.load(Ordering::Relaxed),
+            2,
+            "not forwards yet"
+        );
         // Block 1 follows a cached block 0 and was never asked for: the reader stalls.
         s.read_at(&mut buf, block as u64).unwrap();
         assert_eq!(s.inner.read_ahead.load(Ordering::Relaxed), 4);

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use vmdk_nbd::{AllocationDepth, BlockExport, BlockStatus};
+use vmdk_nbd::{AllocationDepth, BlockExport, BlockStatus, FileSlice};
 
 use crate::extent::ExtentKind;
 use crate::{ErrorKind, ExtentFile, Image, MapEntry, MapTarget, OpenOptions, Result};
@@ -185,6 +185,19 @@ impl ImageExport {
     }
 }
 
+/// An extent file as the open descriptor an NBD server sends reads from; only made for files
+/// whose storage has one ([`crate::Storage::as_fd`]).
+struct ExtentFd(Arc<ExtentFile>);
+
+impl std::os::fd::AsFd for ExtentFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0
+            .storage
+            .as_fd()
+            .expect("ExtentFd is only made for storage with a descriptor")
+    }
+}
+
 impl BlockExport for ImageExport {
     fn size(&self) -> u64 {
         self.image.size()
@@ -217,6 +230,25 @@ impl BlockExport for ImageExport {
     }
     fn read_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
         self.status(offset, len, false).map_err(io_err)
+    }
+    fn read_file(&self, offset: u64, len: u64) -> Option<FileSlice> {
+        // Plain data in one host file throughout: what `read_at` returns there is that
+        // file's bytes (zeros past its end), so they may go from the page cache directly.
+        let entries = self.image.map_prefix(offset, len, 1).ok()?;
+        match entries.as_slice() {
+            [MapEntry {
+                start,
+                length,
+                target: MapTarget::Data { file, offset: at },
+                ..
+            }] if *start == offset && *length == len && file.storage.as_fd().is_some() => {
+                Some(FileSlice {
+                    file: Arc::new(ExtentFd(file.clone())),
+                    offset: *at,
+                })
+            }
+            _ => None,
+        }
     }
     fn allocation_depth(&self, offset: u64, len: u64) -> std::io::Result<Vec<AllocationDepth>> {
         let len = len.min(self.image.size().saturating_sub(offset));
