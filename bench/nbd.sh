@@ -7,6 +7,7 @@
 #   DATA_MB=1600    how much real data to put in it (hard-linked copies of /usr trees)
 #   RUNS=3          nbdcopy runs per server, servers alternating run by run (best is reported)
 #   SECS=8          seconds per fio workload
+#   FIO_RUNS=2      rounds of the read fio rows, servers alternating (best is reported)
 #   IODEPTH=16      requests in flight for the "QD16" fio rows
 #   VMDK=...        our binary (default target/release/vmdk, built by this script)
 #
@@ -26,8 +27,11 @@
 #      and drives them with
 #        seq read   `nbdcopy URL null:` of the whole disk (multi-conn where advertised,
 #                   64 x 256 KiB requests in flight; skips what block status calls zero),
-#                   best of RUNS, servers alternating;
-#        rand read  fio --ioengine=nbd (libnbd, one connection), 4 KiB, QD IODEPTH and 1;
+#                   best of RUNS, servers alternating; also the server's CPU seconds for
+#                   the copy (user + system, best run), steadier than wall time on a
+#                   shared machine;
+#        rand read  fio --ioengine=nbd (libnbd, one connection), 4 KiB, QD IODEPTH and 1,
+#                   best of FIO_RUNS rounds, servers alternating;
 #        map        `nbdinfo --map` extents (data / zero), which is what lets nbdcopy skip;
 #   3. writable, random 4 KiB writes (fio, QD IODEPTH, SECS s) on fresh copies:
 #        the flat image: ours and qemu-nbd on flat.vmdk, nbdkit file on its -flat file;
@@ -48,6 +52,7 @@ DATA_MB=${DATA_MB:-1600}
 RUNS=${RUNS:-3}
 SECS=${SECS:-8}
 IODEPTH=${IODEPTH:-16}
+FIO_RUNS=${FIO_RUNS:-2}
 
 for t in qemu-img qemu-nbd nbdcopy nbdinfo nbdkit mke2fs jq; do
     command -v "$t" >/dev/null || {
@@ -102,7 +107,7 @@ wait_up() {
     exit 1
 }
 
-# start WHO WRITABLE FILE: start server WHO (ours, nbdkit, qemu) on FILE, sets URL.
+# start WHO WRITABLE FILE: start server WHO (ours, nbdkit, qemu) on FILE, sets URL and SPID.
 start() {
     local who=$1 rw=$2 file=$3 port pid ro=()
     port=$(free_port)
@@ -114,6 +119,7 @@ start() {
     esac
     pid=$!
     PIDS+=("$pid")
+    SPID=$pid
     URL="nbd://127.0.0.1:$port"
     wait_up "$URL" "$pid"
 }
@@ -138,24 +144,33 @@ map_counts() {
 }
 
 WHO=(ours nbdkit qemu)
-declare -A URLS BEST IOPS MAPS
+declare -A URLS SPIDS BEST CPU IOPS MAPS
+# CPU seconds (user + system) process PID has used so far.
+cpu_of() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 
 # ---- 2. read-only, the same bytes ---------------------------------------------------------
-start ours ro flat.vmdk; URLS[ours]=$URL
-start nbdkit ro flat-flat.vmdk; URLS[nbdkit]=$URL
-start qemu ro flat.vmdk; URLS[qemu]=$URL
+start ours ro flat.vmdk; URLS[ours]=$URL; SPIDS[ours]=$SPID
+start nbdkit ro flat-flat.vmdk; URLS[nbdkit]=$URL; SPIDS[nbdkit]=$SPID
+start qemu ro flat.vmdk; URLS[qemu]=$URL; SPIDS[qemu]=$SPID
 for who in "${WHO[@]}"; do MAPS[$who]=$(map_counts "${URLS[$who]}"); done
 for ((i = 0; i < RUNS; i++)); do
     for who in "${WHO[@]}"; do
+        c0=$(cpu_of "${SPIDS[$who]}")
         t0=$(now)
         nbdcopy "${URLS[$who]}" null:
         t=$(echo "$(now) - $t0" | bc -l)
+        c=$(echo "$(cpu_of "${SPIDS[$who]}") - $c0" | bc -l)
         if faster "$t" "${BEST[$who]:-}"; then BEST[$who]=$t; fi
+        if faster "$c" "${CPU[$who]:-}"; then CPU[$who]=$c; fi
     done
 done
-for qd in "$IODEPTH" 1; do
-    for who in "${WHO[@]}"; do
-        IOPS[$who,randread,$qd]=$(fio_iops "${URLS[$who]}" randread "$qd")
+for ((i = 0; i < FIO_RUNS; i++)); do
+    for qd in "$IODEPTH" 1; do
+        for who in "${WHO[@]}"; do
+            v=$(fio_iops "${URLS[$who]}" randread "$qd")
+            b=${IOPS[$who,randread,$qd]:-0}
+            if awk "BEGIN{exit !($v > $b)}"; then IOPS[$who,randread,$qd]=$v; fi
+        done
     done
 done
 stop_servers
@@ -200,9 +215,12 @@ printf '%-34s %11s %11s %11s %9s %9s\n' workload "vmdk serve" nbdkit qemu-nbd ou
 printf '%-34s %9ss %9ss %9ss %9s %9s\n' "nbdcopy whole disk (best/$RUNS)" \
     "$(printf %.2f "${BEST[ours]}")" "$(printf %.2f "${BEST[nbdkit]}")" "$(printf %.2f "${BEST[qemu]}")" \
     "$(ratio "${BEST[nbdkit]}" "${BEST[ours]}")" "$(ratio "${BEST[qemu]}" "${BEST[ours]}")"
+printf '%-34s %9ss %9ss %9ss %9s %9s\n' "  server CPU for it (best/$RUNS)" \
+    "$(printf %.2f "${CPU[ours]}")" "$(printf %.2f "${CPU[nbdkit]}")" "$(printf %.2f "${CPU[qemu]}")" \
+    "$(ratio "${CPU[nbdkit]}" "${CPU[ours]}")" "$(ratio "${CPU[qemu]}" "${CPU[ours]}")"
 for qd in "$IODEPTH" 1; do
     o=${IOPS[ours,randread,$qd]} k=${IOPS[nbdkit,randread,$qd]} q=${IOPS[qemu,randread,$qd]}
-    printf '%-34s %11s %11s %11s %9s %9s\n' "randread 4k QD$qd IOPS (${SECS}s)" \
+    printf '%-34s %11s %11s %11s %9s %9s\n' "randread 4k QD$qd IOPS (best/$FIO_RUNS)" \
         "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")"
 done
 for w in flatwrite sparsewrite; do
