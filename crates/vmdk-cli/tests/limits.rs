@@ -191,7 +191,7 @@ fn descriptor_naming_one_sparse_file_19000_times() {
     let lines: Vec<String> = (0..19000)
         .map(|_| format!("RW {sectors} SPARSE \"one.vmdk\""))
         .collect();
-    descriptor(d.path(), "many.vmdk", "monolithicSparse", None, &lines);
+    descriptor(d.path(), "many.vmdk", "twoGbMaxExtentSparse", None, &lines);
     let many = s(&d.path().join("many.vmdk"));
     let out = vmdk_limited(&["map", "--output=json", &many], Some(64)).ok_under(64 * MIB);
     let e = one_entry(&out, "map");
@@ -297,7 +297,7 @@ fn huge_grain_directories_cost_what_they_are_counted() {
         descriptor(
             d.path(),
             &format!("d{i}.vmdk"),
-            "monolithicSparse",
+            "twoGbMaxExtentSparse",
             parent.as_deref(),
             &[line],
         );

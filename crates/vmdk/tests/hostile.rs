@@ -401,6 +401,8 @@ fn oversized_descriptors() {
 }
 
 fn flat_desc(d: &Dir, name: &str, extent: &str, kind: &str) -> PathBuf {
+    // Only FLAT lines carry an offset (QEMU refuses one on the other kinds).
+    let offset = if kind == "FLAT" { " 0" } else { "" };
     build::write(
         d.0.path(),
         name,
@@ -409,7 +411,7 @@ fn flat_desc(d: &Dir, name: &str, extent: &str, kind: &str) -> PathBuf {
             0xffffffff,
             "monolithicFlat",
             None,
-            &[format!("RW 8 {kind} \"{extent}\" 0")],
+            &[format!("RW 8 {kind} \"{extent}\"{offset}")],
         )
         .as_bytes(),
     )
@@ -1160,7 +1162,7 @@ fn many_extents_sharing_a_big_directory() {
         let lines: Vec<String> = (0..300)
             .map(|i| format!("RW {sectors} SPARSE \"{}\"", names(i)))
             .collect();
-        build::descriptor(1, 0xffffffff, "custom", None, &lines)
+        build::descriptor(1, 0xffffffff, "twoGbMaxExtentSparse", None, &lines)
     };
     let same = build::write(
         d.0.path(),
@@ -1297,7 +1299,7 @@ fn map_prefix_and_walker_cost_entries_not_bytes() {
     let desc = build::descriptor(
         1,
         0xffffffff,
-        "custom",
+        "twoGbMaxExtentSparse",
         None,
         &[
             "RW 2048 SPARSE \"a.vmdk\"".to_string(),
@@ -1351,7 +1353,7 @@ fn lines_naming_one_sparse_file_share_its_allocator() {
     let desc = build::descriptor(
         1,
         0xffffffff,
-        "custom",
+        "twoGbMaxExtentSparse",
         None,
         &[
             "RW 2048 SPARSE \"one.vmdk\"".to_string(),

@@ -7,9 +7,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::extent::map::ExtentFile;
 use crate::format::marker::{compress_bound, GrainMarker, GRAIN_MARKER_SIZE};
 use crate::format::SECTOR_SIZE;
-use crate::map::ExtentFile;
 
 /// Highest zlib level accepted (libdeflate goes to 12; levels 0-9 mean what they mean to zlib).
 pub const MAX_LEVEL: u32 = 12;

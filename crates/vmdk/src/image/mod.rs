@@ -1,31 +1,41 @@
-//! An open image as a mapped disk: the [`Image`] type, what it holds, and the answers it
-//! gives over the whole virtual disk ([`Image::map`], [`Image::map_layer`],
-//! [`Image::read_at`]) through the one walk over its extents. Opening (probing, the
-//! descriptor, extents, backing chain, CID check, locks) is in `open.rs`, what a file is in
-//! `probe.rs`, and how to open in `options.rs`.
+//! The image layer. This file: an open image as a mapped disk: the [`Image`] type, what it
+//! holds, and the answers it gives over the whole virtual disk ([`Image::map`],
+//! [`Image::map_layer`], [`Image::read_at`]) through the one walk over its extents.
+//! Opening (probing, the descriptor, extents, backing chain, CID check, locks) is in
+//! `open.rs`, what a file is in `probe.rs`, and how to open in `options.rs`; writing (the
+//! one write walk, the CID update) in [`write`](mod@write). [`Disk`] (`disk.rs`) is what whole-disk
+//! operations read, whatever the format ([`ImageFormat`]); [`raw`] is raw files as disks,
+//! [`walk`] walks disks' maps in bounded batches, [`reader`] is `std::io::Read + Seek` over
+//! an image.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
 use crate::extent::{Extent, ExtentKind};
 use crate::format::descriptor::{Descriptor, ExtentAccess};
-use crate::map::{MapBuilder, MapEntry, MapTarget};
-use crate::namespace::Namespace;
+use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
 mod descriptor;
+mod disk;
 mod extents;
 mod open;
 mod options;
 mod probe;
+pub mod raw;
+pub mod reader;
+pub mod walk;
+pub mod write;
 
+pub use disk::{Disk, ImageFormat};
 pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE};
 pub(crate) use probe::probe_storage_full;
 pub use probe::{
     foreign_format_error, foreign_virtual_size, foreign_virtual_size_of, probe, probe_in,
-    probe_path, probe_storage, FileFormat,
+    probe_path, probe_storage, FileFormat, SOURCE_FORMATS,
 };
 
 /// Where an image's descriptor text lives.
@@ -58,7 +68,7 @@ pub struct Image {
     pub(crate) backing: Option<Box<Image>>,
     pub(crate) writable: bool,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) write_state: crate::write::WriteState,
+    pub(crate) write_state: crate::image::write::WriteState,
     /// Where this image's files are (new extents of a resize go there too).
     pub(crate) namespace: Arc<dyn Namespace>,
 }

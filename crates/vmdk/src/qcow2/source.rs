@@ -1,4 +1,4 @@
-//! A qcow2 image as a convert/compare [`Source`]: its L1/L2 tables answer the one mapping
+//! A qcow2 image as a convert/compare [`Disk`]: its L1/L2 tables answer the one mapping
 //! question (data at an offset of the file, a compressed cluster, zeros, or unallocated,
 //! with the depth of the layer that answered), so qcow2 goes through the same planner and
 //! workers as VMDK: holes stay holes, zero clusters become zero grains, and compressed
@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use super::header::{parse_extensions, Extensions, Header};
 use super::l2::{self, Cluster, Entry, SUBCLUSTERS};
 use super::l2_cache::L2Cache;
-use crate::convert::Source;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::compressed::CompressedGrain;
-use crate::image::{FileFormat, Image, OpenOptions};
-use crate::lock::{FileRole, LockRequest};
-use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::namespace::OpenMode;
-use crate::raw::RawFile;
+use crate::extent::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
+use crate::image::raw::RawFile;
+use crate::image::Disk;
+use crate::image::{Image, ImageFormat, OpenOptions};
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::OpenMode;
 use crate::storage::FileId;
 
 /// Bytes of L2 tables kept in memory per image.
@@ -39,7 +39,7 @@ pub struct Qcow2Image {
     l2_cache: Mutex<L2Cache>,
     backing_name: Option<String>,
     backing_path: Option<PathBuf>,
-    backing: Option<Box<dyn Source>>,
+    backing: Option<Box<dyn Disk>>,
 }
 
 impl std::fmt::Debug for Qcow2Image {
@@ -174,41 +174,32 @@ impl Qcow2Image {
     }
 
     /// Open a backing file: of the format the header names, or probed from its content.
+    ///
+    /// The same choice as [`open_disk`](fn@crate::ops::open_disk), which cannot be called
+    /// from here (it is an operation, above this layer); this one also carries the chain's
+    /// depth and the files already visited into a qcow2 backing file.
     fn open_backing(
         path: &Path,
         format: Option<&str>,
         opts: &OpenOptions,
         depth: u32,
         visited: &mut HashSet<FileId>,
-    ) -> Result<Box<dyn Source>> {
-        let ns = opts.namespace();
-        let probed = match format {
-            Some("qcow2") => "qcow2",
-            Some("vmdk") => "vmdk",
-            Some("raw") => "raw",
-            Some(other) => {
-                return Err(Error::unsupported(format!(
-                    "backing file format '{other}' is not supported"
-                ))
-                .with_path(path))
-            }
-            None => match crate::image::probe_in(&*ns, path)? {
-                Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => "qcow2",
-                Some(FileFormat::Foreign(f)) => {
-                    return Err(crate::image::foreign_format_error(path, f))
-                }
-                Some(_) => "vmdk",
-                None => "raw",
-            },
+    ) -> Result<Box<dyn Disk>> {
+        let format = match format {
+            Some(name) => name.parse::<ImageFormat>().map_err(|_| {
+                Error::unsupported(format!("backing file format '{name}' is not supported"))
+                    .with_path(path)
+            })?,
+            None => ImageFormat::probe_in(&*opts.namespace(), path)?,
         };
         let ro = OpenOptions {
             writable: false,
             ..opts.clone()
         };
-        Ok(match probed {
-            "qcow2" => Box::new(Self::open_layer(path, &ro, depth, visited)?),
-            "vmdk" => Box::new(Image::open_with(path, &ro)?),
-            _ => Box::new(RawFile::open_with(path, &ro)?),
+        Ok(match format {
+            ImageFormat::Qcow2 => Box::new(Self::open_layer(path, &ro, depth, visited)?),
+            ImageFormat::Vmdk => Box::new(Image::open_with(path, &ro)?),
+            ImageFormat::Raw => Box::new(RawFile::open_with(path, &ro)?),
         })
     }
 
@@ -233,7 +224,7 @@ impl Qcow2Image {
         self.backing_path.as_deref()
     }
     /// The opened backing image, if any.
-    pub fn backing(&self) -> Option<&dyn Source> {
+    pub fn backing(&self) -> Option<&dyn Disk> {
         self.backing.as_deref()
     }
     /// Bytes the file takes on its host, if known.
@@ -388,7 +379,7 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// Like [`Source::map_prefix`]: at most `max_entries` entries covering a prefix of the
+    /// Like [`Disk::map_prefix`]: at most `max_entries` entries covering a prefix of the
     /// range, resolved through the backing chain.
     pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
         let size = self.header.size;
@@ -553,7 +544,7 @@ impl Run {
     }
 }
 
-impl Source for Qcow2Image {
+impl Disk for Qcow2Image {
     fn size(&self) -> u64 {
         self.header.size
     }
