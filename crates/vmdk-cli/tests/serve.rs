@@ -1273,6 +1273,177 @@ fn hostile_clients_do_not_hurt() {
     qemu_io(&img, &["read -P 0xbb 1020k 72k", "read -P 0 1092k 4k"]);
 }
 
+// ---- stalled handshakes -------------------------------------------------------------------
+
+/// Open `n` connections that never send a byte (no client flags): each one is a handshake
+/// the server waits on until its deadline.
+fn stalled(srv: &Served, n: usize) -> Vec<Box<dyn std::any::Any>> {
+    (0..n)
+        .map(|_| -> Box<dyn std::any::Any> {
+            match &srv.endpoint {
+                Endpoint::Tcp(port) => Box::new(TcpStream::connect(("127.0.0.1", *port)).unwrap()),
+                Endpoint::Unix(p) => Box::new(UnixStream::connect(p).unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// `nbdinfo --size URL`, timed.
+fn timed_size(url: &str) -> (u64, Duration) {
+    let t0 = Instant::now();
+    let out = ok("nbdinfo", &["--size", url]);
+    (out.trim().parse().expect("nbdinfo --size"), t0.elapsed())
+}
+
+/// Connections still negotiating hold no client slot (`-e`): five that connect and never
+/// send their flags do not delay a real client on the default one-client writable export,
+/// over TCP or a Unix socket, and the handshake deadline (10 s) still drops them. Before,
+/// each held the only slot until its deadline: the real client waited about 50 s.
+#[test]
+fn stalled_handshakes_do_not_delay_a_client() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "stalled.vmdk", &[]);
+    for unix in [false, true] {
+        let sock = dir.path().join("stalled.sock");
+        let mut srv = if unix {
+            Served::unix(&img, &sock, &["--persistent"])
+        } else {
+            Served::tcp(&img, &["--persistent"])
+        };
+        let url = srv.url();
+        let held = stalled(&srv, 5);
+        // Let the server take them all in before the real client comes.
+        std::thread::sleep(Duration::from_millis(300));
+        let (size, took) = timed_size(&url);
+        eprintln!("unix={unix}: nbdinfo served after {took:?} with 5 stalled handshakes");
+        assert_eq!(size, 64 * MIB);
+        assert!(
+            took < Duration::from_secs(5),
+            "unix={unix}: nbdinfo took {took:?} with 5 stalled handshakes"
+        );
+        // The writer gets the only slot as well, and its data lands.
+        let t0 = Instant::now();
+        qemu_io_nbd(
+            &url,
+            &cmds(&[
+                "write -P 0x5a 8M 64k",
+                "read -P 0x5a 8M 64k",
+                "read -P 0xaa 60k 8k",
+            ]),
+        );
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "unix={unix}: qemu-io took {took:?}"
+        );
+        drop(held);
+        srv.stop();
+    }
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    qemu_io(&img, &["read -P 0x5a 8M 64k"]);
+}
+
+/// More stalled connections than the server negotiates with at once (16): it drops the
+/// oldest handshake that has stalled for 2 s to take a waiting connection in, so a real
+/// client behind 20 stalled peers is served after about 2 s, not after the 10 s deadline;
+/// and every stalled peer is dropped, at the latest at its deadline.
+#[test]
+fn more_stalled_handshakes_than_the_pool() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "flood.vmdk", &[]);
+    let srv = Served::tcp(&img, &["--persistent"]);
+    let url = srv.url();
+    let mut held = stalled(&srv, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let (size, took) = timed_size(&url);
+    eprintln!("nbdinfo served after {took:?} with 20 stalled handshakes");
+    assert_eq!(size, 64 * MIB);
+    assert!(
+        took < Duration::from_secs(8),
+        "nbdinfo took {took:?} with 20 stalled handshakes"
+    );
+    // Every stalled connection has been dropped by the deadline (10 s after it was taken
+    // in, or earlier to make room): each reads EOF or a reset.
+    let t0 = Instant::now();
+    for c in held.iter_mut() {
+        let s: &mut dyn Stream = if let Some(t) = c.downcast_mut::<TcpStream>() {
+            t.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            t
+        } else {
+            unreachable!()
+        };
+        let mut gone = false;
+        while t0.elapsed() < Duration::from_secs(30) {
+            if closed(s) {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "a stalled connection was kept past its deadline");
+    }
+    qemu_io_nbd(&url, &cmds(&["read -P 0xaa 60k 8k"]));
+}
+
+/// `-e N` as qemu-nbd's `--shared`: with the default one client, a second real client waits
+/// (in the listen backlog) while the first holds the slot, and is served once it leaves;
+/// `-e 2` serves both at once.
+#[test]
+fn shared_limit_counts_negotiated_clients() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "slots.vmdk", &[]);
+    for (args, waits) in [
+        (&["--persistent"][..], true),
+        (&["--persistent", "-e", "2"][..], false),
+    ] {
+        let srv = Served::tcp(&img, args);
+        let first = RawClient::tcp(srv.port());
+        let mut second = Command::new("nbdinfo")
+            .args(["--size", &srv.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut done = None;
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Some(st) = second.try_wait().unwrap() {
+                done = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if waits {
+            assert!(
+                done.is_none(),
+                "{args:?}: a second client was served beside the first"
+            );
+            first.disconnect();
+        } else {
+            assert!(
+                done.is_some(),
+                "{args:?}: the second client was not served beside the first"
+            );
+            first.disconnect();
+        }
+        let out = second.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (64 * MIB).to_string()
+        );
+    }
+}
+
 // ---- a minimal raw NBD client ---------------------------------------------------------------
 
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

@@ -131,6 +131,12 @@ pub(crate) fn greet<R: Read, W: Write>(r: &mut R, w: &mut W) -> io::Result<bool>
     Ok(client_flags & FLAG_C_NO_ZEROES != 0)
 }
 
+/// Called once a client has picked the export (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`), before
+/// the reply that starts transmission is written: the server takes a client slot there,
+/// waiting for one if need be (and may then give the writer more time). An error ends the
+/// connection.
+pub(crate) type Admit<'a, W> = &'a mut dyn FnMut(&mut W) -> io::Result<()>;
+
 /// Haggle over options until the client picks an export, aborts or starts TLS.
 /// `tls_required` is set while TLS is configured but not yet running: then only
 /// `NBD_OPT_STARTTLS` (and `NBD_OPT_ABORT`) are served, as the spec asks. Any error means
@@ -141,6 +147,7 @@ pub(crate) fn options<R: Read, W: Write>(
     ctx: &ExportCtx,
     no_zeroes: bool,
     tls_required: bool,
+    admit: Admit<'_, W>,
 ) -> io::Result<Outcome> {
     let mut st = State::default();
     for _ in 0..MAX_OPTIONS {
@@ -170,7 +177,7 @@ pub(crate) fn options<R: Read, W: Write>(
         let next = if tls_required {
             before_tls(h.option, &data, w)?
         } else {
-            handle_option(h.option, data, &mut st, w, ctx, no_zeroes)?
+            handle_option(h.option, data, &mut st, w, ctx, no_zeroes, admit)?
         };
         match next {
             Next::Continue => {}
@@ -225,6 +232,7 @@ fn handle_option<W: Write>(
     w: &mut W,
     ctx: &ExportCtx,
     no_zeroes: bool,
+    admit: Admit<'_, W>,
 ) -> io::Result<Next> {
     let reply = |w: &mut W, ty: u32, msg: &str| -> io::Result<Next> {
         w.write_all(&encode_option_reply(option, ty, msg.as_bytes()))?;
@@ -245,6 +253,7 @@ fn handle_option<W: Write>(
                 warn!(name = %name, "client asked for an unknown export");
                 return Err(invalid(format!("unknown export {name:?}")));
             }
+            admit(w)?;
             let size = ctx.export.size();
             let flags = ctx.transmission_flags(st.structured);
             w.write_all(&encode_export_name_reply(size, flags, no_zeroes))?;
@@ -323,6 +332,9 @@ fn handle_option<W: Write>(
                 &encode_info_block_size(min, PREFERRED_BLOCK, MAX_PAYLOAD),
             );
             put_option_reply(&mut out, option, REP_ACK, &[]);
+            if option == OPT_GO {
+                admit(w)?;
+            }
             w.write_all(&out)?;
             if option == OPT_GO {
                 Ok(Next::Transmit(st.negotiated(size, flags)))

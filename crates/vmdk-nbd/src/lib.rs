@@ -44,8 +44,14 @@
 //! out of order. Every reply is assembled into the worker's reused buffer and
 //! written under a per-connection lock, so chunks never interleave.
 //!
-//! Connections beyond `max_clients` are not accepted until a slot frees up
-//! (they wait in the listen backlog), like `qemu-nbd --shared`.
+//! Client slots (`max_clients`, like `qemu-nbd --shared`) are held by clients that picked
+//! the export; while every slot is taken, new connections wait in the listen backlog. A
+//! connection still negotiating holds no slot: it is one of at most `max_handshakes` in a
+//! separate pool, under the handshake deadline, so peers that connect and never finish
+//! negotiating cannot keep a real client out. When the pool is full and a connection waits,
+//! the oldest handshake that has stalled (taken 2 s, or a fifth of the deadline) is dropped
+//! to make room. A client that finishes negotiating while every slot is taken waits for
+//! one before the reply that starts transmission.
 
 mod handshake;
 mod proto;
@@ -148,9 +154,22 @@ pub struct ServerConfig {
     /// Force read-only even if the export is writable.
     pub read_only: bool,
     /// Maximum number of simultaneous clients, like `qemu-nbd --shared` (default 1).
+    /// A client holds its slot from the moment it picks the export (`NBD_OPT_GO` or
+    /// `NBD_OPT_EXPORT_NAME`) until it leaves; connections still negotiating do not count
+    /// (see [`max_handshakes`](Self::max_handshakes)).
     /// When greater than one, `NBD_FLAG_CAN_MULTI_CONN` is advertised: all
     /// connections share one export object, so a flush is visible everywhere.
     pub max_clients: usize,
+    /// Maximum number of connections negotiating at once (default 16), beside the
+    /// `max_clients` slots. Each costs a thread and a read buffer until its handshake
+    /// ends; real clients need one each for a few milliseconds, so 16 absorbs bursts (an
+    /// nbdcopy of several connections, many hosts at once) while bounding what peers that
+    /// connect and never negotiate can take. When the pool is full and another connection
+    /// waits, the oldest handshake older than 2 s (or a fifth of
+    /// [`handshake_timeout`](Self::handshake_timeout)) is dropped for it: stalled peers
+    /// delay a real client by about that much per pool-full of them connected before it
+    /// (2 s behind 20 of them, 4 s behind 40), not by their deadlines.
+    pub max_handshakes: usize,
     /// Keep accepting after the last client disconnects (`qemu-nbd -t`).
     /// Otherwise serving ends once every client that completed a handshake
     /// has gone (connections that fail the handshake do not count).
@@ -158,8 +177,9 @@ pub struct ServerConfig {
     /// Concurrent request handlers per connection (default 4).
     pub workers_per_client: usize,
     /// Negotiation, reads and writes alike, must finish within this time (default 10 s,
-    /// qemu-nbd's), so a silent, trickling or non-reading peer cannot hold a connection
-    /// slot: it is dropped when the time is up.
+    /// qemu-nbd's `--handshake-limit`), so a silent, trickling or non-reading peer cannot
+    /// hold its place in the handshake pool: it is dropped when the time is up. Waiting for
+    /// a client slot does not count.
     pub handshake_timeout: std::time::Duration,
     /// TLS credentials (`qemu-nbd --tls-creds`): clients must then negotiate
     /// `NBD_OPT_STARTTLS` first. Default none.
@@ -176,6 +196,7 @@ impl Default for ServerConfig {
             description: None,
             read_only: false,
             max_clients: 1,
+            max_handshakes: 16,
             persistent: false,
             workers_per_client: 4,
             handshake_timeout: std::time::Duration::from_secs(10),

@@ -59,6 +59,81 @@ impl Socket for UnixStream {
     }
 }
 
+/// The server's side of a connection that is not a socket: what it writes goes to `W` (for
+/// [`crate::Server::serve_stream`]). Handles share the writer; shutting any of them down
+/// makes later writes fail, as on a socket; reads are not done through it.
+pub(crate) struct StreamSocket<W> {
+    inner: std::sync::Arc<StreamInner<W>>,
+}
+
+struct StreamInner<W> {
+    writer: std::sync::Mutex<W>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl<W: Write + Send + 'static> StreamSocket<W> {
+    pub fn new(writer: W) -> Self {
+        StreamSocket {
+            inner: std::sync::Arc::new(StreamInner {
+                writer: std::sync::Mutex::new(writer),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl<W> Read for StreamSocket<W> {
+    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a stream's input is read separately",
+        ))
+    }
+}
+
+impl<W: Write> Write for StreamSocket<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut w = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush()
+    }
+}
+
+impl<W: Write + Send + 'static> Socket for StreamSocket<W> {
+    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
+        Ok(Box::new(StreamSocket {
+            inner: std::sync::Arc::clone(&self.inner),
+        }))
+    }
+    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
+        if how != Shutdown::Read {
+            self.inner
+                .closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+    fn set_read_timeout_socket(&self, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_write_timeout_socket(&self, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A listening socket.
 pub(crate) trait Listener {
     /// Accept one connection, returning a blocking socket and a peer label
@@ -168,6 +243,11 @@ pub(crate) struct DeadlineWriter<'a> {
 impl<'a> DeadlineWriter<'a> {
     pub fn new(sock: &'a mut dyn Socket, deadline: Instant) -> Self {
         DeadlineWriter { sock, deadline }
+    }
+
+    /// Move the deadline (to give a client that waited on the server the usual time).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 
     /// Remove the socket write timeout (transmission writes have no deadline).

@@ -43,7 +43,9 @@ pub struct Args {
     /// Serve up to N clients at once (0: any number). Default 1 for a writable export, as
     /// qemu-nbd; a read-only export serves any number. With more than one, multi-conn is
     /// advertised: every connection shares the one open image, so a flush on any of them
-    /// makes every completed write durable.
+    /// makes every completed write durable. A client takes its slot once it has picked the
+    /// export; connections still negotiating do not count (up to 16 negotiate at once,
+    /// each within 10 s), so peers that connect and say nothing cannot keep clients out.
     #[arg(short = 'e', long, value_name = "N")]
     pub shared: Option<usize>,
     /// Offer the `qemu:allocation-depth` metadata context beside `base:allocation`, as
