@@ -1,49 +1,64 @@
 #!/usr/bin/env bash
-# bench/nbd.sh — `vmdk serve` against `qemu-nbd` exporting the same monolithicSparse image.
+# bench/nbd.sh — `vmdk serve` against nbdkit and qemu-nbd serving the same bytes, in one run.
 #
-# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~6 GB free)
+# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~15 GB free)
 # Environment:
-#   DISK=2G         virtual size of the test disk
-#   DATA_MB=1200    how much real data to put in it (hard-linked copies of /usr trees)
-#   RUNS=3          sequential-read runs per server (best run is reported)
+#   DISK=4G         virtual size of the test disk (the 4 GiB disk of bench/convert.sh)
+#   DATA_MB=1600    how much real data to put in it (hard-linked copies of /usr trees)
+#   RUNS=3          nbdcopy runs per server, servers alternating run by run (best is reported)
 #   SECS=8          seconds per fio workload
+#   FIO_RUNS=2      rounds of the read fio rows, servers alternating (best is reported)
 #   IODEPTH=16      requests in flight for the "QD16" fio rows
 #   VMDK=...        our binary (default target/release/vmdk, built by this script)
 #
-# What it does:
-#   1. builds an ext4 file system (mke2fs -d) of DISK holding ~DATA_MB of files and converts
-#      it with qemu-img to monolithicSparse (base.vmdk; cached between runs);
-#   2. makes two fresh copies, q.vmdk and v.vmdk, so writes through one server never affect
-#      the other, and serves them at the same time on loopback TCP:
-#        qemu-nbd -f vmdk -t -x '' -b 127.0.0.1 -p PORT1 q.vmdk
-#            (qemu-nbd defaults: cache=writeback, aio=threads, discard=ignore,
-#             detect-zeroes=off, --shared 1, so no multi-conn for a writable export)
-#        vmdk serve -t -b 127.0.0.1:PORT2 v.vmdk
-#            (our defaults: not --durable, --shared 1, 4 request workers per connection)
-#   3. drives both with the same workloads, back to back:
-#        seq read   `nbdcopy nbd://... null:` (one connection, 64 x 256 KiB requests in
-#                   flight; skips what block status reports as holes), best of RUNS, MB/s of
-#                   the disk's virtual size;
-#        rand read / rand write  fio --ioengine=nbd (libnbd), 4 KiB, one connection, at
-#                   queue depth IODEPTH and 1, SECS seconds each (same random sequence for
-#                   both servers: fio's default randrepeat=1);
-#   4. prints a table with the ratio ours/qemu (> 1 means we are faster), then checks both
-#      images with `qemu-img check`.
+# The issue's disk, reusing bench/convert.sh's img.raw: `bench/nbd.sh /tmp/vmdk-bench`.
 #
-# Warm cache throughout (base.vmdk and the copies are read once before serving). The
-# machine may be shared: compare ratios from one run, not absolute numbers across runs.
+# What it does:
+#   1. builds an ext4 file system (mke2fs -d, bench/lib.sh) of DISK holding ~DATA_MB of files
+#      (img.raw) and converts it with qemu-img to monolithicFlat (flat.vmdk + flat-flat.vmdk,
+#      a sparse host file with the disk's holes) and monolithicSparse (sparse.vmdk);
+#   2. read-only, the same bytes from three servers at once on loopback TCP:
+#        vmdk serve -r -t flat.vmdk              (ours: read-only exports take several
+#                                                 connections and advertise multi-conn)
+#        nbdkit -r file flat-flat.vmdk           (the extent file itself, no VMDK at all;
+#                                                 nbdkit's defaults: any number of
+#                                                 connections, multi-conn, 16 threads)
+#        qemu-nbd -r -f vmdk -t flat.vmdk        (qemu-nbd's defaults: --shared 1)
+#      and drives them with
+#        seq read   `nbdcopy URL null:` of the whole disk (multi-conn where advertised,
+#                   64 x 256 KiB requests in flight; skips what block status calls zero),
+#                   best of RUNS, servers alternating; also the server's CPU seconds for
+#                   the copy (user + system, best run), steadier than wall time on a
+#                   shared machine;
+#        rand read  fio --ioengine=nbd (libnbd, one connection), 4 KiB, QD IODEPTH and 1,
+#                   best of FIO_RUNS rounds, servers alternating;
+#        map        `nbdinfo --map` extents (data / zero), which is what lets nbdcopy skip;
+#   3. writable, random 4 KiB writes (fio, QD IODEPTH, SECS s) on fresh copies:
+#        the flat image: ours and qemu-nbd on flat.vmdk, nbdkit file on its -flat file;
+#        the sparse image: ours and qemu-nbd on sparse.vmdk (nbdkit reads no VMDK: n/a);
+#   4. prints a table with ours/nbdkit and ours/qemu-nbd (> 1 means we are faster; for
+#      nbdcopy the ratio of speeds, i.e. their time / ours), the machine's load, and checks
+#      every written image with `qemu-img check`.
+#
+# Warm cache throughout. The machine may be shared: compare ratios from one run, not
+# absolute numbers across runs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=${1:-/tmp/vmdk-nbd-bench}
-DISK=${DISK:-2G}
-DATA_MB=${DATA_MB:-1200}
+DISK=${DISK:-4G}
+DATA_MB=${DATA_MB:-1600}
 RUNS=${RUNS:-3}
 SECS=${SECS:-8}
 IODEPTH=${IODEPTH:-16}
+FIO_RUNS=${FIO_RUNS:-2}
 
-for t in qemu-img qemu-nbd nbdcopy nbdinfo mke2fs jq; do
-    command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
+for t in qemu-img qemu-nbd nbdcopy nbdinfo nbdkit mke2fs jq; do
+    command -v "$t" >/dev/null || {
+        echo "$t is required (apt-get install qemu-utils libnbd-bin nbdkit e2fsprogs jq)" >&2
+        exit 1
+    }
 done
 if ! command -v fio >/dev/null; then
     (apt-get install -y fio >/dev/null 2>&1 || true)
@@ -59,65 +74,31 @@ mkdir -p "$WORK"
 cd "$WORK"
 
 # ---- 1. the test disk -------------------------------------------------------------------
-if [ ! -s base.vmdk ] || [ "$(cat base.stamp 2>/dev/null)" != "$DISK $DATA_MB" ]; then
-    echo "building a $DISK ext4 disk with ~$DATA_MB MiB of files..." >&2
-    rm -rf stage img.raw base.vmdk
-    mkdir stage
-    have=0
-    for d in /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/lib/gcc /usr/bin /usr/share \
-        /usr/lib /usr/include /usr/libexec /usr/sbin /opt; do
-        [ -d "$d" ] || continue
-        [ "$have" -ge "$DATA_MB" ] && break
-        dst="stage/$(echo "$d" | tr / _)"
-        cp -al "$d" "$dst" 2>/dev/null || cp -a "$d" "$dst" 2>/dev/null || true
-        have=$(du -sm stage | cut -f1)
-    done
-    # mke2fs -d fails if the files do not fit; trim the stage until they do.
-    while ! mke2fs -q -t ext4 -d stage -F img.raw "$DISK" 2>/dev/null; do
-        victim=$(ls -d stage/* | tail -1)
-        [ -n "$victim" ] || { echo "mke2fs failed" >&2; exit 1; }
-        rm -rf "$victim"
-    done
-    rm -rf stage
-    qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse img.raw base.vmdk
-    rm -f img.raw
-    echo "$DISK $DATA_MB" > base.stamp
-fi
-
-rm -f q.vmdk v.vmdk
-cp --sparse=always base.vmdk q.vmdk
-cp --sparse=always base.vmdk v.vmdk
-cat q.vmdk v.vmdk >/dev/null
-SIZE=$(qemu-img info --output=json base.vmdk | jq '."virtual-size"')
-DATA=$(qemu-img map --output=json base.vmdk | jq '[.[] | select(.data) | .length] | add')
+make_test_disk sparse.vmdk stream.vmdk flat.vmdk flat-flat.vmdk
+[ -s sparse.vmdk ] || qemu-img convert -f raw -O vmdk img.raw sparse.vmdk
+[ -s flat-flat.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=monolithicFlat img.raw flat.vmdk
+warm flat-flat.vmdk sparse.vmdk
+SIZE=$(qemu-img info --output=json flat.vmdk | jq '."virtual-size"')
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-QPID= VPID=
-# Stop both servers (SIGTERM: each flushes its image) and wait for them.
-cleanup() {
+PIDS=()
+# Stop every server (SIGTERM: each flushes its image) and wait for them.
+stop_servers() {
     local p
-    for p in $QPID $VPID; do
+    for p in "${PIDS[@]}"; do
         kill "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
+    PIDS=()
 }
-trap cleanup EXIT
-
-QPORT=$(free_port)
-qemu-nbd -f vmdk -t -x '' -b 127.0.0.1 -p "$QPORT" q.vmdk 2>qemu-nbd.log &
-QPID=$!
-VPORT=$(free_port)
-"$VMDK" serve -t -b "127.0.0.1:$VPORT" v.vmdk 2>vmdk-serve.log &
-VPID=$!
-QURL="nbd://127.0.0.1:$QPORT"
-VURL="nbd://127.0.0.1:$VPORT"
+trap stop_servers EXIT
 
 wait_up() {
-    local url=$1 pid=$2 i
-    for i in $(seq 200); do
+    local url=$1 pid=$2
+    for _ in $(seq 200); do
         kill -0 "$pid" 2>/dev/null || { echo "server for $url died" >&2; exit 1; }
         nbdinfo --size "$url" >/dev/null 2>&1 && return 0
         sleep 0.05
@@ -125,66 +106,136 @@ wait_up() {
     echo "server for $url did not come up" >&2
     exit 1
 }
-wait_up "$QURL" "$QPID"
-wait_up "$VURL" "$VPID"
 
-# ---- 2. workloads ------------------------------------------------------------------------
+# start WHO WRITABLE FILE: start server WHO (ours, nbdkit, qemu) on FILE, sets URL and SPID.
+start() {
+    local who=$1 rw=$2 file=$3 port pid ro=()
+    port=$(free_port)
+    [ "$rw" = rw ] || ro=(-r)
+    case $who in
+        ours) "$VMDK" serve "${ro[@]}" -t -b "127.0.0.1:$port" "$file" 2>>vmdk-serve.log & ;;
+        nbdkit) nbdkit -f "${ro[@]}" -i 127.0.0.1 -p "$port" file "$file" 2>>nbdkit.log & ;;
+        qemu) qemu-nbd "${ro[@]}" -f vmdk -t -x '' -b 127.0.0.1 -p "$port" "$file" 2>>qemu-nbd.log & ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    SPID=$pid
+    URL="nbd://127.0.0.1:$port"
+    wait_up "$URL" "$pid"
+}
+
 now() { date +%s.%N; }
-
-# Best-of-RUNS seconds for `nbdcopy URL null:`, servers alternating run by run.
-declare -A BEST
-for ((i = 0; i < RUNS; i++)); do
-    for who in qemu ours; do
-        url=$QURL; [ "$who" = ours ] && url=$VURL
-        t0=$(now)
-        nbdcopy "$url" null:
-        t=$(echo "$(now) - $t0" | bc -l)
-        b=${BEST[$who]:-}
-        if [ -z "$b" ] || [ "$(echo "$t < $b" | bc -l)" = 1 ]; then BEST[$who]=$t; fi
-    done
-done
 
 # fio IOPS: fio_iops URL rw depth
 fio_iops() {
-    local url=$1 rw=$2 qd=$3 out
+    local url=$1 rw=$2 qd=$3 out dir=read
     out=$(mktemp)
     fio --name=bench --ioengine=nbd --uri="$url" --rw="$rw" --bs=4k --iodepth="$qd" \
-        --time_based --runtime="$SECS" --output-format=json --output="$out" >/dev/null
-    local dir=read
+        --size="$SIZE" --time_based --runtime="$SECS" --output-format=json \
+        --output="$out" >/dev/null
     [ "$rw" = randwrite ] && dir=write
     jq ".jobs[0].$dir.iops" "$out"
     rm -f "$out"
 }
 
-declare -A IOPS
-for rw in randread randwrite; do
+# Extents of `nbdinfo --map` as "DATA/ZERO" counts.
+map_counts() {
+    nbdinfo --map "$1" | awk '$3 == 0 {d++} $3 != 0 {z++} END {printf "%d/%d", d, z}'
+}
+
+WHO=(ours nbdkit qemu)
+declare -A URLS SPIDS BEST CPU IOPS MAPS
+# CPU seconds (user + system) process PID has used so far.
+cpu_of() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+# ---- 2. read-only, the same bytes ---------------------------------------------------------
+start ours ro flat.vmdk; URLS[ours]=$URL; SPIDS[ours]=$SPID
+start nbdkit ro flat-flat.vmdk; URLS[nbdkit]=$URL; SPIDS[nbdkit]=$SPID
+start qemu ro flat.vmdk; URLS[qemu]=$URL; SPIDS[qemu]=$SPID
+for who in "${WHO[@]}"; do MAPS[$who]=$(map_counts "${URLS[$who]}"); done
+for ((i = 0; i < RUNS; i++)); do
+    for who in "${WHO[@]}"; do
+        c0=$(cpu_of "${SPIDS[$who]}")
+        t0=$(now)
+        nbdcopy "${URLS[$who]}" null:
+        t=$(echo "$(now) - $t0" | bc -l)
+        c=$(echo "$(cpu_of "${SPIDS[$who]}") - $c0" | bc -l)
+        if faster "$t" "${BEST[$who]:-}"; then BEST[$who]=$t; fi
+        if faster "$c" "${CPU[$who]:-}"; then CPU[$who]=$c; fi
+    done
+done
+for ((i = 0; i < FIO_RUNS; i++)); do
     for qd in "$IODEPTH" 1; do
-        for who in qemu ours; do
-            url=$QURL; [ "$who" = ours ] && url=$VURL
-            IOPS[$who,$rw,$qd]=$(fio_iops "$url" "$rw" "$qd")
+        for who in "${WHO[@]}"; do
+            v=$(fio_iops "${URLS[$who]}" randread "$qd")
+            b=${IOPS[$who,randread,$qd]:-0}
+            if awk "BEGIN{exit !($v > $b)}"; then IOPS[$who,randread,$qd]=$v; fi
         done
     done
 done
+stop_servers
 
-# ---- 3. report -----------------------------------------------------------------------------
-mbs() { echo "scale=1; $SIZE / $1 / 1000000" | bc -l; }
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
+# ---- 3. writable: random writes on fresh copies -----------------------------------------
+# Each copy is removed only once everything is timed: removing a file that random writes
+# fragmented can take minutes on a file system mounted with online discard, and slows the
+# device meanwhile.
+declare -A CHECKS
+# write_run WHO KIND: random writes through server WHO on a fresh copy of the KIND image.
+write_run() {
+    local who=$1 kind=$2 img
+    if [ "$kind" = flat ]; then
+        cp --sparse=always flat-flat.vmdk "w-$who-flat-flat.vmdk"
+        sed "s/flat-flat.vmdk/w-$who-flat-flat.vmdk/" flat.vmdk > "w-$who-flat.vmdk"
+        img=w-$who-flat.vmdk
+        [ "$who" = nbdkit ] && img=w-$who-flat-flat.vmdk
+    else
+        cp --sparse=always sparse.vmdk "w-$who-sparse.vmdk"
+        img=w-$who-sparse.vmdk
+    fi
+    warm "$img"
+    start "$who" rw "$img"
+    IOPS[$who,${kind}write]=$(fio_iops "$URL" randwrite "$IODEPTH")
+    stop_servers
+    if [ "$who" != nbdkit ]; then
+        CHECKS[$who,$kind]=$(qemu-img check -f vmdk "$img" 2>&1 | tail -1)
+    fi
+}
+rm -f w-*.vmdk
+for who in "${WHO[@]}"; do write_run "$who" flat; done
+for who in ours qemu; do write_run "$who" sparse; done
+IOPS[nbdkit,sparsewrite]=n/a
 
+# ---- 4. report -----------------------------------------------------------------------------
+ratio() { if [ "$1" = n/a ] || [ "$2" = n/a ]; then echo n/a; else echo "scale=2; $1 / $2" | bc -l; fi; }
+int() { if [ "$1" = n/a ]; then echo n/a; else printf '%.0f' "$1"; fi; }
 echo
-echo "disk: $DISK virtual ($SIZE bytes), $((DATA / 1048576)) MiB allocated, monolithicSparse"
-printf '%-28s %14s %14s %10s\n' workload qemu-nbd "vmdk serve" ours/qemu
-q=$(mbs "${BEST[qemu]}"); o=$(mbs "${BEST[ours]}")
-printf '%-28s %11s MB/s %9s MB/s %10s\n' "seq read (nbdcopy, best/$RUNS)" "$q" "$o" "$(ratio "$o" "$q")"
-for rw in randread randwrite; do
-    for qd in "$IODEPTH" 1; do
-        q=$(printf '%.0f' "${IOPS[qemu,$rw,$qd]}"); o=$(printf '%.0f' "${IOPS[ours,$rw,$qd]}")
-        printf '%-28s %9s IOPS %9s IOPS %10s\n' "$rw 4k QD$qd (fio ${SECS}s)" "$q" "$o" "$(ratio "$o" "$q")"
+echo "disk: $DISK virtual ($SIZE bytes), monolithicFlat (flat.vmdk) and monolithicSparse;" \
+    "$(nproc) cores; load: $(uptime | sed 's/.*load average: //')"
+printf '%-34s %11s %11s %11s %9s %9s\n' workload "vmdk serve" nbdkit qemu-nbd ours/nbdkit ours/qemu
+printf '%-34s %9ss %9ss %9ss %9s %9s\n' "nbdcopy whole disk (best/$RUNS)" \
+    "$(printf %.2f "${BEST[ours]}")" "$(printf %.2f "${BEST[nbdkit]}")" "$(printf %.2f "${BEST[qemu]}")" \
+    "$(ratio "${BEST[nbdkit]}" "${BEST[ours]}")" "$(ratio "${BEST[qemu]}" "${BEST[ours]}")"
+printf '%-34s %9ss %9ss %9ss %9s %9s\n' "  server CPU for it (best/$RUNS)" \
+    "$(printf %.2f "${CPU[ours]}")" "$(printf %.2f "${CPU[nbdkit]}")" "$(printf %.2f "${CPU[qemu]}")" \
+    "$(ratio "${CPU[nbdkit]}" "${CPU[ours]}")" "$(ratio "${CPU[qemu]}" "${CPU[ours]}")"
+for qd in "$IODEPTH" 1; do
+    o=${IOPS[ours,randread,$qd]} k=${IOPS[nbdkit,randread,$qd]} q=${IOPS[qemu,randread,$qd]}
+    printf '%-34s %11s %11s %11s %9s %9s\n' "randread 4k QD$qd IOPS (best/$FIO_RUNS)" \
+        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")"
+done
+for w in flatwrite sparsewrite; do
+    o=${IOPS[ours,$w]} k=${IOPS[nbdkit,$w]} q=${IOPS[qemu,$w]}
+    label="randwrite 4k QD$IODEPTH, flat"
+    [ "$w" = sparsewrite ] && label="randwrite 4k QD$IODEPTH, sparse"
+    printf '%-34s %11s %11s %11s %9s %9s\n' "$label" \
+        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")"
+done
+printf '%-34s %11s %11s %11s\n' "nbdinfo --map extents (data/zero)" "${MAPS[ours]}" "${MAPS[nbdkit]}" "${MAPS[qemu]}"
+echo
+for who in ours qemu; do
+    for kind in flat sparse; do
+        printf 'qemu-img check of the %s image written through %s: %s\n' "$kind" "$who" \
+            "${CHECKS[$who,$kind]}"
     done
 done
-
-cleanup
-QPID= VPID=
-echo
-for f in q.vmdk v.vmdk; do
-    printf '%s: %s\n' "$f" "$(qemu-img check -f vmdk "$f" 2>&1 | tail -1)"
-done
+rm -f w-*.vmdk

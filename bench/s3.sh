@@ -8,6 +8,9 @@
 #   DISK=1G        virtual size of the test disk
 #   DATA_MB=600    how much real data to put in it (hard-linked copies of /usr trees)
 #   RUNS=1         timed runs per command (the best is reported)
+#   SLOWLINK=      the link emulator (default ../shared/tools/slowlink.py beside the repo; 10 ms
+#                  per request, 50 MiB/s per connection), put in front of nginx for the
+#                  "over slowlink" rows; those rows are skipped when it is missing
 #   S3_SERVER=     moto (default) or s3s-fs (`cargo install s3s-fs --version 0.14.1
 #                  --features binary`, binary on PATH or named by S3S_FS), which serves a
 #                  directory. moto copies the whole object on every GET, so its s3:// row
@@ -27,7 +30,10 @@
 #        the same from http:// through qemu-img's curl driver,
 #        img.raw -> streamOptimized into a local file and into s3:// (multipart upload);
 #      every output is checked against the local reference (cmp, or qemu-img compare);
-#   4. prints wall seconds, the ratios the issue asks about, and our request summary.
+#   4. over slowlink (cloud-like latency in front of nginx): sparse.vmdk -> raw from http://
+#      (ours, and qemu-img's curl driver) and from s3:// (nginx serving the bucket directory),
+#      plus the link's own floor: the whole object fetched by 64 parallel ranged curls;
+#   5. prints wall seconds, the ratios the issue asks about, and our request summary.
 #
 # The servers share the 2 cores with the client, and their own costs show in the s3:// rows:
 # moto copies the whole object for every ranged GET; s3s-fs streams a ranged GET in 4 KiB
@@ -48,6 +54,7 @@ RUNS=${RUNS:-1}
 MOTO=${VMDK_TEST_MOTO:-moto_server}
 S3S_FS=${S3S_FS:-$(command -v s3s-fs || true)}
 S3_SERVER=${S3_SERVER:-moto}
+SLOWLINK=${SLOWLINK:-$ROOT/../shared/tools/slowlink.py}
 
 command -v qemu-img >/dev/null || { echo "qemu-img is required" >&2; exit 1; }
 if [ "$S3_SERVER" = moto ]; then
@@ -105,7 +112,18 @@ fi
 MOTO_PID=$!
 "$NGINX" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
 NGINX_PID=$!
-trap 'kill $MOTO_PID $NGINX_PID 2>/dev/null || true' EXIT
+SLOW_PIDS=
+if [ -f "$SLOWLINK" ]; then
+    SLOW_HTTP_PORT=$(port)
+    SLOW_STATIC_PORT=$(port)
+    python3 "$SLOWLINK" --listen "127.0.0.1:$SLOW_HTTP_PORT" --to "127.0.0.1:$HTTP_PORT" \
+        --max-seconds 3600 2>nginx/slowlink-http.log &
+    SLOW_PIDS="$!"
+    python3 "$SLOWLINK" --listen "127.0.0.1:$SLOW_STATIC_PORT" --to "127.0.0.1:$STATIC_PORT" \
+        --max-seconds 3600 2>nginx/slowlink-static.log &
+    SLOW_PIDS="$SLOW_PIDS $!"
+fi
+trap 'kill $MOTO_PID $NGINX_PID $SLOW_PIDS 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && break
     sleep 0.2
@@ -152,6 +170,26 @@ else
     echo "qemu's curl driver is missing: install qemu-block-extra from bookworm-backports," \
         "pinned to the installed qemu-utils version" >&2
 fi
+slow_http=n/a slow_qemu=n/a slow_s3=n/a slow_floor=n/a slow_summary=
+if [ -n "$SLOW_PIDS" ]; then
+    SLOW_HTTP=http://127.0.0.1:$SLOW_HTTP_PORT/sparse.vmdk
+    slow_http=$(best "$VMDK" convert -O raw "$SLOW_HTTP" out.raw); cmp out.raw ref.raw
+    : > runs.log
+    slow_s3=$(AWS_ENDPOINT_URL="http://127.0.0.1:$SLOW_STATIC_PORT" best "$VMDK" -v convert -O raw "$S3" out.raw)
+    cmp out.raw ref.raw
+    slow_summary=$(grep 'object storage:' runs.log | tail -1 || true)
+    if [ "$qemu_raw" != n/a ]; then
+        slow_qemu=$(best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$SLOW_HTTP\"}}" out.raw)
+        cmp out.raw ref.raw
+    fi
+    # The link's floor: the object in 64 ranged GETs at once, bytes thrown away.
+    osize=$(stat -c %s sparse.vmdk)
+    chunk=$(((osize + 63) / 64))
+    floor() {
+        seq 0 63 | xargs -P 64 -I{} sh -c "curl -sf -o /dev/null -r \$(({} * $chunk))-\$((({} + 1) * $chunk - 1)) $SLOW_HTTP"
+    }
+    slow_floor=$(best floor)
+fi
 stream_local=$(best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw out.vmdk)
 qemu-img compare -q img.raw out.vmdk
 server_cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$MOTO_PID/stat"; }
@@ -177,6 +215,10 @@ printf '%-48s %10s\n' "vmdk convert -O raw, http:// (nginx)" "$http_raw"
 printf '%-48s %10s\n' "qemu-img convert -O raw, http:// (curl driver)" "$qemu_raw"
 printf '%-48s %10s\n' "vmdk convert -> streamOptimized, local file" "$stream_local"
 printf '%-48s %10s\n' "vmdk convert -> streamOptimized, s3:// upload" "$stream_s3"
+printf '%-48s %10s\n' "over slowlink: vmdk convert -O raw, http://" "$slow_http"
+printf '%-48s %10s\n' "over slowlink: qemu-img convert -O raw, http://" "$slow_qemu"
+printf '%-48s %10s\n' "over slowlink: vmdk convert -O raw, s3:// (static)" "$slow_s3"
+printf '%-48s %10s\n' "over slowlink: 64 parallel curls (link floor)" "$slow_floor"
 echo
 echo "qemu curl (http) / vmdk s3:          $(ratio "$qemu_raw" "$s3_raw")   (issue: >= 5)"
 echo "qemu curl (http) / vmdk http:        $(ratio "$qemu_raw" "$http_raw")"
@@ -186,4 +228,9 @@ echo "qemu curl (http) / vmdk s3 (static): $(ratio "$qemu_raw" "$static_raw")"
 echo "vmdk http / vmdk local:              $(ratio "$http_raw" "$local_raw")"
 echo "stream to s3 / stream to local file: $(ratio "$stream_s3" "$stream_local")   (issue: <= 1.2)"
 echo "server CPU during the stream upload(s): $(echo "$cpu1 - $cpu0" | bc) s (on the same $(nproc) cores)"
+echo "over slowlink: qemu curl / vmdk http: $(ratio "$slow_qemu" "$slow_http")   (issue: >= 5)"
+echo "over slowlink: vmdk s3 / vmdk local:   $(ratio "$slow_s3" "$local_raw")   (issue: <= 1.5)"
+echo "over slowlink: vmdk s3 / link floor:   $(ratio "$slow_s3" "$slow_floor")"
+echo "load: $(uptime | sed 's/.*load average: //')"
 [ -n "$summary" ] && echo "s3 read: ${summary#vmdk: }"
+[ -n "$slow_summary" ] && echo "s3 read over slowlink: ${slow_summary#vmdk: }"

@@ -11,16 +11,16 @@
 # binaries are committed. Run times (seconds) can be changed through the environment:
 #   FUZZ_WRITE_SECS   write_image                           (default 45)
 #   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, ova_info, qcow2_source,
-#                     inspect
+#                     inspect, nbd_server
 #                     (default 15 each)
-#   FUZZ_TARGETS      which targets to run                  (default: all eight)
+#   FUZZ_TARGETS      which targets to run                  (default: all nine)
 # and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 write_secs=${FUZZ_WRITE_SECS:-45}
 other_secs=${FUZZ_OTHER_SECS:-15}
-targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova ova_info qcow2_source inspect"}
+targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova ova_info qcow2_source inspect nbd_server"}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the coverage flags off build scripts and proc macros.
@@ -62,6 +62,62 @@ qio -c "write -P 0x44 12k 4k" "$seeds/top.qcow2" 2>/dev/null || true
 
 # A write_image op: kind, u32 LE offset, u16 LE length in 4-byte units, seed.
 op() { printf "\\x$1\\x$2\\x$3\\x$4\\x$5\\x$6\\x$7\\x$8"; }
+
+# What NBD clients send, for nbd_server's seeds. `be WIDTH VALUE`: VALUE as WIDTH bytes,
+# big-endian.
+be() {
+  local i out=""
+  for ((i = $1 - 1; i >= 0; i--)); do out+=$(printf '\\x%02x' $((($2 >> (8 * i)) & 255))); done
+  printf "$out"
+}
+# `nbd_opt CODE [CMD ARGS...]`: an option whose data is what CMD prints.
+nbd_opt() {
+  local code=$1
+  shift
+  if [ $# -gt 0 ]; then "$@" >"$work/opt-data"; else : >"$work/opt-data"; fi
+  be 8 0x49484156454F5054
+  be 4 "$code"
+  be 4 "$(wc -c <"$work/opt-data")"
+  cat "$work/opt-data"
+}
+# INFO/GO data: `info NAME [INFO-TYPE...]`; META_CONTEXT data: `meta NAME [QUERY...]`.
+info() {
+  be 4 ${#1}
+  printf '%s' "$1"
+  shift
+  be 2 $#
+  for i in "$@"; do be 2 "$i"; done
+}
+meta() {
+  be 4 ${#1}
+  printf '%s' "$1"
+  shift
+  be 4 $#
+  for q in "$@"; do
+    be 4 ${#q}
+    printf '%s' "$q"
+  done
+}
+name() { printf '%s' "$1"; }
+# Requests: `req FLAGS TYPE HANDLE OFFSET LENGTH` (28 bytes), `xreq` the same with extended
+# headers (32 bytes, 64-bit length); `bytes N B` is a payload of N bytes B (hex).
+req() {
+  be 4 0x25609513
+  be 2 "$1"
+  be 2 "$2"
+  be 8 "$3"
+  be 8 "$4"
+  be 4 "$5"
+}
+xreq() {
+  be 4 0x21e41c71
+  be 2 "$1"
+  be 2 "$2"
+  be 8 "$3"
+  be 8 "$4"
+  be 8 "$5"
+}
+bytes() { head -c "$1" /dev/zero | tr '\0' "\\$(printf '%03o' "0x$2")"; }
 corpora=${FUZZ_CORPUS_DIR:-$work/corpus}
 for t in $targets; do
   mkdir -p "$corpora/$t"
@@ -99,6 +155,84 @@ for t in $targets; do
       for i in q.qcow2 x.qcow2; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done
       t_len=$(wc -c <"$seeds/top.qcow2"); all=$((t_len + $(wc -c <"$seeds/q.qcow2")))
       { printf "\\x$(printf %02x $((t_len * 255 / all + 1)))"; cat "$seeds/top.qcow2" "$seeds/q.qcow2"; } >"$c/chain" ;;
+    nbd_server)
+      # Byte 0 is the server's configuration (see the target), then the client's bytes:
+      # structured replies with base:allocation, every command, as qemu and libnbd do;
+      {
+        printf '\x00'
+        be 4 3
+        nbd_opt 8
+        nbd_opt 10 meta "" base:allocation
+        nbd_opt 7 info "" 3 1 2
+        req 0 1 1 65536 4096
+        bytes 4096 5a
+        req 0 0 2 61440 16384
+        req 4 0 3 0 131072
+        req 0 7 4 0 2097152
+        req 8 7 5 0 2097152
+        req 0 6 6 131072 65536
+        req 2 6 7 196608 4096
+        req 0 4 8 262144 65536
+        req 1 3 9 0 0
+        req 0 5 10 0 4096
+        req 1 1 11 1048576 512
+        bytes 512 a5
+        req 0 2 12 0 0
+      } >"$c/structured"
+      # extended headers and both metadata contexts (qemu 10);
+      {
+        printf '\x02'
+        be 4 3
+        nbd_opt 11
+        nbd_opt 10 meta "" base:allocation qemu:allocation-depth
+        nbd_opt 7 info ""
+        xreq 32 1 1 65536 4096
+        bytes 4096 3c
+        xreq 0 0 2 0 65536
+        xreq 0 7 3 0 2097152
+        xreq 0 6 4 0 1048576
+        xreq 0 4 5 1048576 65536
+        xreq 0 2 6 0 0
+      } >"$c/extended"
+      # simple replies after NBD_OPT_EXPORT_NAME, without NO_ZEROES, on a named export;
+      {
+        printf '\x04'
+        be 4 1
+        nbd_opt 3
+        nbd_opt 6 info disk 0 1 2 3
+        nbd_opt 9 meta disk
+        nbd_opt 1 name disk
+        req 0 1 1 0 512
+        bytes 512 77
+        req 0 0 2 0 512
+        req 0 3 3 0 0
+        req 0 2 4 0 0
+      } >"$c/simple"
+      # the options a listing client tries, ending in NBD_OPT_ABORT;
+      {
+        printf '\x0b'
+        be 4 3
+        nbd_opt 3
+        nbd_opt 8
+        nbd_opt 9 meta ""
+        nbd_opt 9 meta "" qemu: base:
+        nbd_opt 6 info x
+        nbd_opt 5
+        nbd_opt 99
+        nbd_opt 2
+      } >"$c/listing"
+      # a read-only export of the base alone: reads, and writes it refuses.
+      {
+        printf '\x11'
+        be 4 3
+        nbd_opt 8
+        nbd_opt 7 info ""
+        req 0 0 1 2093056 8192
+        req 0 1 2 0 512
+        bytes 512 01
+        req 0 7 3 0 4096
+        req 0 2 4 0 0
+      } >"$c/base-ro" ;;
     write_image)
       for i in $images; do
         {

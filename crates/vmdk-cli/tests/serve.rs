@@ -248,6 +248,48 @@ impl Drop for Served {
     }
 }
 
+/// A running `qemu-nbd -r -f vmdk -t` on a Unix socket, the oracle for what an export
+/// says; killed and reaped when dropped.
+struct QemuNbd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl QemuNbd {
+    /// Serve `image` read-only from a socket in `dir`, with the extra `args` (e.g. `-A`).
+    fn start(dir: &Path, image: &Path, args: &[&str]) -> QemuNbd {
+        let n = SERVER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let sock = dir.join(format!("qemu-nbd{n}.sock"));
+        let child = Command::new("qemu-nbd")
+            .args(["-r", "-f", "vmdk", "-t", "-k", &s(&sock)])
+            .args(args)
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning qemu-nbd");
+        let q = QemuNbd { child, sock };
+        let deadline = Instant::now() + DEADLINE;
+        while !(q.sock.exists() && tool("nbdinfo", &["--size", &q.url()]).code == 0) {
+            assert!(Instant::now() < deadline, "qemu-nbd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        q
+    }
+
+    fn url(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---- client helpers -----------------------------------------------------------------------
 
 /// Run a tool expecting success; returns stdout.
@@ -314,7 +356,8 @@ fn qemu_map(args: &[&str], nbd: bool) -> Regions {
         assert_eq!(start, next, "map not contiguous: {out}");
         next = start + len;
         if nbd {
-            assert_eq!(zero, !data, "export map entry {e}");
+            // Data may read as zeros (a flat extent's host hole); what is not data does.
+            assert!(data || zero, "export map entry {e}");
         } else if !data {
             // Unallocated and zeroed grains both read as zeros.
             assert!(zero, "image map entry {e}");
@@ -335,9 +378,10 @@ fn nbdinfo_map(url: &str) -> Regions {
             f[1].parse().unwrap(),
             f[2].parse().unwrap(),
         );
-        // Our server says either plain data (0) or hole+zero (3).
-        assert!(ty == 0 || ty == 3, "unexpected type in {line:?}");
-        push_region(&mut regions, start, len, ty == 0);
+        // Our server says plain data (0), hole+zero (3), or zero without a hole (2: a
+        // flat extent's host hole, allocated but reading as zeros, as qemu-nbd says).
+        assert!(ty == 0 || ty == 2 || ty == 3, "unexpected type in {line:?}");
+        push_region(&mut regions, start, len, ty & 1 == 0);
     }
     regions
 }
@@ -368,6 +412,14 @@ fn check_read_only_export(dir: &Path, image: &Path) {
     let ours = qemu_map(&["-f", "raw", &url], true);
     assert_eq!(ours, theirs, "qemu-img map of export vs image");
     assert_eq!(nbdinfo_map(&url), theirs, "nbdinfo --map vs qemu-img map");
+    // Block status word for word as qemu-nbd's, flat extents' host holes included.
+    let qemu = QemuNbd::start(dir, image, &[]);
+    assert_eq!(
+        ok("nbdinfo", &["--map", &url]),
+        ok("nbdinfo", &["--map", &qemu.url()]),
+        "nbdinfo --map of ours vs qemu-nbd's"
+    );
+    drop(qemu);
 
     let want = dir.join(format!(
         "{}.want.raw",
@@ -540,6 +592,136 @@ fn serves_two_gb_max_extent_flat() {
         &["subformat=twoGbMaxExtentFlat"],
     );
     qemu_io(&img, &["write -P 0x42 100k 50k", "write -P 0x43 8188k 4k"]);
+    check_read_only_export(dir.path(), &img);
+}
+
+/// `qemu:allocation-depth` (`-A`, as qemu-nbd's) says which layer of a chain holds each
+/// stretch, word for word as qemu-nbd says it: a sparse overlay over a sparse base and over a
+/// flat base, each overlay larger than its base (the part beyond the base counts as the
+/// base's), with zeroed grains in both layers; `base:allocation` beside it in the same
+/// session agrees too, and without `-A` the context is neither listed nor selectable.
+#[test]
+fn allocation_depth_as_qemu_nbd() {
+    if skip_without(&["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let base = sparse_image(dir.path(), "base.vmdk", &[]);
+    qemu_io(&base, &["write -z 2M 64k"]);
+    let top = qemu_child(dir.path(), "top.vmdk", &base, Some("80M"));
+    qemu_io(
+        &top,
+        &[
+            "write -P 0x11 56k 16k", // over a base grain's edge
+            "write -P 0x12 5M 100k", // over a base hole
+            "write -z 1024k 64k",    // zeros over base data
+            "write -P 0x13 70M 4k",  // beyond the base's end
+        ],
+    );
+    let fbase = qemu_create(
+        dir.path(),
+        "fbase.vmdk",
+        "6M",
+        &["subformat=monolithicFlat"],
+    );
+    qemu_io(&fbase, &["write -P 0x21 0 1M", "write -P 0x22 3M 4k"]);
+    let ftop = qemu_child(dir.path(), "ftop.vmdk", &fbase, Some("8M"));
+    qemu_io(&ftop, &["write -P 0x23 512k 64k", "write -z 3M 64k"]);
+
+    for image in [&top, &ftop] {
+        let ours = Served::tcp(image, &["-r", "-A", "--persistent"]);
+        let qemu = QemuNbd::start(dir.path(), image, &["-A"]);
+        for ctx in ["qemu:allocation-depth", "base:allocation"] {
+            let map = format!("--map={ctx}");
+            let want = ok("nbdinfo", &[&map, &qemu.url()]);
+            assert_eq!(
+                ok("nbdinfo", &[&map, &ours.url()]),
+                want,
+                "{ctx} of {image:?}"
+            );
+            assert!(want.lines().count() > 2, "{want}");
+        }
+        let list = ok("nbdinfo", &["--list", &ours.url()]);
+        assert!(list.contains("qemu:allocation-depth"), "{list}");
+    }
+    let depth = ok(
+        "nbdinfo",
+        &[
+            "--map=qemu:allocation-depth",
+            &QemuNbd::start(dir.path(), &top, &["-A"]).url(),
+        ],
+    );
+    for want in ["local", "backing depth 2", "absent"] {
+        assert!(depth.contains(want), "{want} in {depth}");
+    }
+
+    let plain = Served::tcp(&top, &["-r", "--persistent"]);
+    let list = ok("nbdinfo", &["--list", &plain.url()]);
+    assert!(!list.contains("qemu:allocation-depth"), "{list}");
+    let r = tool("nbdinfo", &["--map=qemu:allocation-depth", &plain.url()]);
+    assert_ne!(r.code, 0, "allocation depth without -A: {}", r.stdout);
+}
+
+/// A read-only export takes any number of connections and advertises multi-conn, so a
+/// client may read it over several (nbdcopy does); a writable one takes one, as qemu-nbd,
+/// and advertises multi-conn only with `--shared` above one (every connection shares the
+/// one open image, so a flush on any makes every completed write durable).
+#[test]
+fn multi_conn_on_read_only_exports() {
+    if skip_without(&["qemu-img", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "mc.vmdk", "8M", &[]);
+    let multi = |url: &str| -> bool {
+        let v: serde_json::Value = serde_json::from_str(&ok("nbdinfo", &["--json", url])).unwrap();
+        v["exports"][0]["can_multi_conn"].as_bool().unwrap()
+    };
+    let ro = Served::tcp(&img, &["-r", "--persistent"]);
+    // Several clients at once: these hold their connections while nbdinfo is served.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", ro.port())).unwrap();
+            c.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut greeting = [0u8; 18];
+            c.read_exact(&mut greeting).unwrap();
+            c
+        })
+        .collect();
+    assert!(multi(&ro.url()), "read-only export: multi-conn");
+    drop(held);
+    drop(ro);
+    let rw = Served::tcp(&img, &["--persistent"]);
+    assert!(
+        !multi(&rw.url()),
+        "writable export, one client: no multi-conn"
+    );
+    drop(rw);
+    let rw = Served::tcp(&img, &["--persistent", "-e", "3"]);
+    assert!(multi(&rw.url()), "writable export, -e 3: multi-conn");
+}
+
+/// A flat extent whose file ends before the extent does (and mid-way through a read) reads
+/// as zeros past the file's end, as qemu's driver reads it: large reads, which the server
+/// sends straight from the file (`sendfile`), pad the rest with zeros; block status says
+/// zero there, as qemu-nbd's does.
+#[test]
+fn serves_short_flat_file() {
+    if tools_for_reads() {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(
+        dir.path(),
+        "short.vmdk",
+        "8M",
+        &["subformat=monolithicFlat"],
+    );
+    qemu_io(&img, &["write -P 0x5a 0 8M"]);
+    let flat = dir.path().join("short-flat.vmdk");
+    let f = std::fs::OpenOptions::new().write(true).open(&flat).unwrap();
+    f.set_len(5 * MIB + 1000).unwrap();
+    drop(f);
     check_read_only_export(dir.path(), &img);
 }
 
@@ -1176,6 +1358,177 @@ fn hostile_clients_do_not_hurt() {
     let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
     assert!(check.contains("No errors"), "{check}");
     qemu_io(&img, &["read -P 0xbb 1020k 72k", "read -P 0 1092k 4k"]);
+}
+
+// ---- stalled handshakes -------------------------------------------------------------------
+
+/// Open `n` connections that never send a byte (no client flags): each one is a handshake
+/// the server waits on until its deadline.
+fn stalled(srv: &Served, n: usize) -> Vec<Box<dyn std::any::Any>> {
+    (0..n)
+        .map(|_| -> Box<dyn std::any::Any> {
+            match &srv.endpoint {
+                Endpoint::Tcp(port) => Box::new(TcpStream::connect(("127.0.0.1", *port)).unwrap()),
+                Endpoint::Unix(p) => Box::new(UnixStream::connect(p).unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// `nbdinfo --size URL`, timed.
+fn timed_size(url: &str) -> (u64, Duration) {
+    let t0 = Instant::now();
+    let out = ok("nbdinfo", &["--size", url]);
+    (out.trim().parse().expect("nbdinfo --size"), t0.elapsed())
+}
+
+/// Connections still negotiating hold no client slot (`-e`): five that connect and never
+/// send their flags do not delay a real client on the default one-client writable export,
+/// over TCP or a Unix socket, and the handshake deadline (10 s) still drops them. Before,
+/// each held the only slot until its deadline: the real client waited about 50 s.
+#[test]
+fn stalled_handshakes_do_not_delay_a_client() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "stalled.vmdk", &[]);
+    for unix in [false, true] {
+        let sock = dir.path().join("stalled.sock");
+        let mut srv = if unix {
+            Served::unix(&img, &sock, &["--persistent"])
+        } else {
+            Served::tcp(&img, &["--persistent"])
+        };
+        let url = srv.url();
+        let held = stalled(&srv, 5);
+        // Let the server take them all in before the real client comes.
+        std::thread::sleep(Duration::from_millis(300));
+        let (size, took) = timed_size(&url);
+        eprintln!("unix={unix}: nbdinfo served after {took:?} with 5 stalled handshakes");
+        assert_eq!(size, 64 * MIB);
+        assert!(
+            took < Duration::from_secs(5),
+            "unix={unix}: nbdinfo took {took:?} with 5 stalled handshakes"
+        );
+        // The writer gets the only slot as well, and its data lands.
+        let t0 = Instant::now();
+        qemu_io_nbd(
+            &url,
+            &cmds(&[
+                "write -P 0x5a 8M 64k",
+                "read -P 0x5a 8M 64k",
+                "read -P 0xaa 60k 8k",
+            ]),
+        );
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "unix={unix}: qemu-io took {took:?}"
+        );
+        drop(held);
+        srv.stop();
+    }
+    let check = ok("qemu-img", &["check", "-f", "vmdk", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    qemu_io(&img, &["read -P 0x5a 8M 64k"]);
+}
+
+/// More stalled connections than the server negotiates with at once (16): it drops the
+/// oldest handshake that has stalled for 2 s to take a waiting connection in, so a real
+/// client behind 20 stalled peers is served after about 2 s, not after the 10 s deadline;
+/// and every stalled peer is dropped, at the latest at its deadline.
+#[test]
+fn more_stalled_handshakes_than_the_pool() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "flood.vmdk", &[]);
+    let srv = Served::tcp(&img, &["--persistent"]);
+    let url = srv.url();
+    let mut held = stalled(&srv, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let (size, took) = timed_size(&url);
+    eprintln!("nbdinfo served after {took:?} with 20 stalled handshakes");
+    assert_eq!(size, 64 * MIB);
+    assert!(
+        took < Duration::from_secs(8),
+        "nbdinfo took {took:?} with 20 stalled handshakes"
+    );
+    // Every stalled connection has been dropped by the deadline (10 s after it was taken
+    // in, or earlier to make room): each reads EOF or a reset.
+    let t0 = Instant::now();
+    for c in held.iter_mut() {
+        let s: &mut dyn Stream = if let Some(t) = c.downcast_mut::<TcpStream>() {
+            t.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            t
+        } else {
+            unreachable!()
+        };
+        let mut gone = false;
+        while t0.elapsed() < Duration::from_secs(30) {
+            if closed(s) {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "a stalled connection was kept past its deadline");
+    }
+    qemu_io_nbd(&url, &cmds(&["read -P 0xaa 60k 8k"]));
+}
+
+/// `-e N` as qemu-nbd's `--shared`: with the default one client, a second real client waits
+/// (in the listen backlog) while the first holds the slot, and is served once it leaves;
+/// `-e 2` serves both at once.
+#[test]
+fn shared_limit_counts_negotiated_clients() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = sparse_image(dir.path(), "slots.vmdk", &[]);
+    for (args, waits) in [
+        (&["--persistent"][..], true),
+        (&["--persistent", "-e", "2"][..], false),
+    ] {
+        let srv = Served::tcp(&img, args);
+        let first = RawClient::tcp(srv.port());
+        let mut second = Command::new("nbdinfo")
+            .args(["--size", &srv.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut done = None;
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Some(st) = second.try_wait().unwrap() {
+                done = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if waits {
+            assert!(
+                done.is_none(),
+                "{args:?}: a second client was served beside the first"
+            );
+            first.disconnect();
+        } else {
+            assert!(
+                done.is_some(),
+                "{args:?}: the second client was not served beside the first"
+            );
+            first.disconnect();
+        }
+        let out = second.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (64 * MIB).to_string()
+        );
+    }
 }
 
 // ---- a minimal raw NBD client ---------------------------------------------------------------

@@ -9,6 +9,48 @@ use crate::server::ExportCtx;
 
 /// Metadata context id handed out for `base:allocation`.
 pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
+/// Metadata context id handed out for `qemu:allocation-depth`.
+pub(crate) const ALLOCATION_DEPTH_ID: u32 = 2;
+
+/// The metadata contexts a client selected (`NBD_OPT_SET_META_CONTEXT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MetaContexts {
+    /// `base:allocation`.
+    pub base_allocation: bool,
+    /// `qemu:allocation-depth` (only when the server offers it).
+    pub allocation_depth: bool,
+}
+
+impl MetaContexts {
+    /// Whether any context is selected, so `NBD_CMD_BLOCK_STATUS` may be used.
+    pub fn any(&self) -> bool {
+        self.base_allocation || self.allocation_depth
+    }
+
+    /// What `queries` select, qemu's way: `base:allocation` and `qemu:allocation-depth` by
+    /// name (the latter only if `offer_depth`); for a LIST, no query at all, or a namespace
+    /// alone (`base:`, `qemu:`), also lists that namespace's contexts. Other names select
+    /// nothing.
+    fn select(queries: &[String], list: bool, offer_depth: bool) -> MetaContexts {
+        if list && queries.is_empty() {
+            return MetaContexts {
+                base_allocation: true,
+                allocation_depth: offer_depth,
+            };
+        }
+        let mut m = MetaContexts::default();
+        for q in queries {
+            match q.as_str() {
+                BASE_ALLOCATION => m.base_allocation = true,
+                "base:" if list => m.base_allocation = true,
+                ALLOCATION_DEPTH => m.allocation_depth = offer_depth,
+                "qemu:" if list => m.allocation_depth |= offer_depth,
+                _ => {}
+            }
+        }
+        m
+    }
+}
 
 /// Upper bound on options in one handshake. Real clients send fewer than ten;
 /// this only stops a peer from keeping a connection in negotiation forever.
@@ -22,8 +64,8 @@ pub(crate) struct Negotiated {
     /// Extended headers were negotiated: 32-byte requests with 64-bit lengths, and every
     /// reply an extended chunk.
     pub extended: bool,
-    /// Context id of `base:allocation` if the client selected it.
-    pub meta_context: Option<u32>,
+    /// The metadata contexts the client selected.
+    pub meta: MetaContexts,
     /// Export size as advertised.
     pub size: u64,
     /// Transmission flags as advertised.
@@ -35,7 +77,7 @@ pub(crate) struct Negotiated {
 struct State {
     structured: bool,
     extended: bool,
-    meta_context: Option<u32>,
+    meta: MetaContexts,
 }
 
 impl State {
@@ -43,7 +85,7 @@ impl State {
         Negotiated {
             structured: self.structured || self.extended,
             extended: self.extended,
-            meta_context: self.meta_context,
+            meta: self.meta,
             size,
             flags,
         }
@@ -89,6 +131,12 @@ pub(crate) fn greet<R: Read, W: Write>(r: &mut R, w: &mut W) -> io::Result<bool>
     Ok(client_flags & FLAG_C_NO_ZEROES != 0)
 }
 
+/// Called once a client has picked the export (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`), before
+/// the reply that starts transmission is written: the server takes a client slot there,
+/// waiting for one if need be (and may then give the writer more time). An error ends the
+/// connection.
+pub(crate) type Admit<'a, W> = &'a mut dyn FnMut(&mut W) -> io::Result<()>;
+
 /// Haggle over options until the client picks an export, aborts or starts TLS.
 /// `tls_required` is set while TLS is configured but not yet running: then only
 /// `NBD_OPT_STARTTLS` (and `NBD_OPT_ABORT`) are served, as the spec asks. Any error means
@@ -99,6 +147,7 @@ pub(crate) fn options<R: Read, W: Write>(
     ctx: &ExportCtx,
     no_zeroes: bool,
     tls_required: bool,
+    admit: Admit<'_, W>,
 ) -> io::Result<Outcome> {
     let mut st = State::default();
     for _ in 0..MAX_OPTIONS {
@@ -128,7 +177,7 @@ pub(crate) fn options<R: Read, W: Write>(
         let next = if tls_required {
             before_tls(h.option, &data, w)?
         } else {
-            handle_option(h.option, data, &mut st, w, ctx, no_zeroes)?
+            handle_option(h.option, data, &mut st, w, ctx, no_zeroes, admit)?
         };
         match next {
             Next::Continue => {}
@@ -183,6 +232,7 @@ fn handle_option<W: Write>(
     w: &mut W,
     ctx: &ExportCtx,
     no_zeroes: bool,
+    admit: Admit<'_, W>,
 ) -> io::Result<Next> {
     let reply = |w: &mut W, ty: u32, msg: &str| -> io::Result<Next> {
         w.write_all(&encode_option_reply(option, ty, msg.as_bytes()))?;
@@ -203,6 +253,7 @@ fn handle_option<W: Write>(
                 warn!(name = %name, "client asked for an unknown export");
                 return Err(invalid(format!("unknown export {name:?}")));
             }
+            admit(w)?;
             let size = ctx.export.size();
             let flags = ctx.transmission_flags(st.structured);
             w.write_all(&encode_export_name_reply(size, flags, no_zeroes))?;
@@ -281,6 +332,9 @@ fn handle_option<W: Write>(
                 &encode_info_block_size(min, PREFERRED_BLOCK, MAX_PAYLOAD),
             );
             put_option_reply(&mut out, option, REP_ACK, &[]);
+            if option == OPT_GO {
+                admit(w)?;
+            }
             w.write_all(&out)?;
             if option == OPT_GO {
                 Ok(Next::Transmit(st.negotiated(size, flags)))
@@ -306,7 +360,7 @@ fn handle_option<W: Write>(
             let set = option == OPT_SET_META_CONTEXT;
             if set {
                 // SET replaces the selection even when it fails.
-                st.meta_context = None;
+                st.meta = MetaContexts::default();
             }
             if !st.structured && !st.extended {
                 return reply(
@@ -326,29 +380,33 @@ fn handle_option<W: Write>(
                     &format!("export {:?} not found", truncate_str(&req.export_name, 256)),
                 );
             }
-            let selected = if set {
-                // `base:` alone is a listing wildcard and must not select anything.
-                req.queries.iter().any(|q| q == BASE_ALLOCATION)
-            } else {
-                req.queries.is_empty()
-                    || req
-                        .queries
-                        .iter()
-                        .any(|q| q == "base:" || q == BASE_ALLOCATION)
-            };
+            let selected = MetaContexts::select(&req.queries, !set, ctx.allocation_depth);
             let mut out = Vec::new();
-            if selected {
-                // LIST replies carry a reserved id of zero.
-                let id = if set { BASE_ALLOCATION_ID } else { 0 };
-                put_option_reply(
-                    &mut out,
-                    option,
-                    REP_META_CONTEXT,
-                    &encode_rep_meta_context(id, BASE_ALLOCATION),
-                );
-                if set {
-                    st.meta_context = Some(BASE_ALLOCATION_ID);
+            // LIST replies carry a reserved id of zero.
+            for (on, id, name) in [
+                (
+                    selected.base_allocation,
+                    BASE_ALLOCATION_ID,
+                    BASE_ALLOCATION,
+                ),
+                (
+                    selected.allocation_depth,
+                    ALLOCATION_DEPTH_ID,
+                    ALLOCATION_DEPTH,
+                ),
+            ] {
+                if on {
+                    let id = if set { id } else { 0 };
+                    put_option_reply(
+                        &mut out,
+                        option,
+                        REP_META_CONTEXT,
+                        &encode_rep_meta_context(id, name),
+                    );
                 }
+            }
+            if set {
+                st.meta = selected;
             }
             put_option_reply(&mut out, option, REP_ACK, &[]);
             w.write_all(&out)?;
@@ -369,5 +427,41 @@ fn handle_option<W: Write>(
             reply(w, REP_ACK, "")
         }
         _ => reply(w, REP_ERR_UNSUP, "unsupported option"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(queries: &[&str], list: bool, offer: bool) -> (bool, bool) {
+        let q: Vec<String> = queries.iter().map(|s| s.to_string()).collect();
+        let m = MetaContexts::select(&q, list, offer);
+        (m.base_allocation, m.allocation_depth)
+    }
+
+    /// qemu's rules: names select; for a LIST, no query or a bare namespace lists it; the
+    /// depth context only when offered; unknown names select nothing.
+    #[test]
+    fn meta_context_selection_as_qemu() {
+        assert_eq!(sel(&[], true, true), (true, true));
+        assert_eq!(sel(&[], true, false), (true, false));
+        assert_eq!(sel(&[], false, true), (false, false));
+        assert_eq!(sel(&["base:allocation"], false, true), (true, false));
+        assert_eq!(sel(&["qemu:allocation-depth"], false, true), (false, true));
+        assert_eq!(
+            sel(&["qemu:allocation-depth"], false, false),
+            (false, false)
+        );
+        assert_eq!(
+            sel(&["qemu:allocation-depth", "base:allocation"], false, true),
+            (true, true)
+        );
+        assert_eq!(sel(&["base:", "qemu:"], false, true), (false, false));
+        assert_eq!(sel(&["base:", "qemu:"], true, true), (true, true));
+        assert_eq!(
+            sel(&["qemu:dirty-bitmap:x", "other:x"], true, true),
+            (false, false)
+        );
     }
 }

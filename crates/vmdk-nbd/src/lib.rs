@@ -20,7 +20,9 @@
 //!   `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (with [`ServerConfig::tls`]; without
 //!   it, refused with `ERR_POLICY`), `INFO`, `GO` (export, name, description and
 //!   block-size info), `STRUCTURED_REPLY`, `EXTENDED_HEADERS`,
-//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the `base:allocation` context.
+//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` with the `base:allocation` context, and
+//!   `qemu:allocation-depth` when [`ServerConfig::allocation_depth`] is set (qemu-nbd's
+//!   `-A`).
 //!   Everything else gets `ERR_UNSUP`.
 //! * TLS (rustls): with [`ServerConfig::tls`] set, every option but `STARTTLS` is
 //!   answered `ERR_TLS_REQD` (and `EXPORT_NAME` ends the session) until TLS runs;
@@ -36,13 +38,20 @@
 //!
 //! # Threading model
 //!
-//! Blocking sockets and std threads: one thread per connection reads requests
-//! and hands them to `workers_per_client` worker threads, which may complete
-//! them out of order. Every reply is assembled into one buffer and written
-//! under a per-connection lock, so chunks never interleave.
+//! Blocking sockets and std threads: each connection has `workers_per_client`
+//! threads that take turns reading a request from the socket (no hand-off
+//! between threads per request) and then execute it, so requests may complete
+//! out of order. Every reply is assembled into the worker's reused buffer and
+//! written under a per-connection lock, so chunks never interleave.
 //!
-//! Connections beyond `max_clients` are not accepted until a slot frees up
-//! (they wait in the listen backlog), like `qemu-nbd --shared`.
+//! Client slots (`max_clients`, like `qemu-nbd --shared`) are held by clients that picked
+//! the export; while every slot is taken, new connections wait in the listen backlog. A
+//! connection still negotiating holds no slot: it is one of at most `max_handshakes` in a
+//! separate pool, under the handshake deadline, so peers that connect and never finish
+//! negotiating cannot keep a real client out. When the pool is full and a connection waits,
+//! the oldest handshake that has stalled (taken 2 s, or a fifth of the deadline) is dropped
+//! to make room. A client that finishes negotiating while every slot is taken waits for
+//! one before the reply that starts transmission.
 
 mod handshake;
 mod proto;
@@ -63,6 +72,26 @@ pub struct BlockStatus {
     pub hole: bool,
     /// The extent reads as zeroes (`NBD_STATE_ZERO`).
     pub zero: bool,
+}
+
+/// One extent of a `qemu:allocation-depth` answer (qemu's `docs/interop/nbd.txt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationDepth {
+    /// Length of the extent in bytes; must be non-zero.
+    pub length: u64,
+    /// 0: unallocated in every layer; 1: allocated in the export's top layer; N: allocated
+    /// in its (N-1)th backing layer.
+    pub depth: u32,
+}
+
+/// Where a stretch of an export lies in a host file, so a READ's data can go from the page
+/// cache to the socket without passing through the server (`sendfile`).
+pub struct FileSlice {
+    /// The file (kept open for as long as the slice lives).
+    pub file: std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>,
+    /// Byte offset in the file of the stretch's first byte. Bytes past the file's end read
+    /// as zeros.
+    pub offset: u64,
 }
 
 /// What an export serves.
@@ -93,6 +122,26 @@ pub trait BlockExport: Send + Sync + 'static {
     /// Allocation status of [offset, offset+len): contiguous, non-empty extents starting at offset,
     /// covering at least the first byte (may cover less than len, may not go past size()).
     fn block_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>>;
+    /// The status a structured READ uses to send zero runs as holes instead of bytes: the
+    /// same shape as [`block_status`](Self::block_status), and it may be coarser (calling
+    /// data what reads as zeros) when that is cheaper, since the read is correct either
+    /// way. Defaults to `block_status`.
+    fn read_status(&self, offset: u64, len: u64) -> std::io::Result<Vec<BlockStatus>> {
+        self.block_status(offset, len)
+    }
+    /// Where [offset, offset+len) lies as one piece of a host file whose bytes are exactly
+    /// the export's there (zeros past the file's end), if it does; the server then sends a
+    /// READ's data straight from the file. The default says `None`: reads go through
+    /// [`read_at`](Self::read_at).
+    fn read_file(&self, _offset: u64, _len: u64) -> Option<FileSlice> {
+        None
+    }
+    /// The `qemu:allocation-depth` of [offset, offset+len), with the same rules as
+    /// [`block_status`](Self::block_status). Only asked when
+    /// [`ServerConfig::allocation_depth`] is set; the default says `Unsupported`.
+    fn allocation_depth(&self, _offset: u64, _len: u64) -> std::io::Result<Vec<AllocationDepth>> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Server settings.
@@ -105,9 +154,22 @@ pub struct ServerConfig {
     /// Force read-only even if the export is writable.
     pub read_only: bool,
     /// Maximum number of simultaneous clients, like `qemu-nbd --shared` (default 1).
+    /// A client holds its slot from the moment it picks the export (`NBD_OPT_GO` or
+    /// `NBD_OPT_EXPORT_NAME`) until it leaves; connections still negotiating do not count
+    /// (see [`max_handshakes`](Self::max_handshakes)).
     /// When greater than one, `NBD_FLAG_CAN_MULTI_CONN` is advertised: all
     /// connections share one export object, so a flush is visible everywhere.
     pub max_clients: usize,
+    /// Maximum number of connections negotiating at once (default 16), beside the
+    /// `max_clients` slots. Each costs a thread and a read buffer until its handshake
+    /// ends; real clients need one each for a few milliseconds, so 16 absorbs bursts (an
+    /// nbdcopy of several connections, many hosts at once) while bounding what peers that
+    /// connect and never negotiate can take. When the pool is full and another connection
+    /// waits, the oldest handshake older than 2 s (or a fifth of
+    /// [`handshake_timeout`](Self::handshake_timeout)) is dropped for it: stalled peers
+    /// delay a real client by about that much per pool-full of them connected before it
+    /// (2 s behind 20 of them, 4 s behind 40), not by their deadlines.
+    pub max_handshakes: usize,
     /// Keep accepting after the last client disconnects (`qemu-nbd -t`).
     /// Otherwise serving ends once every client that completed a handshake
     /// has gone (connections that fail the handshake do not count).
@@ -115,12 +177,16 @@ pub struct ServerConfig {
     /// Concurrent request handlers per connection (default 4).
     pub workers_per_client: usize,
     /// Negotiation, reads and writes alike, must finish within this time (default 10 s,
-    /// qemu-nbd's), so a silent, trickling or non-reading peer cannot hold a connection
-    /// slot: it is dropped when the time is up.
+    /// qemu-nbd's `--handshake-limit`), so a silent, trickling or non-reading peer cannot
+    /// hold its place in the handshake pool: it is dropped when the time is up. Waiting for
+    /// a client slot does not count.
     pub handshake_timeout: std::time::Duration,
     /// TLS credentials (`qemu-nbd --tls-creds`): clients must then negotiate
     /// `NBD_OPT_STARTTLS` first. Default none.
     pub tls: Option<TlsConfig>,
+    /// Offer the `qemu:allocation-depth` metadata context (`qemu-nbd -A`), answered by
+    /// [`BlockExport::allocation_depth`]. Default off.
+    pub allocation_depth: bool,
 }
 
 impl Default for ServerConfig {
@@ -130,10 +196,12 @@ impl Default for ServerConfig {
             description: None,
             read_only: false,
             max_clients: 1,
+            max_handshakes: 16,
             persistent: false,
             workers_per_client: 4,
             handshake_timeout: std::time::Duration::from_secs(10),
             tls: None,
+            allocation_depth: false,
         }
     }
 }

@@ -147,6 +147,8 @@ pub const PREFERRED_BLOCK: u32 = 4096;
 
 /// The only metadata context this server implements.
 pub const BASE_ALLOCATION: &str = "base:allocation";
+/// qemu's allocation-depth context (`docs/interop/nbd.txt`).
+pub const ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
 
 pub const GREETING_LEN: usize = 18;
 pub const OPTION_HEADER_LEN: usize = 16;
@@ -462,18 +464,25 @@ impl Chunks {
         out
     }
 
-    /// A final block-status chunk; `extents` are (length, flags). Structured replies
-    /// carry `BLOCK_STATUS` with 32-bit lengths (the caller keeps them below 4 GiB),
-    /// extended ones `BLOCK_STATUS_EXT` with a descriptor count and 64-bit lengths.
-    pub fn block_status(&self, context_id: u32, extents: &[(u64, u32)]) -> Vec<u8> {
+    /// Append a block-status chunk for one context (`flags`: `REPLY_FLAG_DONE` on the
+    /// last); `extents` are (length, flags). Structured replies carry `BLOCK_STATUS` with
+    /// 32-bit lengths (the caller keeps them below 4 GiB), extended ones `BLOCK_STATUS_EXT`
+    /// with a descriptor count and 64-bit lengths.
+    pub fn block_status(
+        &self,
+        out: &mut Vec<u8>,
+        flags: u16,
+        context_id: u32,
+        extents: &[(u64, u32)],
+    ) {
         let (reply_type, fixed, each) = if self.extended {
             (REPLY_TYPE_BLOCK_STATUS_EXT, 8, 16)
         } else {
             (REPLY_TYPE_BLOCK_STATUS, 4, 8)
         };
         let payload_len = fixed + each * extents.len();
-        let mut out = Vec::with_capacity(self.header_len() + payload_len);
-        self.header(&mut out, REPLY_FLAG_DONE, reply_type, payload_len as u64);
+        out.reserve(self.header_len() + payload_len);
+        self.header(out, flags, reply_type, payload_len as u64);
         out.extend_from_slice(&context_id.to_be_bytes());
         if self.extended {
             out.extend_from_slice(&(extents.len() as u32).to_be_bytes());
@@ -487,7 +496,6 @@ impl Chunks {
                 out.extend_from_slice(&flags.to_be_bytes());
             }
         }
-        out
     }
 }
 
@@ -747,7 +755,13 @@ mod tests {
         assert_eq!(&e[20..24], &EIO.to_be_bytes());
         assert_eq!(&e[24..26], &4u16.to_be_bytes());
 
-        let b = c.block_status(1, &[(4096, STATE_HOLE | STATE_ZERO), (512, 0)]);
+        let mut b = Vec::new();
+        c.block_status(
+            &mut b,
+            REPLY_FLAG_DONE,
+            1,
+            &[(4096, STATE_HOLE | STATE_ZERO), (512, 0)],
+        );
         assert_eq!(b.len(), 20 + 4 + 16);
         assert_eq!(&b[16..20], &20u32.to_be_bytes());
 
@@ -774,7 +788,13 @@ mod tests {
         assert_eq!(&n[24..32], &0u64.to_be_bytes());
 
         // 64-bit extents: context id, count, then (length, flags) as two u64s.
-        let b = c.block_status(1, &[(5 << 32, STATE_HOLE | STATE_ZERO)]);
+        let mut b = Vec::new();
+        c.block_status(
+            &mut b,
+            REPLY_FLAG_DONE,
+            1,
+            &[(5 << 32, STATE_HOLE | STATE_ZERO)],
+        );
         assert_eq!(b.len(), 32 + 8 + 16);
         assert_eq!(&b[6..8], &REPLY_TYPE_BLOCK_STATUS_EXT.to_be_bytes());
         assert_eq!(&b[24..32], &24u64.to_be_bytes());

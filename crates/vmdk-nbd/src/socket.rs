@@ -16,11 +16,19 @@ pub(crate) trait Socket: Read + Write + Send + Sync {
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()>;
     fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
     fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// The kernel socket, when bytes written to it go to the peer as they are (plain TCP
+    /// and Unix sockets, not TLS): replies may then be sent with `sendfile`.
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl Socket for TcpStream {
     fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
         Ok(Box::new(self.try_clone()?))
+    }
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
         self.shutdown(how)
@@ -37,6 +45,9 @@ impl Socket for UnixStream {
     fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
         Ok(Box::new(self.try_clone()?))
     }
+    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
+    }
     fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
         self.shutdown(how)
     }
@@ -45,6 +56,81 @@ impl Socket for UnixStream {
     }
     fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(timeout)
+    }
+}
+
+/// The server's side of a connection that is not a socket: what it writes goes to `W` (for
+/// [`crate::Server::serve_stream`]). Handles share the writer; shutting any of them down
+/// makes later writes fail, as on a socket; reads are not done through it.
+pub(crate) struct StreamSocket<W> {
+    inner: std::sync::Arc<StreamInner<W>>,
+}
+
+struct StreamInner<W> {
+    writer: std::sync::Mutex<W>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl<W: Write + Send + 'static> StreamSocket<W> {
+    pub fn new(writer: W) -> Self {
+        StreamSocket {
+            inner: std::sync::Arc::new(StreamInner {
+                writer: std::sync::Mutex::new(writer),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl<W> Read for StreamSocket<W> {
+    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a stream's input is read separately",
+        ))
+    }
+}
+
+impl<W: Write> Write for StreamSocket<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut w = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush()
+    }
+}
+
+impl<W: Write + Send + 'static> Socket for StreamSocket<W> {
+    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
+        Ok(Box::new(StreamSocket {
+            inner: std::sync::Arc::clone(&self.inner),
+        }))
+    }
+    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
+        if how != Shutdown::Read {
+            self.inner
+                .closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+    fn set_read_timeout_socket(&self, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_write_timeout_socket(&self, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -157,6 +243,11 @@ pub(crate) struct DeadlineWriter<'a> {
 impl<'a> DeadlineWriter<'a> {
     pub fn new(sock: &'a mut dyn Socket, deadline: Instant) -> Self {
         DeadlineWriter { sock, deadline }
+    }
+
+    /// Move the deadline (to give a client that waited on the server the usual time).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 
     /// Remove the socket write timeout (transmission writes have no deadline).

@@ -1,18 +1,21 @@
-//! Transmission phase: one reader (the connection thread) decodes requests
-//! and feeds a small pool of workers, which execute them against the export
-//! and write replies under a per-connection lock.
+//! Transmission phase: a small pool of workers per connection, each of which takes its
+//! turn at the socket (under the reader lock) to read one request, then executes it against
+//! the export and writes the reply under the writer lock. There is no hand-off between
+//! threads per request (a reader thread feeding workers through a queue cost two context
+//! switches per request, which at 4 KiB reads is most of the server's time), and each worker
+//! reuses its own reply and payload buffers, so requests allocate and zero nothing.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use tracing::{debug, error, warn};
 
-use crate::handshake::Negotiated;
+use crate::handshake::{Negotiated, ALLOCATION_DEPTH_ID, BASE_ALLOCATION_ID};
 use crate::proto::*;
 use crate::server::ExportCtx;
 use crate::socket::Socket;
@@ -33,14 +36,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Counting limit on in-flight payload bytes.
 struct Budget {
-    used: Mutex<u64>,
+    state: Mutex<BudgetState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: u64,
+    /// Threads waiting in `acquire`: `release` wakes them only if there are any (a
+    /// condvar's notify is a system call even with no one to wake, and it was one per
+    /// request).
+    waiting: usize,
 }
 
 impl Budget {
     fn new() -> Self {
         Budget {
-            used: Mutex::new(0),
+            state: Mutex::new(BudgetState::default()),
             cv: Condvar::new(),
         }
     }
@@ -49,30 +61,74 @@ impl Budget {
         if n == 0 {
             return;
         }
-        let mut used = lock(&self.used);
-        while *used > 0 && *used + n > MAX_INFLIGHT_BYTES {
-            used = self.cv.wait(used).unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
+        while st.used > 0 && st.used + n > MAX_INFLIGHT_BYTES {
+            st.waiting += 1;
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.waiting -= 1;
         }
-        *used += n;
+        st.used += n;
     }
 
     fn release(&self, n: u64) {
         if n == 0 {
             return;
         }
-        let mut used = lock(&self.used);
-        *used -= n;
-        self.cv.notify_all();
+        let mut st = lock(&self.state);
+        st.used -= n;
+        if st.waiting > 0 {
+            self.cv.notify_all();
+        }
     }
 }
 
-/// A decoded request on its way to a worker.
+/// A decoded request, read by the worker that executes it.
 struct Job {
     req: Request,
-    /// Data of a WRITE, empty otherwise.
-    payload: Vec<u8>,
+    /// Bytes of the worker's payload buffer holding this request's data (WRITE), 0 otherwise.
+    payload_len: usize,
     /// Budget held by this job, released once it is answered.
     cost: u64,
+}
+
+/// Smallest READ whose data is sent with `sendfile` when the export can name its file: below
+/// it, copying through the reply buffer costs less than the extra system call.
+const SENDFILE_MIN: u64 = 64 * 1024;
+
+/// A worker's reply buffer above this size is not kept for the next request.
+const KEEP_BUFFER: usize = 4 << 20;
+
+/// Make `buf` at least `len` bytes long. Buffers only grow (until dropped), so a reused one
+/// is zeroed once, not per request: every byte sent is written before it is sent.
+fn ensure(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
+/// Copy `bytes` into `buf` at `*used`, growing it as needed.
+fn put(buf: &mut Vec<u8>, used: &mut usize, bytes: &[u8]) {
+    ensure(buf, *used + bytes.len());
+    buf[*used..*used + bytes.len()].copy_from_slice(bytes);
+    *used += bytes.len();
+}
+
+/// A worker's buffers, kept from one request to the next.
+#[derive(Default)]
+struct WorkerBufs {
+    /// Replies (READ data included) are assembled here.
+    reply: Vec<u8>,
+    /// WRITE payloads are read into here.
+    payload: Vec<u8>,
+}
+
+/// The connection's request stream, read by one worker at a time.
+struct Reader<'r, R> {
+    r: &'r mut R,
+    /// No more requests will be read: DISC, end of stream or a read error.
+    done: bool,
+    /// A read error that ended the stream.
+    error: Option<io::Error>,
 }
 
 /// Failure of one command, answered with an NBD error value.
@@ -186,13 +242,15 @@ struct Conn<'a> {
     budget: Budget,
     /// Set once writing failed or a handler panicked: stop doing work.
     broken: AtomicBool,
+    /// The socket takes `sendfile` (plain TCP or Unix, not TLS).
+    zero_copy: bool,
     /// Something was written; flush when the client leaves.
     dirty: AtomicBool,
 }
 
 /// Serve requests until the client disconnects. `reader` continues where the
 /// handshake left off (it may hold buffered request bytes).
-pub(crate) fn serve<R: Read>(
+pub(crate) fn serve<R: Read + Send>(
     ctx: &ExportCtx,
     neg: Negotiated,
     reader: &mut R,
@@ -208,33 +266,25 @@ pub(crate) fn serve<R: Read>(
         closer: sock.try_clone_box()?,
         budget: Budget::new(),
         broken: AtomicBool::new(false),
+        zero_copy: sock.plain_fd().is_some(),
         dirty: AtomicBool::new(false),
     };
-    let workers = workers.max(1);
-    // Bounded queue: a client pipelining many small requests cannot make us
-    // queue an unbounded number of jobs.
-    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 4);
-    let rx = Mutex::new(rx);
-
-    let result = thread::scope(|s| {
-        let mut started = 0;
-        for i in 0..workers {
+    let reader = Mutex::new(Reader {
+        r: reader,
+        done: false,
+        error: None,
+    });
+    thread::scope(|s| {
+        // This thread is one of the workers.
+        for i in 1..workers.max(1) {
             let spawned = thread::Builder::new()
                 .name(format!("nbd-worker-{i}"))
-                .spawn_scoped(s, || conn.worker_loop(&rx));
-            match spawned {
-                Ok(_) => started += 1,
-                Err(e) => warn!(peer, error = %e, "could not start worker thread"),
+                .spawn_scoped(s, || conn.worker_loop(&reader));
+            if let Err(e) = spawned {
+                warn!(peer, error = %e, "could not start worker thread");
             }
         }
-        if started == 0 {
-            return Err(io::Error::other("no worker threads"));
-        }
-        let r = conn.read_loop(reader, &tx);
-        // Closing the queue lets workers finish what is queued (a DISC must
-        // still answer outstanding requests) and exit.
-        drop(tx);
-        r
+        conn.worker_loop(&reader);
     });
 
     if conn.dirty.load(Ordering::Relaxed) {
@@ -242,7 +292,11 @@ pub(crate) fn serve<R: Read>(
             warn!(peer, error = %e, "flush after client disconnect failed");
         }
     }
-    result
+    let error = lock(&reader).error.take();
+    match error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Read a request header (the whole of `buf`); `Ok(false)` on a clean EOF between requests.
@@ -261,94 +315,112 @@ fn read_header<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
 }
 
 impl Conn<'_> {
-    fn read_loop<R: Read>(&self, r: &mut R, tx: &SyncSender<Job>) -> io::Result<()> {
-        loop {
-            if self.broken.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let mut hdr_buf = [0u8; EXTENDED_REQUEST_LEN];
-            let hdr = if self.neg.extended {
-                &mut hdr_buf[..]
-            } else {
-                &mut hdr_buf[..REQUEST_LEN]
-            };
-            if !read_header(r, hdr)? {
-                debug!(
-                    peer = self.peer,
-                    "client closed the connection without NBD_CMD_DISC"
-                );
-                return Ok(());
-            }
-            let req = match decode_request(hdr, self.neg.extended) {
-                Ok(req) => req,
-                Err(e) => {
-                    // Without a valid header we cannot find the next request.
-                    warn!(peer = self.peer, error = %e, "invalid request, dropping connection");
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                }
-            };
+    /// Read the next request (and a WRITE's payload, into `payload`); `Ok(None)` once the
+    /// client is done (DISC, or a clean end of stream between requests).
+    fn read_request<R: Read>(&self, r: &mut R, payload: &mut Vec<u8>) -> io::Result<Option<Job>> {
+        let mut hdr_buf = [0u8; EXTENDED_REQUEST_LEN];
+        let hdr = if self.neg.extended {
+            &mut hdr_buf[..]
+        } else {
+            &mut hdr_buf[..REQUEST_LEN]
+        };
+        if !read_header(r, hdr)? {
             debug!(
                 peer = self.peer,
-                handle = req.handle,
-                command = command_name(req.command),
-                flags = req.flags,
-                offset = req.offset,
-                length = req.length,
-                "request"
+                "client closed the connection without NBD_CMD_DISC"
             );
-
-            let mut payload = Vec::new();
-            let mut cost = 0;
-            // With extended headers any command may carry a payload (PAYLOAD_LEN); WRITE
-            // always does. Other commands take none here, so theirs is read and dropped
-            // and the command fails on the flag, keeping the stream in step.
-            let has_payload = req.command == CMD_WRITE
-                || (self.neg.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0);
-            match req.command {
-                CMD_DISC => return Ok(()),
-                _ if has_payload => {
-                    if req.length > u64::from(MAX_PAYLOAD) {
-                        // The payload follows the header and we refuse to
-                        // buffer it, so the stream cannot be resynchronised.
-                        warn!(
-                            peer = self.peer,
-                            length = req.length,
-                            "write larger than the maximum block size, dropping connection"
-                        );
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "write payload too large",
-                        ));
-                    }
-                    cost = req.length;
-                    self.budget.acquire(cost);
-                    payload = vec![0u8; req.length as usize];
-                    if let Err(e) = r.read_exact(&mut payload) {
-                        self.budget.release(cost);
-                        return Err(e);
-                    }
-                }
-                // Oversized reads are rejected by the worker without allocating.
-                CMD_READ if req.length <= u64::from(MAX_PAYLOAD) => {
-                    cost = req.length;
-                    self.budget.acquire(cost);
-                }
-                _ => {}
-            }
-            if let Err(mpsc::SendError(job)) = tx.send(Job { req, payload, cost }) {
-                self.budget.release(job.cost);
-                return Ok(());
-            }
+            return Ok(None);
         }
+        let req = match decode_request(hdr, self.neg.extended) {
+            Ok(req) => req,
+            Err(e) => {
+                // Without a valid header we cannot find the next request.
+                warn!(peer = self.peer, error = %e, "invalid request, dropping connection");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            }
+        };
+        debug!(
+            peer = self.peer,
+            handle = req.handle,
+            command = command_name(req.command),
+            flags = req.flags,
+            offset = req.offset,
+            length = req.length,
+            "request"
+        );
+
+        let mut payload_len = 0;
+        let mut cost = 0;
+        // With extended headers any command may carry a payload (PAYLOAD_LEN); WRITE
+        // always does. Other commands take none here, so theirs is read and dropped
+        // and the command fails on the flag, keeping the stream in step.
+        let has_payload = req.command == CMD_WRITE
+            || (self.neg.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0);
+        match req.command {
+            CMD_DISC => return Ok(None),
+            _ if has_payload => {
+                if req.length > u64::from(MAX_PAYLOAD) {
+                    // The payload follows the header and we refuse to
+                    // buffer it, so the stream cannot be resynchronised.
+                    warn!(
+                        peer = self.peer,
+                        length = req.length,
+                        "write larger than the maximum block size, dropping connection"
+                    );
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "write payload too large",
+                    ));
+                }
+                cost = req.length;
+                self.budget.acquire(cost);
+                payload_len = req.length as usize;
+                ensure(payload, payload_len);
+                if let Err(e) = r.read_exact(&mut payload[..payload_len]) {
+                    self.budget.release(cost);
+                    return Err(e);
+                }
+            }
+            // Oversized reads are rejected by the worker without allocating.
+            CMD_READ if req.length <= u64::from(MAX_PAYLOAD) => {
+                cost = req.length;
+                self.budget.acquire(cost);
+            }
+            _ => {}
+        }
+        Ok(Some(Job {
+            req,
+            payload_len,
+            cost,
+        }))
     }
 
-    fn worker_loop(&self, rx: &Mutex<Receiver<Job>>) {
+    /// Take turns at the socket with the other workers: read a request, answer it, again.
+    fn worker_loop<R: Read>(&self, reader: &Mutex<Reader<'_, R>>) {
+        let mut bufs = WorkerBufs::default();
         loop {
-            let job = lock(rx).recv();
-            let Ok(job) = job else { return };
+            let job = {
+                let mut rd = lock(reader);
+                if rd.done || self.broken.load(Ordering::Relaxed) {
+                    return;
+                }
+                match self.read_request(rd.r, &mut bufs.payload) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        rd.done = true;
+                        return;
+                    }
+                    Err(e) => {
+                        // Requests already read are still answered by their workers.
+                        rd.done = true;
+                        rd.error = Some(e);
+                        return;
+                    }
+                }
+            };
             let cost = job.cost;
             if !self.broken.load(Ordering::Relaxed) {
-                let handled = catch_unwind(AssertUnwindSafe(|| self.handle(job)));
+                let handled = catch_unwind(AssertUnwindSafe(|| self.handle(job, &mut bufs)));
                 if handled.is_err() {
                     error!(
                         peer = self.peer,
@@ -358,6 +430,12 @@ impl Conn<'_> {
                 }
             }
             self.budget.release(cost);
+            if bufs.reply.len() > KEEP_BUFFER {
+                bufs.reply = Vec::new();
+            }
+            if bufs.payload.len() > KEEP_BUFFER {
+                bufs.payload = Vec::new();
+            }
         }
     }
 
@@ -380,11 +458,19 @@ impl Conn<'_> {
         }
     }
 
-    fn handle(&self, job: Job) {
+    fn handle(&self, job: Job, bufs: &mut WorkerBufs) {
         let req = job.req;
         let result = match req.command {
-            CMD_READ => self.cmd_read(&req),
-            CMD_WRITE => self.cmd_write(&req, &job.payload),
+            CMD_READ => match self.cmd_read(&req, &mut bufs.reply) {
+                Ok(Some(used)) => {
+                    self.send(&bufs.reply[..used]);
+                    return;
+                }
+                // Sent straight from the file.
+                Ok(None) => return,
+                Err(e) => Err(e),
+            },
+            CMD_WRITE => self.cmd_write(&req, &bufs.payload[..job.payload_len]),
             CMD_FLUSH => self.cmd_flush(&req),
             CMD_TRIM => self.cmd_trim(&req),
             CMD_CACHE => self.cmd_cache(&req),
@@ -392,8 +478,6 @@ impl Conn<'_> {
             CMD_BLOCK_STATUS => self.cmd_block_status(&req),
             other => Err(CmdError::new(EINVAL, format!("unknown command {other}"))),
         };
-        // Free the write payload before the (possibly slow) send.
-        drop(job.payload);
         match result {
             Ok(Some(reply)) => self.send(&reply),
             // Extended headers have no simple replies.
@@ -474,7 +558,9 @@ impl Conn<'_> {
 
     // ---- commands -----------------------------------------------------------
 
-    fn cmd_read(&self, req: &Request) -> CmdResult {
+    /// A READ's whole reply, assembled in `buf`: returns how many bytes of it to send, or
+    /// `None` when the reply went out already, its data straight from the export's file.
+    fn cmd_read(&self, req: &Request, buf: &mut Vec<u8>) -> Result<Option<usize>, CmdError> {
         let mut allowed = CMD_FLAG_FUA;
         if self.neg.structured {
             allowed |= CMD_FLAG_DF;
@@ -490,30 +576,85 @@ impl Conn<'_> {
             ));
         }
         self.check_range(req, EINVAL)?;
+        if self.send_file_read(req) {
+            return Ok(None);
+        }
         if self.neg.structured {
-            self.read_structured(req)
+            self.read_structured(req, buf).map(Some)
         } else {
-            self.read_simple(req)
+            self.read_simple(req, buf).map(Some)
         }
     }
 
-    fn read_simple(&self, req: &Request) -> CmdResult {
+    /// Answer a (validated) READ with its data sent from the export's host file by
+    /// `sendfile`, when the socket takes it, the read is large enough, it is data throughout
+    /// (no hole chunk to send) and the export names one file for it. Returns whether it did.
+    /// A failure after the reply started leaves the stream unusable, so it breaks the
+    /// connection (the client sees it closed); one before it is answered as a read error
+    /// the usual way, by returning `false` and letting the buffered path try.
+    fn send_file_read(&self, req: &Request) -> bool {
+        if !self.zero_copy || req.length < SENDFILE_MIN {
+            return false;
+        }
+        if self.neg.structured && req.flags & CMD_FLAG_DF == 0 {
+            let segs = self.classify(req.offset, req.length);
+            if segs.len() != 1 || segs[0].hole {
+                return false;
+            }
+        }
+        let Some(slice) = self.ctx.export.read_file(req.offset, req.length) else {
+            return false;
+        };
+        let mut hdr = Vec::with_capacity(64);
+        if self.neg.structured {
+            let chunks = self.chunks(req);
+            chunks.header(
+                &mut hdr,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + req.length,
+            );
+            hdr.extend_from_slice(&req.offset.to_be_bytes());
+        } else {
+            hdr.resize(SIMPLE_REPLY_LEN, 0);
+            write_simple_reply(&mut hdr, req.handle, 0);
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            return true;
+        }
+        let w = lock(&self.writer);
+        let Some(fd) = w.plain_fd() else {
+            drop(w);
+            return false;
+        };
+        if let Err(e) = send_from_file(fd, &hdr, &slice, req.length) {
+            debug!(peer = self.peer, error = %e, "sending a read from the file failed");
+            drop(w);
+            self.break_connection();
+        }
+        true
+    }
+
+    fn read_simple(&self, req: &Request, buf: &mut Vec<u8>) -> Result<usize, CmdError> {
         // Header and data in one buffer so the reply is a single write.
-        let mut buf = vec![0u8; SIMPLE_REPLY_LEN + req.length as usize];
+        let used = SIMPLE_REPLY_LEN + req.length as usize;
+        ensure(buf, used);
         if req.length > 0 {
             self.ctx
                 .export
-                .read_at(&mut buf[SIMPLE_REPLY_LEN..], req.offset)
+                .read_at(&mut buf[SIMPLE_REPLY_LEN..used], req.offset)
                 .map_err(|e| CmdError::io("read", &e))?;
         }
-        write_simple_reply(&mut buf, req.handle, 0);
-        Ok(Some(buf))
+        write_simple_reply(&mut buf[..SIMPLE_REPLY_LEN], req.handle, 0);
+        Ok(used)
     }
 
-    fn read_structured(&self, req: &Request) -> CmdResult {
+    fn read_structured(&self, req: &Request, buf: &mut Vec<u8>) -> Result<usize, CmdError> {
         let chunks = self.chunks(req);
+        let mut used = 0;
         if req.length == 0 {
-            return Ok(Some(chunks.none()));
+            put(buf, &mut used, &chunks.none());
+            return Ok(used);
         }
         let len = req.length;
         let mut segs = self.classify(req.offset, len);
@@ -526,29 +667,31 @@ impl Conn<'_> {
             }];
         }
 
-        let data_bytes: u64 = segs.iter().filter(|s| !s.hole).map(|s| s.len).sum();
-        let mut out =
-            Vec::with_capacity(segs.len() * (chunks.header_len() + 12) + data_bytes as usize);
+        let mut hdr = Vec::with_capacity(64);
         let last = segs.len() - 1;
         for (i, seg) in segs.iter().enumerate() {
             // Everything is read before sending, so the last content chunk
             // can carry DONE and no separate NONE chunk is needed.
             let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+            hdr.clear();
             // Segments lie within the request, so lengths fit in u32.
             if seg.hole {
-                chunks.hole(&mut out, flags, seg.offset, seg.len as u32);
+                chunks.hole(&mut hdr, flags, seg.offset, seg.len as u32);
+                put(buf, &mut used, &hdr);
             } else {
-                chunks.header(&mut out, flags, REPLY_TYPE_OFFSET_DATA, 8 + seg.len);
-                out.extend_from_slice(&seg.offset.to_be_bytes());
-                let start = out.len();
-                out.resize(start + seg.len as usize, 0);
+                chunks.header(&mut hdr, flags, REPLY_TYPE_OFFSET_DATA, 8 + seg.len);
+                hdr.extend_from_slice(&seg.offset.to_be_bytes());
+                put(buf, &mut used, &hdr);
+                let end = used + seg.len as usize;
+                ensure(buf, end);
                 self.ctx
                     .export
-                    .read_at(&mut out[start..], seg.offset)
+                    .read_at(&mut buf[used..end], seg.offset)
                     .map_err(|e| CmdError::io("read", &e))?;
+                used = end;
             }
         }
-        Ok(Some(out))
+        Ok(used)
     }
 
     /// Split [offset, offset+len) into data and known-zero runs using the
@@ -562,7 +705,7 @@ impl Conn<'_> {
             if pos >= end {
                 break;
             }
-            let extents = match self.ctx.export.block_status(pos, end - pos) {
+            let extents = match self.ctx.export.read_status(pos, end - pos) {
                 Ok(e) => e,
                 Err(e) => {
                     debug!(peer = self.peer, error = %e, "block status for sparse read failed");
@@ -662,46 +805,123 @@ impl Conn<'_> {
 
     fn cmd_block_status(&self, req: &Request) -> CmdResult {
         self.check_flags(req, CMD_FLAG_FUA | CMD_FLAG_REQ_ONE)?;
-        let Some(context_id) = self.neg.meta_context else {
+        let meta = self.neg.meta;
+        if !meta.any() {
             return Err(CmdError::new(EINVAL, "no metadata context was negotiated"));
-        };
+        }
         if req.length == 0 {
             return Err(CmdError::new(EINVAL, "block status of zero length"));
         }
         self.check_range(req, EINVAL)?;
         let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-        let extents = self
-            .ctx
-            .export
-            .block_status(req.offset, req.length)
-            .map_err(|e| CmdError::io("block status", &e))?;
-
-        // Clip to the request (always required for REQ_ONE; without extended headers the
-        // request, and so every descriptor, is below 4 GiB) and merge equal neighbours.
-        let end = req.offset + req.length;
-        let mut pos = req.offset;
-        let mut descs: Vec<(u64, u32)> = Vec::new();
-        for e in extents {
-            if e.length == 0 || pos >= end {
-                break;
-            }
-            let l = e.length.min(end - pos);
-            let flags =
-                (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
-            match descs.last_mut() {
-                Some(last) if last.1 == flags => last.0 += l,
-                _ => descs.push((l, flags)),
-            }
-            pos += l;
+        let export = &self.ctx.export;
+        // One chunk per selected context, in qemu's order; the last one is final.
+        let mut answers: Vec<(u32, Vec<(u64, u32)>)> = Vec::with_capacity(2);
+        if meta.base_allocation {
+            let extents = export
+                .block_status(req.offset, req.length)
+                .map_err(|e| CmdError::io("block status", &e))?;
+            let descs = extents.iter().map(|e| {
+                let flags =
+                    (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
+                (e.length, flags)
+            });
+            answers.push((BASE_ALLOCATION_ID, clip(req, descs, req_one)?));
         }
-        if descs.is_empty() {
-            return Err(CmdError::new(EIO, "export returned no block status"));
+        if meta.allocation_depth {
+            let extents = export
+                .allocation_depth(req.offset, req.length)
+                .map_err(|e| CmdError::io("allocation depth", &e))?;
+            let descs = extents.iter().map(|e| (e.length, e.depth));
+            answers.push((ALLOCATION_DEPTH_ID, clip(req, descs, req_one)?));
         }
-        if req_one {
-            descs.truncate(1);
+        let chunks = self.chunks(req);
+        let mut out = Vec::new();
+        let last = answers.len() - 1;
+        for (i, (id, descs)) in answers.iter().enumerate() {
+            let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+            chunks.block_status(&mut out, flags, *id, descs);
         }
-        Ok(Some(self.chunks(req).block_status(context_id, &descs)))
+        Ok(Some(out))
     }
+}
+
+/// Send `header`, then `len` bytes of `slice`'s file (zeros past its end), on the socket
+/// `fd`: the header with `MSG_MORE` so it leaves in one segment with the data, the data by
+/// `sendfile`, from the page cache to the socket without a copy through this process.
+fn send_from_file(
+    fd: std::os::fd::BorrowedFd<'_>,
+    header: &[u8],
+    slice: &crate::FileSlice,
+    len: u64,
+) -> io::Result<()> {
+    use rustix::io::Errno;
+    let mut sent = 0;
+    while sent < header.len() {
+        match rustix::net::send(fd, &header[sent..], rustix::net::SendFlags::MORE) {
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let file = slice.file.as_fd();
+    let mut offset = slice.offset;
+    let mut left = len;
+    while left > 0 {
+        let count = left.min(1 << 30) as usize;
+        match rustix::fs::sendfile(fd, file, Some(&mut offset), count) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Past the file's end the export reads as zeros.
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        let mut done = 0;
+        while done < n {
+            match rustix::net::send(fd, &ZEROS[done..n], rustix::net::SendFlags::empty()) {
+                Ok(k) => done += k,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Clip an export's (length, flags) extents to the request (always required for REQ_ONE;
+/// without extended headers the request, and so every descriptor, is below 4 GiB) and merge
+/// equal neighbours; with `req_one`, only the first.
+fn clip(
+    req: &Request,
+    extents: impl Iterator<Item = (u64, u32)>,
+    req_one: bool,
+) -> Result<Vec<(u64, u32)>, CmdError> {
+    let end = req.offset + req.length;
+    let mut pos = req.offset;
+    let mut descs: Vec<(u64, u32)> = Vec::new();
+    for (length, flags) in extents {
+        if length == 0 || pos >= end {
+            break;
+        }
+        let l = length.min(end - pos);
+        match descs.last_mut() {
+            Some(last) if last.1 == flags => last.0 += l,
+            _ => descs.push((l, flags)),
+        }
+        pos += l;
+    }
+    if descs.is_empty() {
+        return Err(CmdError::new(EIO, "export returned no block status"));
+    }
+    if req_one {
+        descs.truncate(1);
+    }
+    Ok(descs)
 }
 
 #[cfg(test)]
@@ -780,6 +1000,6 @@ mod tests {
         b.acquire(1);
         b.acquire(MAX_INFLIGHT_BYTES - 1);
         b.release(MAX_INFLIGHT_BYTES);
-        assert_eq!(*lock(&b.used), 0);
+        assert_eq!(lock(&b.state).used, 0);
     }
 }

@@ -623,3 +623,207 @@ fn non_persistent_server_ends_after_client() {
     assert!(export.flushes.load(Ordering::SeqCst) >= 1);
     assert_eq!(&export.snapshot()[..512], &[9u8; 512][..]);
 }
+
+// ---------------------------------------------------------------------------
+// Handshakes hold no client slot
+// ---------------------------------------------------------------------------
+
+/// Whether `c` is still open: nothing to read within a short wait, and no EOF.
+fn still_open(c: &mut RawClient) -> bool {
+    c.s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let open = matches!(
+        c.s.read(&mut b),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    open
+}
+
+/// Five peers that connect and never send their flags do not keep a real client off the
+/// one-slot export: they negotiate in the handshake pool, not in client slots.
+#[test]
+fn stalled_handshakes_hold_no_slot() {
+    let srv = TestServer::tcp(MemExport::new(SIZE), persistent(1));
+    let mut stalled: Vec<RawClient> = (0..5)
+        .map(|_| {
+            let mut c = RawClient::connect(srv.socket_addr());
+            c.greeting();
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    let mut c = RawClient::start(srv.socket_addr());
+    c.go("disk", false, false);
+    c.write_req(0, 1, 0, &[7u8; 4096]);
+    assert_eq!(c.simple(), (0, 1));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "served after {:?} beside 5 stalled handshakes",
+        t.elapsed()
+    );
+    for s in &mut stalled {
+        assert!(still_open(s), "a stalled handshake was dropped early");
+    }
+}
+
+/// With the handshake pool full of stalled peers, a waiting connection takes the place of
+/// the oldest once it counts as stalled (a fifth of the 5 s deadline here): the real client
+/// is served after about a second, not at the stalled peers' deadlines; the younger stalled
+/// peers stay until theirs.
+#[test]
+fn full_handshake_pool_drops_the_oldest_stalled_handshake() {
+    let config = ServerConfig {
+        max_handshakes: 4,
+        handshake_timeout: Duration::from_secs(5),
+        ..persistent(1)
+    };
+    let srv = TestServer::tcp(MemExport::new(SIZE), config);
+    let mut stalled: Vec<RawClient> = (0..4)
+        .map(|_| {
+            let mut c = RawClient::connect(srv.socket_addr());
+            c.greeting();
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    let mut c = RawClient::start(srv.socket_addr());
+    let waited = t.elapsed();
+    c.go("disk", false, false);
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "greeted after {waited:?} (the oldest handshake counts as stalled after 1 s)"
+    );
+    stalled[0].expect_closed();
+    for s in &mut stalled[1..] {
+        assert!(still_open(s), "a younger stalled handshake was dropped");
+    }
+}
+
+/// A burst of real clients larger than the handshake pool is served whole: a handshake
+/// only milliseconds old is never dropped to make room, the rest wait in the backlog.
+#[test]
+fn burst_larger_than_the_pool_is_served() {
+    let config = ServerConfig {
+        max_handshakes: 2,
+        ..persistent(16)
+    };
+    let srv = TestServer::tcp(MemExport::new(SIZE), config);
+    let addr = srv.socket_addr();
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = RawClient::start(addr);
+                c.go("disk", true, false);
+                c.write_req(0, i, i * 4096, &[i as u8; 4096]);
+                assert_eq!(c.simple(), (0, i));
+                c
+            })
+        })
+        .collect();
+    for t in clients {
+        let _keep = t.join().expect("a client of the burst failed");
+    }
+}
+
+/// A client that finishes negotiating while every slot is taken waits for one (the GO
+/// reply comes when the slot frees), however long that takes: the wait is not under the
+/// handshake deadline.
+#[test]
+fn negotiated_client_waits_for_a_slot() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_secs(1),
+        ..persistent(1)
+    };
+    let srv = TestServer::tcp(MemExport::new(SIZE), config);
+    // Both are taken in while the slot is free; `b` picks the export first.
+    let mut a = RawClient::start(srv.socket_addr());
+    let mut b = RawClient::start(srv.socket_addr());
+    b.go("disk", false, false);
+    a.send_option(OPT_GO, &info_payload("disk", &[]));
+    a.s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    let r = a.s.read(&mut one);
+    assert!(
+        matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the second client got {r:?} while the first held the only slot"
+    );
+    b.request(0, CMD_DISC, 1, 0, 0);
+    b.expect_closed();
+    a.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The GO reply, up to its final ACK.
+    loop {
+        let (opt, ty, _) = a.read_option_reply();
+        assert_eq!(opt, OPT_GO);
+        assert_eq!(ty & 0x8000_0000, 0, "GO failed");
+        if ty == REP_ACK {
+            break;
+        }
+    }
+    a.write_req(0, 5, 4096, &[3u8; 512]);
+    assert_eq!(a.simple(), (0, 5));
+}
+
+// ---------------------------------------------------------------------------
+// Serving over any byte stream
+// ---------------------------------------------------------------------------
+
+/// What a stream server writes, kept for the test to read.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `serve_stream` runs a listener's connection over plain byte streams: a scripted
+/// client's write lands in the export, its read comes back after the GO replies, and the
+/// export is flushed at the end.
+#[test]
+fn serve_stream_over_in_memory_bytes() {
+    let export = MemExport::new(SIZE);
+    let server = vmdk_nbd::Server::new(
+        export.clone(),
+        ServerConfig {
+            workers_per_client: 1,
+            ..persistent(1)
+        },
+    );
+    let mut input = 3u32.to_be_bytes().to_vec();
+    let go = info_payload("disk", &[]);
+    input.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    input.extend_from_slice(&OPT_GO.to_be_bytes());
+    input.extend_from_slice(&(go.len() as u32).to_be_bytes());
+    input.extend_from_slice(&go);
+    input.extend(request_bytes(0, CMD_WRITE, 1, 4096, 512));
+    input.extend_from_slice(&[0x42; 512]);
+    input.extend(request_bytes(0, CMD_READ, 2, 4096, 512));
+    input.extend(request_bytes(0, CMD_DISC, 3, 0, 0));
+    let out = Captured::default();
+    server.serve_stream(&input[..], out.clone()).unwrap();
+    let out = out.0.lock().unwrap().clone();
+    assert_eq!(be64(&out), NBD_MAGIC);
+    // The write's reply, then the read's with its data, end the output.
+    let tail = &out[out.len() - 16 - 16 - 512..];
+    assert_eq!(be32(tail), SIMPLE_MAGIC);
+    assert_eq!((be32(&tail[4..]), be64(&tail[8..])), (0, 1));
+    assert_eq!(be32(&tail[16..]), SIMPLE_MAGIC);
+    assert_eq!((be32(&tail[20..]), be64(&tail[24..])), (0, 2));
+    assert_eq!(&tail[32..], &[0x42; 512][..]);
+    assert_eq!(&export.snapshot()[4096..4608], &[0x42; 512][..]);
+    assert!(export.flushes.load(Ordering::SeqCst) >= 1);
+
+    // Garbage instead of the client flags is an error, as on a socket.
+    let err = server
+        .serve_stream(&b"GET / HTTP/1.1\r\n"[..], std::io::sink())
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}

@@ -50,14 +50,21 @@ pub use upload::UploadSink;
 /// variables.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Requests in flight at once per open object (`VMDK_OBJECT_REQUESTS`, default 16).
+    /// Requests in flight at once per open object (`VMDK_OBJECT_REQUESTS`, default 64: at
+    /// a cloud's latency, a scan needs that many to keep bytes coming while each request
+    /// waits its round trip; few are used unless the read-ahead window grows).
     pub max_requests: usize,
     /// Bytes per ranged GET and cache block (`VMDK_OBJECT_BLOCK_KIB`, default 2 MiB).
     pub block_size: usize,
-    /// Bytes of blocks kept per open object (`VMDK_OBJECT_CACHE_MIB`, default 128 MiB).
+    /// Bytes of blocks kept per open object (`VMDK_OBJECT_CACHE_MIB`, default 256 MiB; at
+    /// least twice the largest read-ahead window, so read-ahead is not evicted unread).
     pub cache_bytes: usize,
-    /// Blocks read ahead of a forward-running reader (default 16).
+    /// Blocks read ahead of a forward-running reader at first (default 16).
     pub read_ahead_blocks: usize,
+    /// The most the read-ahead window grows to (`VMDK_OBJECT_READ_AHEAD_MAX`, default 64
+    /// blocks): it doubles each time a forward-running reader has to wait for a block, so a
+    /// sequential scan over a slow link keeps more requests in flight.
+    pub read_ahead_max_blocks: usize,
     /// Bytes per uploaded part (at least 5 MiB; default 8 MiB, doubling every 1000 parts).
     pub part_size: usize,
     /// Parts uploading at once (default 8).
@@ -76,10 +83,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_requests: 16,
+            max_requests: 64,
             block_size: 2 << 20,
-            cache_bytes: 128 << 20,
+            cache_bytes: 256 << 20,
             read_ahead_blocks: 16,
+            read_ahead_max_blocks: 64,
             part_size: 8 << 20,
             upload_parallelism: 8,
             max_retries: 10,
@@ -103,6 +111,9 @@ impl Config {
         }
         if let Some(v) = var("VMDK_OBJECT_CACHE_MIB") {
             c.cache_bytes = (v.clamp(1, 64 << 10) << 20) as usize;
+        }
+        if let Some(v) = var("VMDK_OBJECT_READ_AHEAD_MAX") {
+            c.read_ahead_max_blocks = v.clamp(1, 4096) as usize;
         }
         if let Some(v) = var("VMDK_OBJECT_RETRIES") {
             c.max_retries = v.min(100) as usize;

@@ -8,6 +8,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
@@ -33,7 +34,11 @@ struct Reader {
     version: Option<String>,
     id: FileId,
     block: u64,
-    read_ahead: u64,
+    /// Blocks read ahead of a forward-running reader now: starts at the configured window
+    /// and doubles (up to `read_ahead_max`) whenever such a reader finds a block it needs
+    /// still on its way, i.e. the window was too short to hide the link's latency.
+    read_ahead: AtomicU64,
+    read_ahead_max: u64,
     limit: Arc<Semaphore>,
     cache: Mutex<Cache>,
     /// Woken whenever a block finishes loading (or fails to).
@@ -101,6 +106,8 @@ impl ObjectStorage {
     /// Read `meta`'s object from `store`, pinned to the ETag and version `meta` carries.
     pub fn new(store: Arc<dyn ObjectStore>, meta: ObjectMeta, id: FileId, cfg: &Config) -> Self {
         let block = cfg.block_size.max(4096) as u64;
+        let read_ahead = cfg.read_ahead_blocks as u64;
+        let read_ahead_max = (cfg.read_ahead_max_blocks as u64).max(read_ahead);
         ObjectStorage {
             inner: Arc::new(Reader {
                 store,
@@ -110,10 +117,15 @@ impl ObjectStorage {
                 version: meta.version,
                 id,
                 block,
-                read_ahead: cfg.read_ahead_blocks as u64,
+                read_ahead: AtomicU64::new(read_ahead),
+                read_ahead_max,
                 limit: Arc::new(Semaphore::new(cfg.max_requests.max(1))),
                 cache: Mutex::new(Cache {
-                    capacity: cfg.cache_bytes.max(2 * block as usize),
+                    // Room for the widest read-ahead window twice over.
+                    capacity: cfg
+                        .cache_bytes
+                        .max(2 * block as usize)
+                        .max((2 * read_ahead_max * block).min(1 << 30) as usize),
                     ..Default::default()
                 }),
                 loaded: Condvar::new(),
@@ -195,11 +207,13 @@ impl Reader {
     /// read-ahead window after them when the read continues the one before.
     fn get_blocks(self: &Arc<Self>, first: u64, last: u64) -> io::Result<Vec<Bytes>> {
         let mut got: HashMap<u64, Bytes> = HashMap::new();
+        let mut grown = false;
         loop {
             let mut mine = Vec::new();
             let mut ahead = Vec::new();
             {
                 let mut c = self.cache();
+                let mut stalled = false;
                 for b in first..=last {
                     if got.contains_key(&b) {
                         continue;
@@ -209,11 +223,20 @@ impl Reader {
                     } else if let Entry::Vacant(v) = c.slots.entry(b) {
                         v.insert(Slot::Loading);
                         mine.push(b);
+                        stalled = true;
+                    } else {
+                        stalled = true;
                     }
                 }
                 let forwards = first > 0 && c.slots.contains_key(&(first - 1));
                 if forwards {
-                    let end = (last + 1 + self.read_ahead).min(self.blocks());
+                    let mut window = self.read_ahead.load(Ordering::Relaxed);
+                    if stalled && !grown && window < self.read_ahead_max {
+                        window = (window * 2).min(self.read_ahead_max);
+                        self.read_ahead.store(window, Ordering::Relaxed);
+                        grown = true;
+                    }
+                    let end = (last + 1 + window).min(self.blocks());
                     for b in last + 1..end {
                         if let Entry::Vacant(v) = c.slots.entry(b) {
                             v.insert(Slot::Loading);
@@ -324,4 +347,51 @@ fn read_only() -> io::Error {
         io::ErrorKind::PermissionDenied,
         "objects in object storage are read-only (write a new object with convert instead)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    /// A forward scan that finds its next block not loaded widens the read-ahead window
+    /// (doubling, up to the maximum), and every byte read is the object's.
+    #[test]
+    fn read_ahead_widens_on_a_stalled_forward_scan() {
+        let block = 4096usize;
+        let data: Vec<u8> = (0..block * 300).map(|i| (i % 251) as u8).collect();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = object_store::path::Path::from("o");
+        let meta = runtime().block_on(async {
+            store
+                .put(&path, PutPayload::from(data.clone()))
+                .await
+                .unwrap();
+            store.head(&path).await.unwrap()
+        });
+        let cfg = Config {
+            block_size: block,
+            read_ahead_blocks: 2,
+            read_ahead_max_blocks: 8,
+            ..Config::default()
+        };
+        let s = ObjectStorage::new(store, meta, FileId { dev: 0, ino: 1 }, &cfg);
+        let mut buf = vec![0u8; block];
+        s.read_at(&mut buf, 0).unwrap();
+        assert_eq!(
+            s.inner.read_ahead.load(Ordering::Relaxed),
+            2,
+            "not forwards yet"
+        );
+        // Block 1 follows a cached block 0 and was never asked for: the reader stalls.
+        s.read_at(&mut buf, block as u64).unwrap();
+        assert_eq!(s.inner.read_ahead.load(Ordering::Relaxed), 4);
+        let mut all = vec![0u8; data.len()];
+        for (i, chunk) in all.chunks_mut(block * 3).enumerate() {
+            s.read_at(chunk, (i * block * 3) as u64).unwrap();
+        }
+        assert!(all == data, "bytes read differ from the object's");
+        assert!(s.inner.read_ahead.load(Ordering::Relaxed) <= 8);
+    }
 }

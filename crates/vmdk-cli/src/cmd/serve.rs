@@ -40,9 +40,18 @@ pub struct Args {
     /// Export description shown to clients.
     #[arg(short = 'D', long)]
     pub description: Option<String>,
-    /// Serve up to N clients at once.
-    #[arg(short = 'e', long, default_value_t = 1)]
-    pub shared: usize,
+    /// Serve up to N clients at once (0: any number). Default 1 for a writable export, as
+    /// qemu-nbd; a read-only export serves any number. With more than one, multi-conn is
+    /// advertised: every connection shares the one open image, so a flush on any of them
+    /// makes every completed write durable. A client takes its slot once it has picked the
+    /// export; connections still negotiating do not count (up to 16 negotiate at once,
+    /// each within 10 s), so peers that connect and say nothing cannot keep clients out.
+    #[arg(short = 'e', long, value_name = "N")]
+    pub shared: Option<usize>,
+    /// Offer the `qemu:allocation-depth` metadata context beside `base:allocation`, as
+    /// qemu-nbd's `-A`: 0 unallocated, 1 in the image, N in its (N-1)th backing file.
+    #[arg(short = 'A', long)]
+    pub allocation_depth: bool,
     /// Keep serving after the last client disconnects.
     #[arg(short = 't', long)]
     pub persistent: bool,
@@ -179,12 +188,23 @@ pub fn run(args: Args) -> Result<u8> {
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = open_for_export(&opts, &args.image)
         .with_context(|| format!("Could not open '{}'", args.image.display()))?;
+    // A read-only export (asked for, or an image that cannot be written) takes any number
+    // of connections, so it can advertise multi-conn and clients such as nbdcopy read it
+    // over several; a writable one takes one unless told otherwise, as qemu-nbd.
+    let read_only = args.read_only || !image.is_writable();
+    let max_clients = match args.shared {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None if read_only => usize::MAX,
+        None => 1,
+    };
     let export = Arc::new(ImageExport::new(Arc::new(image)));
     let config = ServerConfig {
         export_name: args.export_name.clone(),
         description: args.description.clone(),
         read_only: args.read_only,
-        max_clients: args.shared.max(1),
+        max_clients,
+        allocation_depth: args.allocation_depth,
         persistent: args.persistent,
         tls,
         ..ServerConfig::default()

@@ -74,6 +74,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn start_writeback(&self) -> io::Result<()> {
         Ok(())
     }
+    /// The host file descriptor behind this storage, whose bytes at every offset are this
+    /// storage's, for callers that hand ranges of it to the kernel (an NBD server's
+    /// `sendfile`); `None` (the default) for anything else.
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// Whether the storage is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -310,6 +316,9 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.file))
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         loop {
             match self.file.read_at(buf, offset) {
