@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bench/nbd.sh — `vmdk serve` against nbdkit and qemu-nbd serving the same bytes, in one run.
 #
-# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~15 GB free)
+# Usage: bench/nbd.sh [WORKDIR]         (default WORKDIR: /tmp/vmdk-nbd-bench; needs ~7 GB free, ~2.5 GB with DISK=1G DATA_MB=500)
 # Environment:
 #   DISK=4G         virtual size of the test disk (the 4 GiB disk of bench/convert.sh)
 #   DATA_MB=1600    how much real data to put in it (hard-linked copies of /usr trees)
 #   RUNS=3          nbdcopy runs per server, servers alternating run by run (best is reported)
 #   SECS=8          seconds per fio workload
 #   FIO_RUNS=2      rounds of the read fio rows, servers alternating (best is reported)
+#   WRITE_RUNS=2   rounds of the random-write rows, servers alternating, each on a fresh copy
+#                  (best is reported)
 #   IODEPTH=16      requests in flight for the "QD16" fio rows
 #   VMDK=...        our binary (default target/release/vmdk, built by this script)
 #
@@ -33,12 +35,14 @@
 #        rand read  fio --ioengine=nbd (libnbd, one connection), 4 KiB, QD IODEPTH and 1,
 #                   best of FIO_RUNS rounds, servers alternating;
 #        map        `nbdinfo --map` extents (data / zero), which is what lets nbdcopy skip;
-#   3. writable, random 4 KiB writes (fio, QD IODEPTH, SECS s) on fresh copies:
+#   3. writable, random 4 KiB writes (fio, QD IODEPTH, SECS s) on fresh copies, best of
+#      WRITE_RUNS rounds, servers alternating:
 #        the flat image: ours and qemu-nbd on flat.vmdk, nbdkit file on its -flat file;
 #        the sparse image: ours and qemu-nbd on sparse.vmdk (nbdkit reads no VMDK: n/a);
 #   4. prints a table with ours/nbdkit and ours/qemu-nbd (> 1 means we are faster; for
-#      nbdcopy the ratio of speeds, i.e. their time / ours), the machine's load, and checks
-#      every written image with `qemu-img check`.
+#      nbdcopy the ratio of speeds, i.e. their time / ours), the machine's 1-minute load
+#      average as each row was measured (lowest-highest over its rounds), and checks every
+#      written image with `qemu-img check`.
 #
 # Warm cache throughout. The machine may be shared: compare ratios from one run, not
 # absolute numbers across runs.
@@ -53,6 +57,7 @@ RUNS=${RUNS:-3}
 SECS=${SECS:-8}
 IODEPTH=${IODEPTH:-16}
 FIO_RUNS=${FIO_RUNS:-2}
+WRITE_RUNS=${WRITE_RUNS:-2}
 
 for t in qemu-img qemu-nbd nbdcopy nbdinfo nbdkit mke2fs jq; do
     command -v "$t" >/dev/null || {
@@ -145,6 +150,17 @@ map_counts() {
 
 WHO=(ours nbdkit qemu)
 declare -A URLS SPIDS BEST CPU IOPS MAPS
+declare -A LOADS
+# note_load ROW: widen ROW's "lowest-highest" 1-minute load average with the current one.
+note_load() {
+    local l lo hi
+    l=$(cut -d' ' -f1 /proc/loadavg)
+    if [ -z "${LOADS[$1]:-}" ]; then LOADS[$1]="$l-$l"; return; fi
+    lo=${LOADS[$1]%-*} hi=${LOADS[$1]#*-}
+    if awk "BEGIN{exit !($l < $lo)}"; then lo=$l; fi
+    if awk "BEGIN{exit !($l > $hi)}"; then hi=$l; fi
+    LOADS[$1]="$lo-$hi"
+}
 # CPU seconds (user + system) process PID has used so far.
 cpu_of() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 
@@ -155,6 +171,7 @@ start qemu ro flat.vmdk; URLS[qemu]=$URL; SPIDS[qemu]=$SPID
 for who in "${WHO[@]}"; do MAPS[$who]=$(map_counts "${URLS[$who]}"); done
 for ((i = 0; i < RUNS; i++)); do
     for who in "${WHO[@]}"; do
+        note_load nbdcopy
         c0=$(cpu_of "${SPIDS[$who]}")
         t0=$(now)
         nbdcopy "${URLS[$who]}" null:
@@ -167,6 +184,7 @@ done
 for ((i = 0; i < FIO_RUNS; i++)); do
     for qd in "$IODEPTH" 1; do
         for who in "${WHO[@]}"; do
+            note_load "randread$qd"
             v=$(fio_iops "${URLS[$who]}" randread "$qd")
             b=${IOPS[$who,randread,$qd]:-0}
             if awk "BEGIN{exit !($v > $b)}"; then IOPS[$who,randread,$qd]=$v; fi
@@ -176,9 +194,9 @@ done
 stop_servers
 
 # ---- 3. writable: random writes on fresh copies -----------------------------------------
-# Each copy is removed only once everything is timed: removing a file that random writes
-# fragmented can take minutes on a file system mounted with online discard, and slows the
-# device meanwhile.
+# Each copy is removed once checked, so that one at a time lies on disk (KEEP_COPIES=1 keeps
+# them all until everything is timed: removing a file that random writes fragmented can take
+# minutes on a file system mounted with online discard, and slows the device meanwhile).
 declare -A CHECKS
 # write_run WHO KIND: random writes through server WHO on a fresh copy of the KIND image.
 write_run() {
@@ -193,16 +211,22 @@ write_run() {
         img=w-$who-sparse.vmdk
     fi
     warm "$img"
+    note_load "${kind}write"
     start "$who" rw "$img"
-    IOPS[$who,${kind}write]=$(fio_iops "$URL" randwrite "$IODEPTH")
+    v=$(fio_iops "$URL" randwrite "$IODEPTH")
+    b=${IOPS[$who,${kind}write]:-0}
+    if awk "BEGIN{exit !($v > $b)}"; then IOPS[$who,${kind}write]=$v; fi
     stop_servers
     if [ "$who" != nbdkit ]; then
         CHECKS[$who,$kind]=$(qemu-img check -f vmdk "$img" 2>&1 | tail -1)
     fi
+    [ "${KEEP_COPIES:-0}" = 1 ] || rm -f "w-$who-"*.vmdk
 }
 rm -f w-*.vmdk
-for who in "${WHO[@]}"; do write_run "$who" flat; done
-for who in ours qemu; do write_run "$who" sparse; done
+for ((i = 0; i < WRITE_RUNS; i++)); do
+    for who in "${WHO[@]}"; do write_run "$who" flat; done
+    for who in ours qemu; do write_run "$who" sparse; done
+done
 IOPS[nbdkit,sparsewrite]=n/a
 
 # ---- 4. report -----------------------------------------------------------------------------
@@ -211,26 +235,28 @@ int() { if [ "$1" = n/a ]; then echo n/a; else printf '%.0f' "$1"; fi; }
 echo
 echo "disk: $DISK virtual ($SIZE bytes), monolithicFlat (flat.vmdk) and monolithicSparse;" \
     "$(nproc) cores; load: $(uptime | sed 's/.*load average: //')"
-printf '%-34s %11s %11s %11s %9s %9s\n' workload "vmdk serve" nbdkit qemu-nbd ours/nbdkit ours/qemu
-printf '%-34s %9ss %9ss %9ss %9s %9s\n' "nbdcopy whole disk (best/$RUNS)" \
+printf '%-38s %11s %11s %11s %9s %9s  %s\n' workload "vmdk serve" nbdkit qemu-nbd ours/nbdkit ours/qemu load
+printf '%-38s %9ss %9ss %9ss %9s %9s  %s\n' "nbdcopy whole disk (best/$RUNS)" \
     "$(printf %.2f "${BEST[ours]}")" "$(printf %.2f "${BEST[nbdkit]}")" "$(printf %.2f "${BEST[qemu]}")" \
-    "$(ratio "${BEST[nbdkit]}" "${BEST[ours]}")" "$(ratio "${BEST[qemu]}" "${BEST[ours]}")"
-printf '%-34s %9ss %9ss %9ss %9s %9s\n' "  server CPU for it (best/$RUNS)" \
+    "$(ratio "${BEST[nbdkit]}" "${BEST[ours]}")" "$(ratio "${BEST[qemu]}" "${BEST[ours]}")" "${LOADS[nbdcopy]}"
+printf '%-38s %9ss %9ss %9ss %9s %9s\n' "  server CPU for it (best/$RUNS)" \
     "$(printf %.2f "${CPU[ours]}")" "$(printf %.2f "${CPU[nbdkit]}")" "$(printf %.2f "${CPU[qemu]}")" \
     "$(ratio "${CPU[nbdkit]}" "${CPU[ours]}")" "$(ratio "${CPU[qemu]}" "${CPU[ours]}")"
 for qd in "$IODEPTH" 1; do
     o=${IOPS[ours,randread,$qd]} k=${IOPS[nbdkit,randread,$qd]} q=${IOPS[qemu,randread,$qd]}
-    printf '%-34s %11s %11s %11s %9s %9s\n' "randread 4k QD$qd IOPS (best/$FIO_RUNS)" \
-        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")"
+    printf '%-38s %11s %11s %11s %9s %9s  %s\n' "randread 4k QD$qd IOPS (best/$FIO_RUNS)" \
+        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")" \
+        "${LOADS[randread$qd]}"
 done
 for w in flatwrite sparsewrite; do
     o=${IOPS[ours,$w]} k=${IOPS[nbdkit,$w]} q=${IOPS[qemu,$w]}
-    label="randwrite 4k QD$IODEPTH, flat"
-    [ "$w" = sparsewrite ] && label="randwrite 4k QD$IODEPTH, sparse"
-    printf '%-34s %11s %11s %11s %9s %9s\n' "$label" \
-        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")"
+    label="randwrite 4k QD$IODEPTH, flat (best/$WRITE_RUNS)"
+    [ "$w" = sparsewrite ] && label="randwrite 4k QD$IODEPTH, sparse (best/$WRITE_RUNS)"
+    printf '%-38s %11s %11s %11s %9s %9s  %s\n' "$label" \
+        "$(int "$o")" "$(int "$k")" "$(int "$q")" "$(ratio "$o" "$k")" "$(ratio "$o" "$q")" \
+        "${LOADS[$w]}"
 done
-printf '%-34s %11s %11s %11s\n' "nbdinfo --map extents (data/zero)" "${MAPS[ours]}" "${MAPS[nbdkit]}" "${MAPS[qemu]}"
+printf '%-38s %11s %11s %11s\n' "nbdinfo --map extents (data/zero)" "${MAPS[ours]}" "${MAPS[nbdkit]}" "${MAPS[qemu]}"
 echo
 for who in ours qemu; do
     for kind in flat sparse; do

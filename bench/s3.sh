@@ -11,6 +11,14 @@
 #   SLOWLINK=      the link emulator (default ../shared/tools/slowlink.py beside the repo; 10 ms
 #                  per request, 50 MiB/s per connection), put in front of nginx for the
 #                  "over slowlink" rows; those rows are skipped when it is missing
+#   SLOW_ROUNDS=   rounds of the slowlink rows (default RUNS): each round times ours from
+#                  s3:// and http://, the link's floor, and our local conversion again, one
+#                  after the other, so that all see the same load; the best of each is kept
+#   QEMU_SLOW_ROUNDS=first  qemu-img's curl driver over slowlink in the first round only
+#                  (it takes ~30 s a GiB); `all` for every round
+#   SERVER_READ=1  0 skips the read from the S3 server itself (moto copies the whole object
+#                  for every ranged GET: minutes for the 4 GiB disk; the static-GET and
+#                  slowlink rows measure our client)
 #   S3_SERVER=     moto (default) or s3s-fs (`cargo install s3s-fs --version 0.14.1
 #                  --features binary`, binary on PATH or named by S3S_FS), which serves a
 #                  directory. moto copies the whole object on every GET, so its s3:// row
@@ -33,7 +41,8 @@
 #   4. over slowlink (cloud-like latency in front of nginx): sparse.vmdk -> raw from http://
 #      (ours, and qemu-img's curl driver) and from s3:// (nginx serving the bucket directory),
 #      plus the link's own floor: the whole object fetched by 64 parallel ranged curls;
-#   5. prints wall seconds, the ratios the issue asks about, and our request summary.
+#   5. prints wall seconds (with the 1-minute load average as each row started), the ratios
+#      the issue asks about, and our request summary.
 #
 # The servers share the 2 cores with the client, and their own costs show in the s3:// rows:
 # moto copies the whole object for every ranged GET; s3s-fs streams a ranged GET in 4 KiB
@@ -51,6 +60,9 @@ WORK=${1:-/tmp/vmdk-bench-s3}
 DISK=${DISK:-1G}
 DATA_MB=${DATA_MB:-600}
 RUNS=${RUNS:-1}
+SERVER_READ=${SERVER_READ:-1}
+SLOW_ROUNDS=${SLOW_ROUNDS:-$RUNS}
+QEMU_SLOW_ROUNDS=${QEMU_SLOW_ROUNDS:-first}
 MOTO=${VMDK_TEST_MOTO:-moto_server}
 S3S_FS=${S3S_FS:-$(command -v s3s-fs || true)}
 S3_SERVER=${S3_SERVER:-moto}
@@ -142,8 +154,11 @@ else
 fi
 
 # ---- 3. the runs --------------------------------------------------------------------------
+# The 1-minute load average as each timed row starts, one "LABEL LOAD" line each.
+: > loads.txt
 best() { # best wall seconds of RUNS runs of "$@" (output removed and synced before each)
     local b="" s e t
+    echo "${ROW:-?} $(cut -d' ' -f1 /proc/loadavg)" >> loads.txt
     for _ in $(seq "$RUNS"); do
         rm -f out.raw out.vmdk; sync
         s=$(date +%s.%N); "$@" >/dev/null 2>>runs.log; e=$(date +%s.%N)
@@ -156,14 +171,17 @@ best() { # best wall seconds of RUNS runs of "$@" (output removed and synced bef
 S3=s3://bench/sparse.vmdk
 HTTP=http://127.0.0.1:$HTTP_PORT/sparse.vmdk
 
-local_raw=$(best "$VMDK" convert -O raw sparse.vmdk out.raw); cmp out.raw ref.raw
-s3_raw=$(best "$VMDK" -v convert -O raw "$S3" out.raw); cmp out.raw ref.raw
-summary=$(grep 'object storage:' runs.log | tail -1 || true)
-static_raw=$(AWS_ENDPOINT_URL="http://127.0.0.1:$STATIC_PORT" best "$VMDK" convert -O raw "$S3" out.raw)
+local_raw=$(ROW=local_raw best "$VMDK" convert -O raw sparse.vmdk out.raw); cmp out.raw ref.raw
+s3_raw=n/a summary=
+if [ "$SERVER_READ" = 1 ]; then
+    s3_raw=$(ROW=s3_raw best "$VMDK" -v convert -O raw "$S3" out.raw); cmp out.raw ref.raw
+    summary=$(grep 'object storage:' runs.log | tail -1 || true)
+fi
+static_raw=$(ROW=static_raw AWS_ENDPOINT_URL="http://127.0.0.1:$STATIC_PORT" best "$VMDK" convert -O raw "$S3" out.raw)
 cmp out.raw ref.raw
-http_raw=$(best "$VMDK" convert -O raw "$HTTP" out.raw); cmp out.raw ref.raw
+http_raw=$(ROW=http_raw best "$VMDK" convert -O raw "$HTTP" out.raw); cmp out.raw ref.raw
 if ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
-    qemu_raw=$(best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$HTTP\"}}" out.raw)
+    qemu_raw=$(ROW=qemu_raw best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$HTTP\"}}" out.raw)
     cmp out.raw ref.raw
 else
     qemu_raw="n/a"
@@ -171,30 +189,45 @@ else
         "pinned to the installed qemu-utils version" >&2
 fi
 slow_http=n/a slow_qemu=n/a slow_s3=n/a slow_floor=n/a slow_summary=
+# least A B: the smaller of two times ("n/a" or empty for none).
+least() {
+    if [ -z "$1" ] || [ "$1" = n/a ]; then echo "$2"
+    elif [ -z "$2" ] || [ "$2" = n/a ] || [ "$(echo "$1 < $2" | bc)" = 1 ]; then echo "$1"
+    else echo "$2"; fi
+}
 if [ -n "$SLOW_PIDS" ]; then
     SLOW_HTTP=http://127.0.0.1:$SLOW_HTTP_PORT/sparse.vmdk
-    slow_http=$(best "$VMDK" convert -O raw "$SLOW_HTTP" out.raw); cmp out.raw ref.raw
-    : > runs.log
-    slow_s3=$(AWS_ENDPOINT_URL="http://127.0.0.1:$SLOW_STATIC_PORT" best "$VMDK" -v convert -O raw "$S3" out.raw)
-    cmp out.raw ref.raw
-    slow_summary=$(grep 'object storage:' runs.log | tail -1 || true)
-    if [ "$qemu_raw" != n/a ]; then
-        slow_qemu=$(best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$SLOW_HTTP\"}}" out.raw)
-        cmp out.raw ref.raw
-    fi
     # The link's floor: the object in 64 ranged GETs at once, bytes thrown away.
     osize=$(stat -c %s sparse.vmdk)
     chunk=$(((osize + 63) / 64))
     floor() {
         seq 0 63 | xargs -P 64 -I{} sh -c "curl -sf -o /dev/null -r \$(({} * $chunk))-\$((({} + 1) * $chunk - 1)) $SLOW_HTTP"
     }
-    slow_floor=$(best floor)
+    # SLOW_ROUNDS rounds, each timing every row once (ours, then the peers, then the local
+    # file again), so that every row sees the same load; the best of each is reported.
+    for ((round = 0; round < SLOW_ROUNDS; round++)); do
+        : > runs.log
+        t=$(RUNS=1 ROW=slow_s3 AWS_ENDPOINT_URL="http://127.0.0.1:$SLOW_STATIC_PORT" best "$VMDK" -v convert -O raw "$S3" out.raw)
+        cmp out.raw ref.raw
+        slow_s3=$(least "$slow_s3" "$t")
+        slow_summary=$(grep 'object storage:' runs.log | tail -1 || true)
+        t=$(RUNS=1 ROW=slow_floor best floor); slow_floor=$(least "$slow_floor" "$t")
+        t=$(RUNS=1 ROW=slow_http best "$VMDK" convert -O raw "$SLOW_HTTP" out.raw); cmp out.raw ref.raw
+        slow_http=$(least "$slow_http" "$t")
+        if [ "$qemu_raw" != n/a ] && { [ "$round" = 0 ] || [ "$QEMU_SLOW_ROUNDS" = all ]; }; then
+            t=$(RUNS=1 ROW=slow_qemu best qemu-img convert -O raw "json:{\"file\":{\"driver\":\"http\",\"url\":\"$SLOW_HTTP\"}}" out.raw)
+            cmp out.raw ref.raw
+            slow_qemu=$(least "$slow_qemu" "$t")
+        fi
+        t=$(RUNS=1 ROW=local_raw best "$VMDK" convert -O raw sparse.vmdk out.raw); cmp out.raw ref.raw
+        local_raw=$(least "$local_raw" "$t")
+    done
 fi
-stream_local=$(best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw out.vmdk)
+stream_local=$(ROW=stream_local best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw out.vmdk)
 qemu-img compare -q img.raw out.vmdk
 server_cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$MOTO_PID/stat"; }
 cpu0=$(server_cpu)
-stream_s3=$(best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw s3://bench/out.vmdk)
+stream_s3=$(ROW=stream_s3 best "$VMDK" convert -O vmdk -o subformat=streamOptimized img.raw s3://bench/out.vmdk)
 cpu1=$(server_cpu)
 if [ "$S3_SERVER" = moto ]; then
     curl -sf "http://127.0.0.1:$S3_PORT/bench/out.vmdk" -o out.vmdk
@@ -207,18 +240,23 @@ qemu-img check -q out.vmdk
 ratio() { if [ "$1" = n/a ] || [ "$2" = n/a ]; then echo n/a; else echo "scale=3; $1 / $2" | bc; fi; }
 echo
 echo "disk: $DISK, $(du -h --apparent-size sparse.vmdk | cut -f1) monolithicSparse; runs: $RUNS; cores: $(nproc)"
-printf '%-48s %10s\n' "case" "seconds"
-printf '%-48s %10s\n' "vmdk convert -O raw, local file" "$local_raw"
-printf '%-48s %10s\n' "vmdk convert -O raw, s3:// ($S3_SERVER)" "$s3_raw"
-printf '%-48s %10s\n' "vmdk convert -O raw, s3:// (nginx, static GETs)" "$static_raw"
-printf '%-48s %10s\n' "vmdk convert -O raw, http:// (nginx)" "$http_raw"
-printf '%-48s %10s\n' "qemu-img convert -O raw, http:// (curl driver)" "$qemu_raw"
-printf '%-48s %10s\n' "vmdk convert -> streamOptimized, local file" "$stream_local"
-printf '%-48s %10s\n' "vmdk convert -> streamOptimized, s3:// upload" "$stream_s3"
-printf '%-48s %10s\n' "over slowlink: vmdk convert -O raw, http://" "$slow_http"
-printf '%-48s %10s\n' "over slowlink: qemu-img convert -O raw, http://" "$slow_qemu"
-printf '%-48s %10s\n' "over slowlink: vmdk convert -O raw, s3:// (static)" "$slow_s3"
-printf '%-48s %10s\n' "over slowlink: 64 parallel curls (link floor)" "$slow_floor"
+# load ROW: the load average noted when ROW started ("-" when it did not run).
+load() {
+    awk -v r="$1" '$1 == r { if (!n || $2 < lo) lo = $2; if (!n || $2 > hi) hi = $2; n++ }
+        END { if (!n) print "-"; else if (lo == hi) print lo; else print lo "-" hi }' loads.txt
+}
+printf '%-48s %10s %11s\n' "case" "seconds" "load"
+printf '%-48s %10s %11s\n' "vmdk convert -O raw, local file" "$local_raw" "$(load local_raw)"
+printf '%-48s %10s %11s\n' "vmdk convert -O raw, s3:// ($S3_SERVER)" "$s3_raw" "$(load s3_raw)"
+printf '%-48s %10s %11s\n' "vmdk convert -O raw, s3:// (nginx, static GETs)" "$static_raw" "$(load static_raw)"
+printf '%-48s %10s %11s\n' "vmdk convert -O raw, http:// (nginx)" "$http_raw" "$(load http_raw)"
+printf '%-48s %10s %11s\n' "qemu-img convert -O raw, http:// (curl driver)" "$qemu_raw" "$(load qemu_raw)"
+printf '%-48s %10s %11s\n' "vmdk convert -> streamOptimized, local file" "$stream_local" "$(load stream_local)"
+printf '%-48s %10s %11s\n' "vmdk convert -> streamOptimized, s3:// upload" "$stream_s3" "$(load stream_s3)"
+printf '%-48s %10s %11s\n' "over slowlink: vmdk convert -O raw, http://" "$slow_http" "$(load slow_http)"
+printf '%-48s %10s %11s\n' "over slowlink: qemu-img convert -O raw, http://" "$slow_qemu" "$(load slow_qemu)"
+printf '%-48s %10s %11s\n' "over slowlink: vmdk convert -O raw, s3:// (static)" "$slow_s3" "$(load slow_s3)"
+printf '%-48s %10s %11s\n' "over slowlink: 64 parallel curls (link floor)" "$slow_floor" "$(load slow_floor)"
 echo
 echo "qemu curl (http) / vmdk s3:          $(ratio "$qemu_raw" "$s3_raw")   (issue: >= 5)"
 echo "qemu curl (http) / vmdk http:        $(ratio "$qemu_raw" "$http_raw")"

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
 use tokio::sync::Semaphore;
 use vmdk::storage::{FileId, Storage};
@@ -45,10 +46,52 @@ struct Reader {
     loaded: Condvar,
 }
 
+/// A block as the response body's chunks, kept as they came off the connection: no copy
+/// into one buffer (and no fresh, page-faulting buffer per block); a read copies from the
+/// chunks straight into the caller's buffer.
+#[derive(Debug, Clone, Default)]
+struct Block {
+    parts: Arc<[Bytes]>,
+    len: usize,
+}
+
+impl Block {
+    fn new(parts: Vec<Bytes>) -> Block {
+        let len = parts.iter().map(Bytes::len).sum();
+        Block {
+            parts: parts.into(),
+            len,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copy `out.len()` bytes from byte `from` of the block into `out`.
+    fn copy_to(&self, mut from: usize, out: &mut [u8]) {
+        let mut done = 0;
+        for part in self.parts.iter() {
+            if done == out.len() {
+                break;
+            }
+            if from >= part.len() {
+                from -= part.len();
+                continue;
+            }
+            let n = (part.len() - from).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&part[from..from + n]);
+            done += n;
+            from = 0;
+        }
+        assert_eq!(done, out.len(), "read past the end of a block");
+    }
+}
+
 #[derive(Debug)]
 enum Slot {
     Loading,
-    Ready { data: Bytes, used: u64 },
+    Ready { data: Block, used: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +103,7 @@ struct Cache {
 }
 
 impl Cache {
-    fn put(&mut self, b: u64, data: Bytes) {
+    fn put(&mut self, b: u64, data: Block) {
         self.tick += 1;
         self.bytes += data.len();
         if let Some(Slot::Ready { data, .. }) = self.slots.insert(
@@ -90,7 +133,7 @@ impl Cache {
         }
     }
 
-    fn take(&mut self, b: u64) -> Option<Bytes> {
+    fn take(&mut self, b: u64) -> Option<Block> {
         self.tick += 1;
         match self.slots.get_mut(&b) {
             Some(Slot::Ready { data, used }) => {
@@ -144,7 +187,7 @@ impl Reader {
     }
 
     /// GET block `b` (bounded by the in-flight limit).
-    async fn fetch(self: Arc<Self>, b: u64) -> io::Result<Bytes> {
+    async fn fetch(self: Arc<Self>, b: u64) -> io::Result<Block> {
         let _permit = self
             .limit
             .acquire()
@@ -173,7 +216,14 @@ impl Reader {
                 )));
             }
         }
-        let data = r.bytes().await.map_err(|e| io_error(e, &what))?;
+        // The body's chunks as they come, not collected into one fresh buffer (a copy, and
+        // page faults on every block).
+        let mut parts = Vec::new();
+        let mut body = r.into_stream();
+        while let Some(part) = body.next().await {
+            parts.push(part.map_err(|e| io_error(e, &what))?);
+        }
+        let data = Block::new(parts);
         count_fetched(data.len() as u64);
         if data.len() as u64 != end - start {
             return Err(io::Error::other(format!(
@@ -205,8 +255,8 @@ impl Reader {
 
     /// Blocks `first..=last`, loading those not cached: all of them at once, and the
     /// read-ahead window after them when the read continues the one before.
-    fn get_blocks(self: &Arc<Self>, first: u64, last: u64) -> io::Result<Vec<Bytes>> {
-        let mut got: HashMap<u64, Bytes> = HashMap::new();
+    fn get_blocks(self: &Arc<Self>, first: u64, last: u64) -> io::Result<Vec<Block>> {
+        let mut got: HashMap<u64, Block> = HashMap::new();
         let mut grown = false;
         loop {
             let mut mine = Vec::new();
@@ -311,7 +361,7 @@ impl Storage for ObjectStorage {
             let bstart = (first + i as u64) * r.block;
             let from = (offset + done as u64 - bstart) as usize;
             let n = (data.len() - from).min((end - offset) as usize - done);
-            buf[done..done + n].copy_from_slice(&data[from..from + n]);
+            data.copy_to(from, &mut buf[done..done + n]);
             done += n;
         }
         Ok(done)
@@ -354,6 +404,26 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
     use object_store::PutPayload;
+
+    /// A block kept as the body's chunks reads any stretch across them.
+    #[test]
+    fn block_reads_across_its_chunks() {
+        let whole: Vec<u8> = (0..100u8).collect();
+        let block = Block::new(vec![
+            Bytes::copy_from_slice(&whole[..7]),
+            Bytes::new(),
+            Bytes::copy_from_slice(&whole[7..50]),
+            Bytes::copy_from_slice(&whole[50..]),
+        ]);
+        assert_eq!(block.len(), 100);
+        for from in 0..100 {
+            for n in 0..=100 - from {
+                let mut out = vec![0u8; n];
+                block.copy_to(from, &mut out);
+                assert_eq!(out, whole[from..from + n]);
+            }
+        }
+    }
 
     /// A forward scan that finds its next block not loaded widens the read-ahead window
     /// (doubling, up to the maximum), and every byte read is the object's.
