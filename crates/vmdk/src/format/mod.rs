@@ -7,6 +7,7 @@ pub mod descriptor_edit;
 pub mod error;
 pub mod foreign;
 pub mod grain_entry;
+pub mod layout;
 pub(crate) mod le;
 pub mod marker;
 pub mod qemu_view;

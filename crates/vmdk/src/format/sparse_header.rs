@@ -36,6 +36,9 @@ pub const DEFAULT_GT_ENTRIES: u32 = 512;
 pub const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 /// Largest grain table QEMU accepts, in entries.
 pub const MAX_GT_ENTRIES: u32 = 512;
+/// QEMU's cap on grain-directory entries; a directory larger than this is corrupt, and no
+/// new extent gets one.
+pub const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
 
 /// A parsed VMDK4 sparse header. Offsets and sizes are in sectors, as on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
