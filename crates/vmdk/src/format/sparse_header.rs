@@ -189,6 +189,45 @@ impl SparseHeader {
         let per_gd = self.grain_size * self.num_gtes_per_gt as u64;
         self.capacity.div_ceil(per_gd)
     }
+
+    /// Where the header puts the embedded descriptor, as a byte range of the file: `None`
+    /// when it names none (offset or size 0). The range is the header's word, saturating
+    /// rather than overflowing and checked against nothing: readers use
+    /// [`SparseHeader::checked_embedded_descriptor_range`], inspectors judge it themselves.
+    pub fn embedded_descriptor_range(&self) -> Option<std::ops::Range<u64>> {
+        if self.desc_offset == 0 || self.desc_size == 0 {
+            return None;
+        }
+        let start = self.desc_offset.saturating_mul(SECTOR_SIZE);
+        Some(start..start.saturating_add(self.desc_size.saturating_mul(SECTOR_SIZE)))
+    }
+
+    /// [`SparseHeader::embedded_descriptor_range`] for reading the descriptor: refused when
+    /// it is larger than [`MAX_DESCRIPTOR_SIZE`](super::descriptor::MAX_DESCRIPTOR_SIZE) or
+    /// lies past what 64-bit offsets address.
+    pub fn checked_embedded_descriptor_range(&self) -> FormatResult<Option<std::ops::Range<u64>>> {
+        let Some(range) = self.embedded_descriptor_range() else {
+            return Ok(None);
+        };
+        let max_sectors = super::descriptor::MAX_DESCRIPTOR_SIZE as u64 / SECTOR_SIZE;
+        if self.desc_size > max_sectors {
+            return Err(FormatError::Invalid(format!(
+                "embedded descriptor is {} sectors (at most {max_sectors})",
+                self.desc_size
+            )));
+        }
+        let end = self
+            .desc_offset
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|s| s.checked_add(self.desc_size * SECTOR_SIZE));
+        if end.is_none() {
+            return Err(FormatError::Invalid(format!(
+                "embedded descriptor at sector {} lies past what 64-bit offsets address",
+                self.desc_offset
+            )));
+        }
+        Ok(Some(range))
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +250,23 @@ mod tests {
             check_bytes: NEWLINE_CHECK,
             compress_algorithm: 0,
         }
+    }
+
+    #[test]
+    fn embedded_descriptor_range() {
+        let mut h = sample();
+        assert_eq!(h.embedded_descriptor_range(), Some(512..512 + 20 * 512));
+        assert_eq!(h.checked_embedded_descriptor_range(), Ok(Some(512..10752)));
+        h.desc_size = 0;
+        assert_eq!(h.embedded_descriptor_range(), None);
+        assert_eq!(h.checked_embedded_descriptor_range(), Ok(None));
+        h.desc_size = 1 << 20;
+        assert!(h.embedded_descriptor_range().is_some());
+        assert!(h.checked_embedded_descriptor_range().is_err());
+        h.desc_size = 1;
+        h.desc_offset = u64::MAX / 256;
+        assert_eq!(h.embedded_descriptor_range().unwrap().end, u64::MAX);
+        assert!(h.checked_embedded_descriptor_range().is_err());
     }
 
     #[test]

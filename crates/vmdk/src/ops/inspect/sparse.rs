@@ -99,20 +99,9 @@ pub(super) fn inspect_sparse(
 
     // The embedded descriptor, where the header puts it (VMware's and our reading).
     let mut create_type = None;
-    if h.desc_offset == 0 || h.desc_size == 0 {
-        if policy.strict {
-            rep.add(
-                "no-descriptor",
-                "a sparse file without an embedded descriptor",
-            );
-        }
-        if h.capacity == 0 {
-            rep.add("bad-header", "capacity 0 and no descriptor");
-        }
-    } else {
-        let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-        let len = h.desc_size.saturating_mul(SECTOR_SIZE);
-        let end = start.saturating_add(len);
+    if let Some(range) = h.embedded_descriptor_range() {
+        let (start, end) = (range.start, range.end);
+        let len = end - start;
         if start != SPARSE_DESC_OFFSET {
             rep.add(
                 "descriptor-location",
@@ -157,6 +146,16 @@ pub(super) fn inspect_sparse(
                     }
                 }
             }
+        }
+    } else {
+        if policy.strict {
+            rep.add(
+                "no-descriptor",
+                "a sparse file without an embedded descriptor",
+            );
+        }
+        if h.capacity == 0 {
+            rep.add("bad-header", "capacity 0 and no descriptor");
         }
     }
     let ct = create_type.unwrap_or_else(|| "monolithicSparse".into());
