@@ -132,13 +132,7 @@ impl SparseExtent {
             } else {
                 None
             };
-        let coding = GrainCoding::sectors(
-            SparseFlavor::Vmdk4,
-            header.zero_grain(),
-            header.compressed(),
-            grain_size,
-            header.num_gtes_per_gt as u64,
-        );
+        let coding = header.grain_coding();
         let place = DirectoryPlace {
             offset: gd_offset,
             redundant: rgd_offset,

@@ -2,6 +2,7 @@
 //! extent, and repeated in the footer of VMware-layout streamOptimized files.
 
 use super::error::{FormatError, FormatResult};
+use super::grain_entry::{GrainCoding, SparseFlavor};
 use super::le::*;
 use super::SECTOR_SIZE;
 
@@ -188,6 +189,18 @@ impl SparseHeader {
     pub fn gd_entries(&self) -> u64 {
         let per_gd = self.grain_size * self.num_gtes_per_gt as u64;
         self.capacity.div_ceil(per_gd)
+    }
+
+    /// How the extent's directory and table entries are coded (grain size in bytes,
+    /// saturating for a header [`SparseHeader::validate`] would refuse).
+    pub fn grain_coding(&self) -> GrainCoding {
+        GrainCoding::sectors(
+            SparseFlavor::Vmdk4,
+            self.zero_grain(),
+            self.compressed(),
+            self.grain_size.saturating_mul(SECTOR_SIZE),
+            self.num_gtes_per_gt as u64,
+        )
     }
 
     /// Where the header puts the embedded descriptor, as a byte range of the file: `None`

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::format::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_SIZE};
+use crate::format::grain_entry::{self, GrainEntry};
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
 use crate::format::qemu_view::{self, SPARSE_DESC_OFFSET};
 use crate::format::sparse_header::{SparseHeader, GD_AT_END};
@@ -359,9 +360,10 @@ fn check_tables(
     mut regions: Vec<Region>,
     rep: &mut InspectReport,
 ) -> Result<()> {
+    let coding = h.grain_coding();
     let entries = h.gd_entries();
-    let gd_bytes = entries.saturating_mul(4);
-    let gt_bytes = u64::from(h.num_gtes_per_gt) * 4;
+    let gd_bytes = entries.saturating_mul(coding.width() as u64);
+    let gt_bytes = coding.table_bytes();
     if gd_bytes > MAX_GD_BYTES {
         rep.add(
             "metadata-too-large",
@@ -400,12 +402,10 @@ fn check_tables(
             what: format!("the {what}"),
         });
         let gd = r.bytes(start, gd_bytes)?;
-        for (i, e) in gd.chunks_exact(4).enumerate() {
-            let gt = u64::from(u32::from_le_bytes(e.try_into().unwrap()));
-            if gt == 0 {
+        for (i, raw) in grain_entry::entries(coding.width(), &gd).enumerate() {
+            let Ok(Some(off)) = coding.decode_directory(raw) else {
                 continue;
-            }
-            let off = gt * SECTOR_SIZE;
+            };
             if off.saturating_add(gt_bytes) > file_size {
                 rep.add(
                     "past-eof",
@@ -439,30 +439,24 @@ fn check_tables(
             .collect()
     };
     let grain_bytes = h.grain_size * SECTOR_SIZE;
-    let compressed = h.compressed();
     let mut seen = HashSet::new();
     let mut grains: Vec<Region> = Vec::new();
     for k in picks {
         let (off, _) = tables[k];
         let gt = r.bytes(off, gt_bytes)?;
         rep.grain_tables_checked += 1;
-        for (j, e) in gt.chunks_exact(4).enumerate() {
-            let g = u64::from(u32::from_le_bytes(e.try_into().unwrap()));
-            // 0: unallocated; 1: a zeroed grain (with the zero-grain flag, and harmless
-            // without it: QEMU reads the sector-1 grain, i.e. the descriptor, only if the
-            // flag is off; it is flagged as an overlap below then).
-            if g == 0 || (g == 1 && h.zero_grain()) {
-                continue;
-            }
-            rep.grains_allocated += 1;
-            let start = g * SECTOR_SIZE;
-            // A compressed grain's length is in its marker, which is not read: only its
-            // start is checked.
-            let end = if compressed {
-                start + 1
-            } else {
-                start + grain_bytes
+        for (j, raw) in grain_entry::entries(coding.width(), &gt).enumerate() {
+            // Unallocated and zeroed grains store nothing (entry 1 is a zeroed grain with the
+            // zero-grain flag only: without it QEMU reads the sector-1 grain, i.e. the
+            // descriptor, which is flagged as an overlap below).
+            let (start, end) = match coding.decode(raw) {
+                Ok(GrainEntry::Data(start)) => (start, start + grain_bytes),
+                // A compressed grain's length is in its marker, which is not read: only its
+                // start is checked.
+                Ok(GrainEntry::Compressed(start)) => (start, start + 1),
+                _ => continue,
             };
+            rep.grains_allocated += 1;
             if end > file_size {
                 rep.add(
                     "past-eof",
@@ -473,7 +467,7 @@ fn check_tables(
                 );
                 continue;
             }
-            if !seen.insert(g) {
+            if !seen.insert(start) {
                 rep.add(
                     "grain-shared",
                     format!("grain at offset {start} is pointed at by two table entries"),
