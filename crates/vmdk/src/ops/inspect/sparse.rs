@@ -59,12 +59,9 @@ pub(super) fn inspect_sparse(
     }];
     if h.gd_offset == GD_AT_END {
         // A stream: the footer near the end holds the real header (QEMU uses it whole).
-        match read_footer(r, file_size)? {
-            Err(why) => {
-                rep.add("footer-missing", why);
-                return Ok(());
-            }
-            Ok(f) => {
+        match read_footer(r, file_size, rep)? {
+            None => return Ok(()),
+            Some(f) => {
                 let diffs = footer_differences(&h, &f);
                 if !diffs.is_empty() {
                     rep.add(
@@ -290,24 +287,29 @@ fn check_embedded(h: &SparseHeader, desc: &Descriptor, rep: &mut InspectReport) 
 }
 
 /// The footer of a stream (marker, header copy, end-of-stream marker in the last three
-/// sectors), or why there is none.
+/// sectors); `None`, with a "footer-missing" finding saying why, when there is none.
 fn read_footer(
     r: &Counted<'_>,
     file_size: u64,
-) -> Result<std::result::Result<SparseHeader, String>> {
+    rep: &mut InspectReport,
+) -> Result<Option<SparseHeader>> {
+    let mut missing = |why: String| {
+        rep.add("footer-missing", why);
+        Ok(None)
+    };
     if file_size < 4 * SECTOR_SIZE {
-        return Ok(Err(format!(
+        return missing(format!(
             "the header says the grain directory is in a footer, but the {file_size}-byte \
              file is too short to have one"
-        )));
+        ));
     }
     if !file_size.is_multiple_of(SECTOR_SIZE) {
         // QEMU looks for the footer relative to the size rounded up to a sector, this
         // library relative to the size itself: they would read different bytes.
-        return Ok(Err(format!(
+        return missing(format!(
             "the header says the grain directory is in a footer, but the {file_size}-byte \
              file is not a whole number of sectors, so readers disagree on where the footer is"
-        )));
+        ));
     }
     let b = r.bytes(file_size - 3 * SECTOR_SIZE, 3 * SECTOR_SIZE)?;
     let marker = MetadataMarker::parse(&b[..512]);
@@ -315,17 +317,17 @@ fn read_footer(
     if !matches!(marker, Some(m) if m.kind == MARKER_FOOTER)
         || !matches!(eos, Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
     {
-        return Ok(Err(
+        return missing(
             "the header says the grain directory is in a footer, but the file does not end \
              with a footer marker, footer and end-of-stream marker (cut short?)"
                 .into(),
-        ));
+        );
     }
-    Ok(match SparseHeader::parse(&b[512..1024]) {
-        Ok(f) if f.gd_offset != GD_AT_END => Ok(f),
-        Ok(_) => Err("the stream footer does not say where the grain directory is".into()),
-        Err(e) => Err(format!("stream footer: {e}")),
-    })
+    match SparseHeader::parse(&b[512..1024]) {
+        Ok(f) if f.gd_offset != GD_AT_END => Ok(Some(f)),
+        Ok(_) => missing("the stream footer does not say where the grain directory is".into()),
+        Err(e) => missing(format!("stream footer: {e}")),
+    }
 }
 
 fn footer_differences(h: &SparseHeader, f: &SparseHeader) -> Vec<&'static str> {
