@@ -27,6 +27,8 @@
 //! # Ok::<(), vmdk::Error>(())
 //! ```
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 #[cfg(feature = "nbd")]
 pub mod export;

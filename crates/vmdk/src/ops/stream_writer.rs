@@ -26,7 +26,7 @@ use crate::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
 use crate::format::layout::StreamLayout;
 use crate::format::marker::{stream_footer, MetadataMarker, MARKER_GD, MARKER_GT};
 use crate::format::sparse_header::SparseHeader;
-use crate::format::SECTOR_SIZE;
+use crate::format::{is_zero, SECTOR_SIZE};
 use crate::ops::create::{CreateOptions, Subformat};
 use crate::storage::namespace::StreamSink;
 
@@ -357,17 +357,6 @@ impl StreamWriter {
         self.append(&buf)?;
         self.out.finish(durable)
     }
-}
-
-/// Whether every byte of `b` is zero (vectorised; stops at the first non-zero 256 bytes).
-pub fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets aligned middle bytes.
-    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
-    pre.iter().all(|&x| x == 0)
-        && post.iter().all(|&x| x == 0)
-        && mid
-            .chunks(16)
-            .all(|c| c.iter().fold(0u128, |a, &x| a | x) == 0)
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@ use super::pipeline::*;
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::extent::map::{MapEntry, MapTarget};
+use crate::format::is_zero;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
 use crate::image::OpenOptions;
 use crate::ops::create::refuse_to_overwrite;
 use crate::ops::create::{CreateOptions, Subformat};
-use crate::ops::stream_writer::{is_zero, StreamWriter};
+use crate::ops::stream_writer::StreamWriter;
 use crate::storage::aligned_buf::AlignedBuf;
 
 /// Write `src` to `dst` as a sparse raw file (holes where the source has zeros).
