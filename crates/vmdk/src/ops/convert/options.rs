@@ -31,7 +31,7 @@ pub struct ConvertOptions {
     /// How many stretches `salvage` turned into zeros.
     pub salvaged: Arc<AtomicU64>,
     /// Where the output goes (host files by default). For VMDK output,
-    /// [`CreateOptions::namespace`] is used when this is unset.
+    /// [`CreateOptions::namespace`](crate::ops::create::CreateOptions::namespace) is used when this is unset.
     pub target_namespace: Option<Arc<dyn Namespace>>,
 }
 

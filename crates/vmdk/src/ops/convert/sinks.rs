@@ -1,4 +1,4 @@
-//! Where conversions write: raw files, sparse VMDK images (through [`Image::write_at`]) and
+//! Where conversions write: raw files, sparse VMDK images (through [`Image::write_at`](crate::Image::write_at)) and
 //! streamOptimized images (through [`StreamWriter`]).
 
 use std::path::Path;
@@ -153,7 +153,7 @@ struct Encoded {
 ///
 /// streamOptimized output is written by [`StreamWriter`] in VMware's layout, compressing
 /// grains on all worker threads; all-zero grains are left out. Other subformats are made
-/// with [`crate::ops::create::create`] and filled with [`Image::write_at`] in large grain-aligned
+/// with [`crate::ops::create::create`] and filled with [`Image::write_at`](crate::Image::write_at) in large grain-aligned
 /// runs, in disk order, skipping zero stretches and all-zero grains. When `create` names a
 /// backing file, only what the source's own top layer holds is copied (the new image's
 /// backing file is assumed to hold the rest, as with `qemu-img convert -B`), zeros included.
