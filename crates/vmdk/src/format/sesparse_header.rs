@@ -103,17 +103,15 @@ impl SeSparseConstHeader {
                 h.version
             )));
         }
-        if h.grain_size != 8 {
-            return Err(FormatError::Unsupported(format!(
-                "unsupported seSparse grain size {}",
-                h.grain_size
-            )));
-        }
-        if h.grain_table_size != 64 {
-            return Err(FormatError::Unsupported(format!(
-                "unsupported seSparse grain table size {}",
-                h.grain_table_size
-            )));
+        for (what, got, want) in [
+            ("grain size", h.grain_size, 8),
+            ("grain table size", h.grain_table_size, 64),
+        ] {
+            if got != want {
+                return Err(FormatError::Unsupported(format!(
+                    "unsupported seSparse {what} {got}"
+                )));
+            }
         }
         if h.flags != 0 {
             return Err(FormatError::Unsupported(format!(

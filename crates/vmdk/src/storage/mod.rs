@@ -238,24 +238,18 @@ impl FileStorage {
     /// image is refused instead of emptied under it; the creation lock is held until the
     /// storage is dropped.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
-        crate::storage::lock::lock(&file, path, LockRequest::for_create())?;
-        empty_file(&file, path)?;
-        Ok(FileStorage {
-            file,
-            path: path.to_path_buf(),
-        })
+        Self::create_locking(path, true)
     }
 
     /// Create `path` (or empty an existing file) without taking any lock: for callers that
     /// exclude other users themselves.
     pub fn create_unlocked(path: &Path) -> Result<Self> {
+        Self::create_locking(path, false)
+    }
+
+    /// Open or create `path` without truncating it, take the creation lock if `lock`, then
+    /// empty it.
+    fn create_locking(path: &Path, lock: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -263,6 +257,9 @@ impl FileStorage {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        if lock {
+            crate::storage::lock::lock(&file, path, LockRequest::for_create())?;
+        }
         empty_file(&file, path)?;
         Ok(FileStorage {
             file,
