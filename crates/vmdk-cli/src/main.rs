@@ -11,7 +11,6 @@ mod opts;
 mod output;
 mod progress;
 mod size;
-mod spool;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};

@@ -213,26 +213,15 @@ mod tests {
 
     #[test]
     fn resolves_inside_the_same_bucket_and_prefix() {
-        assert_eq!(
-            r("s3://b/d/a.vmdk", "a-flat.vmdk").unwrap(),
-            "s3://b/d/a-flat.vmdk"
-        );
-        assert_eq!(
-            r("s3://b/d/a.vmdk", "./s/../x.vmdk").unwrap(),
-            "s3://b/d/x.vmdk"
-        );
-        assert_eq!(
-            r("s3://b/d/a.vmdk", "/d/y.vmdk").unwrap(),
-            "s3://b/d/y.vmdk"
-        );
-        assert_eq!(
-            r("s3://b/d/a.vmdk", "s3://b/d/e/z.vmdk").unwrap(),
-            "s3://b/d/e/z.vmdk"
-        );
-        assert_eq!(
-            r("https://h/d/a.vmdk", "b.vmdk").unwrap(),
-            "https://h/d/b.vmdk"
-        );
+        for (from, name, want) in [
+            ("s3://b/d/a.vmdk", "a-flat.vmdk", "s3://b/d/a-flat.vmdk"),
+            ("s3://b/d/a.vmdk", "./s/../x.vmdk", "s3://b/d/x.vmdk"),
+            ("s3://b/d/a.vmdk", "/d/y.vmdk", "s3://b/d/y.vmdk"),
+            ("s3://b/d/a.vmdk", "s3://b/d/e/z.vmdk", "s3://b/d/e/z.vmdk"),
+            ("https://h/d/a.vmdk", "b.vmdk", "https://h/d/b.vmdk"),
+        ] {
+            assert_eq!(r(from, name).unwrap(), want, "{name} from {from}");
+        }
         for bad in [
             "../other-bucket/x",
             "../../other-bucket/x",

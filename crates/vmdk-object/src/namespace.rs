@@ -70,14 +70,8 @@ fn stream_only_message() -> &'static str {
 }
 
 impl Namespace for ObjectNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        name::resolve(referrer, name, what, policy)
+    fn resolve(&self, from: &Path, name: &str, what: &str, policy: &PathPolicy) -> Result<PathBuf> {
+        name::resolve(from, name, what, policy)
     }
 
     fn open(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {

@@ -14,6 +14,12 @@ use aws_config::credential_process::CredentialProcessProvider;
 use aws_config::profile::{Profile, ProfileSet};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_runtime::env_config::file::EnvConfigFiles;
+// `aws_config::profile::load`, the SDK's one public way to read and merge the profile files,
+// takes its file system and environment as these `os_shim_internal` types (the SDK's
+// `ProviderConfig::profile` is crate-private, `ProfileSet::parse` needs a crate-private
+// `Source`). `Fs::real()` and `Env::real()` are the documented real-OS values; the
+// alternative is a profile parser of our own, which the SDK's precedence rules (and its
+// `credential_process` provider) would then have to follow by hand.
 use aws_types::os_shim_internal::{Env, Fs};
 use object_store::aws::AwsCredential;
 use object_store::CredentialProvider;

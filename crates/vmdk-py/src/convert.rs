@@ -25,7 +25,8 @@ fn create_options(
 ) -> PyResult<CreateOptions> {
     Ok(CreateOptions {
         subformat: Subformat::parse(subformat).map_err(to_py)?,
-        adapter_type: AdapterType::parse(adapter_type).map_err(to_py)?,
+        adapter_type: AdapterType::parse(adapter_type)
+            .map_err(|e| to_py(vmdk::Error::invalid(e.to_string())))?,
         backing_file: backing,
         hwversion,
         toolsversion,

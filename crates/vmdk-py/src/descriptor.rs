@@ -53,17 +53,10 @@ pub fn parse_descriptor<'py>(
 pub fn embedded_descriptor_range(head: &Bound<'_, PyBytes>) -> PyResult<Option<(u64, u64)>> {
     let h =
         SparseHeader::parse(head.as_bytes()).map_err(|m| to_py(Error::corrupt(m.to_string())))?;
-    if h.desc_offset == 0 || h.desc_size == 0 {
-        return Ok(None);
-    }
-    let max = vmdk::format::descriptor::MAX_DESCRIPTOR_SIZE as u64;
-    match (h.desc_offset.checked_mul(512), h.desc_size.checked_mul(512)) {
-        (Some(o), Some(s)) if s <= max => Ok(Some((o, s))),
-        _ => Err(to_py(Error::corrupt(format!(
-            "embedded descriptor of {} sectors at sector {} is out of bounds",
-            h.desc_size, h.desc_offset
-        )))),
-    }
+    let range = h
+        .checked_embedded_descriptor_range()
+        .map_err(|m| to_py(Error::corrupt(m.to_string())))?;
+    Ok(range.map(|r| (r.start, r.end - r.start)))
 }
 
 /// What the bytes at the start of a file are: `"descriptor"`, `"sparse"` (KDMV),

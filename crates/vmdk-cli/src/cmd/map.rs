@@ -1,7 +1,7 @@
 //! `vmdk map`: where each stretch of the virtual disk lives, printed exactly like
 //! `qemu-img map` (same merging, same JSON text, same human columns).
 
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -16,7 +16,6 @@ use vmdk::Image;
 use crate::opts::{image_format, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use crate::size::parse_size;
-use crate::spool::Spool;
 use vmdk::format::foreign::ForeignFormat;
 use vmdk::qcow2::Qcow2Image;
 
@@ -174,10 +173,13 @@ pub fn run(a: Args) -> Result<u8> {
     if a.output == OutputFormat::Json {
         // JSON is held back until complete: a failure part way must not leave a fragment
         // that parses as nothing (qemu-img prints what it has).
-        let mut held = Spool::new();
+        // In memory while small, then in an unlinked temporary file, so that holding back a
+        // huge output costs no memory.
+        let mut held = tempfile::SpooledTempFile::new(SPOOL_MEMORY_LIMIT);
         print_map(&mut held, true, start, end, &*source, conv)?;
+        held.rewind()?;
         let mut out = std::io::stdout().lock();
-        held.copy_to(&mut out)?;
+        std::io::copy(&mut held, &mut out)?;
         out.flush()?;
     } else {
         let stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -185,6 +187,9 @@ pub fn run(a: Args) -> Result<u8> {
     }
     Ok(0)
 }
+
+/// Bytes of JSON map output held in memory before they move to a temporary file.
+const SPOOL_MEMORY_LIMIT: usize = 8 << 20;
 
 /// Map `[start, end)` of `source` and print it to `out`.
 fn print_map(

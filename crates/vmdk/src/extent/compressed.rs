@@ -262,21 +262,33 @@ fn cluster_error(g: &CompressedGrain, why: impl std::fmt::Display) -> Error {
     .with_path(&g.file.path)
 }
 
+/// Why a compressed grain or cluster did not inflate to what it stands for.
+#[derive(Debug, thiserror::Error)]
+enum InflateError {
+    /// libdeflate refused the zlib stream.
+    #[error("invalid zlib data (bad header, deflate stream or checksum)")]
+    BadZlib,
+    /// The zlib stream holds more than the grain.
+    #[error("data decompresses to more than the {0}-byte grain")]
+    TooLong(usize),
+    /// zlib refused the raw deflate stream.
+    #[error("invalid deflate data ({0})")]
+    BadDeflate(flate2::DecompressError),
+    /// The raw deflate stream ends before the cluster is full.
+    #[error("it inflates to only {got} of the {want} bytes of a cluster")]
+    Short { got: usize, want: usize },
+}
+
 /// Decompress one zlib stream into `out`, which must be filled exactly or up to its end
 /// (a short grain is zero-filled: the last grain of an extent may be partial).
-fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), InflateError> {
     let n = DECOMPRESSOR.with(|d| {
         d.borrow_mut()
             .zlib_decompress(data, out)
             .map_err(|e| match e {
-                libdeflater::DecompressionError::BadData => {
-                    "invalid zlib data (bad header, deflate stream or checksum)".to_string()
-                }
+                libdeflater::DecompressionError::BadData => InflateError::BadZlib,
                 libdeflater::DecompressionError::InsufficientSpace => {
-                    format!(
-                        "data decompresses to more than the {}-byte grain",
-                        out.len()
-                    )
+                    InflateError::TooLong(out.len())
                 }
             })
     })?;
@@ -293,7 +305,7 @@ fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> 
 /// its L2 entry after filling it, reads fine. libdeflate, much faster, decodes whole streams
 /// only: it answers every well-formed cluster, and the rest goes through zlib's streaming
 /// inflate to get QEMU's verdict.
-fn inflate_raw_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn inflate_raw_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), InflateError> {
     let fast = DECOMPRESSOR.with(|d| d.borrow_mut().deflate_decompress(data, out));
     let n = match fast {
         Ok(n) => n,
@@ -301,15 +313,15 @@ fn inflate_raw_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), Stri
             let mut z = flate2::Decompress::new(false);
             match z.decompress(data, out, flate2::FlushDecompress::Finish) {
                 Ok(_) => z.total_out() as usize,
-                Err(e) => return Err(format!("invalid deflate data ({e})")),
+                Err(e) => return Err(InflateError::BadDeflate(e)),
             }
         }
     };
     if n < out.len() {
-        return Err(format!(
-            "it inflates to only {n} of the {} bytes of a cluster",
-            out.len()
-        ));
+        return Err(InflateError::Short {
+            got: n,
+            want: out.len(),
+        });
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ impl SparseExtent {
         // where the first grain would go.
         let mut end = SECTOR_SIZE
             .max(h.overhead.saturating_mul(SECTOR_SIZE))
-            .max((h.desc_offset + h.desc_size) * SECTOR_SIZE)
+            .max(h.embedded_descriptor_range().map_or(0, |d| d.end))
             .max(dir.offset() + dir_bytes);
         if let Some(r) = dir.redundant_offset() {
             end = end.max(r + dir_bytes);

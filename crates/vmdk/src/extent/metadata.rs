@@ -56,10 +56,8 @@ pub(crate) fn header_regions(
         SparseFlavor::Cowd => out.push((Region::Header, 0, COWD_HEADER_SIZE as u64)),
     }
     if let Some(h) = header {
-        if h.desc_offset != 0 && h.desc_size != 0 {
-            let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-            let end = start.saturating_add(h.desc_size.saturating_mul(SECTOR_SIZE));
-            out.push((Region::Descriptor, start, end));
+        if let Some(d) = h.embedded_descriptor_range() {
+            out.push((Region::Descriptor, d.start, d.end));
         }
     }
     out

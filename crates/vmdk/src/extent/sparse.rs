@@ -18,8 +18,7 @@ use crate::format::sesparse_header::{self, SeSparseConstHeader};
 use crate::format::sparse_header::{SparseHeader, GD_AT_END};
 use crate::format::SECTOR_SIZE;
 
-/// QEMU's cap on grain-directory entries; a directory larger than this is corrupt.
-pub const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
+pub use crate::format::sparse_header::MAX_GD_ENTRIES;
 /// Largest grain we decompress. VMware only writes 64 KiB compressed grains; the cap keeps a
 /// hostile header from making us allocate a gigabyte per read.
 pub const MAX_COMPRESSED_GRAIN: u64 = 16 << 20;
@@ -133,13 +132,7 @@ impl SparseExtent {
             } else {
                 None
             };
-        let coding = GrainCoding::sectors(
-            SparseFlavor::Vmdk4,
-            header.zero_grain(),
-            header.compressed(),
-            grain_size,
-            header.num_gtes_per_gt as u64,
-        );
+        let coding = header.grain_coding();
         let place = DirectoryPlace {
             offset: gd_offset,
             redundant: rgd_offset,

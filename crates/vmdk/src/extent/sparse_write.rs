@@ -200,7 +200,7 @@ impl SparseExtent {
 
     /// Fail, without writing anything, if `op` over `[off, off+len)` (extent-relative)
     /// would write into metadata or past the end of the file through a corrupt table, or
-    /// cannot be done at all (see [`SparseExtent::map_for_write`], run without applying).
+    /// cannot be done at all (see `SparseExtent::map_for_write`, run without applying).
     pub fn check_write_targets(&self, off: u64, len: u64, op: WriteOp) -> Result<()> {
         self.map_for_write(off, len, op, None)
     }

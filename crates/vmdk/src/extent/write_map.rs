@@ -4,12 +4,13 @@
 //! write guard's checks made on the way.
 //!
 //! `write`, `write_zeroes`, `discard` and the pre-write check (`check_write_targets`) are all
-//! this one walk, [`SparseExtent::map_for_write`]; they differ only in what they do with the
+//! this one walk, `SparseExtent::map_for_write`; they differ only in what they do with the
 //! runs it hands out. An entry that stops pointing at a grain gives the grain's space back
-//! (after the walk: see `sparse_write.rs`). Without an `apply` step the walk only checks (nothing is written, no
-//! table is created), which is how a write is refused before the first byte lands. With one,
+//! (after the walk: see `sparse_write.rs`). Without an `apply` step the walk only checks
+//! (nothing is written, no table is created), which is how a write is refused before the
+//! first byte lands. With one,
 //! entry-only changes are made by the walk, and runs that store bytes are handed over: in
-//! place at a host offset, or as an [`Allocation`] (grains locked, space reserved) that the
+//! place at a host offset, or as an `Allocation` (grains locked, space reserved) that the
 //! caller fills and then publishes, in the crash-ordering rule's order.
 
 use crate::error::{Error, ErrorKind, Result};

@@ -34,6 +34,7 @@
 //!   VMware and QEMU do with text they do not understand. It is not kept, so a rewrite drops it.
 //! * Nothing here panics, whatever the input.
 
+use super::error::{FormatError, FormatResult};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -616,7 +617,12 @@ struct Token<'a> {
     quoted: Option<&'a str>,
 }
 
-fn tokenize(line: &str) -> Result<Vec<Token<'_>>, String> {
+/// An extent line's problem.
+fn bad(why: impl Into<String>) -> FormatError {
+    FormatError::Invalid(why.into())
+}
+
+fn tokenize(line: &str) -> FormatResult<Vec<Token<'_>>> {
     let bytes = line.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -629,7 +635,7 @@ fn tokenize(line: &str) -> Result<Vec<Token<'_>>, String> {
             let len = bytes[body..]
                 .iter()
                 .position(|&b| b == b'"')
-                .ok_or("unterminated double quote")?;
+                .ok_or_else(|| bad("unterminated double quote"))?;
             let end = body + len;
             tokens.push(Token {
                 raw: &line[i..=end],
@@ -650,24 +656,26 @@ fn tokenize(line: &str) -> Result<Vec<Token<'_>>, String> {
     Ok(tokens)
 }
 
-fn parse_extent(line: &str) -> Result<ExtentLine, String> {
+fn parse_extent(line: &str) -> FormatResult<ExtentLine> {
     let mut tokens = tokenize(line)?.into_iter();
 
-    let word = tokens.next().ok_or("empty line")?;
+    let word = tokens.next().ok_or_else(|| bad("empty line"))?;
     let access = ExtentAccess::from_keyword(word.raw).ok_or_else(|| {
-        format!(
+        bad(format!(
             "unknown access mode `{}` (expected RW, RDONLY or NOACCESS)",
             word.raw
-        )
+        ))
     })?;
 
-    let word = tokens.next().ok_or("missing size in sectors")?;
-    let sectors =
-        parse_decimal(word.raw).ok_or_else(|| format!("invalid size in sectors `{}`", word.raw))?;
+    let word = tokens
+        .next()
+        .ok_or_else(|| bad("missing size in sectors"))?;
+    let sectors = parse_decimal(word.raw)
+        .ok_or_else(|| bad(format!("invalid size in sectors `{}`", word.raw)))?;
 
-    let word = tokens.next().ok_or("missing extent type")?;
+    let word = tokens.next().ok_or_else(|| bad("missing extent type"))?;
     let kind = ExtentType::from_keyword(word.raw)
-        .ok_or_else(|| format!("unknown extent type `{}`", word.raw))?;
+        .ok_or_else(|| bad(format!("unknown extent type `{}`", word.raw)))?;
 
     let mut next = tokens.next();
     let file = match next {
@@ -678,10 +686,10 @@ fn parse_extent(line: &str) -> Result<ExtentLine, String> {
             Some(name.to_string())
         }
         Some(Token { raw, quoted: None }) if kind != ExtentType::Zero => {
-            return Err(format!("file name `{raw}` is not double-quoted"));
+            return Err(bad(format!("file name `{raw}` is not double-quoted")));
         }
         None if kind != ExtentType::Zero => {
-            return Err(format!("{} extent has no file name", kind.keyword()));
+            return Err(bad(format!("{} extent has no file name", kind.keyword())));
         }
         _ => None,
     };
@@ -689,7 +697,7 @@ fn parse_extent(line: &str) -> Result<ExtentLine, String> {
     let offset = match next {
         Some(word) => match (word.quoted, parse_decimal(word.raw)) {
             (None, Some(offset)) => offset,
-            _ => return Err(format!("invalid offset `{}`", word.raw)),
+            _ => return Err(bad(format!("invalid offset `{}`", word.raw))),
         },
         None => 0,
     };

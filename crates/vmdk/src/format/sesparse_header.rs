@@ -15,26 +15,47 @@ pub const SESPARSE_VERSION: u64 = 0x0000_0002_0000_0001;
 /// The constant header at offset 0. Offsets and sizes are in sectors.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeSparseConstHeader {
+    /// Format version: [`SESPARSE_VERSION`] is the only one accepted.
     pub version: u64,
+    /// Virtual disk size, in sectors.
     pub capacity: u64,
+    /// Sectors per grain (8: 4 KiB grains, the only size accepted).
     pub grain_size: u64,
+    /// Size of one grain table, in sectors (64: 4096 entries, the only size accepted).
     pub grain_table_size: u64,
+    /// Feature flags (none known; must be 0).
     pub flags: u64,
+    /// Where the volatile header is.
     pub volatile_header_offset: u64,
+    /// Size of the volatile header.
     pub volatile_header_size: u64,
+    /// Where the journal header is.
     pub journal_header_offset: u64,
+    /// Size of the journal header.
     pub journal_header_size: u64,
+    /// Where the journal is (not read here, nor by QEMU).
     pub journal_offset: u64,
+    /// Size of the journal.
     pub journal_size: u64,
+    /// Where the grain directory is.
     pub grain_dir_offset: u64,
+    /// Size of the grain directory.
     pub grain_dir_size: u64,
+    /// Where the grain tables start.
     pub grain_tables_offset: u64,
+    /// Size of the grain tables area.
     pub grain_tables_size: u64,
+    /// Where the free-space bitmap is.
     pub free_bitmap_offset: u64,
+    /// Size of the free-space bitmap.
     pub free_bitmap_size: u64,
+    /// Where the back map is (not read here).
     pub backmap_offset: u64,
+    /// Size of the back map.
     pub backmap_size: u64,
+    /// Where the grains area starts.
     pub grains_offset: u64,
+    /// Size of the grains area.
     pub grains_size: u64,
 }
 
@@ -82,17 +103,15 @@ impl SeSparseConstHeader {
                 h.version
             )));
         }
-        if h.grain_size != 8 {
-            return Err(FormatError::Unsupported(format!(
-                "unsupported seSparse grain size {}",
-                h.grain_size
-            )));
-        }
-        if h.grain_table_size != 64 {
-            return Err(FormatError::Unsupported(format!(
-                "unsupported seSparse grain table size {}",
-                h.grain_table_size
-            )));
+        for (what, got, want) in [
+            ("grain size", h.grain_size, 8),
+            ("grain table size", h.grain_table_size, 64),
+        ] {
+            if got != want {
+                return Err(FormatError::Unsupported(format!(
+                    "unsupported seSparse {what} {got}"
+                )));
+            }
         }
         if h.flags != 0 {
             return Err(FormatError::Unsupported(format!(

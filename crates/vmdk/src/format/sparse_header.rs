@@ -2,6 +2,7 @@
 //! extent, and repeated in the footer of VMware-layout streamOptimized files.
 
 use super::error::{FormatError, FormatResult};
+use super::grain_entry::{GrainCoding, SparseFlavor};
 use super::le::*;
 use super::SECTOR_SIZE;
 
@@ -36,6 +37,9 @@ pub const DEFAULT_GT_ENTRIES: u32 = 512;
 pub const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 /// Largest grain table QEMU accepts, in entries.
 pub const MAX_GT_ENTRIES: u32 = 512;
+/// QEMU's cap on grain-directory entries; a directory larger than this is corrupt, and no
+/// new extent gets one.
+pub const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
 
 /// A parsed VMDK4 sparse header. Offsets and sizes are in sectors, as on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +190,57 @@ impl SparseHeader {
         let per_gd = self.grain_size * self.num_gtes_per_gt as u64;
         self.capacity.div_ceil(per_gd)
     }
+
+    /// How the extent's directory and table entries are coded (grain size in bytes,
+    /// saturating for a header [`SparseHeader::validate`] would refuse).
+    pub fn grain_coding(&self) -> GrainCoding {
+        GrainCoding::sectors(
+            SparseFlavor::Vmdk4,
+            self.zero_grain(),
+            self.compressed(),
+            self.grain_size.saturating_mul(SECTOR_SIZE),
+            self.num_gtes_per_gt as u64,
+        )
+    }
+
+    /// Where the header puts the embedded descriptor, as a byte range of the file: `None`
+    /// when it names none (offset or size 0). The range is the header's word, saturating
+    /// rather than overflowing and checked against nothing: readers use
+    /// [`SparseHeader::checked_embedded_descriptor_range`], inspectors judge it themselves.
+    pub fn embedded_descriptor_range(&self) -> Option<std::ops::Range<u64>> {
+        if self.desc_offset == 0 || self.desc_size == 0 {
+            return None;
+        }
+        let start = self.desc_offset.saturating_mul(SECTOR_SIZE);
+        Some(start..start.saturating_add(self.desc_size.saturating_mul(SECTOR_SIZE)))
+    }
+
+    /// [`SparseHeader::embedded_descriptor_range`] for reading the descriptor: refused when
+    /// it is larger than [`MAX_DESCRIPTOR_SIZE`](super::descriptor::MAX_DESCRIPTOR_SIZE) or
+    /// lies past what 64-bit offsets address.
+    pub fn checked_embedded_descriptor_range(&self) -> FormatResult<Option<std::ops::Range<u64>>> {
+        let Some(range) = self.embedded_descriptor_range() else {
+            return Ok(None);
+        };
+        let max_sectors = super::descriptor::MAX_DESCRIPTOR_SIZE as u64 / SECTOR_SIZE;
+        if self.desc_size > max_sectors {
+            return Err(FormatError::Invalid(format!(
+                "embedded descriptor is {} sectors (at most {max_sectors})",
+                self.desc_size
+            )));
+        }
+        let end = self
+            .desc_offset
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|s| s.checked_add(self.desc_size * SECTOR_SIZE));
+        if end.is_none() {
+            return Err(FormatError::Invalid(format!(
+                "embedded descriptor at sector {} lies past what 64-bit offsets address",
+                self.desc_offset
+            )));
+        }
+        Ok(Some(range))
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +263,23 @@ mod tests {
             check_bytes: NEWLINE_CHECK,
             compress_algorithm: 0,
         }
+    }
+
+    #[test]
+    fn embedded_descriptor_range() {
+        let mut h = sample();
+        assert_eq!(h.embedded_descriptor_range(), Some(512..512 + 20 * 512));
+        assert_eq!(h.checked_embedded_descriptor_range(), Ok(Some(512..10752)));
+        h.desc_size = 0;
+        assert_eq!(h.embedded_descriptor_range(), None);
+        assert_eq!(h.checked_embedded_descriptor_range(), Ok(None));
+        h.desc_size = 1 << 20;
+        assert!(h.embedded_descriptor_range().is_some());
+        assert!(h.checked_embedded_descriptor_range().is_err());
+        h.desc_size = 1;
+        h.desc_offset = u64::MAX / 256;
+        assert_eq!(h.embedded_descriptor_range().unwrap().end, u64::MAX);
+        assert!(h.checked_embedded_descriptor_range().is_err());
     }
 
     #[test]

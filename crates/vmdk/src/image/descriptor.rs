@@ -66,22 +66,13 @@ pub(super) fn read_embedded_descriptor(
     path: &Path,
     header: &SparseHeader,
 ) -> Result<Option<(Descriptor, DescriptorLocation)>> {
-    if header.desc_offset == 0 || header.desc_size == 0 {
+    let Some(range) = header
+        .checked_embedded_descriptor_range()
+        .map_err(|e| Error::corrupt(e.to_string()).with_path(path))?
+    else {
         return Ok(None);
-    }
-    let max_sectors = MAX_DESCRIPTOR_SIZE as u64 / SECTOR_SIZE;
-    if header.desc_size > max_sectors {
-        return Err(Error::corrupt(format!(
-            "embedded descriptor is {} sectors (at most {max_sectors})",
-            header.desc_size
-        ))
-        .with_path(path));
-    }
-    let offset = header
-        .desc_offset
-        .checked_mul(SECTOR_SIZE)
-        .ok_or_else(|| Error::corrupt("descriptor offset overflows").with_path(path))?;
-    let capacity = header.desc_size * SECTOR_SIZE;
+    };
+    let (offset, capacity) = (range.start, range.end - range.start);
     let mut buf = vec![0u8; capacity as usize];
     storage.read_exact_at(&mut buf, offset).map_err(|_| {
         Error::corrupt("file is truncated: embedded descriptor lies past its end").with_path(path)

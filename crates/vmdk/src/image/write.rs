@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::{ExtentKind, WriteOp};
-use crate::format::descriptor::{ExtentAccess, CID_NONE};
+use crate::format::descriptor::ExtentAccess;
+use crate::format::layout::random_cid;
 use crate::image::{DescriptorLocation, Image};
 
 /// Per-image state used by writers.
@@ -17,18 +18,6 @@ pub struct WriteState {
     cid_updated: AtomicBool,
     new_cid: AtomicU32,
     cid_lock: Mutex<()>,
-}
-
-/// A fresh random CID (never the "no parent" value). Here, in the image layer, because
-/// the first write to an image changes its CID; a new image (`ops::create`) gets its
-/// first one from here too.
-pub fn random_cid() -> u32 {
-    loop {
-        let c: u32 = rand::random();
-        if c != CID_NONE {
-            return c;
-        }
-    }
 }
 
 impl Image {

@@ -4,8 +4,8 @@
 //! change are rewritten; every other byte of the descriptor stays as it was.
 
 use crate::error::{Error, Result};
+use crate::format::layout::{geometry, AdapterType};
 use crate::image::Image;
-use crate::ops::create::{geometry, AdapterType};
 
 /// What to change; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]

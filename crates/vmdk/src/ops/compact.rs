@@ -118,14 +118,6 @@ fn io_err<'a>(dir: &'a GrainDirectory, what: &'a str) -> impl Fn(std::io::Error)
     move |e| Error::io(e, what).with_path(&dir.file().path)
 }
 
-fn all_zero(buf: &[u8]) -> bool {
-    let mut words = buf.chunks_exact(16);
-    words
-        .by_ref()
-        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
-        && words.remainder().iter().all(|&b| b == 0)
-}
-
 /// Read the grain at `at` (zeros past the end of the file).
 fn read_grain(dir: &GrainDirectory, buf: &mut [u8], at: u64) -> Result<()> {
     buf.fill(0);
@@ -185,7 +177,7 @@ fn compact_extent(
             };
             if let Some(target) = unstored {
                 read_grain(dir, &mut buf, at)?;
-                if all_zero(&buf) {
+                if crate::format::is_zero(&buf) {
                     dir.publish(i, &table, slot, &[target], false)?;
                     stats.zero_grains += 1;
                     continue;

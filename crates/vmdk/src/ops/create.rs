@@ -5,12 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE};
+use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType};
 use crate::format::grain_entry::preallocated_directory;
-use crate::format::sparse_header::{
-    SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, FLAG_RGD,
-    FLAG_ZERO_GRAIN, NEWLINE_CHECK,
-};
+use crate::format::layout::{self, hw_version, NewDescriptor};
+use crate::format::sparse_header::SparseHeader;
 use crate::format::SECTOR_SIZE;
 use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
@@ -84,41 +82,7 @@ impl Subformat {
     }
 }
 
-/// The virtual disk controller recorded in `ddb.adapterType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AdapterType {
-    /// IDE (qemu-img's default).
-    #[default]
-    Ide,
-    /// BusLogic SCSI.
-    Buslogic,
-    /// LSI Logic SCSI.
-    Lsilogic,
-    /// Legacy ESX.
-    LegacyEsx,
-}
-
-impl AdapterType {
-    /// Parse a qemu-img `adapter_type=` value.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "ide" => AdapterType::Ide,
-            "buslogic" => AdapterType::Buslogic,
-            "lsilogic" => AdapterType::Lsilogic,
-            "legacyESX" => AdapterType::LegacyEsx,
-            _ => return Err(Error::invalid(format!("unknown adapter type: '{s}'"))),
-        })
-    }
-    /// The value written to `ddb.adapterType`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdapterType::Ide => "ide",
-            AdapterType::Buslogic => "buslogic",
-            AdapterType::Lsilogic => "lsilogic",
-            AdapterType::LegacyEsx => "legacyESX",
-        }
-    }
-}
+pub use crate::format::layout::AdapterType;
 
 /// Options for [`create`], mirroring qemu-img's vmdk creation options.
 #[derive(Debug, Clone)]
@@ -188,139 +152,39 @@ impl Default for CreateOptions {
 /// fastest level that keeps the output no larger than qemu-img's.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 5;
 
-/// qemu-img's split size for twoGbMaxExtent* subformats.
-pub const SPLIT_SIZE: u64 = 0x8000_0000;
+pub use crate::format::layout::{geometry, random_cid, EMBEDDED_DESC_SECTORS, SPLIT_SIZE};
 pub use crate::format::sparse_header::{DEFAULT_GRAIN_SECTORS, DEFAULT_GT_ENTRIES};
-/// Sectors reserved for the embedded descriptor, as qemu-img does.
-pub const EMBEDDED_DESC_SECTORS: u64 = 20;
-
-/// Geometry recorded in the DDB: (cylinders, heads, sectors). VMware uses 255 heads for
-/// every adapter but IDE, and qemu-img follows it.
-pub fn geometry(size: u64, adapter: AdapterType) -> (u64, u32, u32) {
-    let heads = if adapter == AdapterType::Ide { 16 } else { 255 };
-    (size / (63 * heads as u64 * SECTOR_SIZE), heads, 63)
-}
-
-// New images get their first CID the way a write gets its next one.
-pub use crate::image::write::random_cid;
 
 /// The descriptor qemu-img would write for these options (plus a `ddb.uuid`), with the
-/// given extent lines and parent.
+/// given extent lines and parent (see [`NewDescriptor`]).
 pub fn default_descriptor(
     opts: &CreateOptions,
     size: u64,
     extents: Vec<ExtentLine>,
     parent: Option<(String, u32)>,
 ) -> Result<Descriptor> {
-    let hw = match (&opts.hwversion, opts.compat6) {
-        (Some(_), true) => {
-            return Err(Error::invalid(
-                "compat6 cannot be enabled with hwversion set",
-            ))
-        }
-        (Some(h), false) => h.clone(),
-        (None, true) => "6".to_string(),
-        (None, false) => "4".to_string(),
-    };
-    let (cyl, heads, secs) = geometry(size, opts.adapter_type);
-    let (hint, parent_cid) = match parent {
-        Some((h, c)) => (Some(h), c),
-        None => (None, CID_NONE),
-    };
-    let uuid: [u8; 16] = rand::random();
-    let uuid = uuid
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if i == 0 {
-                format!("{b:02x}")
-            } else {
-                format!(" {b:02x}")
-            }
-        })
-        .collect::<String>();
-    Ok(Descriptor {
-        version: 1,
-        encoding: None,
-        cid: random_cid(),
-        parent_cid,
-        create_type: opts.subformat.create_type().to_string(),
-        parent_file_name_hint: hint,
-        extents,
-        ddb: vec![
-            ("ddb.virtualHWVersion".into(), hw),
-            ("ddb.geometry.cylinders".into(), cyl.to_string()),
-            ("ddb.geometry.heads".into(), heads.to_string()),
-            ("ddb.geometry.sectors".into(), secs.to_string()),
-            ("ddb.adapterType".into(), opts.adapter_type.as_str().into()),
-            (
-                "ddb.toolsVersion".into(),
-                opts.toolsversion
-                    .clone()
-                    .unwrap_or_else(|| "2147483647".into()),
-            ),
-            ("ddb.uuid.image".into(), uuid),
-        ],
-        other: vec![],
-    })
+    let hw = hw_version(opts.hwversion.as_deref(), opts.compat6)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(NewDescriptor {
+        create_type: opts.subformat.create_type(),
+        size,
+        adapter: opts.adapter_type,
+        hw_version: &hw,
+        tools_version: opts.toolsversion.as_deref(),
+        parent,
+    }
+    .build(extents))
 }
 
-/// The header and metadata layout of a new hosted sparse extent, as qemu-img makes it:
-/// header, embedded descriptor (if any), redundant GD + its tables, GD + its tables, all
-/// grain tables preallocated, data from the next grain boundary.
+/// The header of a new hosted sparse extent (see [`layout::sparse_layout`]).
 pub fn sparse_layout(
     capacity: u64,
     zeroed_grain: bool,
     compress: bool,
     embed_desc: bool,
 ) -> Result<SparseHeader> {
-    let sectors = capacity / SECTOR_SIZE;
-    let grains = sectors.div_ceil(DEFAULT_GRAIN_SECTORS);
-    let gt_count = grains.div_ceil(DEFAULT_GT_ENTRIES as u64);
-    if gt_count > crate::extent::sparse::MAX_GD_ENTRIES {
-        return Err(Error::invalid(format!(
-            "image size {capacity} is too large for a sparse VMDK extent"
-        )));
-    }
-    let gt_sectors = (DEFAULT_GT_ENTRIES as u64 * 4).div_ceil(SECTOR_SIZE);
-    let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
-    let (desc_offset, desc_size) = if embed_desc {
-        (1, EMBEDDED_DESC_SECTORS)
-    } else {
-        (0, 0)
-    };
-    let rgd_offset = 1 + desc_size;
-    let gd_offset = rgd_offset + gd_sectors + gt_sectors * gt_count;
-    let overhead =
-        (gd_offset + gd_sectors + gt_sectors * gt_count).next_multiple_of(DEFAULT_GRAIN_SECTORS);
-    let mut flags = FLAG_RGD | FLAG_NL_DETECT;
-    if compress {
-        flags |= FLAG_COMPRESSED | FLAG_MARKERS;
-    }
-    if zeroed_grain {
-        flags |= FLAG_ZERO_GRAIN;
-    }
-    Ok(SparseHeader {
-        version: if compress {
-            3
-        } else if zeroed_grain {
-            2
-        } else {
-            1
-        },
-        flags,
-        capacity: sectors,
-        grain_size: DEFAULT_GRAIN_SECTORS,
-        desc_offset,
-        desc_size,
-        num_gtes_per_gt: DEFAULT_GT_ENTRIES,
-        rgd_offset,
-        gd_offset,
-        overhead,
-        unclean_shutdown: false,
-        check_bytes: NEWLINE_CHECK,
-        compress_algorithm: if compress { COMPRESSION_DEFLATE } else { 0 },
-    })
+    layout::sparse_layout(capacity, zeroed_grain, compress, embed_desc)
+        .map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// Write a new sparse extent file laid out by [`sparse_layout`], with `desc` embedded.
@@ -342,8 +206,8 @@ pub fn write_sparse_extent(
             .map_err(io)?;
     }
     let gt_count = header.gd_entries();
-    let gt_sectors = (header.num_gtes_per_gt as u64 * 4).div_ceil(SECTOR_SIZE);
-    let gd_sectors = (gt_count * 4).div_ceil(SECTOR_SIZE);
+    let gt_sectors = layout::table_sectors(header.num_gtes_per_gt as u64);
+    let gd_sectors = layout::table_sectors(gt_count);
     for gd_start in [header.rgd_offset, header.gd_offset] {
         let gd = preallocated_directory(gt_count, gd_start + gd_sectors, gt_sectors)
             .map_err(|e| Error::invalid(e.to_string()))?;

@@ -7,12 +7,14 @@
 //! compressed sizes are known only after compressing).
 
 use crate::error::{Error, Result};
-use crate::format::marker::compress_bound;
-use crate::format::marker::GRAIN_MARKER_SIZE;
+use crate::format::layout::{sparse_layout, StreamLayout, SPLIT_SIZE};
+use crate::format::sparse_header::DEFAULT_GRAIN_SECTORS;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
-use crate::ops::create::{sparse_layout, Subformat, DEFAULT_GRAIN_SECTORS, SPLIT_SIZE};
-use crate::ops::stream_writer::{DESC_SECTORS, GT_ENTRIES};
+use crate::ops::create::Subformat;
+
+/// Grain-table entries of a new image's tables.
+const GT_ENTRIES: u64 = StreamLayout::GT_ENTRIES;
 
 /// Host bytes a new image takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +79,10 @@ pub fn measure(
             let mut index = 0usize;
             loop {
                 let len = (size - start).min(extent_len);
-                let overhead =
-                    sparse_layout(len, zeroed_grain, false, !split)?.overhead * SECTOR_SIZE;
+                let overhead = sparse_layout(len, zeroed_grain, false, !split)
+                    .map_err(|e| Error::invalid(e.to_string()))?
+                    .overhead
+                    * SECTOR_SIZE;
                 let used = grains.get(index).copied().unwrap_or(0);
                 m.required += overhead + used * GRAIN;
                 m.fully_allocated += overhead + all_grains(len) * GRAIN;
@@ -91,17 +95,15 @@ pub fn measure(
             Ok(m)
         }
         Subformat::StreamOptimized => {
-            // Our writer's layout: header and descriptor, then per grain a marker and its
-            // compressed stream padded to a sector, a marked table per 512 grains, and the
-            // directory, footer and end-of-stream markers.
-            let desc_sectors = DESC_SECTORS;
-            let overhead = (1 + desc_sectors).next_multiple_of(DEFAULT_GRAIN_SECTORS) * SECTOR_SIZE;
-            let per_grain =
-                (GRAIN_MARKER_SIZE as u64 + compress_bound(GRAIN)).next_multiple_of(SECTOR_SIZE);
-            let table = SECTOR_SIZE + (GT_ENTRIES * 4).next_multiple_of(SECTOR_SIZE);
-            let tables = all_grains(size).div_ceil(GT_ENTRIES);
-            let gd = SECTOR_SIZE + (tables * 4).next_multiple_of(SECTOR_SIZE).max(SECTOR_SIZE);
-            let tail = gd + 2 * SECTOR_SIZE + SECTOR_SIZE;
+            // The stream writer's layout: header and descriptor, then per grain a marker and
+            // its compressed stream padded to a sector, a marked table per 512 grains, and
+            // the directory, footer and end-of-stream markers.
+            let layout = StreamLayout::new(size).map_err(|e| Error::invalid(e.to_string()))?;
+            let overhead = layout.head_bytes();
+            let per_grain = layout.max_grain_record();
+            let table = layout.table_bytes();
+            let tables = layout.tables();
+            let tail = layout.tail_bytes();
             let used = data_grains(input, GRAIN, u64::MAX)?
                 .first()
                 .copied()
@@ -109,7 +111,7 @@ pub fn measure(
             let used_tables = data_tables(input)?;
             Ok(Measure {
                 required: overhead + used * per_grain + used_tables * table + tail,
-                fully_allocated: overhead + all_grains(size) * per_grain + tables * table + tail,
+                fully_allocated: overhead + layout.grains() * per_grain + tables * table + tail,
             })
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! * **Leaks** (both modes): space no table references. A leak at the end of the file is
 //!   cut off; one inside the file is given back to the host by punching a hole
-//!   ([`Storage::punch_hole`]), which check does not count as leaked. Where the storage
+//!   ([`Storage::punch_hole`](crate::Storage::punch_hole)), which check does not count as leaked. Where the storage
 //!   cannot punch holes the space stays, and the second check still reports it. Leaks are
 //!   left alone when the check could not account for all used space (a table it could not
 //!   walk, overlapping claims, errors), and space a redundant grain table still points at is

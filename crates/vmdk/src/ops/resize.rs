@@ -476,7 +476,7 @@ fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
     let old_n = dir.len() as u64;
     h.capacity = new_len / SECTOR_SIZE;
     let new_n = h.gd_entries();
-    if new_n > crate::extent::sparse::MAX_GD_ENTRIES {
+    if new_n > crate::format::sparse_header::MAX_GD_ENTRIES {
         return Err(
             Error::invalid("the new size is too large for a sparse extent").with_path(path),
         );

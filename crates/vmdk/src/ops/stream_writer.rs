@@ -23,22 +23,20 @@ use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::format::descriptor::{ExtentAccess, ExtentLine, ExtentType};
 use crate::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
+use crate::format::layout::StreamLayout;
 use crate::format::marker::{stream_footer, MetadataMarker, MARKER_GD, MARKER_GT};
-use crate::format::sparse_header::{
-    SparseHeader, COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END,
-    NEWLINE_CHECK,
-};
-use crate::format::SECTOR_SIZE;
+use crate::format::sparse_header::SparseHeader;
+use crate::format::{is_zero, SECTOR_SIZE};
 use crate::ops::create::{CreateOptions, Subformat};
 use crate::storage::namespace::StreamSink;
 
 pub use crate::extent::compressed::MAX_LEVEL;
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
-pub use crate::format::sparse_header::DEFAULT_GRAIN_SECTORS as GRAIN_SECTORS;
+pub const GRAIN_SECTORS: u64 = StreamLayout::GRAIN_SECTORS;
 /// Grain-table entries per table.
-pub const GT_ENTRIES: u64 = crate::format::sparse_header::DEFAULT_GT_ENTRIES as u64;
+pub const GT_ENTRIES: u64 = StreamLayout::GT_ENTRIES;
 /// Sectors reserved for the embedded descriptor (at least; more if it needs more).
-pub const DESC_SECTORS: u64 = 20;
+pub use crate::format::layout::EMBEDDED_DESC_SECTORS as DESC_SECTORS;
 
 const SECTOR: usize = SECTOR_SIZE as usize;
 
@@ -50,6 +48,8 @@ pub struct StreamWriter {
     /// Next byte offset to write (sector aligned).
     pos: u64,
     header: SparseHeader,
+    /// Where everything goes.
+    layout: StreamLayout,
     capacity: u64,
     grain_size: u64,
     total_grains: u64,
@@ -118,18 +118,11 @@ impl StreamWriter {
         level: u32,
     ) -> Result<StreamWriter> {
         Self::check_options(opts, level)?;
-        let size = size
-            .checked_next_multiple_of(SECTOR_SIZE)
-            .ok_or_else(|| Error::invalid("image size too large"))?;
-        let sectors = size / SECTOR_SIZE;
-        let grain_size = GRAIN_SECTORS * SECTOR_SIZE;
-        let total_grains = sectors.div_ceil(GRAIN_SECTORS);
-        let gd_len = total_grains.div_ceil(GT_ENTRIES);
-        if gd_len > crate::extent::sparse::MAX_GD_ENTRIES {
-            return Err(Error::invalid(format!(
-                "image size {size} is too large for a streamOptimized VMDK"
-            )));
-        }
+        let mut layout = StreamLayout::new(size).map_err(|e| Error::invalid(e.to_string()))?;
+        let (size, sectors) = (layout.size, layout.size / SECTOR_SIZE);
+        let grain_size = layout.grain_size();
+        let total_grains = layout.grains();
+        let gd_len = layout.tables();
         let file_name = path
             .file_name()
             .ok_or_else(|| Error::invalid("image path has no file name").with_path(path))?
@@ -151,23 +144,9 @@ impl StreamWriter {
             None,
         )?
         .serialize();
-        let desc_sectors = (desc.len() as u64).div_ceil(SECTOR_SIZE).max(DESC_SECTORS);
-        let overhead = (1 + desc_sectors).next_multiple_of(GRAIN_SECTORS);
-        let header = SparseHeader {
-            version: 3,
-            flags: FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
-            capacity: sectors,
-            grain_size: GRAIN_SECTORS,
-            desc_offset: 1,
-            desc_size: desc_sectors,
-            num_gtes_per_gt: GT_ENTRIES as u32,
-            rgd_offset: 0,
-            gd_offset: GD_AT_END,
-            overhead,
-            unclean_shutdown: false,
-            check_bytes: NEWLINE_CHECK,
-            compress_algorithm: COMPRESSION_DEFLATE,
-        };
+        layout.fit_descriptor(desc.len() as u64);
+        let header = layout.header();
+        let overhead = header.overhead;
         let mut head = vec![0u8; (overhead * SECTOR_SIZE) as usize];
         head[..SECTOR].copy_from_slice(&header.serialize());
         head[SECTOR..SECTOR + desc.len()].copy_from_slice(desc.as_bytes());
@@ -176,6 +155,7 @@ impl StreamWriter {
             path: path.to_path_buf(),
             pos: 0,
             header,
+            layout,
             capacity: size,
             grain_size,
             total_grains,
@@ -245,7 +225,7 @@ impl StreamWriter {
         if !self.gt_used {
             return Ok(());
         }
-        let table_sectors = (GT_ENTRIES * 4).div_ceil(SECTOR_SIZE);
+        let table_sectors = self.layout.table_sectors();
         let mut buf = Vec::with_capacity(SECTOR + (table_sectors * SECTOR_SIZE) as usize);
         buf.extend_from_slice(
             &MetadataMarker {
@@ -359,7 +339,7 @@ impl StreamWriter {
 
     fn finish_with(mut self, durable: bool) -> Result<()> {
         self.flush_gt()?;
-        let gd_sectors = (self.gd.len() as u64 * 4).div_ceil(SECTOR_SIZE).max(1);
+        let gd_sectors = self.layout.directory_sectors();
         let mut buf = Vec::with_capacity((gd_sectors as usize + 4) * SECTOR);
         buf.extend_from_slice(
             &MetadataMarker {
@@ -377,17 +357,6 @@ impl StreamWriter {
         self.append(&buf)?;
         self.out.finish(durable)
     }
-}
-
-/// Whether every byte of `b` is zero (vectorised; stops at the first non-zero 256 bytes).
-pub fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets aligned middle bytes.
-    let (pre, mid, post) = unsafe { b.align_to::<u128>() };
-    pre.iter().all(|&x| x == 0)
-        && post.iter().all(|&x| x == 0)
-        && mid
-            .chunks(16)
-            .all(|c| c.iter().fold(0u128, |a, &x| a | x) == 0)
 }
 
 #[cfg(test)]

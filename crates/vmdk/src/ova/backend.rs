@@ -14,7 +14,7 @@ use crate::storage::paths;
 use crate::storage::Storage;
 
 /// Claims names inside OVA archives that are files of another namespace (see the
-/// [module docs](self)).
+/// module docs).
 #[derive(Debug, Clone)]
 pub struct OvaBackend {
     /// Where the archives are files: probed for them, and read for their bytes.

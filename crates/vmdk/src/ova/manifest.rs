@@ -187,7 +187,7 @@ pub fn verify(arch: &Archive, entries: &[Entry], threads: usize) -> Vec<Check> {
                 Ok(j) => match &digests[j] {
                     Ok(d) if *d == e.digest => Status::Match,
                     Ok(d) => Status::Mismatch(d.clone()),
-                    Err(err) => Status::Unreadable(err.clone()),
+                    Err(err) => Status::Unreadable(format!("{err:#}")),
                 },
             },
         })
@@ -199,9 +199,10 @@ fn compute(
     arch: &Archive,
     jobs: &[(&Member, Algorithm)],
     threads: usize,
-) -> Vec<Result<String, String>> {
+) -> Vec<std::io::Result<String>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<String, String>>>> = Mutex::new(vec![None; jobs.len()]);
+    let results: Mutex<Vec<Option<std::io::Result<String>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -212,7 +213,7 @@ fn compute(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(m, alg)) = jobs.get(i) else { break };
-                let d = digest_member(arch, m, alg).map_err(|e| format!("{e:#}"));
+                let d = digest_member(arch, m, alg);
                 results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(d);
             });
         }
@@ -221,7 +222,7 @@ fn compute(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("not checked".into())))
+        .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("not checked"))))
         .collect()
 }
 

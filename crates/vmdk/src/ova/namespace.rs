@@ -117,21 +117,15 @@ impl OvaNamespace {
 }
 
 impl Namespace for OvaNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        let referrer = match self.member_of(referrer)? {
+    fn resolve(&self, from: &Path, name: &str, what: &str, policy: &PathPolicy) -> Result<PathBuf> {
+        let from = match self.member_of(from)? {
             Some(m) => self.normalized.join(m),
             None => {
                 let arch = self.open_archive(None)?;
                 self.normalized.join(arch.first_disk()?)
             }
         };
-        let r = paths::resolve_lexically(&referrer, name, what, policy)?;
+        let r = paths::resolve_lexically(&from, name, what, policy)?;
         Ok(self.outer_name(r))
     }
 

@@ -86,7 +86,7 @@ pub struct Finding {
     pub message: String,
 }
 
-/// Everything wrong with `arch` (see the [module docs](self)), in a stable order: archive
+/// Everything wrong with `arch` (see the module docs), in a stable order: archive
 /// structure first, then the OVF's references, then the manifest's coverage and lines.
 /// Empty for a sound appliance. Digests are computed on up to `threads` threads (0: one per
 /// CPU), each member at most once per algorithm. Errors: the OVF or the manifest cannot be

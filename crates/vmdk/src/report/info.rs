@@ -174,6 +174,8 @@ fn children(img: &Image, name: &str) -> Node {
     Node::List(out)
 }
 
+/// `qemu-img info`'s tree for a VMDK image opened from `name`: format, sizes, the
+/// descriptor's facts and each extent file (the `children` and `format-specific` parts).
 pub fn image_info(img: &Image, name: &str) -> Node {
     let d = img.descriptor();
     let mut n = Node::dict();

@@ -8,7 +8,7 @@
 //! the page-cache floor, so the conversion pipeline reads and writes through these buffers.
 //!
 //! The buffer over-allocates one page and uses the aligned part, found with
-//! [`pointer::align_offset`]: no `unsafe`, no custom allocator.
+//! `<*const u8>::align_offset` (the pointer method): no `unsafe`, no custom allocator.
 
 use std::ops::{Deref, DerefMut};
 

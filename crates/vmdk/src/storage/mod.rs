@@ -244,24 +244,18 @@ impl FileStorage {
     /// image is refused instead of emptied under it; the creation lock is held until the
     /// storage is dropped.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
-        crate::storage::lock::lock(&file, path, LockRequest::for_create())?;
-        empty_file(&file, path)?;
-        Ok(FileStorage {
-            file,
-            path: path.to_path_buf(),
-        })
+        Self::create_locking(path, true)
     }
 
     /// Create `path` (or empty an existing file) without taking any lock: for callers that
     /// exclude other users themselves.
     pub fn create_unlocked(path: &Path) -> Result<Self> {
+        Self::create_locking(path, false)
+    }
+
+    /// Open or create `path` without truncating it, take the creation lock if `lock`, then
+    /// empty it.
+    fn create_locking(path: &Path, lock: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -269,6 +263,9 @@ impl FileStorage {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io(e, "cannot create").with_path(path))?;
+        if lock {
+            crate::storage::lock::lock(&file, path, LockRequest::for_create())?;
+        }
         empty_file(&file, path)?;
         Ok(FileStorage {
             file,
@@ -276,27 +273,27 @@ impl FileStorage {
         })
     }
 
-    /// `lseek(fd, pos, whence)`: `None` on `ENXIO` (no data or hole before the end). The
-    /// descriptor's position is never used for I/O here (all reads and writes are
-    /// positional), so moving it is harmless even with many threads.
-    fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        use std::os::unix::io::AsRawFd;
-        let pos =
-            libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: lseek on a descriptor this storage owns for its whole life; no memory is
-        // passed to the kernel.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), pos, whence) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENXIO) => Ok(None),
-                Some(libc::EINVAL) if whence != libc::SEEK_END => {
-                    Err(io::ErrorKind::Unsupported.into())
-                }
-                _ => Err(e),
-            };
+    /// `lseek(fd, pos, whence)` (through rustix: no `unsafe` here): `None` on `ENXIO` (no
+    /// data or hole before the end). The descriptor's position is never used for I/O here
+    /// (all reads and writes are positional), so moving it is harmless even with many
+    /// threads.
+    fn lseek(&self, to: rustix::fs::SeekFrom) -> io::Result<Option<u64>> {
+        use rustix::fs::SeekFrom;
+        let pos = match to {
+            SeekFrom::Data(p) | SeekFrom::Hole(p) => p,
+            _ => 0,
+        };
+        if i64::try_from(pos).is_err() {
+            return Err(io::ErrorKind::InvalidInput.into());
         }
-        Ok(Some(r as u64))
+        match rustix::fs::seek(&self.file, to) {
+            Ok(r) => Ok(Some(r)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(rustix::io::Errno::INVAL) if !matches!(to, SeekFrom::End(_)) => {
+                Err(io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The open file.
@@ -336,17 +333,17 @@ impl Storage for FileStorage {
             return Ok(meta.len());
         }
         // Block devices report 0 in their metadata; ask the device itself.
-        self.lseek(0, libc::SEEK_END)?
+        self.lseek(rustix::fs::SeekFrom::End(0))?
             .ok_or_else(|| io::Error::other("cannot find the end of the device"))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
     fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        self.lseek(offset, libc::SEEK_DATA)
+        self.lseek(rustix::fs::SeekFrom::Data(offset))
     }
     fn seek_hole(&self, offset: u64) -> io::Result<Option<u64>> {
-        self.lseek(offset, libc::SEEK_HOLE)
+        self.lseek(rustix::fs::SeekFrom::Hole(offset))
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()

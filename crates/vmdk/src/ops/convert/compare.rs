@@ -7,9 +7,9 @@ use super::options::*;
 use super::pipeline::*;
 use crate::error::{Error, Result};
 use crate::extent::map::{MapEntry, MapTarget};
+use crate::format::is_zero;
 use crate::image::walk::PairWalker;
 use crate::image::Disk;
-use crate::ops::stream_writer::is_zero;
 use crate::storage::aligned_buf::AlignedBuf;
 
 /// Result of [`compare`].

@@ -18,8 +18,8 @@
 //!
 //! What is read is any [`Disk`](crate::image::Disk) (opened by
 //! [`open_disk`](fn@crate::ops::open_disk)). The parts: [`options`],
-//! [`pipeline`] (planner, workers, in-order writer), [`sinks`] (raw, sparse VMDK and stream
-//! outputs), [`qcow2_sink`] (qcow2 output) and [`compare`].
+//! `pipeline` (planner, workers, in-order writer), [`sinks`] (raw, sparse VMDK and stream
+//! outputs), [`qcow2_sink`] (qcow2 output) and [`compare`](mod@compare).
 
 pub mod compare;
 pub mod options;

@@ -37,7 +37,7 @@ pub struct ConvertOptions {
     /// modes). Off by default, like qemu-img's default (`unsafe`).
     pub durable: bool,
     /// Where the output goes (host files by default). For VMDK output,
-    /// [`CreateOptions::namespace`] is used when this is unset.
+    /// [`CreateOptions::namespace`](crate::ops::create::CreateOptions::namespace) is used when this is unset.
     pub target_namespace: Option<Arc<dyn Namespace>>,
 }
 

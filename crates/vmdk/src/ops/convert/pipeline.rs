@@ -7,9 +7,10 @@ use std::sync::{mpsc, Condvar, Mutex};
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::extent::map::{MapEntry, MapTarget};
+use crate::format::is_zero;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
-use crate::ops::stream_writer::{is_zero, GRAIN_SECTORS};
+use crate::ops::stream_writer::GRAIN_SECTORS;
 use crate::storage::aligned_buf::AlignedBuf;
 
 /// Largest task (virtual bytes one worker reads at once) when the writer copies its bytes:

@@ -1,4 +1,4 @@
-//! Where conversions write: raw files, sparse VMDK images (through [`Image::write_at`]) and
+//! Where conversions write: raw files, sparse VMDK images (through [`Image::write_at`](crate::Image::write_at)) and
 //! streamOptimized images (through [`StreamWriter`]).
 
 use std::path::Path;
@@ -8,12 +8,13 @@ use super::pipeline::*;
 use crate::error::{Error, Result};
 use crate::extent::compressed::GrainEncoder;
 use crate::extent::map::{MapEntry, MapTarget};
+use crate::format::is_zero;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;
 use crate::image::OpenOptions;
 use crate::ops::create::refuse_to_overwrite;
 use crate::ops::create::{CreateOptions, Subformat};
-use crate::ops::stream_writer::{is_zero, StreamWriter};
+use crate::ops::stream_writer::StreamWriter;
 use crate::storage::aligned_buf::AlignedBuf;
 
 /// Write `src` to `dst` as a sparse raw file (holes where the source has zeros).
@@ -152,7 +153,7 @@ struct Encoded {
 ///
 /// streamOptimized output is written by [`StreamWriter`] in VMware's layout, compressing
 /// grains on all worker threads; all-zero grains are left out. Other subformats are made
-/// with [`crate::ops::create::create`] and filled with [`Image::write_at`] in large grain-aligned
+/// with [`crate::ops::create::create`] and filled with [`Image::write_at`](crate::Image::write_at) in large grain-aligned
 /// runs, in disk order, skipping zero stretches and all-zero grains. When `create` names a
 /// backing file, only what the source's own top layer holds is copied (the new image's
 /// backing file is assumed to hold the rest, as with `qemu-img convert -B`), zeros included.

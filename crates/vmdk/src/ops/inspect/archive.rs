@@ -154,19 +154,28 @@ fn manifest_listing(
     }
 }
 
+/// Why a member's bytes were not read whole (completing "the manifest ...").
+#[derive(Debug, thiserror::Error)]
+enum NotWhole {
+    #[error("is {size} bytes (at most {max})")]
+    TooLarge { size: u64, max: u64 },
+    #[error("is cut short")]
+    CutShort,
+}
+
 /// A member's bytes, if it is no larger than `max` and all there.
 fn read_whole(
     r: &Counted<'_>,
     offset: u64,
     size: u64,
     max: u64,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<Vec<u8>, NotWhole> {
     if size > max {
-        return Err(format!("is {size} bytes (at most {max})"));
+        return Err(NotWhole::TooLarge { size, max });
     }
     match r.bytes(offset, size) {
         Ok(t) if t.len() as u64 == size => Ok(t),
-        _ => Err("is cut short".into()),
+        _ => Err(NotWhole::CutShort),
     }
 }
 

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::format::descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_SIZE};
+use crate::format::grain_entry::{self, GrainEntry};
 use crate::format::marker::{MetadataMarker, MARKER_EOS, MARKER_FOOTER};
 use crate::format::qemu_view::{self, SPARSE_DESC_OFFSET};
 use crate::format::sparse_header::{SparseHeader, GD_AT_END};
@@ -58,12 +59,9 @@ pub(super) fn inspect_sparse(
     }];
     if h.gd_offset == GD_AT_END {
         // A stream: the footer near the end holds the real header (QEMU uses it whole).
-        match read_footer(r, file_size)? {
-            Err(why) => {
-                rep.add("footer-missing", why);
-                return Ok(());
-            }
-            Ok(f) => {
+        match read_footer(r, file_size, rep)? {
+            None => return Ok(()),
+            Some(f) => {
                 let diffs = footer_differences(&h, &f);
                 if !diffs.is_empty() {
                     rep.add(
@@ -99,20 +97,9 @@ pub(super) fn inspect_sparse(
 
     // The embedded descriptor, where the header puts it (VMware's and our reading).
     let mut create_type = None;
-    if h.desc_offset == 0 || h.desc_size == 0 {
-        if policy.strict {
-            rep.add(
-                "no-descriptor",
-                "a sparse file without an embedded descriptor",
-            );
-        }
-        if h.capacity == 0 {
-            rep.add("bad-header", "capacity 0 and no descriptor");
-        }
-    } else {
-        let start = h.desc_offset.saturating_mul(SECTOR_SIZE);
-        let len = h.desc_size.saturating_mul(SECTOR_SIZE);
-        let end = start.saturating_add(len);
+    if let Some(range) = h.embedded_descriptor_range() {
+        let (start, end) = (range.start, range.end);
+        let len = end - start;
         if start != SPARSE_DESC_OFFSET {
             rep.add(
                 "descriptor-location",
@@ -157,6 +144,16 @@ pub(super) fn inspect_sparse(
                     }
                 }
             }
+        }
+    } else {
+        if policy.strict {
+            rep.add(
+                "no-descriptor",
+                "a sparse file without an embedded descriptor",
+            );
+        }
+        if h.capacity == 0 {
+            rep.add("bad-header", "capacity 0 and no descriptor");
         }
     }
     let ct = create_type.unwrap_or_else(|| "monolithicSparse".into());
@@ -290,24 +287,29 @@ fn check_embedded(h: &SparseHeader, desc: &Descriptor, rep: &mut InspectReport) 
 }
 
 /// The footer of a stream (marker, header copy, end-of-stream marker in the last three
-/// sectors), or why there is none.
+/// sectors); `None`, with a "footer-missing" finding saying why, when there is none.
 fn read_footer(
     r: &Counted<'_>,
     file_size: u64,
-) -> Result<std::result::Result<SparseHeader, String>> {
+    rep: &mut InspectReport,
+) -> Result<Option<SparseHeader>> {
+    let mut missing = |why: String| {
+        rep.add("footer-missing", why);
+        Ok(None)
+    };
     if file_size < 4 * SECTOR_SIZE {
-        return Ok(Err(format!(
+        return missing(format!(
             "the header says the grain directory is in a footer, but the {file_size}-byte \
              file is too short to have one"
-        )));
+        ));
     }
     if !file_size.is_multiple_of(SECTOR_SIZE) {
         // QEMU looks for the footer relative to the size rounded up to a sector, this
         // library relative to the size itself: they would read different bytes.
-        return Ok(Err(format!(
+        return missing(format!(
             "the header says the grain directory is in a footer, but the {file_size}-byte \
              file is not a whole number of sectors, so readers disagree on where the footer is"
-        )));
+        ));
     }
     let b = r.bytes(file_size - 3 * SECTOR_SIZE, 3 * SECTOR_SIZE)?;
     let marker = MetadataMarker::parse(&b[..512]);
@@ -315,17 +317,17 @@ fn read_footer(
     if !matches!(marker, Some(m) if m.kind == MARKER_FOOTER)
         || !matches!(eos, Some(m) if m.kind == MARKER_EOS && m.num_sectors == 0)
     {
-        return Ok(Err(
+        return missing(
             "the header says the grain directory is in a footer, but the file does not end \
              with a footer marker, footer and end-of-stream marker (cut short?)"
                 .into(),
-        ));
+        );
     }
-    Ok(match SparseHeader::parse(&b[512..1024]) {
-        Ok(f) if f.gd_offset != GD_AT_END => Ok(f),
-        Ok(_) => Err("the stream footer does not say where the grain directory is".into()),
-        Err(e) => Err(format!("stream footer: {e}")),
-    })
+    match SparseHeader::parse(&b[512..1024]) {
+        Ok(f) if f.gd_offset != GD_AT_END => Ok(Some(f)),
+        Ok(_) => missing("the stream footer does not say where the grain directory is".into()),
+        Err(e) => missing(format!("stream footer: {e}")),
+    }
 }
 
 fn footer_differences(h: &SparseHeader, f: &SparseHeader) -> Vec<&'static str> {
@@ -360,9 +362,10 @@ fn check_tables(
     mut regions: Vec<Region>,
     rep: &mut InspectReport,
 ) -> Result<()> {
+    let coding = h.grain_coding();
     let entries = h.gd_entries();
-    let gd_bytes = entries.saturating_mul(4);
-    let gt_bytes = u64::from(h.num_gtes_per_gt) * 4;
+    let gd_bytes = entries.saturating_mul(coding.width() as u64);
+    let gt_bytes = coding.table_bytes();
     if gd_bytes > MAX_GD_BYTES {
         rep.add(
             "metadata-too-large",
@@ -401,12 +404,10 @@ fn check_tables(
             what: format!("the {what}"),
         });
         let gd = r.bytes(start, gd_bytes)?;
-        for (i, e) in gd.chunks_exact(4).enumerate() {
-            let gt = u64::from(u32::from_le_bytes(e.try_into().unwrap()));
-            if gt == 0 {
+        for (i, raw) in grain_entry::entries(coding.width(), &gd).enumerate() {
+            let Ok(Some(off)) = coding.decode_directory(raw) else {
                 continue;
-            }
-            let off = gt * SECTOR_SIZE;
+            };
             if off.saturating_add(gt_bytes) > file_size {
                 rep.add(
                     "past-eof",
@@ -440,30 +441,24 @@ fn check_tables(
             .collect()
     };
     let grain_bytes = h.grain_size * SECTOR_SIZE;
-    let compressed = h.compressed();
     let mut seen = HashSet::new();
     let mut grains: Vec<Region> = Vec::new();
     for k in picks {
         let (off, _) = tables[k];
         let gt = r.bytes(off, gt_bytes)?;
         rep.grain_tables_checked += 1;
-        for (j, e) in gt.chunks_exact(4).enumerate() {
-            let g = u64::from(u32::from_le_bytes(e.try_into().unwrap()));
-            // 0: unallocated; 1: a zeroed grain (with the zero-grain flag, and harmless
-            // without it: QEMU reads the sector-1 grain, i.e. the descriptor, only if the
-            // flag is off; it is flagged as an overlap below then).
-            if g == 0 || (g == 1 && h.zero_grain()) {
-                continue;
-            }
-            rep.grains_allocated += 1;
-            let start = g * SECTOR_SIZE;
-            // A compressed grain's length is in its marker, which is not read: only its
-            // start is checked.
-            let end = if compressed {
-                start + 1
-            } else {
-                start + grain_bytes
+        for (j, raw) in grain_entry::entries(coding.width(), &gt).enumerate() {
+            // Unallocated and zeroed grains store nothing (entry 1 is a zeroed grain with the
+            // zero-grain flag only: without it QEMU reads the sector-1 grain, i.e. the
+            // descriptor, which is flagged as an overlap below).
+            let (start, end) = match coding.decode(raw) {
+                Ok(GrainEntry::Data(start)) => (start, start + grain_bytes),
+                // A compressed grain's length is in its marker, which is not read: only its
+                // start is checked.
+                Ok(GrainEntry::Compressed(start)) => (start, start + 1),
+                _ => continue,
             };
+            rep.grains_allocated += 1;
             if end > file_size {
                 rep.add(
                     "past-eof",
@@ -474,7 +469,7 @@ fn check_tables(
                 );
                 continue;
             }
-            if !seen.insert(g) {
+            if !seen.insert(start) {
                 rep.add(
                     "grain-shared",
                     format!("grain at offset {start} is pointed at by two table entries"),

@@ -14,14 +14,8 @@ use crate::storage::{FileId, FileStorage, Storage};
 pub struct LocalNamespace;
 
 impl Namespace for LocalNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        paths::resolve(referrer, name, what, policy)
+    fn resolve(&self, from: &Path, name: &str, what: &str, policy: &PathPolicy) -> Result<PathBuf> {
+        paths::resolve(from, name, what, policy)
     }
 
     fn open(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {

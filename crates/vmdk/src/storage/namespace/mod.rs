@@ -53,8 +53,8 @@ impl OpenMode {
 
 /// Opens, creates and identifies files by name (see the [module docs](self)).
 pub trait Namespace: Send + Sync + fmt::Debug {
-    /// The name `name` stands for when it is written inside the file `referrer` (a
-    /// descriptor's extent line, a `parentFileNameHint`): relative to the referrer's
+    /// The name `name` stands for when it is written inside the file `from` (a
+    /// descriptor's extent line, a `parentFileNameHint`): relative to that file's
     /// directory. A name whose file lies outside that directory and outside every directory
     /// `policy` allows is refused with
     /// [`ErrorKind::UnsafePath`](crate::error::ErrorKind::UnsafePath) (the path gate);
@@ -64,14 +64,8 @@ pub trait Namespace: Send + Sync + fmt::Debug {
     /// exact for namespaces without symlinks (memory, a caller's file objects). A namespace
     /// whose names can be symlinks must judge real locations instead, as
     /// [`LocalNamespace`] does.
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        paths::resolve_lexically(referrer, name, what, policy)
+    fn resolve(&self, from: &Path, name: &str, what: &str, policy: &PathPolicy) -> Result<PathBuf> {
+        paths::resolve_lexically(from, name, what, policy)
     }
 
     /// Open the existing file `name`. Only regular files (and devices, when `mode` allows)

@@ -72,15 +72,8 @@ impl RouterNamespace {
 }
 
 impl Namespace for RouterNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> Result<PathBuf> {
-        self.namespace_of(referrer)?
-            .resolve(referrer, name, what, policy)
+    fn resolve(&self, from: &Path, name: &str, what: &str, policy: &PathPolicy) -> Result<PathBuf> {
+        self.namespace_of(from)?.resolve(from, name, what, policy)
     }
     fn open(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
         self.namespace_of(name)?.open(name, mode)

@@ -60,12 +60,7 @@ impl StreamSink for StorageSink {
         self.pos
     }
     fn finish(self: Box<Self>, durable: bool) -> Result<()> {
-        if durable {
-            self.storage
-                .flush()
-                .map_err(|e| Error::io(e, "syncing").with_path(&self.name))?;
-        }
-        Ok(())
+        finish_storage(&*self.storage, &self.name, durable)
     }
 }
 
@@ -103,11 +98,17 @@ impl AppendOutput for StorageOutput {
         self.storage.clone()
     }
     fn finish(self: Box<Self>, durable: bool) -> Result<()> {
-        if durable {
-            self.storage
-                .flush()
-                .map_err(|e| Error::io(e, "syncing").with_path(&self.name))?;
-        }
-        Ok(())
+        finish_storage(&*self.storage, &self.name, durable)
     }
+}
+
+/// Finish an output written into `storage` (named `name` in messages): with `durable`, sync
+/// it so that it survives a power cut.
+fn finish_storage(storage: &dyn Storage, name: &Path, durable: bool) -> Result<()> {
+    if durable {
+        storage
+            .flush()
+            .map_err(|e| Error::io(e, "syncing").with_path(name))?;
+    }
+    Ok(())
 }
