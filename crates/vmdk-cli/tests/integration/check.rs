@@ -1,10 +1,8 @@
 //! `vmdk check`: clean on what qemu and we make, corruptions and leaks found in patched files.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn check(image: &Path) -> Run {
     vmdk(&["check", &s(image)])

@@ -2,11 +2,9 @@
 //! repaired; afterwards `qemu-img check` is clean and `qemu-img compare` finds the content
 //! that was readable before (grains that pointed nowhere read as zeros).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// Table entries (grains) of qemu's default 64 KiB-grain layout: 512 per table.
 const GT_ENTRIES: u64 = 512;

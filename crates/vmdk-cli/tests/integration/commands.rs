@@ -1,11 +1,9 @@
 //! `vmdk create`, `convert`, `compare` and `io`, with qemu-img / qemu-io as the oracle.
 
-mod common;
-
 use std::path::Path;
 
-use common::vmdk_io as io;
-use common::*;
+use crate::common::vmdk_io as io;
+use crate::common::*;
 
 #[test]
 fn create_every_subformat() {

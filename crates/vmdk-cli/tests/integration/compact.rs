@@ -1,8 +1,7 @@
 //! `vmdk compact` against qemu as the oracle: the compacted image passes `qemu-img check`,
 //! `qemu-img compare` finds it identical to a copy taken before, and its files got smaller.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 

@@ -6,14 +6,12 @@
 //!
 //! Nothing here is skipped: qemu-utils is a test dependency (`.ci/run` installs it).
 
-mod common;
-
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A long-running process holding an image open (an NBD server on a Unix socket); killed
 /// and reaped when dropped, so its locks go away with it.

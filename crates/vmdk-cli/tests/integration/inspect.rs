@@ -2,12 +2,10 @@
 //! patching bytes, other formats carrying a `.vmdk` name, and the real-world samples. Each
 //! gets the verdict, exit status and reason codes it deserves.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -19,11 +19,9 @@
 //! blkdebug/quorum JSON file names, 279's `--image-opts`, 225's `-blockdev` overrides)
 //! are replayed with what they stand for, or left out, as each test says.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 const K: u64 = 1 << 10;
 const M: u64 = 1 << 20;

@@ -3,11 +3,9 @@
 //! or `-u`: the guest-visible content must stay byte-identical and qemu must accept the
 //! result), and `amend` (qemu-img refuses; only the amended descriptor lines may change).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn raw_of(img: &Path) -> Vec<u8> {
     let out = img.with_extension("content.raw");

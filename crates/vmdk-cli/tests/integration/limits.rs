@@ -3,15 +3,13 @@
 //! limit (so an unbounded allocation aborts it instead of swapping the machine), and its
 //! peak resident memory and wall time are measured and bounded.
 
-mod common;
-
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

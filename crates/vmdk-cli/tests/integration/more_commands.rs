@@ -2,9 +2,7 @@
 //! against qemu-img on the same images where qemu-img can answer, and against what our own
 //! conversions produce where it cannot (QEMU's VMDK driver does not measure).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn scribbled(dir: &std::path::Path) -> std::path::PathBuf {
     let img = qemu_create(dir, "m.vmdk", "64M", &[]);

@@ -7,13 +7,11 @@
 //! prints why it does nothing. Every mount is guarded: dropping the guard unmounts (lazily
 //! if it must) and reaps the process.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1024 * 1024;
 

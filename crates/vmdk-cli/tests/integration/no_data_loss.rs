@@ -4,11 +4,9 @@
 //! image checking clean (ours and `qemu-img check`). The full file system is a small tmpfs
 //! mounted here (the tests run as root; `VMDK_TEST_NO_MOUNT=1` skips those cases).
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn gd_sector(p: &Path) -> u64 {
     read_u64(p, 56)

@@ -3,15 +3,11 @@
 //! files do; stream outputs upload byte-identical to local ones; faults are clear errors or
 //! transparent retries, and leave no multipart upload behind.
 
-mod common;
-#[path = "../../vmdk-object/tests/support/mod.rs"]
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{qemu_create, qemu_img, qemu_io, s, tempdir, Run};
-use support::{env_for, files_under, FaultProxy, Moto, Nginx};
+use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, Run};
+use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
 /// `vmdk ARGS` with `env` (an S3 endpoint and credentials) added.
 fn vmdk_env(env: &[(String, String)], args: &[&str]) -> Run {

@@ -1,10 +1,8 @@
 //! `vmdk info` and `vmdk map` against qemu-img on images qemu made.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The fields of `qemu-img info --output=json` we promise to reproduce.

@@ -9,11 +9,9 @@
 //!   `info`, `map`, `check`, `compare` and `convert` exactly as the extracted disk reads.
 //! * Hostile archives and descriptors are refused with a message, never a panic.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn samples() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");

@@ -3,11 +3,9 @@
 //! must read byte for byte as qemu reads it; `info` and `map` print what qemu-img prints;
 //! hostile files get clear errors.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SIZE: &str = "12M";

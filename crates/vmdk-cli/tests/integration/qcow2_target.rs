@@ -4,11 +4,9 @@
 //! show the asked-for shape in `qemu-img info`; `-B` outputs over a VMDK and a qcow2
 //! backing file hold only what differs from the backing file.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Not a multiple of any cluster size above 512: the last cluster is partial.

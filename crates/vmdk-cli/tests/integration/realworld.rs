@@ -14,12 +14,10 @@
 //! place), so each test works on a copy. Without the samples the tests fail: they are the
 //! point of this file.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use sha2::{Digest, Sha256};
 
 /// Where the samples are: `<repository>/../shared/samples/realworld`.

@@ -5,8 +5,6 @@
 //!
 //! Tests skip (with a note on stderr) when qemu-img/qemu-io or the libnbd tools are missing.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -15,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;

@@ -2,12 +2,10 @@
 //! 32-byte requests, extended reply chunks, 64-bit block status, `PAYLOAD_LEN`, and
 //! requests of more than 4 GiB in one go.
 
-mod common;
-
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use crate::common::*;
 use vmdk_nbd::{BlockExport, BlockStatus, ServerConfig};
 
 const SIZE: u64 = 4 << 20;

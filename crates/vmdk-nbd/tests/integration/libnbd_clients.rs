@@ -1,11 +1,9 @@
 //! End-to-end tests with libnbd's tools (`nbdinfo`, `nbdcopy` from
 //! Debian's libnbd-bin). Skipped with a notice when they are missing.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 use vmdk_nbd::ServerConfig;
 
 const MIB: u64 = 1 << 20;

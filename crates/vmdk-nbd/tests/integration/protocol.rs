@@ -1,13 +1,11 @@
 //! Protocol-level tests with a raw Rust client: negotiation details,
 //! structured replies, error handling, hostile clients, shutdown.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use vmdk_nbd::ServerConfig;
 
 const SIZE: u64 = 4 << 20;

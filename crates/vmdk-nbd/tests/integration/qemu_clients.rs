@@ -1,11 +1,9 @@
 //! End-to-end tests with QEMU's NBD client (qemu-io, qemu-img).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use vmdk_nbd::ServerConfig;
 
 const MIB: u64 = 1 << 20;

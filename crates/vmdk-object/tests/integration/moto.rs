@@ -2,15 +2,13 @@
 //! versions, cached concurrent reads, transparent retries, uploads that complete whole or
 //! leave nothing behind.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Once};
 
-use support::{FaultProxy, Moto};
 use vmdk::namespace::{Backend, Namespace, OpenMode};
 use vmdk_object::{Config, ObjectBackend};
+use vmdk_test_support::servers::{FaultProxy, Moto};
 
 /// The test credentials, for every store any test builds (moto accepts any).
 fn credentials() {

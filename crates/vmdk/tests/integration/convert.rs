@@ -3,13 +3,11 @@
 //! write pass `qemu-img check` and `qemu-img compare`, and our streamOptimized output is no
 //! larger than qemu-img's.
 
-mod common;
-
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{assert_same, qemu_img, qemu_io, qemu_raw, Dir};
+use crate::common::{self, assert_same, qemu_img, qemu_io, qemu_raw, Dir};
 use vmdk::convert::{
     compare, compare_with, convert_to_raw, convert_to_vmdk, open_source, CompareResult,
     ConvertOptions,

@@ -4,9 +4,8 @@
 //! through one must fail with a `Corrupt` error naming the file and the problem, and leave
 //! every file of the image byte-identical.
 
-mod common;
-use common::build::{self, SECTOR};
-use common::*;
+use crate::common::build::{self, SECTOR};
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;

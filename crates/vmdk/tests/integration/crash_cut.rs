@@ -2,8 +2,7 @@
 //! and check that every cut image opens, passes `qemu-img check` (and ours), and holds the
 //! old or the new content of each grain.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,9 +3,8 @@
 //! and `qemu-img check`: no leaked clusters), like qemu leaves its images. Each case fills
 //! a small tmpfs (mounted here: the tests run as root; `VMDK_TEST_NO_MOUNT=1` skips them).
 
-mod common;
-use common::build;
-use common::*;
+use crate::common::build;
+use crate::common::*;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,9 +3,8 @@
 //! allocation (a counting global allocator records the largest single allocation made on the
 //! thread running the case).
 
-mod common;
-use common::build::{self, Grain, SECTOR};
-use common::*;
+use crate::common::build::{self, Grain, SECTOR};
+use crate::common::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

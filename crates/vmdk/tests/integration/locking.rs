@@ -3,11 +3,9 @@
 //! off by a caller that excludes other users itself. (The CLI tests run the same rules
 //! against real qemu processes.)
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use vmdk::{ErrorKind, FileId, OpenOptions};
 
 fn rw() -> OpenOptions {

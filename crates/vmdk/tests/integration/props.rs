@@ -1,8 +1,7 @@
 //! Property tests: random reads (any offset, any length up to a few grains, across grain and
 //! extent boundaries) equal the bytes qemu reads; the same from 8 threads sharing one image.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -3,9 +3,8 @@
 //! descriptors. Each is checked against the raw disk it was built from and, where qemu reads
 //! the format, against `qemu-img convert -O raw`.
 
-mod common;
-use common::build::{self, Grain, SECTOR};
-use common::*;
+use crate::common::build::{self, Grain, SECTOR};
+use crate::common::*;
 
 use vmdk::{Image, MapTarget};
 

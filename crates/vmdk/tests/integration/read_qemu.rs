@@ -1,8 +1,7 @@
 //! Every byte we read from qemu-made images equals what qemu reads (`qemu-img convert -O raw`,
 //! or ranges of it for big sparse disks), and `Image::map` agrees with `qemu-img map`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use vmdk::Image;

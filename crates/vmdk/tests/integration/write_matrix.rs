@@ -1,7 +1,6 @@
 //! Images we create and write pass `qemu-img check` and compare identical with what we wrote.
 
-mod common;
-use common::*;
+use crate::common::*;
 use vmdk::{create, CreateOptions, Image, OpenOptions, Subformat};
 
 const SIZE: u64 = 5 << 20;

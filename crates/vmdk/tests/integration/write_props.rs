@@ -1,8 +1,7 @@
 //! Property tests: random write / write-zeroes / read sequences, from one and from several
 //! threads, against a plain in-memory model, on every writable subformat.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use proptest::prelude::*;
 use std::sync::Arc;

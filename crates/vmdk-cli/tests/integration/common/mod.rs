@@ -187,7 +187,4 @@ pub fn rgte_offset(path: &Path, index: u64) -> u64 {
     gt_sector * 512 + index * 4
 }
 
-#[path = "../../../vmdk/tests/common/tmpfs.rs"]
-mod tmpfs;
-#[allow(unused_imports)]
-pub use tmpfs::Tmpfs;
+pub use vmdk_test_support::Tmpfs;

@@ -282,7 +282,4 @@ pub fn pattern(buf: &mut [u8], seed: u8) {
     }
 }
 
-#[path = "tmpfs.rs"]
-mod tmpfs;
-#[allow(unused_imports)]
-pub use tmpfs::Tmpfs;
+pub use vmdk_test_support::Tmpfs;

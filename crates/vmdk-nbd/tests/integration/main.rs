@@ -1,0 +1,15 @@
+//! The NBD server's integration tests, one binary for all of them: the protocol with a raw
+//! client, extended headers, and qemu's and libnbd's clients; `common` holds the raw client
+//! and the test backends.
+
+mod common;
+mod extended;
+mod libnbd_clients;
+mod protocol;
+mod qemu_clients;
+
+/// Every file here is a module of this binary (a file left out would never run).
+#[test]
+fn every_test_file_is_a_module() {
+    vmdk_test_support::assert_every_module_declared(env!("CARGO_MANIFEST_DIR"));
+}
