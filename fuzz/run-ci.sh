@@ -10,9 +10,10 @@
 # Seeds are generated here with qemu-img / qemu-io (small images of a few subformats), so no
 # binaries are committed. Run times (seconds) can be changed through the environment:
 #   FUZZ_WRITE_SECS   write_image                           (default 45)
-#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, qcow2_source, inspect
+#   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, ova_info, qcow2_source,
+#                     inspect
 #                     (default 15 each)
-#   FUZZ_TARGETS      which targets to build and run        (default: all seven)
+#   FUZZ_TARGETS      which targets to build and run        (default: all eight)
 #   FUZZ_JOBS         how many targets run at once          (default: the number of CPUs)
 # and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
 # The build has a target directory of its own (fuzz/target/run-ci), always with the flags
@@ -22,7 +23,7 @@ cd "$(dirname "$0")"
 
 write_secs=${FUZZ_WRITE_SECS:-45}
 other_secs=${FUZZ_OTHER_SECS:-15}
-targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova qcow2_source inspect"}
+targets=${FUZZ_TARGETS:-"descriptor sparse_header open_image write_image ova ova_info qcow2_source inspect"}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the coverage flags off build scripts and proc macros.
@@ -80,12 +81,21 @@ for t in $targets; do
       for i in $images; do head -c 2048 "$seeds/$i" >"$c/$i"; done ;;
     open_image)
       for i in $images; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done ;;
-    ova)
-      # A small OVA: a VMware-style OVF, a manifest and a stream disk, as tar writes them.
+    ova | ova_info)
+      # A small OVA: a VMware-style OVF, a manifest and a stream disk, as tar writes them;
+      # for ova_info also one with a member appended twice (tar -r) and one whose manifest
+      # omits a member, and a pax archive of long names.
       printf '%s' '<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:href="stream.vmdk" ovf:id="f1"/></References><DiskSection><Info>d</Info><Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="d1" ovf:fileRef="f1"/></DiskSection></Envelope>' >"$seeds/a.ovf"
       (cd "$seeds" && echo "SHA256(stream.vmdk)= $(sha256sum stream.vmdk | cut -d' ' -f1)" >a.mf &&
         tar --format=gnu -cf "$c/a.ova" a.ovf a.mf stream.vmdk &&
-        tar --format=pax -cf "$c/pax.ova" a.ovf stream.vmdk a.mf) ;;
+        tar --format=pax -cf "$c/pax.ova" a.ovf stream.vmdk a.mf)
+      if [ "$t" = ova_info ]; then
+        (cd "$seeds" && cp "$c/a.ova" "$c/dup.ova" && tar -rf "$c/dup.ova" ./a.mf &&
+          echo x >notes.txt && tar --format=gnu -cf "$c/unlisted.ova" a.ovf a.mf stream.vmdk notes.txt &&
+          long=$(printf 'n%.0s' $(seq 1 120)).vmdk && cp a.mf "$long" &&
+          tar --format=pax -cf "$c/long-pax.ova" a.ovf a.mf "$long" &&
+          tar --format=gnu -cf "$c/long-gnu.ova" a.ovf a.mf "$long")
+      fi ;;
     inspect)
       # Whole uploads (the other file empty), and a descriptor with an extent to open.
       for i in $images; do { printf '\xff'; cat "$seeds/$i"; } >"$c/$i"; done

@@ -16,7 +16,8 @@ use std::path::Path;
 
 /// Fail unless every `*.rs` file beside `tests/integration/main.rs` of the crate at
 /// `manifest_dir` is declared there as a module (`mod NAME;`): a file left out would compile
-/// into nothing and its tests would silently never run.
+/// into nothing and its tests would silently never run. A `*.rs` file directly in `tests/`
+/// fails it too: it would be a test binary of its own, not a module of the one binary.
 pub fn assert_every_module_declared(manifest_dir: &str) {
     let dir = Path::new(manifest_dir).join("tests/integration");
     let main = std::fs::read_to_string(dir.join("main.rs"))
@@ -35,6 +36,18 @@ pub fn assert_every_module_declared(manifest_dir: &str) {
         };
         if !declared.contains(&name.as_str()) {
             missing.push(name);
+        }
+    }
+    // A file left directly in tests/ (as branches older than this layout write them) would
+    // be a test binary of its own: it belongs here, as a module.
+    let tests = Path::new(manifest_dir).join("tests");
+    for entry in std::fs::read_dir(&tests).expect("reading tests/") {
+        let path = entry.expect("reading tests/").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            missing.push(format!(
+                "{} (move it into tests/integration/)",
+                path.display()
+            ));
         }
     }
     assert!(

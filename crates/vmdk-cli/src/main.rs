@@ -14,8 +14,30 @@ mod size;
 mod spool;
 
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
+use vmdk::namespace::RouterNamespace;
+use vmdk::ova::OvaBackend;
+
+/// Where every command opens, probes and creates images: `s3://` and `http(s)://` objects
+/// (OVAs among them), names inside OVA archives among host files, and host files. The
+/// library keeps no registry of backends, so the command builds this router (once: one
+/// object-storage client per process) and hands it to every library call that takes a
+/// name: `OpenOptions::in_namespace` (through [`opts::OpenArgs::options`]), the
+/// `namespace` of `CreateOptions`, `ConvertOptions::target_namespace`, `inspect_in`,
+/// `ova::inspect_in` and `ova_create::create`.
+pub fn namespace() -> Arc<RouterNamespace> {
+    static NS: OnceLock<Arc<RouterNamespace>> = OnceLock::new();
+    NS.get_or_init(|| {
+        Arc::new(RouterNamespace::new(vec![
+            // Asked first, as when it was registered: it claims only names with a scheme.
+            vmdk_object::backend_from_env(),
+            Arc::new(OvaBackend::default()),
+        ]))
+    })
+    .clone()
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,7 +61,7 @@ enum Command {
     Map(cmd::map::Args),
     /// Check an image's metadata for corruption and leaks (like qemu-img check).
     Check(cmd::check::Args),
-    /// Convert an image to raw or VMDK (like qemu-img convert).
+    /// Convert an image to raw, VMDK or qcow2 (like qemu-img convert).
     Convert(cmd::convert::Args),
     /// Compare the contents of two images (like qemu-img compare).
     Compare(cmd::compare::Args),
@@ -77,6 +99,32 @@ enum Command {
     /// OVA appliances: show one (info) or build one vSphere imports (create). Every other
     /// command reads X.ova (its first disk) and X.ova/DISK.vmdk in place.
     Ova(cmd::ova::Args),
+    /// Print a shell completion script to standard output.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write man pages: vmdk.1 and one vmdk-COMMAND.1 per command.
+    Manpages(cmd::docs::ManpagesArgs),
+}
+
+impl Command {
+    /// Whether the command reads a file of another format as a raw disk when told `-f raw`
+    /// (so the hint to do so is true for it).
+    fn reads_raw(&self) -> bool {
+        matches!(
+            self,
+            Command::Info(_)
+                | Command::Map(_)
+                | Command::Convert(_)
+                | Command::Compare(_)
+                | Command::Dd(_)
+                | Command::Measure(_)
+                | Command::Ova(_)
+        )
+    }
+}
+
+/// The command line's definition, for the completion scripts and man pages.
+pub fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 fn init_logging(verbose: bool) {
@@ -99,17 +147,22 @@ fn init_logging(verbose: bool) {
 
 /// An error and its causes on one line, qemu-style: `<context>: '<file>': <problem>: <cause>`.
 /// Every error in the chain shows only its own context (the library's [`vmdk::Error`] never
-/// copies its cause's text), so the chain is printed as it is.
+/// copies its cause's text), so the chain is printed as it is, escaped: names in it come
+/// from files (an extent line, a tar member) and may carry terminal escapes, NULs or
+/// newlines that would forge a line ([`vmdk::report::text`]).
 pub fn render_error(e: &anyhow::Error) -> String {
-    e.chain()
+    let line = e
+        .chain()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    vmdk::report::text::escape(&line).into_owned()
 }
 
 /// What the user can do about an error, in terms of this command's flags (the library's
-/// messages name only the problem and the file).
-pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
+/// messages name only the problem and the file). `reads_raw`: whether the command reads a
+/// file as a raw disk with `-f raw`.
+pub fn hint(e: &anyhow::Error, reads_raw: bool) -> Option<&'static str> {
     let kind = e
         .chain()
         .find_map(|c| c.downcast_ref::<vmdk::Error>())?
@@ -123,7 +176,7 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
             "hint: --ignore-cid-mismatch opens it anyway (the data may no longer match its \
              parent)",
         ),
-        vmdk::ErrorKind::ForeignFormat => {
+        vmdk::ErrorKind::ForeignFormat if reads_raw => {
             Some("hint: pass -f raw to read the file's bytes as a raw disk anyway")
         }
         vmdk::ErrorKind::Locked => Some(
@@ -137,8 +190,7 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    // s3:// and http(s):// names, for every command that opens or writes an image.
-    vmdk_object::register();
+    let reads_raw = cli.command.reads_raw();
     let result = match cli.command {
         Command::Info(a) => cmd::info::run(a),
         Command::Map(a) => cmd::map::run(a),
@@ -160,6 +212,8 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Ova(a) => cmd::ova::run(a),
+        Command::Completions(a) => cmd::docs::completions(a),
+        Command::Manpages(a) => cmd::docs::manpages(a),
     };
     if cli.verbose {
         if let Some(s) = vmdk_object::summary() {
@@ -180,7 +234,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vmdk: {}", render_error(&e));
-            if let Some(hint) = hint(&e) {
+            if let Some(hint) = hint(&e, reads_raw) {
                 eprintln!("{hint}");
             }
             ExitCode::from(1)

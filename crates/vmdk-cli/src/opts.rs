@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use vmdk::format::foreign::ForeignFormat;
-use vmdk::{AdapterType, CreateOptions, FileFormat, Image, OpenOptions, Subformat};
+use vmdk::{
+    AdapterType, CreateOptions, Disk, FileFormat, Image, ImageFormat, OpenOptions, Subformat,
+};
 
 /// qemu-img's vmdk creation options in the order of its option table, which is the order
 /// it prints them in.
@@ -46,7 +48,8 @@ impl OpenArgs {
         let mut o = OpenOptions::new()
             .allow_unsafe_paths(self.allow_unsafe_paths)
             .ignore_cid_mismatch(self.ignore_cid_mismatch)
-            .force_share(self.force_share);
+            .force_share(self.force_share)
+            .in_namespace(crate::namespace());
         o.allow_paths = allowed_dirs(&self.allow_path);
         o
     }
@@ -68,14 +71,46 @@ pub enum Fmt {
     Foreign(ForeignFormat),
 }
 
+/// `-f FMT` for the image `path`: `None` when absent (probe the content); a name qemu does
+/// not know is qemu-img's "Unknown driver" error.
+pub fn format_arg(path: &Path, fmt: Option<&str>) -> vmdk::Result<Option<ImageFormat>> {
+    fmt.map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(path)))
+        .transpose()
+}
+
+/// Open `path` as a disk of the `-f` format, or of the format its content says.
+pub fn open_disk(
+    path: &Path,
+    fmt: Option<&str>,
+    opts: &OpenOptions,
+) -> vmdk::Result<Box<dyn Disk>> {
+    vmdk::open_disk(path, format_arg(path, fmt)?, opts)
+}
+
+/// `-O FMT` of a command that writes the formats `takes`: another name is qemu-img's
+/// "Unknown file format" error, with the names the command takes.
+pub fn output_format(fmt: &str, takes: &[ImageFormat]) -> Result<ImageFormat> {
+    match fmt.parse::<ImageFormat>() {
+        Ok(f) if takes.contains(&f) => Ok(f),
+        _ => {
+            let names: Vec<&str> = takes.iter().map(|f| f.name()).collect();
+            let list = match names.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            bail!("Unknown file format '{fmt}' (expected {list})")
+        }
+    }
+}
+
 /// `-f FMT`, or the format probed from the file's content.
 pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
-    match fmt {
-        Some("vmdk") => Ok(Fmt::Vmdk),
-        Some("raw") => Ok(Fmt::Raw),
-        Some("qcow2") => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
-        Some(other) => bail!("unknown image format '{other}' (expected vmdk, raw or qcow2)"),
-        None => Ok(match vmdk::image::probe_path(path)? {
+    match format_arg(path, fmt)? {
+        Some(ImageFormat::Vmdk) => Ok(Fmt::Vmdk),
+        Some(ImageFormat::Raw) => Ok(Fmt::Raw),
+        Some(ImageFormat::Qcow2) => Ok(Fmt::Foreign(ForeignFormat::Qcow2)),
+        None => Ok(match vmdk::image::probe_in(&*crate::namespace(), path)? {
             Some(FileFormat::Foreign(f)) => Fmt::Foreign(f),
             Some(_) => Fmt::Vmdk,
             None => Fmt::Raw,
@@ -83,10 +118,13 @@ pub fn image_format(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
     }
 }
 
-/// [`image_format`] for commands that read VMDK and raw only: another format is an error.
+/// [`image_format`] for commands that take VMDK and raw only: another format is an error.
 pub fn vmdk_or_raw(path: &Path, fmt: Option<&str>) -> Result<Fmt> {
+    if let Some(other) = fmt.filter(|f| !matches!(*f, "vmdk" | "raw")) {
+        bail!("unknown image format '{other}' (expected vmdk or raw)");
+    }
     match image_format(path, fmt)? {
-        Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f).into()),
+        Fmt::Foreign(f) => Err(vmdk::image::foreign_format_error(path, f, "VMDK or raw").into()),
         f => Ok(f),
     }
 }
@@ -158,20 +196,34 @@ pub fn parse_bool(key: &str, v: &str) -> Result<bool> {
     }
 }
 
-/// The `-o` options of the vmdk format.
-pub const VMDK_OPTIONS_HELP: &str = "\
-Creation options for 'vmdk':
-  adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX
-  backing_file=<str>      - File name of a base image
-  backing_fmt=<str>       - Image format of the base image (vmdk)
-  compat6=<bool (on/off)> - VMDK version 6 image
-  compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output
-  hwversion=<str>         - VMDK hardware version
-  size=<size>             - Virtual disk size
-  subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}
-  toolsversion=<str>      - VMware guest tools version
-  zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature
-";
+/// The `-o` options of the vmdk format, in qemu-img's help order, each with whether only
+/// `create` takes it (convert gets the backing file from -B, the size from the source).
+const VMDK_OPTIONS: [(&str, bool); 10] = [
+    ("adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX", false),
+    ("backing_file=<str>      - File name of a base image", true),
+    ("backing_fmt=<str>       - Image format of the base image (vmdk)", true),
+    ("compat6=<bool (on/off)> - VMDK version 6 image", false),
+    ("compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output", false),
+    ("hwversion=<str>         - VMDK hardware version", false),
+    ("size=<size>             - Virtual disk size", true),
+    ("subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}", false),
+    ("toolsversion=<str>      - VMware guest tools version", false),
+    ("zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature", false),
+];
+
+/// What `-o help` prints for the vmdk format: every option for `create`, those
+/// [`vmdk_options`] takes without `allow_backing` for `convert`.
+pub fn vmdk_options_help(create: bool) -> String {
+    let mut s = String::from("Creation options for 'vmdk':\n");
+    for (line, create_only) in VMDK_OPTIONS {
+        if create || !create_only {
+            s.push_str("  ");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s
+}
 
 /// Options parsed from `-o` for a new VMDK image.
 #[derive(Debug, Clone, Default)]
@@ -189,6 +241,8 @@ pub struct VmdkOptions {
 /// backing_fmt / size are accepted (create) or not (convert).
 pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
     let mut v = VmdkOptions::default();
+    // New files (and a backing file named here) go through the command's namespace.
+    v.create.namespace = Some(crate::namespace());
     for (k, val) in opts {
         match k.as_str() {
             "subformat" => v.create.subformat = Subformat::parse(val)?,

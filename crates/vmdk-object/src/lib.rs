@@ -2,9 +2,11 @@
 //! `http(s)://host/path` names wherever an image is opened, and stream outputs uploaded
 //! to `s3://` as they are written.
 //!
-//! [`register`] adds an [`ObjectBackend`] to the library's default namespace
-//! ([`vmdk::namespace::register_backend`]), after which every open, probe and convert
-//! accepts object names. Reads are ranged GETs of whole blocks, several in flight, cached
+//! An [`ObjectBackend`] is a value: put it in a
+//! [`RouterNamespace`](vmdk::namespace::RouterNamespace) (beside the OVA backend, as the
+//! `vmdk` command does) and pass that router to the library (`OpenOptions::in_namespace`,
+//! the operations' options); every open, probe and convert through it then accepts object
+//! names. The library keeps no registry of backends. Reads are ranged GETs of whole blocks, several in flight, cached
 //! (LRU, bounded) and read ahead when access runs forwards; each object is pinned to the
 //! ETag it had when opened. Extent and backing names inside a remote descriptor resolve
 //! against it and must stay in its bucket and prefix. Stream outputs (streamOptimized VMDK,
@@ -32,8 +34,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmdk::namespace::{Backend, Namespace};
+use vmdk::namespace::{Backend, Namespace, OpenMode};
 use vmdk::Result;
+use vmdk::Storage;
 
 pub use append_upload::AppendUpload;
 pub use client::{stats, Stats};
@@ -174,12 +177,25 @@ impl Backend for ObjectBackend {
         }
         Ok(Some(self.ns.clone() as Arc<dyn Namespace>))
     }
+
+    /// An OVA object's own name opens the object (the archive), not its first disk.
+    fn open_file(&self, name: &Path, mode: OpenMode) -> Result<Option<Arc<dyn Storage>>> {
+        if name::scheme_of(name).is_none() {
+            return Ok(None);
+        }
+        let ns: Arc<dyn Namespace> = match self.archive_of(name)? {
+            Some(archive) if archive.as_path() != name => Arc::new(
+                vmdk::ova::OvaNamespace::within(archive, self.ns.clone() as Arc<dyn Namespace>),
+            ),
+            _ => self.ns.clone(),
+        };
+        ns.open(name, mode).map(Some)
+    }
 }
 
-/// Register an [`ObjectBackend`] configured by [`Config::from_env`] with the library's
-/// default namespace. Call once, at startup.
-pub fn register() {
-    vmdk::namespace::register_backend(Arc::new(ObjectBackend::new(Config::from_env())));
+/// An [`ObjectBackend`] configured by [`Config::from_env`], for a router.
+pub fn backend_from_env() -> Arc<dyn Backend> {
+    Arc::new(ObjectBackend::new(Config::from_env()))
 }
 
 /// A one-line summary of the requests made so far ("object storage: N requests, M bytes

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use vmdk::{AdapterType, ConvertOptions, CreateOptions, Subformat};
+use vmdk::{AdapterType, ConvertOptions, CreateOptions, ImageFormat, Subformat};
 
 use crate::errors::to_py;
 use crate::image::open_options;
@@ -92,8 +92,9 @@ pub fn convert(
     allow_paths: Vec<PathBuf>,
     ignore_cid_mismatch: bool,
 ) -> PyResult<()> {
-    let create = match format {
-        "vmdk" => Some(create_options(
+    // A Python caller names formats as qemu does; the one parser of those names decides.
+    let create = match format.parse::<ImageFormat>() {
+        Ok(ImageFormat::Vmdk) => Some(create_options(
             subformat,
             adapter_type,
             None,
@@ -103,10 +104,10 @@ pub fn convert(
             false,
             Vec::new(),
         )?),
-        "raw" => None,
-        other => {
+        Ok(ImageFormat::Raw) => None,
+        _ => {
             return Err(to_py(vmdk::Error::invalid(format!(
-                "unknown output format '{other}' (expected vmdk or raw)"
+                "unknown output format '{format}' (expected vmdk or raw)"
             ))))
         }
     };
@@ -130,7 +131,10 @@ pub fn convert(
         });
     };
     let result = py.allow_threads(|| {
-        let src = vmdk::open_source(&src, src_format.as_deref(), &oopts)?;
+        let src_format = src_format
+            .map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(&src)))
+            .transpose()?;
+        let src = vmdk::open_disk(&src, src_format, &oopts)?;
         match &create {
             Some(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
             None => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &report),

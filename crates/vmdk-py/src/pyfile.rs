@@ -16,7 +16,6 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use vmdk::namespace::{Namespace, OpenMode};
-use vmdk::paths::PathPolicy;
 use vmdk::{ErrorKind, FileId, Storage};
 
 use crate::errors::to_py;
@@ -114,15 +113,7 @@ impl FileObjectNamespace {
 }
 
 impl Namespace for FileObjectNamespace {
-    fn resolve(
-        &self,
-        referrer: &Path,
-        name: &str,
-        what: &str,
-        policy: &PathPolicy,
-    ) -> vmdk::Result<PathBuf> {
-        vmdk::paths::resolve_lexically(referrer, name, what, policy)
-    }
+    // `resolve`: the default, lexical (file objects have no symlinks).
     fn open(&self, name: &Path, mode: OpenMode) -> vmdk::Result<Arc<dyn Storage>> {
         if mode.writable {
             return Err(Self::refuse(name, "open for writing"));

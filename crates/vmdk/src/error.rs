@@ -9,6 +9,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::text::Printable;
+
 /// What class of problem an [`Error`] reports. Callers match on this; the message is for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -36,7 +38,8 @@ pub enum ErrorKind {
     /// Another process holds the image in a way that excludes this use (QEMU's image
     /// locking: a writer excludes other writers and readers that do not share).
     Locked,
-    /// The file is an image of another format (qcow2, VHD, ...), not VMDK or raw.
+    /// The file is an image of another format (VHD, VDI, ...; qcow2 where only VMDK is read)
+    /// than the operation reads.
     ForeignFormat,
 }
 
@@ -143,16 +146,19 @@ impl Error {
     }
 }
 
+/// Names in messages come from files (an extent line, a tar member), so the file and the
+/// message are shown escaped ([`crate::text`]): an error is printed to a terminal.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = Printable(&self.message);
         match &self.path {
-            Some(p) => write!(f, "'{}': {}", p.display(), self.message)?,
-            None => f.write_str(&self.message)?,
+            Some(p) => write!(f, "'{}': {message}", Printable(&p.to_string_lossy()))?,
+            None => write!(f, "{message}")?,
         }
         if f.alternate() {
             let mut cause = std::error::Error::source(self);
             while let Some(c) = cause {
-                write!(f, ": {c}")?;
+                write!(f, ": {}", Printable(&c.to_string()))?;
                 cause = c.source();
             }
         }

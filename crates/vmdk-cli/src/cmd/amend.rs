@@ -28,8 +28,8 @@ pub struct Args {
     force: bool,
     #[command(flatten)]
     open: OpenArgs,
-    /// The image.
-    image: PathBuf,
+    /// The image (not needed with `-o help`).
+    image: Option<PathBuf>,
 }
 
 const HELP: &str = "\
@@ -59,8 +59,11 @@ pub fn run(a: Args) -> Result<u8> {
             _ => bail!("Invalid parameter '{k}'"),
         }
     }
+    let Some(image) = &a.image else {
+        bail!("Expecting one image file name");
+    };
     let o = a.open.options().writable(true).open_backing(false);
-    let img = open_vmdk(&a.image, a.format.as_deref(), &o)?;
+    let img = open_vmdk(image, a.format.as_deref(), &o)?;
     vmdk::amend::amend(&img, &m)?;
     Ok(0)
 }

@@ -41,7 +41,8 @@ pub struct Args {
     /// Increment between request offsets (default: the request size).
     #[arg(short = 'S', long = "step-size", value_name = "SIZE")]
     step_size: Option<String>,
-    /// Cache mode: writeback (default) or none/directsync (each write made durable).
+    /// Cache mode: none, directsync and writethrough make each write durable; writeback
+    /// (default) and unsafe do not.
     #[arg(
         short = 't',
         long = "cache",
@@ -88,8 +89,8 @@ pub fn run(a: Args) -> Result<u8> {
         bail!("Invalid queue depth or buffer size specified");
     }
     let durable = match a.cache.as_str() {
-        "writeback" | "unsafe" | "writethrough" => false,
-        "none" | "directsync" => true,
+        "writeback" | "unsafe" => false,
+        "none" | "directsync" | "writethrough" => true,
         other => bail!("Invalid cache mode '{other}'"),
     };
     let _ = (&a.aio, a.native, a.no_drain);

@@ -11,13 +11,15 @@ use anyhow::Result;
 use crate::opts::{vmdk_or_raw, Fmt, OpenArgs};
 use crate::output::OutputFormat;
 use vmdk::report::names::display;
+use vmdk::report::text::Printable;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
-    /// Image format (vmdk; raw images cannot be checked).
+    /// Image format (vmdk or raw: a raw image cannot be checked, exit status 63 as with
+    /// qemu-img); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Print nothing but errors.
@@ -54,7 +56,7 @@ pub fn run(a: Args) -> Result<u8> {
             };
             let o = vmdk::repair::repair(&a.image, mode, &a.open.options())?;
             for n in &o.notes {
-                eprintln!("Warning: {n}");
+                eprintln!("Warning: {}", Printable(n));
             }
             let r = o.report;
             if (r.leaks_fixed > 0 || r.corruptions_fixed > 0)
@@ -78,7 +80,7 @@ pub fn run(a: Args) -> Result<u8> {
 
     let mut err = std::io::stderr().lock();
     for m in r.corruptions.iter().chain(&r.errors) {
-        writeln!(err, "ERROR: {m}")?;
+        writeln!(err, "ERROR: {}", Printable(m))?;
     }
     if r.more_corruptions > 0 {
         writeln!(
@@ -88,10 +90,10 @@ pub fn run(a: Args) -> Result<u8> {
         )?;
     }
     for m in &r.leaks {
-        writeln!(err, "Leaked: {m}")?;
+        writeln!(err, "Leaked: {}", Printable(m))?;
     }
     for m in &r.warnings {
-        writeln!(err, "Warning: {m}")?;
+        writeln!(err, "Warning: {}", Printable(m))?;
     }
     drop(err);
 

@@ -13,10 +13,10 @@ use crate::render_error;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Format of the first image (vmdk or raw); probed when absent.
+    /// Format of the first image (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format_a: Option<String>,
-    /// Format of the second image (vmdk or raw); probed when absent.
+    /// Format of the second image (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'F', value_name = "FMT")]
     format_b: Option<String>,
     /// Show progress on stderr (a bar on a terminal, else qemu-img style percentages).
@@ -42,7 +42,7 @@ pub struct Args {
 fn fail(code: u8, e: impl Into<anyhow::Error>) -> Result<u8> {
     let e = e.into();
     eprintln!("vmdk: {}", render_error(&e));
-    if let Some(h) = crate::hint(&e) {
+    if let Some(h) = crate::hint(&e, true) {
         eprintln!("{h}");
     }
     Ok(code)
@@ -55,11 +55,11 @@ pub fn run(a: Args) -> Result<u8> {
         }
     };
     let opts = a.open.options();
-    let sa = match vmdk::open_source(&a.a, a.format_a.as_deref(), &opts) {
+    let sa = match crate::opts::open_disk(&a.a, a.format_a.as_deref(), &opts) {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };
-    let sb = match vmdk::open_source(&a.b, a.format_b.as_deref(), &opts) {
+    let sb = match crate::opts::open_disk(&a.b, a.format_b.as_deref(), &opts) {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };

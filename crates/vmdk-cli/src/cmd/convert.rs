@@ -4,14 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
-use vmdk::ConvertOptions;
+use vmdk::{ConvertOptions, ImageFormat};
 
-use crate::opts::{split_options, vmdk_options, OpenArgs, VMDK_OPTIONS_HELP};
+use crate::opts::{
+    open_disk, output_format, split_options, vmdk_options, vmdk_options_help, OpenArgs,
+};
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Source format (vmdk or raw); probed from the content when absent.
+    /// Source format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format: raw, vmdk or qcow2.
@@ -26,10 +28,12 @@ pub struct Args {
     /// Worker threads (0 = one per CPU).
     #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
     threads: usize,
-    /// Compress the output (streamOptimized output is always compressed).
+    /// Compress the output: qcow2 clusters (streamOptimized VMDK output is always compressed;
+    /// the other sparse VMDK subformats take -c and stay uncompressed, as with qemu-img; flat
+    /// VMDK and raw output refuse it).
     #[arg(short = 'c')]
     compress: bool,
-    /// Quiet (accepted for qemu-img compatibility; convert prints nothing anyway).
+    /// Quiet: no progress, even with -p.
     #[arg(short = 'q')]
     quiet: bool,
     /// The target exists already: write into it instead of creating it.
@@ -66,17 +70,17 @@ pub struct Args {
     salvage: bool,
     #[command(flatten)]
     open: OpenArgs,
-    /// Source image.
-    src: PathBuf,
-    /// Destination file.
-    dst: PathBuf,
+    /// Source image (not needed with `-o help`).
+    src: Option<PathBuf>,
+    /// Destination file (not needed with `-o help`).
+    dst: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
         if a.out_format == "vmdk" {
-            print!("{VMDK_OPTIONS_HELP}");
+            print!("{}", vmdk_options_help(false));
         } else if a.out_format == "qcow2" {
             print!("{QCOW2_OPTIONS_HELP}");
         } else {
@@ -84,6 +88,9 @@ pub fn run(a: Args) -> Result<u8> {
         }
         return Ok(0);
     }
+    let (Some(src_path), Some(dst)) = (a.src.clone(), a.dst.clone()) else {
+        bail!("Must specify image file name");
+    };
     let min_sparse = match &a.sparse_size {
         None => vmdk::convert::RAW_ZERO_BLOCK,
         Some(v) => crate::size::parse_size(v)
@@ -105,11 +112,15 @@ pub fn run(a: Args) -> Result<u8> {
         target_exists: a.no_create,
         target_is_zero: a.target_is_zero,
         salvage: a.salvage,
+        target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
-    let target = match a.out_format.as_str() {
-        "qcow2" => Target::Qcow2(qcow2_options(&opts, &a)?),
-        "vmdk" => {
+    let target = match output_format(
+        &a.out_format,
+        &[ImageFormat::Raw, ImageFormat::Vmdk, ImageFormat::Qcow2],
+    )? {
+        ImageFormat::Qcow2 => Target::Qcow2(qcow2_options(&opts, &a)?),
+        ImageFormat::Vmdk => {
             let mut v = vmdk_options(&opts, false)?;
             if let Some(f) = &a.backing_format {
                 if f != "vmdk" {
@@ -126,7 +137,7 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Vmdk(v.create)
         }
-        "raw" => {
+        ImageFormat::Raw => {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
@@ -138,22 +149,21 @@ pub fn run(a: Args) -> Result<u8> {
             }
             Target::Raw
         }
-        other => bail!("Unknown output format '{other}' (expected raw, vmdk or qcow2)"),
     };
-    let src = vmdk::open_source(&a.src, a.format.as_deref(), &a.open.options())?;
+    let src = open_disk(&src_path, a.format.as_deref(), &a.open.options())?;
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let r = match &target {
-        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &a.dst, c, &copts, &progress),
-        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &a.dst, c, &copts, &progress),
-        Target::Raw => vmdk::convert::convert_to_raw(&*src, &a.dst, &copts, &progress),
+        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &progress),
+        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &progress),
+        Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &progress),
     };
     pb.end(r.is_ok());
     r?;
     drop(src);
     // A completed upload is durable already (and is no host file to fsync).
-    if sync && vmdk_object::name::scheme_of(&a.dst).is_none() {
-        make_durable(&a.dst, matches!(target, Target::Vmdk(_)))?;
+    if sync && vmdk_object::name::scheme_of(&dst).is_none() {
+        make_durable(&dst, matches!(target, Target::Vmdk(_)))?;
     }
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {
@@ -228,7 +238,7 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
         }
     }
     if let Some(f) = &q.backing_format {
-        if !matches!(f.as_str(), "vmdk" | "qcow2" | "raw") {
+        if f.parse::<ImageFormat>().is_err() {
             bail!("Unknown backing format '{f}' (expected vmdk, qcow2 or raw)");
         }
     }
@@ -242,7 +252,10 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
 fn make_durable(dst: &std::path::Path, vmdk: bool) -> Result<()> {
     let mut files = vec![dst.to_path_buf()];
     if vmdk {
-        let img = vmdk::OpenOptions::new().open_backing(false).open(dst)?;
+        let img = vmdk::OpenOptions::new()
+            .open_backing(false)
+            .in_namespace(crate::namespace())
+            .open(dst)?;
         files.extend(
             img.extents()
                 .iter()

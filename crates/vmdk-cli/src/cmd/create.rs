@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::opts::{split_options, vmdk_options, VMDK_OPTIONS_HELP};
+use crate::opts::{split_options, vmdk_options, vmdk_options_help};
 use crate::size::parse_size;
 use vmdk::report::names::{display, path_combine};
 
@@ -36,8 +36,8 @@ pub struct Args {
     /// Follow the backing file's own extent and backing file names wherever they lead.
     #[arg(long)]
     allow_unsafe_paths: bool,
-    /// The new image.
-    file: PathBuf,
+    /// The new image (not needed with `-o help`).
+    file: Option<PathBuf>,
     /// Virtual size in bytes, with optional k, M, G, T, P or E suffix (rounded up to 512).
     size: Option<String>,
 }
@@ -51,9 +51,12 @@ pub fn run(a: Args) -> Result<u8> {
     }
     let opts = split_options(&a.options)?;
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
-        print!("{VMDK_OPTIONS_HELP}");
+        print!("{}", vmdk_options_help(true));
         return Ok(0);
     }
+    let Some(file) = a.file.clone() else {
+        bail!("Expecting image file name");
+    };
     let mut v = vmdk_options(&opts, true)?;
     if let Some(b) = &a.backing {
         v.create.backing_file = Some(b.clone());
@@ -68,7 +71,7 @@ pub fn run(a: Args) -> Result<u8> {
     }
     v.create.allow_unsafe_paths = a.allow_unsafe_paths;
     v.create.allow_paths = crate::opts::allowed_dirs(&a.allow_path);
-    let name = display(&a.file);
+    let name = display(&file);
     if let (Some(b), None) = (&v.create.backing_file, &v.backing_fmt) {
         // qemu-img 10 refuses to guess a backing file's format (a guess is how a raw
         // backing file gets probed as something else); without -u it opens the file
@@ -78,7 +81,8 @@ pub fn run(a: Args) -> Result<u8> {
         }
         let mut o = vmdk::OpenOptions::new()
             .allow_unsafe_paths(a.allow_unsafe_paths)
-            .force_share(true);
+            .force_share(true)
+            .in_namespace(crate::namespace());
         o.allow_paths = v.create.allow_paths.clone();
         o.open(path_combine(&name, b))?;
         bail!("{name}: Backing file specified without backing format\nDetected format of vmdk.");
@@ -95,7 +99,8 @@ pub fn run(a: Args) -> Result<u8> {
                 // qemu-img does.
                 let mut o = vmdk::OpenOptions::new()
                     .allow_unsafe_paths(a.allow_unsafe_paths)
-                    .force_share(true);
+                    .force_share(true)
+                    .in_namespace(crate::namespace());
                 o.allow_paths = v.create.allow_paths.clone();
                 let img = o.open(&bpath)?;
                 img.size()
@@ -146,9 +151,9 @@ pub fn run(a: Args) -> Result<u8> {
         }
         println!("{line}");
     }
-    vmdk::create(&a.file, size, &v.create)?;
+    vmdk::create(&file, size, &v.create)?;
     if let Some(b) = &v.create.backing_file {
-        note_backing_outside(&a.file, b, &v.create.allow_paths);
+        note_backing_outside(&file, b, &v.create.allow_paths);
     }
     Ok(0)
 }

@@ -1,7 +1,7 @@
-//! `vmdk dd`: copy part of an image to a new raw or VMDK image, with qemu-img dd's operands
-//! (`bs=`, `count=`, `skip=`, `if=`, `of=`) plus `osize=` (the output's size, padded with
-//! zeros or cut). The stretch becomes a disk of its own and goes through the conversion
-//! engine, so holes stay holes.
+//! `vmdk dd`: copy part of an image (VMDK, qcow2 or raw) to a new raw or VMDK image, with
+//! qemu-img dd's operands (`bs=`, `count=`, `skip=`, `if=`, `of=`) plus `osize=` (the
+//! output's size, padded with zeros or cut). The stretch becomes a disk of its own and goes
+//! through the conversion engine, so holes stay holes.
 //!
 //! Where qemu-img dd is wrong we are not: with both `skip=` and `count=` it sizes the output
 //! `count*bs - skip*bs` bytes (qemu-img 10 copies 64 KiB for `bs=64k skip=2 count=3`); we copy
@@ -11,14 +11,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use vmdk::source_window::SourceWindow;
-use vmdk::ConvertOptions;
+use vmdk::{ConvertOptions, ImageFormat};
 
-use crate::opts::{split_options, vmdk_options, OpenArgs};
+use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
 use crate::size::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Input format (vmdk or raw); probed from the content when absent.
+    /// Input format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format: raw (default) or vmdk.
@@ -68,7 +68,7 @@ pub fn run(a: Args) -> Result<u8> {
     let Some(output) = output else {
         bail!("Must specify both input and output files");
     };
-    let src = vmdk::open_source(&input, a.format.as_deref(), &a.open.options())?;
+    let src = open_disk(&input, a.format.as_deref(), &a.open.options())?;
     let size = src.size();
     let start = skip
         .checked_mul(bs)
@@ -79,20 +79,23 @@ pub fn run(a: Args) -> Result<u8> {
         None => size - start,
     };
     let window = SourceWindow::new(&*src, start, len, osize.unwrap_or(len))?;
-    let copts = ConvertOptions::default();
+    let copts = ConvertOptions {
+        target_namespace: Some(crate::namespace()),
+        ..Default::default()
+    };
     let opts = split_options(&a.options)?;
-    match a.out_format.as_str() {
-        "raw" => {
+    match output_format(&a.out_format, &[ImageFormat::Raw, ImageFormat::Vmdk])? {
+        ImageFormat::Raw => {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
             vmdk::convert::convert_to_raw(&window, &output, &copts, &|_, _| {})?
         }
-        "vmdk" => {
+        ImageFormat::Vmdk => {
             let v = vmdk_options(&opts, false)?;
             vmdk::convert::convert_to_vmdk(&window, &output, &v.create, &copts, &|_, _| {})?
         }
-        other => bail!("Unknown output format '{other}' (expected raw or vmdk)"),
+        ImageFormat::Qcow2 => unreachable!("refused by output_format"),
     }
     Ok(0)
 }

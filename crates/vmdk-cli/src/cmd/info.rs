@@ -10,6 +10,7 @@ use vmdk::qcow2::Qcow2Image;
 use vmdk::report::info::{foreign_info, image_info, raw_info};
 use vmdk::report::names::{chain, display};
 use vmdk::report::qcow2_info::qcow2_info;
+use vmdk::report::text::escape;
 use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
@@ -25,7 +26,8 @@ pub struct Args {
     /// blank line).
     #[arg(long)]
     backing_chain: bool,
-    /// Image format (vmdk or raw); probed from the content when absent.
+    /// Image format (vmdk, qcow2 or raw); probed from the content when absent (an image of
+    /// another format is then named and described).
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]
@@ -94,8 +96,9 @@ fn print_infos(infos: &[Node], output: OutputFormat, backing_chain: bool) -> Res
 }
 
 fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
+    // Strings are names from the image's files (backing and extent file names): escaped.
     let s = |k: &str| match info.get(k) {
-        Some(Node::Str(s)) => Some(s.clone()),
+        Some(Node::Str(s)) => Some(escape(s).into_owned()),
         _ => None,
     };
     let int = |k: &str| match info.get(k) {
@@ -138,14 +141,14 @@ fn print_human(info: &Node, out: &mut impl Write) -> std::io::Result<()> {
                 continue;
             };
             let cs = |k: &str| match ci.get(k) {
-                Some(Node::Str(s)) => s.clone(),
+                Some(Node::Str(s)) => escape(s).into_owned(),
                 _ => String::new(),
             };
             let ci_int = |k: &str| match ci.get(k) {
                 Some(Node::Int(n)) => *n,
                 _ => 0,
             };
-            writeln!(out, "Child node '/{cname}':")?;
+            writeln!(out, "Child node '/{}':", escape(cname))?;
             writeln!(out, "    filename: {}", cs("filename"))?;
             writeln!(out, "    protocol type: {}", cs("format"))?;
             let len = ci_int("virtual-size");

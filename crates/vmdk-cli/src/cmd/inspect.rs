@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::inspect::{InspectPolicy, InspectReport, Verdict};
+use vmdk::report::text::Printable;
 
 use crate::size::{parse_size, size_to_str};
 
@@ -44,7 +45,7 @@ pub fn run(a: Args) -> Result<u8> {
     if let Some(s) = &a.max_size {
         policy.max_virtual_size = Some(parse_size(s)?);
     }
-    let rep = match vmdk::inspect::inspect_path(&a.file, &policy) {
+    let rep = match vmdk::inspect::inspect_in(&crate::namespace(), &a.file, &policy) {
         Ok(r) => r,
         Err(e) => {
             // Not a verdict: the file could not be read at all.
@@ -65,10 +66,13 @@ pub fn run(a: Args) -> Result<u8> {
 }
 
 fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "file: {}", rep.filename)?;
+    writeln!(out, "file: {}", Printable(&rep.filename))?;
     match &rep.subformat {
-        Some(s) => writeln!(out, "format: {} ({s})", rep.format)?,
+        Some(s) => writeln!(out, "format: {} ({})", rep.format, Printable(s))?,
         None => writeln!(out, "format: {}", rep.format)?,
+    }
+    if rep.qemu_format != rep.format {
+        writeln!(out, "qemu-img probes it as: {}", rep.qemu_format)?;
     }
     if let Some(v) = rep.virtual_size {
         writeln!(out, "virtual size: {} ({v} bytes)", size_to_str(v))?;
@@ -87,9 +91,23 @@ fn print_human(rep: &InspectReport, out: &mut impl Write) -> std::io::Result<()>
             rep.grain_tables, rep.grain_tables_checked, rep.grains_allocated
         )?;
     }
+    for m in &rep.members {
+        let sub = m
+            .subformat
+            .as_deref()
+            .map_or(String::new(), |s| format!(" ({s})"));
+        writeln!(
+            out,
+            "member: {}: {}{}: {}",
+            Printable(&m.filename),
+            m.format,
+            Printable(&sub),
+            m.verdict().as_str()
+        )?;
+    }
     writeln!(out, "verdict: {}", rep.verdict().as_str())?;
     for r in &rep.reasons {
-        writeln!(out, "  {}: {}", r.code, r.message)?;
+        writeln!(out, "  {}: {}", r.code, Printable(&r.message))?;
     }
     Ok(())
 }

@@ -20,9 +20,6 @@ pub struct Args {
     /// Open read-only (writes fail).
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
-    /// Accepted for compatibility with older qemu-io command lines; has no effect.
-    #[arg(short = 'p', hide = true)]
-    _ignored: bool,
     /// A command to run (repeatable; run in order). Without any, commands are read from
     /// standard input, one per line.
     #[arg(short = 'c', long = "cmd", value_name = "CMD")]
@@ -170,9 +167,11 @@ pub fn run(a: Args) -> Result<u8> {
                 img = None;
                 r.map(|()| true).map_err(Into::into)
             }
-            ("read" | "r" | "aio_read", Some(i)) => read(i, args, &mut out),
+            ("read" | "r", Some(i)) => read(i, args, READ_OPTS, &mut out),
+            ("aio_read", Some(i)) => read(i, args, AIO_READ_OPTS, &mut out),
             ("readv", Some(i)) => readv(i, args, &mut out),
-            ("write" | "w" | "aio_write", Some(i)) => write(i, args, &mut out),
+            ("write" | "w", Some(i)) => write(i, args, WRITE_OPTS, &mut out),
+            ("aio_write", Some(i)) => write(i, args, AIO_WRITE_OPTS, &mut out),
             ("writev", Some(i)) => writev(i, args, &mut out),
             ("discard" | "d", Some(i)) => discard(i, args, &mut out),
             ("map", Some(i)) => map(i, args, &mut out),
@@ -229,7 +228,7 @@ fn open_cmd(args: &[&str], a: &Args, writable: bool) -> Result<Image> {
     open_vmdk(&path, a.format.as_deref(), &opts)
 }
 
-/// `truncate [-m off] size`: resize the image (growing, or shrinking flat images).
+/// `truncate [-m off] size`: resize the image (growing or shrinking).
 fn truncate(path: &std::path::Path, args: &[&str], open: vmdk::OpenOptions) -> Result<bool> {
     let o = Opts::parse(args, "m:")?;
     if o.value('m').is_some_and(|m| m != "off") {
@@ -432,8 +431,16 @@ fn check_len(len: u64) -> Result<()> {
     Ok(())
 }
 
-fn read(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
-    let o = Opts::parse(args, "bCqvP:s:l:")?;
+/// The options of `read` and `write`, as getopt specs. `-p` (once "use pread/pwrite") is
+/// accepted and ignored by qemu-io's read and write, for old scripts; its aio_read and
+/// aio_write (and readv, writev) refuse it, as do these.
+const READ_OPTS: &str = "bCpqvP:s:l:";
+const AIO_READ_OPTS: &str = "bCqvP:s:l:";
+const WRITE_OPTS: &str = "bcCfnpquzP:";
+const AIO_WRITE_OPTS: &str = "bcCfnquzP:";
+
+fn read(img: &Image, args: &[&str], spec: &str, out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, spec)?;
     if o.has('b') {
         bail!("vmstate is not supported");
     }
@@ -556,18 +563,31 @@ fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     };
     let count = count.min(img.size().saturating_sub(off));
     let mut sum = 0;
-    match img.map_layer(off, count) {
-        Ok(entries) => {
-            for e in entries {
-                if !matches!(e.target, MapTarget::Unallocated) {
-                    sum += e.length;
-                }
+    if let Err(e) = img.map_layer(off, 0) {
+        // An offset past the end.
+        writeln!(out, "alloc failed: {e:#}")?;
+        return Ok(false);
+    }
+    // Batches of entries: the range may be the whole disk, with millions of entries.
+    let mut pos = off;
+    while pos < off + count {
+        let entries = match img.map_layer_prefix(pos, off + count - pos, 1024) {
+            Ok(e) => e,
+            Err(e) => {
+                writeln!(out, "alloc failed: {e:#}")?;
+                return Ok(false);
+            }
+        };
+        let Some(covered) = entries.last().map(|e| e.start + e.length) else {
+            writeln!(out, "alloc failed: no progress at offset {pos}")?;
+            return Ok(false);
+        };
+        for e in entries {
+            if !matches!(e.target, MapTarget::Unallocated) {
+                sum += e.length;
             }
         }
-        Err(e) => {
-            writeln!(out, "alloc failed: {e:#}")?;
-            return Ok(false);
-        }
+        pos = covered;
     }
     writeln!(
         out,
@@ -577,8 +597,8 @@ fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     Ok(true)
 }
 
-fn write(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
-    let o = Opts::parse(args, "bcCfnquzP:")?;
+fn write(img: &Image, args: &[&str], spec: &str, out: &mut impl Write) -> Result<bool> {
+    let o = Opts::parse(args, spec)?;
     if o.has('b') {
         bail!("vmstate is not supported");
     }

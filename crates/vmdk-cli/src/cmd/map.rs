@@ -5,11 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::convert::Source;
 use vmdk::raw::RawFile;
 use vmdk::report::map::{mergeable, MapReporter, QEntry};
 use vmdk::report::names::display;
+use vmdk::report::text::Printable;
 use vmdk::walk::MapWalker;
+use vmdk::Disk;
 use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
@@ -30,7 +31,7 @@ pub struct Args {
     /// How many bytes to map at most.
     #[arg(long, value_name = "LEN", value_parser = parse_size)]
     max_length: Option<u64>,
-    /// Image format (vmdk or raw); probed from the content when absent.
+    /// Image format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]
@@ -122,7 +123,7 @@ impl<W: Write> Printer<W> {
                     hex(e.start),
                     hex(e.length),
                     hex(e.offset.unwrap_or(0)),
-                    e.file.as_deref().unwrap_or("")
+                    Printable(e.file.as_deref().unwrap_or(""))
                 )?;
             }
             // qemu: "This format ignores the distinction between 0, ZERO and ZERO|DATA."
@@ -141,7 +142,7 @@ pub fn run(a: Args) -> Result<u8> {
     let name = display(&a.image);
     let start = a.start_offset.unwrap_or(0);
     // Open before printing anything: a failure prints no output at all.
-    let (source, conv): (Box<dyn Source>, MapReporter) =
+    let (source, conv): (Box<dyn Disk>, MapReporter) =
         match image_format(&a.image, a.format.as_deref())? {
             Fmt::Vmdk => {
                 let img = Image::open_with(&a.image, &a.open.options())?;
@@ -153,7 +154,14 @@ pub fn run(a: Args) -> Result<u8> {
                 let conv = MapReporter::for_qcow2(&img, &name);
                 (Box::new(img), conv)
             }
-            Fmt::Foreign(f) => return Err(vmdk::image::foreign_format_error(&a.image, f).into()),
+            Fmt::Foreign(f) => {
+                return Err(vmdk::image::foreign_format_error(
+                    &a.image,
+                    f,
+                    vmdk::image::SOURCE_FORMATS,
+                )
+                .into())
+            }
             Fmt::Raw => {
                 let raw = RawFile::open_with(&a.image, &a.open.options())?;
                 (Box::new(raw), MapReporter::for_raw(&name))
@@ -184,7 +192,7 @@ fn print_map(
     json: bool,
     start: u64,
     end: u64,
-    source: &dyn Source,
+    source: &dyn Disk,
     mut conv: MapReporter,
 ) -> Result<()> {
     let mut printer = Printer::new(out, json, start)?;

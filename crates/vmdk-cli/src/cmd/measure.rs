@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::measure::{measure, MeasureInput};
+use vmdk::ImageFormat;
 
-use crate::opts::{split_options, vmdk_options, OpenArgs};
+use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
 use crate::output::{Node, OutputFormat};
 use crate::size::parse_size;
 
@@ -27,7 +28,7 @@ pub struct Args {
     /// Measure for an empty image of this size instead of a source image.
     #[arg(short = 's', long, value_name = "SIZE")]
     size: Option<String>,
-    /// Source format (vmdk or raw); probed from the content when absent.
+    /// Source format (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     /// Output format.
@@ -41,19 +42,20 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
-    let (subformat, zeroed) = match a.out_format.as_str() {
-        "vmdk" => {
-            let v = vmdk_options(&opts, false)?;
-            (Some(v.create.subformat), v.create.zeroed_grain)
-        }
-        "raw" => {
-            if let Some((k, _)) = opts.first() {
-                bail!("Invalid parameter '{k}'");
+    let (subformat, zeroed) =
+        match output_format(&a.out_format, &[ImageFormat::Raw, ImageFormat::Vmdk])? {
+            ImageFormat::Vmdk => {
+                let v = vmdk_options(&opts, false)?;
+                (Some(v.create.subformat), v.create.zeroed_grain)
             }
-            (None, false)
-        }
-        other => bail!("Unknown output format '{other}' (expected raw or vmdk)"),
-    };
+            ImageFormat::Raw => {
+                if let Some((k, _)) = opts.first() {
+                    bail!("Invalid parameter '{k}'");
+                }
+                (None, false)
+            }
+            ImageFormat::Qcow2 => unreachable!("refused by output_format"),
+        };
     let m = match (&a.size, &a.image) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename"),
         (None, None) => bail!("Either --size N or one filename must be specified."),
@@ -63,7 +65,7 @@ pub fn run(a: Args) -> Result<u8> {
             measure(subformat, zeroed, MeasureInput::Size(size))?
         }
         (None, Some(p)) => {
-            let src = vmdk::open_source(p, a.format.as_deref(), &a.open.options())?;
+            let src = open_disk(p, a.format.as_deref(), &a.open.options())?;
             measure(subformat, zeroed, MeasureInput::Source(&*src))?
         }
     };

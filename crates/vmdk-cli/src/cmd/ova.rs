@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use vmdk::lock::{FileRole, LockRequest};
+use vmdk::ops::ova_create::{self, OvaOptions};
 use vmdk::ova::manifest::Status;
-use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvaOptions, OvfSource};
+use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvfSource};
+use vmdk::report::text::Printable;
 
 use crate::opts::OpenArgs;
 use crate::output::{Node, OutputFormat};
@@ -26,7 +28,7 @@ pub struct Args {
 enum Sub {
     /// Show the virtual system, its disks and networks, and check the manifest's digests.
     Info(InfoArgs),
-    /// Build an OVA from disks (raw or VMDK), written as streamOptimized VMDKs.
+    /// Build an OVA from disks (VMDK, qcow2 or raw), written as streamOptimized VMDKs.
     Create(Box<CreateArgs>),
 }
 
@@ -51,36 +53,38 @@ pub struct CreateArgs {
     #[arg(short = 'o', value_name = "OUT.ova")]
     output: PathBuf,
     /// Keep this OVF descriptor, filling in the disks' sizes (its DiskSection order is the
-    /// order of the DISK arguments).
+    /// order of the DISK arguments). The virtual machine is the OVF's: --name, --os-type,
+    /// --os-cim, --cpus, --memory, --hw, --firmware, --network and --controller cannot be
+    /// given with it (edit the OVF instead).
     #[arg(long = "from-ovf", value_name = "TEMPLATE.ovf")]
     from_ovf: Option<PathBuf>,
     /// Virtual machine name (default: the output's file name without .ova).
     #[arg(long)]
     name: Option<String>,
-    /// VMware guest type (vmw:osType).
-    #[arg(long = "os-type", default_value = "other4xLinux64Guest")]
-    os_type: String,
-    /// CIM operating-system code (OperatingSystemSection ovf:id).
-    #[arg(long = "os-cim", default_value_t = 100)]
-    os_cim: u32,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    memory: u64,
-    /// Virtual hardware family.
-    #[arg(long = "hw", default_value = "vmx-14")]
-    hw: String,
-    /// Boot firmware: bios or efi.
-    #[arg(long, default_value = "bios")]
-    firmware: String,
-    /// Network the NIC connects to ("none" for no NIC).
-    #[arg(long, default_value = "VM Network")]
-    network: String,
-    /// Disk controller: lsilogic, pvscsi or sata.
-    #[arg(long, default_value = "lsilogic")]
-    controller: String,
+    /// VMware guest type (vmw:osType; default other4xLinux64Guest).
+    #[arg(long = "os-type", value_name = "TYPE")]
+    os_type: Option<String>,
+    /// CIM operating-system code (OperatingSystemSection ovf:id; default 100).
+    #[arg(long = "os-cim", value_name = "CODE")]
+    os_cim: Option<u32>,
+    /// Virtual CPUs (default 2).
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
+    /// Memory in MiB (default 1024).
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Virtual hardware family (default vmx-14).
+    #[arg(long = "hw", value_name = "VMX")]
+    hw: Option<String>,
+    /// Boot firmware: bios (default) or efi.
+    #[arg(long, value_name = "FIRMWARE")]
+    firmware: Option<String>,
+    /// Network the NIC connects to ("none" for no NIC; default "VM Network").
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<String>,
+    /// Disk controller: lsilogic (default), pvscsi or sata.
+    #[arg(long, value_name = "CONTROLLER")]
+    controller: Option<String>,
     /// zlib level of the disks' grains (0-9).
     #[arg(long = "compression-level", default_value_t = 6)]
     compression_level: u32,
@@ -90,7 +94,7 @@ pub struct CreateArgs {
     /// Show progress on stderr.
     #[arg(short = 'p')]
     progress: bool,
-    /// Source format of every DISK (vmdk or raw); probed from the content when absent.
+    /// Source format of every DISK (vmdk, qcow2 or raw); probed from the content when absent.
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
     #[command(flatten)]
@@ -109,19 +113,16 @@ pub fn run(a: Args) -> Result<u8> {
 
 fn info(a: InfoArgs) -> Result<u8> {
     let lock = LockRequest::for_open(FileRole::Metadata, false, a.force_share);
-    let info = ova::inspect(&a.ova, Some(lock), a.threads)?;
-    let node = to_node(&info);
+    let info = ova::inspect_in(&crate::namespace(), &a.ova, Some(lock), a.threads)?;
     let mut out = std::io::stdout().lock();
     match a.output {
-        OutputFormat::Json => node.print_json(&mut out)?,
+        OutputFormat::Json => to_node(&info).print_json(&mut out)?,
         OutputFormat::Human => print_human(&info, &mut out)?,
     }
     out.flush()?;
-    let bad = info
-        .digests
-        .iter()
-        .any(|c| !matches!(c.status, Status::Match));
-    Ok(if bad { 2 } else { 0 })
+    // Anything found (a digest that does not match, a member the manifest does not cover,
+    // two members of one name, ...) makes the archive one not to import as it is.
+    Ok(if info.findings.is_empty() { 0 } else { 2 })
 }
 
 fn status_str(s: &Status) -> &'static str {
@@ -129,11 +130,14 @@ fn status_str(s: &Status) -> &'static str {
         Status::Match => "ok",
         Status::Mismatch(_) => "MISMATCH",
         Status::Missing => "missing member",
+        Status::NotAFile(_) => "not a regular file",
         Status::UnknownAlgorithm => "unknown algorithm",
         Status::Unreadable(_) => "unreadable",
     }
 }
 
+/// The report as a tree: every string in it comes from the archive, and the tree's JSON
+/// printer escapes what a terminal must not see.
 fn to_node(info: &OvaInfo) -> Node {
     let mut n = Node::dict();
     n.put_opt("ovf", info.ovf_name.clone());
@@ -155,6 +159,7 @@ fn to_node(info: &OvaInfo) -> Node {
             }
             n.put("virtual-system", s);
         }
+        let controllers = env.controllers();
         let disks = env
             .disk_files()
             .map(|(d, f)| {
@@ -168,7 +173,7 @@ fn to_node(info: &OvaInfo) -> Node {
                 x.put_opt("capacity", d.capacity);
                 x.put_opt("format", d.format.clone());
                 x.put_opt("populated-size", d.populated_size);
-                x.put_opt("controller", env.controller_of(d));
+                x.put_opt("controller", controllers.describe(d));
                 x
             })
             .collect();
@@ -197,7 +202,7 @@ fn to_node(info: &OvaInfo) -> Node {
             if let Status::Mismatch(d) = &c.status {
                 x.put("actual", d.clone());
             }
-            if let Status::Unreadable(e) = &c.status {
+            if let Status::Unreadable(e) | Status::NotAFile(e) = &c.status {
                 x.put("error", e.clone());
             }
             x
@@ -205,82 +210,104 @@ fn to_node(info: &OvaInfo) -> Node {
         .collect();
     n.put("digests", Node::List(digests));
     let members = info
-        .members
+        .members()
         .iter()
         .map(|m| {
             let mut x = Node::dict();
-            x.put("name", m.name.clone()).put("size", m.size);
+            x.put("name", m.name.clone())
+                .put("kind", m.kind.short_name())
+                .put("size", m.size);
             x
         })
         .collect();
     n.put("members", Node::List(members));
+    let findings = info
+        .findings
+        .iter()
+        .map(|f| {
+            let mut x = Node::dict();
+            x.put("code", f.code.as_str());
+            x.put_opt("name", f.name.clone());
+            x.put("message", f.message.clone());
+            x
+        })
+        .collect();
+    n.put("findings", Node::List(findings));
     n
 }
 
 fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
+    // Every string below comes from the archive: shown escaped.
+    let p = |s: &str| Printable(s).to_string();
+    let opt = |v: Option<&str>| v.map_or_else(|| "-".to_string(), p);
     if let Some(env) = &info.envelope {
         writeln!(
             out,
             "OVF: {} (OVF {})",
-            info.ovf_name.as_deref().unwrap_or("-"),
+            opt(info.ovf_name.as_deref()),
             env.version
         )?;
         if let Some(sys) = &env.system {
             writeln!(
                 out,
                 "virtual system: {}",
-                sys.name.as_deref().unwrap_or(&sys.id)
+                p(sys.name.as_deref().unwrap_or(&sys.id))
             )?;
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            writeln!(out, "    os type: {}", opt(sys.os_type.clone()))?;
-            writeln!(out, "    cpus: {}", opt(env.cpus().map(|c| c.to_string())))?;
+            writeln!(out, "    os type: {}", opt(sys.os_type.as_deref()))?;
+            writeln!(
+                out,
+                "    cpus: {}",
+                opt(env.cpus().map(|c| c.to_string()).as_deref())
+            )?;
             writeln!(
                 out,
                 "    memory: {}",
-                opt(env.memory_mib().map(|m| format!("{m} MiB")))
+                opt(env.memory_mib().map(|m| format!("{m} MiB")).as_deref())
             )?;
             writeln!(
                 out,
                 "    hardware family: {}",
-                opt(sys.hardware_family.clone())
+                opt(sys.hardware_family.as_deref())
             )?;
             if let Some((_, fw)) = sys.vmw_config.iter().find(|(k, _)| k == "firmware") {
-                writeln!(out, "    firmware: {fw}")?;
+                writeln!(out, "    firmware: {}", p(fw))?;
             }
         }
         writeln!(out, "disks:")?;
+        let controllers = env.controllers();
         for (d, f) in env.disk_files() {
             writeln!(
                 out,
                 "    {}: {}",
-                d.disk_id,
-                f.map_or("(no file)", |f| f.href.as_str())
+                p(&d.disk_id),
+                f.map_or("(no file)".to_string(), |f| p(&f.href))
             )?;
             match d.capacity {
                 Some(c) => writeln!(out, "        capacity: {}", size_to_str(c))?,
                 None => writeln!(
                     out,
                     "        capacity: {} ({})",
-                    d.capacity_text, d.capacity_units
+                    p(&d.capacity_text),
+                    p(&d.capacity_units)
                 )?,
             }
             if let Some(f) = d.format.as_deref() {
-                writeln!(out, "        format: {f}")?;
+                writeln!(out, "        format: {}", p(f))?;
             }
-            if let Some(p) = d.populated_size {
-                writeln!(out, "        populated size: {}", size_to_str(p))?;
+            if let Some(s) = d.populated_size {
+                writeln!(out, "        populated size: {}", size_to_str(s))?;
             }
             if let Some(m) = f.and_then(|f| info.member(&f.href)) {
                 writeln!(out, "        file size: {}", size_to_str(m.size))?;
             }
-            if let Some(c) = env.controller_of(d) {
-                writeln!(out, "        controller: {c}")?;
+            if let Some(c) = controllers.describe(d) {
+                writeln!(out, "        controller: {}", p(&c))?;
             }
         }
         if !env.networks.is_empty() {
             writeln!(out, "networks:")?;
             for w in &env.networks {
-                writeln!(out, "    {}", w.name)?;
+                writeln!(out, "    {}", p(&w.name))?;
             }
         }
     } else {
@@ -289,54 +316,98 @@ fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
     match &info.manifest_name {
         None => writeln!(out, "manifest: none")?,
         Some(m) => {
-            writeln!(out, "manifest: {m}")?;
+            writeln!(out, "manifest: {}", p(m))?;
             for c in &info.digests {
                 writeln!(
                     out,
                     "    {}({}): {}",
-                    c.entry.algorithm,
-                    c.entry.file,
+                    p(&c.entry.algorithm),
+                    p(&c.entry.file),
                     status_str(&c.status)
                 )?;
             }
         }
     }
     if let Some(c) = &info.certificate_name {
-        writeln!(out, "certificate: {c} (not verified)")?;
+        writeln!(out, "certificate: {} (not verified)", p(c))?;
+    }
+    if !info.findings.is_empty() {
+        writeln!(out, "problems:")?;
+        for f in &info.findings {
+            writeln!(out, "    {}: {}", f.code.as_str(), p(&f.message))?;
+        }
     }
     Ok(())
+}
+
+/// The flags that describe the virtual machine, by name, each with whether it was given:
+/// an OVF given with --from-ovf describes the machine itself.
+fn machine_flags(a: &CreateArgs) -> [(&'static str, bool); 9] {
+    [
+        ("--name", a.name.is_some()),
+        ("--os-type", a.os_type.is_some()),
+        ("--os-cim", a.os_cim.is_some()),
+        ("--cpus", a.cpus.is_some()),
+        ("--memory", a.memory.is_some()),
+        ("--hw", a.hw.is_some()),
+        ("--firmware", a.firmware.is_some()),
+        ("--network", a.network.is_some()),
+        ("--controller", a.controller.is_some()),
+    ]
 }
 
 fn create(a: CreateArgs) -> Result<u8> {
     let ovf = match &a.from_ovf {
         Some(t) => {
+            let given: Vec<&str> = machine_flags(&a)
+                .into_iter()
+                .filter_map(|(flag, given)| given.then_some(flag))
+                .collect();
+            if !given.is_empty() {
+                bail!(
+                    "{} cannot be used with --from-ovf: the virtual machine is the one '{}' \
+                     describes (edit it there)",
+                    given.join(", "),
+                    t.display()
+                );
+            }
             let text = std::fs::read(t).with_context(|| format!("reading '{}'", t.display()))?;
             OvfSource::Template(ova::Template::parse(text, t)?)
         }
         None => {
+            let d = ApplianceSpec::default();
             let name = match &a.name {
                 Some(n) => n.clone(),
                 None => a
                     .output
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "vm".into()),
+                    .unwrap_or_else(|| d.name.clone()),
             };
-            let firmware = match a.firmware.as_str() {
-                "bios" => Firmware::Bios,
-                "efi" | "uefi" => Firmware::Efi,
-                other => bail!("unknown firmware '{other}' (expected bios or efi)"),
+            let firmware = match a.firmware.as_deref() {
+                None => d.firmware,
+                Some("bios") => Firmware::Bios,
+                Some("efi" | "uefi") => Firmware::Efi,
+                Some(other) => bail!("unknown firmware '{other}' (expected bios or efi)"),
+            };
+            let network = match a.network.as_deref() {
+                None => d.network,
+                Some("none") => None,
+                Some(n) => Some(n.to_string()),
             };
             OvfSource::Compose(ApplianceSpec {
                 name,
-                os_type: a.os_type.clone(),
-                os_cim: a.os_cim,
-                cpus: a.cpus,
-                memory_mib: a.memory,
-                hardware: a.hw.clone(),
+                os_type: a.os_type.clone().unwrap_or(d.os_type),
+                os_cim: a.os_cim.unwrap_or(d.os_cim),
+                cpus: a.cpus.unwrap_or(d.cpus),
+                memory_mib: a.memory.unwrap_or(d.memory_mib),
+                hardware: a.hw.clone().unwrap_or(d.hardware),
                 firmware,
-                network: (a.network != "none").then(|| a.network.clone()),
-                controller: Controller::parse(&a.controller)?,
+                network,
+                controller: match &a.controller {
+                    Some(c) => Controller::parse(c)?,
+                    None => d.controller,
+                },
             })
         }
     };
@@ -357,13 +428,13 @@ fn create(a: CreateArgs) -> Result<u8> {
     let sources = a
         .disks
         .iter()
-        .map(|d| vmdk::open_source(d, a.format.as_deref(), &open))
+        .map(|d| crate::opts::open_disk(d, a.format.as_deref(), &open))
         .collect::<vmdk::Result<Vec<_>>>()?;
-    let refs: Vec<&dyn vmdk::Source> = sources.iter().map(|s| &**s).collect();
+    let refs: Vec<&dyn vmdk::Disk> = sources.iter().map(|s| &**s).collect();
     let pb = Progress::new(a.progress);
     let progress = |done: u64, total: u64| pb.update(done, total);
-    let ns = vmdk::namespace::default();
-    let r = ova::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
+    let ns = crate::namespace();
+    let r = ova_create::create(&a.output, &*ns, &refs, &ovf, &opts, &progress);
     pb.end(r.is_ok());
     r?;
     Ok(0)

@@ -31,6 +31,7 @@ pub struct Args {
     /// Cache modes (accepted for qemu-img compatibility).
     #[arg(short = 't', value_name = "CACHE")]
     cache: Option<String>,
+    /// Source cache mode (accepted for qemu-img compatibility).
     #[arg(short = 'T', value_name = "CACHE")]
     src_cache: Option<String>,
     #[command(flatten)]

@@ -11,7 +11,8 @@ use crate::size::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Allow the disk to get smaller (data past the new end is lost).
+    /// Allow the disk to get smaller: flat extents lose the data past the new end; a sparse
+    /// extent shrinks only when nothing but zeros lies there.
     #[arg(long)]
     shrink: bool,
     /// Image format (only vmdk).
@@ -27,7 +28,7 @@ pub struct Args {
     open: OpenArgs,
     /// The image.
     image: PathBuf,
-    /// New size, or +SIZE / -SIZE relative to the current one (k, M, G, T suffixes).
+    /// New size, or +SIZE / -SIZE relative to the current one (k, M, G, T, P or E suffix).
     #[arg(allow_hyphen_values = true)]
     size: String,
 }
@@ -44,6 +45,7 @@ pub fn run(a: Args) -> Result<u8> {
             let cur = vmdk::OpenOptions::new()
                 .open_backing(false)
                 .force_share(true)
+                .in_namespace(crate::namespace())
                 .open(&a.image)?
                 .size();
             if a.size.starts_with('+') {

@@ -854,7 +854,7 @@ fn ovas_are_judged_member_by_member_and_as_a_whole() {
         ]),
     )
     .unwrap();
-    assert_unsafe(&link, &[], "archive-member");
+    assert_unsafe(&link, &[], "special-member");
     for href in [
         "http://attacker.example/disk.vmdk",
         "../disk.vmdk",
@@ -869,8 +869,35 @@ fn ovas_are_judged_member_by_member_and_as_a_whole() {
             ]),
         )
         .unwrap();
-        assert_unsafe(&o, &[], "external-file");
+        assert_unsafe(&o, &[], "external-reference");
     }
+    // Two members of one name (tar extracts the last: here the hostile one), and a
+    // manifest that leaves a member out.
+    let dup = d.join("duplicate.ova");
+    std::fs::write(
+        &dup,
+        tar_of(&[
+            (b"x.ovf", &ovf, b'0', b""),
+            (b"disk.vmdk", &good, b'0', b""),
+            (b"disk.vmdk", &evil, b'0', b""),
+        ]),
+    )
+    .unwrap();
+    let j = assert_unsafe(&dup, &[], "duplicate-member");
+    assert!(codes(&j).contains(&"backing-file".to_string()), "{j:#}");
+    let mf = b"SHA256(x.ovf)= 00\nSHA256(disk.vmdk)= 00\n";
+    let unlisted = d.join("unlisted.ova");
+    std::fs::write(
+        &unlisted,
+        tar_of(&[
+            (b"x.ovf", &ovf, b'0', b""),
+            (b"x.mf", mf, b'0', b""),
+            (b"disk.vmdk", &good, b'0', b""),
+            (b"notes.vmdk", &good, b'0', b""),
+        ]),
+    )
+    .unwrap();
+    assert_unsafe(&unlisted, &[], "unlisted-member");
     // A tar inside the archive is not looked into.
     let nested = d.join("nested.ova");
     let inner = std::fs::read(&honest).unwrap();

@@ -189,7 +189,7 @@ fn descriptor_naming_one_sparse_file_19000_times() {
     let lines: Vec<String> = (0..19000)
         .map(|_| format!("RW {sectors} SPARSE \"one.vmdk\""))
         .collect();
-    descriptor(d.path(), "many.vmdk", "monolithicSparse", None, &lines);
+    descriptor(d.path(), "many.vmdk", "twoGbMaxExtentSparse", None, &lines);
     let many = s(&d.path().join("many.vmdk"));
     let out = vmdk_limited(&["map", "--output=json", &many], Some(64)).ok_under(64 * MIB);
     let e = one_entry(&out, "map");
@@ -295,7 +295,7 @@ fn huge_grain_directories_cost_what_they_are_counted() {
         descriptor(
             d.path(),
             &format!("d{i}.vmdk"),
-            "monolithicSparse",
+            "twoGbMaxExtentSparse",
             parent.as_deref(),
             &[line],
         );
@@ -433,4 +433,264 @@ fn huge_empty_disks_map_and_compare_in_moments() {
     let read = format!("read -P 0 {end} 4096");
     let out = quick(&["io", "-r", "-c", "map", "-c", &read, &sp], 96 * MIB);
     assert!(out.contains("not allocated"), "{out}");
+}
+
+/// `qemu-img create -f qcow2 -o cluster_size=512 [-b BACKING -F qcow2] DIR/NAME SIZE`, then
+/// the `qemu-io` commands `cmds`, then every L1 entry pointed at the L2 table the first one
+/// names (or, when it names none, at an all-zero cluster appended to the file): a file of a
+/// few MiB whose map has an entry per cluster of a huge disk. qemu reads such files (nothing
+/// checks that tables are not shared; only `qemu-img check` counts references).
+fn qcow2_sharing_one_table(
+    dir: &Path,
+    name: &str,
+    size: &str,
+    backing: Option<&str>,
+    cmds: &[String],
+) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let ps = s(&p);
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-o", "cluster_size=512"];
+    if let Some(b) = backing {
+        args.extend(["-b", b, "-F", "qcow2"]);
+    }
+    args.extend([ps.as_str(), size]);
+    qemu_img(&args);
+    if !cmds.is_empty() {
+        let mut args = vec!["-f", "qcow2"];
+        for c in cmds {
+            args.extend(["-c", c.as_str()]);
+        }
+        args.push(&ps);
+        tool("qemu-io", &args).expect(0, "qemu-io");
+    }
+    let (l1_size, l1_offset) = l1_of(&p);
+    let mut entry = be64(&p, l1_offset);
+    if entry == 0 {
+        let len = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len + 512)
+            .unwrap();
+        entry = len;
+    }
+    let l1: Vec<u8> = (0..l1_size).flat_map(|_| entry.to_be_bytes()).collect();
+    patch(&p, l1_offset, &l1);
+    p
+}
+
+/// A qcow2 image's L1 table: (entries, host offset).
+fn l1_of(p: &Path) -> (u64, u64) {
+    (u64::from(read_u32(p, 36).swap_bytes()), be64(p, 40))
+}
+
+/// A big-endian u64 of a file (qcow2's byte order).
+fn be64(p: &Path, offset: u64) -> u64 {
+    read_u64(p, offset).swap_bytes()
+}
+
+/// `vmdk ARGS` under the limits, expected to succeed within `secs` seconds and `rss` of
+/// memory; its stdout.
+fn bounded(args: &[&str], secs: u64, rss: u64) -> String {
+    let r = vmdk_limited(args, None);
+    assert!(
+        r.took < Duration::from_secs(secs),
+        "{}: {:?} (bound {secs} s)",
+        r.what,
+        r.took
+    );
+    r.ok_under(rss)
+}
+
+/// The issue's file: a 16 GiB qcow2 image of 512-byte clusters, 4 MiB long, whose L1 entries
+/// all name one L2 table alternating data and holes: 32 million map entries. `measure`
+/// collected them in one vector (1.3 GB, then SIGABRT under a 2 GB address-space limit,
+/// where qemu-img measure takes 12 MB); it now walks in batches and steps a grain at a time
+/// once a grain holds data, as qemu-img measure steps a cluster.
+#[test]
+fn qcow2_of_32_million_entries_measures_in_moments() {
+    let d = tempdir();
+    let cmds: Vec<String> = (0..64)
+        .step_by(2)
+        .map(|i| format!("write -P 0x5a {} 512", i * 512))
+        .collect();
+    let h = qcow2_sharing_one_table(d.path(), "h.qcow2", "16G", None, &cmds);
+    assert!(std::fs::metadata(&h).unwrap().len() < 5 * MIB);
+    // qemu reads it.
+    qemu_img(&["measure", "-O", "qcow2", &s(&h)]);
+    let json = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+    for sub in ["monolithicSparse", "streamOptimized"] {
+        let o = format!("subformat={sub}");
+        let m = json(&bounded(
+            &["measure", "-O", "vmdk", "-o", &o, "--output=json", &s(&h)],
+            10,
+            64 * MIB,
+        ));
+        // Every 64 KiB grain holds data: as much as a full disk.
+        let full = json(&vmdk_ok(&[
+            "measure",
+            "-O",
+            "vmdk",
+            "-o",
+            &o,
+            "--output=json",
+            "--size",
+            "16G",
+        ]));
+        assert_eq!(m["required"], full["fully-allocated"], "{sub}");
+        assert_eq!(m["fully-allocated"], full["fully-allocated"], "{sub}");
+    }
+}
+
+/// Every whole-disk walk over a qcow2 image of a million map entries (512 MiB of 512-byte
+/// clusters: one of data, then zero clusters and holes alternating, in every 32 KiB) runs in
+/// a few MiB: map, measure, convert, compare and dd (whose window over the source mapped a
+/// GiB to keep 1024 entries of it, per batch).
+#[test]
+fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
+    let d = tempdir();
+    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
+    cmds.extend(
+        (1..64)
+            .step_by(2)
+            .map(|i| format!("write -z {} 512", i * 512)),
+    );
+    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let ws = s(&w);
+    // The pattern: 0x5a in the first 512 bytes of every 32 KiB, zeros elsewhere (`skip` is a
+    // multiple of 32 KiB).
+    let check = |p: &Path, skip: u64| {
+        use std::io::Read;
+        let mut f = std::fs::File::open(p).unwrap();
+        let mut buf = vec![0u8; MIB as usize];
+        let mut len = skip;
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            // Whole 32 KiB blocks: reads of a regular file come back full until its end.
+            for block in buf[..n].chunks(32768) {
+                let ok =
+                    block[..512].iter().all(|&b| b == 0x5a) && block[512..].iter().all(|&b| b == 0);
+                assert!(ok, "{}: the 32 KiB at {len} differ", p.display());
+                len += block.len() as u64;
+            }
+        }
+        assert_eq!(len, 512 * MIB, "{}", p.display());
+    };
+    let rss = 48 * MIB;
+    let out = bounded(&["map", &ws], 20, rss);
+    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
+    let m: serde_json::Value = serde_json::from_str(&bounded(
+        &["measure", "-O", "vmdk", "--output=json", &ws],
+        20,
+        rss,
+    ))
+    .unwrap();
+    assert_eq!(m["required"], m["fully-allocated"]);
+    let raw = d.path().join("w.raw");
+    bounded(&["convert", "-O", "raw", &ws, &s(&raw)], 20, rss);
+    check(&raw, 0);
+    let out = bounded(&["compare", &ws, &s(&raw)], 20, rss);
+    assert!(out.contains("Images are identical."), "{out}");
+    let dd = d.path().join("dd.raw");
+    bounded(
+        &[
+            "dd",
+            &format!("if={ws}"),
+            &format!("of={}", s(&dd)),
+            "bs=1M",
+            "skip=1",
+        ],
+        20,
+        rss,
+    );
+    check(&dd, MIB);
+}
+
+/// A 16 GiB qcow2 image of 512-byte clusters whose 524,288 L1 entries each name an L2 table of
+/// their own (holes of the file, so all empty) goes through 16 times more tables than the
+/// L2 cache holds. The cache scanned its list per lookup and shifted it per eviction: 16 s
+/// a walk, twice that to compare (qemu-img map takes 90 s on it).
+#[test]
+fn qcow2_of_half_a_million_tables_maps_in_moments() {
+    let d = tempdir();
+    let p = d.path().join("d.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        &s(&p),
+        "16G",
+    ]);
+    let (l1_size, l1_offset) = l1_of(&p);
+    let first = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
+    let l1: Vec<u8> = (0..l1_size)
+        .flat_map(|i| (first + i * 512).to_be_bytes())
+        .collect();
+    patch(&p, l1_offset, &l1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(first + l1_size * 512)
+        .unwrap();
+    let ps = s(&p);
+    let out = bounded(&["map", "--output=json", &ps], 10, 64 * MIB);
+    let e = one_entry(&out, "map");
+    assert_eq!(
+        (e["length"].as_u64(), &e["present"]),
+        (Some(16 * GIB), &false.into())
+    );
+    let out = bounded(&["compare", &ps, &ps], 10, 96 * MIB);
+    assert!(out.contains("Images are identical."), "{out}");
+}
+
+/// A 16 GiB overlay of 512-byte clusters whose L1 entries all name one empty L2 table, over
+/// the million-entry image: each batch of a walk stopped where the backing file filled it,
+/// but only after gathering the rest of the overlay's empty run (33 million clusters), so
+/// walks cost batches × overlay clusters: hours. The overlay's walk now hands on its pieces
+/// as it goes and stops with the batch.
+#[test]
+fn qcow2_overlay_over_a_million_entries_maps_in_moments() {
+    let d = tempdir();
+    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
+    cmds.extend(
+        (1..64)
+            .step_by(2)
+            .map(|i| format!("write -z {} 512", i * 512)),
+    );
+    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let t = qcow2_sharing_one_table(d.path(), "t.qcow2", "16G", Some("w.qcow2"), &[]);
+    let (ws, ts) = (s(&w), s(&t));
+    let rss = 48 * MIB;
+    let out = bounded(&["map", &ts], 20, rss);
+    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
+    let m: serde_json::Value = serde_json::from_str(&bounded(
+        &["measure", "-O", "vmdk", "--output=json", &ts],
+        20,
+        rss,
+    ))
+    .unwrap();
+    let grains = 512 * MIB / 65536;
+    let empty: serde_json::Value = serde_json::from_str(&vmdk_ok(&[
+        "measure",
+        "-O",
+        "vmdk",
+        "--output=json",
+        "--size",
+        "16G",
+    ]))
+    .unwrap();
+    assert_eq!(
+        m["required"].as_u64(),
+        Some(empty["required"].as_u64().unwrap() + grains * 65536)
+    );
+    let out = bounded(&["compare", &ts, &ws], 20, rss);
+    assert!(out.contains("Images are identical."), "{out}");
 }

@@ -2,6 +2,12 @@
 //! (one link instead of one per file): each module is a feature or a command, listed in
 //! ARCHITECTURE.md's Tests section; `common` runs `vmdk`, qemu-img and qemu-io.
 //! `cargo test -p vmdk-cli inspect::` runs one of them.
+//!
+//! Adding a test file (one from a branch that still writes `tests/NAME.rs`): move it here,
+//! `git mv tests/NAME.rs tests/integration/NAME.rs`, add one line `mod NAME;` below (in
+//! order), and in the file replace `mod common;` / `use common::...` by `use crate::common::...`
+//! (helpers other crates share, such as `Tmpfs` and the object-storage servers, are
+//! `vmdk_test_support::...`). A test below fails while a file here has no `mod` line.
 
 mod check;
 mod check_repair;

@@ -454,3 +454,103 @@ fn map_json_prints_nothing_on_failure() {
         }
     }
 }
+
+/// Descriptor files QEMU refuses are refused by us too, with QEMU's message: a createType
+/// its driver does not open as a descriptor file, an `RW` extent line with a field too
+/// many or too few. The lines it reads (and a 4-field VMFS line, which it opens) open on
+/// both sides.
+#[test]
+fn descriptor_files_qemu_refuses_are_refused_with_its_message() {
+    let d = tempdir();
+    std::fs::write(d.path().join("flat.img"), vec![0u8; 1 << 20]).unwrap();
+    let desc = |create_type: &str, line: &str| {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+             createType=\"{create_type}\"\n\n# Extent description\n{line}\n\n\
+             # The Disk Data Base\n#DDB\n\nddb.adapterType = \"ide\"\n"
+        )
+    };
+    let refused = [
+        ("custom", "RW 2048 FLAT \"flat.img\" 0"),
+        // VirtualBox's raw-disk descriptors (samples/realworld/descriptor-only).
+        ("fullDevice", "RW 2048 FLAT \"flat.img\" 0"),
+        ("partitionedDevice", "RW 2048 FLAT \"flat.img\" 0"),
+        // A descriptor file with a hosted sparse type: QEMU opens those only embedded.
+        ("monolithicSparse", "RW 2048 FLAT \"flat.img\" 0"),
+        ("streamOptimized", "RW 2048 FLAT \"flat.img\" 0"),
+        ("monolithicFlat", "RW 2048 FLAT \"flat.img\""),
+        ("monolithicFlat", "RW 2048 FLAT \"flat.img\" -1"),
+        ("vmfs", "RW 2048 VMFS \"flat.img\" 0"),
+        ("twoGbMaxExtentSparse", "RW 2048 SPARSE \"flat.img\" 0"),
+        ("vmfsSparse", "RW 2048 VMFSSPARSE \"flat.img\" 5"),
+        ("seSparse", "RW 2048 SESPARSE \"flat.img\" 0"),
+    ];
+    for (i, (create_type, line)) in refused.iter().enumerate() {
+        let p = d.path().join(format!("r{i}.vmdk"));
+        std::fs::write(&p, desc(create_type, line)).unwrap();
+        let theirs = tool("qemu-img", &["info", &s(&p)]);
+        assert_eq!(theirs.code, 1, "qemu-img opens {create_type} / {line}");
+        let prefix = format!("qemu-img: Could not open '{}': ", s(&p));
+        let message = theirs
+            .stderr
+            .trim_end()
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("qemu-img said: {}", theirs.stderr));
+        assert!(
+            message.starts_with("Unsupported image type") || message.starts_with("Invalid extent"),
+            "{message}"
+        );
+        for cmd in [
+            &["info"][..],
+            &["check"],
+            &["map", "--output=json"],
+            &["io", "-c", "read 0 512"],
+        ] {
+            let path = s(&p);
+            let args: Vec<&str> = cmd.iter().copied().chain([path.as_str()]).collect();
+            let ours = vmdk(&args);
+            assert_eq!(ours.code, 1, "{args:?}: {}", ours.stdout);
+            assert_eq!(ours.stdout, "", "{args:?}");
+            assert_eq!(
+                ours.stderr.trim_end(),
+                format!("vmdk: '{}': {message}", s(&p)),
+                "{args:?}"
+            );
+        }
+    }
+    // What QEMU opens opens here too.
+    let opened = [
+        ("vmfs", "RW 2048 VMFS \"flat.img\""),
+        ("monolithicFlat", "RW 2048 FLAT \"flat.img\" 0"),
+        // A word after the file name that is not a number is no fifth field to sscanf.
+        ("monolithicFlat", "RW 2048 FLAT \"flat.img\" 0 extra"),
+    ];
+    for (i, (create_type, line)) in opened.iter().enumerate() {
+        let p = d.path().join(format!("o{i}.vmdk"));
+        std::fs::write(&p, desc(create_type, line)).unwrap();
+        qemu_img(&["info", &s(&p)]);
+        let v = vmdk(&["info", "--output=json", &s(&p)]).json();
+        assert_eq!(v["virtual-size"], 1 << 20, "{create_type} / {line}");
+    }
+}
+
+/// The one leniency: a capacity-0 sparse file's embedded descriptor is a descriptor file to
+/// QEMU (whose check refuses its `monolithicSparse`), but qemu-img writes such files itself
+/// (`create ... 0`, and the realworld `dualfuse` sample): they open here as 0-byte disks.
+#[test]
+fn capacity_zero_images_qemu_img_writes_open_as_empty_disks() {
+    let d = tempdir();
+    let p = qemu_create(d.path(), "zero.vmdk", "0", &[]);
+    let theirs = tool("qemu-img", &["info", &s(&p)]);
+    assert_eq!(theirs.code, 1);
+    assert!(
+        theirs
+            .stderr
+            .contains("Unsupported image type 'monolithicSparse'"),
+        "{}",
+        theirs.stderr
+    );
+    let v = vmdk(&["info", "--output=json", &s(&p)]).json();
+    assert_eq!(v["virtual-size"], 0);
+    assert_eq!(vmdk(&["check", &s(&p)]).code, 0);
+}

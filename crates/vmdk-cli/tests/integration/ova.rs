@@ -313,6 +313,163 @@ fn from_ovf_keeps_the_users_descriptor() {
     assert!(!d.join("two.ova").exists());
 }
 
+/// With --from-ovf the virtual machine is the OVF's: each flag that describes it (name, OS,
+/// CPUs, memory, hardware, firmware, network, controller) is refused by name before
+/// anything is written, and each is shown to work without a template. The flags about the
+/// disks and the run (-f, --compression-level, -m, -p) apply to a template's disks.
+#[test]
+fn from_ovf_refuses_the_machine_flags_and_honours_the_rest() {
+    let dir = tempdir();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let template = d.join("mine.ovf");
+    std::fs::write(
+        &template,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References><File ovf:href="root.vmdk" ovf:id="file1"/></References>
+  <DiskSection><Info>Virtual disk information</Info>
+    <Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^30" ovf:diskId="vmdisk1" ovf:fileRef="file1"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="mine"><Info>x</Info><Name>mine</Name></VirtualSystem>
+</Envelope>
+"#,
+    )
+    .unwrap();
+    let info = |ova: &Path| vmdk(&["ova", "info", "--output=json", &s(ova)]).json();
+    // (flag, value, where `ova info` shows it without a template, what it shows)
+    let flags: [(&str, &str, &str, &str); 9] = [
+        ("--name", "web", "/virtual-system/name", "web"),
+        (
+            "--os-type",
+            "ubuntu64Guest",
+            "/virtual-system/os-type",
+            "ubuntu64Guest",
+        ),
+        ("--os-cim", "94", "/virtual-system/os-cim-id", "94"),
+        ("--cpus", "4", "/virtual-system/cpus", "4"),
+        ("--memory", "4096", "/virtual-system/memory-mib", "4096"),
+        (
+            "--hw",
+            "vmx-19",
+            "/virtual-system/hardware-family",
+            "vmx-19",
+        ),
+        ("--firmware", "efi", "/virtual-system/firmware", "efi"),
+        ("--network", "Lab Net", "/networks/0/name", "Lab Net"),
+        (
+            "--controller",
+            "pvscsi",
+            "/disks/0/controller",
+            "VirtualSCSI",
+        ),
+    ];
+    for (flag, value, pointer, shown) in flags {
+        let ova = d.join("refused.ova");
+        let r = vmdk(&[
+            "ova",
+            "create",
+            "-o",
+            &s(&ova),
+            "--from-ovf",
+            &s(&template),
+            flag,
+            value,
+            &s(&raw),
+        ]);
+        assert_eq!(r.code, 1, "{flag}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "vmdk: {flag} cannot be used with --from-ovf: the virtual machine is the one \
+                 '{}' describes (edit it there)",
+                s(&template)
+            ),
+            "{flag}"
+        );
+        assert!(!ova.exists(), "{flag}: an output was written");
+        let ova = d.join("composed.ova");
+        vmdk_ok(&["ova", "create", "-o", &s(&ova), flag, value, &s(&raw)]);
+        let v = info(&ova);
+        let got = &v.pointer(pointer).unwrap_or_else(|| panic!("{flag}: {v}"));
+        let got = got.as_str().map_or_else(|| got.to_string(), str::to_string);
+        assert!(got.contains(shown), "{flag}: {pointer} is {got}");
+        std::fs::remove_file(&ova).unwrap();
+    }
+    // Several at once: each named.
+    let r = vmdk(&[
+        "ova",
+        "create",
+        "-o",
+        &s(&d.join("x.ova")),
+        "--from-ovf",
+        &s(&template),
+        "--cpus",
+        "8",
+        "--name",
+        "n",
+        &s(&raw),
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("--name, --cpus cannot be used with --from-ovf"),
+        "{}",
+        r.stderr
+    );
+
+    // The disk flags apply to the template's disks. -f raw: a VMDK file's own bytes are
+    // the disk.
+    let vmdk_file = qemu_create(d, "small.vmdk", "1M", &[]);
+    let with = |extra: &[&str], ova: &Path| {
+        let mut args = vec!["ova", "create", "-o"];
+        let o = s(ova);
+        let t = s(&template);
+        args.push(&o);
+        args.extend(["--from-ovf", &t]);
+        args.extend(extra);
+        let r = vmdk(&args);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        r
+    };
+    let as_raw = d.join("as-raw.ova");
+    with(&["-f", "raw", &s(&vmdk_file)], &as_raw);
+    let member = format!("{}/root.vmdk", s(&as_raw));
+    vmdk_ok(&["compare", "-F", "raw", &member, &s(&vmdk_file)]);
+    let probed = d.join("probed.ova");
+    with(&[&s(&vmdk_file)], &probed);
+    let r = vmdk(&[
+        "compare",
+        "-F",
+        "raw",
+        &format!("{}/root.vmdk", s(&probed)),
+        &s(&vmdk_file),
+    ]);
+    assert_eq!(
+        r.code, 1,
+        "without -f the VMDK is read as VMDK: {}",
+        r.stdout
+    );
+    // --compression-level: level 0 stores the grains, 9 deflates them.
+    let stored = d.join("stored.ova");
+    let deflated = d.join("deflated.ova");
+    with(&["--compression-level", "0", &s(&raw)], &stored);
+    with(&["--compression-level", "9", &s(&raw)], &deflated);
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        len(&stored) > len(&deflated) + (512 << 10),
+        "{} {}",
+        len(&stored),
+        len(&deflated)
+    );
+    for ova in [&stored, &deflated] {
+        vmdk_ok(&["compare", &format!("{}/root.vmdk", s(ova)), &s(&raw)]);
+    }
+    // -m and -p: one worker, progress records on stderr.
+    let r = with(&["-m", "1", "-p", &s(&raw)], &d.join("progress.ova"));
+    assert!(r.stderr.contains("(100.00/100%)"), "{}", r.stderr);
+}
+
 const VBOX_OVF: &str = r#"<?xml version="1.0"?>
 <Envelope ovf:version="2.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/2" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine" xmlns:epasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData" xmlns:sasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData">
   <References>
@@ -779,4 +936,579 @@ fn hostile_archives_are_refused_cleanly() {
     let r = vmdk(&["ova", "info", &s(&d.join("laughs.ova"))]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("DTD"), "{}", r.stderr);
+}
+
+/// Hex SHA-256 of `data`.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A member: header of type `kind`, then `data` padded to a block.
+fn member(name: &str, data: &[u8], kind: u8) -> Vec<u8> {
+    let mut out = header(name, data.len() as u64, kind);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
+/// A pax extended header (`x`, Solaris `X` or global `g`) holding `records`.
+fn pax(kind: u8, records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        let rest = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
+        // The length counts its own digits.
+        let mut n = rest.len() + 1;
+        while n.to_string().len() + rest.len() != n {
+            n += 1;
+        }
+        body.extend_from_slice(n.to_string().as_bytes());
+        body.extend_from_slice(&rest);
+    }
+    member("PaxHeaders/x", &body, kind)
+}
+
+/// Every regular file under `dir`, by path relative to it, with its bytes.
+fn regular_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// What GNU tar extracts from `archive`: its regular files.
+fn tar_extracts(archive: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let x = tempdir();
+    // Exit status ignored: tar extracts what it can from a damaged archive too.
+    tool("tar", &["-xf", &s(archive), "-C", &s(x.path())]);
+    regular_files(x.path())
+}
+
+#[test]
+fn member_names_and_bytes_are_the_ones_gnu_tar_extracts() {
+    let dir = tempdir();
+    let d = dir.path();
+    let data = |c: u8| vec![c; 700];
+    let long = member("././@LongLink", b"long-L.vmdk\0", b'L');
+    let hidden = member("hidden.vmdk", &data(9), b'0');
+    let with_hidden = |kind: u8, name: &str| {
+        let mut h = header(name, hidden.len() as u64, kind);
+        h[157..163].copy_from_slice(b"target");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        [h, hidden.clone()].concat()
+    };
+    // (case, archive without its end blocks, refused?)
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        // A pax path wins over a GNU long name, in either order.
+        (
+            "pax-after-long",
+            [
+                long.clone(),
+                pax(b'x', &[("path", b"pax.vmdk")]),
+                member("hdr.vmdk", &data(1), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        (
+            "pax-before-long",
+            [
+                pax(b'x', &[("path", b"pax.vmdk")]),
+                long.clone(),
+                member("hdr.vmdk", &data(2), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        // Solaris `X` headers are pax headers.
+        (
+            "solaris-x",
+            [
+                pax(b'X', &[("path", b"renamed.vmdk")]),
+                member("orig.vmdk", &data(3), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        // A pax value ends at its NUL.
+        (
+            "pax-nul",
+            [
+                pax(b'x', &[("path", b"good.vmdk\0evil")]),
+                member("hdr.vmdk", &data(4), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        // `//`, `/./` and `./` are folded.
+        (
+            "folded",
+            [
+                member("a//b.vmdk", &data(5), b'0'),
+                member("a/./c.vmdk", &data(6), b'0'),
+                member("./d.vmdk", &data(7), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        // One file twice: tar keeps the last.
+        (
+            "duplicate",
+            [
+                member("e.vmdk", &data(8), b'0'),
+                member("./e.vmdk", &data(10), b'0'),
+            ]
+            .concat(),
+            false,
+        ),
+        // tar -x reads no data after a directory's or a link's header: the member
+        // hidden in their "data" is extracted (tar -t skips it for links).
+        ("dir-with-data", with_hidden(b'5', "d/"), true),
+        ("symlink-with-data", with_hidden(b'2', "s"), true),
+        ("hardlink-with-data", with_hidden(b'1', "l"), true),
+        (
+            "regular-slash-with-data",
+            member("f.vmdk/", &data(11), b'0'),
+            true,
+        ),
+        // A global pax path renames every member after it.
+        (
+            "global-path",
+            [
+                pax(b'g', &[("path", b"glob.vmdk")]),
+                member("one.vmdk", &data(12), b'0'),
+                member("two.vmdk", &data(13), b'0'),
+            ]
+            .concat(),
+            true,
+        ),
+        // GNU sparse files are reassembled by tar from a map.
+        (
+            "pax-sparse",
+            [
+                pax(
+                    b'x',
+                    &[
+                        ("GNU.sparse.major", b"1"),
+                        ("GNU.sparse.name", b"real.vmdk"),
+                    ],
+                ),
+                member("GNUSparseFile.1/real.vmdk", &data(14), b'0'),
+            ]
+            .concat(),
+            true,
+        ),
+    ];
+    for (case, body, refused) in cases {
+        let bare = d.join(format!("{case}.tar"));
+        std::fs::write(&bare, [body.clone(), vec![0; 1024]].concat()).unwrap();
+        let theirs = tar_extracts(&bare);
+        // The manifest gives the digests of what tar extracted: "ok" on every line means
+        // we read the same bytes under the same names.
+        let mf: String = theirs
+            .iter()
+            .map(|(n, b)| format!("SHA256({n})= {}\n", sha256_hex(b)))
+            .collect();
+        let ova = d.join(format!("{case}.ova"));
+        let archive = [body, member("z.mf", mf.as_bytes(), b'0'), vec![0; 1024]].concat();
+        std::fs::write(&ova, archive).unwrap();
+        let r = vmdk(&["ova", "info", "--output=json", &s(&ova)]);
+        if refused {
+            assert_eq!(r.code, 1, "{case}: {}{}", r.stdout, r.stderr);
+            assert!(
+                r.stderr.contains("refusing the archive"),
+                "{case}: {}",
+                r.stderr
+            );
+            let r = vmdk(&["info", &format!("{}/hidden.vmdk", s(&ova))]);
+            assert_eq!(r.code, 1, "{case}: {}", r.stderr);
+            continue;
+        }
+        assert!(matches!(r.code, 0 | 2), "{case}: {}", r.stderr);
+        let j = r.json();
+        let ours: std::collections::BTreeSet<String> = j["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["kind"] == "file" && m["name"] != "z.mf")
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        let tars: std::collections::BTreeSet<String> = theirs.keys().cloned().collect();
+        assert_eq!(ours, tars, "{case}: member names");
+        for c in j["digests"].as_array().unwrap() {
+            assert_eq!(c["status"], "ok", "{case}: {c}");
+        }
+        let dup = j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "duplicate-member");
+        assert_eq!(dup, case == "duplicate", "{case}: {}", j["findings"]);
+        assert_eq!(r.code, if dup { 2 } else { 0 }, "{case}: {}", j["findings"]);
+        // An error naming the members carries the names as tar has them (no NUL).
+        let r = vmdk(&["info", &format!("{}/missing.vmdk", s(&ova))]);
+        assert_eq!(r.code, 1, "{case}");
+        assert!(!r.stderr.contains('\0'), "{case}: {:?}", r.stderr);
+    }
+
+    // A regular file whose name ends in `/` is a directory to tar: named by the OVF as the
+    // disk, it is refused with a message (it used to panic).
+    let ovf = r#"<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:href="disk.vmdk" ovf:id="f1"/></References></Envelope>"#;
+    let ova = d.join("slash.ova");
+    std::fs::write(
+        &ova,
+        [
+            member("a.ovf", ovf.as_bytes(), b'0'),
+            member("disk.vmdk/", b"", b'0'),
+            vec![0; 1024],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let r = vmdk(&["info", &s(&ova)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+}
+
+/// A small streamOptimized disk holding `fill` in its first 64 KiB.
+fn small_disk(dir: &Path, name: &str, fill: u8) -> PathBuf {
+    let raw = dir.join(format!("{name}.raw"));
+    let mut d = vec![0u8; 1 << 20];
+    d[..65536].fill(fill);
+    std::fs::write(&raw, d).unwrap();
+    let out = dir.join(name);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&raw),
+        &s(&out),
+    ]);
+    std::fs::remove_file(raw).unwrap();
+    out
+}
+
+const ONE_DISK_OVF: &str = r#"<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References><File ovf:href="disk.vmdk" ovf:id="f1"/></References><DiskSection><Info>d</Info><Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="d1" ovf:fileRef="f1"/></DiskSection></Envelope>"#;
+
+#[test]
+fn duplicate_member_names_are_errors_and_never_read() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::write(d.join("a.ovf"), ONE_DISK_OVF).unwrap();
+    for (case, second_name) in [("plain", "disk.vmdk"), ("dot-slash", "./disk.vmdk")] {
+        let ova = d.join(format!("{case}.ova"));
+        // The manifest vouches for the first disk.vmdk.
+        let first = small_disk(d, "disk.vmdk", 0x11);
+        let first_sha = digest("sha256sum", &first);
+        std::fs::write(
+            d.join("a.mf"),
+            format!(
+                "SHA256(a.ovf)= {}\nSHA256(disk.vmdk)= {first_sha}\n",
+                digest("sha256sum", &d.join("a.ovf"))
+            ),
+        )
+        .unwrap();
+        tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk"]);
+        // A second disk.vmdk appended (tar -r): what tar -x leaves on disk.
+        let second = small_disk(d, "disk.vmdk", 0x22);
+        let second_bytes = std::fs::read(&second).unwrap();
+        tool("tar", &["-rf", &s(&ova), "-C", &s(d), second_name]).expect(0, "tar -r");
+        let list = tool("tar", &["-tf", &s(&ova)]).expect(0, "tar -t");
+        assert_eq!(list.lines().filter(|l| l.ends_with("disk.vmdk")).count(), 2);
+        let extracted = tar_extracts(&ova);
+        assert!(
+            extracted["disk.vmdk"] == second_bytes,
+            "{case}: tar keeps the last"
+        );
+        assert_ne!(sha256_hex(&extracted["disk.vmdk"]), first_sha);
+
+        // ova info: an error naming the member; the digest checked is the extracted one's.
+        let r = vmdk(&["ova", "info", &s(&ova)]);
+        assert_eq!(r.code, 2, "{case}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout
+                .contains("duplicate-member: \"disk.vmdk\" names 2 members"),
+            "{case}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("SHA256(disk.vmdk): MISMATCH"),
+            "{case}: {}",
+            r.stdout
+        );
+        // Reading a disk out of it is refused, by the archive's name and the member's.
+        for name in [s(&ova), format!("{}/disk.vmdk", s(&ova))] {
+            let r = vmdk(&["info", &name]);
+            assert_eq!(r.code, 1, "{case} {name}: {}", r.stdout);
+            assert!(
+                r.stderr.contains("2 members named \"disk.vmdk\""),
+                "{case}: {}",
+                r.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn members_and_disks_the_manifest_omits_are_errors() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::write(d.join("a.ovf"), ONE_DISK_OVF).unwrap();
+    small_disk(d, "disk.vmdk", 0x33);
+    std::fs::write(d.join("notes.txt"), "not in the manifest\n").unwrap();
+    // The manifest vouches for the OVF only: neither the disk the OVF references nor the
+    // extra member is covered.
+    std::fs::write(
+        d.join("a.mf"),
+        format!("SHA256(a.ovf)= {}\n", digest("sha256sum", &d.join("a.ovf"))),
+    )
+    .unwrap();
+    let ova = d.join("partial.ova");
+    tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk", "notes.txt"]);
+    let r = vmdk(&["ova", "info", &s(&ova)]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    for want in [
+        "unlisted-reference: the OVF references \"disk.vmdk\"",
+        "unlisted-member: \"disk.vmdk\" is not listed in the manifest \"a.mf\"",
+        "unlisted-member: \"notes.txt\" is not listed",
+    ] {
+        assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);
+    }
+    let j = vmdk(&["ova", "info", "--output=json", &s(&ova)]).json();
+    let codes: Vec<&str> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["unlisted-reference", "unlisted-member", "unlisted-member"]
+    );
+    // A manifest line for a member the archive lacks.
+    std::fs::write(
+        d.join("a.mf"),
+        format!(
+            "SHA256(a.ovf)= {}\nSHA256(disk.vmdk)= {}\nSHA256(gone.vmdk)= 00\n",
+            digest("sha256sum", &d.join("a.ovf")),
+            digest("sha256sum", &d.join("disk.vmdk"))
+        ),
+    )
+    .unwrap();
+    let ova = d.join("gone.ova");
+    tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk"]);
+    let r = vmdk(&["ova", "info", &s(&ova)]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(
+            "missing-member: the manifest lists \"gone.vmdk\", which is not in the archive"
+        ),
+        "{}",
+        r.stdout
+    );
+    // The complete manifest: clean, exit 0.
+    std::fs::write(
+        d.join("a.mf"),
+        format!(
+            "SHA256(a.ovf)= {}\nSHA256(disk.vmdk)= {}\n",
+            digest("sha256sum", &d.join("a.ovf")),
+            digest("sha256sum", &d.join("disk.vmdk"))
+        ),
+    )
+    .unwrap();
+    let ova = d.join("clean.ova");
+    tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk"]);
+    let r = vmdk(&["ova", "info", &s(&ova)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("problems:"), "{}", r.stdout);
+}
+
+/// Whether `text` holds anything a terminal acts on or hides: C0 controls other than
+/// newline, DEL, C1 controls, bidirectional overrides and zero-width marks.
+fn has_raw_controls(text: &str) -> bool {
+    text.chars().any(|c| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[test]
+fn names_from_files_are_escaped_in_every_command() {
+    let dir = tempdir();
+    let d = dir.path();
+
+    // An OVA whose member, manifest and OVF names carry terminal escapes, a C1 CSI, a
+    // right-to-left override and a newline that would forge a line of the report.
+    let evil_member = "notes\u{1b}]0;pwned\u{7}.txt";
+    std::fs::write(d.join(evil_member), "x").unwrap();
+    let ovf = ONE_DISK_OVF.replace("disk.vmdk", "disk\u{202e}kdmv.vmdk\u{9b}2J");
+    std::fs::write(d.join("a.ovf"), &ovf).unwrap();
+    small_disk(d, "disk.vmdk", 0x44);
+    std::fs::write(
+        d.join("a.mf"),
+        "SHA256(\u{1b}[2J\u{1b}]0;pwned\u{7}disk.vmdk)= 00\nSHA256(a\u{7f}b\u{9b}31m)= 00\n\
+         SHA256(x\rSHA256(disk.vmdk): ok)= 00\n",
+    )
+    .unwrap();
+    let ova = d.join("names.ova");
+    tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk", evil_member]);
+    let r = vmdk(&["ova", "info", &s(&ova)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!has_raw_controls(&r.stdout), "{:?}", r.stdout);
+    assert!(
+        r.stdout.contains("\\x1b[2J\\x1b]0;pwned\\x07disk.vmdk"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("notes\\x1b]0;pwned\\x07.txt"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("disk\\xe2\\x80\\xaekdmv.vmdk\\xc2\\x9b2J"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("x\\x0dSHA256(disk.vmdk): ok"),
+        "{}",
+        r.stdout
+    );
+    // JSON: escaped as \uXXXX, so safe to show and parsed back to the true names.
+    let r = vmdk(&["ova", "info", "--output=json", &s(&ova)]);
+    assert!(!has_raw_controls(&r.stdout), "{:?}", r.stdout);
+    let j = r.json();
+    assert_eq!(j["disks"][0]["file"], "disk\u{202e}kdmv.vmdk\u{9b}2J");
+    assert_eq!(j["digests"][1]["file"], "a\u{7f}b\u{9b}31m");
+
+    // A descriptor whose extent file is named with escapes: info, map and check print it
+    // escaped, and the error for a missing one is escaped too.
+    let flat = "fl\u{1b}[31mat\u{9b}.bin";
+    std::fs::write(d.join(flat), vec![0x5au8; 1 << 20]).unwrap();
+    let desc = |extent: &str| {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\n\n# Extent description\nRW 2048 FLAT \"{extent}\" 0\n\n\
+             # The Disk Data Base\n#DDB\n\nddb.adapterType = \"ide\"\n"
+        )
+    };
+    let good = d.join("good.vmdk");
+    std::fs::write(&good, desc(flat)).unwrap();
+    for args in [
+        vec!["info"],
+        vec!["info", "--output=json"],
+        vec!["map"],
+        vec!["check"],
+    ] {
+        let mut a = args.clone();
+        let g = s(&good);
+        a.push(&g);
+        let r = vmdk(&a);
+        assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+        assert!(!has_raw_controls(&r.stdout), "{a:?}: {:?}", r.stdout);
+        assert!(!has_raw_controls(&r.stderr), "{a:?}: {:?}", r.stderr);
+    }
+    let info = vmdk_ok(&["info", &s(&good)]);
+    assert!(info.contains("fl\\x1b[31mat\\xc2\\x9b.bin"), "{info}");
+    let map = vmdk_ok(&["map", &s(&good)]);
+    assert!(map.contains("fl\\x1b[31mat\\xc2\\x9b.bin"), "{map}");
+    let missing = d.join("missing.vmdk");
+    std::fs::write(&missing, desc("gone\u{1b}]0;pwned\u{7}.bin")).unwrap();
+    for cmd in ["info", "check", "map"] {
+        let r = vmdk(&[cmd, &s(&missing)]);
+        assert_eq!(r.code, 1, "{cmd}: {}", r.stderr);
+        assert!(!has_raw_controls(&r.stderr), "{cmd}: {:?}", r.stderr);
+        assert!(
+            r.stderr.contains("gone\\x1b]0;pwned\\x07.bin"),
+            "{cmd}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_dotdot_member_is_refused_without_a_hint_that_cannot_help() {
+    let dir = tempdir();
+    let p = dir.path().join("dotdot.ova");
+    std::fs::write(&p, archive(&[("../x.vmdk", b"x")])).unwrap();
+    for args in [vec!["info"], vec!["ova", "info"]] {
+        let mut a = args.clone();
+        let ps = s(&p);
+        a.push(&ps);
+        let r = vmdk(&a);
+        assert_eq!(r.code, 1, "{a:?}: {}", r.stderr);
+        assert!(r.stderr.contains("climbs out"), "{}", r.stderr);
+        // No option makes such an archive acceptable.
+        assert!(!r.stderr.contains("--allow-path"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn an_ovf_of_many_disks_reports_in_time_proportional_to_its_size() {
+    let dir = tempdir();
+    let d = dir.path();
+    // 30,000 disks, each with a file and a hardware item: before, every disk looked up
+    // its file and its controller by scanning all of them (minutes).
+    let n = 30_000;
+    let mut ovf = String::from(
+        r#"<?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"><References>"#,
+    );
+    for i in 0..n {
+        ovf.push_str(&format!(r#"<File ovf:href="d{i}.vmdk" ovf:id="f{i}"/>"#));
+    }
+    ovf.push_str("</References><DiskSection><Info>d</Info>");
+    for i in 0..n {
+        ovf.push_str(&format!(
+            r#"<Disk ovf:capacity="1" ovf:diskId="k{i}" ovf:fileRef="f{i}"/>"#
+        ));
+    }
+    ovf.push_str(r#"</DiskSection><VirtualSystem ovf:id="vm"><Info>x</Info><VirtualHardwareSection><Info>x</Info><Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>"#);
+    for i in 0..n {
+        ovf.push_str(&format!(
+            "<Item><rasd:HostResource>ovf:/disk/k{i}</rasd:HostResource><rasd:InstanceID>{}</rasd:InstanceID><rasd:Parent>1</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>",
+            i + 2
+        ));
+    }
+    ovf.push_str("</VirtualHardwareSection></VirtualSystem></Envelope>");
+    let ova = d.join("many.ova");
+    let bytes = archive(&[("a.ovf", ovf.as_bytes())]);
+    std::fs::write(&ova, &bytes).unwrap();
+    for out in ["human", "json"] {
+        let t = std::time::Instant::now();
+        let r = vmdk(&["ova", "info", &format!("--output={out}"), &s(&ova)]);
+        let took = t.elapsed();
+        // Every disk's file is missing: findings, exit 2.
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        let mb = bytes.len() as f64 / 1e6;
+        eprintln!("{out}: {mb:.1} MB in {took:?}");
+        assert!(
+            took.as_secs_f64() < (mb * 0.5).max(2.0),
+            "{out}: {took:?} for {mb:.1} MB"
+        );
+        if out == "json" {
+            assert_eq!(r.json()["disks"][n - 1]["controller"], "SCSI");
+        }
+    }
 }

@@ -402,3 +402,241 @@ fn backing_files_pass_the_path_gate() {
     qemu_raw(&top, &want);
     assert!(std::fs::read(&want).unwrap() == std::fs::read(&out).unwrap());
 }
+
+/// Host offset of the L2 entry of cluster `index` in the table the first L1 entry names
+/// (`entry_size`: 8, or 16 with extended L2).
+fn l2_entry(path: &Path, index: u64, entry_size: u64) -> u64 {
+    let l1 = be64(path, 40);
+    (be64(path, l1) & 0x00ff_ffff_ffff_fe00) + index * entry_size
+}
+
+/// Convert `p` to raw with qemu-img and with us: either both fail, qemu saying `qemu_says`
+/// and we `we_say`, naming the file (`None`: both succeed with the same bytes).
+fn as_qemu_reads(p: &Path, fail: Option<(&str, &[&str])>) {
+    let dir = p.parent().unwrap();
+    let stem = p.file_stem().unwrap().to_str().unwrap();
+    let (want, ours) = (
+        dir.join(format!("{stem}.want")),
+        dir.join(format!("{stem}.ours")),
+    );
+    let q = tool("qemu-img", &["convert", "-O", "raw", &s(p), &s(&want)]);
+    let r = vmdk(&["convert", "-O", "raw", &s(p), &s(&ours)]);
+    assert!(!r.stderr.contains("panicked"), "{stem}: {}", r.stderr);
+    match fail {
+        Some((qemu_says, we_say)) => {
+            assert_eq!(q.code, 1, "{stem}: qemu-img convert succeeded");
+            assert!(
+                q.stderr.contains(qemu_says),
+                "{stem}: qemu said {}",
+                q.stderr
+            );
+            assert_eq!(r.code, 1, "{stem}: we converted what qemu refuses");
+            let name = format!("'{}'", s(p));
+            for needle in we_say.iter().chain([&name.as_str()]) {
+                assert!(
+                    r.stderr.contains(needle),
+                    "{stem}: no '{needle}' in {}",
+                    r.stderr
+                );
+            }
+        }
+        None => {
+            assert_eq!(q.code, 0, "{stem}: qemu-img: {}", q.stderr);
+            assert_eq!(r.code, 0, "{stem}: {}", r.stderr);
+            assert!(
+                std::fs::read(&want).unwrap() == std::fs::read(&ours).unwrap(),
+                "{stem}: we read other bytes than qemu"
+            );
+        }
+    }
+}
+
+/// A raw deflate stream of stored blocks holding `data` (no compression needed to test what
+/// a stream inflates to).
+fn stored_deflate(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut blocks = data.chunks(65535).peekable();
+    while let Some(b) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none()));
+        let n = b.len() as u16;
+        out.extend(n.to_le_bytes());
+        out.extend((!n).to_le_bytes());
+        out.extend(b);
+    }
+    out
+}
+
+/// qemu inflates a compressed cluster into a cluster-sized buffer and fails the read (EIO)
+/// unless the buffer comes out full: a stream of 100 bytes in a 64 KiB cluster is corrupt,
+/// where we used to pad it with zeros. Once the buffer is full, what follows is ignored: a
+/// stream running past the cluster, or cut by its L2 entry's sector count after filling it,
+/// reads as qemu reads it (we used to refuse both).
+#[test]
+fn compressed_clusters_inflate_to_a_whole_cluster_or_fail_as_in_qemu() {
+    let d = tempdir();
+    let base = qcreate(d.path(), "comp.qcow2", "", None);
+    qio(
+        &base,
+        &["write -c -P 0x11 0 64k", "write -c -P 0x22 64k 64k"],
+    );
+    // 64 KiB clusters: offset in bits 0..54, extra sectors above.
+    let at = l2_entry(&base, 1, 8);
+    assert_ne!(be64(&base, at) & 1 << 62, 0, "cluster 1 is not compressed");
+    let with_stream = |name: &str, stream: &[u8], stored: u64| {
+        let p = d.path().join(name);
+        std::fs::copy(&base, &p).unwrap();
+        let off = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
+        patch(&p, off, stream);
+        let sectors = stored.div_ceil(512);
+        let entry = 1u64 << 62 | (sectors - 1) << 54 | off;
+        patch(&p, at, &entry.to_be_bytes());
+        p
+    };
+    let short = stored_deflate(&[0x33; 100]);
+    let p = with_stream("short.qcow2", &short, short.len() as u64);
+    as_qemu_reads(
+        &p,
+        Some((
+            "Input/output error",
+            &[
+                "compressed cluster at host offset",
+                "(guest offset 65536)",
+                "inflates to only 100 of the 65536 bytes",
+            ],
+        )),
+    );
+    // compare reads it through the same decoder.
+    let r = vmdk(&["compare", &s(&p), &s(&base)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("inflates to only 100"), "{}", r.stderr);
+    // 100 bytes more than a cluster.
+    let long = stored_deflate(&[0x44; 65636]);
+    as_qemu_reads(&with_stream("long.qcow2", &long, long.len() as u64), None);
+    // 1000 bytes more, but the entry's sectors end 502 bytes into the second block.
+    let cut = stored_deflate(&[0x55; 66535]);
+    as_qemu_reads(&with_stream("cut.qcow2", &cut, 65535 + 5 + 5 + 1), None);
+}
+
+/// Bit 0 of an L2 entry means "reads as zeros" from version 3 on; in a version 2 image it is
+/// reserved, and qemu reports the cluster as corrupt ("Zero cluster entry found in pre-v3
+/// image") whether or not the entry also names a host cluster. We read it as zeros.
+#[test]
+fn a_zero_flag_in_a_version_2_image_is_corruption_as_in_qemu() {
+    let d = tempdir();
+    let base = qcreate(d.path(), "v2.qcow2", "compat=0.10", None);
+    fill(&base);
+    // Cluster 1 holds data (written at 0..1M); cluster 40 (2.5 MiB) nothing.
+    for (name, cluster, entry) in [
+        ("v2-data.qcow2", 1, None),
+        ("v2-plain.qcow2", 40, Some(1u64)),
+    ] {
+        let p = d.path().join(name);
+        std::fs::copy(&base, &p).unwrap();
+        let at = l2_entry(&p, cluster, 8);
+        let e = entry.unwrap_or(be64(&p, at) | 1);
+        patch(&p, at, &e.to_be_bytes());
+        let guest = format!("(guest offset {})", cluster << 16);
+        let we_say = ["zero flag set in a version 2 image", guest.as_str()];
+        as_qemu_reads(
+            &p,
+            Some(("Zero cluster entry found in pre-v3 image", &we_say)),
+        );
+        // Every walk of the map meets it.
+        refused(&["map", "--output=json", &s(&p)], we_say[0]);
+        refused(&["measure", "-O", "vmdk", &s(&p)], we_say[0]);
+    }
+}
+
+/// A change to one table entry.
+type Edit = dyn Fn(u64) -> u64;
+
+/// The other checks qemu makes of L1 and L2 entries as it reads (`qcow2_get_host_offset`):
+/// each entry it refuses we refuse, naming the file and the guest offset; entries it reads
+/// (reserved bits set, data past the end of the file) we read as it does.
+#[test]
+fn l1_and_l2_entries_are_checked_as_qemu_checks_them() {
+    let d = tempdir();
+    let base = qcreate(d.path(), "base.qcow2", "", None);
+    fill(&base);
+    let ext = qcreate(d.path(), "ext.qcow2", "extended_l2=on", None);
+    fill(&ext);
+    let variant = |from: &Path, name: &str, at: u64, f: &Edit| {
+        let p = d.path().join(name);
+        std::fs::copy(from, &p).unwrap();
+        let v = f(be64(&p, at));
+        patch(&p, at, &v.to_be_bytes());
+        p
+    };
+    let l1 = be64(&base, 40);
+    let e1 = l2_entry(&base, 1, 8);
+    let x1 = l2_entry(&ext, 1, 16);
+    let qemu_corrupt = "Image is corrupt";
+    let refused_cases: [(&str, &Path, u64, &Edit, &[&str]); 6] = [
+        (
+            "unaligned-data.qcow2",
+            &base,
+            e1,
+            &|e| e + 512,
+            &["is not cluster-aligned", "(guest offset 65536)"],
+        ),
+        (
+            "unaligned-zero.qcow2",
+            &base,
+            e1,
+            &|e| (e + 512) | 1,
+            &["is not cluster-aligned", "(guest offset 65536)"],
+        ),
+        (
+            "unaligned-l2.qcow2",
+            &base,
+            l1,
+            &|e| e + 512,
+            &["L2 table offset", "of L1 entry 0 (guest offset 0)"],
+        ),
+        (
+            "compressed-at-0.qcow2",
+            &base,
+            e1,
+            &|_| 1 << 62,
+            &[
+                "compressed cluster at host offset 0",
+                "(guest offset 65536)",
+            ],
+        ),
+        (
+            "ext-alloc-and-zero.qcow2",
+            &ext,
+            x1 + 8,
+            &|b| b | 1 << 32 | 1,
+            &["both allocated and zero", "(guest offset 65536)"],
+        ),
+        (
+            "ext-alloc-no-host.qcow2",
+            &ext,
+            x1,
+            &|_| 0,
+            &["without a host cluster", "(guest offset 65536)"],
+        ),
+    ];
+    for (name, from, at, f, we_say) in refused_cases {
+        let p = variant(from, name, at, f);
+        // qemu reports a corrupt image, except for the stream at offset 0 (the header),
+        // which only fails to inflate.
+        let qemu_says = if name.starts_with("compressed") {
+            "Input/output error"
+        } else {
+            qemu_corrupt
+        };
+        as_qemu_reads(&p, Some((qemu_says, we_say)));
+    }
+    let read_cases: [(&str, u64, &Edit); 3] = [
+        // Reserved bits: 1-8 and 56-61 of an L2 entry, 1-8 and 56-62 of an L1 entry.
+        ("reserved-l2.qcow2", e1, &|e| e | 1 << 56 | 1 << 5),
+        ("reserved-l1.qcow2", l1, &|e| e | 1 << 57 | 2),
+        // A data cluster past the end of the file reads as zeros.
+        ("past-eof.qcow2", e1, &|_| 1 << 63 | 1 << 40),
+    ];
+    for (name, at, f) in read_cases {
+        as_qemu_reads(&variant(&base, name, at, f), None);
+    }
+}

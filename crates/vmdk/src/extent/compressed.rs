@@ -7,9 +7,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::extent::map::ExtentFile;
 use crate::format::marker::{compress_bound, GrainMarker, GRAIN_MARKER_SIZE};
 use crate::format::SECTOR_SIZE;
-use crate::map::ExtentFile;
 
 /// Highest zlib level accepted (libdeflate goes to 12; levels 0-9 mean what they mean to zlib).
 pub const MAX_LEVEL: u32 = 12;
@@ -120,6 +120,8 @@ pub struct CompressedGrain {
     /// For a qcow2 compressed cluster: a raw deflate stream (no zlib wrapper) of at most
     /// this many bytes, instead of a VMDK grain record.
     deflate_len: Option<u64>,
+    /// Guest offset of the grain's first byte, when known (qcow2 clusters): for messages.
+    guest: Option<u64>,
 }
 
 impl CompressedGrain {
@@ -137,17 +139,19 @@ impl CompressedGrain {
             in_grain,
             has_marker,
             deflate_len: None,
+            guest: None,
         }
     }
 
-    /// A qcow2 compressed cluster: a raw deflate stream of at most `stored_len` bytes at
-    /// `offset` that inflates to `cluster_size` bytes.
+    /// A qcow2 compressed cluster at guest offset `guest`: a raw deflate stream of at most
+    /// `stored_len` bytes at `offset` that inflates to `cluster_size` bytes.
     pub(crate) fn raw_deflate(
         file: Arc<ExtentFile>,
         offset: u64,
         cluster_size: u64,
         in_grain: u64,
         stored_len: u64,
+        guest: u64,
     ) -> Self {
         CompressedGrain {
             file,
@@ -156,6 +160,7 @@ impl CompressedGrain {
             in_grain,
             has_marker: false,
             deflate_len: Some(stored_len),
+            guest: Some(guest),
         }
     }
 
@@ -241,6 +246,22 @@ fn decompress_error(file: &ExtentFile, grain_offset: u64, why: impl std::fmt::Di
     .with_path(&file.path)
 }
 
+/// The error of a qcow2 compressed cluster that does not inflate as QEMU requires.
+fn cluster_error(g: &CompressedGrain, why: impl std::fmt::Display) -> Error {
+    let guest = g
+        .guest
+        .map(|o| format!(" (guest offset {o})"))
+        .unwrap_or_default();
+    Error::new(
+        ErrorKind::Decompress,
+        format!(
+            "compressed cluster at host offset {}{guest} is corrupt: {why}",
+            g.offset
+        ),
+    )
+    .with_path(&g.file.path)
+}
+
 /// Decompress one zlib stream into `out`, which must be filled exactly or up to its end
 /// (a short grain is zero-filled: the last grain of an extent may be partial).
 fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
@@ -264,20 +285,32 @@ fn inflate_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> 
 }
 
 /// Decompress one raw deflate stream (a qcow2 compressed cluster, followed by whatever lies
-/// after it in its last sector) into `out`, zero-filling what it does not cover.
+/// after it in its last sector) into `out`, a whole cluster, as QEMU does: the cluster must
+/// be filled, and once it is, what follows does not matter.
+///
+/// QEMU inflates with zlib into a cluster-sized buffer and fails the read (EIO) unless the
+/// buffer is full; a stream that goes on past the cluster, or is cut at the sector bound of
+/// its L2 entry after filling it, reads fine. libdeflate, much faster, decodes whole streams
+/// only: it answers every well-formed cluster, and the rest goes through zlib's streaming
+/// inflate to get QEMU's verdict.
 fn inflate_raw_into(data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
-    let n = DECOMPRESSOR.with(|d| {
-        d.borrow_mut()
-            .deflate_decompress(data, out)
-            .map_err(|e| match e {
-                libdeflater::DecompressionError::BadData => "invalid deflate data".to_string(),
-                libdeflater::DecompressionError::InsufficientSpace => format!(
-                    "data decompresses to more than the {}-byte cluster",
-                    out.len()
-                ),
-            })
-    })?;
-    out[n..].fill(0);
+    let fast = DECOMPRESSOR.with(|d| d.borrow_mut().deflate_decompress(data, out));
+    let n = match fast {
+        Ok(n) => n,
+        Err(_) => {
+            let mut z = flate2::Decompress::new(false);
+            match z.decompress(data, out, flate2::FlushDecompress::Finish) {
+                Ok(_) => z.total_out() as usize,
+                Err(e) => return Err(format!("invalid deflate data ({e})")),
+            }
+        }
+    };
+    if n < out.len() {
+        return Err(format!(
+            "it inflates to only {n} of the {} bytes of a cluster",
+            out.len()
+        ));
+    }
     Ok(())
 }
 
@@ -286,13 +319,12 @@ fn read_grain(g: &CompressedGrain, out: &mut [u8]) -> Result<()> {
     let (file, grain_offset, has_marker) = (&*g.file, g.offset, g.has_marker);
     let grain_size = out.len() as u64;
     if let Some(len) = g.deflate_len {
+        // Past the end of the file the stream reads as zeros, as it does to QEMU.
         let mut data = vec![0u8; len as usize];
-        let got = file
-            .storage
+        file.storage
             .read_up_to(&mut data, grain_offset)
             .map_err(|e| Error::io(e, "reading compressed cluster").with_path(&file.path))?;
-        return inflate_raw_into(&data[..got], out)
-            .map_err(|e| decompress_error(file, grain_offset, e));
+        return inflate_raw_into(&data, out).map_err(|e| cluster_error(g, e));
     }
     if has_marker {
         let mut m = [0u8; GRAIN_MARKER_SIZE];

@@ -20,12 +20,12 @@ use crate::extent::budget::ExtentBudget;
 use crate::extent::entries::AtomicEntries;
 use crate::extent::free_space::FreeSpace;
 use crate::extent::grain_table::{GrainTable, GrainTableCache};
+use crate::extent::map::ExtentFile;
 use crate::extent::metadata::Region;
 use crate::extent::write_guard::WriteGuard;
 use crate::format::cowd_header::{decode_free_sector, encode_free_sector, FREE_SECTOR_OFFSET};
 use crate::format::grain_entry::{self, GrainCoding, GrainEntry, SparseFlavor};
 use crate::format::SECTOR_SIZE;
-use crate::map::ExtentFile;
 
 /// Directory bytes read from the file at once while loading a directory.
 const DIRECTORY_READ_CHUNK: u64 = 64 << 10;

@@ -1,5 +1,6 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
-//! nothing, for ZERO extents).
+//! nothing, for ZERO extents), and [`map`], the answers a map gives (extents produce them,
+//! so they live here rather than above).
 
 pub(crate) mod allocation;
 pub mod budget;
@@ -9,6 +10,7 @@ pub(crate) mod free_space;
 pub mod grain_directory;
 pub mod grain_table;
 mod make_empty;
+pub mod map;
 pub mod metadata;
 pub mod sparse;
 pub mod sparse_write;
@@ -18,8 +20,8 @@ pub mod write_map;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::extent::map::{ExtentFile, MapTarget};
 use crate::format::descriptor::{ExtentAccess, ExtentType};
-use crate::map::{ExtentFile, MapTarget};
 pub use grain_directory::GrainDirectory;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
 pub use write_map::WriteOp;

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::extent::budget::ExtentBudget;
 use crate::extent::grain_directory::{read_exact, DirectoryPlace, GrainDirectory};
 use crate::extent::grain_table::GrainTable;
+use crate::extent::map::{ExtentFile, MapTarget};
 use crate::extent::metadata::header_regions;
 use crate::format::cowd_header::{CowdHeader, COWD_GT_ENTRIES};
 use crate::format::grain_entry::GrainCoding;
@@ -16,7 +17,6 @@ use crate::format::marker::{parse_stream_footer, FOOTER_SIZE};
 use crate::format::sesparse_header::{self, SeSparseConstHeader};
 use crate::format::sparse_header::{SparseHeader, GD_AT_END};
 use crate::format::SECTOR_SIZE;
-use crate::map::{ExtentFile, MapTarget};
 
 /// QEMU's cap on grain-directory entries; a directory larger than this is corrupt.
 pub const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;

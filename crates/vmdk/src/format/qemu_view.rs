@@ -221,10 +221,48 @@ pub struct DescriptorFileOpen {
     pub create_type: Option<Vec<u8>>,
     /// The files it opens, in order, up to the first failure (at most [`MAX_EXTENTS`]).
     pub extents: Vec<QemuExtent>,
-    /// Whether it opens more extents than [`MAX_EXTENTS`] (the rest are not listed).
+    /// Whether it opens more extents than [`MAX_EXTENTS`] (the rest are not listed, but the
+    /// lines after them are still checked for [`Self::failure`]).
     pub more_extents: bool,
     /// Why the open fails, if it does (files before the failure were opened already).
-    pub failure: Option<String>,
+    pub failure: Option<OpenFailure>,
+}
+
+/// Why the driver refuses a descriptor file before opening its extents, with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// No `createType` value where `vmdk_parse_description` looks.
+    NoCreateType,
+    /// A createType not in [`DESCRIPTOR_FILE_TYPES`].
+    UnsupportedType(Vec<u8>),
+    /// An `RW` extent line of a known shape with a field too many or too few: a FLAT line
+    /// without an offset (or a negative one), or a VMFS or sparse line with one. The line's
+    /// text, its end of line left out.
+    InvalidExtentLine(Vec<u8>),
+}
+
+/// Longest stretch of an extent line [`OpenFailure`]'s message quotes.
+const MAX_QUOTED_LINE: usize = 160;
+
+impl std::fmt::Display for OpenFailure {
+    /// QEMU's messages (`vmdk_open_desc_file`, `vmdk_parse_extents`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::NoCreateType => f.write_str("invalid VMDK image descriptor"),
+            OpenFailure::UnsupportedType(t) => {
+                write!(f, "Unsupported image type '{}'", String::from_utf8_lossy(t))
+            }
+            OpenFailure::InvalidExtentLine(line) => {
+                let cut = line.len().min(MAX_QUOTED_LINE);
+                write!(
+                    f,
+                    "Invalid extent line: {}{}",
+                    String::from_utf8_lossy(&line[..cut]),
+                    if cut < line.len() { "..." } else { "" }
+                )
+            }
+        }
+    }
 }
 
 /// `vmdk_open_desc_file` over `buf` (the bytes at the descriptor offset, at most
@@ -237,7 +275,7 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
     };
     match &out.create_type {
         None => {
-            out.failure = Some("invalid VMDK image descriptor (no createType)".into());
+            out.failure = Some(OpenFailure::NoCreateType);
             return out;
         }
         Some(ct)
@@ -245,10 +283,7 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
                 .iter()
                 .any(|t| t.as_bytes() == ct.as_slice()) =>
         {
-            out.failure = Some(format!(
-                "Unsupported image type '{}'",
-                String::from_utf8_lossy(ct)
-            ));
+            out.failure = Some(OpenFailure::UnsupportedType(ct.clone()));
             return out;
         }
         Some(_) => {}
@@ -279,16 +314,20 @@ pub fn open_descriptor_file(buf: &[u8]) -> DescriptorFileOpen {
         match scan_extent_line(scan) {
             LineScan::Skip => {}
             LineScan::Invalid => {
-                out.failure = Some(format!(
-                    "Invalid extent line at byte {line} of the descriptor"
-                ));
+                // QEMU quotes the line up to its `\n` (a CRLF line's `\r` is left out too).
+                let text = &text[line..next];
+                let text = text.strip_suffix(b"\n").unwrap_or(text);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                out.failure = Some(OpenFailure::InvalidExtentLine(text.to_vec()));
                 return out;
             }
             LineScan::Extent { kind, file } => {
                 if out.extents.len() == MAX_EXTENTS {
-                    // Enough to say what it opens; a hostile text can name millions.
+                    // Enough to say what it opens (a hostile text can name millions); the
+                    // scan goes on for a line that fails the open.
                     out.more_extents = true;
-                    return out;
+                    line = next;
+                    continue;
                 }
                 out.extents.push(QemuExtent {
                     kind,
@@ -575,9 +614,34 @@ mod tests {
         let o = open_descriptor_file(d);
         assert!(!o.extents.is_empty());
         assert!(o.extents.iter().all(|e| e.file == b"/etc/passwd"));
-        // FLAT without an offset fails the open.
+        // FLAT without an offset fails the open, and so does VMFS or SPARSE with one; the
+        // message quotes the line as QEMU does.
         let o = open_descriptor_file(b"createType=\"monolithicFlat\"\nRW 1 FLAT \"a\"\n");
-        assert!(o.failure.is_some());
+        assert_eq!(
+            o.failure.map(|f| f.to_string()).as_deref(),
+            Some("Invalid extent line: RW 1 FLAT \"a\"")
+        );
+        for line in [
+            "RW 1 VMFS \"a\" 0",
+            "RW 1 SPARSE \"a\" 7",
+            "RW 1 FLAT \"a\" -1",
+        ] {
+            let d = format!("createType=\"vmfs\"\r\n{line}\r\n");
+            let o = open_descriptor_file(d.as_bytes());
+            assert_eq!(
+                o.failure,
+                Some(OpenFailure::InvalidExtentLine(line.as_bytes().to_vec()))
+            );
+        }
+        // Extra words that are not a number are not a fifth field.
+        let o = open_descriptor_file(b"createType=\"vmfs\"\nRW 1 SPARSE \"a\" x\n");
+        assert_eq!(o.failure, None);
+        let o = open_descriptor_file(b"version=1\nRW 1 FLAT \"a\" 0\n");
+        assert_eq!(o.failure, Some(OpenFailure::NoCreateType));
+        assert_eq!(
+            OpenFailure::UnsupportedType(b"custom".to_vec()).to_string(),
+            "Unsupported image type 'custom'"
+        );
         // createType in a comment counts; an unknown one stops before any extent.
         let o = open_descriptor_file(b"# createType=\"vmfs\"\nRW 1 VMFS \"x\"\n");
         assert_eq!(o.extents.len(), 1);

@@ -5,10 +5,11 @@ use std::path::Path;
 
 use super::open::read_head;
 use super::DescriptorLocation;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::descriptor::{
     Descriptor, ExtentAccess, ExtentLine, ExtentType, CID_NONE, MAX_DESCRIPTOR_SIZE,
 };
+use crate::format::qemu_view::{self, OpenFailure};
 use crate::format::sparse_header::SparseHeader;
 use crate::format::SECTOR_SIZE;
 use crate::storage::Storage;
@@ -26,7 +27,37 @@ pub(super) fn read_descriptor_file(storage: &dyn Storage, path: &Path) -> Result
         .with_path(path));
     }
     let text = read_head(storage, path, len as usize)?;
-    parse_descriptor(&text, path)
+    // QEMU's refusals first, in its words; but where it finds no createType, our parser
+    // says more precisely what is wrong.
+    let qemu = qemu_view::open_descriptor_file(&text).failure;
+    if let Some(f) = qemu.clone().filter(|f| *f != OpenFailure::NoCreateType) {
+        return Err(qemu_refusal(f, path));
+    }
+    let descriptor = parse_descriptor(&text, path)?;
+    match qemu {
+        Some(f) => Err(qemu_refusal(f, path)),
+        None => Ok(descriptor),
+    }
+}
+
+/// The error for a descriptor file QEMU will not open ([`qemu_view::open_descriptor_file`]),
+/// in QEMU's words: a createType its driver does not take for a descriptor file (`custom`,
+/// `fullDevice`, `monolithicSparse`, ...: only the six of
+/// [`qemu_view::DESCRIPTOR_FILE_TYPES`]), or an `RW` extent line with a field too many or
+/// too few (FLAT without an offset, VMFS or a sparse type with one). Our own parser would
+/// read such files, and people would then make images that qemu-img, a VM or another host
+/// refuses. Lines QEMU skips (other access modes, unknown types) stay ours to read.
+///
+/// Only descriptor *files*: QEMU makes these checks on no embedded descriptor but the one of
+/// a capacity-0 sparse header, which is left alone because real files need it: qemu-img
+/// itself writes capacity-0 `monolithicSparse` images that it then cannot reopen
+/// (`shared/FORMAT-NOTES.md`, the `dualfuse` sample), and they stay valid 0-byte disks.
+fn qemu_refusal(failure: OpenFailure, path: &Path) -> Error {
+    let kind = match failure {
+        OpenFailure::UnsupportedType(_) => ErrorKind::Unsupported,
+        OpenFailure::NoCreateType | OpenFailure::InvalidExtentLine(_) => ErrorKind::Corrupt,
+    };
+    Error::new(kind, failure.to_string()).with_path(path)
 }
 
 /// The descriptor embedded in a sparse file, and where it is, if the header says there is one.

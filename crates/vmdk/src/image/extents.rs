@@ -10,11 +10,11 @@ use super::open::{open_storage, read_head};
 use super::{probe, DescriptorLocation, FileFormat, Image, OpenOptions, MAX_VIRTUAL_SIZE};
 use crate::error::{Error, Result};
 use crate::extent::budget::ExtentBudget;
+use crate::extent::map::ExtentFile;
 use crate::extent::{Extent, ExtentKind, SparseExtent};
 use crate::format::descriptor::{Descriptor, ExtentAccess, ExtentLine, ExtentType};
 use crate::format::SECTOR_SIZE;
-use crate::lock::FileRole;
-use crate::map::ExtentFile;
+use crate::storage::lock::FileRole;
 use crate::storage::{FileId, Storage};
 
 /// An image whose one extent is the sparse file it was opened from.
@@ -58,7 +58,7 @@ pub(super) fn single_extent(
         writable,
         storage,
         write_state: Default::default(),
-        namespace: crate::namespace::local(),
+        namespace: crate::storage::namespace::local(),
     }
 }
 
@@ -116,7 +116,7 @@ pub(super) fn from_descriptor(
         writable,
         storage,
         write_state: Default::default(),
-        namespace: crate::namespace::local(),
+        namespace: crate::storage::namespace::local(),
     })
 }
 

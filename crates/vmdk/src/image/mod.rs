@@ -1,31 +1,41 @@
-//! An open image as a mapped disk: the [`Image`] type, what it holds, and the answers it
-//! gives over the whole virtual disk ([`Image::map`], [`Image::map_layer`],
-//! [`Image::read_at`]) through the one walk over its extents. Opening (probing, the
-//! descriptor, extents, backing chain, CID check, locks) is in `open.rs`, what a file is in
-//! `probe.rs`, and how to open in `options.rs`.
+//! The image layer. This file: an open image as a mapped disk: the [`Image`] type, what it
+//! holds, and the answers it gives over the whole virtual disk ([`Image::map`],
+//! [`Image::map_layer`], [`Image::read_at`]) through the one walk over its extents.
+//! Opening (probing, the descriptor, extents, backing chain, CID check, locks) is in
+//! `open.rs`, what a file is in `probe.rs`, and how to open in `options.rs`; writing (the
+//! one write walk, the CID update) in [`write`](mod@write). [`Disk`] (`disk.rs`) is what whole-disk
+//! operations read, whatever the format ([`ImageFormat`]); [`raw`] is raw files as disks,
+//! [`walk`] walks disks' maps in bounded batches, [`reader`] is `std::io::Read + Seek` over
+//! an image.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
 use crate::extent::{Extent, ExtentKind};
 use crate::format::descriptor::{Descriptor, ExtentAccess};
-use crate::map::{MapBuilder, MapEntry, MapTarget};
-use crate::namespace::Namespace;
+use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
 mod descriptor;
+mod disk;
 mod extents;
 mod open;
 mod options;
 mod probe;
+pub mod raw;
+pub mod reader;
+pub mod walk;
+pub mod write;
 
+pub use disk::{Disk, ImageFormat};
 pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE};
 pub(crate) use probe::probe_storage_full;
 pub use probe::{
     foreign_format_error, foreign_virtual_size, foreign_virtual_size_of, probe, probe_in,
-    probe_path, probe_storage, FileFormat,
+    probe_path, probe_storage, FileFormat, SOURCE_FORMATS,
 };
 
 /// Where an image's descriptor text lives.
@@ -58,7 +68,7 @@ pub struct Image {
     pub(crate) backing: Option<Box<Image>>,
     pub(crate) writable: bool,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) write_state: crate::write::WriteState,
+    pub(crate) write_state: crate::image::write::WriteState,
     /// Where this image's files are (new extents of a resize go there too).
     pub(crate) namespace: Arc<dyn Namespace>,
 }
@@ -265,38 +275,67 @@ impl Image {
         Ok(out.entries)
     }
 
+    /// Map `[offset, offset+len)` through the chain into `out`, stopping when `out` is full.
+    ///
+    /// Each piece of this layer is resolved as its extent hands it over, not after the layer
+    /// is mapped: the walk then stops within a piece of where `out` filled. Mapping the
+    /// layer first (its empty stretches merged into one) made every batch of a whole-disk
+    /// walk rescan the rest of an empty overlay: batches × overlay tables over a backing
+    /// file of many entries.
     fn map_resolved(&self, offset: u64, len: u64, depth: u32, out: &mut MapBuilder) -> Result<()> {
-        // Every entry of this layer becomes at least one entry of `out`: never map more of
-        // the layer than `out` can take.
-        let mut layer = MapBuilder::with_limit(out.room().saturating_add(1));
-        self.map_layer_into(offset, len, depth, &mut layer)?;
-        for e in layer.entries {
-            match (&e.target, &self.backing) {
-                (MapTarget::Unallocated, Some(b)) => {
-                    // The part beyond a smaller parent reads as zeros.
-                    let inside = b.size.saturating_sub(e.start).min(e.length);
-                    if inside > 0 {
-                        b.map_resolved(e.start, inside, depth + 1, out)?;
-                    }
-                    if out.stopped()
-                        || !out.push(
-                            e.start + inside,
-                            e.length - inside,
-                            MapTarget::Unallocated,
-                            depth,
-                        )
-                    {
-                        return Ok(());
-                    }
-                }
-                _ => {
-                    if !out.push(e.start, e.length, e.target, e.depth) {
-                        return Ok(());
-                    }
-                }
+        let mut failed = None;
+        self.walk_extents(offset, len, |_, e, rel, n, _| {
+            let pos = e.start + rel;
+            if e.access == ExtentAccess::NoAccess {
+                // See `map_layer_into`.
+                out.push(pos, n, MapTarget::Zero, depth);
+                return Ok(!out.stopped());
             }
+            let mut at = pos;
+            e.map(rel, n, &mut |l, t| {
+                let more = self
+                    .resolve_piece(at, l, t, depth, out)
+                    .unwrap_or_else(|err| {
+                        failed = Some(err);
+                        false
+                    });
+                at += l;
+                more
+            })?;
+            if let Some(err) = failed.take() {
+                return Err(err);
+            }
+            Ok(!out.stopped())
+        })
+    }
+
+    /// Push one piece of this layer into `out`, through the backing chain where the layer
+    /// holds nothing; `false` once `out` is full.
+    fn resolve_piece(
+        &self,
+        start: u64,
+        length: u64,
+        target: MapTarget,
+        depth: u32,
+        out: &mut MapBuilder,
+    ) -> Result<bool> {
+        match (&target, &self.backing) {
+            (MapTarget::Unallocated, Some(b)) => {
+                // The part beyond a smaller parent reads as zeros.
+                let inside = b.size.saturating_sub(start).min(length);
+                if inside > 0 {
+                    b.map_resolved(start, inside, depth + 1, out)?;
+                }
+                Ok(!out.stopped()
+                    && out.push(
+                        start + inside,
+                        length - inside,
+                        MapTarget::Unallocated,
+                        depth,
+                    ))
+            }
+            _ => Ok(out.push(start, length, target, depth)),
         }
-        Ok(())
     }
 
     /// Fill `buf` with the virtual disk's bytes at `offset`.

@@ -15,12 +15,12 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::budget::ExtentBudget;
+use crate::extent::map::ExtentFile;
 use crate::extent::SparseExtent;
 use crate::format::descriptor::{ExtentType, CID_NONE};
 use crate::format::sparse_header::SparseHeader;
-use crate::lock::FileRole;
-use crate::map::ExtentFile;
-use crate::namespace::{Namespace, OpenMode};
+use crate::storage::lock::FileRole;
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, Storage};
 
 impl Image {
@@ -246,7 +246,7 @@ fn probe_vmdk(storage: &dyn Storage, path: &Path) -> Result<(FileFormat, Vec<u8>
             let probed = probe_storage(storage)
                 .map_err(|e| Error::io(e, "reading header").with_path(path))?;
             Err(match probed {
-                Some(FileFormat::Foreign(f)) => foreign_format_error(path, f),
+                Some(FileFormat::Foreign(f)) => foreign_format_error(path, f, "VMDK"),
                 _ => Error::new(
                     ErrorKind::NotVmdk,
                     "not a VMDK image (no KDMV/COWD/seSparse magic and no descriptor)",

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::Image;
 use crate::error::Result;
-use crate::lock::{FileRole, LockRequest};
-use crate::namespace::Namespace;
-use crate::paths::PathPolicy;
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::Namespace;
+use crate::storage::paths::PathPolicy;
 
 /// Most memory the grain directories of an image and its backing chain may take together
 /// (checked before each directory is allocated). 512 MiB is 128M four-byte entries: 4 PiB
@@ -32,7 +32,7 @@ pub struct OpenOptions {
     /// an image may name as extents or backing files. The CLI fills this from
     /// `--allow-path` and `VMDK_ALLOW_PATHS` ([`PathPolicy::dirs_from_env`]).
     pub allow_paths: Vec<PathBuf>,
-    /// Take QEMU-compatible image locks on every file the image uses (see [`crate::lock`]),
+    /// Take QEMU-compatible image locks on every file the image uses (see [`crate::storage::lock`]),
     /// so a `vmdk` and a QEMU process never write one image at once. On by default; turn it
     /// off only when the caller excludes other users itself.
     pub locking: bool,
@@ -51,8 +51,9 @@ pub struct OpenOptions {
     /// Durable writes: flush data to stable storage before the grain-table entry that points
     /// at it is written, so a power cut can never leave a table pointing at unwritten data.
     pub durable: bool,
-    /// Where the image's files are: host files by default ([`crate::namespace::default`]); memory,
-    /// an archive or an object store otherwise. Every file of the image and its backing
+    /// Where the image's files are: host files and OVA members by default
+    /// ([`default_namespace`](crate::ova::default_namespace)); memory, an object store or
+    /// anything else a caller's namespace serves otherwise. Every file of the image and its backing
     /// chain is opened through it, and names inside the image are resolved by it.
     pub namespace: Option<Arc<dyn Namespace>>,
 }
@@ -112,11 +113,12 @@ impl OpenOptions {
             allowed_dirs: self.allow_paths.clone(),
         }
     }
-    /// The namespace files are opened in ([`OpenOptions::namespace`], or host files).
+    /// The namespace files are opened in ([`OpenOptions::namespace`], or the library's
+    /// [`default_namespace`](crate::ova::default_namespace)).
     pub fn namespace(&self) -> Arc<dyn Namespace> {
         self.namespace
             .clone()
-            .unwrap_or_else(crate::namespace::default)
+            .unwrap_or_else(|| crate::ova::default_namespace())
     }
     /// Set [`OpenOptions::namespace`].
     pub fn in_namespace(mut self, ns: Arc<dyn Namespace>) -> Self {

@@ -9,7 +9,7 @@ use crate::format::descriptor::Descriptor;
 use crate::format::foreign::{self, ForeignFormat};
 use crate::format::sesparse_header;
 use crate::format::sparse_header::SPARSE_MAGIC;
-use crate::namespace::{Namespace, OpenMode};
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::Storage;
 
 /// What kind of file was probed.
@@ -78,9 +78,11 @@ pub(crate) fn probe_storage_full(
     Ok((format, head, tail))
 }
 
-/// What the host file at `path` is, as [`probe_storage`] says; `None` for a raw disk.
+/// What the file `path` of the library's
+/// [`default_namespace`](crate::ova::default_namespace) is (a host file, an OVA member), as
+/// [`probe_storage`] says; `None` for a raw disk.
 pub fn probe_path(path: &Path) -> Result<Option<FileFormat>> {
-    probe_in(&crate::namespace::RouterNamespace, path)
+    probe_in(&*crate::ova::default_namespace(), path)
 }
 
 /// What the file `name` of `ns` is, as [`probe_storage`] says; `None` for a raw disk. The
@@ -95,9 +97,10 @@ pub fn probe_in(ns: &dyn Namespace, name: &Path) -> Result<Option<FileFormat>> {
     probe_storage(&*s).map_err(|e| Error::io(e, "reading header").with_path(name))
 }
 
-/// The virtual size a foreign image's header records, if it is in a fixed field.
+/// The virtual size a foreign image's header records, if it is in a fixed field (the file
+/// `path` of the library's [`default_namespace`](crate::ova::default_namespace)).
 pub fn foreign_virtual_size(path: &Path, format: ForeignFormat) -> Option<u64> {
-    let s = crate::namespace::RouterNamespace
+    let s = crate::ova::default_namespace()
         .open(path, OpenMode::read_only())
         .ok()?;
     foreign_virtual_size_of(&*s, format)
@@ -109,14 +112,16 @@ pub fn foreign_virtual_size_of(storage: &dyn Storage, format: ForeignFormat) -> 
     foreign::virtual_size(format, &head, &tail)
 }
 
-/// The error for a file that is an image of another format.
-pub fn foreign_format_error(path: &Path, format: ForeignFormat) -> Error {
+/// The error for a file that is an image of another format, for a reader of the formats
+/// `readable` names ("VMDK", "VMDK, qcow2 or raw"): "this is a VDI image, not VMDK".
+pub fn foreign_format_error(path: &Path, format: ForeignFormat, readable: &str) -> Error {
     Error::new(
         ErrorKind::ForeignFormat,
-        format!(
-            "this is a {} image, not VMDK; vmdk reads VMDK and raw images",
-            format.description()
-        ),
+        format!("this is a {} image, not {readable}", format.description()),
     )
     .with_path(path)
 }
+
+/// What [`crate::convert::open_source`] (and a qcow2 image's backing chain) reads, as
+/// [`foreign_format_error`] names it.
+pub const SOURCE_FORMATS: &str = "VMDK, qcow2 or raw";

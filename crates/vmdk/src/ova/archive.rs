@@ -1,16 +1,18 @@
 //! An open OVA: the archive file, its member index, and which member is "the disk" when
-//! the archive itself is named as an image.
+//! the archive itself is named as an image. The OVF and the first disk are worked out once
+//! per open archive, however many names are looked up in it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::member_storage::{member_id, MemberStorage};
 use super::ovf::{self, Envelope};
 use super::tar::{self, Member, MemberKind, TarIndex};
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::LockRequest;
-use crate::namespace::{Namespace, OpenMode};
+use crate::storage::lock::LockRequest;
+use crate::storage::namespace::{Namespace, OpenMode};
 use crate::storage::{FileId, FileStorage, Storage};
+use crate::text::escape;
 
 /// An OVA archive opened for reading.
 #[derive(Debug)]
@@ -19,6 +21,12 @@ pub struct Archive {
     storage: Arc<dyn Storage>,
     index: TarIndex,
     id: Option<FileId>,
+    /// The archive's length when it was indexed: an archive found changed is not reused.
+    indexed_len: u64,
+    /// The parsed OVF (`None`: the archive has none), once read.
+    envelope: OnceLock<Option<Envelope>>,
+    /// [`Archive::first_disk`], once worked out.
+    first_disk: OnceLock<String>,
 }
 
 impl Archive {
@@ -29,25 +37,47 @@ impl Archive {
         Self::from_storage(path, storage)
     }
 
-    /// Open the file `path` of `ns` read-only as it is stored ([`Namespace::open_whole`]),
-    /// holding `lock` where `ns` has locks, and index it.
+    /// Open the file `path` of `ns` read-only, holding `lock` where `ns` has locks, and
+    /// index it. `ns` is a namespace the archive is a file of (the host's, object
+    /// storage's), not one that serves the archive's name as its first disk: for a router,
+    /// open the archive with [`RouterNamespace::open_file`] and index it with
+    /// [`Archive::from_storage`].
+    ///
+    /// [`RouterNamespace::open_file`]: crate::storage::namespace::RouterNamespace::open_file
     pub fn open_in(ns: &dyn Namespace, path: &Path, lock: Option<LockRequest>) -> Result<Archive> {
         let mode = OpenMode {
             lock,
             ..OpenMode::read_only()
         };
-        Self::from_storage(path, ns.open_whole(path, mode)?)
+        Self::from_storage(path, ns.open(path, mode)?)
     }
 
     /// Index the archive held in `storage` (named `path`).
     pub fn from_storage(path: &Path, storage: Arc<dyn Storage>) -> Result<Archive> {
+        let indexed_len = storage
+            .len()
+            .map_err(|e| Error::io(e, "getting archive size").with_path(path))?;
         let index = tar::read_index(&*storage, path)?;
         Ok(Archive {
             path: path.to_path_buf(),
             id: storage.file_id(),
             storage,
             index,
+            indexed_len,
+            envelope: OnceLock::new(),
+            first_disk: OnceLock::new(),
         })
+    }
+
+    /// Whether the file still has the length it was indexed at (a cheap sign that nobody
+    /// rewrote it since; our readers' locks keep writers out).
+    pub(super) fn unchanged(&self) -> bool {
+        self.storage.len().is_ok_and(|l| l == self.indexed_len)
+    }
+
+    /// The archive's identity ([`Storage::file_id`]).
+    pub(super) fn file_id(&self) -> Option<FileId> {
+        self.id
     }
 
     /// The archive's name.
@@ -71,23 +101,35 @@ impl Archive {
     }
 
     /// The regular file `name`, with a clear error when it is missing, not a regular file,
-    /// or split into ovftool chunks (`name.000000000`, ...).
+    /// or split into ovftool chunks (`name.000000000`, ...), or when the archive names some
+    /// member twice: tar extracts the last of a name, a reader taking the first would check
+    /// or serve other bytes than an importer gets, so nothing is read out of such an archive.
     pub fn file(&self, name: &str) -> Result<&Member> {
+        if let Some(dups) = self.index.duplicates().first() {
+            let offsets: Vec<String> = dups.iter().map(|m| m.header_offset.to_string()).collect();
+            return Err(Error::corrupt(format!(
+                "the archive holds {} members named \"{}\" (headers at offsets {}): tar \
+                 extracts the last, other readers may take another; refusing to read from \
+                 an archive whose members are ambiguous",
+                dups.len(),
+                escape(&dups[0].name),
+                offsets.join(", ")
+            ))
+            .with_path(&self.path));
+        }
         if let Some(m) = self.index.file(name) {
             return Ok(m);
         }
         let at = |m: String| {
-            Error::new(ErrorKind::Io, m).with_path(self.path.join(name.trim_start_matches("./")))
+            Error::new(ErrorKind::Io, m).with_path(self.path.join(tar::member_path(name)))
         };
         if let Some(m) = self.index.member(name) {
-            let what = match m.kind {
-                MemberKind::Directory => "a directory".to_string(),
-                MemberKind::Other(t) => format!("not a regular file (tar type '{}')", t as char),
-                MemberKind::File => unreachable!("found above"),
-            };
-            return Err(at(format!("this member of the archive is {what}")));
+            return Err(at(format!(
+                "this member of the archive is {}",
+                m.kind.describe()
+            )));
         }
-        let chunk0 = format!("{}.000000000", name.trim_start_matches("./"));
+        let chunk0 = format!("{name}.000000000");
         if self.index.file(&chunk0).is_some() {
             return Err(split_error(name).with_path(&self.path));
         }
@@ -121,6 +163,15 @@ impl Archive {
         ))
     }
 
+    /// [`Archive::member_storage`] that keeps this archive (index, OVF) alive while it is
+    /// open, so later opens of names in it reuse it ([`super::open_archives`]).
+    pub(super) fn shared_member_storage(self: &Arc<Self>, m: &Member) -> Arc<dyn Storage> {
+        Arc::new(
+            MemberStorage::new(self.storage.clone(), m.offset, m.size, self.id)
+                .keeping(self.clone()),
+        )
+    }
+
     /// All of member `m`, at most `max` bytes.
     pub fn read_member(&self, m: &Member, max: u64) -> Result<Vec<u8>> {
         let name = self.path.join(&m.name);
@@ -143,18 +194,34 @@ impl Archive {
         self.index.files_ending(".ovf").next()
     }
 
-    /// The parsed OVF descriptor, if the archive has one.
-    pub fn envelope(&self) -> Result<Option<Envelope>> {
-        let Some(m) = self.ovf_member() else {
-            return Ok(None);
+    /// The parsed OVF descriptor, if the archive has one (parsed on the first call).
+    pub fn envelope(&self) -> Result<Option<&Envelope>> {
+        if let Some(env) = self.envelope.get() {
+            return Ok(env.as_ref());
+        }
+        let env = match self.ovf_member() {
+            None => None,
+            Some(m) => {
+                let text = self.read_member(m, ovf::MAX_OVF_SIZE)?;
+                Some(ovf::parse(&text, &self.path.join(&m.name))?)
+            }
         };
-        let text = self.read_member(m, ovf::MAX_OVF_SIZE)?;
-        ovf::parse(&text, &self.path.join(&m.name)).map(Some)
+        // Another thread may have got there first: either result is the same.
+        Ok(self.envelope.get_or_init(|| env).as_ref())
     }
 
     /// The member an image name that is just the archive stands for: the first disk in
     /// the OVF's `DiskSection` (or `References`) order, else the first `.vmdk` member.
+    /// Worked out on the first call (a descriptor names the archive once per extent line).
     pub fn first_disk(&self) -> Result<String> {
+        if let Some(d) = self.first_disk.get() {
+            return Ok(d.clone());
+        }
+        let d = self.find_first_disk()?;
+        Ok(self.first_disk.get_or_init(|| d).clone())
+    }
+
+    fn find_first_disk(&self) -> Result<String> {
         if let Some(env) = self.envelope()? {
             if let Some(f) = env.first_disk_file() {
                 if f.chunk_size.is_some() {
@@ -164,8 +231,8 @@ impl Archive {
                     return Err(Error::unsupported(format!(
                         "disk \"{}\" is stored {}-compressed inside the archive \
                          (ovf:compression); it cannot be read in place",
-                        f.href,
-                        f.compression.as_deref().unwrap_or_default()
+                        escape(&f.href),
+                        escape(f.compression.as_deref().unwrap_or_default())
                     ))
                     .with_path(&self.path));
                 }
@@ -187,6 +254,7 @@ impl Archive {
 }
 
 fn split_error(name: &str) -> Error {
+    let name = escape(name);
     Error::unsupported(format!(
         "disk \"{name}\" is split over several archive members ({name}.000000000, ...; \
          ovftool's ovf:chunkSize); it cannot be read in place: extract the members and join \

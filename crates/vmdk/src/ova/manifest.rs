@@ -1,7 +1,10 @@
 //! The manifest (`.mf`) of an OVA: one `ALG(file)= hexdigest` line per file, and checking
 //! it against the members. Members are hashed on worker threads, each fed by its own
 //! reader thread, so hashing and reading overlap and several members are checked at once.
+//! Each member is hashed at most once per algorithm however many lines name it: 10,000
+//! lines naming one 64 MiB member (a 340 KB archive) would otherwise hash 640 GB.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -9,7 +12,7 @@ use std::sync::{mpsc, Mutex};
 use sha2::digest::DynDigest;
 
 use super::archive::Archive;
-use super::tar::Member;
+use super::tar::{Member, MemberKind, TarIndex};
 use crate::error::{Error, Result};
 
 /// Largest manifest read.
@@ -17,7 +20,7 @@ pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
 const CHUNK: u64 = 1 << 20;
 
 /// A digest algorithm a manifest may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// SHA-1 (OVF 1.x, ovftool's default for years).
     Sha1,
@@ -116,6 +119,8 @@ pub enum Status {
     Mismatch(String),
     /// The archive has no such member.
     Missing,
+    /// The member is not a regular file: what it is ("a symbolic link", ...).
+    NotAFile(String),
     /// The algorithm is not one this library computes.
     UnknownAlgorithm,
     /// The member could not be read.
@@ -131,44 +136,93 @@ pub struct Check {
     pub status: Status,
 }
 
-/// Check every line of `entries` against `arch`'s members, on up to `threads` workers.
-pub fn verify(arch: &Archive, entries: &[Entry], threads: usize) -> Vec<Check> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Status>>> = Mutex::new(vec![None; entries.len()]);
-    let workers = threads.clamp(1, entries.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = entries.get(i) else { break };
-                let status = check_one(arch, e);
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(status);
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+/// The member a manifest line names and its algorithm, or why the line cannot be checked.
+fn line_target<'a>(index: &'a TarIndex, e: &Entry) -> Result<(&'a Member, Algorithm), Status> {
+    let alg = Algorithm::parse(&e.algorithm).ok_or(Status::UnknownAlgorithm)?;
+    let m = index.member(&e.file).ok_or(Status::Missing)?;
+    if m.kind != MemberKind::File {
+        return Err(Status::NotAFile(m.kind.describe()));
+    }
+    Ok((m, alg))
+}
+
+/// Every line of `entries` against the members of `index`, without computing a digest: a
+/// line whose member exists as a regular file counts as [`Status::Match`]. For a vetter
+/// whose reads must stay bounded (what the manifest covers, not whether it is right).
+pub fn check_listing(index: &TarIndex, entries: &[Entry]) -> Vec<Check> {
     entries
         .iter()
-        .zip(results)
-        .map(|(e, s)| Check {
+        .map(|e| Check {
             entry: e.clone(),
-            status: s.unwrap_or(Status::Unreadable("not checked".into())),
+            status: line_target(index, e).map_or_else(|s| s, |_| Status::Match),
         })
         .collect()
 }
 
-fn check_one(arch: &Archive, e: &Entry) -> Status {
-    let Some(alg) = Algorithm::parse(&e.algorithm) else {
-        return Status::UnknownAlgorithm;
+/// Check every line of `entries` against `arch`'s members, on up to `threads` workers (0:
+/// one per CPU).
+/// A name held by several members is checked against the last, the one tar extracts.
+pub fn verify(arch: &Archive, entries: &[Entry], threads: usize) -> Vec<Check> {
+    // The digests to compute, one per (member, algorithm), and which one each line needs.
+    let mut jobs: Vec<(&Member, Algorithm)> = Vec::new();
+    let mut job_of: HashMap<(u64, Algorithm), usize> = HashMap::new();
+    let plan: Vec<Result<usize, Status>> = entries
+        .iter()
+        .map(|e| {
+            let (m, alg) = line_target(arch.index(), e)?;
+            Ok(*job_of.entry((m.header_offset, alg)).or_insert_with(|| {
+                jobs.push((m, alg));
+                jobs.len() - 1
+            }))
+        })
+        .collect();
+    let digests = compute(arch, &jobs, threads);
+    entries
+        .iter()
+        .zip(plan)
+        .map(|(e, p)| Check {
+            entry: e.clone(),
+            status: match p {
+                Err(s) => s,
+                Ok(j) => match &digests[j] {
+                    Ok(d) if *d == e.digest => Status::Match,
+                    Ok(d) => Status::Mismatch(d.clone()),
+                    Err(err) => Status::Unreadable(err.clone()),
+                },
+            },
+        })
+        .collect()
+}
+
+/// The digest of each `(member, algorithm)` of `jobs`, on up to `threads` workers.
+fn compute(
+    arch: &Archive,
+    jobs: &[(&Member, Algorithm)],
+    threads: usize,
+) -> Vec<Result<String, String>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<String, String>>>> = Mutex::new(vec![None; jobs.len()]);
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    let Some(m) = arch.index().file(&e.file) else {
-        return Status::Missing;
-    };
-    match digest_member(arch, m, alg) {
-        Ok(d) if d == e.digest => Status::Match,
-        Ok(d) => Status::Mismatch(d),
-        Err(err) => Status::Unreadable(format!("{err:#}")),
-    }
+    let workers = threads.clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(m, alg)) = jobs.get(i) else { break };
+                let d = digest_member(arch, m, alg).map_err(|e| format!("{e:#}"));
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(d);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not checked".into())))
+        .collect()
 }
 
 /// The digest of member `m`: a reader thread reads ahead while this one hashes.

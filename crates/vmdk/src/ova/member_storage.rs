@@ -13,6 +13,9 @@ pub struct MemberStorage {
     offset: u64,
     size: u64,
     id: Option<FileId>,
+    /// The opened archive this member came from, kept so that later opens of names in it
+    /// reuse its index ([`super::open_archives`]).
+    _archive: Option<Arc<super::Archive>>,
 }
 
 /// Device numbers of member identities carry this bit (memory namespaces use bit 63), so
@@ -43,7 +46,14 @@ impl MemberStorage {
             offset,
             size,
             id,
+            _archive: None,
         }
+    }
+
+    /// The same, keeping `archive` alive as long as this member is.
+    pub(super) fn keeping(mut self, archive: Arc<super::Archive>) -> Self {
+        self._archive = Some(archive);
+        self
     }
 }
 

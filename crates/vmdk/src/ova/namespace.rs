@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::archive::Archive;
 use crate::error::{Error, ErrorKind, Result};
-use crate::namespace::{AppendOutput, LocalNamespace, Namespace, OpenMode, StreamSink};
-use crate::paths::{self, PathPolicy};
+use crate::storage::namespace::{AppendOutput, LocalNamespace, Namespace, OpenMode, StreamSink};
+use crate::storage::paths::{self, PathPolicy};
 use crate::storage::{FileId, Storage};
 
 /// The members of an OVA archive.
@@ -49,8 +49,13 @@ impl OvaNamespace {
         &self.archive
     }
 
-    fn open_archive(&self, lock: Option<crate::lock::LockRequest>) -> Result<Archive> {
-        Archive::open_in(&*self.outer, &self.archive, lock)
+    /// The archive, indexed: shared with every other open of it while one of its members
+    /// is in use (see [`super::open_archives`]).
+    fn open_archive(
+        &self,
+        lock: Option<crate::storage::lock::LockRequest>,
+    ) -> Result<Arc<Archive>> {
+        super::open_archives::open(&*self.outer, &self.archive, lock)
     }
 
     /// `name` (normalised lexically, as inside this namespace) as the outer namespace
@@ -137,7 +142,7 @@ impl Namespace for OvaNamespace {
         let arch = self.open_archive(mode.lock)?;
         let member = self.member_in(&arch, name)?;
         let m = arch.file(&member)?;
-        Ok(arch.member_storage(m))
+        Ok(arch.shared_member_storage(m))
     }
 
     fn create(&self, name: &Path, lock: bool) -> Result<Arc<dyn Storage>> {
@@ -183,12 +188,5 @@ impl Namespace for OvaNamespace {
 
     fn stream_only(&self, _name: &Path) -> bool {
         self.outer.stream_only(&self.archive)
-    }
-
-    fn open_whole(&self, name: &Path, mode: OpenMode) -> Result<Arc<dyn Storage>> {
-        match self.member_of(name)? {
-            None => self.outer.open_whole(&self.archive, mode),
-            Some(_) => self.open(name, mode),
-        }
     }
 }

@@ -123,16 +123,21 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The file with `ovf:id` `id`.
+    /// The file with `ovf:id` `id` (the first of that id).
     pub fn file(&self, id: &str) -> Option<&FileRef> {
         self.files.iter().find(|f| f.id == id)
     }
 
-    /// The file backing each disk, in `DiskSection` order.
+    /// The file backing each disk, in `DiskSection` order. Files are looked up by id in a
+    /// map built once: a hostile OVF may hold 100,000 disks and as many files.
     pub fn disk_files(&self) -> impl Iterator<Item = (&Disk, Option<&FileRef>)> {
+        let mut by_id: HashMap<&str, &FileRef> = HashMap::with_capacity(self.files.len());
+        for f in &self.files {
+            by_id.entry(f.id.as_str()).or_insert(f);
+        }
         self.disks
             .iter()
-            .map(|d| (d, d.file_ref.as_deref().and_then(|r| self.file(r))))
+            .map(move |d| (d, d.file_ref.as_deref().and_then(|r| by_id.get(r).copied())))
     }
 
     /// The member holding the first disk: the first `DiskSection` disk with a file, or
@@ -169,18 +174,45 @@ impl Envelope {
 
     /// The controller `disk` hangs off, described as "SCSI (lsilogic)", "IDE", ...
     pub fn controller_of(&self, disk: &Disk) -> Option<String> {
-        let sys = self.system.as_ref()?;
-        let item = sys.items.iter().find(|i| {
-            i.get("HostResource").is_some_and(|h| {
-                let h = h.trim_start_matches("ovf:");
-                h == format!("/disk/{}", disk.disk_id)
-            })
-        })?;
-        let parent = item.get("Parent")?;
-        let ctl = sys
-            .items
-            .iter()
-            .find(|i| i.get("InstanceID") == Some(parent))?;
+        self.controllers().describe(disk)
+    }
+
+    /// The controllers of every disk, looked up through maps built once ([`Controllers`]):
+    /// [`Envelope::controller_of`] per disk would scan every hardware item for each.
+    pub fn controllers(&self) -> Controllers<'_> {
+        let mut by_disk = HashMap::new();
+        let mut by_instance = HashMap::new();
+        if let Some(sys) = &self.system {
+            for i in &sys.items {
+                if let Some(h) = i.get("HostResource") {
+                    by_disk.entry(h.trim_start_matches("ovf:")).or_insert(i);
+                }
+                if let Some(id) = i.get("InstanceID") {
+                    by_instance.entry(id).or_insert(i);
+                }
+            }
+        }
+        Controllers {
+            by_disk,
+            by_instance,
+        }
+    }
+}
+
+/// The hardware items of a virtual system by disk (`HostResource`) and by `InstanceID`.
+#[derive(Debug)]
+pub struct Controllers<'a> {
+    by_disk: HashMap<&'a str, &'a HardwareItem>,
+    by_instance: HashMap<&'a str, &'a HardwareItem>,
+}
+
+impl Controllers<'_> {
+    /// The controller `disk` hangs off, described as "SCSI (lsilogic)", "IDE", ...
+    pub fn describe(&self, disk: &Disk) -> Option<String> {
+        let item = self
+            .by_disk
+            .get(format!("/disk/{}", disk.disk_id).as_str())?;
+        let ctl = self.by_instance.get(item.get("Parent")?)?;
         let kind = match ctl.resource_type()? {
             5 => "IDE",
             6 => "SCSI",

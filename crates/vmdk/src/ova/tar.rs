@@ -2,16 +2,35 @@
 //! header's checksum verified, member data never read), and the headers our own OVAs are
 //! written with.
 //!
-//! ustar, GNU (`L` long names, base-256 sizes) and pax (`x` records for `path` and `size`)
-//! headers are read. The archive is hostile input: the number of members and the size of
-//! long-name and pax records are bounded before anything is allocated, and a member whose
-//! name climbs out of the archive (`..`, an absolute path) or whose data runs past the end
-//! of the file makes the whole archive an error.
+//! ustar, GNU (`L` long names, base-256 sizes) and pax (`x` and Solaris `X` records for
+//! `path` and `size`) headers are read. The archive is hostile input: the number of members
+//! and the size of long-name and pax records are bounded before anything is allocated, and a
+//! member whose name climbs out of the archive (`..`, an absolute path) or whose data runs
+//! past the end of the file makes the whole archive an error.
+//!
+//! Names and positions are the ones GNU tar extracts, since that is what an importer does
+//! with the bytes (each rule below was checked against GNU tar 1.34, `tar -x`):
+//!
+//! * a pax `path` wins over a GNU long name, whichever header comes first; a pax value
+//!   ends at its first NUL, as tar's C string does;
+//! * a name is the path tar writes: `./a`, `a//b` and `a/./b/` are `a`, `a/b` and `a/b`
+//!   (so two of them are one file, the last extracted winning); a regular file whose name
+//!   ends in `/` is extracted as a directory;
+//! * tar extracts links, devices, FIFOs and directories without reading past their header,
+//!   yet `tar -t` skips their size: such a member claiming data is refused, as the two
+//!   readings of the archive disagree about which headers follow;
+//! * GNU sparse members (type `S`, or pax `GNU.sparse.*` records) are stored as maps and
+//!   pieces, and a global pax header's `path` or `size` renames or resizes every member
+//!   after it: both are refused rather than modelled;
+//! * names that are not UTF-8 are refused (they could not be matched against the OVF or
+//!   the manifest without guessing how tar would spell them).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use crate::text::escape;
 
 /// Size of a tar header and the unit member data is padded to.
 pub const BLOCK: u64 = 512;
@@ -25,16 +44,59 @@ const MAX_EXTENSION: u64 = 1 << 20;
 pub enum MemberKind {
     /// A regular file (type `0`, NUL or `7`).
     File,
-    /// A directory (type `5`).
+    /// A directory (type `5`, or a regular file's type with a name ending in `/`).
     Directory,
-    /// Anything else (links, devices, GNU sparse files): listed, never opened.
+    /// Anything else (links, devices, FIFOs, volume labels, unknown types): listed, never
+    /// opened.
     Other(u8),
+}
+
+impl MemberKind {
+    /// A short stable name: `file`, `directory`, `hard-link`, `symlink`, `char-device`,
+    /// `block-device`, `fifo`, `volume-label`, or `type-X` for other tar types.
+    pub fn short_name(self) -> String {
+        match self {
+            MemberKind::File => "file".into(),
+            MemberKind::Directory => "directory".into(),
+            MemberKind::Other(t) => match t {
+                b'1' => "hard-link".into(),
+                b'2' => "symlink".into(),
+                b'3' => "char-device".into(),
+                b'4' => "block-device".into(),
+                b'6' => "fifo".into(),
+                b'V' => "volume-label".into(),
+                t if t.is_ascii_graphic() => format!("type-{}", t as char),
+                t => format!("type-0x{t:02x}"),
+            },
+        }
+    }
+
+    /// What it is, for messages: "a regular file", "a symbolic link", ...
+    pub fn describe(self) -> String {
+        match self {
+            MemberKind::File => "a regular file".into(),
+            MemberKind::Directory => "a directory".into(),
+            MemberKind::Other(t) => match t {
+                b'1' => "a hard link".into(),
+                b'2' => "a symbolic link".into(),
+                b'3' => "a character device".into(),
+                b'4' => "a block device".into(),
+                b'6' => "a FIFO".into(),
+                b'V' => "a volume label".into(),
+                t if t.is_ascii_graphic() => {
+                    format!("not a regular file (tar type '{}')", t as char)
+                }
+                t => format!("not a regular file (tar type 0x{t:02x})"),
+            },
+        }
+    }
 }
 
 /// One member of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// Its name, without a leading `./` (never absolute, never containing `..`).
+    /// The path tar extracts it to ([`member_path`]: never absolute, never containing `..`,
+    /// no `.` or empty components, no trailing `/`).
     pub name: String,
     /// What it is.
     pub kind: MemberKind,
@@ -46,28 +108,89 @@ pub struct Member {
     pub size: u64,
 }
 
-/// The members of a tar archive, in archive order.
+/// The members of a tar archive, in archive order, with a lookup by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TarIndex {
     /// Every member (extension headers are folded into the member they describe).
     pub members: Vec<Member>,
+    /// Positions in `members` of each name, in archive order: lookups cost the same
+    /// however many members there are (a descriptor of 60,000 extent lines looks a member
+    /// up per line).
+    by_name: HashMap<String, Vec<usize>>,
+    /// Whether any name is held by more than one member.
+    duplicated: bool,
+}
+
+/// The path tar extracts a member named `name` to (the name as the index keeps it):
+/// empty and `.` components dropped, trailing `/` dropped, `.` for nothing left.
+pub fn member_path(name: &str) -> String {
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// The index key a name written elsewhere (an OVF href, a manifest line, a descriptor)
+/// stands for, or `None` when it cannot be a member (absolute, or climbing with `..`).
+pub(crate) fn lookup_key(name: &str) -> Option<String> {
+    if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+        return None;
+    }
+    Some(member_path(name))
 }
 
 impl TarIndex {
-    /// The regular file named `name` (a leading `./` ignored).
-    pub fn file(&self, name: &str) -> Option<&Member> {
-        let name = name.trim_start_matches("./");
-        self.members
-            .iter()
-            .find(|m| m.kind == MemberKind::File && m.name == name)
+    /// The index of `members` (named as [`member_path`] spells them).
+    pub fn new(members: Vec<Member>) -> TarIndex {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            by_name.entry(m.name.clone()).or_default().push(i);
+        }
+        let duplicated = by_name.values().any(|v| v.len() > 1);
+        TarIndex {
+            members,
+            by_name,
+            duplicated,
+        }
     }
 
-    /// The member named `name`, whatever it is.
+    /// The member `name` stands for, whatever it is: the last of that name, the one tar
+    /// leaves on disk.
     pub fn member(&self, name: &str) -> Option<&Member> {
-        let name = name.trim_start_matches("./");
+        let i = *self.by_name.get(&lookup_key(name)?)?.last()?;
+        self.members.get(i)
+    }
+
+    /// The regular file `name` stands for (see [`TarIndex::member`]).
+    pub fn file(&self, name: &str) -> Option<&Member> {
+        self.member(name).filter(|m| m.kind == MemberKind::File)
+    }
+
+    /// Whether some name is held by several members.
+    pub fn has_duplicates(&self) -> bool {
+        self.duplicated
+    }
+
+    /// The members of each name held more than once, in archive order of each name's first
+    /// member.
+    pub fn duplicates(&self) -> Vec<Vec<&Member>> {
+        if !self.duplicated {
+            return Vec::new();
+        }
         self.members
             .iter()
-            .find(|m| m.name.trim_end_matches('/') == name)
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let all = &self.by_name[&m.name];
+                (all.len() > 1 && all[0] == i)
+                    .then(|| all.iter().map(|&j| &self.members[j]).collect())
+            })
+            .collect()
     }
 
     /// Regular files whose name ends with `suffix` (ASCII case ignored), in archive order.
@@ -91,7 +214,7 @@ pub fn read_index(storage: &dyn Storage, path: &Path) -> Result<TarIndex> {
         .map_err(|e| Error::io(e, "getting archive size").with_path(path))?;
     let mut members = Vec::new();
     let mut pos = 0u64;
-    let mut long_name: Option<String> = None;
+    let mut long_name: Option<Vec<u8>> = None;
     let mut pax = Pax::default();
     let mut block = [0u8; BLOCK as usize];
     let got = storage
@@ -125,130 +248,184 @@ pub fn read_index(storage: &dyn Storage, path: &Path) -> Result<TarIndex> {
         verify_checksum(&block, pos, path)?;
         let header_offset = pos;
         let typeflag = block[156];
-        let mut size = parse_number(&block[124..136])
+        let header_size = parse_number(&block[124..136])
             .ok_or_else(|| corrupt(path, format!("tar header at offset {pos}: bad size field")))?;
-        if matches!(typeflag, b'0' | b'\0' | b'7' | b'S') {
-            if let Some(s) = pax.size.take() {
-                size = s;
-            }
-        }
         let data = pos + BLOCK;
-        let end = data
-            .checked_add(size)
-            .filter(|&e| e <= len)
-            .ok_or_else(|| {
+        let data_end = |size: u64| {
+            data.checked_add(size).filter(|&e| e <= len).ok_or_else(|| {
                 corrupt(
                     path,
                     format!(
-                        "tar member at offset {header_offset} claims {size} bytes, past the end \
-                     of the archive ({len} bytes)"
+                        "tar member at offset {header_offset} claims {size} bytes, past the \
+                         end of the archive ({len} bytes)"
                     ),
                 )
-            })?;
-        match typeflag {
-            b'L' | b'x' => {
-                if size > MAX_EXTENSION {
+            })
+        };
+        if matches!(typeflag, b'L' | b'K' | b'x' | b'X' | b'g') {
+            // An extension header: its own size is the header's, whatever a pax record said.
+            let end = data_end(header_size)?;
+            if typeflag != b'K' {
+                if header_size > MAX_EXTENSION {
                     return Err(corrupt(
                         path,
-                        format!("tar extension header at offset {pos} is {size} bytes (at most {MAX_EXTENSION})"),
+                        format!(
+                            "tar extension header at offset {pos} is {header_size} bytes (at \
+                             most {MAX_EXTENSION})"
+                        ),
                     ));
                 }
-                let mut buf = vec![0u8; size as usize];
+                let mut buf = vec![0u8; header_size as usize];
                 storage
                     .read_exact_at(&mut buf, data)
                     .map_err(|e| Error::io(e, "reading tar header").with_path(path))?;
-                if typeflag == b'L' {
-                    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                    long_name = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-                } else {
-                    pax = Pax::parse(&buf).ok_or_else(|| {
-                        corrupt(path, format!("malformed pax header at offset {pos}"))
-                    })?;
+                let malformed = || corrupt(path, format!("malformed pax header at offset {pos}"));
+                match typeflag {
+                    b'L' => long_name = Some(until_nul(&buf).to_vec()),
+                    // GNU tar reads Solaris `X` headers as pax `x` ones.
+                    b'x' | b'X' => pax = Pax::parse(&buf).ok_or_else(malformed)?,
+                    _ => {
+                        let global = Pax::parse(&buf).ok_or_else(malformed)?;
+                        if global.path.is_some() || global.size.is_some() || global.sparse {
+                            return Err(corrupt(
+                                path,
+                                format!(
+                                    "the global pax header at offset {pos} sets a name, size \
+                                     or sparse map for every member after it (GNU tar applies \
+                                     it to each); refusing the archive"
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
-            // Global pax headers, long link names: nothing an OVA reader needs.
-            b'g' | b'K' => {}
-            _ => {
-                let raw_name = long_name
-                    .take()
-                    .or_else(|| pax.path.take())
-                    .unwrap_or_else(|| header_name(&block));
-                pax = Pax::default();
-                let name = check_name(&raw_name, header_offset, path)?;
-                let kind = match typeflag {
-                    b'0' | b'\0' | b'7' => MemberKind::File,
-                    b'5' => MemberKind::Directory,
-                    t => MemberKind::Other(t),
-                };
-                if members.len() >= MAX_MEMBERS {
-                    return Err(corrupt(
-                        path,
-                        format!("archive holds more than {MAX_MEMBERS} members"),
-                    ));
-                }
-                members.push(Member {
-                    name,
-                    kind,
-                    header_offset,
-                    offset: data,
-                    size,
-                });
-            }
+            pos = end.next_multiple_of(BLOCK).min(len);
+            continue;
         }
+
+        // A member: a pax `path` wins over a GNU long name (GNU tar applies pax records
+        // last), and either over the header's own name.
+        let raw_name = pax
+            .path
+            .take()
+            .or(long_name.take())
+            .unwrap_or_else(|| header_name(&block));
+        let size = pax.size.take().unwrap_or(header_size);
+        let sparse = std::mem::take(&mut pax).sparse;
+        let (name, trailing_slash) = check_name(&raw_name, header_offset, path)?;
+        let refuse = |why: String| {
+            corrupt(
+                path,
+                format!(
+                    "tar member \"{}\" (header at offset {header_offset}) {why}; refusing the \
+                     archive",
+                    escape(&name)
+                ),
+            )
+        };
+        if sparse || typeflag == b'S' {
+            return Err(refuse(
+                "is a GNU sparse file, stored as a map and pieces that tar reassembles \
+                 (extract the archive with tar to read it)"
+                    .into(),
+            ));
+        }
+        let kind = match typeflag {
+            // GNU tar extracts a regular file whose name ends in `/` as a directory.
+            b'0' | b'\0' | b'7' if trailing_slash => MemberKind::Directory,
+            b'0' | b'\0' | b'7' => MemberKind::File,
+            b'5' => MemberKind::Directory,
+            t => MemberKind::Other(t),
+        };
+        // Links, devices, FIFOs and directories: tar -x reads the next header right after
+        // this one, tar -t skips `size` bytes first.
+        let dataless = kind == MemberKind::Directory || matches!(typeflag, b'1'..=b'6');
+        if dataless && size != 0 {
+            return Err(refuse(format!(
+                "is {} yet claims {size} bytes of data: tar lists such an archive one way and \
+                 extracts it another",
+                kind.describe()
+            )));
+        }
+        let end = data_end(size)?;
+        if members.len() >= MAX_MEMBERS {
+            return Err(corrupt(
+                path,
+                format!("archive holds more than {MAX_MEMBERS} members"),
+            ));
+        }
+        members.push(Member {
+            name,
+            kind,
+            header_offset,
+            offset: data,
+            size,
+        });
         pos = end.next_multiple_of(BLOCK).min(len);
     }
-    Ok(TarIndex { members })
+    Ok(TarIndex::new(members))
 }
 
 fn corrupt(path: &Path, message: String) -> Error {
     Error::corrupt(message).with_path(path)
 }
 
+/// `b` up to its first NUL: how tar reads every name, a C string.
+fn until_nul(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
 /// The name a plain header gives: ustar's prefix joined to its name field.
-fn header_name(block: &[u8]) -> String {
-    let field = |r: std::ops::Range<usize>| {
-        let f = &block[r];
-        let n = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-        String::from_utf8_lossy(&f[..n]).into_owned()
-    };
-    let name = field(0..100);
+fn header_name(block: &[u8]) -> Vec<u8> {
+    let name = until_nul(&block[0..100]);
     // POSIX ustar ("ustar\0") keeps a prefix at 345; GNU ("ustar  ") uses those bytes for
-    // times, so the prefix is read only from POSIX headers.
+    // times, so the prefix is read only from POSIX headers (as GNU tar does).
     if &block[257..263] == b"ustar\0" {
-        let prefix = field(345..500);
+        let prefix = until_nul(&block[345..500]);
         if !prefix.is_empty() {
-            return format!("{prefix}/{name}");
+            return [prefix, b"/", name].concat();
         }
     }
-    name
+    name.to_vec()
 }
 
-/// Refuse names that leave the archive; drop a leading `./`.
-fn check_name(name: &str, at: u64, path: &Path) -> Result<String> {
+/// Refuse names that are not UTF-8 or that leave the archive; the path tar extracts the
+/// member to, and whether the name ended in `/`.
+fn check_name(raw: &[u8], at: u64, path: &Path) -> Result<(String, bool)> {
+    let Ok(name) = std::str::from_utf8(raw) else {
+        return Err(corrupt(
+            path,
+            format!(
+                "tar member \"{}\" (header at offset {at}) is not named in UTF-8; refusing the \
+                 archive",
+                escape(&String::from_utf8_lossy(raw))
+            ),
+        ));
+    };
+    // Not fixable by any option: the archive itself is hostile (or broken), so these are
+    // not path-gate errors (whose hint suggests allowing a directory).
     if name.starts_with('/') {
-        return Err(Error::new(
-            crate::ErrorKind::UnsafePath,
-            format!("tar member \"{name}\" (header at offset {at}) has an absolute name; refusing the archive"),
-        )
-        .with_path(path));
+        return Err(corrupt(
+            path,
+            format!(
+                "tar member \"{}\" (header at offset {at}) has an absolute name; refusing the \
+                 archive",
+                escape(name)
+            ),
+        ));
     }
     if name.split('/').any(|c| c == "..") {
-        return Err(Error::new(
-            crate::ErrorKind::UnsafePath,
-            format!("tar member \"{name}\" (header at offset {at}) climbs out of the archive with \"..\"; refusing the archive"),
-        )
-        .with_path(path));
+        return Err(corrupt(
+            path,
+            format!(
+                "tar member \"{}\" (header at offset {at}) climbs out of the archive with \
+                 \"..\"; refusing the archive",
+                escape(name)
+            ),
+        ));
     }
-    let mut n = name;
-    while let Some(rest) = n.strip_prefix("./") {
-        n = rest;
-    }
-    if n.is_empty() || n == "." {
-        return Ok(".".into());
-    }
-    Ok(n.to_string())
+    Ok((member_path(name), name.ends_with('/')))
 }
-
 fn verify_checksum(block: &[u8; 512], pos: u64, path: &Path) -> Result<()> {
     if checksum_matches(block) {
         Ok(())
@@ -326,8 +503,11 @@ fn parse_number(field: &[u8]) -> Option<u64> {
 /// What a pax extended header says about the next member.
 #[derive(Debug, Default)]
 struct Pax {
-    path: Option<String>,
+    /// `path`, up to its first NUL.
+    path: Option<Vec<u8>>,
     size: Option<u64>,
+    /// Whether any `GNU.sparse.*` record is present.
+    sparse: bool,
 }
 
 impl Pax {
@@ -347,8 +527,9 @@ impl Pax {
             let eq = rec.iter().position(|&b| b == b'=')?;
             let (k, v) = (&rec[..eq], &rec[eq + 1..]);
             match k {
-                b"path" => pax.path = Some(String::from_utf8_lossy(v).into_owned()),
+                b"path" => pax.path = Some(until_nul(v).to_vec()),
                 b"size" => pax.size = Some(std::str::from_utf8(v).ok()?.parse().ok()?),
+                k if k.starts_with(b"GNU.sparse.") => pax.sparse = true,
                 _ => {}
             }
             buf = &buf[n..];
@@ -434,7 +615,7 @@ mod tests {
     fn refuses_hostile_names_sizes_and_checksums() {
         for name in ["../x", "a/../../x", "/etc/passwd"] {
             let e = index(archive(&[(name, b"x")])).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::UnsafePath, "{name}: {e}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{name}: {e}");
         }
         let mut a = archive(&[("a", b"x")]);
         a[0] = b'b';
@@ -452,8 +633,109 @@ mod tests {
         let h = gnu_header("big", 10 << 30, 0).unwrap();
         assert_eq!(parse_number(&h[124..136]), Some(10 << 30));
         let pax = Pax::parse(b"20 path=long/name.x\n11 size=42\n").unwrap();
-        assert_eq!(pax.path.as_deref(), Some("long/name.x"));
+        assert_eq!(pax.path.as_deref(), Some(&b"long/name.x"[..]));
         assert_eq!(pax.size, Some(42));
         assert!(Pax::parse(b"99 path=x\n").is_none());
+    }
+
+    /// A member of type `kind` named `name` holding `data`.
+    fn raw_member(name: &[u8], data: &[u8], kind: u8) -> Vec<u8> {
+        let mut h = gnu_header("x", data.len() as u64, 0).unwrap();
+        h[..100].fill(0);
+        h[..name.len()].copy_from_slice(name);
+        h[156] = kind;
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut out = h.to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+        out
+    }
+
+    fn pax_member(kind: u8, key: &str, value: &[u8]) -> Vec<u8> {
+        let rest = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+        let mut n = rest.len() + 1;
+        while n.to_string().len() + rest.len() != n {
+            n += 1;
+        }
+        raw_member(b"pax", &[n.to_string().as_bytes(), &rest].concat(), kind)
+    }
+
+    fn names(parts: &[Vec<u8>]) -> Result<Vec<(String, MemberKind)>> {
+        let mut a = parts.concat();
+        a.resize(a.len() + 1024, 0);
+        Ok(index(a)?
+            .members
+            .into_iter()
+            .map(|m| (m.name, m.kind))
+            .collect())
+    }
+
+    #[test]
+    fn names_are_the_ones_gnu_tar_extracts() {
+        use MemberKind::*;
+        let long = raw_member(b"././@LongLink", b"long\0", b'L');
+        let file = raw_member(b"hdr", b"d", b'0');
+        let pax = pax_member(b'x', "path", b"pax");
+        // pax beats a long name in either order; Solaris X is pax; values end at NUL.
+        for order in [
+            vec![long.clone(), pax.clone(), file.clone()],
+            vec![pax.clone(), long.clone(), file.clone()],
+            vec![pax_member(b'X', "path", b"pax"), file.clone()],
+            vec![pax_member(b'x', "path", b"pax\0evil"), file.clone()],
+        ] {
+            assert_eq!(names(&order).unwrap(), [("pax".to_string(), File)]);
+        }
+        assert_eq!(names(&[long, file.clone()]).unwrap()[0].0, "long");
+        // Spellings of one path fold together; a trailing `/` makes a directory.
+        let idx = {
+            let mut a = [
+                raw_member(b"./a//b", b"1", b'0'),
+                raw_member(b"a/./b/", b"", b'0'),
+                raw_member(b"c", b"2", b'0'),
+            ]
+            .concat();
+            a.resize(a.len() + 1024, 0);
+            index(a).unwrap()
+        };
+        assert_eq!(idx.members[0].name, "a/b");
+        assert_eq!(idx.members[1].kind, Directory);
+        assert!(idx.has_duplicates());
+        assert_eq!(idx.duplicates().len(), 1);
+        assert_eq!(idx.member("./a/b/").unwrap().header_offset, 1024);
+        assert!(idx.file("a/b").is_none(), "the last a/b is a directory");
+        assert!(idx.file("c").is_some() && idx.file("../c").is_none());
+
+        let refused = |parts: &[Vec<u8>], why: &str| {
+            let e = names(parts).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        };
+        // Data after headers tar -x reads none after.
+        for kind in [b'1', b'2', b'3', b'4', b'5', b'6'] {
+            refused(&[raw_member(b"n", &[0; 512], kind)], "claims 512 bytes");
+        }
+        refused(
+            &[raw_member(b"f/", b"x", b'0')],
+            "is a directory yet claims",
+        );
+        refused(
+            &[
+                pax_member(b'x', "size", b"512"),
+                raw_member(b"s", &[0; 512], b'2'),
+            ],
+            "is a symbolic link yet claims",
+        );
+        refused(
+            &[pax_member(b'g', "path", b"all"), file.clone()],
+            "global pax header",
+        );
+        refused(&[raw_member(b"s", b"", b'S')], "GNU sparse");
+        refused(
+            &[pax_member(b'x', "GNU.sparse.name", b"real"), file.clone()],
+            "GNU sparse",
+        );
+        refused(&[raw_member(b"a\xffb", b"", b'0')], "not named in UTF-8");
     }
 }

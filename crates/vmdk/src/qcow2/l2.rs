@@ -8,7 +8,8 @@ use crate::format::error::{FormatError, FormatResult};
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Standard L2 entry: the cluster is compressed.
 pub const FLAG_COMPRESSED: u64 = 1 << 62;
-/// Standard L2 entry (version 3, no extended L2): the cluster reads as zeros.
+/// Standard L2 entry (version 3, no extended L2): the cluster reads as zeros. Reserved in
+/// version 2, where QEMU reports it as corruption.
 pub const FLAG_ZERO: u64 = 1;
 /// L1/L2 entry: refcount is exactly one (informational for readers).
 pub const FLAG_COPIED: u64 = 1 << 63;
@@ -69,9 +70,9 @@ impl Entry {
     }
 }
 
-/// Decode the L2 entry `e` (and `bitmap`, the second half of an extended entry) of an image
-/// with `cluster_bits`. Errors say what is wrong with the entry.
-pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> FormatResult<Entry> {
+/// Decode the L2 entry `e` (and `bitmap`, the second half of an extended entry) of a
+/// `version` 2 or 3 image with `cluster_bits`. Errors say what is wrong with the entry.
+pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32, version: u32) -> FormatResult<Entry> {
     let cs = 1u64 << cluster_bits;
     if e & FLAG_COMPRESSED != 0 {
         // Bits 0..x-1 hold the offset, x..61 the count of additional 512-byte sectors.
@@ -87,6 +88,14 @@ pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> FormatResult<En
         return Ok(Entry::Whole(Cluster::Compressed { offset, len }));
     }
     let host = e & OFFSET_MASK;
+    if bitmap.is_none() && e & FLAG_ZERO != 0 && version < 3 {
+        // Bit 0 is reserved in version 2: QEMU refuses the cluster as corrupt ("Zero
+        // cluster entry found in pre-v3 image") rather than guess what the writer meant,
+        // before it looks at the offset.
+        return Err(FormatError::Invalid(format!(
+            "zero flag set in a version 2 image (entry {e:#018x})"
+        )));
+    }
     if !host.is_multiple_of(cs) {
         return Err(FormatError::Invalid(format!(
             "cluster offset {host:#x} is not cluster-aligned"
@@ -106,7 +115,6 @@ pub fn decode(e: u64, bitmap: Option<u64>, cluster_bits: u32) -> FormatResult<En
         }
         return Ok(Entry::Sub { host, alloc, zero });
     }
-    // QEMU honours the zero flag in version 2 images too (where it is reserved).
     if e & FLAG_ZERO != 0 {
         return Ok(Entry::Whole(Cluster::Zero));
     }
@@ -123,32 +131,54 @@ mod tests {
     #[test]
     fn decodes_the_kinds() {
         assert_eq!(
-            decode(0, None, 16).unwrap(),
+            decode(0, None, 16, 3).unwrap(),
             Entry::Whole(Cluster::Unallocated)
         );
         assert_eq!(
-            decode(FLAG_COPIED | 0x50000, None, 16).unwrap(),
+            decode(FLAG_COPIED | 0x50000, None, 16, 3).unwrap(),
             Entry::Whole(Cluster::Data(0x50000))
         );
         assert_eq!(
-            decode(FLAG_ZERO | 0x50000, None, 16).unwrap(),
+            decode(FLAG_ZERO | 0x50000, None, 16, 3).unwrap(),
             Entry::Whole(Cluster::Zero)
         );
-        assert!(decode(0x50200, None, 16).is_err());
+        assert!(decode(0x50200, None, 16, 3).is_err());
         // 64 KiB clusters: x = 54; 3 extra sectors, offset 0x1234.
         let e = FLAG_COMPRESSED | (3u64 << 54) | 0x1234;
         assert_eq!(
-            decode(e, None, 16).unwrap(),
+            decode(e, None, 16, 3).unwrap(),
             Entry::Whole(Cluster::Compressed {
                 offset: 0x1234,
                 len: 4 * 512 - 0x34
             })
         );
-        let s = decode(0x50000, Some((1u64 << 33) | 1), 16).unwrap();
+        let s = decode(0x50000, Some((1u64 << 33) | 1), 16, 3).unwrap();
         assert_eq!(s.subcluster(0), Cluster::Data(0x50000));
         assert_eq!(s.subcluster(1), Cluster::Zero);
         assert_eq!(s.subcluster(2), Cluster::Unallocated);
-        assert!(decode(0x50000, Some((1u64 << 32) | 1), 16).is_err());
-        assert!(decode(0, Some(1), 16).is_err());
+        assert!(decode(0x50000, Some((1u64 << 32) | 1), 16, 3).is_err());
+        assert!(decode(0, Some(1), 16, 3).is_err());
+    }
+
+    #[test]
+    fn the_zero_flag_is_corruption_in_version_2() {
+        for e in [
+            FLAG_ZERO,
+            FLAG_ZERO | 0x50000,
+            FLAG_ZERO | FLAG_COPIED | 0x50200,
+        ] {
+            let err = decode(e, None, 16, 2).unwrap_err().to_string();
+            assert!(err.contains("zero flag set in a version 2 image"), "{err}");
+        }
+        // Compressed entries keep their meaning (their low bits are offset bits).
+        let c = FLAG_COMPRESSED | 0x1201;
+        assert!(matches!(
+            decode(c, None, 16, 2).unwrap(),
+            Entry::Whole(Cluster::Compressed { offset: 0x1201, .. })
+        ));
+        assert_eq!(
+            decode(0x50000, None, 16, 2).unwrap(),
+            Entry::Whole(Cluster::Data(0x50000))
+        );
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod header;
 pub mod l2;
+mod l2_cache;
 pub mod layout;
 pub mod source;
 pub mod writer;

@@ -1,4 +1,4 @@
-//! A qcow2 image as a convert/compare [`Source`]: its L1/L2 tables answer the one mapping
+//! A qcow2 image as a convert/compare [`Disk`]: its L1/L2 tables answer the one mapping
 //! question (data at an offset of the file, a compressed cluster, zeros, or unallocated,
 //! with the depth of the layer that answered), so qcow2 goes through the same planner and
 //! workers as VMDK: holes stay holes, zero clusters become zero grains, and compressed
@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 
 use super::header::{parse_extensions, Extensions, Header};
 use super::l2::{self, Cluster, Entry, SUBCLUSTERS};
-use crate::convert::Source;
+use super::l2_cache::L2Cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::compressed::CompressedGrain;
-use crate::image::{FileFormat, Image, OpenOptions};
-use crate::lock::{FileRole, LockRequest};
-use crate::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
-use crate::namespace::OpenMode;
-use crate::raw::RawFile;
+use crate::extent::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
+use crate::image::raw::RawFile;
+use crate::image::Disk;
+use crate::image::{Image, ImageFormat, OpenOptions};
+use crate::storage::lock::{FileRole, LockRequest};
+use crate::storage::namespace::OpenMode;
 use crate::storage::FileId;
 
 /// Bytes of L2 tables kept in memory per image.
@@ -34,11 +35,11 @@ pub struct Qcow2Image {
     ext: Extensions,
     file_len: u64,
     l1: Vec<u64>,
-    /// Recently used L2 tables (host offset, entries), most recent last.
-    l2_cache: Mutex<Vec<(u64, Arc<Vec<u64>>)>>,
+    /// Recently used L2 tables.
+    l2_cache: Mutex<L2Cache>,
     backing_name: Option<String>,
     backing_path: Option<PathBuf>,
-    backing: Option<Box<dyn Source>>,
+    backing: Option<Box<dyn Disk>>,
 }
 
 impl std::fmt::Debug for Qcow2Image {
@@ -131,6 +132,7 @@ impl Qcow2Image {
             .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
             .collect();
         let file = Arc::new(ExtentFile::new(path, storage));
+        let l2_cache_tables = (L2_CACHE_BYTES / cs) as usize;
         let mut img = Qcow2Image {
             path: path.to_path_buf(),
             file,
@@ -138,7 +140,7 @@ impl Qcow2Image {
             ext,
             file_len,
             l1,
-            l2_cache: Mutex::new(Vec::new()),
+            l2_cache: Mutex::new(L2Cache::new(l2_cache_tables)),
             backing_name: backing_name.clone(),
             backing_path: None,
             backing: None,
@@ -172,41 +174,32 @@ impl Qcow2Image {
     }
 
     /// Open a backing file: of the format the header names, or probed from its content.
+    ///
+    /// The same choice as [`open_disk`](fn@crate::ops::open_disk), which cannot be called
+    /// from here (it is an operation, above this layer); this one also carries the chain's
+    /// depth and the files already visited into a qcow2 backing file.
     fn open_backing(
         path: &Path,
         format: Option<&str>,
         opts: &OpenOptions,
         depth: u32,
         visited: &mut HashSet<FileId>,
-    ) -> Result<Box<dyn Source>> {
-        let ns = opts.namespace();
-        let probed = match format {
-            Some("qcow2") => "qcow2",
-            Some("vmdk") => "vmdk",
-            Some("raw") => "raw",
-            Some(other) => {
-                return Err(Error::unsupported(format!(
-                    "backing file format '{other}' is not supported"
-                ))
-                .with_path(path))
-            }
-            None => match crate::image::probe_in(&*ns, path)? {
-                Some(FileFormat::Foreign(crate::format::foreign::ForeignFormat::Qcow2)) => "qcow2",
-                Some(FileFormat::Foreign(f)) => {
-                    return Err(crate::image::foreign_format_error(path, f))
-                }
-                Some(_) => "vmdk",
-                None => "raw",
-            },
+    ) -> Result<Box<dyn Disk>> {
+        let format = match format {
+            Some(name) => name.parse::<ImageFormat>().map_err(|_| {
+                Error::unsupported(format!("backing file format '{name}' is not supported"))
+                    .with_path(path)
+            })?,
+            None => ImageFormat::probe_in(&*opts.namespace(), path)?,
         };
         let ro = OpenOptions {
             writable: false,
             ..opts.clone()
         };
-        Ok(match probed {
-            "qcow2" => Box::new(Self::open_layer(path, &ro, depth, visited)?),
-            "vmdk" => Box::new(Image::open_with(path, &ro)?),
-            _ => Box::new(RawFile::open_with(path, &ro)?),
+        Ok(match format {
+            ImageFormat::Qcow2 => Box::new(Self::open_layer(path, &ro, depth, visited)?),
+            ImageFormat::Vmdk => Box::new(Image::open_with(path, &ro)?),
+            ImageFormat::Raw => Box::new(RawFile::open_with(path, &ro)?),
         })
     }
 
@@ -231,7 +224,7 @@ impl Qcow2Image {
         self.backing_path.as_deref()
     }
     /// The opened backing image, if any.
-    pub fn backing(&self) -> Option<&dyn Source> {
+    pub fn backing(&self) -> Option<&dyn Disk> {
         self.backing.as_deref()
     }
     /// Bytes the file takes on its host, if known.
@@ -247,28 +240,35 @@ impl Qcow2Image {
         self.file_len
     }
 
-    /// The entries of the L2 table at `off` (two per cluster with extended L2), cached.
-    fn l2_table(&self, off: u64) -> Result<Arc<Vec<u64>>> {
+    /// The entries of the L2 table that L1 entry `l1i` points at (`off`), two per cluster
+    /// with extended L2, cached.
+    fn l2_table(&self, l1i: usize, off: u64) -> Result<Arc<Vec<u64>>> {
+        if let Some(t) = self
+            .l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(off)
         {
-            let mut c = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = c.iter().position(|(o, _)| *o == off) {
-                let t = c.remove(i);
-                let v = t.1.clone();
-                c.push(t);
-                return Ok(v);
-            }
+            return Ok(t);
         }
         let cs = self.header.cluster_size();
+        let guest = l1i as u64 * self.header.l2_entries() * cs;
         if !off.is_multiple_of(cs) {
             return Err(corrupt(
                 &self.path,
-                format!("L2 table offset {off:#x} is not cluster-aligned"),
+                format!(
+                    "L2 table offset {off:#x} of L1 entry {l1i} (guest offset {guest}) \
+                     is not cluster-aligned"
+                ),
             ));
         }
         if off.checked_add(cs).is_none_or(|e| e > self.file_len) {
             return Err(corrupt(
                 &self.path,
-                format!("L2 table at {off:#x} lies past the end of the file"),
+                format!(
+                    "L2 table at {off:#x} of L1 entry {l1i} (guest offset {guest}) lies past \
+                     the end of the file"
+                ),
             ));
         }
         let mut raw = vec![0u8; cs as usize];
@@ -281,22 +281,25 @@ impl Qcow2Image {
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
         );
-        let mut c = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if (c.len() as u64 + 1) * cs > L2_CACHE_BYTES && !c.is_empty() {
-            c.remove(0);
-        }
-        c.push((off, t.clone()));
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(off, t.clone());
         Ok(t)
     }
 
-    /// What this layer alone says about `[offset, offset+len)`, as `(start, len, cluster)`
-    /// pieces in order, at most `max` of them (then a prefix).
-    fn layer_pieces(
+    /// Call `emit(start, len, cluster)` with what this layer alone says about
+    /// `[offset, offset+len)`, in order, until it returns `false`. Neighbouring clusters of
+    /// the same kind (data: contiguous in the file) come as one piece, but a piece is handed
+    /// on at least every [`FLUSH_STEPS`] clusters or tables: when `emit` stops early (its
+    /// map is full), the walk has gone at most that far past the last piece it used.
+    /// Gathering whole runs first made each batch of a walk rescan the rest of an empty
+    /// layer: batches × layer size, over a backing file of many entries.
+    fn walk_layer(
         &self,
         offset: u64,
         len: u64,
-        max: usize,
-        out: &mut Vec<(u64, u64, Cluster)>,
+        emit: &mut dyn FnMut(u64, u64, Cluster) -> Result<bool>,
     ) -> Result<()> {
         let h = &self.header;
         let cs = h.cluster_size();
@@ -305,51 +308,27 @@ impl Qcow2Image {
         let mut pos = offset;
         let ext = h.extended_l2();
         let sub = cs / u64::from(SUBCLUSTERS);
-        // Data pieces carry the host offset of their own first byte, so contiguous clusters
-        // merge into one piece.
-        let push = |out: &mut Vec<(u64, u64, Cluster)>, s: u64, n: u64, c: Cluster| {
-            let c = match c {
-                Cluster::Data(h) => Cluster::Data(h + s % cs),
-                c => c,
-            };
-            if let Some(last) = out.last_mut() {
-                let joins = match (last.2, c) {
-                    (Cluster::Unallocated, Cluster::Unallocated) => true,
-                    (Cluster::Zero, Cluster::Zero) => true,
-                    (Cluster::Data(a), Cluster::Data(b)) => a + last.1 == b,
-                    _ => false,
-                };
-                if joins && last.0 + last.1 == s {
-                    last.1 += n;
-                    return true;
-                }
-            }
-            if out.len() >= max {
-                return false;
-            }
-            out.push((s, n, c));
-            true
-        };
+        let mut run = Run::default();
         while pos < end {
             let l1i = (pos / per_l1) as usize;
             let table_end = end.min((pos / per_l1 + 1) * per_l1);
             let l2off = self.l1.get(l1i).copied().unwrap_or(0) & l2::OFFSET_MASK;
             if l2off == 0 {
-                if !push(out, pos, table_end - pos, Cluster::Unallocated) {
+                if !run.add(pos, table_end - pos, Cluster::Unallocated, cs, 1, emit)? {
                     return Ok(());
                 }
                 pos = table_end;
                 continue;
             }
-            let table = self.l2_table(l2off)?;
+            let table = self.l2_table(l1i, l2off)?;
             while pos < table_end {
                 let ci = ((pos % per_l1) / cs) as usize;
                 let cl_start = pos / cs * cs;
                 let cl_end = table_end.min(cl_start + cs);
                 let entry = if ext {
-                    l2::decode(table[2 * ci], Some(table[2 * ci + 1]), h.cluster_bits)
+                    l2::decode(table[2 * ci], Some(table[2 * ci + 1]), h.cluster_bits, h.version)
                 } else {
-                    l2::decode(table[ci], None, h.cluster_bits)
+                    l2::decode(table[ci], None, h.cluster_bits, h.version)
                 }
                 .map_err(|m| {
                     corrupt(
@@ -360,8 +339,24 @@ impl Qcow2Image {
                     )
                 })?;
                 match entry {
+                    Entry::Whole(c @ (Cluster::Unallocated | Cluster::Zero)) if !ext => {
+                        // Equal entries decode alike: a run of empty or zero clusters is
+                        // one step, so an empty table costs a scan, not a decode per cluster.
+                        let last = ((table_end - 1) % per_l1 / cs) as usize;
+                        let mut next = ci + 1;
+                        while next <= last && table[next] == table[ci] {
+                            next += 1;
+                        }
+                        let run_end = table_end.min(cl_start + (next - ci) as u64 * cs);
+                        let weight = (next - ci) as u32;
+                        if !run.add(pos, run_end - pos, c, cs, weight, emit)? {
+                            return Ok(());
+                        }
+                        pos = run_end;
+                        continue;
+                    }
                     Entry::Whole(c) => {
-                        if !push(out, pos, cl_end - pos, c) {
+                        if !run.add(pos, cl_end - pos, c, cs, 1, emit)? {
                             return Ok(());
                         }
                     }
@@ -370,7 +365,7 @@ impl Qcow2Image {
                         while p < cl_end {
                             let i = ((p - cl_start) / sub) as u32;
                             let s_end = cl_end.min(cl_start + (u64::from(i) + 1) * sub);
-                            if !push(out, p, s_end - p, entry.subcluster(i)) {
+                            if !run.add(p, s_end - p, entry.subcluster(i), cs, 1, emit)? {
                                 return Ok(());
                             }
                             p = s_end;
@@ -380,10 +375,11 @@ impl Qcow2Image {
                 pos = cl_end;
             }
         }
+        run.flush(emit)?;
         Ok(())
     }
 
-    /// Like [`Source::map_prefix`]: at most `max_entries` entries covering a prefix of the
+    /// Like [`Disk::map_prefix`]: at most `max_entries` entries covering a prefix of the
     /// range, resolved through the backing chain.
     pub fn map_prefix(&self, offset: u64, len: u64, max_entries: usize) -> Result<Vec<MapEntry>> {
         let size = self.header.size;
@@ -394,11 +390,9 @@ impl Qcow2Image {
             .with_path(&self.path));
         }
         let mut b = MapBuilder::with_limit(max_entries);
-        let mut pieces = Vec::new();
-        self.layer_pieces(offset, len, max_entries.max(1), &mut pieces)?;
         let cs = self.header.cluster_size();
-        for (s, n, c) in pieces {
-            let ok = match c {
+        self.walk_layer(offset, len, &mut |s, n, c| {
+            Ok(match c {
                 Cluster::Data(host) => b.push(
                     s,
                     n,
@@ -414,22 +408,20 @@ impl Qcow2Image {
                     len: stored,
                 } => {
                     let cl_start = s / cs * cs;
-                    // Clusters are cut at cluster bounds, so one piece is one cluster.
+                    // Compressed clusters are never merged, so one piece is one cluster.
                     let g = CompressedGrain::raw_deflate(
                         self.file.clone(),
                         offset,
                         cs,
                         s - cl_start,
                         stored,
+                        cl_start,
                     );
                     b.push(s, n, MapTarget::Compressed(g), 0)
                 }
                 Cluster::Unallocated => self.push_below(&mut b, s, n)?,
-            };
-            if !ok {
-                break;
-            }
-        }
+            })
+        })?;
         Ok(b.entries)
     }
 
@@ -488,7 +480,71 @@ impl Qcow2Image {
     }
 }
 
-impl Source for Qcow2Image {
+/// Clusters or tables walked into one piece before it is handed on (see
+/// [`Qcow2Image::walk_layer`]).
+const FLUSH_STEPS: u32 = 4096;
+
+/// The piece [`Qcow2Image::walk_layer`] is gathering: neighbouring clusters of one kind.
+#[derive(Default)]
+struct Run {
+    /// `(start, len, cluster)`; data carries the host offset of the piece's first byte.
+    piece: Option<(u64, u64, Cluster)>,
+    /// Clusters or tables walked into the piece since it was last handed on.
+    steps: u32,
+}
+
+impl Run {
+    /// Add `[s, s+n)` holding `c` (data: the host offset of its cluster), found by walking
+    /// `weight` clusters or tables; `false` once `emit` refused a piece.
+    fn add(
+        &mut self,
+        s: u64,
+        n: u64,
+        c: Cluster,
+        cs: u64,
+        weight: u32,
+        emit: &mut dyn FnMut(u64, u64, Cluster) -> Result<bool>,
+    ) -> Result<bool> {
+        let c = match c {
+            Cluster::Data(h) => Cluster::Data(h + s % cs),
+            c => c,
+        };
+        if let Some((start, len, last)) = &mut self.piece {
+            let joins = *start + *len == s
+                && match (*last, c) {
+                    (Cluster::Unallocated, Cluster::Unallocated) => true,
+                    (Cluster::Zero, Cluster::Zero) => true,
+                    (Cluster::Data(a), Cluster::Data(b)) => a + *len == b,
+                    _ => false,
+                };
+            if joins {
+                *len += n;
+                self.steps = self.steps.saturating_add(weight);
+                if self.steps >= FLUSH_STEPS {
+                    return self.flush(emit);
+                }
+                return Ok(true);
+            }
+            if !self.flush(emit)? {
+                return Ok(false);
+            }
+        }
+        self.piece = Some((s, n, c));
+        self.steps = weight;
+        Ok(true)
+    }
+
+    /// Hand on the piece gathered so far.
+    fn flush(&mut self, emit: &mut dyn FnMut(u64, u64, Cluster) -> Result<bool>) -> Result<bool> {
+        self.steps = 0;
+        match self.piece.take() {
+            Some((s, n, c)) => emit(s, n, c),
+            None => Ok(true),
+        }
+    }
+}
+
+impl Disk for Qcow2Image {
     fn size(&self) -> u64 {
         self.header.size
     }

@@ -1,7 +1,7 @@
 //! `check`'s report: qemu-img check's JSON fields.
 
 use super::Node;
-use crate::CheckReport;
+use crate::ops::check::CheckReport;
 
 /// What `qemu-img check --output=json` prints for `r` on the image shown as `name`
 /// (counts that are zero are left out, as qemu does).

@@ -10,12 +10,12 @@ use crate::error::Result;
 use crate::extent::ExtentKind;
 use crate::format::descriptor::CID_NONE;
 use crate::format::foreign::ForeignFormat;
-use crate::namespace::OpenMode;
-use crate::{Image, OpenOptions};
+use crate::image::{Image, OpenOptions};
+use crate::storage::namespace::OpenMode;
 
 /// `info` of a raw image: its size and the space its file takes.
 pub fn raw_info(path: &Path, name: &str, opts: &OpenOptions) -> Result<Node> {
-    let raw = crate::raw::RawFile::open_with(path, opts)?;
+    let raw = crate::image::raw::RawFile::open_with(path, opts)?;
     let mut n = Node::dict();
     if let Some(proto) = remote_protocol(name) {
         // As qemu shows a raw image through its curl driver: no allocation to report.

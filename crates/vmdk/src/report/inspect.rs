@@ -2,7 +2,7 @@
 //! it and `vmdk.inspect()` returns it.
 
 use super::Node;
-use crate::inspect::InspectReport;
+use crate::ops::inspect::InspectReport;
 
 /// The report tree of an inspection.
 pub fn inspect_json(rep: &InspectReport) -> Node {

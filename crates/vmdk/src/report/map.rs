@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::names::{chain, display, extent_name};
-use crate::convert::Source;
 use crate::error::Result;
+use crate::extent::map::{ExtentFile, MapEntry, MapTarget};
 use crate::extent::ExtentKind;
-use crate::walk::MapWalker;
-use crate::{ExtentFile, Image, MapEntry, MapTarget};
+use crate::image::walk::MapWalker;
+use crate::image::Disk;
+use crate::image::Image;
 
 /// One `qemu-img map` entry (qemu's field names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +139,7 @@ impl MapReporter {
         let size = file
             .storage
             .len()
-            .map_err(|e| crate::Error::io(e, "getting file size").with_path(&file.path))?;
+            .map_err(|e| crate::error::Error::io(e, "getting file size").with_path(&file.path))?;
         let mut out = Vec::new();
         if off < size {
             let end = off + len.min(size - off);
@@ -215,7 +216,7 @@ impl MapReporter {
 /// `qemu-img map --output=json` lists them. Like qemu-img, an empty range still yields one
 /// zero-length entry.
 pub fn merged_entries(
-    src: &dyn Source,
+    src: &dyn Disk,
     reporter: &mut MapReporter,
     start: u64,
     end: u64,

@@ -9,5 +9,7 @@ pub mod map;
 pub mod names;
 mod node;
 pub mod qcow2_info;
+// Escaping lives below every layer (errors use it); kept reachable here, where it was.
+pub use crate::text;
 
 pub use node::Node;

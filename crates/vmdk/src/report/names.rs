@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::Image;
+use crate::image::Image;
 
 /// qemu's `path_combine`: `name` if absolute, else `name` in the directory of `base`.
 pub fn path_combine(base: &str, name: &str) -> String {

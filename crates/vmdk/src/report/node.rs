@@ -6,6 +6,9 @@ use std::io::Write;
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
+use serde_json::ser::{Formatter, PrettyFormatter};
+
+use super::text::{is_shown, Printable};
 
 /// A JSON-like value whose object keys keep their insertion order.
 #[derive(Debug, Clone)]
@@ -54,9 +57,11 @@ impl Node {
         }
     }
 
-    /// Print as qemu's pretty JSON (4-space indent) followed by a newline.
+    /// Print as qemu's pretty JSON (4-space indent) followed by a newline. Characters a
+    /// terminal must not see raw are written as `\uXXXX` escapes (serde_json escapes only
+    /// C0 controls), so the output is safe to show and parses to the same strings.
     pub fn print_json(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let fmt = TerminalSafe(serde_json::ser::PrettyFormatter::with_indent(b"    "));
         let mut ser = serde_json::Serializer::with_formatter(&mut *out, fmt);
         self.serialize(&mut ser).map_err(std::io::Error::other)?;
         writeln!(out)
@@ -97,11 +102,69 @@ impl Node {
                 }
                 Ok(())
             }
-            Node::Str(s) => writeln!(out, "{s}"),
+            Node::Str(s) => writeln!(out, "{}", Printable(s)),
             Node::Int(n) => writeln!(out, "{n}"),
             Node::Bool(b) => writeln!(out, "{b}"),
             Node::Null => writeln!(out, "null"),
         }
+    }
+}
+
+/// qemu's pretty formatter, with every character [`is_shown`] refuses inside strings written
+/// as a `\uXXXX` escape (all of them are in the Basic Multilingual Plane).
+struct TerminalSafe<'a>(PrettyFormatter<'a>);
+
+impl Formatter for TerminalSafe<'_> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some((i, c)) = rest.char_indices().find(|&(_, c)| !is_shown(c)) {
+            w.write_all(&rest.as_bytes()[..i])?;
+            write!(w, "\\u{:04x}", c as u32)?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        w.write_all(rest.as_bytes())
+    }
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn end_object_key<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_key(w)
+    }
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
     }
 }
 
@@ -194,5 +257,29 @@ mod tests {
             s.starts_with("{\n    \"cid\": 1,\n    \"create-type\""),
             "{s}"
         );
+    }
+
+    #[test]
+    fn printers_escape_what_a_terminal_must_not_see() {
+        let name = "a\u{1b}]0;t\u{7}\u{9b}\u{202e}\u{7f}\nb.vmdk";
+        let mut n = Node::dict();
+        n.put("filename", name);
+        let mut out = Vec::new();
+        n.print_human(0, &mut out).unwrap();
+        let human = String::from_utf8(out).unwrap();
+        assert_eq!(
+            human,
+            "filename: a\\x1b]0;t\\x07\\xc2\\x9b\\xe2\\x80\\xae\\x7f\\x0ab.vmdk\n"
+        );
+        let mut out = Vec::new();
+        n.print_json(&mut out).unwrap();
+        let json = String::from_utf8(out).unwrap();
+        assert!(json.chars().all(|c| c == '\n' || is_shown(c)), "{json:?}");
+        assert!(
+            json.contains(r"\u001b]0;t\u0007\u009b\u202e\u007f\nb.vmdk"),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["filename"], name);
     }
 }

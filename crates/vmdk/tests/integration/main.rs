@@ -2,6 +2,12 @@
 //! file): each module is a feature, indexed in ../README.md; `common` holds the helpers
 //! (qemu as the oracle, byte-level image builders). `cargo test -p vmdk read_qemu::` runs
 //! one feature.
+//!
+//! Adding a test file (one from a branch that still writes `tests/NAME.rs`): move it here,
+//! `git mv tests/NAME.rs tests/integration/NAME.rs`, add one line `mod NAME;` below (in
+//! order), and in the file replace `mod common;` / `use common::...` by `use crate::common::...`
+//! (helpers other crates share, such as `Tmpfs` and the object-storage servers, are
+//! `vmdk_test_support::...`). A test below fails while a file here has no `mod` line.
 
 mod common;
 mod convert;
@@ -11,6 +17,7 @@ mod full_disk;
 mod hostile;
 mod locking;
 mod namespace;
+mod ova;
 mod props;
 mod read_built;
 mod read_qemu;

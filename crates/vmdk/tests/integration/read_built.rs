@@ -310,7 +310,7 @@ fn multi_extent_mixed_descriptor() {
     build::write(d.0.path(), "e-flat.vmdk", &e5[..12 * SECTOR]);
     let text = "\r\n# made by hand\r\n\r\n   # indented comment\r\nversion=1\r\n\
         encoding=\"UTF-8\"\r\nCID=89abcdef\r\nparentCID=ffffffff\r\n\
-        createType=\"custom\"\r\n\r\n# Extent description\r\n\
+        createType=\"monolithicFlat\"\r\n\r\n# Extent description\r\n\
         RW 64 FLAT \"a-flat.vmdk\" 3\r\n\
         RW 2048 SPARSE \"s.vmdk\"\r\n\
         RW 100 ZERO\r\n\
@@ -369,7 +369,7 @@ fn sparse_extent_partial_last_grain_then_flat() {
     let text = build::descriptor(
         0x1,
         0xffffffff,
-        "custom",
+        "monolithicFlat",
         None,
         &[
             "RW 1000 SPARSE \"p.vmdk\"".into(),

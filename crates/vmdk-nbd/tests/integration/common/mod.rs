@@ -75,7 +75,7 @@ impl MemExport {
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
         let size = self.size();
-        if offset.checked_add(len).map_or(true, |e| e > size) {
+        if offset.checked_add(len).is_none_or(|e| e > size) {
             // The server must never pass out-of-range requests through.
             panic!("export called out of range: {offset}+{len} > {size}");
         }
@@ -289,7 +289,7 @@ impl TestServer {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, |t| t.is_finished())
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 }
 

@@ -114,6 +114,7 @@ pub fn scribble(image: &Path) {
     );
 }
 
+pub mod alloc;
 pub mod build;
 
 /// The bytes qemu reads from `image` in `[offset, offset+len)`, without converting the whole

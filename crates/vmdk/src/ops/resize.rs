@@ -1,0 +1,475 @@
+//! Changing an image's virtual size (`qemu-img resize`, which QEMU's VMDK driver refuses
+//! entirely: "Image format driver does not support resize").
+//!
+//! Growing works for every writable subformat:
+//! - flat extents grow in place (their file is extended sparsely);
+//! - a sparse extent gets a larger capacity and more grain-directory entries, with a zeroed
+//!   grain table for each new entry (QEMU's driver expects every table to exist). When the
+//!   directory has no room left in its sectors, both directories move to the end of the
+//!   file, as VirtualBox relocates them;
+//! - split images (twoGbMaxExtent*) fill their last extent up to 2 GiB, then get new
+//!   extent files named as qemu-img names them.
+//!
+//! Shrinking needs `shrink`. Flat extents: whole trailing extents are dropped, the last one
+//! is cut. Hosted sparse extents shrink only when no data lies past the new end: grains
+//! there that are unallocated, zeroed or read as zeros are dropped (their table entries
+//! cleared, redundant copy first, then the space punched out of the file); any other
+//! allocated grain refuses the shrink, naming its offset, before anything is changed.
+//! Whole sparse extents past the new end obey the same rule before their files go.
+//!
+//! Crash ordering: new tables, directories and files are written and flushed first, the
+//! sparse header (capacity and directory offsets) next, and the descriptor last, so an
+//! interrupted resize leaves the old disk (plus unreferenced space at the end of a file).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
+use crate::format::descriptor::ExtentType;
+use crate::format::SECTOR_SIZE;
+use crate::image::{DescriptorLocation, Image, OpenOptions};
+use crate::ops::create::{
+    flat_extent, geometry, sparse_layout, write_sparse_extent, AdapterType, SPLIT_SIZE,
+};
+
+/// Largest virtual size: QEMU's and the NBD protocol's limit (a signed 64-bit offset).
+const MAX_SIZE: u64 = i64::MAX as u64 / SECTOR_SIZE * SECTOR_SIZE;
+
+/// How to resize.
+#[derive(Debug, Clone, Default)]
+pub struct ResizeOptions {
+    /// Allow the disk to get smaller (data past the new end is lost).
+    pub shrink: bool,
+}
+
+/// Resize the image at `path` to `new_size` bytes (rounded up to 512). `open` says how to
+/// open it (paths, locking); it is opened for writing without its backing chain.
+pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptions) -> Result<()> {
+    let new_size = new_size
+        .checked_next_multiple_of(SECTOR_SIZE)
+        .filter(|s| *s <= MAX_SIZE)
+        .ok_or_else(|| Error::invalid("the new size is too large").with_path(path))?;
+    let img = OpenOptions {
+        writable: true,
+        open_backing: false,
+        force_share: false,
+        ..open.clone()
+    }
+    .open(path)?;
+    let old = img.size();
+    if new_size == old {
+        return Ok(());
+    }
+    for e in img.extents() {
+        if let ExtentKind::Sparse(s) = &e.kind {
+            if s.is_compressed() || s.flavor() != SparseFlavor::Vmdk4 {
+                return Err(Error::unsupported(
+                    "only flat and hosted sparse extents can be resized (not stream, COWD or \
+                     seSparse extents)",
+                )
+                .with_path(path));
+            }
+        }
+    }
+    if new_size < old {
+        if !opts.shrink {
+            return Err(
+                Error::invalid("Use the --shrink option to perform a shrink operation.")
+                    .with_path(path),
+            );
+        }
+        return shrink(&img, new_size);
+    }
+    grow(&img, new_size)
+}
+
+/// Whether the image is split into 2 GiB extents (new space goes into new extent files).
+fn is_split(img: &Image) -> bool {
+    img.create_type().starts_with("twoGbMaxExtent")
+}
+
+fn grow(img: &Image, new_size: u64) -> Result<()> {
+    let path = img.path();
+    let split = is_split(img);
+    let last = img.extents().last().expect("an image has extents");
+    let mut sectors: Vec<u64> = img
+        .extents()
+        .iter()
+        .map(|e| e.length / SECTOR_SIZE)
+        .collect();
+    let mut extra = new_size - img.size();
+    // The last extent takes what it can: everything, unless the image is split.
+    let room = if split {
+        SPLIT_SIZE.saturating_sub(last.length)
+    } else {
+        extra
+    };
+    let take = room.min(extra);
+    let mut new_lines = Vec::new();
+    if take > 0 {
+        let new_len = last.length + take;
+        match &last.kind {
+            ExtentKind::Flat { file, offset } => {
+                let want = offset + new_len;
+                let have = file
+                    .storage
+                    .len()
+                    .map_err(|e| Error::io(e, "getting file size").with_path(&file.path))?;
+                if have < want {
+                    file.storage
+                        .set_len(want)
+                        .map_err(|e| Error::io(e, "extending the extent").with_path(&file.path))?;
+                }
+            }
+            ExtentKind::Sparse(s) => grow_sparse(s, new_len)?,
+            ExtentKind::Zero => {}
+        }
+        *sectors.last_mut().expect("non-empty") = new_len / SECTOR_SIZE;
+        extra -= take;
+    }
+    // Split images: whole new extent files after the last one.
+    if extra > 0 {
+        let kind = last.kind_keyword;
+        let flat = matches!(kind, ExtentType::Flat);
+        let (stem, ext) = split_name(path)?;
+        let mut idx = img.extents().len() + 1;
+        while extra > 0 {
+            let len = extra.min(SPLIT_SIZE);
+            let name = if flat {
+                format!("{stem}-f{idx:03}{ext}")
+            } else {
+                format!("{stem}-s{idx:03}{ext}")
+            };
+            let file = path.with_file_name(&name);
+            let ns = img.namespace();
+            if ns.exists(&file) {
+                return Err(Error::invalid(format!(
+                    "a file named {name} exists already; refusing to overwrite it"
+                ))
+                .with_path(path));
+            }
+            let storage = if flat {
+                new_lines.push(format!("RW {} FLAT \"{name}\" 0", len / SECTOR_SIZE));
+                flat_extent(&**ns, &file, len)?
+            } else {
+                new_lines.push(format!("RW {} SPARSE \"{name}\"", len / SECTOR_SIZE));
+                let h = sparse_layout(len, false, false, false)?;
+                write_sparse_extent(&**ns, &file, &h, None)?
+            };
+            storage
+                .flush()
+                .map_err(|e| Error::io(e, "syncing").with_path(&file))?;
+            extra -= len;
+            idx += 1;
+        }
+    }
+    update_descriptor(img, new_size, &sectors, &new_lines)
+}
+
+fn shrink(img: &Image, new_size: u64) -> Result<()> {
+    let path = img.path();
+    let mut sectors = Vec::new();
+    let mut drop_files: Vec<PathBuf> = Vec::new();
+    let mut cut: Option<(std::sync::Arc<crate::extent::map::ExtentFile>, u64)> = None;
+    let mut sparse_cut: Option<(&SparseExtent, u64, Vec<u64>)> = None;
+    // Sparse data past the new end refuses the shrink before anything changes.
+    for e in img.extents() {
+        if let ExtentKind::Sparse(s) = &e.kind {
+            let keep = new_size.saturating_sub(e.start).min(e.length);
+            if keep < e.length {
+                let dropped = grains_past(s, keep, e.start)?;
+                if e.start < new_size {
+                    sparse_cut = Some((s, keep, dropped));
+                }
+            }
+        }
+    }
+    for e in img.extents() {
+        if e.start >= new_size {
+            if let Some(f) = e.file() {
+                drop_files.push(f.path.clone());
+            }
+            continue;
+        }
+        let keep = (new_size - e.start).min(e.length);
+        if keep < e.length {
+            match &e.kind {
+                ExtentKind::Flat { file, offset } if *offset == 0 => {
+                    cut = Some((file.clone(), keep));
+                }
+                _ => {}
+            }
+        }
+        sectors.push(keep / SECTOR_SIZE);
+    }
+    if drop_files.iter().any(|f| {
+        img.extents()
+            .iter()
+            .any(|e| e.start < new_size && e.file().is_some_and(|g| g.path == *f))
+    }) {
+        return Err(
+            Error::unsupported("an extent file to be dropped also holds kept extents")
+                .with_path(path),
+        );
+    }
+    // A monolithic file holds descriptor and data: never drop or cut the descriptor.
+    if drop_files.iter().any(|f| f == path) {
+        return Err(Error::unsupported("cannot drop the descriptor's own extent").with_path(path));
+    }
+    if let Some((s, keep, _)) = &sparse_cut {
+        shrink_sparse(s, *keep)?;
+    }
+    update_descriptor(img, new_size, &sectors, &[])?;
+    if let Some((s, _, dropped)) = &sparse_cut {
+        // Best effort: the dropped grains held zeros; where holes cannot be punched the
+        // space stays (and check reports it as leaked).
+        for &off in dropped {
+            let _ = s.file.storage.punch_hole(off, s.grain_size());
+        }
+    }
+    if let Some((file, keep)) = cut {
+        file.storage
+            .set_len(keep)
+            .map_err(|e| Error::io(e, "cutting the extent").with_path(&file.path))?;
+    }
+    for f in drop_files {
+        img.namespace().remove(&f)?;
+    }
+    Ok(())
+}
+
+/// The first grain of `s` wholly past `keep` bytes, and the tables' entry count.
+fn first_dropped_grain(s: &SparseExtent, keep: u64) -> u64 {
+    keep.div_ceil(s.grain_size())
+}
+
+/// Check that no data lies in `s` past `keep` bytes: every allocated grain there must read
+/// as zeros. Returns the file offsets of the allocated ones (to punch out); an error naming
+/// the first grain holding data (as a virtual-disk offset, the extent starting at
+/// `ext_start`).
+fn grains_past(s: &SparseExtent, keep: u64, ext_start: u64) -> Result<Vec<u64>> {
+    let gs = s.grain_size();
+    let grains = s.capacity().div_ceil(gs);
+    let per_table = s.directory().coding().gt_entries;
+    let mut dropped = Vec::new();
+    let mut buf = vec![0u8; gs as usize];
+    let mut g = first_dropped_grain(s, keep);
+    while g < grains {
+        let i = (g / per_table) as usize;
+        if s.directory().table(i)?.is_none() {
+            g = (i as u64 + 1) * per_table;
+            continue;
+        }
+        if let Some(off) = s.directory().lookup(g)?.offset() {
+            s.file.storage.read_at_padded(&mut buf, off).map_err(|e| {
+                Error::io(e, "reading a grain past the new end").with_path(&s.file.path)
+            })?;
+            if buf.iter().any(|&b| b != 0) {
+                return Err(Error::invalid(format!(
+                    "cannot shrink: data is allocated at offset {} past the new end (only \
+                     unallocated or zero grains can be dropped)",
+                    ext_start + g * gs
+                ))
+                .with_path(&s.file.path));
+            }
+            dropped.push(off);
+        }
+        g += 1;
+    }
+    Ok(dropped)
+}
+
+/// The VMDK4 header of `s` when it is a hosted sparse extent, the only sparse kind whose
+/// capacity can change here: stream files keep a second copy of the header (the footer)
+/// that readers prefer, and COWD/seSparse headers are not VMDK4 headers.
+fn hosted_header(
+    s: &SparseExtent,
+    verb: &str,
+) -> Result<crate::format::sparse_header::SparseHeader> {
+    s.header
+        .clone()
+        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
+        .ok_or_else(|| {
+            Error::unsupported(format!(
+                "only hosted sparse extents (not stream, COWD or seSparse) can {verb}"
+            ))
+            .with_path(&s.file.path)
+        })
+}
+
+/// Shrink a hosted sparse extent to `keep` bytes: clear the table entries past the new end
+/// (redundant tables first, flushed), then write the header with the new capacity.
+fn shrink_sparse(s: &SparseExtent, keep: u64) -> Result<()> {
+    let path = &s.file.path;
+    let storage = &s.file.storage;
+    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
+    let mut h = hosted_header(s, "shrink")?;
+    let dir = s.directory();
+    let coding = dir.coding();
+    let width = coding.width() as u64;
+    let per_table = coding.gt_entries;
+    let first = first_dropped_grain(s, keep);
+    let grains = s.capacity().div_ceil(s.grain_size());
+    // Redundant copies first, so a cut leaves the primary (what readers use) unchanged
+    // until its own turn; the dropped grains read as zeros either way.
+    let copies: Vec<Box<dyn Fn(usize) -> Option<u64>>> = vec![
+        Box::new(|i| dir.redundant_table_offset(i).filter(|&o| o != 0)),
+        Box::new(|i| dir.table_offset(i).ok().flatten()),
+    ];
+    for table_of in copies {
+        let mut g = first;
+        while g < grains {
+            let i = (g / per_table) as usize;
+            let table_end = ((i as u64 + 1) * per_table).min(grains);
+            if let Some(t) = table_of(i) {
+                let n = (table_end - g) as usize;
+                storage
+                    .write_at(&vec![0u8; n * width as usize], t + (g % per_table) * width)
+                    .map_err(io("clearing grain table entries"))?;
+            }
+            g = table_end;
+        }
+        storage.flush().map_err(io("flushing"))?;
+    }
+    h.capacity = keep / SECTOR_SIZE;
+    storage
+        .write_at(&h.serialize(), 0)
+        .map_err(io("writing the header"))?;
+    storage.flush().map_err(io("flushing"))?;
+    Ok(())
+}
+
+/// The stem and extension qemu-img names split extents after (`disk` and `.vmdk`).
+fn split_name(path: &Path) -> Result<(String, String)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("image path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(match name.rfind('.') {
+        Some(i) if i > 0 => (name[..i].to_string(), name[i..].to_string()),
+        _ => (name, String::new()),
+    })
+}
+
+/// Record the new extent sizes, extra extent lines and geometry in the descriptor (last, so
+/// an interrupted resize leaves the old disk).
+fn update_descriptor(
+    img: &Image,
+    new_size: u64,
+    sectors: &[u64],
+    new_lines: &[String],
+) -> Result<()> {
+    let adapter = img
+        .descriptor()
+        .ddb("adapterType")
+        .and_then(|a| AdapterType::parse(a).ok())
+        .unwrap_or_default();
+    let (cyl, _, _) = geometry(new_size, adapter);
+    if matches!(img.descriptor_location(), DescriptorLocation::Synthesized) {
+        return Ok(());
+    }
+    let lines = new_lines.to_vec();
+    let sectors_owned = sectors.to_vec();
+    let has_cyl = img.descriptor().ddb("geometry.cylinders").is_some();
+    img.edit_descriptor_text(
+        |old| {
+            let t = crate::format::descriptor_edit::set_extents(old, sectors, new_lines)?;
+            if has_cyl {
+                crate::format::descriptor_edit::apply(
+                    &t,
+                    &[("ddb.geometry.cylinders", Some(format!("\"{cyl}\"")))],
+                )
+            } else {
+                Some(t)
+            }
+        },
+        |d| {
+            for (l, n) in d.extents.iter_mut().zip(&sectors_owned) {
+                l.sectors = *n;
+            }
+            d.extents.truncate(sectors_owned.len());
+            for line in &lines {
+                if let Ok(parsed) = crate::format::descriptor::Descriptor::parse(
+                    format!("version=1\ncreateType=\"x\"\n{line}\n").as_bytes(),
+                ) {
+                    d.extents.extend(parsed.extents);
+                }
+            }
+            if has_cyl {
+                d.set_ddb("geometry.cylinders", &cyl.to_string());
+            }
+        },
+    )?;
+    img.flush()
+}
+
+/// Give a hosted sparse extent `new_len` bytes of capacity: zeroed grain tables for the new
+/// directory entries, the directories moved to the end of the file when they have no room,
+/// then the header.
+fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
+    let path = &s.file.path;
+    let storage = &s.file.storage;
+    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
+    let mut h = hosted_header(s, "grow")?;
+    let dir = s.directory();
+    let old_n = dir.len() as u64;
+    h.capacity = new_len / SECTOR_SIZE;
+    let new_n = h.gd_entries();
+    if new_n > crate::extent::sparse::MAX_GD_ENTRIES {
+        return Err(
+            Error::invalid("the new size is too large for a sparse extent").with_path(path),
+        );
+    }
+    let table_bytes = dir.coding().table_bytes();
+    let mut end = storage
+        .len()
+        .map_err(io("getting file size"))?
+        .next_multiple_of(SECTOR_SIZE);
+    // Directory room: the whole sectors the directory occupies now.
+    let room = (old_n * 4).next_multiple_of(SECTOR_SIZE) / 4;
+    let relocate = new_n > room;
+    let mut new_offsets = Vec::new();
+    for (off, mut entries) in dir.raw_copies() {
+        for _ in old_n..new_n {
+            let raw = dir.coding().encode_directory(Some(end)).map_err(|_| {
+                Error::invalid(
+                    "the extent file would grow past what 32-bit grain directories address",
+                )
+                .with_path(path)
+            })?;
+            entries.push(raw);
+            end += table_bytes.next_multiple_of(SECTOR_SIZE);
+        }
+        let mut bytes = Vec::new();
+        dir.coding().put_entries(&entries, &mut bytes);
+        if relocate {
+            let at = end;
+            end += (bytes.len() as u64).next_multiple_of(SECTOR_SIZE);
+            storage
+                .write_at(&bytes, at)
+                .map_err(io("writing a grain directory"))?;
+            new_offsets.push(at);
+        } else {
+            let from = (old_n * 4) as usize;
+            storage
+                .write_at(&bytes[from..], off + from as u64)
+                .map_err(io("writing a grain directory"))?;
+            new_offsets.push(off);
+        }
+    }
+    // The new tables are zeros: extending the file makes them so without writing.
+    if storage.len().map_err(io("getting file size"))? < end {
+        storage.set_len(end).map_err(io("extending the file"))?;
+    }
+    storage.flush().map_err(io("flushing"))?;
+    h.gd_offset = new_offsets[0] / SECTOR_SIZE;
+    if let Some(r) = new_offsets.get(1) {
+        h.rgd_offset = r / SECTOR_SIZE;
+    }
+    storage
+        .write_at(&h.serialize(), 0)
+        .map_err(io("writing the header"))?;
+    storage.flush().map_err(io("flushing"))?;
+    Ok(())
+}
