@@ -2,8 +2,8 @@
 # Build the fuzz targets and run each one for a bounded time; exit non-zero if any crashes
 # (a panic, a hang past -timeout, or memory past -rss_limit_mb), after printing the input.
 #
-# Works on the stable toolchain, offline except for crates.io: the libFuzzer runtime comes
-# with the libfuzzer-sys crate (built by its build script with the C++ compiler), and the
+# Works on the stable toolchain, offline but for the crate registry: the libFuzzer runtime
+# comes with the libfuzzer-sys crate (built by its build script with the C++ compiler), and the
 # coverage instrumentation is plain `-C` codegen flags (no -Z, no nightly, no cargo-fuzz;
 # see README.md). No sanitizer runtime, so -malloc_limit_mb is not enforced; the RSS limit is.
 #
