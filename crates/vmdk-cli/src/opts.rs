@@ -37,7 +37,8 @@ pub struct OpenArgs {
     #[arg(long)]
     pub ignore_cid_mismatch: bool,
     /// Open read-only without excluding other users of the image, which may be writing it
-    /// (qemu-img's -U); without it, an image another process writes is refused.
+    /// (qemu-img's -U; commands that write the image refuse it); without it, an image
+    /// another process writes is refused.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
 }
@@ -137,12 +138,10 @@ pub fn require_vmdk(fmt: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Refuse `-U` for commands that write the image, as qemu-img does.
-pub fn refuse_force_share_for_write(open: &OpenArgs) -> Result<()> {
-    if open.force_share {
-        bail!("-U cannot be used when writing (force-share=on can only be used with read-only images)");
-    }
-    Ok(())
+/// Refuse `-U` for a command that writes `image`, before anything is opened, as qemu-img
+/// does (with its message: the library decides, [`OpenOptions::refuse_force_share`]).
+pub fn refuse_force_share(open: &OpenArgs, image: &Path) -> Result<()> {
+    Ok(open.options().refuse_force_share(image)?)
 }
 
 /// Open a VMDK image, refusing `-f raw`.

@@ -24,6 +24,7 @@
 
 mod append_upload;
 mod client;
+mod files;
 pub mod name;
 mod namespace;
 mod profile;
@@ -31,7 +32,7 @@ mod reader;
 mod upload;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vmdk::namespace::{Backend, Namespace, OpenMode};
@@ -40,6 +41,7 @@ use vmdk::Storage;
 
 pub use append_upload::AppendUpload;
 pub use client::{stats, Stats};
+pub use files::ObjectInfo;
 pub use namespace::ObjectNamespace;
 pub use reader::ObjectStorage;
 pub use upload::UploadSink;
@@ -139,6 +141,12 @@ impl ObjectBackend {
 }
 
 impl ObjectBackend {
+    /// The namespace this backend serves names from (and lists, looks up and stores whole
+    /// objects with: [`ObjectNamespace::list`], ...).
+    pub fn namespace(&self) -> &Arc<ObjectNamespace> {
+        &self.ns
+    }
+
     /// The OVA archive `name` runs through, as the host's OVA backend finds one among host
     /// files: the shortest prefix of `name` whose last part is named `*.ova` and that is an
     /// existing object. Names without such a part cost nothing (no request).
@@ -196,6 +204,15 @@ impl Backend for ObjectBackend {
 /// An [`ObjectBackend`] configured by [`Config::from_env`], for a router.
 pub fn backend_from_env() -> Arc<dyn Backend> {
     Arc::new(ObjectBackend::new(Config::from_env()))
+}
+
+/// The process's [`ObjectBackend`], configured by [`Config::from_env`] when first asked
+/// for, for programs that want one client per process: a router built with
+/// `Arc::new(shared().clone())` and whole-object calls (`shared().namespace().list(..)`)
+/// then share its stores (credentials, endpoint, connections).
+pub fn shared() -> &'static ObjectBackend {
+    static BACKEND: OnceLock<ObjectBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| ObjectBackend::new(Config::from_env()))
 }
 
 /// A one-line summary of the requests made so far ("object storage: N requests, M bytes

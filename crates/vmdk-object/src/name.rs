@@ -21,7 +21,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Scheme::S3 => "s3://",
             Scheme::Http => "http://",

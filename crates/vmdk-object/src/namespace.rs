@@ -65,7 +65,7 @@ impl ObjectNamespace {
 }
 
 fn stream_only_message() -> &'static str {
-    "object storage takes only outputs written front to back: use -O raw or \
+    "object storage takes only outputs written front to back: use -O raw, -O qcow2 or \
      -o subformat=streamOptimized (a random-access image can be uploaded once it is made)"
 }
 

@@ -1,10 +1,11 @@
 //! `vmdk.create` and `vmdk.convert`: the library's `create` and `convert_to_vmdk` /
-//! `convert_to_raw`, with the GIL released while they run.
+//! `convert_to_qcow2` / `convert_to_raw`, with the GIL released while they run.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use vmdk::qcow2::{Compat, Qcow2CreateOptions};
 use vmdk::{AdapterType, ConvertOptions, CreateOptions, ImageFormat, Subformat};
 
 use crate::errors::to_py;
@@ -31,6 +32,7 @@ fn create_options(
         compat6,
         zeroed_grain,
         allow_paths,
+        namespace: Some(crate::namespace()),
         ..Default::default()
     })
 }
@@ -68,15 +70,24 @@ pub fn create(
         .map_err(to_py)
 }
 
-/// Copy `src` (a VMDK image or a raw file; `src_format` "vmdk"/"raw", probed when None) to
-/// a new image `dst`: `format="vmdk"` in `subformat`, or `format="raw"`. `progress`, if
-/// given, is called as `progress(done, total)` (bytes) from the converting threads; an
-/// exception it raises is re-raised once the conversion has ended (the conversion itself
-/// cannot be interrupted half way).
+/// What `convert` writes.
+enum Target {
+    Raw,
+    Vmdk(CreateOptions),
+    Qcow2(Qcow2CreateOptions),
+}
+
+/// Copy `src` (a VMDK or qcow2 image or a raw file; `src_format` "vmdk"/"qcow2"/"raw",
+/// probed when None) to a new image `dst`: `format="vmdk"` in `subformat`, `format="qcow2"`
+/// (`cluster_size`, `compat` "0.10"/"1.1", `lazy_refcounts`), or `format="raw"`.
+/// `progress`, if given, is called as `progress(done, total)` (bytes) from the converting
+/// threads; an exception it raises is re-raised once the conversion has ended (the
+/// conversion itself cannot be interrupted half way).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, format="vmdk", subformat="monolithicSparse", compress=false,
                     progress=None, src_format=None, adapter_type="ide", threads=0,
-                    allow_paths=Vec::new(), ignore_cid_mismatch=false))]
+                    allow_paths=Vec::new(), ignore_cid_mismatch=false, cluster_size=None,
+                    compat=None, lazy_refcounts=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn convert(
     py: Python<'_>,
@@ -91,10 +102,18 @@ pub fn convert(
     threads: usize,
     allow_paths: Vec<PathBuf>,
     ignore_cid_mismatch: bool,
+    cluster_size: Option<u64>,
+    compat: Option<String>,
+    lazy_refcounts: bool,
 ) -> PyResult<()> {
+    if format != "qcow2" && (cluster_size.is_some() || compat.is_some() || lazy_refcounts) {
+        return Err(to_py(vmdk::Error::invalid(
+            "cluster_size, compat and lazy_refcounts are qcow2 options (format=\"qcow2\")",
+        )));
+    }
     // A Python caller names formats as qemu does; the one parser of those names decides.
-    let create = match format.parse::<ImageFormat>() {
-        Ok(ImageFormat::Vmdk) => Some(create_options(
+    let target = match format.parse::<ImageFormat>() {
+        Ok(ImageFormat::Vmdk) => Target::Vmdk(create_options(
             subformat,
             adapter_type,
             None,
@@ -104,16 +123,30 @@ pub fn convert(
             false,
             Vec::new(),
         )?),
-        Ok(ImageFormat::Raw) => None,
+        Ok(ImageFormat::Qcow2) => {
+            let mut q = Qcow2CreateOptions {
+                lazy_refcounts,
+                ..Default::default()
+            };
+            if let Some(c) = cluster_size {
+                q.cluster_size = c;
+            }
+            if let Some(c) = &compat {
+                q.compat = Compat::parse(c).map_err(to_py)?;
+            }
+            Target::Qcow2(q)
+        }
+        Ok(ImageFormat::Raw) => Target::Raw,
         _ => {
             return Err(to_py(vmdk::Error::invalid(format!(
-                "unknown output format '{format}' (expected vmdk or raw)"
+                "unknown output format '{format}' (expected vmdk, qcow2 or raw)"
             ))))
         }
     };
     let copts = ConvertOptions {
         threads,
         compress,
+        target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
     let oopts = open_options(false, allow_paths, false, ignore_cid_mismatch, false, true);
@@ -135,9 +168,10 @@ pub fn convert(
             .map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(&src)))
             .transpose()?;
         let src = vmdk::open_disk(&src, src_format, &oopts)?;
-        match &create {
-            Some(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
-            None => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &report),
+        match &target {
+            Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
+            Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &report),
+            Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &report),
         }
     });
     result.map_err(to_py)?;

@@ -65,7 +65,8 @@ pub fn open_options(
         .allow_unsafe_paths(allow_unsafe_paths)
         .ignore_cid_mismatch(ignore_cid_mismatch)
         .force_share(force_share)
-        .open_backing(open_backing);
+        .open_backing(open_backing)
+        .in_namespace(crate::namespace());
     o.allow_paths = allow_paths;
     o
 }

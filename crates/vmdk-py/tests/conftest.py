@@ -88,3 +88,81 @@ def workdir(tmp_path, monkeypatch):
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+class Moto:
+    """A moto S3 server on a loopback port (VMDK_TEST_MOTO, else moto_server on PATH; a
+    missing server is a failure, as in the Rust object-storage tests). Requests are plain
+    unsigned HTTP, which moto accepts for everything but reading objects (the tests read
+    them with vmdk.files, signed)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import socket
+        import time
+
+        program = os.environ.get("VMDK_TEST_MOTO") or shutil.which("moto_server")
+        if not program:
+            pytest.fail(
+                "moto_server not found: `pip install 'moto[server]'` or set VMDK_TEST_MOTO "
+                "(.ci/run does this)"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(tmp / "moto.log", "wb")
+        self.proc = subprocess.Popen(
+            [program, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("moto_server did not start:\n" + (tmp / "moto.log").read_text())
+                time.sleep(0.1)
+        self.endpoint = "http://127.0.0.1:%d" % self.port
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+
+    def request(self, method: str, path: str, body: bytes = b"") -> bytes:
+        import urllib.request
+
+        # Without a content type urllib sends a form, which moto never finishes reading.
+        req = urllib.request.Request(self.endpoint + path, data=body or None, method=method,
+                                     headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req) as r:
+            return r.read()
+
+    def create_bucket(self, bucket: str) -> None:
+        self.request("PUT", "/" + bucket)
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self.request("PUT", "/%s/%s" % (bucket, key), data)
+
+    def open_uploads(self, bucket: str) -> int:
+        return self.request("GET", "/%s?uploads" % bucket).decode().count("<Upload>")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def moto(tmp_path, monkeypatch):
+    """A fresh moto server, with this process's environment pointing at it. The module's S3
+    client for a bucket is made when the bucket is first used and kept for the process, so
+    tests that use the module in-process take bucket names no other test uses."""
+    m = Moto(tmp_path)
+    for k, v in m.env.items():
+        monkeypatch.setenv(k, v)
+    yield m
+    m.stop()

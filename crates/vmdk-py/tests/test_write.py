@@ -4,7 +4,7 @@ qemu as written."""
 import pytest
 
 import vmdk
-from conftest import MIB, SUBFORMATS, make_image, qemu_img, qemu_raw, run
+from conftest import MIB, SUBFORMATS, make_image, qemu_img, qemu_raw, run, vmdk_bin
 
 WRITABLE = ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "vmfs"]
 
@@ -91,3 +91,62 @@ def test_create_refuses_bad_options(workdir):
         vmdk.create("x.vmdk", MIB, subformat="nonsense")
     with pytest.raises(ValueError):
         vmdk.create("x.vmdk", MIB, adapter_type="scsi")
+
+
+def test_discard_gives_space_back(workdir):
+    """discard and write_zeroes(may_unmap=True) give the grains' space back to the host;
+    later writes take it instead of growing the file; both checkers stay clean."""
+    qemu_img("create", "-q", "-f", "vmdk", "d.vmdk", "64M")
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x11 0 32M", "d.vmdk")
+    path = workdir / "d.vmdk"
+    full, length = path.stat().st_blocks * 512, path.stat().st_size
+    with vmdk.open("d.vmdk", writable=True) as img:
+        assert img.discard(0, 8 * MIB) is None
+        img.write_zeroes(8 * MIB, 8 * MIB, may_unmap=True)
+        # Without may_unmap the grains stay allocated (as zeros).
+        img.write_zeroes(16 * MIB, 4 * MIB)
+        freed = path.stat().st_blocks * 512
+        assert freed + 15 * MIB < full < freed + 17 * MIB, (full, freed)
+        img.write(48 * MIB, b"\x22" * (16 * MIB))
+    assert path.stat().st_size == length
+    assert path.stat().st_blocks * 512 < full + MIB
+    run(vmdk_bin(), "check", "d.vmdk")
+    assert b"No errors" in qemu_img("check", "d.vmdk")
+    raw = qemu_raw(path)
+    assert raw[: 20 * MIB] == bytes(20 * MIB)
+    assert raw[20 * MIB : 32 * MIB] == b"\x11" * (12 * MIB)
+    assert raw[48 * MIB :] == b"\x22" * (16 * MIB)
+
+
+def test_discard_refused_where_nothing_can_be_deallocated(workdir):
+    """A streamOptimized image's grains are compressed: discard says it cannot."""
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", "s.vmdk", "8M")
+    with vmdk.open("s.vmdk", writable=True) as img:
+        with pytest.raises(vmdk.UnsupportedError) as e:
+            img.discard(0, MIB)
+    assert "compressed (streamOptimized)" in str(e.value)
+
+
+def test_force_share_is_for_readers(workdir):
+    """force_share (qemu-img's -U) opens read-only; asked of a writable open it is refused
+    with qemu's message, as every writer in the library refuses it."""
+    qemu_img("create", "-q", "-f", "vmdk", "a.vmdk", "1M")
+    with pytest.raises(vmdk.InvalidArgumentError) as e:
+        vmdk.open("a.vmdk", writable=True, force_share=True)
+    assert str(e.value).endswith("force-share=on can only be used with read-only images")
+    with vmdk.open("a.vmdk", force_share=True) as img:
+        assert not img.writable
+
+
+@pytest.mark.parametrize("kw", [{}, {"compress": True}, {"compat": "0.10", "cluster_size": 4096}])
+def test_convert_to_qcow2(workdir, kw):
+    src = make_image(workdir, "streamOptimized", "src.vmdk")
+    vmdk.convert(src, "out.qcow2", format="qcow2", **kw)
+    qemu_img("check", "out.qcow2")
+    run("qemu-img", "compare", "-q", src, "out.qcow2")
+    info = qemu_img("info", "--output=json", "out.qcow2").decode()
+    assert '"cluster-size": %d' % kw.get("cluster_size", 65536) in info
+    with pytest.raises(vmdk.InvalidArgumentError, match="qcow2 options"):
+        vmdk.convert(src, "x.vmdk", cluster_size=4096)
+    with pytest.raises(vmdk.InvalidArgumentError, match="compat"):
+        vmdk.convert(src, "x.qcow2", format="qcow2", compat="2")

@@ -44,6 +44,9 @@ enum Repair {
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    if a.repair.is_some() {
+        crate::opts::refuse_force_share(&a.open, &a.image)?;
+    }
     if vmdk_or_raw(&a.image, a.format.as_deref())? == Fmt::Raw {
         eprintln!("vmdk: This image format does not support checks");
         return Ok(63);

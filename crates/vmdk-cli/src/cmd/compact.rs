@@ -26,7 +26,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     crate::opts::require_vmdk(a.format.as_deref())?;
-    crate::opts::refuse_force_share_for_write(&a.open)?;
+    crate::opts::refuse_force_share(&a.open, &a.image)?;
     let pb = crate::progress::Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
     let result = vmdk::compact::compact(&a.image, &a.open.options(), &progress);

@@ -58,7 +58,8 @@ pub struct Args {
     #[arg(short = 'W')]
     out_of_order: bool,
     /// Target cache mode: none, directsync and writethrough make the output durable
-    /// before the command returns; writeback and unsafe (default) do not.
+    /// before the command returns (VMDK output durably written as it goes, so a power loss
+    /// part-way leaves an image that checks clean); writeback and unsafe (default) do not.
     #[arg(short = 't', value_name = "CACHE")]
     cache: Option<String>,
     /// Source cache mode (accepted for compatibility).
@@ -113,6 +114,7 @@ pub fn run(a: Args) -> Result<u8> {
         target_is_zero: a.target_is_zero,
         salvage: a.salvage,
         target_namespace: Some(crate::namespace()),
+        durable: sync,
         ..Default::default()
     };
     let target = match output_format(

@@ -56,6 +56,9 @@ const THREADS: usize = 4;
 
 /// Run the mount until it is unmounted or the process is told to stop.
 pub fn run(args: Args) -> Result<u8> {
+    if args.rw {
+        crate::opts::refuse_force_share(&args.open, &args.image)?;
+    }
     if args.name.is_empty()
         || args.name == "."
         || args.name == ".."
@@ -71,9 +74,6 @@ pub fn run(args: Args) -> Result<u8> {
         );
     }
     let writable = args.rw;
-    if writable && args.open.force_share {
-        bail!("-U (--force-share) cannot be used with --rw");
-    }
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = opts
         .open(&args.image)

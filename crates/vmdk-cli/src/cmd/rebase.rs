@@ -42,6 +42,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     crate::opts::require_vmdk(a.format.as_deref())?;
+    crate::opts::refuse_force_share(&a.open, &a.image)?;
     if a.backing_format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("backing format must be vmdk (a VMDK's backing file is a VMDK)");
     }

@@ -35,6 +35,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     crate::opts::require_vmdk(a.format.as_deref())?;
+    crate::opts::refuse_force_share(&a.open, &a.image)?;
     if a.preallocation.as_deref().is_some_and(|p| p != "off") {
         bail!("Unsupported preallocation mode (only off)");
     }

@@ -170,9 +170,12 @@ pub fn run(args: Args) -> Result<u8> {
     if args.format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("only vmdk images can be served (-f vmdk)");
     }
+    let writable = !args.read_only;
+    if writable {
+        crate::opts::refuse_force_share(&args.open, &args.image)?;
+    }
     // Credentials are checked before the image is opened (and locked).
     let tls = tls_config(&args.object, args.tls_creds.as_deref())?;
-    let writable = !args.read_only;
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = open_for_export(&opts, &args.image)
         .with_context(|| format!("Could not open '{}'", args.image.display()))?;

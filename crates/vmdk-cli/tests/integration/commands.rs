@@ -396,6 +396,101 @@ fn io_discard_and_zero_writes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("read 4096/4096 bytes at offset 2097152"));
 }
 
+/// Bytes a file takes on its host.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Both checkers find nothing wrong (ours counts leaked grains, qemu-img does not).
+fn both_clean(img: &Path) {
+    let ours = vmdk(&["check", &s(img)]);
+    assert_eq!(ours.code, 0, "vmdk check: {}{}", ours.stdout, ours.stderr);
+    assert!(ours.stdout.starts_with("No errors"), "{}", ours.stdout);
+    let theirs = tool("qemu-img", &["check", &s(img)]);
+    assert_eq!(theirs.code, 0, "qemu-img check: {}", theirs.stdout);
+}
+
+/// Issue 20's scenario: `io -c "discard 0 32M"` on a sparse image gives the 32 MiB back to
+/// the host, both checkers stay clean, and a later 32 MiB write elsewhere takes the freed
+/// space instead of growing the file; `write -z -u` does the same on a zeroed_grain image;
+/// freed space at the end cuts the file; a streamOptimized image says it cannot.
+#[test]
+fn io_discard_gives_space_back() {
+    const MIB: u64 = 1 << 20;
+    let d = tempdir();
+    for (name, opts, free) in [
+        ("sparse.vmdk", &[][..], "discard 0 32M"),
+        ("zeroed.vmdk", &["zeroed_grain=on"][..], "write -z -u 0 32M"),
+    ] {
+        let img = qemu_create(d.path(), name, "128M", opts);
+        qemu_io(&img, &["write -P 0x11 0 64M"]);
+        let (full, len) = (allocated(&img), std::fs::metadata(&img).unwrap().len());
+        let r = io(&img, &[free]);
+        assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
+        let freed = allocated(&img);
+        assert!(
+            freed + 31 * MIB < full,
+            "{name}: {free} gave back {} KiB of {} KiB",
+            (full - freed) / 1024,
+            full / 1024
+        );
+        both_clean(&img);
+        let r = io(&img, &["write -P 0x22 96M 32M"]);
+        assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().len(),
+            len,
+            "{name}: the write grew the file instead of taking the freed space"
+        );
+        assert!(
+            allocated(&img) < full + MIB,
+            "{name}: {} KiB",
+            allocated(&img) / 1024
+        );
+        both_clean(&img);
+        qemu_io(
+            &img,
+            &[
+                "read -P 0 0 32M",
+                "read -P 0x11 32M 32M",
+                "read -P 0 64M 32M",
+                "read -P 0x22 96M 32M",
+            ],
+        );
+    }
+    // Space freed at the end of the file cuts it.
+    let img = qemu_create(d.path(), "tail.vmdk", "128M", &[]);
+    qemu_io(&img, &["write -P 0x11 0 64M"]);
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert_eq!(io(&img, &["discard 32M 32M"]).code, 0);
+    let cut = std::fs::metadata(&img).unwrap().len();
+    assert!(cut + 32 * MIB <= len, "{len} -> {cut}");
+    both_clean(&img);
+    qemu_io(&img, &["read -P 0x11 0 32M", "read -P 0 32M 96M"]);
+    // A streamOptimized image cannot deallocate its compressed grains, and says so.
+    let img = qemu_create(
+        d.path(),
+        "stream.vmdk",
+        "128M",
+        &["subformat=streamOptimized"],
+    );
+    qemu_io(&img, &["write -P 0x11 0 1M"]);
+    let r = io(&img, &["discard 0 1M"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    // On stdout, where qemu-io too reports a command that failed.
+    assert!(r.stdout.starts_with("discard failed: "), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "stream.vmdk': cannot deallocate the grains of a compressed \
+             (streamOptimized) image: convert it to another subformat first"
+        ),
+        "{}",
+        r.stdout
+    );
+    qemu_io(&img, &["read -P 0x11 0 1M"]);
+}
+
 #[test]
 fn errors_are_prefixed() {
     let r = vmdk(&["info", "/nonexistent/x.vmdk"]);

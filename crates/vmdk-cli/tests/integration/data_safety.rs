@@ -1,5 +1,6 @@
 //! The everyday mistakes that must not cost data: two programs writing one image (QEMU's
-//! image locking, both ways, with real qemu-nbd/qemu-io/qemu-img processes), converting or
+//! image locking, both ways, with real qemu-nbd/qemu-io/qemu-img processes), `-U` given to a
+//! command that writes (refused by every one, as qemu-img refuses it), converting or
 //! creating an image onto itself (also through symlinks and hard links), an image of another
 //! format taken for raw, and the path gate judging where a file is rather than how its name
 //! is spelled.
@@ -326,6 +327,273 @@ fn twogb_extents_locked_against_qemu() {
         "Failed to get shared \"write\" lock",
         "qemu-img info of an extent of a served image",
     );
+}
+
+// ---- -U means read-only ------------------------------------------------------------------
+//
+// qemu-img (10.0.2) refuses force-share for anything it opens to write: `check -r`,
+// `snapshot -c/-a/-d`, `bench -w` and qemu-io without `-r` say `Could not open 'X':
+// force-share=on can only be used with read-only images` (qemu-io: `can't open device X:
+// ...`) and exit 1; `resize`, `commit` and `amend` (and qemu-nbd) do not take `-U` at all
+// (`invalid option -- 'U'`, exit 1). Ours refuse `-U` in every command that writes the image,
+// with qemu's message after our usual `vmdk: 'X': ` and exit 1, before opening anything:
+// the files are left as they were. `convert -U` shares its sources only, as qemu-img's does:
+// the target is never opened shared.
+
+/// qemu's refusal of force-share for writers, word for word.
+const FORCE_SHARE: &str = "force-share=on can only be used with read-only images";
+
+/// The files of an overlay and its base, 16 MiB with data in both.
+fn chain(d: &Path) -> (PathBuf, PathBuf) {
+    let base = qemu_create(d, "base.vmdk", "16M", &[]);
+    qemu_io(&base, &["write -P 0x11 0 1M"]);
+    let top = qemu_child(d, "top.vmdk", &base, None);
+    qemu_io(&top, &["write -P 0x22 1M 1M"]);
+    (base, top)
+}
+
+/// Ours refuses: exit 1, qemu's message naming `image`, nothing on stdout, every file in
+/// `files` as it was.
+fn ours_refuse_u(args: &[&str], image: &Path, files: &[&Path]) {
+    let before: Vec<Vec<u8>> = files.iter().map(|f| sha(f)).collect();
+    let r = vmdk(args);
+    assert_eq!(r.code, 1, "vmdk {args:?}: {}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stderr,
+        format!("vmdk: '{}': {FORCE_SHARE}\n", s(image)),
+        "vmdk {args:?}"
+    );
+    assert_eq!(r.stdout, "", "vmdk {args:?}");
+    for (f, b) in files.iter().zip(before) {
+        assert!(sha(f) == b, "vmdk {args:?} changed {}", f.display());
+    }
+}
+
+/// qemu-img refuses the same way: exit 1, `qemu-img: Could not open 'IMAGE': ` and the
+/// message.
+fn qemu_refuses_u(args: &[&str], image: &Path) {
+    let r = tool("qemu-img", args);
+    assert_eq!(r.code, 1, "qemu-img {args:?}: {}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stderr,
+        format!("qemu-img: Could not open '{}': {FORCE_SHARE}\n", s(image)),
+        "qemu-img {args:?}"
+    );
+}
+
+/// qemu-img has no `-U` for this writer: exit 1, "invalid option".
+fn qemu_takes_no_u(args: &[&str]) {
+    let r = tool("qemu-img", args);
+    assert_eq!(r.code, 1, "qemu-img {args:?}: {}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("invalid option -- 'U'"),
+        "qemu-img {args:?}: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn resize_refuses_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    qemu_takes_no_u(&["resize", "-U", &i, "32M"]);
+    ours_refuse_u(&["resize", "-U", &i, "32M"], &img, &[&img]);
+    ours_refuse_u(&["resize", "-U", &i, "+1M"], &img, &[&img]);
+    ours_refuse_u(&["resize", "-U", "--shrink", &i, "8M"], &img, &[&img]);
+    vmdk_ok(&["resize", &i, "32M"]);
+}
+
+#[test]
+fn rebase_refuses_force_share() {
+    let d = tempdir();
+    let (base, top) = chain(d.path());
+    let other = qemu_create(d.path(), "other.vmdk", "16M", &[]);
+    let t = s(&top);
+    // qemu-img cannot rebase a VMDK at all (on qcow2 its -U shares only the backing files it
+    // reads): exit 1 either way.
+    for args in [
+        &["rebase", "-U", "-b", "other.vmdk", "-F", "vmdk", &t][..],
+        &["rebase", "-U", "-u", "-b", "other.vmdk", "-F", "vmdk", &t],
+    ] {
+        let r = tool("qemu-img", args);
+        assert_eq!(r.code, 1, "qemu-img {args:?}: {}", r.stderr);
+        ours_refuse_u(args, &top, &[&top, &base, &other]);
+    }
+    ours_refuse_u(&["rebase", "-U", "-b", "", &t], &top, &[&top, &base]);
+    vmdk_ok(&["rebase", "-b", "other.vmdk", "-F", "vmdk", &t]);
+}
+
+#[test]
+fn check_repair_refuses_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    qemu_io(&img, &["write -P 0x11 0 1M"]);
+    let i = s(&img);
+    for mode in ["all", "leaks"] {
+        let args = ["check", "-U", "-r", mode, &i];
+        qemu_refuses_u(&args, &img);
+        ours_refuse_u(&args, &img, &[&img]);
+    }
+    // Before anything is opened: a missing file is refused the same way, by both.
+    let missing = d.path().join("missing.vmdk");
+    let m = s(&missing);
+    qemu_refuses_u(&["check", "-U", "-r", "all", &m], &missing);
+    ours_refuse_u(&["check", "-U", "-r", "all", &m], &missing, &[]);
+    // Checking without repairing reads: -U is fine there, for both.
+    assert_eq!(tool("qemu-img", &["check", "-U", &i]).code, 0);
+    vmdk_ok(&["check", "-U", &i]);
+}
+
+#[test]
+fn commit_refuses_force_share() {
+    let d = tempdir();
+    let (base, top) = chain(d.path());
+    let t = s(&top);
+    qemu_takes_no_u(&["commit", "-U", &t]);
+    ours_refuse_u(&["commit", "-U", &t], &top, &[&top, &base]);
+    ours_refuse_u(&["commit", "-U", "-d", &t], &top, &[&top, &base]);
+}
+
+#[test]
+fn compact_refuses_force_share() {
+    // No qemu-img counterpart (VMware's vdiskmanager -k).
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    qemu_io(&img, &["write -P 0 0 1M"]);
+    ours_refuse_u(&["compact", "-U", &s(&img)], &img, &[&img]);
+}
+
+#[test]
+fn amend_refuses_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    let args = ["amend", "-U", "-o", "adapter_type=lsilogic", &i];
+    qemu_takes_no_u(&args);
+    ours_refuse_u(&args, &img, &[&img]);
+}
+
+#[test]
+fn snapshot_changes_refuse_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    for op in ["-c", "-a", "-d"] {
+        let args = ["snapshot", "-U", op, "s1", &i];
+        qemu_refuses_u(&args, &img);
+        ours_refuse_u(&args, &img, &[&img]);
+    }
+    // Listing reads.
+    assert_eq!(tool("qemu-img", &["snapshot", "-U", "-l", &i]).code, 0);
+    vmdk_ok(&["snapshot", "-U", "-l", &i]);
+}
+
+#[test]
+fn bench_writes_refuse_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    let args = ["bench", "-U", "-w", "-c", "1", &i];
+    qemu_refuses_u(&args, &img);
+    ours_refuse_u(&args, &img, &[&img]);
+    assert_eq!(tool("qemu-img", &["bench", "-U", "-c", "1", &i]).code, 0);
+    vmdk_ok(&["bench", "-U", "-c", "1", &i]);
+}
+
+#[test]
+fn io_writes_refuse_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    for cmd in ["write -P 1 0 4k", "write -z 0 64k", "discard 0 64k"] {
+        let r = tool("qemu-io", &["-U", "-f", "vmdk", "-c", cmd, &i]);
+        assert_eq!(r.code, 1, "qemu-io {cmd}: {}{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.stderr,
+            format!("qemu-io: can't open device {i}: {FORCE_SHARE}\n")
+        );
+        ours_refuse_u(&["io", "-U", "-c", cmd, &i], &img, &[&img]);
+    }
+    // Read-only, -U reads, in both (ours opens read-only by itself when it only reads).
+    let r = tool(
+        "qemu-io",
+        &["-U", "-r", "-f", "vmdk", "-c", "read 0 4k", &i],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    vmdk_ok(&["io", "-U", "-r", "-c", "read 0 4k", &i]);
+    vmdk_ok(&["io", "-U", "-c", "read 0 4k", &i]);
+}
+
+#[test]
+fn serve_and_mount_read_write_refuse_force_share() {
+    let d = tempdir();
+    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
+    let i = s(&img);
+    let sock = d.path().join("nbd.sock");
+    // qemu-nbd takes no -U.
+    let r = tool("qemu-nbd", &["-U", "-k", &s(&sock), "-f", "vmdk", &i]);
+    assert_eq!(r.code, 1, "qemu-nbd -U: {}", r.stderr);
+    assert!(r.stderr.contains("invalid option -- 'U'"), "{}", r.stderr);
+    ours_refuse_u(&["serve", "-U", "-k", &s(&sock), &i], &img, &[&img]);
+    assert!(!sock.exists(), "a refused server left its socket");
+    // Read-only, -U serves: while a writer holds the image, too.
+    let held = Holder::qemu_nbd(&img, &d.path().join("holder.sock"), &[]);
+    let ro = Holder::vmdk_serve(&img, &sock, &["-r", "-U"]);
+    drop(ro);
+    drop(held);
+    // Refused before FUSE is asked for anything: no FUSE needed.
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ours_refuse_u(&["mount", "-U", "--rw", &i, &s(&mnt)], &img, &[&img]);
+}
+
+#[test]
+fn convert_shares_its_sources_never_its_target() {
+    let d = tempdir();
+    let src = qemu_create(d.path(), "src.vmdk", "16M", &[]);
+    qemu_io(&src, &["write -P 0x33 0 1M"]);
+    let dst = qemu_create(d.path(), "dst.vmdk", "16M", &[]);
+    let (sp, dp) = (s(&src), s(&dst));
+    // A writer holds the source: -U reads it anyway, into a new file or onto an existing
+    // target (-n), for both.
+    let held = Holder::qemu_nbd(&src, &d.path().join("src.sock"), &[]);
+    for (prog, out) in [("qemu-img", "theirs.vmdk"), ("vmdk", "ours.vmdk")] {
+        let out = s(&d.path().join(out));
+        let args = ["convert", "-U", "-O", "vmdk", &sp, &out];
+        let r = if prog == "vmdk" {
+            vmdk(&args)
+        } else {
+            tool(prog, &args)
+        };
+        assert_eq!(r.code, 0, "{prog} {args:?}: {}", r.stderr);
+        let args = ["convert", "-U", "-n", "-O", "vmdk", &sp, &dp];
+        let r = if prog == "vmdk" {
+            vmdk(&args)
+        } else {
+            tool(prog, &args)
+        };
+        assert_eq!(r.code, 0, "{prog} {args:?}: {}", r.stderr);
+    }
+    drop(held);
+    qemu_io(&dst, &["read -P 0x33 0 1M"]);
+    // A writer holds the target: -U does not open it shared; both are refused by the lock
+    // and leave it alone.
+    let held = Holder::qemu_nbd(&dst, &d.path().join("dst.sock"), &[]);
+    let before = sha(&dst);
+    let args = ["convert", "-U", "-n", "-O", "vmdk", &sp, &dp];
+    refused(
+        &tool("qemu-img", &args),
+        "Failed to get \"write\" lock",
+        "qemu-img convert -U -n",
+    );
+    refused(
+        &vmdk(&args),
+        "Failed to get \"write\" lock",
+        "vmdk convert -U -n",
+    );
+    assert!(sha(&dst) == before, "the held target changed");
+    drop(held);
 }
 
 // ---- self-overwrite -----------------------------------------------------------------------

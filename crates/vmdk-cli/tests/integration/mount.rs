@@ -1,11 +1,14 @@
 //! End-to-end tests of `vmdk mount`: the built binary mounts images qemu-img made, and
 //! ordinary tools (cmp, dd, cp, python's lseek, qemu-img, fsck.ext4, debugfs, blkid,
-//! losetup) use the file it exposes. Afterwards images are checked with qemu directly.
+//! losetup, mkfs.ext4, fstrim) use the file it exposes. Afterwards images are checked with
+//! qemu directly.
 //!
 //! FUSE is required: where /dev/fuse or fusermount3 is missing every test fails saying so,
 //! unless `VMDK_TEST_NO_FUSE=1` marks the machine as FUSE-less, in which case each test
-//! prints why it does nothing. Every mount is guarded: dropping the guard unmounts (lazily
-//! if it must) and reaps the process.
+//! prints why it does nothing. The `fstrim` test also needs root (a loop device, an ext4
+//! mount): as any other user it fails, unless `VMDK_TEST_NO_MOUNT=1` says the machine cannot
+//! mount. Every mount is guarded: dropping the guard unmounts (lazily if it must) and reaps
+//! the process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -570,4 +573,199 @@ fn hostile_images_fail_to_mount() {
     let out = vmdk(&["mount", &s(&good), &s(&truncated)]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
+}
+
+/// Undo steps run in reverse on drop, so a failing test still unmounts and detaches.
+struct Undo(Vec<(String, Vec<String>)>);
+
+impl Undo {
+    fn push(&mut self, cmd: &str, args: &[&str]) {
+        self.0
+            .push((cmd.into(), args.iter().map(|a| a.to_string()).collect()));
+    }
+
+    /// Run the last step now (it must succeed).
+    fn pop(&mut self) {
+        let (cmd, args) = self.0.pop().expect("an undo step");
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        tool(&cmd, &args).expect(0, &format!("{cmd} {args:?}"));
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        while let Some((cmd, args)) = self.0.pop() {
+            let _ = Command::new(&cmd).args(&args).status();
+        }
+    }
+}
+
+/// Bytes an image file takes on the host.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Whether this machine can run the test that needs root (loop devices, mounting a file
+/// system): it fails, saying what is missing, unless `VMDK_TEST_NO_MOUNT=1` marks the
+/// machine as one that cannot mount, in which case the test says why it does nothing.
+fn root_ready(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("VMDK_TEST_NO_MOUNT").as_deref() == Ok("1") {
+        eprintln!("{test}: not run: it needs root (losetup, mount) and VMDK_TEST_NO_MOUNT=1");
+        return false;
+    }
+    panic!(
+        "{test}: needs root (losetup, mount, as the CI machine runs the tests); set \
+         VMDK_TEST_NO_MOUNT=1 to mark this machine as one that cannot mount"
+    );
+}
+
+/// A guest's `fstrim` gives the space of deleted files back: a 1 GiB image through `vmdk
+/// mount --rw`, a loop device, ext4, 200 MiB written and deleted, `fstrim`; the image gives
+/// back at least 150 MiB, stops growing when the guest does it again, checks clean (ours
+/// and qemu-img's), and the file that stayed is byte-exact, read through ext4 from the
+/// image as qemu-img converts it; qemu-img and we read the whole disk alike. Needs root
+/// (loop devices, mounting), FUSE and e2fsprogs/util-linux, like the machine the tests run
+/// on: anything missing fails the test, saying what.
+#[test]
+fn fstrim_through_the_mount_gives_space_back() {
+    let test = "fstrim_through_the_mount_gives_space_back";
+    if !fuse_ready(test) || !root_ready(test) {
+        return;
+    }
+    for (t, package) in [
+        ("losetup", "mount"),
+        ("fstrim", "util-linux"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("fsck.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+    ] {
+        assert!(
+            Command::new(t)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "{test}: {t} is not installed (Debian package {package})"
+        );
+    }
+    let t = tempdir();
+    let d = t.path();
+    let img = qemu_create(d, "trim.vmdk", "1G", &[]);
+    let fs = d.join("fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    let m = Mounted::start(&img, &d.join("mnt"), &["--rw"]);
+    let disk = s(&m.disk());
+    let mut undo = Undo(Vec::new());
+    let lo = tool("losetup", &["-f", "--show", &disk]);
+    assert_eq!(
+        lo.code, 0,
+        "{test}: losetup -f --show {disk} failed (this test needs loop devices): {}",
+        lo.stderr
+    );
+    let dev = lo.stdout.trim().to_string();
+    undo.push("losetup", &["-d", &dev]);
+    tool("mkfs.ext4", &["-q", "-F", &dev]).expect(0, "mkfs.ext4");
+    tool("mount", &[&dev, &s(&fs)]).expect(0, "mount");
+    undo.push("umount", &[&s(&fs)]);
+    // Everything the guest wrote reaches the image: ext4's data and journal (syncfs), then
+    // the loop device's flush down to the FUSE file and the image.
+    let sync = |what: &str| tool("sync", &["-f", &s(&fs)]).expect(0, what);
+    // 20 MiB that stay, 200 MiB that go.
+    let keep: Vec<u8> = (0..20 * MIB as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.join("keep.bin")).unwrap();
+        f.write_all(&keep).unwrap();
+        f.sync_all().unwrap();
+    }
+    sync("sync -f");
+    let start = allocated(&img);
+    let mut peaks = Vec::new();
+    let mut trimmed = Vec::new();
+    for round in 0..2 {
+        let big = fs.join("big.bin");
+        let chunk = vec![round as u8 + 0x5a; MIB as usize];
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&big).unwrap();
+            for _ in 0..200 {
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        sync("sync -f");
+        peaks.push((allocated(&img), std::fs::metadata(&img).unwrap().len()));
+        std::fs::remove_file(&big).unwrap();
+        sync("sync -f");
+        let out = tool("fstrim", &["-v", &s(&fs)]).expect(0, "fstrim");
+        eprintln!("round {round}: {}", out.trim());
+        sync("sync -f");
+        trimmed.push(allocated(&img));
+    }
+    undo.pop(); // umount
+    undo.pop(); // losetup -d
+    m.unmount();
+    let (peak, peak_len) = peaks[0];
+    eprintln!(
+        "image: {} KiB allocated with keep.bin, {} KiB after 200 MiB more, {} KiB after \
+         fstrim (given back: {} KiB); second round {} KiB / {} KiB; file length {} -> {}",
+        start / 1024,
+        peak / 1024,
+        trimmed[0] / 1024,
+        peak.saturating_sub(trimmed[0]) / 1024,
+        peaks[1].0 / 1024,
+        trimmed[1] / 1024,
+        peak_len,
+        peaks[1].1
+    );
+    // The 200 MiB did reach the image (and keep.bin before them), so the figures mean
+    // something.
+    assert!(
+        start >= 20 * MIB,
+        "keep.bin is not in the image: {start} bytes"
+    );
+    assert!(
+        peak >= start + 200 * MIB,
+        "the 200 MiB are not in the image: {peak} bytes"
+    );
+    assert!(
+        peak >= trimmed[0] + 150 * MIB,
+        "fstrim gave back {} KiB, less than 150 MiB",
+        (peak.saturating_sub(trimmed[0])) / 1024
+    );
+    // keep.bin's grains stayed.
+    assert!(
+        trimmed[0] >= 20 * MIB,
+        "fstrim took keep.bin's space: {trimmed:?}"
+    );
+    assert!(
+        trimmed[1] < trimmed[0] + 8 * MIB && peaks[1].1 < peak_len + 8 * MIB,
+        "the image kept growing: {peaks:?} {trimmed:?}"
+    );
+    // Clean with both checkers.
+    vmdk_ok(&["check", &s(&img)]);
+    let check = qemu_img(&["check", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    // The disk as qemu-img reads it and as we do: the same bytes; the file that stayed,
+    // byte-exact, and the file system clean.
+    let theirs = qemu_raw(&img, d, "theirs.raw");
+    let ours = d.join("ours.raw");
+    vmdk_ok(&["convert", "-O", "raw", &s(&img), &s(&ours)]);
+    cmp(&theirs, &ours);
+    tool("fsck.ext4", &["-n", "-f", &s(&theirs)]).expect(0, "fsck.ext4 -n -f");
+    let out = d.join("keep.out");
+    tool(
+        "debugfs",
+        &["-R", &format!("dump /keep.bin {}", s(&out)), &s(&theirs)],
+    )
+    .expect(0, "debugfs dump");
+    assert!(std::fs::read(&out).unwrap() == keep, "keep.bin changed");
 }

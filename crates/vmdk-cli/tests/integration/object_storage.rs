@@ -1,7 +1,7 @@
 //! `vmdk` on images in object storage: qemu-made images of every subformat uploaded to a
 //! real S3 server (moto) and served by a real HTTP server (nginx) read exactly as the local
-//! files do; stream outputs upload byte-identical to local ones; faults are clear errors or
-//! transparent retries, and leave no multipart upload behind.
+//! files do; stream and qcow2 outputs upload byte-identical to local ones; faults are clear
+//! errors or transparent retries, and leave no multipart upload behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -307,6 +307,67 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("refusing to overwrite"), "{}", r.stderr);
     assert_eq!(moto.open_uploads("out"), 0);
+}
+
+#[test]
+fn qcow2_outputs_upload_as_the_local_file() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("qcw");
+    let env = moto.env();
+    let tmp = tempdir();
+    // Incompressible data over several 8 MiB parts, a compressible stretch and holes.
+    let mut disk = vec![0u8; 48 << 20];
+    for (i, b) in disk[..20 << 20].iter_mut().enumerate() {
+        *b = ((i as u32).wrapping_mul(2654435761) >> 13) as u8;
+    }
+    disk[30 << 20..33 << 20].fill(0x5c);
+    disk[(47 << 20) + 100..(47 << 20) + 5000].fill(0x01);
+    let raw = tmp.path().join("disk.raw");
+    std::fs::write(&raw, &disk).unwrap();
+    let src = tmp.path().join("src.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&src)]);
+
+    for (case, extra) in [
+        ("plain", &[][..]),
+        ("compressed", &["-c"][..]),
+        ("v2-4k", &["-o", "compat=0.10,cluster_size=4k"][..]),
+    ] {
+        let local = tmp.path().join(format!("{case}.qcow2"));
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend_from_slice(extra);
+        let src_s = s(&src);
+        let local_s = s(&local);
+        let url = format!("s3://qcw/out/{case}.qcow2");
+        vmdk_env(&env, &[&args[..], &[&src_s, &local_s]].concat()).expect(0, "local qcow2");
+        vmdk_env(&env, &[&args[..], &[&src_s, &url]].concat()).expect(0, "qcow2 to s3");
+        let got = moto.get("qcw", &format!("out/{case}.qcow2"));
+        let dl = tmp.path().join(format!("{case}-dl.qcow2"));
+        std::fs::write(&dl, &got).unwrap();
+        let c = qemu_img(&["check", &s(&dl)]);
+        assert!(c.contains("No errors were found"), "{case}: {c}");
+        qemu_img(&["compare", "-q", &s(&raw), &s(&dl)]);
+        assert!(
+            got == std::fs::read(&local).unwrap(),
+            "{case}: the uploaded qcow2 differs from the local one"
+        );
+    }
+    // preallocation=metadata writes all over the file: refused, nothing left behind.
+    let r = vmdk_env(
+        &env,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            &s(&src),
+            "s3://qcw/out/p.qcow2",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("preallocation"), "{}", r.stderr);
+    assert!(!moto.exists("qcw", "out/p.qcow2"));
+    assert_eq!(moto.open_uploads("qcw"), 0);
 }
 
 #[test]

@@ -764,6 +764,93 @@ fn writes_over_unix_socket_are_durable() {
     }
 }
 
+/// Bytes a file takes on its host.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// NBD TRIM, and WRITE_ZEROES without NO_HOLE, give the grains' space back to the host:
+/// qemu-io's `discard` and `write -z -u` through the export shrink the image on disk while
+/// `write -z` (NO_HOLE) keeps its grains; a later write takes the freed space (the file does
+/// not grow); nbdcopy of a mostly empty raw disk over the data (zero requests that may
+/// trim) leaves little allocated; both checkers are clean and the data is qemu's.
+#[test]
+fn trim_and_zero_writes_give_space_back() {
+    if skip_without(&["qemu-img", "qemu-io", "nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let dir = tempdir();
+    let img = qemu_create(dir.path(), "trim.vmdk", "128M", &[]);
+    qemu_io(&img, &["write -P 0x11 0 96M"]);
+    let (full, len) = (allocated(&img), std::fs::metadata(&img).unwrap().len());
+    let sock = dir.path().join("nbd.sock");
+    let mut srv = Served::unix(&img, &sock, &["--persistent"]);
+    let url = srv.url();
+    let info = ok("nbdinfo", &[&url]);
+    assert!(info.contains("can_trim: true"), "{info}");
+    qemu_io_nbd(
+        &url,
+        &cmds(&[
+            "discard 0 32M",       // TRIM
+            "write -z -u 32M 16M", // WRITE_ZEROES
+            "write -z 48M 16M",    // WRITE_ZEROES with NO_HOLE
+            "flush",
+        ]),
+    );
+    let after = allocated(&img);
+    assert!(
+        after + 47 * MIB < full && after + 49 * MIB > full,
+        "48 MiB should have gone back: {} KiB -> {} KiB",
+        full / 1024,
+        after / 1024
+    );
+    assert_eq!(
+        nbdinfo_map(&url),
+        vec![
+            (0, 48 * MIB, false),
+            (48 * MIB, 48 * MIB, true),
+            (96 * MIB, 32 * MIB, false)
+        ]
+    );
+    qemu_io_nbd(&url, &cmds(&["write -P 0x22 96M 32M", "flush"]));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len, "the file grew");
+    assert!(allocated(&img) < full, "{} KiB", allocated(&img) / 1024);
+    qemu_io_nbd(
+        &url,
+        &cmds(&[
+            "read -P 0 0 64M",
+            "read -P 0x11 64M 32M",
+            "read -P 0x22 96M 32M",
+        ]),
+    );
+    // nbdcopy of a raw disk that is a hole but for 8 MiB.
+    let raw = dir.path().join("src.raw");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&raw).unwrap();
+        f.set_len(128 * MIB).unwrap();
+        f.write_all_at(&vec![0x33; 8 * MIB as usize], 8 * MIB)
+            .unwrap();
+    }
+    ok("nbdcopy", &[&s(&raw), &url]);
+    srv.stop();
+    assert!(
+        allocated(&img) < 10 * MIB,
+        "{} KiB left after nbdcopy",
+        allocated(&img) / 1024
+    );
+    let check = ok("qemu-img", &["check", &s(&img)]);
+    assert!(check.contains("No errors"), "{check}");
+    let ours = tool(env!("CARGO_BIN_EXE_vmdk"), &["check", &s(&img)]);
+    assert_eq!(ours.code, 0, "vmdk check: {}{}", ours.stdout, ours.stderr);
+    let cmp = ok(
+        "qemu-img",
+        &["compare", "-f", "raw", &s(&raw), "-F", "vmdk", &s(&img)],
+    );
+    assert!(cmp.contains("identical"), "{cmp}");
+}
+
 /// An image on a full file system: writes through the export fail with NBD's ENOSPC (as
 /// qemu-nbd answers; qemu-io then says "No space left on device"), the server keeps
 /// serving, and the image checks clean afterwards (ours and qemu's: no leaked clusters).

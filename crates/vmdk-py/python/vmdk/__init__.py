@@ -9,15 +9,17 @@ Python bindings of the Rust ``vmdk`` library::
         for entry in img.map():
             print(entry)
 
-``vmdk.pyvmdk`` is a drop-in for libyal's ``pyvmdk`` module (``import vmdk.pyvmdk as
-pyvmdk``).
+``s3://bucket/key`` and ``http(s)://host/path`` names open like files; ``vmdk.files``
+lists, looks up, reads and writes files and objects by name (for programs that handle many
+images). ``vmdk.pyvmdk`` is a drop-in for libyal's ``pyvmdk`` module (``import
+vmdk.pyvmdk as pyvmdk``).
 """
 
 import io
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-from . import _errors, _vmdk
+from . import _errors, _vmdk, files
 from ._errors import (
     BackingChainError,
     CidMismatchError,
@@ -191,10 +193,17 @@ def convert(
     threads: int = 0,
     allow_paths: Iterable[PathLike] = (),
     ignore_cid_mismatch: bool = False,
+    cluster_size: Optional[int] = None,
+    compat: Optional[str] = None,
+    lazy_refcounts: bool = False,
 ) -> None:
-    """Copy ``src`` (VMDK or raw) to a new image ``dst`` (``format`` "vmdk" or "raw"), as
-    ``qemu-img convert`` does.
+    """Copy ``src`` (VMDK, qcow2 or raw) to a new image ``dst`` (``format`` "vmdk",
+    "qcow2" or "raw"), as ``qemu-img convert`` does. ``s3://`` and ``http(s)://`` names
+    work on either side (uploads: raw, streamOptimized VMDK and qcow2 outputs).
 
+    ``subformat`` and ``adapter_type`` shape a VMDK; ``cluster_size``, ``compat`` ("0.10"
+    or "1.1") and ``lazy_refcounts`` a qcow2; ``compress`` compresses qcow2 clusters.
+    ``threads`` bounds the converting threads (0: one per core).
     ``progress(done, total)`` is called with byte counts as the copy goes on (from worker
     threads, holding the GIL); an exception it raises is re-raised when the copy ends.
     """
@@ -210,6 +219,9 @@ def convert(
         threads=threads,
         allow_paths=[os.fspath(p) for p in allow_paths],
         ignore_cid_mismatch=ignore_cid_mismatch,
+        cluster_size=cluster_size,
+        compat=compat,
+        lazy_refcounts=lazy_refcounts,
     )
 
 
@@ -232,5 +244,6 @@ __all__ = [
     "create",
     "convert",
     "inspect",
+    "files",
     *_errors.__all__,
 ]

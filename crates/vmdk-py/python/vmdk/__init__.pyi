@@ -2,6 +2,8 @@ import io
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
+from . import files as files
+
 from ._errors import (
     BackingChainError as BackingChainError,
     CidMismatchError as CidMismatchError,
@@ -104,6 +106,9 @@ def convert(
     threads: int = ...,
     allow_paths: Iterable[PathLike] = ...,
     ignore_cid_mismatch: bool = ...,
+    cluster_size: Optional[int] = ...,
+    compat: Optional[str] = ...,
+    lazy_refcounts: bool = ...,
 ) -> None: ...
 def inspect(
     path: PathLike, *, policy: str = ..., max_size: Optional[int] = ...

@@ -38,7 +38,8 @@ impl GrainDirectory {
     /// Start allocating grains `grains` (all in one grain table): the table is created if
     /// missing, the grains are locked, and those still unallocated or zeroed from the first
     /// on are taken (`None` when the first was allocated meanwhile: write it in place). For
-    /// uncompressed extents their space is reserved, contiguously.
+    /// uncompressed extents their space is reserved, contiguously: as many of them as one
+    /// stretch of free space holds (see [`Allocation::grains`]).
     pub(crate) fn allocate(
         &self,
         grains: Range<u64>,
@@ -48,7 +49,7 @@ impl GrainDirectory {
         let gd_index = (grains.start / gt_entries) as usize;
         debug_assert_eq!((grains.end - 1) / gt_entries, gd_index as u64);
         let table = self.ensure_table(gd_index, durable)?;
-        let lock = self.lock_grains(grains.clone());
+        let mut lock = self.lock_grains(grains.clone());
         let mut old = Vec::new();
         for g in grains.clone() {
             match self.decode(table.get((g % gt_entries) as usize))? {
@@ -59,28 +60,31 @@ impl GrainDirectory {
         if old.is_empty() {
             return Ok(None);
         }
-        let mut a = Allocation {
+        let mut reserved = Vec::new();
+        let mut new = Vec::with_capacity(old.len());
+        if !self.coding().compressed {
+            // As many grains as one stretch of free space holds (a hole may hold fewer).
+            let gs = self.coding().grain_size;
+            let (at, bytes) = self.reserve_grains(old.len() as u64 * gs)?;
+            reserved.push((at, bytes));
+            old.truncate((bytes / gs) as usize);
+            new = (0..old.len() as u64)
+                .map(|i| GrainEntry::Data(at + i * gs))
+                .collect();
+        }
+        lock.shrink(grains.start + old.len() as u64);
+        Ok(Some(Allocation {
             dir: self,
             gd_index,
             table,
             first: grains.start,
-            new: Vec::with_capacity(old.len()),
+            new,
             old,
-            reserved: Vec::new(),
+            reserved,
             durable,
             published: false,
             _lock: lock,
-        };
-        if !self.coding().compressed {
-            let gs = self.coding().grain_size;
-            let bytes = a.old.len() as u64 * gs;
-            let at = self.reserve(bytes)?;
-            a.reserved.push((at, bytes));
-            a.new = (0..a.old.len() as u64)
-                .map(|i| GrainEntry::Data(at + i * gs))
-                .collect();
-        }
-        Ok(Some(a))
+        }))
     }
 }
 

@@ -9,11 +9,14 @@
 //! written (and flushed) before the directory entry pointing at it
 //! ([`GrainDirectory::ensure_table`]).
 //! Space whose data never got published is given back ([`GrainDirectory::release`]).
-//! Every verb that touches metadata or allocated grains first asks the
+//! Grains whose entries are cleared (a discard, a zero write) are given back too, once the
+//! cleared entries are durable ([`GrainDirectory::release_cleared`]): punched where the
+//! file system can, and reused by later allocations (see `free_space.rs` and
+//! `space_scan.rs`). Every verb that touches metadata or allocated grains first asks the
 //! [`WriteGuard`], so a corrupt table cannot send a write onto metadata.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
 use crate::extent::budget::ExtentBudget;
@@ -58,8 +61,15 @@ pub struct GrainDirectory {
     cache_id: u64,
     /// File length at open.
     open_len: u64,
-    /// Where new grains and tables go, and space given back by failed writes.
+    /// Where new grains and tables go, and the space given back.
     space: Mutex<FreeSpace>,
+    /// Where grains may start (the VMDK4 header's overhead), when the stretches the first
+    /// scan finds unused may be reused (see `space_scan.rs`).
+    data_start: Option<u64>,
+    /// Held (shared) by everyone who may use a grain's place after looking its entry up:
+    /// readers and in-place writers. Taken exclusively, briefly, before cleared grains are
+    /// given back, so nobody still writes or reads at a place being handed to another grain.
+    reuse_gate: RwLock<()>,
     /// Metadata regions for refusing writes through corrupt tables, made on first write.
     guard: OnceLock<WriteGuard>,
     /// Grains some writer is allocating right now.
@@ -145,17 +155,33 @@ pub(crate) struct GrainsLock<'a> {
     grains: std::ops::Range<u64>,
 }
 
-impl Drop for GrainsLock<'_> {
-    fn drop(&mut self) {
+impl GrainsLock<'_> {
+    /// Free the grains from `end` on, keeping those before locked.
+    pub(crate) fn shrink(&mut self, end: u64) {
+        let end = end.clamp(self.grains.start, self.grains.end);
+        self.unlock(end..self.grains.end);
+        self.grains.end = end;
+    }
+
+    fn unlock(&self, grains: std::ops::Range<u64>) {
+        if grains.is_empty() {
+            return;
+        }
         let mut set = self
             .dir
             .allocating
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for g in self.grains.clone() {
+        for g in grains {
             set.remove(&g);
         }
         self.dir.allocated_cv.notify_all();
+    }
+}
+
+impl Drop for GrainsLock<'_> {
+    fn drop(&mut self) {
+        self.unlock(self.grains.clone());
     }
 }
 
@@ -163,7 +189,9 @@ impl GrainDirectory {
     /// Load the directory (and its redundant copy) at `place` of `file`, `file_len` bytes
     /// long: both copies are checked against the file and reserved in `budget` (as
     /// `budget_what`) before either is allocated. `header_regions` are the extent's header
-    /// and embedded descriptor (see [`crate::extent::metadata`]).
+    /// and embedded descriptor (see [`crate::extent::metadata`]); `data_start`, where grains
+    /// may start when unused stretches of the file may be reused (see `space_scan.rs`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         file: Arc<ExtentFile>,
         coding: GrainCoding,
@@ -172,6 +200,7 @@ impl GrainDirectory {
         budget: &ExtentBudget,
         budget_what: &str,
         header_regions: Vec<(Region, u64, u64)>,
+        data_start: Option<u64>,
     ) -> Result<GrainDirectory> {
         let (gd_what, rgd_what) = ("grain directory", "redundant grain directory");
         let (n, w) = (place.entries, coding.width());
@@ -202,6 +231,8 @@ impl GrainDirectory {
             cache_id: GrainTableCache::new_extent_id(),
             open_len: file_len,
             space: Mutex::new(FreeSpace::new(next)),
+            data_start,
+            reuse_gate: RwLock::new(()),
             guard: OnceLock::new(),
             allocating: Mutex::new(HashSet::new()),
             allocated_cv: Condvar::new(),
@@ -353,22 +384,65 @@ impl GrainDirectory {
         GrainsLock { dir: self, grains }
     }
 
-    /// Reserve `bytes` for new grains or tables: space given back by a failed write if some
-    /// fits, the end of the file otherwise.
-    pub(crate) fn reserve(&self, bytes: u64) -> Result<u64> {
-        // Scans the tables the first time: do it before taking the lock.
-        let tail = self.guard().tail_end(self).next_multiple_of(SECTOR_SIZE);
+    /// The free-space bookkeeping, with the tables scanned (the first time, under the lock:
+    /// nothing is reserved or given back before, so the scan sees every grain in use).
+    fn space(&self) -> MutexGuard<'_, FreeSpace> {
         let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        if !space.scanned {
+            let scan = self.scan_space(self.data_start);
+            space.scanned = true;
+            space.can_free = scan.reliable;
+            space.tail = scan.tail;
+            if space.next < scan.tail {
+                // A grain cut by the end of the file owns the space up to its tail.
+                if space.next == space.initial {
+                    space.initial = scan.tail;
+                }
+                space.next = scan.tail;
+            }
+            for (at, len) in scan.holes {
+                space.give_back(at, len);
+            }
+            tracing::debug!(
+                file = %self.file.path.display(),
+                reliable = scan.reliable,
+                holes = space.hole_bytes(),
+                "scanned the grain tables for free space"
+            );
+        }
+        space
+    }
+
+    /// End of the furthest grain that starts inside the file (at least its length when the
+    /// session began writing): a grain the end cuts may be written up to there.
+    pub(crate) fn tail_end(&self) -> u64 {
+        self.space().tail
+    }
+
+    /// Reserve `bytes` for a new grain table (or compressed grain): a hole if one fits, the
+    /// end of the file otherwise.
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<u64> {
+        let mut space = self.space();
         if let Some(off) = space.take_hole(bytes) {
             return Ok(off);
         }
-        if space.next < tail {
-            // A grain cut by the end of the file owns the space up to its tail.
-            if space.next == space.initial {
-                space.initial = tail;
-            }
-            space.next = tail;
+        self.reserve_at_end(&mut space, bytes)
+    }
+
+    /// Reserve space for between one and `max` grains (`max` grain sizes of bytes), one
+    /// after the other: from a hole if one holds a grain, the end of the file otherwise.
+    /// Returns where, and how many bytes.
+    pub(crate) fn reserve_grains(&self, max: u64) -> Result<(u64, u64)> {
+        let gs = self.coding.grain_size;
+        let mut space = self.space();
+        if let Some(run) = space.take_run(gs, max) {
+            return Ok(run);
         }
+        Ok((self.reserve_at_end(&mut space, max)?, max))
+    }
+
+    /// Reserve `bytes` at the end of the allocated space.
+    fn reserve_at_end(&self, space: &mut FreeSpace, bytes: u64) -> Result<u64> {
         let off = space.next;
         let end = off + bytes;
         // VMDK4 and COWD tables hold 32-bit sector numbers.
@@ -406,7 +480,14 @@ impl GrainDirectory {
     /// leaves no leaked clusters), elsewhere the space is reused by later allocations.
     /// Best effort: this runs on an error path, and failing here only leaks space.
     pub(crate) fn release(&self, at: u64, bytes: u64) {
-        let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        let mut space = self.space();
+        self.give_back(&mut space, at, bytes);
+    }
+
+    /// Give `[at, at+bytes)` back to `space`, cutting the file (and, for COWD, moving the
+    /// header's free sector back) when the end of the allocated space moves back. Best
+    /// effort: failing here only leaves the space unused.
+    fn give_back(&self, space: &mut FreeSpace, at: u64, bytes: u64) {
         let Some(end) = space.give_back(at, bytes) else {
             return;
         };
@@ -506,7 +587,9 @@ impl GrainDirectory {
     }
 
     /// Point grains `grains` (all in one grain table) at `entry`, a zeroed or unallocated
-    /// entry: nothing to write first. The table is created if missing.
+    /// entry: nothing to write first. The table is created if missing. The grains stored
+    /// there until now are cleared: given back by [`Self::release_cleared`] once the
+    /// cleared entries are durable.
     pub(crate) fn set_entries(
         &self,
         grains: std::ops::Range<u64>,
@@ -516,10 +599,79 @@ impl GrainDirectory {
         let gt_entries = self.coding.gt_entries;
         let i = (grains.start / gt_entries) as usize;
         let table = self.ensure_table(i, durable)?;
-        let entries = vec![entry; (grains.end - grains.start) as usize];
+        let n = (grains.end - grains.start) as usize;
+        let entries = vec![entry; n];
         let first = (grains.start % gt_entries) as usize;
         let _r = self.lock_grains(grains);
-        self.publish(i, &table, first, &entries, false)
+        // Read under the lock: a concurrent clear of the same grains finds them cleared
+        // already and gives nothing back twice.
+        let stored = self.stored_places(&table, first, n)?;
+        if !stored.is_empty() {
+            // The scan, if it is the first, must still see these grains in use.
+            drop(self.space());
+        }
+        self.publish(i, &table, first, &entries, false)?;
+        if !stored.is_empty() {
+            self.space().cleared(&stored);
+        }
+        Ok(())
+    }
+
+    /// Where entries `first..first+n` of `table` store uncompressed grains, as byte ranges
+    /// (neighbours merged).
+    fn stored_places(&self, table: &GrainTable, first: usize, n: usize) -> Result<Vec<(u64, u64)>> {
+        let gs = self.coding.grain_size;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        if self.coding.compressed {
+            return Ok(out);
+        }
+        for slot in first..first + n {
+            if let GrainEntry::Data(g) = self.decode(table.get(slot))? {
+                match out.last_mut() {
+                    Some((at, len)) if *at + *len == g => *len += gs,
+                    _ => out.push((g, gs)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give back the grains whose entries were cleared: flush, so no crash can bring the
+    /// old entries back, wait until nobody reads or writes at the old places any more, then
+    /// punch them out of the file where the file system can and hand them to later
+    /// allocations (at the end of the file, the file is cut). A flush that fails leaves
+    /// them for the next call. Nothing is given back when the scan could not account for
+    /// every grain (another entry might share them): they stay, unused.
+    pub(crate) fn release_cleared(&self) -> Result<()> {
+        let ranges = self.space().take_cleared();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.sync() {
+            self.space().restore_cleared(ranges);
+            return Err(e);
+        }
+        drop(self.reuse_gate.write().unwrap_or_else(|e| e.into_inner()));
+        if !self.space().can_free {
+            return Ok(());
+        }
+        // Punched before anyone may take them: a hole punched after would destroy new data.
+        for &(at, len) in &ranges {
+            if let Err(e) = self.file.storage.punch_hole(at, len) {
+                tracing::debug!(file = %self.file.path.display(), "punching a hole: {e}");
+            }
+        }
+        let mut space = self.space();
+        for (at, len) in ranges {
+            self.give_back(&mut space, at, len);
+        }
+        Ok(())
+    }
+
+    /// Hold this while using the place of a grain looked up in the tables (reading it, or
+    /// writing it in place), so it is not given to another grain meanwhile.
+    pub(crate) fn reading(&self) -> RwLockReadGuard<'_, ()> {
+        self.reuse_gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Point grains `first..first+entries.len()` of table `i` (`table`, from

@@ -71,6 +71,9 @@ impl SparseExtent {
             storage
                 .set_len(end)
                 .map_err(|e| Error::io(e, "truncating the emptied extent").with_path(path))?;
+            storage
+                .flush()
+                .map_err(|e| Error::io(e, "flushing the emptied extent").with_path(path))?;
         }
         Ok(())
     }

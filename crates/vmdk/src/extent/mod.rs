@@ -12,6 +12,7 @@ pub mod grain_table;
 mod make_empty;
 pub mod map;
 pub mod metadata;
+pub(crate) mod space_scan;
 pub mod sparse;
 pub mod sparse_write;
 pub mod write_guard;

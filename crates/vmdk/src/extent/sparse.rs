@@ -178,6 +178,15 @@ impl SparseExtent {
             _ => "grain directory",
         };
         let regions = header_regions(coding.flavor, header.as_ref());
+        // Hosted sparse files say where grains start: stretches the tables leave unused
+        // there may be reused (stream files keep markers between grains; COWD and seSparse
+        // lay their files out otherwise).
+        let data_start = match &header {
+            Some(h) if !coding.compressed && !h.has_markers() && !footer_layout => {
+                Some(h.overhead.saturating_mul(SECTOR_SIZE))
+            }
+            _ => None,
+        };
         let dir = GrainDirectory::load(
             file.clone(),
             coding,
@@ -186,6 +195,7 @@ impl SparseExtent {
             budget,
             budget_what,
             regions,
+            data_start,
         )?;
         Ok(SparseExtent {
             capacity,

@@ -56,8 +56,9 @@ impl SparseExtent {
     }
 
     /// Write zeros over `[off, off+len)` as `op` (a [`WriteOp::Zeroes`]) says: whole grains
-    /// become zeroed-grain entries where the extent supports them, stay unallocated where
-    /// that reads as zeros, and are written with zeros otherwise. Without `may_unmap`
+    /// become zeroed-grain entries where the extent supports them, unallocated where that
+    /// reads as zeros and unmapping is allowed, and are written with zeros otherwise. The
+    /// space of grains no longer stored goes back. Without `may_unmap`
     /// (NBD's NO_HOLE) no grain is left unallocated: zeros are stored, as a zeroed-grain
     /// entry where the extent has them (QEMU does the same).
     pub fn write_zeroes(
@@ -75,7 +76,8 @@ impl SparseExtent {
     /// Deallocate the whole grains inside `[off, off+len)` where the result still reads as
     /// zeros, as `op` (a [`WriteOp::Discard`]) says: unallocated when nothing shows through,
     /// zeroed-grain entries otherwise when supported. Anything else is left alone (discard
-    /// is advisory).
+    /// is advisory). The grains' space goes back (see
+    /// [`GrainDirectory::release_cleared`](crate::extent::GrainDirectory)).
     pub fn discard(&self, off: u64, len: u64, op: WriteOp, durable: bool) -> Result<()> {
         debug_assert!(matches!(op, WriteOp::Discard { .. }));
         // Discards only change entries: nothing is ever filled.
@@ -109,7 +111,13 @@ impl SparseExtent {
                 RunTarget::Allocate(a) => self.store_new(a, run.start, run.end, src, fill),
             }
         };
-        self.map_for_write(off, len, op, Some((&mut store, durable)))
+        let result = self.map_for_write(off, len, op, Some((&mut store, durable)));
+        if op == WriteOp::Data {
+            return result;
+        }
+        // Grains whose entries the walk cleared go back, even after a failure part-way.
+        let released = self.dir.release_cleared();
+        result.and(released)
     }
 
     /// Write `len` zero bytes at host offset `at`.

@@ -14,20 +14,19 @@
 //! tables written to, so an entry past that length is trusted only if this session put it
 //! there. Tables this session allocates need no entry in the sorted set: they too lie past
 //! that length, where only our own grains are trusted, and our grains never overlap our
-//! tables. The first allocation also scans the grain tables once for a grain the end of the
-//! file cuts (see `WriteGuard::tail_end`), so new space starts past it.
+//! tables. A grain the end of the file cuts may be written up to its tail: the directory's one
+//! scan of the tables (`space_scan.rs`) finds where that is, and new space starts past it.
 //!
 //! Not covered: two entries sharing one data grain (or a table overlapping a data grain).
 //! Finding those needs every entry of every table, which `check` reads and a write should
 //! not have to.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::RwLock;
 
 use crate::error::{Error, Result};
 use crate::extent::grain_directory::GrainDirectory;
 use crate::extent::metadata::Region;
-use crate::format::grain_entry::{self, GrainEntry};
 use crate::format::SECTOR_SIZE;
 
 /// The metadata of one sparse extent, as writers need it.
@@ -47,9 +46,6 @@ pub struct WriteGuard {
     bad_tables: Vec<u64>,
     /// Grains whose entries this session set, one bitset per grain table.
     ours: RwLock<HashMap<usize, Box<[u64]>>>,
-    /// End of the furthest grain that starts inside the file (at least `file_len`), found
-    /// by one scan of the grain tables the first time it is needed (see [`Self::tail_end`]).
-    tail_end: OnceLock<u64>,
 }
 
 fn sector_floor(b: u64) -> u64 {
@@ -153,7 +149,6 @@ impl WriteGuard {
             table_span,
             bad_tables,
             ours: RwLock::new(HashMap::new()),
-            tail_end: OnceLock::new(),
         }
     }
 
@@ -222,11 +217,7 @@ impl WriteGuard {
     /// Fail unless entries may be written into the grain table of directory entry `i`
     /// (and its redundant copy).
     pub(crate) fn check_table(&self, d: &GrainDirectory, i: usize) -> Result<()> {
-        if self
-            .bad_tables
-            .get(i / 64)
-            .is_none_or(|w| w & (1 << (i % 64)) == 0)
-        {
+        if !self.is_bad_table(i) {
             return Ok(());
         }
         let copies = [
@@ -257,40 +248,17 @@ impl WriteGuard {
         ))
     }
 
-    /// Where new space may start: past the end of the file, and past the tail of a grain
-    /// that starts inside the file but ends after it (a truncated file), so that a new
-    /// grain never overlaps it. Scans every grain table once (the first time space is
-    /// allocated or such a grain is written), reading them straight from the file.
-    pub(crate) fn tail_end(&self, d: &GrainDirectory) -> u64 {
-        *self.tail_end.get_or_init(|| {
-            let mut end = self.file_len;
-            // Compressed grains have no fixed length (and a record running past the end
-            // is reported by `check` as corrupt).
-            if d.coding().compressed {
-                return end;
-            }
-            let w = d.coding().width();
-            let mut buf = vec![0u8; d.coding().table_bytes() as usize];
-            for i in 0..d.len() {
-                if self.bad_tables[i / 64] & (1 << (i % 64)) != 0 {
-                    continue;
-                }
-                let Ok(Some(gt)) = d.table_offset(i) else {
-                    continue;
-                };
-                if d.file().storage.read_exact_at(&mut buf, gt).is_err() {
-                    continue;
-                }
-                for raw in grain_entry::entries(w, &buf) {
-                    if let Ok(GrainEntry::Data(g)) = d.coding().decode(raw) {
-                        if g < self.file_len {
-                            end = end.max(g.saturating_add(d.coding().grain_size));
-                        }
-                    }
-                }
-            }
-            end
-        })
+    /// The file's length when the guard was made (before this session wrote anything).
+    pub(crate) fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Whether the grain table of directory entry `i` (or its redundant copy) overlaps
+    /// other metadata or lies (partly) past the end of the file.
+    pub(crate) fn is_bad_table(&self, i: usize) -> bool {
+        self.bad_tables
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// Fail unless grain number `grain`, stored at byte `off` (uncompressed), may be written
@@ -299,9 +267,9 @@ impl WriteGuard {
         let gs = d.coding().grain_size;
         let end = off.saturating_add(gs);
         let sector = grain * gs / SECTOR_SIZE;
-        if end <= self.file_len || (off < self.file_len && end <= self.tail_end(d)) {
+        if end <= self.file_len || (off < self.file_len && end <= d.tail_end()) {
             // Inside the file, or a grain the end of the file cuts (allocations start past
-            // its tail, see `tail_end`).
+            // its tail, see `GrainDirectory::tail_end`).
             return match self.overlapping(off, end.min(self.file_len), Except::Nothing) {
                 None => Ok(()),
                 Some(what) => Err(Self::refuse(

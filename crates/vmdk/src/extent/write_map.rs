@@ -5,7 +5,8 @@
 //!
 //! `write`, `write_zeroes`, `discard` and the pre-write check (`check_write_targets`) are all
 //! this one walk, [`SparseExtent::map_for_write`]; they differ only in what they do with the
-//! runs it hands out. Without an `apply` step the walk only checks (nothing is written, no
+//! runs it hands out. An entry that stops pointing at a grain gives the grain's space back
+//! (after the walk: see `sparse_write.rs`). Without an `apply` step the walk only checks (nothing is written, no
 //! table is created), which is how a write is refused before the first byte lands. With one,
 //! entry-only changes are made by the walk, and runs that store bytes are handed over: in
 //! place at a host offset, or as an [`Allocation`] (grains locked, space reserved) that the
@@ -23,8 +24,9 @@ const MAX_RUN: u64 = 512;
 pub enum WriteOp {
     /// Store data (allocating grains where needed).
     Data,
-    /// Write zeros: whole grains become zeroed-grain entries where the extent has them, stay
-    /// unallocated where that reads as zeros, and are written with zeros otherwise.
+    /// Write zeros: whole grains become zeroed-grain entries where the extent has them,
+    /// unallocated where that reads as zeros (and `may_unmap`), and are written with zeros
+    /// otherwise.
     Zeroes {
         /// Whether grains may be left unallocated (NBD's NO_HOLE clears it).
         may_unmap: bool,
@@ -92,12 +94,14 @@ impl WriteOp {
                 may_unmap,
                 hides_nothing,
             } => {
+                let unmap = may_unmap && hides_nothing;
                 if whole && zero_grain && !compressed {
                     set(GrainEntry::Zero)
-                } else if entry == GrainEntry::Zero
-                    || (may_unmap && hides_nothing && entry == GrainEntry::Unallocated)
-                {
+                } else if entry == GrainEntry::Zero || (unmap && entry == GrainEntry::Unallocated) {
                     Some(Action::Nothing)
+                } else if whole && unmap && !compressed {
+                    // Unallocated reads as zeros: the grain's space can go back.
+                    set(GrainEntry::Unallocated)
                 } else {
                     store()
                 }
@@ -186,6 +190,9 @@ impl SparseExtent {
                 })
         };
         let guard = if off < stop { Some(dir.guard()) } else { None };
+        // Places looked up here are written in place below: none may be given to another
+        // grain meanwhile (see `GrainDirectory::release_cleared`).
+        let _gate = apply.is_some().then(|| dir.reading());
         let mut pos = off;
         while pos < stop {
             let guard = guard.expect("made when there is something to walk");

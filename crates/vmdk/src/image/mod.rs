@@ -341,6 +341,8 @@ impl Image {
     /// Fill `buf` with the virtual disk's bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        // A grain discarded meanwhile keeps its place until this read is done.
+        let _gates = self.reuse_gates(offset, buf.len() as u64);
         for e in self.map(offset, buf.len() as u64)? {
             let s = (e.start - offset) as usize;
             let dst = &mut buf[s..s + e.length as usize];

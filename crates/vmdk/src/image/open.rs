@@ -31,11 +31,8 @@ impl Image {
 
     /// Open `path` with `opts`.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
-        if opts.force_share && opts.writable {
-            return Err(
-                Error::invalid("force-share=on can only be used with read-only images")
-                    .with_path(path.as_ref()),
-            );
+        if opts.writable {
+            opts.refuse_force_share(path.as_ref())?;
         }
         let mut chain = ChainOpener {
             opts,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Image;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::lock::{FileRole, LockRequest};
 use crate::storage::namespace::Namespace;
 use crate::storage::paths::PathPolicy;
@@ -16,6 +16,10 @@ use crate::storage::paths::PathPolicy;
 pub const MAX_DIRECTORY_MEMORY: u64 = 512 << 20;
 
 pub use crate::format::MAX_VIRTUAL_SIZE;
+
+/// qemu's refusal of force-share (`-U`) by an open that writes (`block.c`), word for word.
+pub(crate) const FORCE_SHARE_READ_ONLY: &str =
+    "force-share=on can only be used with read-only images";
 
 /// Deepest backing chain we follow by default.
 pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 64;
@@ -37,7 +41,8 @@ pub struct OpenOptions {
     /// off only when the caller excludes other users itself.
     pub locking: bool,
     /// Open read-only without excluding writers (qemu-img's `-U`/`--force-share`): the
-    /// image may change while it is read. Refused together with `writable`.
+    /// image may change while it is read. Refused by every open and operation that writes
+    /// (see [`OpenOptions::refuse_force_share`]).
     pub force_share: bool,
     /// Open a child even when its `parentCID` differs from its parent's `CID`.
     pub ignore_cid_mismatch: bool,
@@ -105,6 +110,29 @@ impl OpenOptions {
     pub fn force_share(mut self, v: bool) -> Self {
         self.force_share = v;
         self
+    }
+    /// Refuse these options for an open or an operation that writes `path` when they ask
+    /// for force-share (`-U`), with qemu's message: sharing is for readers, and a writer
+    /// that dropped it quietly would take the locks the caller asked it not to take, or
+    /// write an image another process may be using. This is the one place that decides:
+    /// [`Image::open_with`] asks it of every writable open, [`crate::open_disk()`] of every
+    /// writable disk, and every operation that writes ([`crate::resize::resize`],
+    /// [`crate::rebase::rebase`], [`crate::commit::commit`], [`crate::compact::compact`],
+    /// [`crate::repair::repair`]) before it opens anything.
+    pub fn refuse_force_share(&self, path: &Path) -> Result<()> {
+        if self.force_share {
+            return Err(Error::invalid(FORCE_SHARE_READ_ONLY).with_path(path));
+        }
+        Ok(())
+    }
+    /// These options for an operation that writes `path`: writable, once
+    /// [`OpenOptions::refuse_force_share`] lets them through.
+    pub fn for_writing(&self, path: &Path) -> Result<OpenOptions> {
+        self.refuse_force_share(path)?;
+        Ok(OpenOptions {
+            writable: true,
+            ..self.clone()
+        })
     }
     /// The path gate these options describe.
     pub fn path_policy(&self) -> PathPolicy {

@@ -139,12 +139,19 @@ impl Image {
         });
         let io = |e| Error::io(e, "updating the descriptor").with_path(&self.path);
         match self.desc_location {
-            DescriptorLocation::File => {
-                self.storage.write_at(&new, 0).map_err(io)?;
-                if (new.len() as u64) < capacity {
-                    self.storage.set_len(new.len() as u64).map_err(io)?;
-                }
+            DescriptorLocation::File if (new.len() as u64) < capacity => {
+                // Shorter: cutting the file before the new text is durable could leave the
+                // old text cut short. So the new text goes in padded with NULs to the old
+                // length (readers stop at the first NUL, as with qemu's own descriptor
+                // files), is flushed, and only then is the padding cut off.
+                let mut padded = new;
+                let len = padded.len() as u64;
+                padded.resize(capacity as usize, 0);
+                self.storage.write_at(&padded, 0).map_err(io)?;
+                self.storage.flush().map_err(io)?;
+                self.storage.set_len(len).map_err(io)?;
             }
+            DescriptorLocation::File => self.storage.write_at(&new, 0).map_err(io)?,
             _ => {
                 if new.len() as u64 > capacity {
                     return Err(
@@ -286,7 +293,9 @@ impl Image {
     }
 
     /// Write zeros over `[offset, offset+len)`. With `may_unmap`, whole grains may be
-    /// deallocated or marked zero instead of written, where that still reads back as zeros.
+    /// deallocated or marked zero instead of written, where that still reads back as zeros
+    /// (their space goes back to the host), and flat extents are punched rather than written
+    /// where the file system can.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         let op = WriteOp::Zeroes {
             may_unmap,
@@ -294,6 +303,9 @@ impl Image {
         };
         let durable = self.write_state.durable;
         self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
+            ExtentKind::Flat { file, offset: base } if may_unmap && punch(file, base + rel, n)? => {
+                Ok(())
+            }
             ExtentKind::Flat { file, offset: base } => {
                 let zeros = vec![0u8; n.min(1 << 20) as usize];
                 let mut done = 0;
@@ -311,27 +323,102 @@ impl Image {
         })
     }
 
-    /// Deallocate what can be deallocated in `[offset, offset+len)` (whole grains of sparse
-    /// extents), keeping it reading as zeros. Advisory: parts that cannot be deallocated
-    /// keep their data, as a TRIM allows.
+    /// Deallocate what can be deallocated in `[offset, offset+len)`, keeping it reading as
+    /// zeros: whole grains of sparse extents (their space goes back to the host, see
+    /// [`GrainDirectory::release_cleared`](crate::extent::GrainDirectory)), and the bytes of
+    /// flat extents, punched out of their files where the file system can. Advisory: parts
+    /// that cannot be deallocated keep their data, as a TRIM allows. An image in which
+    /// nothing can ever be deallocated (compressed grains, or a backing file that would show
+    /// through and no zeroed-grain entries) refuses with an `Unsupported` error that says
+    /// why (see [`Image::can_discard`]).
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable_check(offset, len)?;
+        if len > 0 {
+            if let Some(why) = self.discard_refusal() {
+                return Err(Error::unsupported(why).with_path(&self.path));
+            }
+        }
         let op = WriteOp::Discard {
             hides_nothing: self.backing.is_none(),
         };
         let durable = self.write_state.durable;
         self.map_for_write(offset, len, op, |e, rel, n, _| match &e.kind {
             ExtentKind::Sparse(s) => s.discard(rel, n, op, durable),
-            _ => Ok(()),
+            ExtentKind::Flat { file, offset: base } => {
+                punch(file, base + rel, n)?;
+                Ok(())
+            }
+            ExtentKind::Zero => Ok(()),
         })
     }
 
-    /// Whether [`Image::discard`] can deallocate anything in this image.
+    /// Whether [`Image::discard`] can deallocate anything in this image: it is writable and
+    /// has a writable flat extent, or a writable sparse extent of uncompressed grains that can
+    /// leave them reading as zeros (no backing file, or zeroed-grain entries).
     pub fn can_discard(&self) -> bool {
-        self.writable
-            && self.extents.iter().any(|e| {
-                matches!(&e.kind, ExtentKind::Sparse(s) if !s.is_compressed()
-                    && (self.backing.is_none() || s.has_zero_grains()))
-            })
+        self.writable && self.discard_refusal().is_none()
+    }
+
+    /// Why nothing in this image can be deallocated, if nothing can.
+    fn discard_refusal(&self) -> Option<String> {
+        let mut why = None;
+        for e in &self.extents {
+            if e.access != ExtentAccess::ReadWrite {
+                continue;
+            }
+            match &e.kind {
+                ExtentKind::Flat { .. } => return None,
+                ExtentKind::Zero => {}
+                ExtentKind::Sparse(s) if s.is_compressed() => {
+                    why = Some(
+                        "cannot deallocate the grains of a compressed (streamOptimized) \
+                         image: convert it to another subformat first"
+                            .to_string(),
+                    )
+                }
+                ExtentKind::Sparse(s) if self.backing.is_some() && !s.has_zero_grains() => {
+                    why.get_or_insert_with(|| {
+                        "cannot deallocate grains: the backing file would show through, and \
+                         the image has no zeroed-grain entries (create it with \
+                         zeroed_grain=on)"
+                            .to_string()
+                    });
+                }
+                ExtentKind::Sparse(_) => return None,
+            }
+        }
+        Some(why.unwrap_or_else(|| "the image has no writable extent that stores data".into()))
+    }
+
+    /// The reuse gates of the writable sparse extents under `[offset, offset+len)`, held
+    /// while reading there (see [`GrainDirectory::reading`](crate::extent::GrainDirectory));
+    /// none when the image is read-only, since only writers give space back.
+    pub(crate) fn reuse_gates(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Vec<std::sync::RwLockReadGuard<'_, ()>> {
+        let mut gates = Vec::new();
+        if !self.writable || len == 0 {
+            return gates;
+        }
+        // Lines naming one file share its extent: its gate is taken once.
+        let mut seen: Vec<&crate::extent::SparseExtent> = Vec::new();
+        let first = self.extent_index(offset);
+        for e in self.extents[first..]
+            .iter()
+            .take_while(|e| e.start < offset + len)
+        {
+            if let ExtentKind::Sparse(s) = &e.kind {
+                if e.access == ExtentAccess::ReadWrite
+                    && !seen.iter().any(|o| std::ptr::eq(*o, &**s))
+                {
+                    seen.push(s);
+                    gates.push(s.directory().reading());
+                }
+            }
+        }
+        gates
     }
 
     /// Start writing the image's dirty data (every writable extent file) to the device
@@ -342,7 +429,8 @@ impl Image {
         self.each_written_file(|s| s.start_writeback(), "writing back")
     }
 
-    /// Make all completed writes durable.
+    /// Make all completed writes durable (and give back the space of grains cleared by a
+    /// discard whose own flush failed).
     pub fn flush(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
@@ -350,7 +438,15 @@ impl Image {
         self.storage
             .flush()
             .map_err(|e| Error::io(e, "flushing").with_path(&self.path))?;
-        self.each_written_file(|s| s.flush(), "flushing")
+        self.each_written_file(|s| s.flush(), "flushing")?;
+        for e in &self.extents {
+            if let ExtentKind::Sparse(s) = &e.kind {
+                if e.access == ExtentAccess::ReadWrite {
+                    s.directory().release_cleared()?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Apply `op` to the storage of every extent file this image writes (none when it is
@@ -372,4 +468,12 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// Punch `[at, at+len)` out of a flat extent's file; whether the file system could (where
+/// it cannot, nothing changed).
+fn punch(file: &crate::extent::map::ExtentFile, at: u64, len: u64) -> Result<bool> {
+    file.storage
+        .punch_hole(at, len)
+        .map_err(|e| Error::io(e, "punching a hole").with_path(&file.path))
 }

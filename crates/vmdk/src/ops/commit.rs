@@ -14,7 +14,6 @@ use crate::extent::map::MapTarget;
 use crate::image::walk::MapWalker;
 use crate::image::{Image, OpenOptions};
 use crate::storage::aligned_buf::AlignedBuf;
-use crate::storage::FileId;
 
 /// How to commit.
 #[derive(Debug, Clone, Default)]
@@ -42,11 +41,12 @@ pub fn commit(
     opts: &OpenOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
+    // Writes the base and the overlay: no force-share.
+    let writing = opts.for_writing(top)?;
     let chain_opts = OpenOptions {
         writable: false,
-        force_share: false,
         open_backing: true,
-        ..opts.clone()
+        ..writing.clone()
     };
     let chain = Image::open_with(top, &chain_opts)?;
     // Find the base: the direct backing file, or the named layer.
@@ -62,8 +62,11 @@ pub fn commit(
     let depth = match &commit.base {
         None => 1,
         Some(b) => {
-            let id = FileId::of_path(b)
-                .map_err(|e| Error::io(e, "cannot stat").with_path(b))?
+            // Asked of the namespace the chain is in (memory, an archive, ...), not of the
+            // host's files.
+            let id = opts
+                .namespace()
+                .identity(b)?
                 .ok_or_else(|| Error::invalid("no such file").with_path(b))?;
             layers
                 .iter()
@@ -80,12 +83,13 @@ pub fn commit(
     };
     let base_path = layers[depth].path().to_path_buf();
     // Our chain holds the base open for reading (and keeps other writers out); this second
-    // handle writes it and takes no lock of its own, which would conflict with ours.
+    // handle writes it and takes no lock of its own, which would conflict with ours. Durable
+    // writes: a new grain's data is flushed before its table entry points at it, so a power
+    // loss part-way leaves the base readable, every grain old or new.
     let base = OpenOptions {
-        writable: true,
         locking: false,
-        force_share: false,
-        ..opts.clone()
+        durable: true,
+        ..writing.clone()
     }
     .open(&base_path)?;
     let size = chain.size().min(base.size());
@@ -111,14 +115,15 @@ pub fn commit(
     drop(chain);
     // Point the overlay at the base's new CID, and empty it.
     let top_img = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..opts.clone()
+        ..writing
     }
     .open(top)?;
     if direct {
         top_img.set_parent_cid(new_cid)?;
+        // Durable before the overlay is emptied: an emptied overlay must name the base's
+        // new CID (a descriptor file is flushed by nothing else).
+        top_img.flush()?;
     }
     if direct && !commit.keep_overlay {
         top_img.make_empty()?;

@@ -56,10 +56,8 @@ pub fn compact(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<CompactStats> {
     let img = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..open.clone()
+        ..open.for_writing(path)?
     }
     .open(path)?;
     let extents = compactable_extents(&img)?;

@@ -456,8 +456,8 @@ pub fn create_sparing(
                 vec![line(size / SECTOR_SIZE, ExtentType::Sparse, &file_name)],
                 parent,
             )?;
-            write_sparse_extent(ns, path, &header, Some(&desc.serialize()))?;
-            Ok(())
+            let f = write_sparse_extent(ns, path, &header, Some(&desc.serialize()))?;
+            sync(&*f, path)
         }
         _ => {
             let (kind, split) = match sub {
@@ -481,12 +481,14 @@ pub fn create_sparing(
                     _ => format!("{stem}-s{idx:03}{ext}"),
                 };
                 refuse_to_overwrite(ns, &sibling(&name), spare, "a file of the source image")?;
-                if kind == ExtentType::Sparse {
+                let f = if kind == ExtentType::Sparse {
                     let h = sparse_layout(cur, opts.zeroed_grain, false, false)?;
-                    write_sparse_extent(ns, &sibling(&name), &h, None)?;
+                    write_sparse_extent(ns, &sibling(&name), &h, None)?
                 } else {
-                    flat_extent(ns, &sibling(&name), cur)?;
-                }
+                    flat_extent(ns, &sibling(&name), cur)?
+                };
+                // Durable before the descriptor names it.
+                sync(&*f, &sibling(&name))?;
                 lines.push(line(cur / SECTOR_SIZE, kind, &name));
                 done += cur;
                 idx += 1;
@@ -497,7 +499,15 @@ pub fn create_sparing(
             let desc = default_descriptor(opts, size, lines, parent)?;
             let f = ns.create(path, true)?;
             f.write_at(desc.serialize().as_bytes(), 0)
-                .map_err(|e| Error::io(e, "writing descriptor").with_path(path))
+                .map_err(|e| Error::io(e, "writing descriptor").with_path(path))?;
+            sync(&*f, path)
         }
     }
+}
+
+/// Flush a new file: an image is durable when `create` returns (as qemu-img's, which
+/// flushes when it closes the image), its extents before the descriptor that names them.
+fn sync(f: &dyn Storage, path: &Path) -> Result<()> {
+    f.flush()
+        .map_err(|e| Error::io(e, "flushing the new image").with_path(path))
 }

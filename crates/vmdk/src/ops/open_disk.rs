@@ -17,6 +17,9 @@ pub fn open_disk(
     format: Option<ImageFormat>,
     opts: &OpenOptions,
 ) -> Result<Box<dyn Disk>> {
+    if opts.writable {
+        opts.refuse_force_share(path)?;
+    }
     let format = match format {
         Some(f) => f,
         None => ImageFormat::probe_in(&*opts.namespace(), path)?,

@@ -44,6 +44,10 @@ pub fn rebase(
     opts: &OpenOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
+    let writable = OpenOptions {
+        open_backing: opts.open_backing && !rebase.unsafe_mode,
+        ..opts.for_writing(image)?
+    };
     let flatten = rebase.backing.is_empty();
     let new_path = crate::storage::paths::directory_of(image).join(&rebase.backing);
     // The new backing file is the user's choice: opened wherever it is (its own extents and
@@ -57,13 +61,7 @@ pub fn rebase(
         .open(&new_path)
     };
     if rebase.unsafe_mode {
-        let img = OpenOptions {
-            writable: true,
-            open_backing: false,
-            force_share: false,
-            ..opts.clone()
-        }
-        .open(image)?;
+        let img = writable.open(image)?;
         let cid = if flatten {
             CID_NONE
         } else {
@@ -73,10 +71,11 @@ pub fn rebase(
         };
         return set_parent(&img, &rebase.backing, cid);
     }
+    // Durable writes: a copied grain's data is flushed before its table entry points at it,
+    // so a power loss part-way never shows the guest anything but the old chain's data.
     let img = OpenOptions {
-        writable: true,
-        force_share: false,
-        ..opts.clone()
+        durable: true,
+        ..writable.clone()
     }
     .open(image)?;
     let new = if flatten { None } else { Some(open_new()?) };

@@ -63,10 +63,8 @@ const MAX_ROUNDS: usize = 4;
 /// locking but writable; see the module documentation for what is repaired.
 pub fn repair(path: &Path, mode: RepairMode, open: &OpenOptions) -> Result<RepairOutcome> {
     let writable = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..open.clone()
+        ..open.for_writing(path)?
     };
     let mut img = writable.open(path)?;
     for e in img.extents() {

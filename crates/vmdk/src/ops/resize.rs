@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::descriptor::ExtentType;
+use crate::format::grain_entry::GrainEntry;
 use crate::format::SECTOR_SIZE;
 use crate::image::{DescriptorLocation, Image, OpenOptions};
 use crate::ops::create::{
@@ -50,10 +51,8 @@ pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptio
         .filter(|s| *s <= MAX_SIZE)
         .ok_or_else(|| Error::invalid("the new size is too large").with_path(path))?;
     let img = OpenOptions {
-        writable: true,
         open_backing: false,
-        force_share: false,
-        ..open.clone()
+        ..open.for_writing(path)?
     }
     .open(path)?;
     let old = img.size();
@@ -80,7 +79,59 @@ pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptio
         }
         return shrink(&img, new_size);
     }
-    grow(&img, new_size)
+    // A backing file longer than the old size would show its data in the new range once
+    // the capacity grows: qemu zero-fills that stretch (`bdrv_co_truncate`), and so do we.
+    // Measured before anything changes; a backing file that cannot be opened shows nothing.
+    let backing_len = OpenOptions {
+        writable: false,
+        locking: false,
+        ..open.clone()
+    }
+    .open(path)
+    .ok()
+    .and_then(|chain| chain.backing().map(Image::size))
+    .filter(|&len| len > old);
+    grow(&img, new_size)?;
+    if let Some(len) = backing_len {
+        drop(img);
+        let img = OpenOptions {
+            durable: true,
+            ..open.for_writing(path)?
+        }
+        .open(path)?;
+        img.write_zeroes(old, len.min(new_size) - old, false)?;
+        img.flush()?;
+    }
+    Ok(())
+}
+
+/// Zero what the last sparse extent still holds past the old end, in the grain a shrink
+/// cut part-way (its bytes past the end were kept, unread), so growing never brings back
+/// data a shrink dropped. Done before the capacity grows, while nothing reads those bytes,
+/// and flushed, so a power loss cannot expose them either.
+fn zero_partial_grain(img: &Image) -> Result<()> {
+    let Some(last) = img.extents().last() else {
+        return Ok(());
+    };
+    let ExtentKind::Sparse(s) = &last.kind else {
+        return Ok(());
+    };
+    let grain = s.grain_size();
+    let end = last.length;
+    if end % grain == 0 {
+        return Ok(());
+    }
+    let GrainEntry::Data(offset) = s.lookup(end / grain)? else {
+        return Ok(());
+    };
+    let file = &s.file;
+    let skip = end % grain;
+    let zeros = vec![0u8; (grain - skip) as usize];
+    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(&file.path);
+    file.storage
+        .write_at(&zeros, offset + skip)
+        .map_err(io("zeroing the rest of the last grain"))?;
+    file.storage.flush().map_err(io("flushing"))
 }
 
 /// Whether the image is split into 2 GiB extents (new space goes into new extent files).
@@ -97,6 +148,7 @@ fn grow(img: &Image, new_size: u64) -> Result<()> {
         .iter()
         .map(|e| e.length / SECTOR_SIZE)
         .collect();
+    zero_partial_grain(img)?;
     let mut extra = new_size - img.size();
     // The last extent takes what it can: everything, unless the image is split.
     let room = if split {
@@ -226,11 +278,19 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
         for &off in dropped {
             let _ = s.file.storage.punch_hole(off, s.grain_size());
         }
+        // Durable when resize returns, like the rest (lost, the grains would only leak).
+        s.file
+            .storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(&s.file.path))?;
     }
     if let Some((file, keep)) = cut {
         file.storage
             .set_len(keep)
             .map_err(|e| Error::io(e, "cutting the extent").with_path(&file.path))?;
+        file.storage
+            .flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(&file.path))?;
     }
     for f in drop_files {
         img.namespace().remove(&f)?;

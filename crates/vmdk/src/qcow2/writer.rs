@@ -12,7 +12,13 @@
 //! several compressed streams share a cluster; only those are remembered.
 //!
 //! Crash ordering: the header is written last. Until then the file's first cluster is
-//! zeros, so an interrupted conversion leaves no file that opens as a qcow2 image.
+//! zeros (a hole of the new, empty file), so an interrupted conversion leaves no file that
+//! opens as a qcow2 image.
+//!
+//! Writes run front to back except for the header cluster and the L1 table, which are
+//! skipped and filled in by [`Qcow2Writer::finish`], and padding is written as zeros rather
+//! than skipped: so the output can be an [`AppendOutput`](crate::namespace::AppendOutput)
+//! upload, which holds back only the part with the header and L1 table.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,7 +76,7 @@ impl Qcow2Writer {
         let meta_end = layout.l1_offset + layout.l1_clusters * cs;
         let data_start = (opts.preallocation == Preallocation::Metadata)
             .then(|| meta_end + layout.l1_entries * cs);
-        let w = Qcow2Writer {
+        Ok(Qcow2Writer {
             out,
             path: path.to_path_buf(),
             opts: opts.clone(),
@@ -86,10 +92,7 @@ impl Qcow2Writer {
             shared: Vec::new(),
             data_start,
             next_cluster: 0,
-        };
-        // The first cluster stays zeros until `finish` (see the module docs).
-        w.write(&vec![0u8; cs as usize], 0)?;
-        Ok(w)
+        })
     }
 
     /// The cluster size in bytes.
@@ -140,7 +143,7 @@ impl Qcow2Writer {
         if self.data_start.is_some() {
             return Ok(()); // preallocated tables are written whole at `finish`
         }
-        let at = self.align_end();
+        let at = self.align_end()?;
         let mut b = vec![0u8; self.cs as usize];
         for (k, e) in self.l2.iter().enumerate() {
             b[k * 8..k * 8 + 8].copy_from_slice(&e.to_be_bytes());
@@ -152,9 +155,15 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    fn align_end(&mut self) -> u64 {
-        self.end = self.end.next_multiple_of(self.cs);
-        self.end
+    /// Move the end to the next cluster boundary, writing the padding (after compressed
+    /// streams) as zeros so that nothing before the end is left unwritten.
+    fn align_end(&mut self) -> Result<u64> {
+        let aligned = self.end.next_multiple_of(self.cs);
+        if aligned > self.end && self.data_start.is_none() {
+            self.write(&vec![0u8; (aligned - self.end) as usize], self.end)?;
+        }
+        self.end = aligned;
+        Ok(aligned)
     }
 
     /// Write `data` as the plain clusters starting at virtual cluster `vc`: a whole number
@@ -167,7 +176,7 @@ impl Qcow2Writer {
             None => {
                 // Reserve the whole run first, so an L2 table written while the entries are
                 // set goes after it and the data lands with one write.
-                let at = self.align_end();
+                let at = self.align_end()?;
                 self.end = at + n * self.cs;
                 at
             }
@@ -253,7 +262,7 @@ impl Qcow2Writer {
                 self.l1[t as usize] = at | FLAG_COPIED;
             }
         }
-        let used = self.align_end() / cs;
+        let used = self.align_end()? / cs;
         let (blocks, table_clusters) = refcount_structures(self.layout.cluster_bits, used)?;
         let total = used + blocks + table_clusters;
         let per_block = refcounts_per_block(self.layout.cluster_bits);

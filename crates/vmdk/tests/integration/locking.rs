@@ -43,6 +43,104 @@ fn force_share_is_for_readers() {
     qemu_img(&["create", "-q", "-f", "vmdk", p.to_str().unwrap(), "1M"]);
     let e = rw().force_share(true).open(&p).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "'{}': force-share=on can only be used with read-only images",
+            p.display()
+        )
+    );
+}
+
+/// Every operation that writes refuses force-share with the same message, before it opens
+/// (and so before it could write) anything: none of them drops it quietly.
+#[test]
+fn writing_operations_refuse_force_share() {
+    let dir = Dir::new();
+    let base = dir.path("base.vmdk");
+    let top = dir.path("top.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", base.to_str().unwrap(), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        top.to_str().unwrap(),
+    ]);
+    let before = (std::fs::read(&base).unwrap(), std::fs::read(&top).unwrap());
+    let shared = OpenOptions::new().force_share(true);
+    let none = |_: u64, _: u64| {};
+    let refused: Vec<(&str, vmdk::Error)> = vec![
+        (
+            "resize",
+            vmdk::resize::resize(&top, 2 << 20, &Default::default(), &shared).unwrap_err(),
+        ),
+        (
+            "rebase",
+            vmdk::rebase::rebase(
+                &top,
+                &vmdk::rebase::RebaseOptions {
+                    backing: String::new(),
+                    unsafe_mode: false,
+                },
+                &shared,
+                &none,
+            )
+            .unwrap_err(),
+        ),
+        (
+            "rebase -u",
+            vmdk::rebase::rebase(
+                &top,
+                &vmdk::rebase::RebaseOptions {
+                    backing: String::new(),
+                    unsafe_mode: true,
+                },
+                &shared,
+                &none,
+            )
+            .unwrap_err(),
+        ),
+        (
+            "commit",
+            vmdk::commit::commit(&top, &Default::default(), &shared, &none).unwrap_err(),
+        ),
+        (
+            "compact",
+            vmdk::compact::compact(&top, &shared, &none).unwrap_err(),
+        ),
+        (
+            "repair",
+            vmdk::repair::repair(&top, vmdk::repair::RepairMode::All, &shared).unwrap_err(),
+        ),
+        (
+            "open_disk",
+            vmdk::open_disk(&top, None, &shared.clone().writable(true))
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+    ];
+    for (what, e) in refused {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{what}: {e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "'{}': force-share=on can only be used with read-only images",
+                top.display()
+            ),
+            "{what}"
+        );
+    }
+    assert!(
+        (std::fs::read(&base).unwrap(), std::fs::read(&top).unwrap()) == before,
+        "a refused operation changed a file"
+    );
+    // Readers still share.
+    shared.open(&top).unwrap();
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Property tests: random write / write-zeroes / read sequences, from one and from several
-//! threads, against a plain in-memory model, on every writable subformat.
+//! Property tests: random write / write-zeroes / discard / read sequences, from one and
+//! from several threads, against a plain in-memory model, on every writable subformat; the
+//! sparse images check clean afterwards (the space discards and zero writes free goes back).
 
 use crate::common::*;
 
@@ -13,6 +14,7 @@ const SIZE: u64 = 3 << 20;
 enum Act {
     Write(u64, usize, u8),
     Zero(u64, usize),
+    Discard(u64, usize),
     Read(u64, usize),
 }
 
@@ -21,6 +23,7 @@ fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         (off.clone(), 1usize..200_000, any::<u8>()).prop_map(|(o, l, b)| Act::Write(o, l, b)),
         (off.clone(), 1usize..200_000).prop_map(|(o, l)| Act::Zero(o, l)),
+        (off.clone(), 1usize..400_000).prop_map(|(o, l)| Act::Discard(o, l)),
         (off, 1usize..200_000).prop_map(|(o, l)| Act::Read(o, l)),
     ]
 }
@@ -60,6 +63,38 @@ fn run(sub: Subformat, zeroed: bool, backing: bool, acts: &[Act]) {
                 img.write_zeroes(o, l as u64, true).unwrap();
                 model[o as usize..o as usize + l].fill(0);
             }
+            Act::Discard(o, l) => {
+                let (o, l) = clamp(o, l);
+                let end = o + l as u64;
+                match sub {
+                    Subformat::MonolithicSparse | Subformat::TwoGbMaxExtentSparse => {
+                        if backing && !zeroed {
+                            let e = img.discard(o, l as u64).unwrap_err();
+                            assert_eq!(e.kind(), vmdk::ErrorKind::Unsupported, "{e}");
+                            continue;
+                        }
+                        img.discard(o, l as u64).unwrap();
+                        // The whole grains inside read as zeros, the rest keeps its data.
+                        let g = 65536;
+                        let (a, b) = (o.next_multiple_of(g), end / g * g);
+                        if a < b {
+                            model[a as usize..b as usize].fill(0);
+                        }
+                    }
+                    _ => {
+                        // Flat extents are punched where the file system can.
+                        img.discard(o, l as u64).unwrap();
+                        let mut buf = vec![0u8; l];
+                        img.read_at(&mut buf, o).unwrap();
+                        let range = o as usize..end as usize;
+                        assert!(
+                            buf.iter().all(|&b| b == 0) || buf == model[range.clone()],
+                            "discard at {o}+{l} left neither zeros nor the data"
+                        );
+                        model[range].copy_from_slice(&buf);
+                    }
+                }
+            }
             Act::Read(o, l) => {
                 let (o, l) = clamp(o, l);
                 let mut buf = vec![0u8; l];
@@ -74,6 +109,14 @@ fn run(sub: Subformat, zeroed: bool, backing: bool, acts: &[Act]) {
     img.flush().unwrap();
     drop(img);
     assert_same("final", &our_raw(&disk), &model);
+    if matches!(
+        sub,
+        Subformat::MonolithicSparse | Subformat::TwoGbMaxExtentSparse
+    ) {
+        let img = OpenOptions::new().open(&disk).unwrap();
+        let r = vmdk::check(&img).unwrap();
+        assert!(r.is_clean(), "check: {:?} {:?}", r.corruptions, r.leaks);
+    }
 }
 
 proptest! {
@@ -92,6 +135,11 @@ proptest! {
     #[test]
     fn sparse_overlay(acts in proptest::collection::vec(act(), 1..25)) {
         run(Subformat::MonolithicSparse, false, true, &acts);
+    }
+
+    #[test]
+    fn sparse_overlay_zeroed_grain(acts in proptest::collection::vec(act(), 1..25)) {
+        run(Subformat::MonolithicSparse, true, true, &acts);
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub struct ConvertOptions {
     pub salvage: bool,
     /// How many stretches `salvage` turned into zeros.
     pub salvaged: Arc<AtomicU64>,
+    /// VMDK output: write durably as the conversion goes (each new grain's data flushed
+    /// before its table entry points at it, as [`OpenOptions::durable`](crate::OpenOptions::durable))
+    /// and flush at the end, so a power loss part-way leaves an image that opens and checks
+    /// clean, every sector holding its old or its new content (qemu-img's writethrough cache
+    /// modes). Off by default, like qemu-img's default (`unsafe`).
+    pub durable: bool,
     /// Where the output goes (host files by default). For VMDK output,
     /// [`CreateOptions::namespace`] is used when this is unset.
     pub target_namespace: Option<Arc<dyn Namespace>>,
@@ -46,6 +52,7 @@ impl Default for ConvertOptions {
             target_is_zero: false,
             salvage: false,
             salvaged: Arc::new(AtomicU64::new(0)),
+            durable: false,
             target_namespace: None,
         }
     }

@@ -117,9 +117,11 @@ fn open_backing(
 /// Write `src` to a new qcow2 image at `dst` (see the [module docs](self)).
 ///
 /// The output goes through `opts.target_namespace` (host files by default), created and
-/// locked like every other output; a destination that can only be written front to back
-/// (object storage) is refused, since the image's tables are written after its data.
-/// `opts.compress` stores clusters compressed; `opts.target_exists` (`-n`) is refused.
+/// locked like every other output, as an [`AppendOutput`](crate::namespace::AppendOutput):
+/// front to back but for the header and L1 table, filled in last, so object storage can
+/// take it as an upload (`preallocation=metadata`, which writes all over the file, cannot
+/// go there). `opts.compress` stores clusters compressed; `opts.target_exists` (`-n`) is
+/// refused.
 pub fn convert_to_qcow2(
     src: &dyn Disk,
     dst: &Path,
@@ -143,11 +145,10 @@ pub fn convert_to_qcow2(
         .target_namespace
         .clone()
         .unwrap_or_else(|| crate::ova::default_namespace());
-    if ns.stream_only(dst) {
+    if ns.stream_only(dst) && create.preallocation != Preallocation::Off {
         return Err(Error::invalid(
-            "qcow2 output needs a destination it can write anywhere (its tables are written \
-             after its data), and this one can only be written front to back; convert to \
-             raw or to a streamOptimized VMDK instead",
+            "preallocation=metadata needs a destination it can write anywhere, and this one \
+             is written front to back (an upload); leave preallocation off",
         )
         .with_path(dst));
     }
@@ -168,8 +169,8 @@ pub fn convert_to_qcow2(
         create.backing_format = Some(fmt.clone());
     }
     let backing = backing.map(|(_, b)| b);
-    let out = ns.create(dst, true)?;
-    let mut writer = Qcow2Writer::new(out, dst, &create, layout)?;
+    let output = ns.create_append(dst, true)?;
+    let mut writer = Qcow2Writer::new(output.storage(), dst, &create, layout)?;
     let cs = writer.cluster_size();
     let zero_clusters = writer.has_zero_clusters();
     let prealloc = create.preallocation != Preallocation::Off;
@@ -270,7 +271,9 @@ pub fn convert_to_qcow2(
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
     writer.finish()?;
-    // No sync, like qemu-img convert: callers wanting durability flush themselves.
+    // No sync, like qemu-img convert: callers wanting durability flush themselves. An
+    // upload is completed here (dropped unfinished, on an error above, it is aborted).
+    output.finish(false)?;
     progress(size, size);
     Ok(())
 }

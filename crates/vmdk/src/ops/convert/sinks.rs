@@ -197,6 +197,7 @@ pub fn convert_to_vmdk(
     let ns = create.namespace();
     let open = OpenOptions {
         writable: true,
+        durable: opts.durable,
         allow_unsafe_paths: create.allow_unsafe_paths,
         allow_paths: create.allow_paths.clone(),
         namespace: Some(ns.clone()),
@@ -270,7 +271,10 @@ pub fn convert_to_vmdk(
         Ok(())
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
-    // No sync, like qemu-img convert: callers wanting durability flush themselves.
+    // No sync unless asked, like qemu-img convert's default cache mode.
+    if opts.durable {
+        img.flush()?;
+    }
     progress(size, size);
     Ok(())
 }

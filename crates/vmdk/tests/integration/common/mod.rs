@@ -116,6 +116,7 @@ pub fn scribble(image: &Path) {
 
 pub mod alloc;
 pub mod build;
+pub mod crash;
 
 /// The bytes qemu reads from `image` in `[offset, offset+len)`, without converting the whole
 /// disk: a `raw` node with an offset and size stacked over the vmdk node.
