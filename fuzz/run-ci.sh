@@ -2,8 +2,8 @@
 # Build the fuzz targets and run each one for a bounded time; exit non-zero if any crashes
 # (a panic, a hang past -timeout, or memory past -rss_limit_mb), after printing the input.
 #
-# Works on the stable toolchain, offline except for crates.io: the libFuzzer runtime comes
-# with the libfuzzer-sys crate (built by its build script with the C++ compiler), and the
+# Works on the stable toolchain, offline but for the crate registry: the libFuzzer runtime
+# comes with the libfuzzer-sys crate (built by its build script with the C++ compiler), and the
 # coverage instrumentation is plain `-C` codegen flags (no -Z, no nightly, no cargo-fuzz;
 # see README.md). No sanitizer runtime, so -malloc_limit_mb is not enforced; the RSS limit is.
 #
@@ -13,8 +13,11 @@
 #   FUZZ_OTHER_SECS   descriptor, sparse_header, open_image, ova, ova_info, qcow2_source,
 #                     inspect, nbd_server
 #                     (default 15 each)
-#   FUZZ_TARGETS      which targets to run                  (default: all nine)
+#   FUZZ_TARGETS      which targets to build and run        (default: all nine)
+#   FUZZ_JOBS         how many targets run at once          (default: the number of CPUs)
 # and FUZZ_CORPUS_DIR keeps the corpora there (one folder per target) for longer runs later.
+# The build has a target directory of its own (fuzz/target/run-ci), always with the flags
+# below, so a second run rebuilds nothing and other builds of fuzz/ do not disturb it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,8 +32,10 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 start=$(date +%s)
 echo "fuzz: building the targets ($host)"
-cargo build --quiet --release --locked --bins --target "$host"
-bin=target/$host/release
+bins=()
+for t in $targets; do bins+=(--bin "$t"); done
+cargo build --quiet --release --locked --target-dir target/run-ci --target "$host" "${bins[@]}"
+bin=target/run-ci/$host/release
 echo "fuzz: built in $(($(date +%s) - start)) s"
 
 work=$(mktemp -d)
@@ -250,17 +255,35 @@ for t in $targets; do
 done
 
 # ---- runs ----------------------------------------------------------------------------------
+# Each libFuzzer process uses one CPU: FUZZ_JOBS of them run at once, the longest first, each
+# for its full time; the results are then reported in the usual order.
+jobs=${FUZZ_JOBS:-$(nproc)}
+run() {
+  local t=$1 secs=$other_secs
+  [ "$t" = write_image ] && secs=$write_secs
+  mkdir -p "$work/artifacts/$t/"
+  echo "fuzz: $t for $secs s"
+  local st=0
+  "$bin/$t" "$corpora/$t" -max_total_time="$secs" -max_len=300000 \
+    -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$work/artifacts/$t/" -print_final_stats=1 \
+    >"$work/$t.log" 2>&1 || st=$?
+  echo "$st" >"$work/$t.status"
+}
+longest_first=
+for t in $targets; do
+  if [ "$t" = write_image ]; then longest_first="$t $longest_first"; else longest_first+=" $t"; fi
+done
+for t in $longest_first; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  run "$t" &
+done
+wait
+
 status=0
 for t in $targets; do
-  secs=$other_secs
-  [ "$t" = write_image ] && secs=$write_secs
   art=$work/artifacts/$t/
-  mkdir -p "$art"
   log=$work/$t.log
-  echo "fuzz: $t for $secs s"
-  if ! "$bin/$t" "$corpora/$t" -max_total_time="$secs" -max_len=300000 \
-      -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$art" -print_final_stats=1 \
-      >"$log" 2>&1; then
+  if [ "$(cat "$work/$t.status")" -ne 0 ]; then
     status=1
     echo "fuzz: $t FAILED; the end of its log:"
     tail -n 40 "$log"

@@ -4,9 +4,10 @@
 //! crate reads or writes raw entries.
 //!
 //! Writers follow one order, which is what keeps a crash harmless (see ARCHITECTURE.md and
-//! `tests/crash_cut.rs`): `GrainDirectory::reserve` space, write the data there (flushed
-//! when durable), then `GrainDirectory::publish` the entries; a new table is written (and
-//! flushed) before the directory entry pointing at it (`GrainDirectory::ensure_table`).
+//! `tests/integration/crash_cut.rs`): `GrainDirectory::reserve` space, write the data there
+//! (flushed when durable), then `GrainDirectory::publish` the entries; a new table is
+//! written (and flushed) before the directory entry pointing at it
+//! (`GrainDirectory::ensure_table`).
 //! Space whose data never got published is given back (`GrainDirectory::release`).
 //! Grains whose entries are cleared (a discard, a zero write) are given back too, once the
 //! cleared entries are durable (`GrainDirectory::release_cleared`): punched where the

@@ -3,7 +3,8 @@
 //! down into the holes so the used space is contiguous, and the file is cut after it.
 //!
 //! Content never changes, so the CID stays (children stay valid). Three steps per extent,
-//! each obeying the crash-ordering rule (ARCHITECTURE.md), checked by `tests/crash_cut.rs`:
+//! each obeying the crash-ordering rule (ARCHITECTURE.md), checked by
+//! `tests/integration/crash_cut.rs`:
 //!
 //! 1. **Zero grains**: their entries become unallocated (zeroed-grain entries when a backing
 //!    file would otherwise show through; kept when the extent has no such entries), primary
