@@ -313,9 +313,10 @@ fn write_zeroes_with_zeroed_grains() {
     );
 }
 
-#[test]
-fn write_zeroes_and_discard_over_backing() {
-    let start = qemu_files(|d| {
+/// qemu-img's zeroed-grain overlay `disk.vmdk` over a 2 MiB base full of 0xaa, after qemu-io's
+/// `write` into the overlay.
+fn zeroed_overlay(write: &str) -> Files {
+    qemu_files(|d| {
         qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "2M"]);
         qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 2M"]);
         qemu_img(&[
@@ -330,8 +331,13 @@ fn write_zeroes_and_discard_over_backing() {
             "vmdk",
             &q(d, "disk.vmdk"),
         ]);
-        qemu_io(&d.join("disk.vmdk"), &["write -P 0x55 0 1M"]);
-    });
+        qemu_io(&d.join("disk.vmdk"), &[write]);
+    })
+}
+
+#[test]
+fn write_zeroes_and_discard_over_backing() {
+    let start = zeroed_overlay("write -P 0x55 0 1M");
     guest_writes(
         "write_zeroes+discard/overlay",
         &start,
@@ -398,23 +404,7 @@ fn discard_and_reuse_of_the_freed_space() {
 /// space goes, so no cut lets the backing file show through a grain that held data.
 #[test]
 fn overlay_discard_and_reuse_of_the_freed_space() {
-    let start = qemu_files(|d| {
-        qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "2M"]);
-        qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 2M"]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "-b",
-            "base.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "disk.vmdk"),
-        ]);
-        qemu_io(&d.join("disk.vmdk"), &["write -P 0x11 0 512k"]);
-    });
+    let start = zeroed_overlay("write -P 0x11 0 512k");
     guest_writes(
         "discard+reuse/overlay",
         &start,
