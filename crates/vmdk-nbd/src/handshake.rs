@@ -324,7 +324,7 @@ fn handle_option<W: Write>(
             }
             // Always sent (the spec allows unrequested info). We accept any
             // alignment, so a client ignoring it loses nothing.
-            let min = if size % 512 == 0 { 512 } else { 1 };
+            let min = if size.is_multiple_of(512) { 512 } else { 1 };
             put_option_reply(
                 &mut out,
                 option,
