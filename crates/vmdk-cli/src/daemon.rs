@@ -6,13 +6,26 @@ use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 
 /// The child's promise to tell the waiting parent that it is up.
-pub struct Ready(std::fs::File);
+pub struct Ready(Option<std::fs::File>);
+
+impl Drop for Ready {
+    /// Dropped without [`Ready::signal`]: the command is failing. The pipe stays open until
+    /// the process exits, so the parent (which exits 1 when the pipe closes) returns only
+    /// after the child has printed why.
+    fn drop(&mut self) {
+        if let Some(pipe) = self.0.take() {
+            std::mem::forget(pipe);
+        }
+    }
+}
 
 impl Ready {
     /// Let the parent exit 0: everything a caller of `--fork` may rely on (the listening
     /// socket, the pid file) exists now.
     pub fn signal(mut self) -> std::io::Result<()> {
-        self.0.write_all(b"1")?;
+        if let Some(mut pipe) = self.0.take() {
+            pipe.write_all(b"1")?;
+        }
         // The standard descriptors go to /dev/null, as qemu-nbd's do: whoever started us (a
         // script reading our output to its end) must not wait for the server to exit.
         if let Ok(null) = std::fs::OpenOptions::new()
@@ -36,8 +49,9 @@ impl Ready {
 /// the child died first), the child returns and carries on as the server, detached from the
 /// terminal's session.
 ///
-/// Must be called while the process has one thread: `fork` copies only the calling thread,
-/// and any lock another thread held would stay locked forever in the child.
+/// Must be called while the process has one thread (serve and mount call it before they
+/// open the image, whose object-storage client starts threads): `fork` copies only the
+/// calling thread, and any lock another thread held would stay locked forever in the child.
 pub fn detach() -> std::io::Result<Ready> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe writes two descriptors into the array we pass, which lives for the call.
@@ -69,5 +83,5 @@ pub fn detach() -> std::io::Result<Ready> {
     }
     // SAFETY: fds[1] is the child's copy of the write end, owned by the File from here on.
     let w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-    Ok(Ready(w))
+    Ok(Ready(Some(w)))
 }

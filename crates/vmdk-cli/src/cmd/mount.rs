@@ -73,6 +73,15 @@ pub fn run(args: Args) -> Result<u8> {
             args.mountpoint.display()
         );
     }
+    // Into the background before the image is opened: `fork` copies only the calling
+    // thread, and opening an `s3://` or `http(s)://` image starts the object client's
+    // threads, which the child would lack. An open that fails is reported by the child; the
+    // parent, waiting for the child's "mounted" byte, exits 1 when the pipe closes instead.
+    let ready = if args.foreground {
+        None
+    } else {
+        Some(crate::daemon::detach().context("going to the background")?)
+    };
     let writable = args.rw;
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = opts
@@ -80,11 +89,6 @@ pub fn run(args: Args) -> Result<u8> {
         .with_context(|| format!("Could not open '{}'", args.image.display()))?;
     let image = Arc::new(image);
 
-    let ready = if args.foreground {
-        None
-    } else {
-        Some(crate::daemon::detach().context("going to the background")?)
-    };
     // Catch the signals before mounting: one arriving between the mount and the start of
     // the handler thread must not kill the process and leave a dead mount behind.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -185,6 +185,16 @@ pub fn run(args: Args) -> Result<u8> {
     }
     // Credentials are checked before the image is opened (and locked).
     let tls = tls_config(&args.object, args.tls_creds.as_deref())?;
+    // Into the background before the image is opened: `fork` copies only the calling
+    // thread, and opening an `s3://` or `http(s)://` image starts the object client's
+    // threads, which the child would lack (its requests would wait forever). Whatever fails
+    // from here on (open, bind) is reported by the child, and the parent, which waits for
+    // the child's "serving" byte, exits 1 when it sees the pipe close instead.
+    let ready = if args.fork {
+        Some(crate::daemon::detach().context("going to the background")?)
+    } else {
+        None
+    };
     let opts = args.open.options().writable(writable).durable(args.durable);
     let image = open_for_export(&opts, &args.image)
         .with_context(|| format!("Could not open '{}'", args.image.display()))?;
@@ -209,8 +219,8 @@ pub fn run(args: Args) -> Result<u8> {
         tls,
         ..ServerConfig::default()
     };
-    // Listen before going to the background, so that once the command returns clients can
-    // connect.
+    // Listen before telling the parent the server is up, so that once the command returns
+    // clients can connect.
     let listener = match &args.socket {
         Some(path) => {
             if path.exists() {
@@ -227,11 +237,6 @@ pub fn run(args: Args) -> Result<u8> {
                 std::net::TcpListener::bind(&addr).with_context(|| format!("binding {addr}"))?,
             )
         }
-    };
-    let ready = if args.fork {
-        Some(crate::daemon::detach().context("going to the background")?)
-    } else {
-        None
     };
     let _pid_file = match &args.pid_file {
         Some(p) => Some(PidFile::write(p)?),
