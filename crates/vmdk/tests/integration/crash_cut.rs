@@ -313,12 +313,12 @@ fn write_zeroes_with_zeroed_grains() {
     );
 }
 
-/// qemu-img's zeroed-grain overlay `disk.vmdk` over a 2 MiB base full of 0xaa, after qemu-io's
-/// `write` into the overlay.
-fn zeroed_overlay(write: &str) -> Files {
+/// qemu-img's zeroed-grain overlay `disk.vmdk` over a base of `size` full of 0xaa, after
+/// `fill` has written into the overlay (given its host path).
+fn zeroed_overlay(size: &str, fill: impl FnOnce(&Path)) -> Files {
     qemu_files(|d| {
-        qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "2M"]);
-        qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 2M"]);
+        qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), size]);
+        qemu_io(&d.join("base.vmdk"), &[&format!("write -P 0xaa 0 {size}")]);
         qemu_img(&[
             "create",
             "-f",
@@ -331,13 +331,13 @@ fn zeroed_overlay(write: &str) -> Files {
             "vmdk",
             &q(d, "disk.vmdk"),
         ]);
-        qemu_io(&d.join("disk.vmdk"), &[write]);
+        fill(&d.join("disk.vmdk"));
     })
 }
 
 #[test]
 fn write_zeroes_and_discard_over_backing() {
-    let start = zeroed_overlay("write -P 0x55 0 1M");
+    let start = zeroed_overlay("2M", |disk| qemu_io(disk, &["write -P 0x55 0 1M"]));
     guest_writes(
         "write_zeroes+discard/overlay",
         &start,
@@ -404,7 +404,7 @@ fn discard_and_reuse_of_the_freed_space() {
 /// space goes, so no cut lets the backing file show through a grain that held data.
 #[test]
 fn overlay_discard_and_reuse_of_the_freed_space() {
-    let start = zeroed_overlay("write -P 0x11 0 512k");
+    let start = zeroed_overlay("2M", |disk| qemu_io(disk, &["write -P 0x11 0 512k"]));
     guest_writes(
         "discard+reuse/overlay",
         &start,
@@ -1062,23 +1062,7 @@ fn compact_monolithic_sparse() {
 fn compact_overlay_with_zeroed_grains() {
     // Over a backing file, zero grains become zeroed-grain entries (the backing file must
     // not show through).
-    let start = qemu_files(|d| {
-        qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "4M"]);
-        qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 4M"]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "-b",
-            "base.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "disk.vmdk"),
-        ]);
-        fill_for_compact(&d.join("disk.vmdk"));
-    });
+    let start = zeroed_overlay("4M", fill_for_compact);
     compact_cuts("compact/overlay", &start, true);
 }
 
