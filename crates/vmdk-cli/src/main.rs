@@ -10,7 +10,6 @@ mod fuse_disk;
 mod opts;
 mod output;
 mod progress;
-mod size;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};

@@ -2,25 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use vmdk::format::foreign::ForeignFormat;
-use vmdk::{
-    AdapterType, CreateOptions, Disk, FileFormat, Image, ImageFormat, OpenOptions, Subformat,
-};
-
-/// qemu-img's vmdk creation options in the order of its option table, which is the order
-/// it prints them in.
-pub const OPTION_ORDER: [&str; 9] = [
-    "backing_file",
-    "backing_fmt",
-    "adapter_type",
-    "compat6",
-    "hwversion",
-    "toolsversion",
-    "subformat",
-    "zeroed_grain",
-    "compression_level",
-];
+use vmdk::{Disk, FileFormat, Image, ImageFormat, OpenOptions};
 
 /// How to open images.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -154,164 +138,13 @@ pub fn open_vmdk(path: &Path, fmt: Option<&str>, opts: &OpenOptions) -> Result<I
     Ok(Image::open_with(path, opts)?)
 }
 
-/// Split qemu-style `key=value,key=value` option strings (`,,` is a literal comma); several
-/// `-o` flags add up.
-pub fn split_options(opts: &[String]) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for o in opts {
-        let mut cur = String::new();
-        let mut parts = Vec::new();
-        let mut chars = o.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    cur.push(',');
-                } else {
-                    parts.push(std::mem::take(&mut cur));
-                }
-            } else {
-                cur.push(c);
-            }
-        }
-        parts.push(cur);
-        for p in parts.into_iter().filter(|p| !p.is_empty()) {
-            match p.split_once('=') {
-                Some((k, v)) => out.push((k.to_string(), v.to_string())),
-                None if p == "help" || p == "?" => out.push((p, String::new())),
-                None => bail!("Invalid parameter '{p}' (expected key=value)"),
-            }
-        }
-    }
-    Ok(out)
-}
+pub use vmdk::ops::create_options::{vmdk_options_help, VmdkOptions, OPTION_ORDER};
+pub use vmdk::qemu_syntax::{parse_bool, split_options};
 
-/// qemu's boolean option values.
-pub fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
-    }
-}
-
-/// The `-o` options of the vmdk format, in qemu-img's help order, each with whether only
-/// `create` takes it (convert gets the backing file from -B, the size from the source).
-const VMDK_OPTIONS: [(&str, bool); 10] = [
-    ("adapter_type=<str>      - Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX", false),
-    ("backing_file=<str>      - File name of a base image", true),
-    ("backing_fmt=<str>       - Image format of the base image (vmdk)", true),
-    ("compat6=<bool (on/off)> - VMDK version 6 image", false),
-    ("compression_level=<num> - deflate level (0-9, default 5) for compressed (streamOptimized) output", false),
-    ("hwversion=<str>         - VMDK hardware version", false),
-    ("size=<size>             - Virtual disk size", true),
-    ("subformat=<str>         - VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized | vmfs}", false),
-    ("toolsversion=<str>      - VMware guest tools version", false),
-    ("zeroed_grain=<bool (on/off)> - Enable efficient zero writes using the zeroed-grain GTE feature", false),
-];
-
-/// What `-o help` prints for the vmdk format: every option for `create`, those
-/// [`vmdk_options`] takes without `allow_backing` for `convert`.
-pub fn vmdk_options_help(create: bool) -> String {
-    let mut s = String::from("Creation options for 'vmdk':\n");
-    for (line, create_only) in VMDK_OPTIONS {
-        if create || !create_only {
-            s.push_str("  ");
-            s.push_str(line);
-            s.push('\n');
-        }
-    }
-    s
-}
-
-/// Options parsed from `-o` for a new VMDK image.
-#[derive(Debug, Clone, Default)]
-pub struct VmdkOptions {
-    pub create: CreateOptions,
-    pub backing_fmt: Option<String>,
-    pub size: Option<u64>,
-    /// Whether `compression_level` was given.
-    pub compression_level: Option<u32>,
-    /// What was given, in qemu's option order, for the "Formatting ..." line.
-    pub given: Vec<(String, String)>,
-}
-
-/// Parse `-o` options for a VMDK image. `allow_backing` says whether backing_file /
-/// backing_fmt / size are accepted (create) or not (convert).
+/// Parse `-o` options for a new VMDK image ([`VmdkOptions::parse`]), its new files (and a
+/// backing file named here) going through the command's namespace.
 pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
-    let mut v = VmdkOptions::default();
-    // New files (and a backing file named here) go through the command's namespace.
+    let mut v = VmdkOptions::parse(opts, allow_backing)?;
     v.create.namespace = Some(crate::namespace());
-    for (k, val) in opts {
-        match k.as_str() {
-            "subformat" => v.create.subformat = Subformat::parse(val)?,
-            "adapter_type" => v.create.adapter_type = AdapterType::parse(val)?,
-            "hwversion" => {
-                v.create.hwversion = (val != "undefined").then(|| val.clone());
-            }
-            "toolsversion" => v.create.toolsversion = Some(val.clone()),
-            "compat6" => v.create.compat6 = parse_bool(k, val)?,
-            "zeroed_grain" => v.create.zeroed_grain = parse_bool(k, val)?,
-            "compression_level" => {
-                let l: u32 = val
-                    .parse()
-                    .ok()
-                    .filter(|l| *l <= 9)
-                    .with_context(|| format!("invalid compression_level '{val}' (0-9)"))?;
-                v.create.compression_level = l;
-                v.compression_level = Some(l);
-            }
-            "backing_file" if allow_backing => v.create.backing_file = Some(val.clone()),
-            "backing_fmt" if allow_backing => v.backing_fmt = Some(val.clone()),
-            "size" if allow_backing => v.size = Some(crate::size::parse_size(val)?),
-            _ => bail!("Invalid parameter '{k}'"),
-        }
-    }
-    for key in OPTION_ORDER {
-        if let Some((k, val)) = opts.iter().rev().find(|(k, _)| k == key) {
-            v.given.push((k.clone(), val.clone()));
-        }
-    }
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_options() {
-        let o = split_options(&[
-            "subformat=streamOptimized,compat6=on".into(),
-            "a=b,,c".into(),
-        ])
-        .unwrap();
-        assert_eq!(
-            o,
-            vec![
-                ("subformat".into(), "streamOptimized".into()),
-                ("compat6".into(), "on".into()),
-                ("a".into(), "b,c".into())
-            ]
-        );
-        assert!(split_options(&["bogus".into()]).is_err());
-    }
-
-    #[test]
-    fn parses_vmdk_options() {
-        let o = split_options(&[
-            "zeroed_grain=on,adapter_type=lsilogic,hwversion=6,compression_level=9".into(),
-        ])
-        .unwrap();
-        let v = vmdk_options(&o, false).unwrap();
-        assert!(v.create.zeroed_grain);
-        assert_eq!(v.create.adapter_type, AdapterType::Lsilogic);
-        assert_eq!(v.create.hwversion.as_deref(), Some("6"));
-        assert_eq!(v.compression_level, Some(9));
-        assert!(vmdk_options(&[("bogus".into(), "1".into())], false).is_err());
-        assert!(vmdk_options(&[("subformat".into(), "foo".into())], false).is_err());
-        assert!(vmdk_options(&[("compat6".into(), "maybe".into())], false).is_err());
-        assert!(vmdk_options(&[("backing_file".into(), "a".into())], false).is_err());
-        assert!(vmdk_options(&[("backing_file".into(), "a".into())], true).is_ok());
-    }
 }

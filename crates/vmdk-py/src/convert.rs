@@ -38,16 +38,24 @@ fn create_options(
     })
 }
 
+/// `options`, qemu-img's `-o` text (`"subformat=streamOptimized,compat6=on"`), split as
+/// qemu does; `None` gives none.
+fn qemu_options(options: Option<&str>) -> PyResult<Vec<(String, String)>> {
+    vmdk::qemu_syntax::split_options(options.as_slice()).map_err(to_py)
+}
+
 /// Create a new, empty image of `size` bytes at `path` (as `qemu-img create -f vmdk`).
+/// `options` takes qemu-img's `-o` text too, applied after the keywords; without a size
+/// (here or as `size=` in `options`) the backing file's size is taken, as qemu-img does.
 #[pyfunction]
-#[pyo3(signature = (path, size, *, subformat="monolithicSparse", adapter_type="ide",
+#[pyo3(signature = (path, size=None, *, subformat="monolithicSparse", adapter_type="ide",
                     backing=None, hwversion=None, toolsversion=None, compat6=false,
-                    zeroed_grain=false, allow_paths=Vec::new()))]
+                    zeroed_grain=false, allow_paths=Vec::new(), options=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn create(
     py: Python<'_>,
     path: PathBuf,
-    size: u64,
+    size: Option<u64>,
     subformat: &str,
     adapter_type: &str,
     backing: Option<String>,
@@ -56,8 +64,9 @@ pub fn create(
     compat6: bool,
     zeroed_grain: bool,
     allow_paths: Vec<PathBuf>,
+    options: Option<&str>,
 ) -> PyResult<()> {
-    let opts = create_options(
+    let mut opts = create_options(
         subformat,
         adapter_type,
         backing,
@@ -67,8 +76,31 @@ pub fn create(
         zeroed_grain,
         allow_paths,
     )?;
-    py.allow_threads(|| vmdk::create(&path, size, &opts))
-        .map_err(to_py)
+    let mut size = size;
+    let mut backing_fmt = None;
+    for (k, v) in qemu_options(options)? {
+        match k.as_str() {
+            "size" => size = Some(vmdk::qemu_syntax::parse_size(&v).map_err(to_py)?),
+            "backing_fmt" => backing_fmt = Some(v),
+            _ => opts.set_option(&k, &v).map_err(to_py)?,
+        }
+    }
+    py.allow_threads(|| {
+        if backing_fmt.is_some() {
+            vmdk::ops::create_options::check_backing_format(
+                &path,
+                &opts,
+                backing_fmt.as_deref(),
+                false,
+            )?;
+        }
+        let size = match size {
+            Some(s) => s,
+            None => vmdk::ops::create_options::size_from_backing(&path, &opts, false)?,
+        };
+        vmdk::create(&path, size, &opts)
+    })
+    .map_err(to_py)
 }
 
 /// What `convert` writes.
@@ -80,7 +112,9 @@ enum Target {
 
 /// Copy `src` (a VMDK or qcow2 image or a raw file; `src_format` "vmdk"/"qcow2"/"raw",
 /// probed when None) to a new image `dst`: `format="vmdk"` in `subformat`, `format="qcow2"`
-/// (`cluster_size`, `compat` "0.10"/"1.1", `lazy_refcounts`), or `format="raw"`.
+/// (`cluster_size`, `compat` "0.10"/"1.1", `lazy_refcounts`), or `format="raw"`; `options`
+/// takes qemu-img's `-o` text for the output format as well. `durable=True` makes the
+/// output durable before returning (qemu-img's `-t none`/`writethrough`).
 /// `progress`, if given, is called as `progress(done, total)` (bytes) from the converting
 /// threads; an exception it raises is re-raised once the conversion has ended (the
 /// conversion itself cannot be interrupted half way).
@@ -88,7 +122,7 @@ enum Target {
 #[pyo3(signature = (src, dst, *, format="vmdk", subformat="monolithicSparse", compress=false,
                     progress=None, src_format=None, adapter_type="ide", threads=0,
                     allow_paths=Vec::new(), ignore_cid_mismatch=false, cluster_size=None,
-                    compat=None, lazy_refcounts=false))]
+                    compat=None, lazy_refcounts=false, options=None, durable=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn convert(
     py: Python<'_>,
@@ -106,24 +140,37 @@ pub fn convert(
     cluster_size: Option<u64>,
     compat: Option<String>,
     lazy_refcounts: bool,
+    options: Option<&str>,
+    durable: bool,
 ) -> PyResult<()> {
+    let options = qemu_options(options)?;
     if format != "qcow2" && (cluster_size.is_some() || compat.is_some() || lazy_refcounts) {
         return Err(to_py(vmdk::Error::invalid(
             "cluster_size, compat and lazy_refcounts are qcow2 options (format=\"qcow2\")",
         )));
     }
     // A Python caller names formats as qemu does; the one parser of those names decides.
+    let mut compression_level = None;
     let target = match format.parse::<ImageFormat>() {
-        Ok(ImageFormat::Vmdk) => Target::Vmdk(create_options(
-            subformat,
-            adapter_type,
-            None,
-            None,
-            None,
-            false,
-            false,
-            Vec::new(),
-        )?),
+        Ok(ImageFormat::Vmdk) => {
+            let mut c = create_options(
+                subformat,
+                adapter_type,
+                None,
+                None,
+                None,
+                false,
+                false,
+                Vec::new(),
+            )?;
+            // convert takes the backing file and the size from elsewhere, as qemu-img does.
+            let v = vmdk::ops::create_options::VmdkOptions::parse(&options, false).map_err(to_py)?;
+            for (k, val) in &options {
+                c.set_option(k, val).map_err(to_py)?;
+            }
+            compression_level = v.compression_level;
+            Target::Vmdk(c)
+        }
         Ok(ImageFormat::Qcow2) => {
             let mut q = Qcow2CreateOptions {
                 lazy_refcounts,
@@ -135,21 +182,31 @@ pub fn convert(
             if let Some(c) = &compat {
                 q.compat = Compat::parse(c).map_err(to_py)?;
             }
+            q.apply_options(&options).map_err(to_py)?;
             Target::Qcow2(q)
         }
-        Ok(ImageFormat::Raw) => Target::Raw,
+        Ok(ImageFormat::Raw) => {
+            if let Some((k, _)) = options.first() {
+                return Err(to_py(vmdk::Error::invalid(format!("Invalid parameter '{k}'"))));
+            }
+            Target::Raw
+        }
         _ => {
             return Err(to_py(vmdk::Error::invalid(format!(
                 "unknown output format '{format}' (expected vmdk, qcow2 or raw)"
             ))))
         }
     };
-    let copts = ConvertOptions {
+    let mut copts = ConvertOptions {
         threads,
         compress,
+        durable,
         target_namespace: Some(crate::namespace()),
         ..Default::default()
     };
+    if let Some(l) = compression_level {
+        copts.compression_level = l;
+    }
     let oopts = open_options(false, allow_paths, false, ignore_cid_mismatch, false, true);
     let failed: Mutex<Option<PyErr>> = Mutex::new(None);
     let report = |done: u64, total: u64| {

@@ -1,6 +1,8 @@
 """Writes, creation and conversion: the results pass `qemu-img check` and read back in
 qemu as written."""
 
+import json
+
 import pytest
 
 import vmdk
@@ -150,3 +152,33 @@ def test_convert_to_qcow2(workdir, kw):
         vmdk.convert(src, "x.vmdk", cluster_size=4096)
     with pytest.raises(vmdk.InvalidArgumentError, match="compat"):
         vmdk.convert(src, "x.qcow2", format="qcow2", compat="2")
+
+
+def test_qemu_option_text_as_qemu_img_takes_it(workdir):
+    """`options=` takes qemu-img's `-o` text, with the library's rules (the CLI's own)."""
+    vmdk.create("o.vmdk", 4 * MIB, options="subformat=twoGbMaxExtentSparse,zeroed_grain=y,adapter_type=buslogic")
+    info = vmdk.open("o.vmdk").info()
+    assert info["format-specific"]["data"]["create-type"] == "twoGbMaxExtentSparse"
+    assert info["format-specific"]["data"]["adapter-type"] == "buslogic"
+    qemu_img("check", "o.vmdk")
+    # No size: the backing file's, as `qemu-img create -b base.vmdk -F vmdk top.vmdk` takes it.
+    vmdk.create("top.vmdk", backing="o.vmdk", options="backing_fmt=vmdk")
+    assert vmdk.open("top.vmdk").size == 4 * MIB
+    with pytest.raises(vmdk.InvalidArgumentError, match="needs a size"):
+        vmdk.create("nosize.vmdk")
+    for bad in ["compat6=maybe", "bogus=1", "compression_level=10", "subformat=nope"]:
+        with pytest.raises(vmdk.Error):
+            vmdk.create("bad.vmdk", MIB, options=bad)
+    with pytest.raises(vmdk.UnsupportedError):
+        vmdk.create("bad.vmdk", MIB, backing="o.vmdk", options="backing_fmt=qcow2")
+    # convert: the output format's options, durable output.
+    vmdk.convert("o.vmdk", "o.qcow2", format="qcow2", options="cluster_size=4k,compat=0.10", durable=True)
+    out = json.loads(qemu_img("info", "--output=json", "o.qcow2"))
+    assert out["cluster-size"] == 4096
+    assert out["format-specific"]["data"]["compat"] == "0.10"
+    vmdk.convert("o.vmdk", "s.vmdk", options="subformat=streamOptimized,compression_level=1", durable=True)
+    assert vmdk.open("s.vmdk").create_type == "streamOptimized"
+    with pytest.raises(vmdk.Error):
+        vmdk.convert("o.vmdk", "x.vmdk", options="backing_file=o.vmdk")
+    with pytest.raises(vmdk.Error):
+        vmdk.convert("o.vmdk", "x.raw", format="raw", options="subformat=monolithicFlat")

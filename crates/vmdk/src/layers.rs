@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     // The base: errors, the escaping errors use, and the pure on-disk formats.
     ("error", 0),
     ("text", 0),
+    ("qemu_syntax", 0),
     ("format", 0),
     // Bytes and names: Storage, namespaces, the path gate, locks. The only std::fs users.
     ("storage", 1),

@@ -150,6 +150,7 @@ pub mod image;
 pub mod ops;
 pub mod ova;
 pub mod qcow2;
+pub mod qemu_syntax;
 pub mod report;
 pub mod storage;
 pub mod text;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::opts::{open_vmdk, OpenArgs};
-use crate::size::parse_size;
+use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::qcow2::{Compat, Preallocation, Qcow2CreateOptions};
+use vmdk::qcow2::Qcow2CreateOptions;
 use vmdk::{ConvertOptions, ImageFormat};
 
 use crate::opts::{
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<u8> {
         if a.out_format == "vmdk" {
             print!("{}", vmdk_options_help(false));
         } else if a.out_format == "qcow2" {
-            print!("{QCOW2_OPTIONS_HELP}");
+            print!("{}", vmdk::qcow2::QCOW2_OPTIONS_HELP);
         } else {
             println!("Creation options for '{}':", a.out_format);
         }
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<u8> {
     };
     let min_sparse = match &a.sparse_size {
         None => vmdk::convert::RAW_ZERO_BLOCK,
-        Some(v) => crate::size::parse_size(v)
+        Some(v) => vmdk::qemu_syntax::parse_size(v)
             .map_err(|_| anyhow::anyhow!("Invalid buffer size for sparse output specified"))?,
     };
     if a.target_is_zero && !a.no_create {
@@ -162,11 +162,6 @@ pub fn run(a: Args) -> Result<u8> {
     };
     pb.end(r.is_ok());
     r?;
-    drop(src);
-    // A completed upload is durable already (and is no host file to fsync).
-    if sync && vmdk_object::name::scheme_of(&dst).is_none() {
-        make_durable(&dst, matches!(target, Target::Vmdk(_)))?;
-    }
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {
         eprintln!("vmdk: {salvaged} stretch(es) could not be read and were written as zeros");
@@ -182,19 +177,6 @@ enum Target {
     Qcow2(Qcow2CreateOptions),
 }
 
-const QCOW2_OPTIONS_HELP: &str = "\
-Creation options for 'qcow2':
-  backing_file=<str>      - File name of a base image
-  backing_fmt=<str>       - Image format of the base image (vmdk, qcow2 or raw; probed when absent)
-  cluster_size=<size>     - qcow2 cluster size (512 to 2M, a power of two; default 64k)
-  compat=<str>            - Compatibility level (v2 [0.10], v3 [1.1]; default 1.1)
-  compression_type=<str>  - Compression method used for image cluster compression (zlib)
-  extended_l2=<bool (on/off)> - Extended L2 tables (off only)
-  lazy_refcounts=<bool (on/off)> - Postpone refcount updates
-  preallocation=<str>     - Preallocation mode (allowed values: off, metadata)
-  refcount_bits=<num>     - Width of a reference count entry in bits (16 only)
-";
-
 /// `-o` options (and `-B`/`-F`) for a new qcow2 image, with qemu-img's names and values.
 fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptions> {
     let mut q = Qcow2CreateOptions {
@@ -204,71 +186,6 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
         allow_paths: crate::opts::allowed_dirs(&a.open.allow_path),
         ..Default::default()
     };
-    let on_off = |k: &str, v: &str| match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(anyhow::anyhow!(
-            "Parameter '{k}' expects 'on' or 'off', not '{v}'"
-        )),
-    };
-    for (k, v) in opts {
-        match k.as_str() {
-            "cluster_size" => {
-                q.cluster_size = crate::size::parse_size(v)
-                    .map_err(|_| anyhow::anyhow!("Invalid cluster_size '{v}'"))?
-            }
-            "compat" => q.compat = Compat::parse(v)?,
-            "lazy_refcounts" => q.lazy_refcounts = on_off(k, v)?,
-            "preallocation" => {
-                q.preallocation = match v.as_str() {
-                    "off" => Preallocation::Off,
-                    "metadata" => Preallocation::Metadata,
-                    _ => bail!(
-                    "Invalid parameter value for 'preallocation': '{v}' (supported: off, metadata)"
-                ),
-                }
-            }
-            "backing_file" => q.backing_file = Some(v.clone()),
-            "backing_fmt" => q.backing_format = Some(v.clone()),
-            "compression_type" if v == "zlib" => {}
-            "refcount_bits" if v == "16" => {}
-            "extended_l2" if !on_off(k, v)? => {}
-            "compression_type" | "refcount_bits" | "extended_l2" => {
-                bail!("Unsupported value for '{k}': '{v}'")
-            }
-            _ => bail!("Invalid parameter '{k}'"),
-        }
-    }
-    if let Some(f) = &q.backing_format {
-        if f.parse::<ImageFormat>().is_err() {
-            bail!("Unknown backing format '{f}' (expected vmdk, qcow2 or raw)");
-        }
-    }
-    if q.backing_format.is_some() && q.backing_file.is_none() {
-        bail!("a backing format (-F) needs a backing file (-B)");
-    }
+    q.apply_options(opts)?;
     Ok(q)
-}
-
-/// Flush the output to stable storage (cache modes that promise durability).
-fn make_durable(dst: &std::path::Path, vmdk: bool) -> Result<()> {
-    let mut files = vec![dst.to_path_buf()];
-    if vmdk {
-        let img = vmdk::OpenOptions::new()
-            .open_backing(false)
-            .in_namespace(crate::namespace())
-            .open(dst)?;
-        files.extend(
-            img.extents()
-                .iter()
-                .filter_map(|e| e.file())
-                .map(|f| f.path().to_path_buf()),
-        );
-    }
-    files.dedup();
-    for f in files {
-        // fsync through a read-only descriptor flushes the file's dirty pages all the same.
-        std::fs::File::open(&f)?.sync_all()?;
-    }
-    Ok(())
 }

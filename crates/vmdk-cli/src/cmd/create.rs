@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::opts::{split_options, vmdk_options, vmdk_options_help};
-use crate::size::parse_size;
-use vmdk::report::names::{display, path_combine};
+use vmdk::qemu_syntax::parse_size;
+use vmdk::report::names::display;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,49 +64,23 @@ pub fn run(a: Args) -> Result<u8> {
     if let Some(f) = &a.backing_format {
         v.backing_fmt = Some(f.clone());
     }
-    if let Some(f) = &v.backing_fmt {
-        if f != "vmdk" {
-            bail!("backing format '{f}' is not supported (a VMDK's backing file is a VMDK)");
-        }
-    }
     v.create.allow_unsafe_paths = a.allow_unsafe_paths;
     v.create.allow_paths = crate::opts::allowed_dirs(&a.allow_path);
     let name = display(&file);
-    if let (Some(b), None) = (&v.create.backing_file, &v.backing_fmt) {
-        // qemu-img 10 refuses to guess a backing file's format (a guess is how a raw
-        // backing file gets probed as something else); without -u it opens the file
-        // first, so a missing backing file is reported as such.
-        if a.unsafe_backing {
-            bail!("{name}: Backing file specified without backing format");
-        }
-        let mut o = vmdk::OpenOptions::new()
-            .allow_unsafe_paths(a.allow_unsafe_paths)
-            .force_share(true)
-            .in_namespace(crate::namespace());
-        o.allow_paths = v.create.allow_paths.clone();
-        o.open(path_combine(&name, b))?;
-        bail!("{name}: Backing file specified without backing format\nDetected format of vmdk.");
-    }
+    vmdk::ops::create_options::check_backing_format(
+        &file,
+        &v.create,
+        v.backing_fmt.as_deref(),
+        a.unsafe_backing,
+    )?;
     let size = match (&a.size, v.size) {
         (Some(s), _) => {
             parse_size(s).map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?
         }
         (None, Some(s)) => s,
-        (None, None) => match &v.create.backing_file {
-            Some(b) if !a.unsafe_backing => {
-                let bpath = path_combine(&name, b);
-                // Only its size is needed: read it without excluding its other users, as
-                // qemu-img does.
-                let mut o = vmdk::OpenOptions::new()
-                    .allow_unsafe_paths(a.allow_unsafe_paths)
-                    .force_share(true)
-                    .in_namespace(crate::namespace());
-                o.allow_paths = v.create.allow_paths.clone();
-                let img = o.open(&bpath)?;
-                img.size()
-            }
-            _ => bail!("Image creation needs a size parameter"),
-        },
+        (None, None) => {
+            vmdk::ops::create_options::size_from_backing(&file, &v.create, a.unsafe_backing)?
+        }
     };
     if !a.quiet {
         let mut line = format!("Formatting '{name}', fmt=vmdk size={size}");

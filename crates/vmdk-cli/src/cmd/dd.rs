@@ -14,7 +14,7 @@ use vmdk::source_window::SourceWindow;
 use vmdk::{ConvertOptions, ImageFormat};
 
 use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
-use crate::size::parse_size;
+use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

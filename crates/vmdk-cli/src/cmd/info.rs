@@ -15,7 +15,7 @@ use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
 use crate::output::{Node, OutputFormat};
-use crate::size::size_to_str;
+use vmdk::qemu_syntax::size_to_str;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

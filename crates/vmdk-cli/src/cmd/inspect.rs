@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use vmdk::inspect::{InspectPolicy, InspectReport, Verdict};
 use vmdk::report::text::Printable;
 
-use crate::size::{parse_size, size_to_str};
+use vmdk::qemu_syntax::{parse_size, size_to_str};
 
 /// Arguments of `vmdk inspect`.
 #[derive(Debug, clap::Args)]

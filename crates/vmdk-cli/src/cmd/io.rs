@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use vmdk::{Image, MapTarget};
 
 use crate::opts::{open_vmdk, OpenArgs};
-use crate::size::{cvtstr, parse_size};
+use vmdk::qemu_syntax::{cvtstr, parse_size};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

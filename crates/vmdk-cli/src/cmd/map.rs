@@ -15,7 +15,7 @@ use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
 use crate::output::OutputFormat;
-use crate::size::parse_size;
+use vmdk::qemu_syntax::parse_size;
 use vmdk::format::foreign::ForeignFormat;
 use vmdk::qcow2::Qcow2Image;
 

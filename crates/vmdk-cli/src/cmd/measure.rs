@@ -10,7 +10,7 @@ use vmdk::ImageFormat;
 
 use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
 use crate::output::{Node, OutputFormat};
-use crate::size::parse_size;
+use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -16,7 +16,7 @@ use vmdk::report::text::Printable;
 use crate::opts::OpenArgs;
 use crate::output::{Node, OutputFormat};
 use crate::progress::Progress;
-use crate::size::size_to_str;
+use vmdk::qemu_syntax::size_to_str;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use vmdk::resize::ResizeOptions;
 
 use crate::opts::OpenArgs;
-use crate::size::parse_size;
+use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

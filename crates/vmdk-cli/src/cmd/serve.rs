@@ -95,15 +95,6 @@ struct TlsCredsX509 {
     verify_peer: bool,
 }
 
-/// qemu's boolean property values.
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
-    }
-}
-
 /// Parse one `--object TYPE,key=value,...`; only TLS credentials are objects here.
 fn parse_object(spec: &str) -> Result<TlsCredsX509> {
     let mut parts = spec.split(',');
@@ -121,7 +112,7 @@ fn parse_object(spec: &str) -> Result<TlsCredsX509> {
             "id" => id = Some(value.to_string()),
             "dir" => dir = Some(PathBuf::from(value)),
             "endpoint" => endpoint = Some(value.to_string()),
-            "verify-peer" => verify_peer = parse_bool(key, value)?,
+            "verify-peer" => verify_peer = vmdk::qemu_syntax::parse_bool(key, value)?,
             _ => bail!("--object '{spec}': property '{key}' is not supported"),
         }
     }

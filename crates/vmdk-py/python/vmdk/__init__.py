@@ -149,7 +149,7 @@ def open(  # noqa: A001 - the natural name, as for io.open
 
 def create(
     path: PathLike,
-    size: int,
+    size: Optional[int] = None,
     *,
     subformat: str = "monolithicSparse",
     adapter_type: str = "ide",
@@ -159,12 +159,16 @@ def create(
     compat6: bool = False,
     zeroed_grain: bool = False,
     allow_paths: Iterable[PathLike] = (),
+    options: Optional[str] = None,
 ) -> None:
     """Create an empty image of ``size`` bytes, as ``qemu-img create -f vmdk`` does.
 
     ``subformat``: monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
     twoGbMaxExtentFlat, streamOptimized or vmfs. ``adapter_type``: ide, buslogic, lsilogic
     or legacyESX. ``backing`` names a parent image (relative to the new one).
+    ``options`` takes qemu-img's ``-o`` text as well (``"subformat=streamOptimized,
+    zeroed_grain=on"``), applied after the keywords. Without a size (here or as ``size=``
+    in ``options``) the backing file's is taken, as qemu-img does.
     """
     _vmdk.create(
         os.fspath(path),
@@ -177,6 +181,7 @@ def create(
         compat6=compat6,
         zeroed_grain=zeroed_grain,
         allow_paths=[os.fspath(p) for p in allow_paths],
+        options=options,
     )
 
 
@@ -196,6 +201,8 @@ def convert(
     cluster_size: Optional[int] = None,
     compat: Optional[str] = None,
     lazy_refcounts: bool = False,
+    options: Optional[str] = None,
+    durable: bool = False,
 ) -> None:
     """Copy ``src`` (VMDK, qcow2 or raw) to a new image ``dst`` (``format`` "vmdk",
     "qcow2" or "raw"), as ``qemu-img convert`` does. ``s3://`` and ``http(s)://`` names
@@ -203,6 +210,8 @@ def convert(
 
     ``subformat`` and ``adapter_type`` shape a VMDK; ``cluster_size``, ``compat`` ("0.10"
     or "1.1") and ``lazy_refcounts`` a qcow2; ``compress`` compresses qcow2 clusters.
+    ``options`` takes qemu-img's ``-o`` text for the output format as well.
+    ``durable`` makes the output durable before returning (qemu-img's ``-t none``).
     ``threads`` bounds the converting threads (0: one per core).
     ``progress(done, total)`` is called with byte counts as the copy goes on (from worker
     threads, holding the GIL); an exception it raises is re-raised when the copy ends.
@@ -222,6 +231,8 @@ def convert(
         cluster_size=cluster_size,
         compat=compat,
         lazy_refcounts=lazy_refcounts,
+        options=options,
+        durable=durable,
     )
 
 

@@ -82,7 +82,7 @@ def open(
 ) -> Image: ...
 def create(
     path: PathLike,
-    size: int,
+    size: Optional[int] = ...,
     *,
     subformat: str = ...,
     adapter_type: str = ...,
@@ -92,6 +92,7 @@ def create(
     compat6: bool = ...,
     zeroed_grain: bool = ...,
     allow_paths: Iterable[PathLike] = ...,
+    options: Optional[str] = ...,
 ) -> None: ...
 def convert(
     src: PathLike,
@@ -109,6 +110,8 @@ def convert(
     cluster_size: Optional[int] = ...,
     compat: Optional[str] = ...,
     lazy_refcounts: bool = ...,
+    options: Optional[str] = ...,
+    durable: bool = ...,
 ) -> None: ...
 def inspect(
     path: PathLike, *, policy: str = ..., max_size: Optional[int] = ...

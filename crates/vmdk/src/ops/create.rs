@@ -269,18 +269,7 @@ pub fn create_sparing(
             if b.is_empty() || b.contains('\0') {
                 return Err(Error::invalid("invalid backing file name").with_path(path));
             }
-            let bpath = crate::storage::paths::directory_of(path).join(b);
-            // Like qemu-img, read the backing file without excluding its other users: only
-            // its size and CID are needed.
-            let parent = crate::image::OpenOptions {
-                allow_unsafe_paths: opts.allow_unsafe_paths,
-                allow_paths: opts.allow_paths.clone(),
-                force_share: true,
-                namespace: opts.namespace.clone(),
-                ..Default::default()
-            }
-            .open(&bpath)
-            .map_err(|e| {
+            let parent = super::create_options::open_backing(path, opts).map_err(|e| {
                 Error::new(e.kind(), "could not open backing file")
                     .with_path(path)
                     .with_source(e)

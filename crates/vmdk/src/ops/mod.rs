@@ -5,6 +5,7 @@
 //! ```text
 //! check.rs, repair.rs   qemu-img check, and its -r leaks / -r all
 //! create.rs             new images (every subformat), and the layout rules they share
+//! create_options.rs     qemu-img's vmdk `-o` options and create's backing-file rules
 //! convert/              convert and compare: planner, workers, in-order writer, sinks
 //! stream_writer.rs      streamOptimized output written front to back
 //! measure.rs            qemu-img measure
@@ -23,6 +24,7 @@ pub mod commit;
 pub mod compact;
 pub mod convert;
 pub mod create;
+pub mod create_options;
 pub mod inspect;
 pub mod measure;
 pub mod open_disk;

@@ -14,9 +14,11 @@ pub mod header;
 pub mod l2;
 mod l2_cache;
 pub mod layout;
+pub mod options;
 pub mod source;
 pub mod writer;
 
 pub use layout::{Compat, Preallocation, Qcow2CreateOptions};
+pub use options::QCOW2_OPTIONS_HELP;
 pub use source::Qcow2Image;
 pub use writer::Qcow2Writer;

@@ -30,11 +30,13 @@ pub struct ConvertOptions {
     pub salvage: bool,
     /// How many stretches `salvage` turned into zeros.
     pub salvaged: Arc<AtomicU64>,
-    /// VMDK output: write durably as the conversion goes (each new grain's data flushed
-    /// before its table entry points at it, as [`OpenOptions::durable`](crate::OpenOptions::durable))
-    /// and flush at the end, so a power loss part-way leaves an image that opens and checks
-    /// clean, every sector holding its old or its new content (qemu-img's writethrough cache
-    /// modes). Off by default, like qemu-img's default (`unsafe`).
+    /// Make the output durable before returning (qemu-img's `none`, `directsync` and
+    /// `writethrough` cache modes): every output flushes its files at the end, and sparse
+    /// VMDK output is also written durably as the conversion goes (each new grain's data
+    /// flushed before its table entry points at it, as
+    /// [`OpenOptions::durable`](crate::OpenOptions::durable)), so a power loss part-way
+    /// leaves an image that opens and checks clean, every sector holding its old or its new
+    /// content. Off by default, like qemu-img's default (`unsafe`).
     pub durable: bool,
     /// Where the output goes (host files by default). For VMDK output,
     /// [`CreateOptions::namespace`](crate::ops::create::CreateOptions::namespace) is used when this is unset.

@@ -271,9 +271,9 @@ pub fn convert_to_qcow2(
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
     writer.finish()?;
-    // No sync, like qemu-img convert: callers wanting durability flush themselves. An
-    // upload is completed here (dropped unfinished, on an error above, it is aborted).
-    output.finish(false)?;
+    // No sync unless asked, like qemu-img convert's default cache mode. An upload is
+    // completed here (dropped unfinished, on an error above, it is aborted).
+    output.finish(opts.durable)?;
     progress(size, size);
     Ok(())
 }

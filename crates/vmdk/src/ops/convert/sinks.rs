@@ -93,6 +93,11 @@ pub fn convert_to_raw(
         Ok(())
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
+    // No sync unless asked, like qemu-img convert's default cache mode.
+    if opts.durable {
+        out.flush()
+            .map_err(|e| Error::io(e, "flushing").with_path(dst))?;
+    }
     progress(size, size);
     Ok(())
 }
@@ -137,7 +142,7 @@ fn convert_to_raw_stream(
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
     fill_to(&mut *sink, out_size)?;
-    sink.finish(false)?;
+    sink.finish(opts.durable)?;
     progress(size, size);
     Ok(())
 }
@@ -335,7 +340,11 @@ pub fn convert_to_stream(
         Ok(())
     };
     run_pipeline(planner, threads, ahead, &produce, &mut consume)?;
-    writer.finish()?;
+    if opts.durable {
+        writer.finish_sync()?;
+    } else {
+        writer.finish()?;
+    }
     progress(size, size);
     Ok(())
 }

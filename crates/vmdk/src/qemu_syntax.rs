@@ -1,7 +1,11 @@
-//! Sizes as qemu tools read and print them: `qemu_strtosz` suffixes on input, `size_to_str`
-//! (qemu-img) and `cvtstr` (qemu-io) on output.
+//! How qemu's tools write what users type and read: `key=value,...` option lists (`,,` a
+//! literal comma), booleans (`on`/`off` and qapi's other words), sizes (`qemu_strtosz`'s
+//! suffixes) on input, and sizes on output (`size_to_str` of qemu-img, `cvtstr` of qemu-io).
+//!
+//! One copy for every front end: the CLI's `-o`, `--object` and size arguments and the
+//! Python module's take the same words, as qemu's tools do.
 
-use anyhow::Result;
+use crate::error::{Error, Result};
 
 /// Parse a size the way `qemu_strtosz` does: a decimal (or `0x` hex) number with an optional
 /// binary suffix `B`, `k`, `M`, `G`, `T`, `P` or `E` (either case). A fractional part needs a
@@ -9,9 +13,9 @@ use anyhow::Result;
 pub fn parse_size(text: &str) -> Result<u64> {
     let s = text.trim();
     let bad = || {
-        anyhow::anyhow!(
+        Error::invalid(format!(
             "invalid size '{text}' (use a number with an optional k, M, G, T, P or E suffix)"
-        )
+        ))
     };
     let is_hex = s.starts_with("0x") || s.starts_with("0X");
     let (num, suffix) = match s.chars().last() {
@@ -126,6 +130,54 @@ pub fn cvtstr(value: f64) -> String {
     s
 }
 
+/// Split qemu-style `key=value,key=value` option strings (`,,` is a literal comma); several
+/// `-o` flags add up.
+pub fn split_options<S: AsRef<str>>(opts: &[S]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for o in opts {
+        let mut cur = String::new();
+        let mut parts = Vec::new();
+        let mut chars = o.as_ref().chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    cur.push(',');
+                } else {
+                    parts.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        parts.push(cur);
+        for p in parts.into_iter().filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some((k, v)) => out.push((k.to_string(), v.to_string())),
+                None if p == "help" || p == "?" => out.push((p, String::new())),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "Invalid parameter '{p}' (expected key=value)"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A boolean option's value as qemu's `qapi_bool_parse` reads it: `on`, `yes`, `true`, `y`
+/// or `off`, `no`, `false`, `n`; anything else is refused, naming the option `key`.
+pub fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(Error::invalid(format!(
+            "Parameter '{key}' expects 'on' or 'off'"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +216,31 @@ mod tests {
         assert_eq!(size_to_str(3221225472), "3 GiB");
         assert_eq!(size_to_str(86016), "84 KiB");
         assert_eq!(size_to_str(123456789), "118 MiB");
+    }
+
+    #[test]
+    fn splits_options() {
+        let o = split_options(&["subformat=streamOptimized,compat6=on", "a=b,,c"]).unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("subformat".into(), "streamOptimized".into()),
+                ("compat6".into(), "on".into()),
+                ("a".into(), "b,c".into())
+            ]
+        );
+        assert!(split_options(&["bogus"]).is_err());
+    }
+
+    #[test]
+    fn parses_qapi_booleans() {
+        for w in ["on", "yes", "true", "y"] {
+            assert!(parse_bool("k", w).unwrap());
+        }
+        for w in ["off", "no", "false", "n"] {
+            assert!(!parse_bool("k", w).unwrap());
+        }
+        assert!(parse_bool("k", "maybe").is_err());
     }
 
     #[test]
