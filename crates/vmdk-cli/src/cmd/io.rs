@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use vmdk::{Image, MapTarget};
+use vmdk::image::allocation::{allocated_bytes, AllocationRun, AllocationWalker};
+use vmdk::Image;
 
 use crate::opts::{open_vmdk, OpenArgs};
 use vmdk::qemu_syntax::{cvtstr, parse_size};
@@ -562,33 +563,13 @@ fn alloc(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
         _ => bail!("wrong number of arguments (usage: alloc offset [count])"),
     };
     let count = count.min(img.size().saturating_sub(off));
-    let mut sum = 0;
-    if let Err(e) = img.map_layer(off, 0) {
-        // An offset past the end.
-        writeln!(out, "alloc failed: {e:#}")?;
-        return Ok(false);
-    }
-    // Batches of entries: the range may be the whole disk, with millions of entries.
-    let mut pos = off;
-    while pos < off + count {
-        let entries = match img.map_layer_prefix(pos, off + count - pos, 1024) {
-            Ok(e) => e,
-            Err(e) => {
-                writeln!(out, "alloc failed: {e:#}")?;
-                return Ok(false);
-            }
-        };
-        let Some(covered) = entries.last().map(|e| e.start + e.length) else {
-            writeln!(out, "alloc failed: no progress at offset {pos}")?;
+    let sum = match allocated_bytes(img, off, count) {
+        Ok(sum) => sum,
+        Err(e) => {
+            writeln!(out, "alloc failed: {e:#}")?;
             return Ok(false);
-        };
-        for e in entries {
-            if !matches!(e.target, MapTarget::Unallocated) {
-                sum += e.length;
-            }
         }
-        pos = covered;
-    }
+    };
     writeln!(
         out,
         "{sum}/{count} bytes allocated at offset {}",
@@ -659,55 +640,32 @@ fn map(img: &Image, args: &[&str], out: &mut impl Write) -> Result<bool> {
     if !args.is_empty() {
         bail!("wrong number of arguments (usage: map)");
     }
-    const BATCH: usize = 1024;
-    let size = img.size();
-    // (start, length, allocated) runs of this layer alone.
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-    let mut pos = 0;
-    let print = |out: &mut dyn Write, (start, len, alloc): (u64, u64, bool)| {
+    let print = |out: &mut dyn Write, run: AllocationRun| {
         writeln!(
             out,
-            "{} ({len:#x}) bytes {} at offset {} ({start:#x})",
-            cvtstr(len as f64),
-            if alloc {
+            "{} ({:#x}) bytes {} at offset {} ({:#x})",
+            cvtstr(run.length as f64),
+            run.length,
+            if run.allocated {
                 "    allocated"
             } else {
                 "not allocated"
             },
-            cvtstr(start as f64)
+            cvtstr(run.start as f64),
+            run.start
         )
     };
-    while pos < size {
-        // Batches of entries, not fixed windows: a huge unallocated stretch is one step.
-        let entries = match img.map_layer_prefix(pos, size - pos, BATCH) {
-            Ok(e) => e,
+    let mut walker = AllocationWalker::new(img, 0, img.size())?;
+    loop {
+        match walker.next() {
+            Ok(Some(run)) => print(out, run)?,
+            Ok(None) => return Ok(true),
             Err(e) => {
                 writeln!(out, "map failed: {e:#}")?;
                 return Ok(false);
             }
-        };
-        let Some(covered) = entries.last().map(|e| e.start + e.length) else {
-            writeln!(out, "map failed: no progress at offset {pos}")?;
-            return Ok(false);
-        };
-        for e in entries {
-            let alloc = !matches!(e.target, MapTarget::Unallocated);
-            match runs.last_mut() {
-                Some(last) if last.2 == alloc => last.1 += e.length,
-                _ => {
-                    if let Some(done) = runs.pop() {
-                        print(out, done)?;
-                    }
-                    runs.push((e.start, e.length, alloc));
-                }
-            }
         }
-        pos = covered;
     }
-    if let Some(done) = runs.pop() {
-        print(out, done)?;
-    }
-    Ok(true)
 }
 
 fn info(img: &Image, out: &mut impl Write) -> Result<bool> {

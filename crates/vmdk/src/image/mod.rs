@@ -19,6 +19,7 @@ use crate::format::descriptor::{Descriptor, ExtentAccess};
 use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};
 
+pub mod allocation;
 mod descriptor;
 mod disk;
 mod extents;
