@@ -337,6 +337,26 @@ impl SparseExtent {
     pub fn flavor(&self) -> SparseFlavor {
         self.flavor
     }
+    /// Whether this is a hosted sparse extent: VMDK4 with uncompressed grains (not a
+    /// stream, COWD or seSparse extent), the only kind whose capacity can change.
+    pub fn is_hosted(&self) -> bool {
+        self.flavor == SparseFlavor::Vmdk4 && !self.compressed
+    }
+    /// The VMDK4 header when this is a hosted sparse extent, the only sparse kind whose
+    /// capacity can change (see `grow.rs` and `shrink.rs`): stream files keep a second copy
+    /// of the header (the footer) that readers prefer, and COWD/seSparse headers are not
+    /// VMDK4 headers. The error says which `verb` was refused.
+    pub(super) fn hosted_header(&self, verb: &str) -> Result<SparseHeader> {
+        self.header
+            .clone()
+            .filter(|_| self.is_hosted())
+            .ok_or_else(|| {
+                Error::unsupported(format!(
+                    "only hosted sparse extents (not stream, COWD or seSparse) can {verb}"
+                ))
+                .with_path(&self.file.path)
+            })
+    }
     /// The VMDK4 header, for VMDK4 extents.
     pub fn header(&self) -> Option<&SparseHeader> {
         self.header.as_ref()
@@ -353,6 +373,15 @@ impl SparseExtent {
     /// The grain table for directory entry `gd_index` (from cache or disk), or `None`.
     pub fn table(&self, gd_index: usize) -> Result<Option<Arc<GrainTable>>> {
         self.dir.table(gd_index)
+    }
+
+    /// The raw entries of the grain table (primary or redundant copy) at byte `offset` of
+    /// the file, as stored: `check` compares a redundant copy with its primary table.
+    pub(crate) fn raw_table_at(&self, offset: u64) -> std::io::Result<Vec<u64>> {
+        let coding = self.dir.coding();
+        let mut buf = vec![0u8; coding.table_bytes() as usize];
+        self.file.storage.read_exact_at(&mut buf, offset)?;
+        Ok(crate::format::grain_entry::entries(coding.width(), &buf).collect())
     }
 
     /// What the tables say about grain number `grain`.
