@@ -27,20 +27,20 @@ pub const MAX_COMPRESSED_GRAIN: u64 = 16 << 20;
 /// its [`GrainDirectory`].
 #[derive(Debug)]
 pub struct SparseExtent {
-    pub(crate) file: Arc<ExtentFile>,
-    pub(crate) flavor: SparseFlavor,
+    pub(super) file: Arc<ExtentFile>,
+    pub(super) flavor: SparseFlavor,
     /// The VMDK4 header in force (from the footer for VMware stream files).
-    pub(crate) header: Option<SparseHeader>,
+    pub(super) header: Option<SparseHeader>,
     /// Extent capacity in bytes, from its header.
-    pub(crate) capacity: u64,
+    pub(super) capacity: u64,
     /// Grain size in bytes.
-    pub(crate) grain_size: u64,
-    pub(crate) compressed: bool,
-    pub(crate) has_marker: bool,
+    pub(super) grain_size: u64,
+    pub(super) compressed: bool,
+    pub(super) has_marker: bool,
     /// Whether the header said GD_AT_END (VMware stream layout: footer at the end).
-    pub(crate) footer_layout: bool,
+    pub(super) footer_layout: bool,
     /// The grain directory and tables, and the verbs that change them.
-    pub(crate) dir: GrainDirectory,
+    pub(super) dir: GrainDirectory,
 }
 
 /// What an open function found out about an extent, for [`SparseExtent::assemble`].
