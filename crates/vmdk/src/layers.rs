@@ -37,6 +37,12 @@ const LAYERS: &[(&str, u32)] = &[
     ("export", 7),
 ];
 
+/// Names no code outside the extent layer may use: the grain directory is the extent's
+/// internals (raw entries, the write verbs and their order). Operations call the extent's
+/// verbs instead (`SparseExtent::grow`, `compact`, `fix_tables`, `make_empty`, ...), so
+/// what is written to a sparse extent, and in which order, is decided in one layer.
+const EXTENT_INTERNALS: &[&str] = &["extent::grain_directory", "GrainDirectory"];
+
 fn layer_of(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
@@ -155,6 +161,17 @@ fn visit(dir: &Path, src: &Path, problems: &mut Vec<String>) {
                 "{}: uses std::fs outside the storage layer",
                 rel.display()
             ));
+        }
+        if top != "extent" {
+            for name in EXTENT_INTERNALS {
+                if code.contains(name) {
+                    problems.push(format!(
+                        "{}: names `{name}`, the extent layer's internals: call a \
+                         `SparseExtent` verb instead",
+                        rel.display()
+                    ));
+                }
+            }
         }
         for root in crate_roots(&code) {
             match layer_of(&root) {

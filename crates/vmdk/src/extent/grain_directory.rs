@@ -157,7 +157,7 @@ pub(crate) struct GrainsLock<'a> {
 
 impl GrainsLock<'_> {
     /// Free the grains from `end` on, keeping those before locked.
-    pub(crate) fn shrink(&mut self, end: u64) {
+    pub(super) fn shrink(&mut self, end: u64) {
         let end = end.clamp(self.grains.start, self.grains.end);
         self.unlock(end..self.grains.end);
         self.grains.end = end;
@@ -192,7 +192,7 @@ impl GrainDirectory {
     /// and embedded descriptor (see [`crate::extent::metadata`]); `data_start`, where grains
     /// may start when unused stretches of the file may be reused (see `space_scan.rs`).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn load(
+    pub(super) fn load(
         file: Arc<ExtentFile>,
         coding: GrainCoding,
         place: DirectoryPlace,
@@ -293,7 +293,7 @@ impl GrainDirectory {
     }
 
     /// The raw entries of the directory and of its redundant copy, with their offsets.
-    pub(crate) fn raw_copies(&self) -> Vec<(u64, Vec<u64>)> {
+    pub(super) fn raw_copies(&self) -> Vec<(u64, Vec<u64>)> {
         std::iter::once((self.gd_offset, &self.gd))
             .chain(self.rgd.as_ref().map(|(o, r)| (*o, r)))
             .map(|(off, d)| (off, (0..d.len()).map(|i| d.get(i)).collect()))
@@ -355,13 +355,13 @@ impl GrainDirectory {
     // ---- writing ---------------------------------------------------------------------
 
     /// The write guard, made on first use (before anything is written).
-    pub(crate) fn guard(&self) -> &WriteGuard {
+    pub(super) fn guard(&self) -> &WriteGuard {
         self.guard
             .get_or_init(|| WriteGuard::build(self, self.open_len))
     }
 
     /// Flush the file.
-    pub(crate) fn sync(&self) -> Result<()> {
+    pub(super) fn sync(&self) -> Result<()> {
         self.file
             .storage
             .flush()
@@ -370,7 +370,7 @@ impl GrainDirectory {
 
     /// Reserve grains `grains` for allocation, waiting while another writer holds any of
     /// them; they are free again when the returned lock drops.
-    pub(crate) fn lock_grains(&self, grains: std::ops::Range<u64>) -> GrainsLock<'_> {
+    pub(super) fn lock_grains(&self, grains: std::ops::Range<u64>) -> GrainsLock<'_> {
         let mut set = self.allocating.lock().unwrap_or_else(|e| e.into_inner());
         while grains.clone().any(|g| set.contains(&g)) {
             set = self
@@ -415,13 +415,13 @@ impl GrainDirectory {
 
     /// End of the furthest grain that starts inside the file (at least its length when the
     /// session began writing): a grain the end cuts may be written up to there.
-    pub(crate) fn tail_end(&self) -> u64 {
+    pub(super) fn tail_end(&self) -> u64 {
         self.space().tail
     }
 
     /// Reserve `bytes` for a new grain table (or compressed grain): a hole if one fits, the
     /// end of the file otherwise.
-    pub(crate) fn reserve(&self, bytes: u64) -> Result<u64> {
+    pub(super) fn reserve(&self, bytes: u64) -> Result<u64> {
         let mut space = self.space();
         if let Some(off) = space.take_hole(bytes) {
             return Ok(off);
@@ -432,7 +432,7 @@ impl GrainDirectory {
     /// Reserve space for between one and `max` grains (`max` grain sizes of bytes), one
     /// after the other: from a hole if one holds a grain, the end of the file otherwise.
     /// Returns where, and how many bytes.
-    pub(crate) fn reserve_grains(&self, max: u64) -> Result<(u64, u64)> {
+    pub(super) fn reserve_grains(&self, max: u64) -> Result<(u64, u64)> {
         let gs = self.coding.grain_size;
         let mut space = self.space();
         if let Some(run) = space.take_run(gs, max) {
@@ -479,7 +479,7 @@ impl GrainDirectory {
     /// pointed at it: at the end of the file the file is cut back (so a full file system
     /// leaves no leaked clusters), elsewhere the space is reused by later allocations.
     /// Best effort: this runs on an error path, and failing here only leaks space.
-    pub(crate) fn release(&self, at: u64, bytes: u64) {
+    pub(super) fn release(&self, at: u64, bytes: u64) {
         let mut space = self.space();
         self.give_back(&mut space, at, bytes);
     }
@@ -508,7 +508,7 @@ impl GrainDirectory {
 
     /// Whether the on-disk entries `first..first+old.len()` of table `i` still hold the raw
     /// values `old` (a failed table write left nothing behind).
-    pub(crate) fn entries_unchanged(&self, i: usize, first: usize, old: &[u64]) -> bool {
+    pub(super) fn entries_unchanged(&self, i: usize, first: usize, old: &[u64]) -> bool {
         let Ok(Some(gt)) = self.table_offset(i) else {
             return false;
         };
@@ -524,7 +524,7 @@ impl GrainDirectory {
     /// The grain table for directory entry `i`, allocating it (and its redundant copy) if
     /// missing: the zeroed table is written (and flushed when `durable`) before the
     /// directory entry that points at it.
-    pub(crate) fn ensure_table(&self, i: usize, durable: bool) -> Result<Arc<GrainTable>> {
+    pub(super) fn ensure_table(&self, i: usize, durable: bool) -> Result<Arc<GrainTable>> {
         if let Some(t) = self.table(i)? {
             return Ok(t);
         }
@@ -590,7 +590,7 @@ impl GrainDirectory {
     /// entry: nothing to write first. The table is created if missing. The grains stored
     /// there until now are cleared: given back by [`Self::release_cleared`] once the
     /// cleared entries are durable.
-    pub(crate) fn set_entries(
+    pub(super) fn set_entries(
         &self,
         grains: std::ops::Range<u64>,
         entry: GrainEntry,
@@ -679,7 +679,7 @@ impl GrainDirectory {
     /// then the redundant copy. The data they point at must already be written (and
     /// flushed, for durable writes). `ours`: the entries point at space this session just
     /// reserved.
-    pub(crate) fn publish(
+    pub(super) fn publish(
         &self,
         i: usize,
         table: &GrainTable,

@@ -4,14 +4,18 @@
 
 pub(crate) mod allocation;
 pub mod budget;
+mod compact;
 pub mod compressed;
 pub mod entries;
 pub(crate) mod free_space;
 pub mod grain_directory;
 pub mod grain_table;
+mod grow;
 mod make_empty;
 pub mod map;
 pub mod metadata;
+mod repair;
+mod shrink;
 pub(crate) mod space_scan;
 pub mod sparse;
 pub mod sparse_write;
@@ -23,7 +27,9 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::extent::map::{ExtentFile, MapTarget};
 use crate::format::descriptor::{ExtentAccess, ExtentType};
+pub use compact::CompactStats;
 pub use grain_directory::GrainDirectory;
+pub(crate) use repair::ExtentFindings;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
 pub use write_map::WriteOp;
 

@@ -27,20 +27,20 @@ pub const MAX_COMPRESSED_GRAIN: u64 = 16 << 20;
 /// its [`GrainDirectory`].
 #[derive(Debug)]
 pub struct SparseExtent {
-    pub(crate) file: Arc<ExtentFile>,
-    pub(crate) flavor: SparseFlavor,
+    pub(super) file: Arc<ExtentFile>,
+    pub(super) flavor: SparseFlavor,
     /// The VMDK4 header in force (from the footer for VMware stream files).
-    pub(crate) header: Option<SparseHeader>,
+    pub(super) header: Option<SparseHeader>,
     /// Extent capacity in bytes, from its header.
-    pub(crate) capacity: u64,
+    pub(super) capacity: u64,
     /// Grain size in bytes.
-    pub(crate) grain_size: u64,
-    pub(crate) compressed: bool,
-    pub(crate) has_marker: bool,
+    pub(super) grain_size: u64,
+    pub(super) compressed: bool,
+    pub(super) has_marker: bool,
     /// Whether the header said GD_AT_END (VMware stream layout: footer at the end).
-    pub(crate) footer_layout: bool,
+    pub(super) footer_layout: bool,
     /// The grain directory and tables, and the verbs that change them.
-    pub(crate) dir: GrainDirectory,
+    pub(super) dir: GrainDirectory,
 }
 
 /// What an open function found out about an extent, for [`SparseExtent::assemble`].
@@ -337,6 +337,26 @@ impl SparseExtent {
     pub fn flavor(&self) -> SparseFlavor {
         self.flavor
     }
+    /// Whether this is a hosted sparse extent: VMDK4 with uncompressed grains (not a
+    /// stream, COWD or seSparse extent), the only kind whose capacity can change.
+    pub fn is_hosted(&self) -> bool {
+        self.flavor == SparseFlavor::Vmdk4 && !self.compressed
+    }
+    /// The VMDK4 header when this is a hosted sparse extent, the only sparse kind whose
+    /// capacity can change (see `grow.rs` and `shrink.rs`): stream files keep a second copy
+    /// of the header (the footer) that readers prefer, and COWD/seSparse headers are not
+    /// VMDK4 headers. The error says which `verb` was refused.
+    pub(super) fn hosted_header(&self, verb: &str) -> Result<SparseHeader> {
+        self.header
+            .clone()
+            .filter(|_| self.is_hosted())
+            .ok_or_else(|| {
+                Error::unsupported(format!(
+                    "only hosted sparse extents (not stream, COWD or seSparse) can {verb}"
+                ))
+                .with_path(&self.file.path)
+            })
+    }
     /// The VMDK4 header, for VMDK4 extents.
     pub fn header(&self) -> Option<&SparseHeader> {
         self.header.as_ref()
@@ -353,6 +373,15 @@ impl SparseExtent {
     /// The grain table for directory entry `gd_index` (from cache or disk), or `None`.
     pub fn table(&self, gd_index: usize) -> Result<Option<Arc<GrainTable>>> {
         self.dir.table(gd_index)
+    }
+
+    /// The raw entries of the grain table (primary or redundant copy) at byte `offset` of
+    /// the file, as stored: `check` compares a redundant copy with its primary table.
+    pub(crate) fn raw_table_at(&self, offset: u64) -> std::io::Result<Vec<u64>> {
+        let coding = self.dir.coding();
+        let mut buf = vec![0u8; coding.table_bytes() as usize];
+        self.file.storage.read_exact_at(&mut buf, offset)?;
+        Ok(crate::format::grain_entry::entries(coding.width(), &buf).collect())
     }
 
     /// What the tables say about grain number `grain`.

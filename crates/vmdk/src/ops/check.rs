@@ -26,8 +26,7 @@
 
 use crate::error::Result;
 use crate::extent::metadata::Region;
-use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
-use crate::format::grain_entry;
+use crate::extent::{ExtentFindings, ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::marker::{
     is_end_of_stream, GrainMarker, MetadataMarker, FOOTER_SIZE, GRAIN_MARKER_SIZE, MARKER_EOS,
     MARKER_GD, MARKER_GT,
@@ -135,31 +134,6 @@ impl CheckReport {
 /// damaged image, only for failures that leave nothing to report.
 pub fn check(image: &Image) -> Result<CheckReport> {
     Ok(check_with_findings(image).0)
-}
-
-/// What a repair needs to know about one sparse extent beyond the report: where the
-/// problems are, by place rather than by message.
-#[derive(Debug, Default)]
-pub(crate) struct ExtentFindings {
-    /// Index of the extent in [`Image::extents`].
-    pub extent: usize,
-    /// Length of the extent file when it was checked.
-    pub file_len: u64,
-    /// Leaked byte ranges, in file order (what the report counts as leaked clusters).
-    pub leaks: Vec<(u64, u64)>,
-    /// Why the leaked ranges cannot be trusted to be unused, if they cannot: a table that
-    /// was not walked, a claim that overlapped another (its tail stayed unclaimed), an
-    /// entry that could not be decoded, or an error.
-    pub leaks_unreliable: Option<String>,
-    /// Directory entries whose primary table lies inside the file and overlaps nothing.
-    pub table_ok: Vec<bool>,
-    /// Directory entries whose redundant table lies inside the file and overlaps nothing.
-    pub redundant_ok: Vec<bool>,
-    /// Directory entries whose primary table lies (partly) past the end of the file.
-    pub table_past_eof: Vec<usize>,
-    /// Grain-table entries `(table, entry)` of the primary tables pointing past the end of
-    /// the file or into metadata.
-    pub bad_grains: Vec<(usize, usize)>,
 }
 
 /// [`check`], plus the per-extent [`ExtentFindings`] a repair works from.
@@ -814,11 +788,13 @@ impl<'a> ExtentCheck<'a> {
         if gt.checked_add(gt_bytes).is_none_or(|end| end > file_len) {
             return; // reported by the caller
         }
-        let mut buf = vec![0u8; gt_bytes as usize];
-        if let Err(e) = self.read(&mut buf, rgt) {
-            self.error(format!("cannot read redundant grain table {i}: {e:#}"));
-            return;
-        }
+        let redundant = match self.s.raw_table_at(rgt) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(format!("cannot read redundant grain table {i}: {e:#}"));
+                return;
+            }
+        };
         let primary = match dir.table(i) {
             Ok(Some(t)) => t,
             Ok(None) => return,
@@ -827,9 +803,10 @@ impl<'a> ExtentCheck<'a> {
                 return;
             }
         };
-        let differing = grain_entry::entries(dir.coding().width(), &buf)
+        let differing = redundant
+            .iter()
             .enumerate()
-            .filter(|&(j, raw)| j < primary.len() && raw != primary.get(j))
+            .filter(|&(j, &raw)| j < primary.len() && raw != primary.get(j))
             .count();
         if differing > 0 {
             self.warning(format!(

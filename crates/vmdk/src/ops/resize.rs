@@ -4,9 +4,7 @@
 //! Growing works for every writable subformat:
 //! - flat extents grow in place (their file is extended sparsely);
 //! - a sparse extent gets a larger capacity and more grain-directory entries, with a zeroed
-//!   grain table for each new entry (QEMU's driver expects every table to exist). When the
-//!   directory has no room left in its sectors, both directories move to the end of the
-//!   file, as VirtualBox relocates them;
+//!   grain table for each new entry (`SparseExtent::grow`, `extent/grow.rs`);
 //! - split images (twoGbMaxExtent*) fill their last extent up to 2 GiB, then get new
 //!   extent files named as qemu-img names them.
 //!
@@ -14,8 +12,9 @@
 //! is cut. Hosted sparse extents shrink only when no data lies past the new end: grains
 //! there that are unallocated, zeroed or read as zeros are dropped (their table entries
 //! cleared, redundant copy first, then the space punched out of the file); any other
-//! allocated grain refuses the shrink, naming its offset, before anything is changed.
-//! Whole sparse extents past the new end obey the same rule before their files go.
+//! allocated grain refuses the shrink, naming its offset, before anything is changed
+//! (`extent/shrink.rs`). Whole sparse extents past the new end obey the same rule before
+//! their files go.
 //!
 //! Crash ordering: new tables, directories and files are written and flushed first, the
 //! sparse header (capacity and directory offsets) next, and the descriptor last, so an
@@ -24,9 +23,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::extent::{ExtentKind, SparseExtent, SparseFlavor};
+use crate::extent::{ExtentKind, SparseExtent};
 use crate::format::descriptor::ExtentType;
-use crate::format::grain_entry::GrainEntry;
 use crate::format::SECTOR_SIZE;
 use crate::image::{DescriptorLocation, Image, OpenOptions};
 use crate::ops::create::{
@@ -61,7 +59,7 @@ pub fn resize(path: &Path, new_size: u64, opts: &ResizeOptions, open: &OpenOptio
     }
     for e in img.extents() {
         if let ExtentKind::Sparse(s) = &e.kind {
-            if s.is_compressed() || s.flavor() != SparseFlavor::Vmdk4 {
+            if !s.is_hosted() {
                 return Err(Error::unsupported(
                     "only flat and hosted sparse extents can be resized (not stream, COWD or \
                      seSparse extents)",
@@ -116,22 +114,7 @@ fn zero_partial_grain(img: &Image) -> Result<()> {
     let ExtentKind::Sparse(s) = &last.kind else {
         return Ok(());
     };
-    let grain = s.grain_size();
-    let end = last.length;
-    if end % grain == 0 {
-        return Ok(());
-    }
-    let GrainEntry::Data(offset) = s.lookup(end / grain)? else {
-        return Ok(());
-    };
-    let file = &s.file;
-    let skip = end % grain;
-    let zeros = vec![0u8; (grain - skip) as usize];
-    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(&file.path);
-    file.storage
-        .write_at(&zeros, offset + skip)
-        .map_err(io("zeroing the rest of the last grain"))?;
-    file.storage.flush().map_err(io("flushing"))
+    s.zero_past(last.length)
 }
 
 /// Whether the image is split into 2 GiB extents (new space goes into new extent files).
@@ -173,7 +156,7 @@ fn grow(img: &Image, new_size: u64) -> Result<()> {
                         .map_err(|e| Error::io(e, "extending the extent").with_path(&file.path))?;
                 }
             }
-            ExtentKind::Sparse(s) => grow_sparse(s, new_len)?,
+            ExtentKind::Sparse(s) => s.grow(new_len)?,
             ExtentKind::Zero => {}
         }
         *sectors.last_mut().expect("non-empty") = new_len / SECTOR_SIZE;
@@ -229,7 +212,7 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
         if let ExtentKind::Sparse(s) = &e.kind {
             let keep = new_size.saturating_sub(e.start).min(e.length);
             if keep < e.length {
-                let dropped = grains_past(s, keep, e.start)?;
+                let dropped = s.grains_past(keep, e.start)?;
                 if e.start < new_size {
                     sparse_cut = Some((s, keep, dropped));
                 }
@@ -269,20 +252,11 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
         return Err(Error::unsupported("cannot drop the descriptor's own extent").with_path(path));
     }
     if let Some((s, keep, _)) = &sparse_cut {
-        shrink_sparse(s, *keep)?;
+        s.shrink(*keep)?;
     }
     update_descriptor(img, new_size, &sectors, &[])?;
     if let Some((s, _, dropped)) = &sparse_cut {
-        // Best effort: the dropped grains held zeros; where holes cannot be punched the
-        // space stays (and check reports it as leaked).
-        for &off in dropped {
-            let _ = s.file.storage.punch_hole(off, s.grain_size());
-        }
-        // Durable when resize returns, like the rest (lost, the grains would only leak).
-        s.file
-            .storage
-            .flush()
-            .map_err(|e| Error::io(e, "flushing").with_path(&s.file.path))?;
+        s.punch_grains(dropped)?;
     }
     if let Some((file, keep)) = cut {
         file.storage
@@ -295,107 +269,6 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     for f in drop_files {
         img.namespace().remove(&f)?;
     }
-    Ok(())
-}
-
-/// The first grain of `s` wholly past `keep` bytes, and the tables' entry count.
-fn first_dropped_grain(s: &SparseExtent, keep: u64) -> u64 {
-    keep.div_ceil(s.grain_size())
-}
-
-/// Check that no data lies in `s` past `keep` bytes: every allocated grain there must read
-/// as zeros. Returns the file offsets of the allocated ones (to punch out); an error naming
-/// the first grain holding data (as a virtual-disk offset, the extent starting at
-/// `ext_start`).
-fn grains_past(s: &SparseExtent, keep: u64, ext_start: u64) -> Result<Vec<u64>> {
-    let gs = s.grain_size();
-    let grains = s.capacity().div_ceil(gs);
-    let per_table = s.directory().coding().gt_entries;
-    let mut dropped = Vec::new();
-    let mut buf = vec![0u8; gs as usize];
-    let mut g = first_dropped_grain(s, keep);
-    while g < grains {
-        let i = (g / per_table) as usize;
-        if s.directory().table(i)?.is_none() {
-            g = (i as u64 + 1) * per_table;
-            continue;
-        }
-        if let Some(off) = s.directory().lookup(g)?.offset() {
-            s.file.storage.read_at_padded(&mut buf, off).map_err(|e| {
-                Error::io(e, "reading a grain past the new end").with_path(&s.file.path)
-            })?;
-            if buf.iter().any(|&b| b != 0) {
-                return Err(Error::invalid(format!(
-                    "cannot shrink: data is allocated at offset {} past the new end (only \
-                     unallocated or zero grains can be dropped)",
-                    ext_start + g * gs
-                ))
-                .with_path(&s.file.path));
-            }
-            dropped.push(off);
-        }
-        g += 1;
-    }
-    Ok(dropped)
-}
-
-/// The VMDK4 header of `s` when it is a hosted sparse extent, the only sparse kind whose
-/// capacity can change here: stream files keep a second copy of the header (the footer)
-/// that readers prefer, and COWD/seSparse headers are not VMDK4 headers.
-fn hosted_header(
-    s: &SparseExtent,
-    verb: &str,
-) -> Result<crate::format::sparse_header::SparseHeader> {
-    s.header
-        .clone()
-        .filter(|_| s.flavor() == SparseFlavor::Vmdk4 && !s.is_compressed())
-        .ok_or_else(|| {
-            Error::unsupported(format!(
-                "only hosted sparse extents (not stream, COWD or seSparse) can {verb}"
-            ))
-            .with_path(&s.file.path)
-        })
-}
-
-/// Shrink a hosted sparse extent to `keep` bytes: clear the table entries past the new end
-/// (redundant tables first, flushed), then write the header with the new capacity.
-fn shrink_sparse(s: &SparseExtent, keep: u64) -> Result<()> {
-    let path = &s.file.path;
-    let storage = &s.file.storage;
-    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
-    let mut h = hosted_header(s, "shrink")?;
-    let dir = s.directory();
-    let coding = dir.coding();
-    let width = coding.width() as u64;
-    let per_table = coding.gt_entries;
-    let first = first_dropped_grain(s, keep);
-    let grains = s.capacity().div_ceil(s.grain_size());
-    // Redundant copies first, so a cut leaves the primary (what readers use) unchanged
-    // until its own turn; the dropped grains read as zeros either way.
-    let copies: Vec<Box<dyn Fn(usize) -> Option<u64>>> = vec![
-        Box::new(|i| dir.redundant_table_offset(i).filter(|&o| o != 0)),
-        Box::new(|i| dir.table_offset(i).ok().flatten()),
-    ];
-    for table_of in copies {
-        let mut g = first;
-        while g < grains {
-            let i = (g / per_table) as usize;
-            let table_end = ((i as u64 + 1) * per_table).min(grains);
-            if let Some(t) = table_of(i) {
-                let n = (table_end - g) as usize;
-                storage
-                    .write_at(&vec![0u8; n * width as usize], t + (g % per_table) * width)
-                    .map_err(io("clearing grain table entries"))?;
-            }
-            g = table_end;
-        }
-        storage.flush().map_err(io("flushing"))?;
-    }
-    h.capacity = keep / SECTOR_SIZE;
-    storage
-        .write_at(&h.serialize(), 0)
-        .map_err(io("writing the header"))?;
-    storage.flush().map_err(io("flushing"))?;
     Ok(())
 }
 
@@ -462,74 +335,4 @@ fn update_descriptor(
         },
     )?;
     img.flush()
-}
-
-/// Give a hosted sparse extent `new_len` bytes of capacity: zeroed grain tables for the new
-/// directory entries, the directories moved to the end of the file when they have no room,
-/// then the header.
-fn grow_sparse(s: &SparseExtent, new_len: u64) -> Result<()> {
-    let path = &s.file.path;
-    let storage = &s.file.storage;
-    let io = |what: &'static str| move |e: std::io::Error| Error::io(e, what).with_path(path);
-    let mut h = hosted_header(s, "grow")?;
-    let dir = s.directory();
-    let old_n = dir.len() as u64;
-    h.capacity = new_len / SECTOR_SIZE;
-    let new_n = h.gd_entries();
-    if new_n > crate::format::sparse_header::MAX_GD_ENTRIES {
-        return Err(
-            Error::invalid("the new size is too large for a sparse extent").with_path(path),
-        );
-    }
-    let table_bytes = dir.coding().table_bytes();
-    let mut end = storage
-        .len()
-        .map_err(io("getting file size"))?
-        .next_multiple_of(SECTOR_SIZE);
-    // Directory room: the whole sectors the directory occupies now.
-    let room = (old_n * 4).next_multiple_of(SECTOR_SIZE) / 4;
-    let relocate = new_n > room;
-    let mut new_offsets = Vec::new();
-    for (off, mut entries) in dir.raw_copies() {
-        for _ in old_n..new_n {
-            let raw = dir.coding().encode_directory(Some(end)).map_err(|_| {
-                Error::invalid(
-                    "the extent file would grow past what 32-bit grain directories address",
-                )
-                .with_path(path)
-            })?;
-            entries.push(raw);
-            end += table_bytes.next_multiple_of(SECTOR_SIZE);
-        }
-        let mut bytes = Vec::new();
-        dir.coding().put_entries(&entries, &mut bytes);
-        if relocate {
-            let at = end;
-            end += (bytes.len() as u64).next_multiple_of(SECTOR_SIZE);
-            storage
-                .write_at(&bytes, at)
-                .map_err(io("writing a grain directory"))?;
-            new_offsets.push(at);
-        } else {
-            let from = (old_n * 4) as usize;
-            storage
-                .write_at(&bytes[from..], off + from as u64)
-                .map_err(io("writing a grain directory"))?;
-            new_offsets.push(off);
-        }
-    }
-    // The new tables are zeros: extending the file makes them so without writing.
-    if storage.len().map_err(io("getting file size"))? < end {
-        storage.set_len(end).map_err(io("extending the file"))?;
-    }
-    storage.flush().map_err(io("flushing"))?;
-    h.gd_offset = new_offsets[0] / SECTOR_SIZE;
-    if let Some(r) = new_offsets.get(1) {
-        h.rgd_offset = r / SECTOR_SIZE;
-    }
-    storage
-        .write_at(&h.serialize(), 0)
-        .map_err(io("writing the header"))?;
-    storage.flush().map_err(io("flushing"))?;
-    Ok(())
 }
