@@ -35,3 +35,21 @@ pub fn inspect<'py>(
         .map_err(to_py)?;
     vmdk::report::inspect::inspect_json(&rep).to_py(py)
 }
+
+/// What the OVA at `path` is: the dict `vmdk ova info --output=json` prints (the OVF's
+/// virtual system, disks and networks, each manifest digest checked on `threads` threads
+/// (0: one per core), the members, and `findings`, empty for an archive fit to import).
+#[pyfunction]
+#[pyo3(signature = (path, *, threads=0))]
+pub fn ova_info<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    threads: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    use vmdk::storage::lock::{FileRole, LockRequest};
+    let lock = LockRequest::for_open(FileRole::Metadata, false, false);
+    let info = py
+        .allow_threads(|| vmdk::ova::inspect_in(&crate::namespace(), &path, Some(lock), threads))
+        .map_err(to_py)?;
+    vmdk::report::ova::ova_info(&info).to_py(py)
+}

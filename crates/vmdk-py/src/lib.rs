@@ -47,6 +47,7 @@ fn _vmdk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::create, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect::ova_info, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::parse_descriptor, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::embedded_descriptor_range, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor::probe, m)?)?;

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 import vmdk
-from conftest import qemu_img, vmdk_bin
+from conftest import cli_json, qemu_img, run, vmdk_bin
 
 
 def cli_inspect(path, *extra):
@@ -59,3 +59,17 @@ def test_unreadable_files_raise(tmp_path):
         vmdk.inspect(tmp_path / "missing.vmdk")
     with pytest.raises(vmdk.Error):
         vmdk.inspect(tmp_path)
+
+
+def test_ova_info_is_the_cli_report(workdir):
+    """vmdk.ova_info() returns the tree `vmdk ova info --output=json` prints."""
+    qemu_img("create", "-q", "-f", "vmdk", "d.vmdk", "8M")
+    run(vmdk_bin(), "ova", "create", "-o", "a.ova", "--name", "web", "d.vmdk")
+    info = vmdk.ova_info("a.ova")
+    assert info == cli_json("ova", "info", "a.ova")
+    assert info["virtual-system"]["name"] == "web"
+    assert [d["capacity"] for d in info["disks"]] == [8 << 20]
+    assert all(d["status"] == "ok" for d in info["digests"])
+    assert info["findings"] == []
+    with pytest.raises(vmdk.Error):
+        vmdk.ova_info("d.vmdk")

@@ -9,12 +9,12 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use vmdk::lock::{FileRole, LockRequest};
 use vmdk::ops::ova_create::{self, OvaOptions};
-use vmdk::ova::manifest::Status;
 use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvfSource};
+use vmdk::report::ova::{ova_info, status_name};
 use vmdk::report::text::Printable;
 
 use crate::opts::OpenArgs;
-use crate::output::{Node, OutputFormat};
+use crate::output::OutputFormat;
 use crate::progress::Progress;
 use vmdk::qemu_syntax::size_to_str;
 
@@ -116,124 +116,13 @@ fn info(a: InfoArgs) -> Result<u8> {
     let info = ova::inspect_in(&crate::namespace(), &a.ova, Some(lock), a.threads)?;
     let mut out = std::io::stdout().lock();
     match a.output {
-        OutputFormat::Json => to_node(&info).print_json(&mut out)?,
+        OutputFormat::Json => ova_info(&info).print_json(&mut out)?,
         OutputFormat::Human => print_human(&info, &mut out)?,
     }
     out.flush()?;
     // Anything found (a digest that does not match, a member the manifest does not cover,
     // two members of one name, ...) makes the archive one not to import as it is.
     Ok(if info.findings.is_empty() { 0 } else { 2 })
-}
-
-fn status_str(s: &Status) -> &'static str {
-    match s {
-        Status::Match => "ok",
-        Status::Mismatch(_) => "MISMATCH",
-        Status::Missing => "missing member",
-        Status::NotAFile(_) => "not a regular file",
-        Status::UnknownAlgorithm => "unknown algorithm",
-        Status::Unreadable(_) => "unreadable",
-    }
-}
-
-/// The report as a tree: every string in it comes from the archive, and the tree's JSON
-/// printer escapes what a terminal must not see.
-fn to_node(info: &OvaInfo) -> Node {
-    let mut n = Node::dict();
-    n.put_opt("ovf", info.ovf_name.clone());
-    n.put_opt("manifest", info.manifest_name.clone());
-    n.put_opt("certificate", info.certificate_name.clone());
-    if let Some(env) = &info.envelope {
-        n.put("ovf-version", env.version.clone());
-        if let Some(sys) = &env.system {
-            let mut s = Node::dict();
-            s.put("id", sys.id.clone());
-            s.put_opt("name", sys.name.clone());
-            s.put_opt("os-type", sys.os_type.clone());
-            s.put_opt("os-cim-id", sys.os_id.clone());
-            s.put_opt("cpus", env.cpus());
-            s.put_opt("memory-mib", env.memory_mib());
-            s.put_opt("hardware-family", sys.hardware_family.clone());
-            if let Some((_, fw)) = sys.vmw_config.iter().find(|(k, _)| k == "firmware") {
-                s.put("firmware", fw.clone());
-            }
-            n.put("virtual-system", s);
-        }
-        let controllers = env.controllers();
-        let disks = env
-            .disk_files()
-            .map(|(d, f)| {
-                let mut x = Node::dict();
-                x.put("disk-id", d.disk_id.clone());
-                x.put_opt("file", f.map(|f| f.href.clone()));
-                x.put_opt(
-                    "file-size",
-                    f.and_then(|f| info.member(&f.href)).map(|m| m.size),
-                );
-                x.put_opt("capacity", d.capacity);
-                x.put_opt("format", d.format.clone());
-                x.put_opt("populated-size", d.populated_size);
-                x.put_opt("controller", controllers.describe(d));
-                x
-            })
-            .collect();
-        n.put("disks", Node::List(disks));
-        let nets = env
-            .networks
-            .iter()
-            .map(|w| {
-                let mut x = Node::dict();
-                x.put("name", w.name.clone());
-                x.put_opt("description", w.description.clone());
-                x
-            })
-            .collect();
-        n.put("networks", Node::List(nets));
-    }
-    let digests = info
-        .digests
-        .iter()
-        .map(|c| {
-            let mut x = Node::dict();
-            x.put("file", c.entry.file.clone());
-            x.put("algorithm", c.entry.algorithm.clone());
-            x.put("expected", c.entry.digest.clone());
-            x.put("status", status_str(&c.status));
-            if let Status::Mismatch(d) = &c.status {
-                x.put("actual", d.clone());
-            }
-            if let Status::Unreadable(e) | Status::NotAFile(e) = &c.status {
-                x.put("error", e.clone());
-            }
-            x
-        })
-        .collect();
-    n.put("digests", Node::List(digests));
-    let members = info
-        .members()
-        .iter()
-        .map(|m| {
-            let mut x = Node::dict();
-            x.put("name", m.name.clone())
-                .put("kind", m.kind.short_name())
-                .put("size", m.size);
-            x
-        })
-        .collect();
-    n.put("members", Node::List(members));
-    let findings = info
-        .findings
-        .iter()
-        .map(|f| {
-            let mut x = Node::dict();
-            x.put("code", f.code.as_str());
-            x.put_opt("name", f.name.clone());
-            x.put("message", f.message.clone());
-            x
-        })
-        .collect();
-    n.put("findings", Node::List(findings));
-    n
 }
 
 fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
@@ -323,7 +212,7 @@ fn print_human(info: &OvaInfo, out: &mut impl Write) -> Result<()> {
                     "    {}({}): {}",
                     p(&c.entry.algorithm),
                     p(&c.entry.file),
-                    status_str(&c.status)
+                    status_name(&c.status)
                 )?;
             }
         }

@@ -248,6 +248,14 @@ def inspect(
     return _vmdk.inspect(os.fspath(path), policy=policy, max_size=max_size)
 
 
+def ova_info(path: PathLike, *, threads: int = 0) -> Dict[str, Any]:
+    """What the OVA at ``path`` is: the dict ``vmdk ova info --output=json`` prints (the
+    OVF's virtual system, ``disks`` and ``networks``, each manifest digest checked on
+    ``threads`` threads (0: one per core) in ``digests``, the ``members``, and
+    ``findings``, empty for an archive fit to import as it is)."""
+    return _vmdk.ova_info(os.fspath(path), threads=threads)
+
+
 __all__ = [
     "Image",
     "ImageReader",
@@ -255,6 +263,7 @@ __all__ = [
     "create",
     "convert",
     "inspect",
+    "ova_info",
     "files",
     *_errors.__all__,
 ]
