@@ -139,7 +139,7 @@ pub fn open_vmdk(path: &Path, fmt: Option<&str>, opts: &OpenOptions) -> Result<I
 }
 
 pub use vmdk::ops::create_options::{vmdk_options_help, VmdkOptions, OPTION_ORDER};
-pub use vmdk::qemu_syntax::{parse_bool, split_options};
+pub use vmdk::qemu_syntax::split_options;
 
 /// Parse `-o` options for a new VMDK image ([`VmdkOptions::parse`]), its new files (and a
 /// backing file named here) going through the command's namespace.

@@ -164,7 +164,8 @@ pub fn convert(
                 Vec::new(),
             )?;
             // convert takes the backing file and the size from elsewhere, as qemu-img does.
-            let v = vmdk::ops::create_options::VmdkOptions::parse(&options, false).map_err(to_py)?;
+            let v =
+                vmdk::ops::create_options::VmdkOptions::parse(&options, false).map_err(to_py)?;
             for (k, val) in &options {
                 c.set_option(k, val).map_err(to_py)?;
             }
@@ -187,7 +188,9 @@ pub fn convert(
         }
         Ok(ImageFormat::Raw) => {
             if let Some((k, _)) = options.first() {
-                return Err(to_py(vmdk::Error::invalid(format!("Invalid parameter '{k}'"))));
+                return Err(to_py(vmdk::Error::invalid(format!(
+                    "Invalid parameter '{k}'"
+                ))));
             }
             Target::Raw
         }

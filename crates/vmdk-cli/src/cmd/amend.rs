@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use vmdk::amend::AmendOptions;
-use vmdk::AdapterType;
 
-use crate::opts::{open_vmdk, parse_bool, split_options, OpenArgs};
+use crate::opts::{open_vmdk, split_options, OpenArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,32 +31,15 @@ pub struct Args {
     image: Option<PathBuf>,
 }
 
-const HELP: &str = "\
-Amend options for 'vmdk':
-  adapter_type=<str>      - Virtual adapter type, can be one of ide, lsilogic, buslogic or legacyESX
-  compat6=<bool (on/off)> - VMDK version 6 image
-  hwversion=<str>         - VMDK hardware version
-  toolsversion=<str>      - VMware guest tools version
-";
-
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
-        print!("{HELP}");
+        print!("{}", vmdk::amend::AMEND_OPTIONS_HELP);
         return Ok(0);
     }
     let mut m = AmendOptions::default();
     for (k, v) in &opts {
-        match k.as_str() {
-            "adapter_type" => m.adapter_type = Some(AdapterType::parse(v)?),
-            "hwversion" => m.hwversion = Some(v.clone()),
-            "toolsversion" => m.toolsversion = Some(v.clone()),
-            "compat6" => m.compat6 = Some(parse_bool(k, v)?),
-            "subformat" | "zeroed_grain" | "backing_file" | "backing_fmt" | "size" => {
-                bail!("Changing '{k}' is not supported (convert the image instead)")
-            }
-            _ => bail!("Invalid parameter '{k}'"),
-        }
+        m.set_option(k, v)?;
     }
     let Some(image) = &a.image else {
         bail!("Expecting one image file name");

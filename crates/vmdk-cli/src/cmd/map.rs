@@ -13,9 +13,9 @@ use vmdk::Image;
 
 use crate::opts::{image_format, Fmt, OpenArgs};
 use crate::output::OutputFormat;
-use vmdk::qemu_syntax::parse_size;
 use vmdk::format::foreign::ForeignFormat;
 use vmdk::qcow2::Qcow2Image;
+use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -49,9 +49,9 @@ impl<'a> AllocationWalker<'a> {
 
     fn next_entry(&mut self) -> Result<Option<MapEntry>> {
         if self.queue.is_empty() && self.next_map < self.end {
-            let batch = self
-                .img
-                .map_layer_prefix(self.next_map, self.end - self.next_map, BATCH)?;
+            let batch =
+                self.img
+                    .map_layer_prefix(self.next_map, self.end - self.next_map, BATCH)?;
             match batch.last() {
                 Some(e) if e.start + e.length > self.next_map => self.next_map = e.start + e.length,
                 _ => {

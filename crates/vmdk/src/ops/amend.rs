@@ -22,6 +22,39 @@ pub struct AmendOptions {
     pub compat6: Option<bool>,
 }
 
+/// What `-o help` prints for `amend`.
+pub const AMEND_OPTIONS_HELP: &str = "\
+Amend options for 'vmdk':
+  adapter_type=<str>      - Virtual adapter type, can be one of ide, lsilogic, buslogic or legacyESX
+  compat6=<bool (on/off)> - VMDK version 6 image
+  hwversion=<str>         - VMDK hardware version
+  toolsversion=<str>      - VMware guest tools version
+";
+
+impl AmendOptions {
+    /// Apply one `-o key=value` option of `qemu-img amend`: the descriptor fields can
+    /// change; the layout (`subformat`, `zeroed_grain`, the backing file, the size) cannot,
+    /// and says so rather than "Invalid parameter".
+    pub fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "adapter_type" => {
+                self.adapter_type =
+                    Some(AdapterType::parse(value).map_err(|e| Error::invalid(e.to_string()))?)
+            }
+            "hwversion" => self.hwversion = Some(value.to_string()),
+            "toolsversion" => self.toolsversion = Some(value.to_string()),
+            "compat6" => self.compat6 = Some(crate::qemu_syntax::parse_bool(key, value)?),
+            "subformat" | "zeroed_grain" | "backing_file" | "backing_fmt" | "size" => {
+                return Err(Error::unsupported(format!(
+                    "Changing '{key}' is not supported (convert the image instead)"
+                )))
+            }
+            _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),
+        }
+        Ok(())
+    }
+}
+
 /// Apply `opts` to `img`'s descriptor (the image must be open for writing).
 pub fn amend(img: &Image, opts: &AmendOptions) -> Result<()> {
     if !img.is_writable() {

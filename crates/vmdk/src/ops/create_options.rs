@@ -71,9 +71,10 @@ impl CreateOptions {
             "compat6" => self.compat6 = parse_bool(key, value)?,
             "zeroed_grain" => self.zeroed_grain = parse_bool(key, value)?,
             "compression_level" => {
-                self.compression_level = value.parse().ok().filter(|l| *l <= 9).ok_or_else(|| {
-                    Error::invalid(format!("invalid compression_level '{value}' (0-9)"))
-                })?
+                self.compression_level =
+                    value.parse().ok().filter(|l| *l <= 9).ok_or_else(|| {
+                        Error::invalid(format!("invalid compression_level '{value}' (0-9)"))
+                    })?
             }
             "backing_file" => self.backing_file = Some(value.to_string()),
             _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),

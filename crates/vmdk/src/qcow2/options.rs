@@ -29,9 +29,8 @@ impl Qcow2CreateOptions {
     pub fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "cluster_size" => {
-                self.cluster_size = parse_size(value).map_err(|_| {
-                    Error::invalid(format!("Invalid cluster_size '{value}'"))
-                })?
+                self.cluster_size = parse_size(value)
+                    .map_err(|_| Error::invalid(format!("Invalid cluster_size '{value}'")))?
             }
             "compat" => self.compat = Compat::parse(value)?,
             "lazy_refcounts" => self.lazy_refcounts = parse_bool(key, value)?,

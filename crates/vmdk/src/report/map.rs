@@ -318,8 +318,12 @@ impl<W: std::io::Write> MapPrinter<W> {
         if json {
             write!(out, "[").map_err(write_error)?;
         } else {
-            writeln!(out, "{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")
-                .map_err(write_error)?;
+            writeln!(
+                out,
+                "{:<16}{:<16}{:<16}File",
+                "Offset", "Length", "Mapped to"
+            )
+            .map_err(write_error)?;
         }
         Ok(MapPrinter {
             out,
