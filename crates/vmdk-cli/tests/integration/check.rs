@@ -1,6 +1,7 @@
 //! `vmdk check`: clean on what qemu and we make, corruptions and leaks found in patched files.
 
 use std::path::Path;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 
@@ -59,15 +60,7 @@ fn qemu_images_are_clean() {
     assert_clean(&z);
 
     let s2 = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&a),
-        &s(&s2),
-    ]);
+    qemu_to_vmdk(&a, &s2, "", "subformat=streamOptimized");
     assert_clean(&s2);
     let (_, v) = check_json(&s2);
     assert_eq!(v["compressed-clusters"], v["allocated-clusters"]);
@@ -277,15 +270,7 @@ fn bad_compressed_grain_marker() {
     let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
     qemu_io(&src, &["write -P 1 0 128k"]);
     let st = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&st),
-    ]);
+    qemu_to_vmdk(&src, &st, "", "subformat=streamOptimized");
     let g1 = read_u32(&st, gte_offset(&st, 1)) as u64 * 512;
     // The marker's size field claims a megabyte.
     patch(&st, g1 + 8, &(1u32 << 20).to_le_bytes());

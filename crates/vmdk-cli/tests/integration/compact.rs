@@ -2,6 +2,7 @@
 //! `qemu-img compare` finds it identical to a copy taken before, and its files got smaller.
 
 use crate::common::*;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ fn files_size(dir: &Path) -> u64 {
 /// `before*`, keeping the names inside the descriptor working: the copy is converted.
 fn snapshot(img: &Path) -> PathBuf {
     let before = img.with_file_name("before.vmdk");
-    qemu_img(&["convert", "-f", "vmdk", "-O", "vmdk", &s(img), &s(&before)]);
+    qemu_to_vmdk(img, &before, "vmdk", "");
     before
 }
 

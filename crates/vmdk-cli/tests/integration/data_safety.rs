@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::qemu_overlay;
 
 use crate::common::*;
 
@@ -908,17 +909,7 @@ fn path_gate_judges_location() {
 
     // qemu-img writes the absolute path the user typed: inside the directory, so it opens.
     let abs_child = t.join("vm/abs.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        &s(&base),
-        "-F",
-        "vmdk",
-        &s(&abs_child),
-    ]);
+    qemu_overlay(&abs_child, &s(&base), "", "");
     vmdk_ok(&["io", "-c", "read -P 0x42 0 64k", &s(&abs_child)]);
     vmdk_ok(&["map", &s(&abs_child)]);
     // And so does ours.

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::{qemu_create_as, qemu_to_vmdk};
 
 use crate::common::*;
 
@@ -72,15 +73,7 @@ fn qemu_image(d: &Path, sub: &str, size: u64) -> PathBuf {
         );
     }
     let out = d.join(format!("{sub}.vmdk"));
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        &format!("subformat={sub}"),
-        &s(&src),
-        &s(&out),
-    ]);
+    qemu_to_vmdk(&src, &out, "", &format!("subformat={sub}"));
     out
 }
 
@@ -172,16 +165,7 @@ fn other_formats_named_vmdk_are_named() {
     }
     // A fixed VHD marks only its last sector.
     let fixed = d.join("fixed.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=fixed",
-        &s(&fixed),
-        "4M",
-    ]);
+    qemu_create_as("vpc", &fixed, "4M", "subformat=fixed");
     let j = assert_unsafe(&fixed, &[], "foreign-format");
     assert_eq!(j["format"], "vpc");
     let raw = d.join("raw.vmdk");

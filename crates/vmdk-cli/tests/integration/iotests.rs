@@ -20,6 +20,7 @@
 //! are replayed with what they stand for, or left out, as each test says.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_create_as;
 
 use crate::common::*;
 
@@ -700,16 +701,7 @@ fn iotest_059_qcow2_with_small_clusters_to_stream_optimized() {
     let r = Replay::new();
     for d in [&r.ours, &r.qemu] {
         let q = s(&d.join("t.vmdk.qcow2"));
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            &q,
-            "1G",
-        ]);
+        qemu_create_as("qcow2", &q, "1G", "cluster_size=4096");
         for c in ["write -P 0xa 0 512", "write -P 0xb 10240 512"] {
             tool("qemu-io", &["-f", "qcow2", "-c", c, &q]).expect(0, c);
         }

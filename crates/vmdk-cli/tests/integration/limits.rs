@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::qemu_create_as;
 
 use crate::common::*;
 
@@ -618,16 +619,7 @@ fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
 fn qcow2_of_half_a_million_tables_maps_in_moments() {
     let d = tempdir();
     let p = d.path().join("d.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        &s(&p),
-        "16G",
-    ]);
+    qemu_create_as("qcow2", &p, "16G", "cluster_size=512");
     let (l1_size, l1_offset) = l1_of(&p);
     let first = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
     let l1: Vec<u8> = (0..l1_size)

@@ -5,6 +5,7 @@
 //! and the man pages say, against what the commands take.
 
 use crate::common::*;
+use vmdk_test_support::qemu::qemu_overlay;
 
 fn scribbled(dir: &std::path::Path) -> std::path::PathBuf {
     let img = qemu_create(dir, "m.vmdk", "64M", &[]);
@@ -995,17 +996,7 @@ fn help_names_exactly_the_formats_each_option_takes() {
     let p = pristine.path();
     let universe = qemu_image_formats(p);
     qemu_create(p, "v.vmdk", "1M", &[]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "v.vmdk",
-        "-F",
-        "vmdk",
-        &s(&p.join("vovl.vmdk")),
-    ]);
+    qemu_overlay(&p.join("vovl.vmdk"), "v.vmdk", "", "");
     std::fs::write(p.join("r.raw"), vec![0u8; 1 << 20]).unwrap();
     let taken = taken_formats(p, &universe);
     let set = |v: &[&str]| {

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, Run};
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
@@ -53,15 +54,7 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     let d = dir("stream");
     let src = qemu_create(&root.join("sparse"), "tmp-src.vmdk", "48M", &[]);
     qemu_io(&src, &["write -P 0x21 0 2M", "write -P 0x33 30M 5M"]);
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&d.join("s.vmdk")),
-    ]);
+    qemu_to_vmdk(&src, &d.join("s.vmdk"), "", "subformat=streamOptimized");
     std::fs::remove_file(&src).unwrap();
     cases.push(("stream", d, "s.vmdk"));
 
@@ -220,7 +213,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
     let raw = tmp.path().join("disk.raw");
     std::fs::write(&raw, &disk).unwrap();
     let src = tmp.path().join("src.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&src)]);
+    qemu_to_vmdk(&raw, &src, "raw", "");
 
     // The same file name as the object: the descriptor names its extent by it.
     std::fs::create_dir(tmp.path().join("local")).unwrap();
@@ -325,7 +318,7 @@ fn qcow2_outputs_upload_as_the_local_file() {
     let raw = tmp.path().join("disk.raw");
     std::fs::write(&raw, &disk).unwrap();
     let src = tmp.path().join("src.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&src)]);
+    qemu_to_vmdk(&raw, &src, "raw", "");
 
     for (case, extra) in [
         ("plain", &[][..]),
@@ -749,7 +742,7 @@ fn remote_ovas_read_in_place_and_ova_create_uploads_to_s3() {
         let r = tmp.path().join(format!("d{i}.raw"));
         std::fs::write(&r, &raw).unwrap();
         let v = tmp.path().join(format!("d{i}.vmdk"));
-        qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&r), &s(&v)]);
+        qemu_to_vmdk(&r, &v, "raw", "");
         d.push((r, v));
     }
     let local = www.join("app.ova");

@@ -1,6 +1,7 @@
 //! `vmdk info` and `vmdk map` against qemu-img on images qemu made.
 
 use std::path::Path;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 use serde_json::Value;
@@ -121,15 +122,7 @@ fn info_stream_optimized() {
     let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
     qemu_io(&src, &["write -P 1 0 100k", "write -P 2 3M 64k"]);
     let img = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&img),
-    ]);
+    qemu_to_vmdk(&src, &img, "", "subformat=streamOptimized");
     assert_info_matches(&img, false);
 }
 
@@ -304,15 +297,7 @@ fn map_stream_optimized() {
         &["write -P 1 0 200k", "write -P 2 1M 64k", "write -P 3 7M 1M"],
     );
     let img = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&img),
-    ]);
+    qemu_to_vmdk(&src, &img, "", "subformat=streamOptimized");
     assert_map_matches(&img, &[]);
     // Human output refuses compressed clusters, as qemu-img does.
     let r = vmdk(&["map", &s(&img)]);

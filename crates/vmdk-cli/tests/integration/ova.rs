@@ -10,6 +10,7 @@
 //! * Hostile archives and descriptors are refused with a message, never a panic.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 
@@ -76,7 +77,7 @@ fn our_ova_is_ordered_well_formed_and_verifiable() {
     let d = dir.path();
     let raw = raw_disk(d);
     let sparse = d.join("second.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&sparse)]);
+    qemu_to_vmdk(&raw, &sparse, "raw", "");
     let ova = d.join("app.ova");
     vmdk_ok(&[
         "ova",
@@ -1193,17 +1194,7 @@ fn small_disk(dir: &Path, name: &str, fill: u8) -> PathBuf {
     d[..65536].fill(fill);
     std::fs::write(&raw, d).unwrap();
     let out = dir.join(name);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&raw),
-        &s(&out),
-    ]);
+    qemu_to_vmdk(&raw, &out, "raw", "subformat=streamOptimized");
     std::fs::remove_file(raw).unwrap();
     out
 }

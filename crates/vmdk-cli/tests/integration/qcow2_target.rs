@@ -5,6 +5,7 @@
 //! backing file hold only what differs from the backing file.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 use serde_json::Value;
@@ -43,15 +44,7 @@ fn vmdk_sources(dir: &Path, raw: &Path) -> Vec<(String, PathBuf)> {
     .iter()
     .map(|sub| {
         let p = dir.join(format!("{sub}.vmdk"));
-        qemu_img(&[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            &format!("subformat={sub}"),
-            &s(raw),
-            &s(&p),
-        ]);
+        qemu_to_vmdk(raw, &p, "", &format!("subformat={sub}"));
         (sub.to_string(), p)
     })
     .collect()
@@ -240,14 +233,14 @@ fn backing_file_outputs_hold_only_the_differences() {
     let raw = patterned_raw(d.path());
     let changed = changed_copy(d.path(), &raw);
     let bvmdk = d.path().join("base.vmdk");
-    qemu_img(&["convert", "-O", "vmdk", &s(&raw), &s(&bvmdk)]);
+    qemu_to_vmdk(&raw, &bvmdk, "", "");
     let bq = d.path().join("base.qcow2");
     qemu_img(&["convert", "-O", "qcow2", &s(&raw), &s(&bq)]);
     // The source is a VMDK overlay of the base (its own layer holds the changes) and a
     // flat copy of the changed disk: either way only the differences are stored.
     let sources = [changed.clone(), {
         let p = d.path().join("changed.vmdk");
-        qemu_img(&["convert", "-O", "vmdk", &s(&changed), &s(&p)]);
+        qemu_to_vmdk(&changed, &p, "", "");
         p
     }];
     let out = d.path().join("out.qcow2");

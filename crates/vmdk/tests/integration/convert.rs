@@ -6,6 +6,7 @@
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmdk_test_support::qemu::{qemu_overlay, qemu_to_vmdk};
 
 use crate::common::{self, assert_same, qemu_img, qemu_io, qemu_raw, Dir};
 use vmdk::convert::{
@@ -131,17 +132,7 @@ fn check_raw_output(what: &str, image: &Path, format: Option<&str>, dir: &Dir) {
 }
 
 fn qemu_convert(src: &Path, dst: &Path, subformat: &str) {
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        &format!("subformat={subformat}"),
-        src.to_str().unwrap(),
-        dst.to_str().unwrap(),
-    ]);
+    qemu_to_vmdk(&src, &dst, "raw", &format!("subformat={subformat}"));
 }
 
 const SIZE: u64 = 5 * MIB + 3 * 512;
@@ -175,17 +166,7 @@ fn chain_to_raw_matches_qemu() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let mid = dir.path("mid.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        mid.to_str().unwrap(),
-    ]);
+    qemu_overlay(&mid, "base.vmdk", "", "");
     qemu_io(
         &mid,
         &[
@@ -195,17 +176,7 @@ fn chain_to_raw_matches_qemu() {
         ],
     );
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "mid.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "mid.vmdk", "", "");
     qemu_io(
         &top,
         &["write -P 0x33 65000 70000", "write -P 0x44 5M 1536"],
@@ -364,17 +335,7 @@ fn raw_to_every_subformat_passes_qemu() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     qemu_io(&top, &["write -P 0x77 12345 100000", "write -z 1M 1M"]);
     let out = dir.path("flattened.vmdk");
     let s = open_source(&top, None, &OpenOptions::new()).unwrap();
@@ -550,17 +511,7 @@ fn convert_onto_backing_file_copies_top_layer_only() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     // Zeros over base data must survive as zeros in the new image.
     qemu_io(&top, &["write -P 0x61 70000 9000", "write -z 1M 128k"]);
     let out = dir.path("out.vmdk");
