@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use vmdk_test_support::qemu::qemu_to_vmdk;
+use vmdk_test_support::qemu::SUBFORMATS_AND_VMFS;
 
 use crate::common::*;
 
@@ -105,14 +106,7 @@ fn qemu_images_are_clean() {
 #[test]
 fn our_images_are_clean() {
     let d = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-        "vmfs",
-    ] {
+    for sub in SUBFORMATS_AND_VMFS {
         let p = d.path().join(format!("{sub}.vmdk"));
         vmdk_ok(&[
             "create",

@@ -1,6 +1,7 @@
 //! `vmdk create`, `convert`, `compare` and `io`, with qemu-img / qemu-io as the oracle.
 
 use std::path::Path;
+use vmdk_test_support::qemu::SUBFORMATS_AND_VMFS;
 
 use crate::common::vmdk_io as io;
 use crate::common::*;
@@ -8,14 +9,7 @@ use crate::common::*;
 #[test]
 fn create_every_subformat() {
     let d = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-        "vmfs",
-    ] {
+    for sub in SUBFORMATS_AND_VMFS {
         let p = d.path().join(format!("{sub}.vmdk"));
         let out = vmdk_ok(&["create", "-o", &format!("subformat={sub}"), &s(&p), "3M"]);
         assert_eq!(

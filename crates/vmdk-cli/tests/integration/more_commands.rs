@@ -6,6 +6,7 @@
 
 use crate::common::*;
 use vmdk_test_support::qemu::qemu_overlay;
+use vmdk_test_support::qemu::SUBFORMATS;
 
 fn scribbled(dir: &std::path::Path) -> std::path::PathBuf {
     let img = qemu_create(dir, "m.vmdk", "64M", &[]);
@@ -222,13 +223,7 @@ fn bench_prints_what_qemu_img_bench_prints() {
 #[test]
 fn info_children_match_qemu() {
     let dir = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ] {
+    for sub in SUBFORMATS {
         let img = qemu_create(
             dir.path(),
             &format!("{sub}.vmdk"),
@@ -621,21 +616,6 @@ fn io_p_is_ignored_where_qemu_io_ignores_it() {
 // a format a command does not take and for an image of another format) is checked against
 // what the command really takes, found by running it: each format qemu-img can create is
 // tried with each format option.
-
-/// Run `vmdk` in `dir`.
-fn vmdk_in(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The image formats qemu-img lists ("Supported image formats") that `qemu-img create`
 /// makes and `qemu-img info` then names back: the formats help text is checked for. Each

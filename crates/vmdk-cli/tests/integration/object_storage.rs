@@ -7,23 +7,16 @@ use std::path::Path;
 use std::process::Command;
 use vmdk_test_support::qemu::qemu_to_vmdk;
 
-use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, Run};
+use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, vmdk_command, Run};
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
 /// `vmdk ARGS` with `env` (an S3 endpoint and credentials) added.
 fn vmdk_env(env: &[(String, String)], args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_ENDPOINT_URL")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(
+        vmdk_command(args)
+            .env_remove("AWS_ENDPOINT_URL")
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    )
 }
 
 /// Upload every file of `dir` under `s3://bucket/prefix/`.
@@ -536,8 +529,7 @@ fn wrong_credentials_are_a_clear_error() {
 /// `vmdk ARGS` with no AWS settings in the environment but `env` (HOME, AWS_PROFILE, ...):
 /// whatever else it needs must come from the shared config files.
 fn vmdk_profile(env: &[(&str, String)], args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmdk"));
-    c.args(args).env_remove("RUST_LOG");
+    let mut c = vmdk_command(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") {
             c.env_remove(k);
@@ -545,15 +537,7 @@ fn vmdk_profile(env: &[(&str, String)], args: &[&str]) -> Run {
     }
     // No instance metadata service to wait for when a profile gives nothing.
     c.env("AWS_EC2_METADATA_DISABLED", "true");
-    let out = c
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(c.envs(env.iter().map(|(k, v)| (k, v))))
 }
 
 #[test]

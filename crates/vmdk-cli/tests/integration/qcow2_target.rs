@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use vmdk_test_support::qemu::qemu_to_vmdk;
+use vmdk_test_support::qemu::SUBFORMATS;
 
 use crate::common::*;
 use serde_json::Value;
@@ -34,20 +35,14 @@ fn patterned_raw(dir: &Path) -> PathBuf {
 
 /// The VMDK subformats qemu-img writes, each made from the patterned raw disk.
 fn vmdk_sources(dir: &Path, raw: &Path) -> Vec<(String, PathBuf)> {
-    [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ]
-    .iter()
-    .map(|sub| {
-        let p = dir.join(format!("{sub}.vmdk"));
-        qemu_to_vmdk(raw, &p, "", &format!("subformat={sub}"));
-        (sub.to_string(), p)
-    })
-    .collect()
+    SUBFORMATS
+        .iter()
+        .map(|sub| {
+            let p = dir.join(format!("{sub}.vmdk"));
+            qemu_to_vmdk(raw, &p, "", &format!("subformat={sub}"));
+            (sub.to_string(), p)
+        })
+        .collect()
 }
 
 fn info(p: &Path) -> Value {

@@ -134,32 +134,9 @@ fn expectations(root: &Path) -> Vec<(String, Expect)> {
     rows
 }
 
-/// Run `vmdk ARGS` in `dir` (the README: open each file from its own folder).
-fn vmdk_in(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
+/// Run `qemu-img ARGS` in `dir`.
 fn qemu_in(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("spawning qemu-img");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(Command::new("qemu-img").args(args).current_dir(dir))
 }
 
 /// sha256 of a file, reading only its data: holes (most of the all-zero 8 GiB disks) are

@@ -3,9 +3,11 @@
 //! write pass `qemu-img check` and `qemu-img compare`, and our streamOptimized output is no
 //! larger than qemu-img's.
 
+use crate::common::IN_PLACE_SUBFORMATS;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmdk_test_support::qemu::SUBFORMATS;
 use vmdk_test_support::qemu::{qemu_overlay, qemu_to_vmdk};
 
 use crate::common::{self, assert_same, qemu_img, qemu_io, qemu_raw, Dir};
@@ -144,13 +146,7 @@ fn qemu_images_to_raw_match_qemu() {
     make_source(&src, SIZE);
     check_raw_output("raw source", &src, Some("raw"), &dir);
     check_raw_output("probed raw source", &src, None, &dir);
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ] {
+    for sub in SUBFORMATS {
         let img = dir.path(&format!("{sub}.vmdk"));
         qemu_convert(&src, &img, sub);
         check_raw_output(sub, &img, None, &dir);
@@ -299,14 +295,10 @@ fn raw_to_every_subformat_passes_qemu() {
     let dir = Dir::new();
     let src = dir.path("src.raw");
     let disk = make_source(&src, SIZE);
-    for sub in [
-        Subformat::MonolithicSparse,
-        Subformat::MonolithicFlat,
-        Subformat::TwoGbMaxExtentSparse,
-        Subformat::TwoGbMaxExtentFlat,
-        Subformat::Vmfs,
-        Subformat::StreamOptimized,
-    ] {
+    for sub in IN_PLACE_SUBFORMATS
+        .into_iter()
+        .chain([Subformat::StreamOptimized])
+    {
         let name = sub.create_type();
         let out = dir.path(&format!("{name}.vmdk"));
         let s = open_source(&src, Some("raw"), &OpenOptions::new()).unwrap();

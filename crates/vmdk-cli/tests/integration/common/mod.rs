@@ -20,6 +20,14 @@ impl Run {
         }
     }
 
+    /// Run `cmd` to its end, whatever its exit status.
+    pub fn of(cmd: &mut Command) -> Run {
+        Run::from(
+            cmd.output()
+                .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+        )
+    }
+
     /// The stdout, after asserting the exit status.
     pub fn expect(self, code: i32, what: &str) -> String {
         assert_eq!(
@@ -37,15 +45,21 @@ impl Run {
     }
 }
 
+/// The `vmdk` binary with `args` (and no RUST_LOG), to add to before running it.
+pub fn vmdk_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmdk"));
+    c.args(args).env_remove("RUST_LOG");
+    c
+}
+
 /// Run the `vmdk` binary.
 pub fn vmdk(args: &[&str]) -> Run {
-    Run::from(
-        Command::new(env!("CARGO_BIN_EXE_vmdk"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("spawning vmdk"),
-    )
+    Run::of(&mut vmdk_command(args))
+}
+
+/// Run `vmdk ARGS` in `dir`.
+pub fn vmdk_in(dir: &Path, args: &[&str]) -> Run {
+    Run::of(vmdk_command(args).current_dir(dir))
 }
 
 /// Run `vmdk`, expecting success; returns stdout.

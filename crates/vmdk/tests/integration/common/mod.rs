@@ -89,6 +89,15 @@ pub fn assert_same(what: &str, ours: &[u8], theirs: &[u8]) {
     }
 }
 
+/// The subformats written in place: every one but streamOptimized (which only appends).
+pub const IN_PLACE_SUBFORMATS: [vmdk::Subformat; 5] = [
+    vmdk::Subformat::MonolithicSparse,
+    vmdk::Subformat::MonolithicFlat,
+    vmdk::Subformat::TwoGbMaxExtentSparse,
+    vmdk::Subformat::TwoGbMaxExtentFlat,
+    vmdk::Subformat::Vmfs,
+];
+
 /// A temp dir with a path helper.
 pub struct Dir(pub tempfile::TempDir);
 
