@@ -169,7 +169,7 @@ fn grain_past_end_of_file() {
     // qemu-img finds it too (and fails the check).
     let q = tool("qemu-img", &["check", &s(&a)]);
     assert_ne!(q.code, 0);
-    assert!(q.stderr.contains("points after EOF"), "{}", q.stderr);
+    assert_contains!(q.stderr, "points after EOF");
 }
 
 #[test]
@@ -183,14 +183,14 @@ fn shared_and_misplaced_grains() {
     patch(&a, rgte_offset(&a, 5), &g0.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("overlaps another grain"), "{}", r.stderr);
+    assert_contains!(r.stderr, "overlaps another grain");
 
     // Grain 6 points at sector 1 (the descriptor): no zeroed-grain flag, so that is data.
     patch(&a, gte_offset(&a, 6), &1u32.to_le_bytes());
     patch(&a, rgte_offset(&a, 6), &1u32.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("overlaps metadata"), "{}", r.stderr);
+    assert_contains!(r.stderr, "overlaps metadata");
     let (_, v) = check_json(&a);
     assert_eq!(v["corruptions"], 2);
 }
@@ -205,19 +205,15 @@ fn grain_table_problems() {
     patch(&a, gd + 4, &0x100000u32.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("grain table 1 at offset"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("past the end of the file"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "grain table 1 at offset");
+    assert_contains!(r.stderr, "past the end of the file");
     // Directory entry 1 points at the same table as entry 0.
     let gt0 = read_u32(&a, gd);
     patch(&a, gd + 4, &gt0.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("grain table 1 at offset"), "{}", r.stderr);
-    assert!(r.stderr.contains("overlaps metadata"), "{}", r.stderr);
+    assert_contains!(r.stderr, "grain table 1 at offset");
+    assert_contains!(r.stderr, "overlaps metadata");
     // The redundant copy now disagrees: a warning, not a corruption.
     patch(&a, gd + 4, &0u32.to_le_bytes());
     assert_eq!(check(&a).code, 0);
@@ -246,11 +242,7 @@ fn leaked_space() {
     assert!(r.stdout.contains(
         "1 leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n"
     ));
-    assert!(
-        r.stderr.contains("leaked space: 65536 bytes at offset"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "leaked space: 65536 bytes at offset");
     let (code, v) = check_json(&a);
     assert_eq!(code, 3);
     assert_eq!(v["leaks"], 1);
@@ -270,11 +262,7 @@ fn bad_compressed_grain_marker() {
     patch(&st, g1 + 8, &(1u32 << 20).to_le_bytes());
     let r = check(&st);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("marker claims 1048576 compressed bytes"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "marker claims 1048576 compressed bytes");
     // A wrong LBA in the marker.
     patch(&st, g1 + 8, &85u32.to_le_bytes());
     patch(&st, g1, &7u64.to_le_bytes());

@@ -77,7 +77,7 @@ fn create_options_like_qemu() {
         let r = vmdk(&args);
         assert_eq!(r.code, 1, "{args:?}");
         assert!(r.stderr.starts_with("vmdk: "), "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains(msg), "{args:?}: {}", r.stderr);
+        assert_contains!(r.stderr, msg, "{args:?}");
     }
     assert!(!d.path().join("y.vmdk").exists());
 }
@@ -334,11 +334,7 @@ fn io_failures() {
     assert_eq!(r.code, 1);
     let r = io(&img, &["read -P 300 0 512"]);
     assert_eq!(r.code, 1);
-    assert!(
-        r.stdout.contains("300 is not a valid pattern byte"),
-        "{}",
-        r.stdout
-    );
+    assert_contains!(r.stdout, "300 is not a valid pattern byte");
     // Nothing was written by any of that.
     qemu_io(&img, &["read -P 1 0 64k", "read -P 0 64k 960k"]);
     let r = vmdk(&["io", "-c", "read 0 512", &s(&d.path().join("missing.vmdk"))]);
@@ -474,13 +470,10 @@ fn io_discard_gives_space_back() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     // On stdout, where qemu-io too reports a command that failed.
     assert!(r.stdout.starts_with("discard failed: "), "{}", r.stdout);
-    assert!(
-        r.stdout.contains(
-            "stream.vmdk': cannot deallocate the grains of a compressed \
+    assert_contains!(
+        r.stdout,
+        "stream.vmdk': cannot deallocate the grains of a compressed \
              (streamOptimized) image: convert it to another subformat first"
-        ),
-        "{}",
-        r.stdout
     );
     qemu_io(&img, &["read -P 0x11 0 1M"]);
 }
@@ -496,7 +489,7 @@ fn errors_are_prefixed() {
     std::fs::write(&p, b"hello").unwrap();
     let r = vmdk(&["info", "-f", "vmdk", &s(&p)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("not a VMDK image"), "{}", r.stderr);
+    assert_contains!(r.stderr, "not a VMDK image");
     // Probed as raw otherwise, like qemu-img.
     let v = vmdk(&["info", "--output=json", &s(&p)]).json();
     assert_eq!(v["format"], "raw");

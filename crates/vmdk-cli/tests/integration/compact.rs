@@ -44,11 +44,7 @@ fn compact_and_compare(img: &Path, expect_smaller: bool) -> String {
         "qemu-img compare:\n{}{}",
         cmp.stdout, cmp.stderr
     );
-    assert!(
-        cmp.stdout.contains("Images are identical"),
-        "{}",
-        cmp.stdout
-    );
+    assert_contains!(cmp.stdout, "Images are identical");
     vmdk_ok(&["check", &s(img)]);
     let size_after = files_size(dir);
     if expect_smaller {
@@ -171,7 +167,7 @@ fn refuses_what_it_cannot_compact() {
     let flat = qemu_create(t.path(), "f.vmdk", "16M", &["subformat=monolithicFlat"]);
     let r = vmdk(&["compact", &s(&flat)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("only sparse images"), "{}", r.stderr);
+    assert_contains!(r.stderr, "only sparse images");
     let raw = t.path().join("r.img");
     std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
     assert_eq!(vmdk(&["compact", &s(&raw)]).code, 1);

@@ -133,11 +133,7 @@ fn refused(r: &Run, needle: &str, what: &str) {
         "{what} should fail\nstdout: {}\nstderr: {}",
         r.stdout, r.stderr
     );
-    assert!(
-        r.stderr.contains(needle),
-        "{what}: wanted {needle:?} in:\n{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, needle, "{what}");
 }
 
 fn qemu_clean(image: &Path) {
@@ -163,11 +159,7 @@ fn qemu_nbd_writer_excludes_vmdk_writers_and_readers_but_not_force_share() {
     );
     let r = vmdk(&["info", &i]);
     refused(&r, "Failed to get shared \"write\" lock", "vmdk info");
-    assert!(
-        r.stderr.contains("Is another process using the image"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "Is another process using the image");
     refused(
         &vmdk(&["map", &i]),
         "Failed to get shared \"write\" lock",
@@ -386,11 +378,7 @@ fn qemu_refuses_u(args: &[&str], image: &Path) {
 fn qemu_takes_no_u(args: &[&str]) {
     let r = tool("qemu-img", args);
     assert_eq!(r.code, 1, "qemu-img {args:?}: {}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("invalid option -- 'U'"),
-        "qemu-img {args:?}: {}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "invalid option -- 'U'", "qemu-img {args:?}");
 }
 
 #[test]
@@ -535,7 +523,7 @@ fn serve_and_mount_read_write_refuse_force_share() {
     // qemu-nbd takes no -U.
     let r = tool("qemu-nbd", &["-U", "-k", &s(&sock), "-f", "vmdk", &i]);
     assert_eq!(r.code, 1, "qemu-nbd -U: {}", r.stderr);
-    assert!(r.stderr.contains("invalid option -- 'U'"), "{}", r.stderr);
+    assert_contains!(r.stderr, "invalid option -- 'U'");
     ours_refuse_u(&["serve", "-U", "-k", &s(&sock), &i], &img, &[&img]);
     assert!(!sock.exists(), "a refused server left its socket");
     // Read-only, -U serves: while a writer holds the image, too.
@@ -715,11 +703,7 @@ fn convert_and_create_never_overwrite_their_input() {
         let args: Vec<&str> = c.iter().map(|a| a.as_str()).collect();
         let r = vmdk(&args);
         assert_ne!(r.code, 0, "{args:?} succeeded");
-        assert!(
-            r.stderr.contains("refusing to overwrite"),
-            "{args:?}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "refusing to overwrite", "{args:?}");
     }
     for (p, bytes) in &before {
         assert!(sha(p) == *bytes, "{} changed", p.display());
@@ -848,11 +832,7 @@ fn other_formats_are_named_and_refused_unless_raw_is_asked_for() {
             args.push(&f);
             let r = vmdk(&args);
             assert_ne!(r.code, 0, "{args:?}");
-            assert!(
-                r.stderr.contains(&format!("is a {desc} image")),
-                "{args:?}: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, &format!("is a {desc} image"), "{args:?}");
         }
         let r = vmdk(&["io", "-c", "read 0 512", &f]);
         refused(&r, &format!("is a {desc} image"), &format!("io on {name}"));
@@ -929,19 +909,11 @@ fn path_gate_judges_location() {
         let c = t.join("vm").join(child);
         let r = vmdk(&["create", "-b", &backing, "-F", "vmdk", &s(&c)]);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("--allow-path"),
-            "create tells how to open it: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "--allow-path", "create tells how to open it");
         let r = vmdk(&["io", "-c", "read -P 0x24 0 64k", &s(&c)]);
         refused(&r, &backing, "outside without --allow-path");
-        assert!(
-            r.stderr.contains("lies outside the image's directory"),
-            "{}",
-            r.stderr
-        );
-        assert!(r.stderr.contains("hint: "), "{}", r.stderr);
+        assert_contains!(r.stderr, "lies outside the image's directory");
+        assert_contains!(r.stderr, "hint: ");
         vmdk_ok(&[
             "io",
             "--allow-path",

@@ -114,7 +114,7 @@ fn qemu_single_file_images_are_safe() {
         // Human output says the same.
         let h = vmdk(&["inspect", &s(&img)]);
         assert_eq!(h.code, 0);
-        assert!(h.stdout.contains("verdict: safe"), "{}", h.stdout);
+        assert_contains!(h.stdout, "verdict: safe");
     }
     // qemu-img create's empty images and zeroed-grain images too.
     let empty = qemu_create(d, "empty.vmdk", "1G", &[]);
@@ -322,7 +322,7 @@ fn unreadable_files_exit_2() {
     let d = t.path();
     let r = vmdk(&["inspect", &s(&d.join("missing.vmdk"))]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("missing.vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "missing.vmdk");
     let r = vmdk(&["inspect", &s(d)]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     // A FIFO is refused at once (reading it would wait for a writer forever).
@@ -607,7 +607,7 @@ fn what_qemu_refuses_or_reads_elsewhere_is_named() {
     std::fs::write(&f, &zero).unwrap();
     let info = tool("qemu-img", &["info", "--output=json", &s(&f)]);
     assert_eq!(info.code, 0, "{}", info.stderr);
-    assert!(info.stdout.contains("/etc/hostname"), "{}", info.stdout);
+    assert_contains!(info.stdout, "/etc/hostname");
     let j = assert_unsafe(&f, &[], "capacity-zero-descriptor");
     assert!(j["reasons"].to_string().contains("/etc/hostname"), "{j:#}");
 }

@@ -852,7 +852,7 @@ fn iotest_059_afl9_sample() {
     }
     let q = tool("qemu-img", &["info", &i]);
     assert_eq!(q.code, 1);
-    assert!(q.stderr.contains("L1 size too big"), "{}", q.stderr);
+    assert_contains!(q.stderr, "L1 size too big");
 }
 
 /// Extent names with spaces (059's descriptor edge cases; qemu quotes names in the
@@ -1060,11 +1060,7 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(
-        theirs.stdout.contains("read failed: Invalid argument"),
-        "{}",
-        theirs.stdout
-    );
+    assert_contains!(theirs.stdout, "read failed: Invalid argument");
     let forced = vmdk(&[
         "io",
         "--ignore-cid-mismatch",
@@ -1093,11 +1089,7 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(
-        theirs.stderr.contains("Could not open backing file"),
-        "{}",
-        theirs.stderr
-    );
+    assert_contains!(theirs.stderr, "Could not open backing file");
 }
 
 /// iotest 279, "qemu-img info --backing-chain": base <- mid <- top; `info --backing-chain`

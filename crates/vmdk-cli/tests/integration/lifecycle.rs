@@ -103,11 +103,7 @@ fn commit_keep_and_deeper_base() {
     let other = qemu_create(d, "other.vmdk", "32M", &[]);
     let r = vmdk(&["commit", "-b", &s(&other), &s(&top)]);
     assert_ne!(r.code, 0);
-    assert!(
-        r.stderr.contains("not in the backing chain"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "not in the backing chain");
     let _ = (base, mid);
 }
 
@@ -303,7 +299,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let f = s(&flat);
     let r = vmdk(&["resize", &f, "100M"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("--shrink"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--shrink");
     vmdk_ok(&["resize", "--shrink", &f, "100M"]);
     assert!(qemu_img(&["info", &f]).contains("virtual size: 100 MiB"));
     assert!(!d.join("f-f003.vmdk").exists() && !d.join("f-f002.vmdk").exists());
@@ -324,7 +320,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let before = raw_of(&sparse);
     let r = vmdk(&["resize", "--shrink", &s(&sparse), "10M"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("offset 62914560"), "{}", r.stderr);
+    assert_contains!(r.stderr, "offset 62914560");
     assert_eq!(
         raw_of(&sparse),
         before,

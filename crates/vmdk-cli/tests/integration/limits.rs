@@ -424,11 +424,7 @@ fn huge_empty_disks_map_and_compare_in_moments() {
     let r = vmdk_limited(&["compare", "-s", &z1, &sp], None);
     assert!(r.took < Duration::from_secs(20), "{}: {:?}", r.what, r.took);
     assert_eq!(r.run.code, 1, "{}", r.run.stderr);
-    assert!(
-        r.run.stdout.contains("Offset 0 block status mismatch"),
-        "{}",
-        r.run.stdout
-    );
+    assert_contains!(r.run.stdout, "Offset 0 block status mismatch");
     // The end of the disk, through the qemu-io style map and a read.
     let end = (size - 4096).to_string();
     let read = format!("read -P 0 {end} 4096");

@@ -376,11 +376,7 @@ fn convert_salvage_turns_read_errors_into_zeros() {
     assert_ne!(r.code, 0);
     let r = vmdk(&["convert", "--salvage", "-O", "raw", &s(&st), &s(&out)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("warning: error while reading offset 0"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "warning: error while reading offset 0");
     let got = std::fs::read(&out).unwrap();
     assert!(
         got[..65536].iter().all(|&b| b == 0),
@@ -604,8 +600,8 @@ fn io_p_is_ignored_where_qemu_io_ignores_it() {
         let name = c.split(' ').next().unwrap();
         let refusal = format!("{name}: invalid option -- 'p'");
         assert_eq!((o.code, t.code), (1, 1), "{c}");
-        assert!(o.stdout.contains(&refusal), "{c}: {}", o.stdout);
-        assert!(t.stderr.contains(&refusal), "{c}: qemu-io: {}", t.stderr);
+        assert_contains!(o.stdout, &refusal, "{c}");
+        assert_contains!(t.stderr, &refusal, "{c}: qemu-io");
     }
     qemu_img(&["compare", &s(&ours), &s(&theirs)]);
 }
@@ -1204,7 +1200,7 @@ fn completion_scripts_cover_every_command() {
     }
     let r = vmdk(&["completions", "tcsh"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("possible values: bash"), "{}", r.stderr);
+    assert_contains!(r.stderr, "possible values: bash");
     // bash loads it, registers it for vmdk, and completes a command and an option.
     let vmdk_bin = env!("CARGO_BIN_EXE_vmdk");
     let script = format!(

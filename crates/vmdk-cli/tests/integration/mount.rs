@@ -565,7 +565,7 @@ fn hostile_images_fail_to_mount() {
     // And a mount point that is not a directory.
     let out = vmdk(&["mount", &s(&good), &s(&truncated)]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
+    assert_contains!(out.stderr, "not a directory");
 }
 
 /// Undo steps run in reverse on drop, so a failing test still unmounts and detaches.

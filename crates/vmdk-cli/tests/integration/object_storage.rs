@@ -3,6 +3,7 @@
 //! files do; stream and qcow2 outputs upload byte-identical to local ones; faults are clear
 //! errors or transparent retries, and leave no multipart upload behind.
 
+use crate::common::assert_contains;
 use std::path::Path;
 use std::process::Command;
 use vmdk_test_support::qemu::qemu_to_vmdk;
@@ -140,11 +141,7 @@ fn every_subformat_reads_from_s3_and_http_like_the_local_file() {
             }
             let out = tmp.path().join(format!("{case}.out"));
             let r = vmdk_env(&env, &["convert", "-p", "-O", "raw", &url, &s(&out)]);
-            assert!(
-                r.stderr.contains("(100.00/100%)"),
-                "{what}: progress: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, "(100.00/100%)", "{what}: progress");
             r.expect(0, &what);
             assert!(
                 std::fs::read(&out).unwrap() == want,
@@ -275,7 +272,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
             ],
         );
         assert_eq!(r.code, 1, "{sub}: {}", r.stderr);
-        assert!(r.stderr.contains("front to back"), "{sub}: {}", r.stderr);
+        assert_contains!(r.stderr, "front to back", "{sub}");
         assert!(!moto.exists("out", "m.vmdk"));
     }
     // Over the source itself: refused before anything is written.
@@ -291,7 +288,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
         ],
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("refusing to overwrite"), "{}", r.stderr);
+    assert_contains!(r.stderr, "refusing to overwrite");
     assert_eq!(moto.open_uploads("out"), 0);
 }
 
@@ -351,7 +348,7 @@ fn qcow2_outputs_upload_as_the_local_file() {
         ],
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("preallocation"), "{}", r.stderr);
+    assert_contains!(r.stderr, "preallocation");
     assert!(!moto.exists("qcw", "out/p.qcow2"));
     assert_eq!(moto.open_uploads("qcw"), 0);
 }
@@ -447,11 +444,7 @@ fn faults_are_retried_or_clear_errors() {
     let env = moto.env();
     let r = vmdk_env(&env, &["info", "s3://bkt/evil.vmdk"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("outside the image's directory"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "outside the image's directory");
     let r = vmdk_env(
         &env,
         &["convert", "-O", "raw", "s3://bkt/evil.vmdk", &s(&out)],
@@ -461,7 +454,7 @@ fn faults_are_retried_or_clear_errors() {
     // A missing object, and a missing bucket.
     let r = vmdk_env(&env, &["info", "s3://bkt/nothing.vmdk"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no such object"), "{}", r.stderr);
+    assert_contains!(r.stderr, "no such object");
 
     // The server killed mid-convert: an error naming the object, well before the default
     // retry budget.
@@ -522,7 +515,7 @@ fn wrong_credentials_are_a_clear_error() {
         &moto.env(),
         &["convert", "-O", "raw", &s(&raw), "s3://bkt/o.raw"],
     );
-    assert!(r.stderr.contains("access denied"), "{}", r.stderr);
+    assert_contains!(r.stderr, "access denied");
     assert_eq!(r.code, 1, "{}", r.stderr);
 }
 
@@ -767,7 +760,7 @@ fn remote_ovas_read_in_place_and_ova_create_uploads_to_s3() {
         }
         let r = vmdk_env(&env, &["info", &format!("{url}/nothing.vmdk")]);
         assert_eq!(r.code, 1, "{}", r.stderr);
-        assert!(r.stderr.contains("no member"), "{}", r.stderr);
+        assert_contains!(r.stderr, "no member");
     }
 
     // ova create straight into S3: the same archive as the local one (but for what differs

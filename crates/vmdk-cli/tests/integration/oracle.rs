@@ -201,19 +201,15 @@ fn info_unknown_keys_and_unsafe_paths() {
     let r = vmdk(&["info", &s(&desc)]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
-    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--allow-unsafe-paths");
     for cmd in ["map", "check"] {
         let r = vmdk(&[cmd, &s(&desc)]);
         assert_eq!(r.code, 1, "{cmd}");
-        assert!(
-            r.stderr.contains("--allow-unsafe-paths"),
-            "{cmd}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "--allow-unsafe-paths", "{cmd}");
     }
     let r = vmdk(&["io", "-c", "read 0 512", &s(&desc)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--allow-unsafe-paths");
 
     let v = vmdk(&["info", "--output=json", "--allow-unsafe-paths", &s(&desc)]).json();
     let data = &v["format-specific"]["data"];

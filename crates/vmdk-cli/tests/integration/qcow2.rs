@@ -274,11 +274,7 @@ fn refused(args: &[&str], needle: &str) {
     let r = vmdk(args);
     assert_ne!(r.code, 0, "{args:?} succeeded");
     assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "{args:?}: wanted '{needle}' in:\n{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, needle, "{args:?}: wanted '{needle}' in:\n");
 }
 
 #[test]
@@ -425,19 +421,11 @@ fn as_qemu_reads(p: &Path, fail: Option<(&str, &[&str])>) {
     match fail {
         Some((qemu_says, we_say)) => {
             assert_eq!(q.code, 1, "{stem}: qemu-img convert succeeded");
-            assert!(
-                q.stderr.contains(qemu_says),
-                "{stem}: qemu said {}",
-                q.stderr
-            );
+            assert_contains!(q.stderr, qemu_says, "{stem}: qemu said");
             assert_eq!(r.code, 1, "{stem}: we converted what qemu refuses");
             let name = format!("'{}'", s(p));
             for needle in we_say.iter().chain([&name.as_str()]) {
-                assert!(
-                    r.stderr.contains(needle),
-                    "{stem}: no '{needle}' in {}",
-                    r.stderr
-                );
+                assert_contains!(r.stderr, needle, "{stem}: no '{needle}' in");
             }
         }
         None => {
@@ -508,7 +496,7 @@ fn compressed_clusters_inflate_to_a_whole_cluster_or_fail_as_in_qemu() {
     // compare reads it through the same decoder.
     let r = vmdk(&["compare", &s(&p), &s(&base)]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("inflates to only 100"), "{}", r.stderr);
+    assert_contains!(r.stderr, "inflates to only 100");
     // 100 bytes more than a cluster.
     let long = stored_deflate(&[0x44; 65636]);
     as_qemu_reads(&with_stream("long.qcow2", &long, long.len() as u64), None);

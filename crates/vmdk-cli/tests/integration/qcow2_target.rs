@@ -323,17 +323,13 @@ fn refused_combinations_say_why() {
         a.extend([r.as_str(), o.as_str()]);
         let run = vmdk(&a);
         assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
-        assert!(run.stderr.contains(msg), "{args:?}: {}", run.stderr);
+        assert_contains!(run.stderr, msg, "{args:?}");
     }
     // The source is never overwritten by its own output.
     let q = d.path().join("q.qcow2");
     vmdk_ok(&["convert", "-O", "qcow2", &r, &s(&q)]);
     let run = vmdk(&["convert", "-O", "qcow2", &s(&q), &s(&q)]);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("refusing to overwrite"),
-        "{}",
-        run.stderr
-    );
+    assert_contains!(run.stderr, "refusing to overwrite");
     assert_same(&raw, &q, "source kept");
 }

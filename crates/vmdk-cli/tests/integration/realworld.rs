@@ -374,5 +374,5 @@ fn map_json_failing_part_way_prints_nothing() {
     let r = vmdk_in(&dir, &["map", "two.vmdk"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.starts_with("Offset"), "{}", r.stdout);
-    assert!(r.stderr.contains("sesparse.vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "sesparse.vmdk");
 }

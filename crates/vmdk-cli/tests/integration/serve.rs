@@ -852,7 +852,7 @@ fn open_options_are_honoured() {
     qemu_io(&base, &["write -P 0x5 0 4k"]);
     let r = vmdk(&["serve", "-b", "127.0.0.1:1", &s(&top)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("parentCID"), "{}", r.stderr);
+    assert_contains!(r.stderr, "parentCID");
     let srv = Served::tcp(&top, &["-r", "-t", "--ignore-cid-mismatch"]);
     qemu_io_nbd_with(&["-r"], &srv.url(), &cmds(&["read -P 0x5 0 4k"]));
     drop(srv);
@@ -2013,7 +2013,7 @@ fn tls_as_qemu_nbd_takes_it() {
     // A client that does not start TLS is told TLS is required.
     let r = tool("qemu-img", &["info", &format!("nbd://127.0.0.1:{port}")]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("TLS"), "plain qemu client: {}", r.stderr);
+    assert_contains!(r.stderr, "TLS", "plain qemu client");
     // libnbd says only "not supported"; its debug output shows the server's reason.
     let r = Command::new("nbdinfo")
         .arg(format!("nbd://127.0.0.1:{port}"))
@@ -2093,7 +2093,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("/nonexistent"), "{}", r.stderr);
+    assert_contains!(r.stderr, "/nonexistent");
     let r = vmdk(&[
         "serve",
         "--object",
@@ -2103,7 +2103,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("tls1"), "{}", r.stderr);
+    assert_contains!(r.stderr, "tls1");
     let r = vmdk(&[
         "serve",
         "--object",
@@ -2116,7 +2116,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("server endpoint"), "{}", r.stderr);
+    assert_contains!(r.stderr, "server endpoint");
 }
 
 /// qemu-nbd's options each do what qemu-nbd's do: `-k SOCKET --fork --pid-file` (returns
@@ -2212,5 +2212,5 @@ fn qemu_nbd_options_each_take_effect() {
     // -f takes only vmdk.
     let r = vmdk(&["serve", "-f", "qcow2", "-k", &s(&sock), &s(&img)]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "vmdk");
 }

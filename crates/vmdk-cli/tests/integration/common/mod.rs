@@ -52,6 +52,32 @@ pub fn vmdk_command(args: &[&str]) -> Command {
     c
 }
 
+/// Assert that `text` contains `needle` (both `AsRef<str>`), printing the text (after a
+/// context given as `format!` arguments, if any) when it does not.
+macro_rules! assert_contains {
+    ($text:expr, $needle:expr $(,)?) => {
+        match (&$text, &$needle) {
+            (text, needle) => {
+                let (text, needle) = (AsRef::<str>::as_ref(text), AsRef::<str>::as_ref(needle));
+                assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+            }
+        }
+    };
+    ($text:expr, $needle:expr, $($context:tt)+) => {
+        match (&$text, &$needle) {
+            (text, needle) => {
+                let (text, needle) = (AsRef::<str>::as_ref(text), AsRef::<str>::as_ref(needle));
+                assert!(
+                    text.contains(needle),
+                    "{}: {needle:?} not in:\n{text}",
+                    format_args!($($context)+)
+                );
+            }
+        }
+    };
+}
+pub(crate) use assert_contains;
+
 /// Run the `vmdk` binary.
 pub fn vmdk(args: &[&str]) -> Run {
     Run::of(&mut vmdk_command(args))
