@@ -76,22 +76,12 @@ fn qemu_images_are_clean() {
     ]);
     assert_clean(&s2);
 
-    let t = qemu_create(
-        d.path(),
-        "t.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let t = qemu_create_sub(d.path(), "t.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(&t, &["write -P 1 2047M 2M"]);
     assert_clean(&t);
 
     for sub in ["monolithicFlat", "twoGbMaxExtentFlat"] {
-        let f = qemu_create(
-            d.path(),
-            &format!("{sub}.vmdk"),
-            "4M",
-            &[&format!("subformat={sub}")],
-        );
+        let f = qemu_create_sub(d.path(), &format!("{sub}.vmdk"), "4M", sub);
         assert_clean(&f);
     }
 

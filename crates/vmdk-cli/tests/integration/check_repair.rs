@@ -213,7 +213,7 @@ fn leaks_are_left_when_grains_overlap() {
 #[test]
 fn stream_images_cannot_be_repaired() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "4M", &["subformat=streamOptimized"]);
+    let a = qemu_create_sub(d.path(), "a.vmdk", "4M", "streamOptimized");
     let r = vmdk(&["check", "-r", "leaks", &s(&a)]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert_contains!(r.stderr, "only hosted sparse extents");

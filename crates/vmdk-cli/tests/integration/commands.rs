@@ -459,12 +459,7 @@ fn io_discard_gives_space_back() {
     both_clean(&img);
     qemu_io(&img, &["read -P 0x11 0 32M", "read -P 0 32M 96M"]);
     // A streamOptimized image cannot deallocate its compressed grains, and says so.
-    let img = qemu_create(
-        d.path(),
-        "stream.vmdk",
-        "128M",
-        &["subformat=streamOptimized"],
-    );
+    let img = qemu_create_sub(d.path(), "stream.vmdk", "128M", "streamOptimized");
     qemu_io(&img, &["write -P 0x11 0 1M"]);
     let r = io(&img, &["discard 0 1M"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);

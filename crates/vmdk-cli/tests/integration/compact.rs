@@ -133,12 +133,7 @@ fn overlay_keeps_zeros_over_its_backing_file() {
 #[test]
 fn two_gb_max_extent_sparse() {
     let t = tempdir();
-    let img = qemu_create(
-        t.path(),
-        "d.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let img = qemu_create_sub(t.path(), "d.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(
         &img,
         &[
@@ -156,7 +151,7 @@ fn two_gb_max_extent_sparse() {
 #[test]
 fn refuses_what_it_cannot_compact() {
     let t = tempdir();
-    let stream = qemu_create(t.path(), "s.vmdk", "16M", &["subformat=streamOptimized"]);
+    let stream = qemu_create_sub(t.path(), "s.vmdk", "16M", "streamOptimized");
     let r = vmdk(&["compact", &s(&stream)]);
     assert_eq!(r.code, 1);
     assert!(
@@ -164,7 +159,7 @@ fn refuses_what_it_cannot_compact() {
         "{}",
         r.stderr
     );
-    let flat = qemu_create(t.path(), "f.vmdk", "16M", &["subformat=monolithicFlat"]);
+    let flat = qemu_create_sub(t.path(), "f.vmdk", "16M", "monolithicFlat");
     let r = vmdk(&["compact", &s(&flat)]);
     assert_eq!(r.code, 1);
     assert_contains!(r.stderr, "only sparse images");

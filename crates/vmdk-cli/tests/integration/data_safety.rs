@@ -269,7 +269,7 @@ fn readers_share_with_readers() {
 fn every_file_of_the_image_is_locked() {
     let dir = tempdir();
     // A flat extent: QEMU locks the data file too.
-    let flat = qemu_create(dir.path(), "f.vmdk", "8M", &["subformat=monolithicFlat"]);
+    let flat = qemu_create_sub(dir.path(), "f.vmdk", "8M", "monolithicFlat");
     let sock = dir.path().join("f.sock");
     let held = Holder::vmdk_serve(&flat, &sock, &[]);
     let data = dir.path().join("f-flat.vmdk");
@@ -297,12 +297,7 @@ fn every_file_of_the_image_is_locked() {
 #[test]
 fn twogb_extents_locked_against_qemu() {
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "s.vmdk",
-        "5G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let img = qemu_create_sub(dir.path(), "s.vmdk", "5G", "twoGbMaxExtentSparse");
     {
         let _held = Holder::qemu_nbd(&img, &dir.path().join("q.sock"), &[]);
         refused(
@@ -593,7 +588,7 @@ fn convert_and_create_never_overwrite_their_input() {
     let d = dir.path();
     let img = qemu_create(d, "ex.vmdk", "8M", &[]);
     qemu_io(&img, &["write -P 0x77 0 256k"]);
-    let flat = qemu_create(d, "fl.vmdk", "8M", &["subformat=monolithicFlat"]);
+    let flat = qemu_create_sub(d, "fl.vmdk", "8M", "monolithicFlat");
     let base = qemu_create(d, "base.vmdk", "8M", &[]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     std::os::unix::fs::symlink("ex.vmdk", d.join("sym.vmdk")).unwrap();

@@ -168,12 +168,7 @@ fn amend_changes_only_the_named_lines() {
     let dir = tempdir();
     let d = dir.path();
     for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse"] {
-        let img = qemu_create(
-            d,
-            &format!("{sub}.vmdk"),
-            "20M",
-            &[&format!("subformat={sub}")],
-        );
+        let img = qemu_create_sub(d, &format!("{sub}.vmdk"), "20M", sub);
         qemu_io(&img, &["write -P 0x71 0 1M"]);
         let want = raw_of(&img);
         let desc = |p: &Path| {
@@ -240,12 +235,7 @@ fn resize_grows_every_writable_subformat() {
         "twoGbMaxExtentSparse",
         "twoGbMaxExtentFlat",
     ] {
-        let img = qemu_create(
-            d,
-            &format!("{sub}.vmdk"),
-            "100M",
-            &[&format!("subformat={sub}")],
-        );
+        let img = qemu_create_sub(d, &format!("{sub}.vmdk"), "100M", sub);
         qemu_io(&img, &["write -P 7 0 1M", "write -P 8 99M 1M"]);
         let i = s(&img);
         // qemu-img cannot resize a VMDK at all.
@@ -294,7 +284,7 @@ fn resize_grows_every_writable_subformat() {
 fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let dir = tempdir();
     let d = dir.path();
-    let flat = qemu_create(d, "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    let flat = qemu_create_sub(d, "f.vmdk", "5G", "twoGbMaxExtentFlat");
     qemu_io(&flat, &["write -P 3 0 1M", "write -P 4 4G 1M"]);
     let f = s(&flat);
     let r = vmdk(&["resize", &f, "100M"]);
@@ -335,7 +325,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
         "content changed by the shrink"
     );
     // twoGbMaxExtentSparse: whole extents past the new end go when they hold only zeros.
-    let split = qemu_create(d, "t.vmdk", "5G", &["subformat=twoGbMaxExtentSparse"]);
+    let split = qemu_create_sub(d, "t.vmdk", "5G", "twoGbMaxExtentSparse");
     qemu_io(&split, &["write -P 7 0 1M", "write -P 0 4500M 64k"]);
     vmdk_ok(&["resize", "--shrink", &s(&split), "3G"]);
     assert!(qemu_img(&["info", &s(&split)]).contains("virtual size: 3 GiB"));
@@ -343,7 +333,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     qemu_img(&["check", &s(&split)]);
     vmdk_ok(&["check", &s(&split)]);
     qemu_io(&split, &["read -P 7 0 1M", "read -P 0 1M 1M"]);
-    let stream = qemu_create(d, "st.vmdk", "100M", &["subformat=streamOptimized"]);
+    let stream = qemu_create_sub(d, "st.vmdk", "100M", "streamOptimized");
     assert_ne!(vmdk(&["resize", &s(&stream), "1G"]).code, 0);
     // qemu-io's truncate, through vmdk io.
     vmdk_ok(&[

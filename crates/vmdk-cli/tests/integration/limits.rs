@@ -207,12 +207,7 @@ fn descriptor_naming_one_sparse_file_19000_times() {
 #[test]
 fn ten_thousand_extent_two_gb_max_extent_sparse() {
     let d = tempdir();
-    qemu_create(
-        d.path(),
-        "base.vmdk",
-        "2G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    qemu_create_sub(d.path(), "base.vmdk", "2G", "twoGbMaxExtentSparse");
     let base = d.path().join("base-s001.vmdk");
     assert!(base.exists(), "qemu-img did not make base-s001.vmdk");
     // One descriptor per extent must fit the hard limit on open files.

@@ -224,12 +224,7 @@ fn bench_prints_what_qemu_img_bench_prints() {
 fn info_children_match_qemu() {
     let dir = tempdir();
     for sub in SUBFORMATS {
-        let img = qemu_create(
-            dir.path(),
-            &format!("{sub}.vmdk"),
-            "5G",
-            &[&format!("subformat={sub}")],
-        );
+        let img = qemu_create_sub(dir.path(), &format!("{sub}.vmdk"), "5G", sub);
         let i = s(&img);
         let ours = vmdk(&["info", "--output=json", &i]).json();
         let theirs: serde_json::Value =

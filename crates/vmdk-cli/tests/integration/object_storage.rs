@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use vmdk_test_support::qemu::qemu_to_vmdk;
 
-use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, vmdk_command, Run};
+use crate::common::{
+    self, qemu_create, qemu_create_sub, qemu_img, qemu_io, s, tempdir, vmdk_command, Run,
+};
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
 /// `vmdk ARGS` with `env` (an S3 endpoint and credentials) added.
@@ -53,7 +55,7 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     cases.push(("stream", d, "s.vmdk"));
 
     let d = dir("twogb");
-    let p = qemu_create(&d, "t.vmdk", "5G", &["subformat=twoGbMaxExtentSparse"]);
+    let p = qemu_create_sub(&d, "t.vmdk", "5G", "twoGbMaxExtentSparse");
     qemu_io(
         &p,
         &[
@@ -65,7 +67,7 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     cases.push(("twogb", d, "t.vmdk"));
 
     let d = dir("flat");
-    let p = qemu_create(&d, "f.vmdk", "16M", &["subformat=monolithicFlat"]);
+    let p = qemu_create_sub(&d, "f.vmdk", "16M", "monolithicFlat");
     qemu_io(&p, &["write -P 0x66 3M 2M"]);
     cases.push(("flat", d, "f.vmdk"));
 

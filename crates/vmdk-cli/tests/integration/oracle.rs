@@ -129,7 +129,7 @@ fn info_stream_optimized() {
 #[test]
 fn info_two_gb_max_extent_flat() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    let img = qemu_create_sub(d.path(), "f.vmdk", "5G", "twoGbMaxExtentFlat");
     assert_info_matches(&img, false);
     let v = vmdk(&["info", "--output=json", &s(&img)]).json();
     assert!(v.get("cluster-size").is_none());
@@ -309,16 +309,11 @@ fn map_stream_optimized() {
 #[test]
 fn map_multi_extent_sparse_and_flat() {
     let d = tempdir();
-    let t = qemu_create(
-        d.path(),
-        "t.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let t = qemu_create_sub(d.path(), "t.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(&t, &["write -P 1 2047M 2M", "write -P 2 0 4k"]);
     assert_map_matches(&t, &[]);
     assert_human_map_matches(&t);
-    let f = qemu_create(d.path(), "f.vmdk", "4M", &["subformat=monolithicFlat"]);
+    let f = qemu_create_sub(d.path(), "f.vmdk", "4M", "monolithicFlat");
     qemu_io(&f, &["write -P 1 1M 64k", "write -P 2 3M 4k"]);
     assert_map_matches(&f, &[]);
     assert_human_map_matches(&f);
@@ -379,7 +374,7 @@ fn info_extent_access_and_uuid() {
 
     // A stream file whose embedded descriptor says RDONLY (as VirtualBox, ovftool and
     // vmdktool write them): shown, and writes are refused.
-    let img = qemu_create(d.path(), "s.vmdk", "4M", &["subformat=streamOptimized"]);
+    let img = qemu_create_sub(d.path(), "s.vmdk", "4M", "streamOptimized");
     qemu_io(&img, &["write -P 7 0 64k"]);
     let desc_at = read_u64(&img, 28) * 512;
     let desc_len = read_u64(&img, 36) as usize * 512;

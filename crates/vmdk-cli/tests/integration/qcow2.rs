@@ -12,14 +12,7 @@ const SIZE: &str = "12M";
 
 /// `qemu-io -f qcow2 -c CMD... IMAGE`, expecting success.
 fn qio(image: &Path, cmds: &[&str]) {
-    let mut args = vec!["-f", "qcow2"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    let img = s(image);
-    args.push(&img);
-    let out = tool("qemu-io", &args).expect(0, &format!("qemu-io {cmds:?}"));
+    let out = qemu_io_as("qcow2", image, cmds);
     assert!(!out.contains("failed"), "qemu-io {cmds:?}: {out}");
 }
 

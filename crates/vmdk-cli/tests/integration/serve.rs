@@ -583,12 +583,7 @@ fn serves_two_gb_max_extent_flat() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "flat.vmdk",
-        "8M",
-        &["subformat=twoGbMaxExtentFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "flat.vmdk", "8M", "twoGbMaxExtentFlat");
     qemu_io(&img, &["write -P 0x42 100k 50k", "write -P 0x43 8188k 4k"]);
     check_read_only_export(dir.path(), &img);
 }
@@ -616,12 +611,7 @@ fn allocation_depth_as_qemu_nbd() {
             "write -P 0x13 70M 4k",  // beyond the base's end
         ],
     );
-    let fbase = qemu_create(
-        dir.path(),
-        "fbase.vmdk",
-        "6M",
-        &["subformat=monolithicFlat"],
-    );
+    let fbase = qemu_create_sub(dir.path(), "fbase.vmdk", "6M", "monolithicFlat");
     qemu_io(&fbase, &["write -P 0x21 0 1M", "write -P 0x22 3M 4k"]);
     let ftop = qemu_child(dir.path(), "ftop.vmdk", &fbase, Some("8M"));
     qemu_io(&ftop, &["write -P 0x23 512k 64k", "write -z 3M 64k"]);
@@ -709,12 +699,7 @@ fn serves_short_flat_file() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "short.vmdk",
-        "8M",
-        &["subformat=monolithicFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "short.vmdk", "8M", "monolithicFlat");
     qemu_io(&img, &["write -P 0x5a 0 8M"]);
     let flat = dir.path().join("short-flat.vmdk");
     let f = std::fs::OpenOptions::new().write(true).open(&flat).unwrap();
@@ -1216,12 +1201,7 @@ fn sigterm_with_stuck_client() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "stuck.vmdk",
-        "64M",
-        &["subformat=twoGbMaxExtentFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "stuck.vmdk", "64M", "twoGbMaxExtentFlat");
     let mut srv = Served::tcp(&img, &[]);
     let mut c = RawClient::tcp(srv.port());
     for i in 0..400u64 {

@@ -92,25 +92,13 @@ fn raw_via_ours(src: &Path, format: Option<&str>, dst: &Path, threads: usize) ->
 
 /// What `qemu-img convert -O raw` makes of `image` (probed by qemu-img itself).
 fn oracle(image: &Path) -> Vec<u8> {
-    let raw = image.with_extension("oracle.raw");
     let fmt = qemu_img(&["info", "--output=json", image.to_str().unwrap()]);
     let fmt = if fmt.contains("\"format\": \"vmdk\"") {
         "vmdk"
     } else {
         "raw"
     };
-    qemu_img(&[
-        "convert",
-        "-f",
-        fmt,
-        "-O",
-        "raw",
-        image.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
-    let data = std::fs::read(&raw).unwrap();
-    std::fs::remove_file(&raw).unwrap();
-    data
+    common::qemu_raw_as(image, fmt, false)
 }
 
 fn check_raw_output(what: &str, image: &Path, format: Option<&str>, dir: &Dir) {

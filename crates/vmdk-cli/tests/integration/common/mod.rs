@@ -110,19 +110,24 @@ pub fn qemu_img(args: &[&str]) -> String {
 
 /// `qemu-io -f vmdk -c CMD... IMAGE`, expecting success.
 pub fn qemu_io(image: &Path, cmds: &[&str]) -> String {
-    let mut args = vec!["-f", "vmdk"];
+    let out = qemu_io_as("vmdk", image, cmds);
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "qemu-io {cmds:?}: {out}"
+    );
+    out
+}
+
+/// `qemu-io -f FORMAT -c CMD... IMAGE`, expecting exit status 0; returns its stdout.
+pub fn qemu_io_as(format: &str, image: &Path, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", format];
     for c in cmds {
         args.push("-c");
         args.push(c);
     }
     let img = s(image);
     args.push(&img);
-    let out = tool("qemu-io", &args).expect(0, &format!("qemu-io {cmds:?}"));
-    assert!(
-        !out.contains("failed") && !out.contains("error"),
-        "qemu-io {cmds:?}: {out}"
-    );
-    out
+    tool("qemu-io", &args).expect(0, &format!("qemu-io {cmds:?}"))
 }
 
 /// `vmdk io -c CMD... IMAGE` (qemu-io's command language), whatever its exit status.
@@ -172,6 +177,11 @@ pub fn qemu_create(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf
     args.push(size);
     qemu_img(&args);
     p
+}
+
+/// `qemu-img create -f vmdk -o subformat=SUB PATH SIZE`.
+pub fn qemu_create_sub(dir: &Path, name: &str, size: &str, sub: &str) -> PathBuf {
+    qemu_create(dir, name, size, &[&format!("subformat={sub}")])
 }
 
 /// `qemu-img create -f vmdk -b BACKING -F vmdk PATH [SIZE]`.

@@ -42,17 +42,22 @@ pub fn qemu_io(image: &Path, cmds: &[&str]) {
 
 /// The raw bytes qemu-img reads from `image` (with `-U`: the test may hold it open).
 pub fn qemu_raw(image: &Path) -> Vec<u8> {
+    qemu_raw_as(image, "vmdk", true)
+}
+
+/// The raw bytes `qemu-img convert [-U] -f FORMAT -O raw` makes of `image`.
+pub fn qemu_raw_as(image: &Path, format: &str, force_share: bool) -> Vec<u8> {
     let raw = image.with_extension("oracle.raw");
-    qemu_img(&[
-        "convert",
-        "-U",
-        "-f",
-        "vmdk",
-        "-O",
-        "raw",
-        image.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
+    let (image_s, raw_s) = (image.to_str().unwrap(), raw.to_str().unwrap());
+    let share: &[&str] = if force_share { &["-U"] } else { &[] };
+    qemu_img(
+        &[
+            &["convert"],
+            share,
+            &["-f", format, "-O", "raw", image_s, raw_s],
+        ]
+        .concat(),
+    );
     let data = std::fs::read(&raw).unwrap();
     std::fs::remove_file(&raw).unwrap();
     data
