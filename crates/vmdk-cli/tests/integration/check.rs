@@ -137,8 +137,7 @@ fn our_images_are_clean() {
 #[test]
 fn grain_past_end_of_file() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 128k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 128k"]);
     // Grain 2 (virtual sector 256) points far past the end, in both tables.
     patch(&a, gte_offset(&a, 2), &100000u32.to_le_bytes());
     patch(&a, rgte_offset(&a, 2), &100000u32.to_le_bytes());
@@ -165,8 +164,7 @@ fn grain_past_end_of_file() {
 #[test]
 fn shared_and_misplaced_grains() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 128k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 128k"]);
     let g0 = read_u32(&a, gte_offset(&a, 0));
     // Grain 5 shares grain 0's space.
     patch(&a, gte_offset(&a, 5), &g0.to_le_bytes());
@@ -188,8 +186,7 @@ fn shared_and_misplaced_grains() {
 #[test]
 fn grain_table_problems() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "64M", &[]);
-    qemu_io(&a, &["write -P 1 0 64k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "64M", &["write -P 1 0 64k"]);
     let gd = read_u64(&a, 56) * 512;
     // Directory entry 1 points past the end of the file.
     patch(&a, gd + 4, &0x100000u32.to_le_bytes());
@@ -221,8 +218,7 @@ fn grain_table_problems() {
 #[test]
 fn leaked_space() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 64k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 64k"]);
     // A grain's worth of garbage appended that no table points at.
     let mut f = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
     std::io::Write::write_all(&mut f, &[0x5a; 65536]).unwrap();
@@ -243,8 +239,7 @@ fn leaked_space() {
 #[test]
 fn bad_compressed_grain_marker() {
     let d = tempdir();
-    let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
-    qemu_io(&src, &["write -P 1 0 128k"]);
+    let src = qemu_written(d.path(), "src.vmdk", "4M", &["write -P 1 0 128k"]);
     let st = d.path().join("s.vmdk");
     qemu_to_vmdk(&src, &st, "", "subformat=streamOptimized");
     let g1 = read_u32(&st, gte_offset(&st, 1)) as u64 * 512;

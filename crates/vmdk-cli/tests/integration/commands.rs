@@ -85,8 +85,7 @@ fn create_options_like_qemu() {
 #[test]
 fn create_with_backing_takes_its_size() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "base.vmdk", "6M", &[]);
-    qemu_io(&base, &["write -P 3 1M 64k"]);
+    qemu_written(d.path(), "base.vmdk", "6M", &["write -P 3 1M 64k"]);
     let top = d.path().join("top.vmdk");
     let out = vmdk_ok(&["create", "-b", "base.vmdk", "-F", "vmdk", &s(&top)]);
     assert_eq!(
@@ -209,10 +208,8 @@ fn convert_to_raw_and_vmdk() {
 #[test]
 fn compare_like_qemu() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "4M", &[]);
-    qemu_io(&a, &["write -P 1 0 1M"]);
-    let b = qemu_create(d.path(), "b.vmdk", "4M", &[]);
-    qemu_io(&b, &["write -P 1 0 1M"]);
+    let a = qemu_written(d.path(), "a.vmdk", "4M", &["write -P 1 0 1M"]);
+    let b = qemu_written(d.path(), "b.vmdk", "4M", &["write -P 1 0 1M"]);
     let same = |x: &Path, y: &Path, extra: &[&str]| {
         let (xs, ys) = (s(x), s(y));
         let mut args = vec!["compare"];
@@ -230,8 +227,7 @@ fn compare_like_qemu() {
     assert_eq!(same(&a, &b, &[]), 1);
 
     // Different sizes: the extra part must be zero unless strict.
-    let c = qemu_create(d.path(), "c.vmdk", "6M", &[]);
-    qemu_io(&c, &["write -P 1 0 1M"]);
+    let c = qemu_written(d.path(), "c.vmdk", "6M", &["write -P 1 0 1M"]);
     assert_eq!(same(&a, &c, &[]), 0);
     assert_eq!(same(&a, &c, &["-s"]), 1);
     qemu_io(&c, &["write -P 3 5M 512"]);
@@ -298,8 +294,7 @@ fn io_reads_and_writes_like_qemu_io() {
 #[test]
 fn io_failures() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "1M", &[]);
-    qemu_io(&img, &["write -P 1 0 64k"]);
+    let img = qemu_written(d.path(), "a.vmdk", "1M", &["write -P 1 0 64k"]);
     // Pattern mismatch: reported, later commands still run, exit status 1.
     let r = io(&img, &["read -P 2 0 4k", "read -P 1 0 4k"]);
     assert_eq!(r.code, 1);
@@ -450,8 +445,7 @@ fn io_discard_gives_space_back() {
         );
     }
     // Space freed at the end of the file cuts it.
-    let img = qemu_create(d.path(), "tail.vmdk", "128M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 64M"]);
+    let img = qemu_written(d.path(), "tail.vmdk", "128M", &["write -P 0x11 0 64M"]);
     let len = std::fs::metadata(&img).unwrap().len();
     assert_eq!(io(&img, &["discard 32M 32M"]).code, 0);
     let cut = std::fs::metadata(&img).unwrap().len();

@@ -89,8 +89,7 @@ fn qemu_image_with_zeros_and_holes() {
 fn overlay_keeps_zeros_over_its_backing_file() {
     for zeroed_grain in [true, false] {
         let t = tempdir();
-        let base = qemu_create(t.path(), "base.vmdk", "16M", &[]);
-        qemu_io(&base, &["write -P 0xaa 0 16M"]);
+        qemu_written(t.path(), "base.vmdk", "16M", &["write -P 0xaa 0 16M"]);
         let img = t.path().join("d.vmdk");
         let mut args = vec![
             "create",

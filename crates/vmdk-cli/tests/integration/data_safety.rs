@@ -146,8 +146,7 @@ fn qemu_clean(image: &Path) {
 #[test]
 fn qemu_nbd_writer_excludes_vmdk_writers_and_readers_but_not_force_share() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x5a 0 1M"]);
+    let img = qemu_written(dir.path(), "a.vmdk", "16M", &["write -P 0x5a 0 1M"]);
     let sock = dir.path().join("nbd.sock");
     let held = Holder::qemu_nbd(&img, &sock, &[]);
     let i = s(&img);
@@ -333,8 +332,7 @@ const FORCE_SHARE: &str = "force-share=on can only be used with read-only images
 
 /// The files of an overlay and its base, 16 MiB with data in both.
 fn chain(d: &Path) -> (PathBuf, PathBuf) {
-    let base = qemu_create(d, "base.vmdk", "16M", &[]);
-    qemu_io(&base, &["write -P 0x11 0 1M"]);
+    let base = qemu_written(d, "base.vmdk", "16M", &["write -P 0x11 0 1M"]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     qemu_io(&top, &["write -P 0x22 1M 1M"]);
     (base, top)
@@ -411,8 +409,7 @@ fn rebase_refuses_force_share() {
 #[test]
 fn check_repair_refuses_force_share() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "16M", &["write -P 0x11 0 1M"]);
     let i = s(&img);
     for mode in ["all", "leaks"] {
         let args = ["check", "-U", "-r", mode, &i];
@@ -443,8 +440,7 @@ fn commit_refuses_force_share() {
 fn compact_refuses_force_share() {
     // No qemu-img counterpart (VMware's vdiskmanager -k).
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "16M", &["write -P 0 0 1M"]);
     ours_refuse_u(&["compact", "-U", &s(&img)], &img, &[&img]);
 }
 
@@ -535,8 +531,7 @@ fn serve_and_mount_read_write_refuse_force_share() {
 #[test]
 fn convert_shares_its_sources_never_its_target() {
     let d = tempdir();
-    let src = qemu_create(d.path(), "src.vmdk", "16M", &[]);
-    qemu_io(&src, &["write -P 0x33 0 1M"]);
+    let src = qemu_written(d.path(), "src.vmdk", "16M", &["write -P 0x33 0 1M"]);
     let dst = qemu_create(d.path(), "dst.vmdk", "16M", &[]);
     let (sp, dp) = (s(&src), s(&dst));
     // A writer holds the source: -U reads it anyway, into a new file or onto an existing
@@ -586,8 +581,7 @@ fn convert_shares_its_sources_never_its_target() {
 fn convert_and_create_never_overwrite_their_input() {
     let dir = tempdir();
     let d = dir.path();
-    let img = qemu_create(d, "ex.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x77 0 256k"]);
+    let img = qemu_written(d, "ex.vmdk", "8M", &["write -P 0x77 0 256k"]);
     let flat = qemu_create_sub(d, "fl.vmdk", "8M", "monolithicFlat");
     let base = qemu_create(d, "base.vmdk", "8M", &[]);
     let top = qemu_child(d, "top.vmdk", &base, None);
@@ -712,8 +706,7 @@ fn convert_and_create_never_overwrite_their_input() {
 #[test]
 fn creating_over_an_image_in_use_is_refused() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "busy.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x33 0 64k"]);
+    let img = qemu_written(dir.path(), "busy.vmdk", "8M", &["write -P 0x33 0 64k"]);
     let before = sha(&img);
     let sock = dir.path().join("b.sock");
     let held = Holder::qemu_nbd(&img, &sock, &["-r"]);
@@ -879,8 +872,7 @@ fn path_gate_judges_location() {
     std::fs::create_dir_all(t.join("vm")).unwrap();
     std::fs::create_dir_all(t.join("shared/deep")).unwrap();
     std::fs::create_dir_all(t.join("elsewhere")).unwrap();
-    let base = qemu_create(&t.join("vm"), "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 0x42 0 64k"]);
+    let base = qemu_written(&t.join("vm"), "base.vmdk", "8M", &["write -P 0x42 0 64k"]);
 
     // qemu-img writes the absolute path the user typed: inside the directory, so it opens.
     let abs_child = t.join("vm/abs.vmdk");

@@ -441,8 +441,7 @@ fn qemu_info(file: &Path) -> Result<Option<String>, String> {
 
 /// A qemu-made monolithicSparse image with data, and its descriptor text.
 fn sparse_with_text(d: &Path) -> (Vec<u8>, String) {
-    let img = qemu_create(d, "good.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x61 0 64k"]);
+    let img = qemu_written(d, "good.vmdk", "16M", &["write -P 0x61 0 64k"]);
     let bytes = std::fs::read(&img).unwrap();
     let area = &bytes[512..512 + 20 * 512];
     let end = area.iter().position(|&b| b == 0).unwrap();

@@ -112,10 +112,8 @@ fn rebase_keeps_the_guest_view() {
     let dir = tempdir();
     let d = dir.path();
     let (base, mid, top) = chain(d, "r-");
-    let other = qemu_create(d, "other.vmdk", "32M", &[]);
-    qemu_io(&other, &["write -P 0x41 0 16M"]);
-    let small = qemu_create(d, "small.vmdk", "8M", &[]);
-    qemu_io(&small, &["write -P 0x51 0 8M"]);
+    qemu_written(d, "other.vmdk", "32M", &["write -P 0x41 0 16M"]);
+    let small = qemu_written(d, "small.vmdk", "8M", &["write -P 0x51 0 8M"]);
     let want = raw_of(&top);
     // qemu-img cannot do any of this for VMDK.
     assert_ne!(
@@ -145,8 +143,7 @@ fn rebase_keeps_the_guest_view() {
 fn rebase_unsafe_only_rewrites_the_reference() {
     let dir = tempdir();
     let d = dir.path();
-    let base = qemu_create(d, "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 0x61 0 1M"]);
+    let base = qemu_written(d, "base.vmdk", "8M", &["write -P 0x61 0 1M"]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     std::fs::copy(&base, d.join("copy.vmdk")).unwrap();
     let grains_before = vmdk_ok(&["map", "--output=json", &s(&top)]);
@@ -265,8 +262,7 @@ fn resize_grows_every_writable_subformat() {
         qemu_img(&["check", &i]);
     }
     // A directory with no room left moves to the end of the file.
-    let big = qemu_create(d, "big.vmdk", "64M", &[]);
-    qemu_io(&big, &["write -P 5 0 64k"]);
+    let big = qemu_written(d, "big.vmdk", "64M", &["write -P 5 0 64k"]);
     vmdk_ok(&["resize", &s(&big), "300G"]);
     qemu_img(&["check", &s(&big)]);
     qemu_io(

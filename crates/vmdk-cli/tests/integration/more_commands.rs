@@ -267,8 +267,7 @@ fn convert_options_scripts_use() {
     std::fs::write(p("busy.raw"), vec![0xeeu8; 64 << 20]).unwrap();
     vmdk_ok(&["convert", "-n", &i, &s(&p("busy.raw"))]);
     qemu_img(&["compare", "-f", "vmdk", "-F", "raw", &i, &s(&p("busy.raw"))]);
-    let busy = qemu_create(d, "busy.vmdk", "64M", &[]);
-    qemu_io(&busy, &["write -P 0xee 0 64M"]);
+    let busy = qemu_written(d, "busy.vmdk", "64M", &["write -P 0xee 0 64M"]);
     vmdk_ok(&["convert", "-n", "-O", "vmdk", &i, &s(&busy)]);
     qemu_img(&["compare", &i, &s(&busy)]);
     qemu_img(&["check", &s(&busy)]);
@@ -487,8 +486,7 @@ fn io_commands_match_qemu_io() {
 #[test]
 fn serve_takes_a_qemu_nbd_command_line() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "n.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x5c 0 64k"]);
+    let img = qemu_written(dir.path(), "n.vmdk", "8M", &["write -P 0x5c 0 64k"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

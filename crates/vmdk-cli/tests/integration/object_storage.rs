@@ -9,7 +9,8 @@ use std::process::Command;
 use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::{
-    self, qemu_create, qemu_create_sub, qemu_img, qemu_io, s, tempdir, vmdk_command, Run,
+    self, qemu_create, qemu_create_sub, qemu_img, qemu_io, qemu_written, s, tempdir, vmdk_command,
+    Run,
 };
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
@@ -72,8 +73,7 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     cases.push(("flat", d, "f.vmdk"));
 
     let d = dir("chain");
-    let base = qemu_create(&d, "base.vmdk", "32M", &[]);
-    qemu_io(&base, &["write -P 0x01 0 8M"]);
+    let base = qemu_written(&d, "base.vmdk", "32M", &["write -P 0x01 0 8M"]);
     let mid = common::qemu_child(&d, "mid.vmdk", &base, None);
     qemu_io(&mid, &["write -P 0x02 4M 8M"]);
     let top = common::qemu_child(&d, "top.vmdk", &mid, None);
@@ -540,8 +540,7 @@ fn credentials_region_and_endpoint_come_from_aws_profiles() {
     let moto = Moto::start(&[]);
     moto.create_bucket("prof");
     let tmp = tempdir();
-    let img = qemu_create(tmp.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x3c 1M 2M"]);
+    let img = qemu_written(tmp.path(), "a.vmdk", "16M", &["write -P 0x3c 1M 2M"]);
     let want = qemu_raw(&img, &tmp.path().join("ref.raw"));
 
     // The default profile of ~/.aws, in a HOME of the test's own.
@@ -868,8 +867,7 @@ fn remote_info_shows_the_protocol_as_qemu_does() {
     let tmp = tempdir();
     let www = tmp.path().join("www");
     std::fs::create_dir(&www).unwrap();
-    let img = qemu_create(&www, "a.vmdk", "64M", &[]);
-    qemu_io(&img, &["write -P 1 1M 2M"]);
+    qemu_written(&www, "a.vmdk", "64M", &["write -P 1 1M 2M"]);
     std::fs::write(www.join("r.raw"), vec![3u8; 1 << 20]).unwrap();
     let nginx = Nginx::start(&www);
     for name in ["a.vmdk", "r.raw"] {

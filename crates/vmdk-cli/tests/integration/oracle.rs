@@ -96,8 +96,7 @@ fn assert_human_map_matches(image: &Path) {
 #[test]
 fn info_monolithic_sparse() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&img, &["write -P 0xab 60k 10k"]);
+    let img = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 0xab 60k 10k"]);
     assert_info_matches(&img, false);
     let human = vmdk_ok(&["info", &s(&img)]);
     assert!(
@@ -160,8 +159,7 @@ fn info_two_gb_max_extent_sparse_and_extras() {
 #[test]
 fn info_backing_chain() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 1 0 64k"]);
+    let base = qemu_written(d.path(), "base.vmdk", "8M", &["write -P 1 0 64k"]);
     let top = qemu_child(d.path(), "top.vmdk", &base, None);
     assert_info_matches(&top, false);
     assert_info_matches(&top, true);
@@ -277,8 +275,7 @@ fn map_two_and_three_level_chains() {
 #[test]
 fn map_child_larger_than_backing() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "small.vmdk", "1M", &[]);
-    qemu_io(&base, &["write -P 5 0 64k"]);
+    let base = qemu_written(d.path(), "small.vmdk", "1M", &["write -P 5 0 64k"]);
     let top = qemu_child(d.path(), "big.vmdk", &base, Some("4M"));
     qemu_io(&top, &["write -P 6 2M 64k"]);
     assert_map_matches(&top, &[]);
@@ -410,8 +407,7 @@ fn info_extent_access_and_uuid() {
 #[test]
 fn map_json_prints_nothing_on_failure() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "64M", &[]);
-    qemu_io(&img, &["write -P 1 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "64M", &["write -P 1 0 1M"]);
     // The grain directory points past the end of the file.
     patch(&img, 56, &(1u64 << 30).to_le_bytes());
     for (what, path) in [

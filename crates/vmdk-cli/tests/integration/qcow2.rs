@@ -108,8 +108,7 @@ fn shapes(dir: &Path) -> Vec<(String, PathBuf)> {
     );
     out.push(("extl2-over-base".into(), xtop));
     // A qcow2 over a VMDK.
-    let vbase = qemu_create(dir, "vbase.vmdk", SIZE, &[]);
-    qemu_io(&vbase, &["write -P 0xaa 0 2M"]);
+    qemu_written(dir, "vbase.vmdk", SIZE, &["write -P 0xaa 0 2M"]);
     let over = qcreate(dir, "over-vmdk.qcow2", "", Some(("vbase.vmdk", "vmdk")));
     qio(&over, &["write -P 0xbb 1M 64k"]);
     out.push(("over-vmdk".into(), over));

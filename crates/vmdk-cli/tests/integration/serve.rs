@@ -844,8 +844,7 @@ fn open_options_are_honoured() {
 
     // A child naming its parent by an absolute path outside its directory.
     let other = tempdir();
-    let far = qemu_create(other.path(), "far.vmdk", "8M", &[]);
-    qemu_io(&far, &["write -P 0x6 4k 4k"]);
+    let far = qemu_written(other.path(), "far.vmdk", "8M", &["write -P 0x6 4k 4k"]);
     let child = dir.path().join("farchild.vmdk");
     ok(
         "qemu-img",
@@ -948,8 +947,7 @@ fn trim_and_zero_writes_give_space_back() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "trim.vmdk", "128M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 96M"]);
+    let img = qemu_written(dir.path(), "trim.vmdk", "128M", &["write -P 0x11 0 96M"]);
     let (full, len) = (allocated(&img), std::fs::metadata(&img).unwrap().len());
     let sock = dir.path().join("nbd.sock");
     let mut srv = Served::unix(&img, &sock, &["--persistent"]);
@@ -2109,8 +2107,7 @@ fn qemu_nbd_options_each_take_effect() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "opts.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x3c 0 64k"]);
+    let img = qemu_written(dir.path(), "opts.vmdk", "8M", &["write -P 0x3c 0 64k"]);
     let sock = dir.path().join("nbd.sock");
     let pid_file = dir.path().join("nbd.pid");
     vmdk_ok(&[

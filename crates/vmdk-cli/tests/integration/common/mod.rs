@@ -179,6 +179,13 @@ pub fn qemu_create(dir: &Path, name: &str, size: &str, opts: &[&str]) -> PathBuf
     p
 }
 
+/// `qemu-img create -f vmdk PATH SIZE`, then `qemu-io -c WRITE...` on it (expecting success).
+pub fn qemu_written(dir: &Path, name: &str, size: &str, writes: &[&str]) -> PathBuf {
+    let p = qemu_create(dir, name, size, &[]);
+    qemu_io(&p, writes);
+    p
+}
+
 /// `qemu-img create -f vmdk -o subformat=SUB PATH SIZE`.
 pub fn qemu_create_sub(dir: &Path, name: &str, size: &str, sub: &str) -> PathBuf {
     qemu_create(dir, name, size, &[&format!("subformat={sub}")])
