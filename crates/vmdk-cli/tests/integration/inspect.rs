@@ -77,18 +77,6 @@ fn qemu_image(d: &Path, sub: &str, size: u64) -> PathBuf {
     out
 }
 
-/// The real-world samples (`shared/samples/realworld` beside the checkout); read-only.
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world samples are missing from {}",
-        dir.display()
-    );
-    dir
-}
-
 fn copy(from: &Path, d: &Path, name: &str) -> PathBuf {
     let to = d.join(name);
     std::fs::copy(from, &to).unwrap();

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmdk_test_support::qemu::qemu_create_as;
@@ -459,12 +459,7 @@ fn qcow2_sharing_one_table(
     let mut entry = be64(&p, l1_offset);
     if entry == 0 {
         let len = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(len + 512)
-            .unwrap();
+        truncate(&p, len + 512);
         entry = len;
     }
     let l1: Vec<u8> = (0..l1_size).flat_map(|_| entry.to_be_bytes()).collect();
@@ -535,6 +530,18 @@ fn qcow2_of_32_million_entries_measures_in_moments() {
     }
 }
 
+/// The million-entry qcow2 image of 512-byte clusters below: one of data, then zero clusters
+/// and holes alternating, in every 32 KiB of 512 MiB (all L2 tables are one).
+fn million_entry_qcow2(dir: &Path) -> PathBuf {
+    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
+    cmds.extend(
+        (1..64)
+            .step_by(2)
+            .map(|i| format!("write -z {} 512", i * 512)),
+    );
+    qcow2_sharing_one_table(dir, "w.qcow2", "512M", None, &cmds)
+}
+
 /// Every whole-disk walk over a qcow2 image of a million map entries (512 MiB of 512-byte
 /// clusters: one of data, then zero clusters and holes alternating, in every 32 KiB) runs in
 /// a few MiB: map, measure, convert, compare and dd (whose window over the source mapped a
@@ -542,13 +549,7 @@ fn qcow2_of_32_million_entries_measures_in_moments() {
 #[test]
 fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
     let d = tempdir();
-    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
-    cmds.extend(
-        (1..64)
-            .step_by(2)
-            .map(|i| format!("write -z {} 512", i * 512)),
-    );
-    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let w = million_entry_qcow2(d.path());
     let ws = s(&w);
     // The pattern: 0x5a in the first 512 bytes of every 32 KiB, zeros elsewhere (`skip` is a
     // multiple of 32 KiB).
@@ -617,12 +618,7 @@ fn qcow2_of_half_a_million_tables_maps_in_moments() {
         .flat_map(|i| (first + i * 512).to_be_bytes())
         .collect();
     patch(&p, l1_offset, &l1);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(first + l1_size * 512)
-        .unwrap();
+    truncate(&p, first + l1_size * 512);
     let ps = s(&p);
     let out = bounded(&["map", "--output=json", &ps], 10, 64 * MIB);
     let e = one_entry(&out, "map");
@@ -642,13 +638,7 @@ fn qcow2_of_half_a_million_tables_maps_in_moments() {
 #[test]
 fn qcow2_overlay_over_a_million_entries_maps_in_moments() {
     let d = tempdir();
-    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
-    cmds.extend(
-        (1..64)
-            .step_by(2)
-            .map(|i| format!("write -z {} 512", i * 512)),
-    );
-    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let w = million_entry_qcow2(d.path());
     let t = qcow2_sharing_one_table(d.path(), "t.qcow2", "16G", Some("w.qcow2"), &[]);
     let (ws, ts) = (s(&w), s(&t));
     let rss = 48 * MIB;

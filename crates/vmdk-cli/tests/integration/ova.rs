@@ -14,17 +14,6 @@ use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world VMDK samples are missing: expected them in {}",
-        dir.display()
-    );
-    dir.canonicalize().expect("canonical samples path")
-}
-
 /// `tar -cf OUT -C DIR MEMBERS...` (GNU format, as ovftool-era tools write).
 fn tar_create(out: &Path, dir: &Path, members: &[&str]) {
     let mut args = vec![

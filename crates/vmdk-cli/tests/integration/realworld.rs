@@ -15,24 +15,11 @@
 //! place), so each test works on a copy. Without the samples the tests fail: they are the
 //! point of this file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
-
-/// Where the samples are: `<repository>/../shared/samples/realworld`.
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world VMDK samples are missing: expected them in {} (the shared/ folder \
-         beside the repository checkout, as CI lays it out)",
-        dir.display()
-    );
-    dir.canonicalize().expect("canonical samples path")
-}
 
 /// A writable copy of the samples with the gzip members expanded (what `prepare.sh` does).
 fn prepared() -> tempfile::TempDir {

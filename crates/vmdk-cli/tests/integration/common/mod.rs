@@ -204,11 +204,34 @@ pub fn qemu_child(dir: &Path, name: &str, backing: &Path, size: Option<&str>) ->
     p
 }
 
+/// Where the real-world samples are (read-only): `<repository>/../shared/samples/realworld`.
+pub fn samples() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = repo.join("../shared/samples/realworld");
+    assert!(
+        dir.join("README.md").is_file(),
+        "the real-world VMDK samples are missing: expected them in {} (the shared/ folder \
+         beside the repository checkout, as CI lays it out)",
+        dir.display()
+    );
+    dir.canonicalize().expect("canonical samples path")
+}
+
 /// Patch bytes of a file.
 pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Cut (or extend) a file to `len` bytes.
+pub fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 /// Read a little-endian u32 at `offset`.

@@ -196,13 +196,12 @@ pub fn merge_map(v: Vec<QMap>) -> Vec<QMap> {
 
 /// `qemu-img map --output=json IMAGE`, parsed and merged.
 pub fn qemu_map(image: &Path) -> Vec<QMap> {
-    let out = qemu_img(&[
-        "map",
-        "--output=json",
-        "-f",
-        "vmdk",
-        image.to_str().unwrap(),
-    ]);
+    qemu_map_args(&[image.to_str().unwrap()])
+}
+
+/// `qemu-img map --output=json -f vmdk ARGS...` (options, then the image), parsed and merged.
+pub fn qemu_map_args(args: &[&str]) -> Vec<QMap> {
+    let out = qemu_img(&[&["map", "--output=json", "-f", "vmdk"], args].concat());
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     merge_map(
         v.as_array()
