@@ -703,21 +703,7 @@ fn differential_against_qemu_img() {
 
 /// A ustar header block for a hostile archive (the library's writer makes only honest ones).
 fn tar_header(name: &[u8], size: u64, typeflag: u8, linkname: &[u8]) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name);
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = typeflag;
-    h[157..157 + linkname.len()].copy_from_slice(linkname);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    tar_block(name, size, typeflag, linkname, b"ustar\x0000")
 }
 
 /// One member of a hand-made archive: header name, data, typeflag, link name.

@@ -530,6 +530,19 @@ fn qcow2_of_32_million_entries_measures_in_moments() {
     }
 }
 
+/// `vmdk map` of an image over the million-entry qcow2 image (one line a 32 KiB piece), then
+/// its `measure -O vmdk` JSON, each within 20 s and `rss`.
+fn map_and_measure_million_entries(image: &str, rss: u64) -> serde_json::Value {
+    let out = bounded(&["map", image], 20, rss);
+    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
+    serde_json::from_str(&bounded(
+        &["measure", "-O", "vmdk", "--output=json", image],
+        20,
+        rss,
+    ))
+    .unwrap()
+}
+
 /// The million-entry qcow2 image of 512-byte clusters below: one of data, then zero clusters
 /// and holes alternating, in every 32 KiB of 512 MiB (all L2 tables are one).
 fn million_entry_qcow2(dir: &Path) -> PathBuf {
@@ -574,14 +587,7 @@ fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
         assert_eq!(len, 512 * MIB, "{}", p.display());
     };
     let rss = 48 * MIB;
-    let out = bounded(&["map", &ws], 20, rss);
-    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
-    let m: serde_json::Value = serde_json::from_str(&bounded(
-        &["measure", "-O", "vmdk", "--output=json", &ws],
-        20,
-        rss,
-    ))
-    .unwrap();
+    let m = map_and_measure_million_entries(&ws, rss);
     assert_eq!(m["required"], m["fully-allocated"]);
     let raw = d.path().join("w.raw");
     bounded(&["convert", "-O", "raw", &ws, &s(&raw)], 20, rss);
@@ -642,14 +648,7 @@ fn qcow2_overlay_over_a_million_entries_maps_in_moments() {
     let t = qcow2_sharing_one_table(d.path(), "t.qcow2", "16G", Some("w.qcow2"), &[]);
     let (ws, ts) = (s(&w), s(&t));
     let rss = 48 * MIB;
-    let out = bounded(&["map", &ts], 20, rss);
-    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
-    let m: serde_json::Value = serde_json::from_str(&bounded(
-        &["measure", "-O", "vmdk", "--output=json", &ts],
-        20,
-        rss,
-    ))
-    .unwrap();
+    let m = map_and_measure_million_entries(&ts, rss);
     let grains = 512 * MIB / 65536;
     let empty: serde_json::Value = serde_json::from_str(&vmdk_ok(&[
         "measure",

@@ -789,19 +789,7 @@ fn members_are_read_only_and_never_overwritten_by_their_own_readers() {
 
 /// A GNU tar header for `name` of `size` bytes, type `kind`, with a correct checksum.
 fn header(name: &str, size: u64, kind: u8) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = kind;
-    h[257..265].copy_from_slice(b"ustar  \0");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    tar_block(name.as_bytes(), size, kind, b"", b"ustar  \0")
 }
 
 fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {

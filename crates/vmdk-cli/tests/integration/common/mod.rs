@@ -217,6 +217,32 @@ pub fn samples() -> PathBuf {
     dir.canonicalize().expect("canonical samples path")
 }
 
+/// A tar header block for `name` of `size` bytes, type `typeflag`, linking to `linkname`,
+/// with `magic` and version at offset 257 (`b"ustar\x0000"` POSIX, `b"ustar  \0"` GNU) and a
+/// correct checksum.
+pub fn tar_block(
+    name: &[u8],
+    size: u64,
+    typeflag: u8,
+    linkname: &[u8],
+    magic: &[u8; 8],
+) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[157..157 + linkname.len()].copy_from_slice(linkname);
+    h[257..265].copy_from_slice(magic);
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|&b| b as u64).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
 /// Patch bytes of a file.
 pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
