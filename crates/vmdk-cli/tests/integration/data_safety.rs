@@ -909,19 +909,13 @@ fn path_gate_judges_location() {
             "read -P 0x24 0 64k",
             &s(&c),
         ]);
-        let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-            .args(["io", "-c", "read -P 0x24 0 64k", &s(&c)])
-            .env(
+        Run::of(
+            vmdk_command(&["io", "-c", "read -P 0x24 0 64k", &s(&c)]).env(
                 "VMDK_ALLOW_PATHS",
                 format!("{}:{}", s(&t.join("nope")), s(&t.join("shared/deep"))),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            ),
+        )
+        .expect(0, "VMDK_ALLOW_PATHS");
         // Another tree stays shut.
         refused(
             &vmdk(&[

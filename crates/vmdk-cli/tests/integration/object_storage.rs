@@ -3,14 +3,13 @@
 //! files do; stream and qcow2 outputs upload byte-identical to local ones; faults are clear
 //! errors or transparent retries, and leave no multipart upload behind.
 
-use crate::common::assert_contains;
 use std::path::Path;
 use std::process::Command;
 use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::{
-    self, qemu_create, qemu_create_sub, qemu_img, qemu_io, qemu_written, s, tempdir, vmdk_command,
-    Run,
+    self, assert_contains, qemu_create, qemu_create_sub, qemu_img, qemu_io, qemu_written, s,
+    tempdir, tool, vmdk_command, Run,
 };
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
@@ -873,16 +872,8 @@ fn remote_info_shows_the_protocol_as_qemu_does() {
     for name in ["a.vmdk", "r.raw"] {
         let url = nginx.url(name);
         let ours = vmdk_env(&[], &["info", "--output", "json", &url]).json();
-        let out = Command::new("qemu-img")
-            .args(["info", "--output", "json", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = tool("qemu-img", &["info", "--output", "json", &url]).expect(0, name);
+        let theirs: serde_json::Value = serde_json::from_str(&out).unwrap();
         // qemu-img reads through its curl driver (qemu-block-extra); the child node and
         // the absent allocation must agree.
         assert_eq!(ours["children"], theirs["children"], "{name}: children");
