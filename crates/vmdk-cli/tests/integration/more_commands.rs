@@ -965,7 +965,7 @@ fn help_names_exactly_the_formats_each_option_takes() {
     let p = pristine.path();
     let universe = qemu_image_formats(p);
     qemu_create(p, "v.vmdk", "1M", &[]);
-    qemu_overlay(&p.join("vovl.vmdk"), "v.vmdk", "", "");
+    qemu_overlay(p.join("vovl.vmdk"), "v.vmdk", "", "");
     std::fs::write(p.join("r.raw"), vec![0u8; 1 << 20]).unwrap();
     let taken = taken_formats(p, &universe);
     let set = |v: &[&str]| {

@@ -50,7 +50,7 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     let d = dir("stream");
     let src = qemu_create(&root.join("sparse"), "tmp-src.vmdk", "48M", &[]);
     qemu_io(&src, &["write -P 0x21 0 2M", "write -P 0x33 30M 5M"]);
-    qemu_to_vmdk(&src, &d.join("s.vmdk"), "", "subformat=streamOptimized");
+    qemu_to_vmdk(&src, d.join("s.vmdk"), "", "subformat=streamOptimized");
     std::fs::remove_file(&src).unwrap();
     cases.push(("stream", d, "s.vmdk"));
 

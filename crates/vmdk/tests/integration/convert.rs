@@ -122,7 +122,7 @@ fn check_raw_output(what: &str, image: &Path, format: Option<&str>, dir: &Dir) {
 }
 
 fn qemu_convert(src: &Path, dst: &Path, subformat: &str) {
-    qemu_to_vmdk(&src, &dst, "raw", &format!("subformat={subformat}"));
+    qemu_to_vmdk(src, dst, "raw", &format!("subformat={subformat}"));
 }
 
 const SIZE: u64 = 5 * MIB + 3 * 512;
