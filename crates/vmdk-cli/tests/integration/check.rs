@@ -1,6 +1,8 @@
 //! `vmdk check`: clean on what qemu and we make, corruptions and leaks found in patched files.
 
 use std::path::Path;
+use vmdk_test_support::qemu::qemu_to_vmdk;
+use vmdk_test_support::qemu::SUBFORMATS_AND_VMFS;
 
 use crate::common::*;
 
@@ -59,15 +61,7 @@ fn qemu_images_are_clean() {
     assert_clean(&z);
 
     let s2 = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&a),
-        &s(&s2),
-    ]);
+    qemu_to_vmdk(&a, &s2, "", "subformat=streamOptimized");
     assert_clean(&s2);
     let (_, v) = check_json(&s2);
     assert_eq!(v["compressed-clusters"], v["allocated-clusters"]);
@@ -82,22 +76,12 @@ fn qemu_images_are_clean() {
     ]);
     assert_clean(&s2);
 
-    let t = qemu_create(
-        d.path(),
-        "t.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let t = qemu_create_sub(d.path(), "t.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(&t, &["write -P 1 2047M 2M"]);
     assert_clean(&t);
 
     for sub in ["monolithicFlat", "twoGbMaxExtentFlat"] {
-        let f = qemu_create(
-            d.path(),
-            &format!("{sub}.vmdk"),
-            "4M",
-            &[&format!("subformat={sub}")],
-        );
+        let f = qemu_create_sub(d.path(), &format!("{sub}.vmdk"), "4M", sub);
         assert_clean(&f);
     }
 
@@ -112,14 +96,7 @@ fn qemu_images_are_clean() {
 #[test]
 fn our_images_are_clean() {
     let d = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-        "vmfs",
-    ] {
+    for sub in SUBFORMATS_AND_VMFS {
         let p = d.path().join(format!("{sub}.vmdk"));
         vmdk_ok(&[
             "create",
@@ -160,8 +137,7 @@ fn our_images_are_clean() {
 #[test]
 fn grain_past_end_of_file() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 128k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 128k"]);
     // Grain 2 (virtual sector 256) points far past the end, in both tables.
     patch(&a, gte_offset(&a, 2), &100000u32.to_le_bytes());
     patch(&a, rgte_offset(&a, 2), &100000u32.to_le_bytes());
@@ -182,28 +158,27 @@ fn grain_past_end_of_file() {
     // qemu-img finds it too (and fails the check).
     let q = tool("qemu-img", &["check", &s(&a)]);
     assert_ne!(q.code, 0);
-    assert!(q.stderr.contains("points after EOF"), "{}", q.stderr);
+    assert_contains!(q.stderr, "points after EOF");
 }
 
 #[test]
 fn shared_and_misplaced_grains() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 128k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 128k"]);
     let g0 = read_u32(&a, gte_offset(&a, 0));
     // Grain 5 shares grain 0's space.
     patch(&a, gte_offset(&a, 5), &g0.to_le_bytes());
     patch(&a, rgte_offset(&a, 5), &g0.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("overlaps another grain"), "{}", r.stderr);
+    assert_contains!(r.stderr, "overlaps another grain");
 
     // Grain 6 points at sector 1 (the descriptor): no zeroed-grain flag, so that is data.
     patch(&a, gte_offset(&a, 6), &1u32.to_le_bytes());
     patch(&a, rgte_offset(&a, 6), &1u32.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("overlaps metadata"), "{}", r.stderr);
+    assert_contains!(r.stderr, "overlaps metadata");
     let (_, v) = check_json(&a);
     assert_eq!(v["corruptions"], 2);
 }
@@ -211,26 +186,21 @@ fn shared_and_misplaced_grains() {
 #[test]
 fn grain_table_problems() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "64M", &[]);
-    qemu_io(&a, &["write -P 1 0 64k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "64M", &["write -P 1 0 64k"]);
     let gd = read_u64(&a, 56) * 512;
     // Directory entry 1 points past the end of the file.
     patch(&a, gd + 4, &0x100000u32.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("grain table 1 at offset"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("past the end of the file"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "grain table 1 at offset");
+    assert_contains!(r.stderr, "past the end of the file");
     // Directory entry 1 points at the same table as entry 0.
     let gt0 = read_u32(&a, gd);
     patch(&a, gd + 4, &gt0.to_le_bytes());
     let r = check(&a);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("grain table 1 at offset"), "{}", r.stderr);
-    assert!(r.stderr.contains("overlaps metadata"), "{}", r.stderr);
+    assert_contains!(r.stderr, "grain table 1 at offset");
+    assert_contains!(r.stderr, "overlaps metadata");
     // The redundant copy now disagrees: a warning, not a corruption.
     patch(&a, gd + 4, &0u32.to_le_bytes());
     assert_eq!(check(&a).code, 0);
@@ -248,8 +218,7 @@ fn grain_table_problems() {
 #[test]
 fn leaked_space() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&a, &["write -P 1 0 64k"]);
+    let a = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 1 0 64k"]);
     // A grain's worth of garbage appended that no table points at.
     let mut f = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
     std::io::Write::write_all(&mut f, &[0x5a; 65536]).unwrap();
@@ -259,11 +228,7 @@ fn leaked_space() {
     assert!(r.stdout.contains(
         "1 leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n"
     ));
-    assert!(
-        r.stderr.contains("leaked space: 65536 bytes at offset"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "leaked space: 65536 bytes at offset");
     let (code, v) = check_json(&a);
     assert_eq!(code, 3);
     assert_eq!(v["leaks"], 1);
@@ -274,28 +239,15 @@ fn leaked_space() {
 #[test]
 fn bad_compressed_grain_marker() {
     let d = tempdir();
-    let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
-    qemu_io(&src, &["write -P 1 0 128k"]);
+    let src = qemu_written(d.path(), "src.vmdk", "4M", &["write -P 1 0 128k"]);
     let st = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&st),
-    ]);
+    qemu_to_vmdk(&src, &st, "", "subformat=streamOptimized");
     let g1 = read_u32(&st, gte_offset(&st, 1)) as u64 * 512;
     // The marker's size field claims a megabyte.
     patch(&st, g1 + 8, &(1u32 << 20).to_le_bytes());
     let r = check(&st);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("marker claims 1048576 compressed bytes"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "marker claims 1048576 compressed bytes");
     // A wrong LBA in the marker.
     patch(&st, g1 + 8, &85u32.to_le_bytes());
     patch(&st, g1, &7u64.to_le_bytes());

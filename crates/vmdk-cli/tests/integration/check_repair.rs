@@ -205,11 +205,7 @@ fn leaks_are_left_when_grains_overlap() {
     patch(&a, len, &[0x5a; 65536]);
     let r = vmdk(&["check", "-r", "all", &s(&a)]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("leaked space left as it is"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "leaked space left as it is");
     assert_eq!(std::fs::metadata(&a).unwrap().len(), len + 65536);
     qemu_io(&a, &["read -P 2 64k 64k", "read -P 4 32M 128k"]);
 }
@@ -217,12 +213,8 @@ fn leaks_are_left_when_grains_overlap() {
 #[test]
 fn stream_images_cannot_be_repaired() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "4M", &["subformat=streamOptimized"]);
+    let a = qemu_create_sub(d.path(), "a.vmdk", "4M", "streamOptimized");
     let r = vmdk(&["check", "-r", "leaks", &s(&a)]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("only hosted sparse extents"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "only hosted sparse extents");
 }

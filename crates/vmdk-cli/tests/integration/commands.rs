@@ -1,6 +1,7 @@
 //! `vmdk create`, `convert`, `compare` and `io`, with qemu-img / qemu-io as the oracle.
 
 use std::path::Path;
+use vmdk_test_support::qemu::SUBFORMATS_AND_VMFS;
 
 use crate::common::vmdk_io as io;
 use crate::common::*;
@@ -8,14 +9,7 @@ use crate::common::*;
 #[test]
 fn create_every_subformat() {
     let d = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-        "vmfs",
-    ] {
+    for sub in SUBFORMATS_AND_VMFS {
         let p = d.path().join(format!("{sub}.vmdk"));
         let out = vmdk_ok(&["create", "-o", &format!("subformat={sub}"), &s(&p), "3M"]);
         assert_eq!(
@@ -83,7 +77,7 @@ fn create_options_like_qemu() {
         let r = vmdk(&args);
         assert_eq!(r.code, 1, "{args:?}");
         assert!(r.stderr.starts_with("vmdk: "), "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains(msg), "{args:?}: {}", r.stderr);
+        assert_contains!(r.stderr, msg, "{args:?}");
     }
     assert!(!d.path().join("y.vmdk").exists());
 }
@@ -91,8 +85,7 @@ fn create_options_like_qemu() {
 #[test]
 fn create_with_backing_takes_its_size() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "base.vmdk", "6M", &[]);
-    qemu_io(&base, &["write -P 3 1M 64k"]);
+    qemu_written(d.path(), "base.vmdk", "6M", &["write -P 3 1M 64k"]);
     let top = d.path().join("top.vmdk");
     let out = vmdk_ok(&["create", "-b", "base.vmdk", "-F", "vmdk", &s(&top)]);
     assert_eq!(
@@ -215,10 +208,8 @@ fn convert_to_raw_and_vmdk() {
 #[test]
 fn compare_like_qemu() {
     let d = tempdir();
-    let a = qemu_create(d.path(), "a.vmdk", "4M", &[]);
-    qemu_io(&a, &["write -P 1 0 1M"]);
-    let b = qemu_create(d.path(), "b.vmdk", "4M", &[]);
-    qemu_io(&b, &["write -P 1 0 1M"]);
+    let a = qemu_written(d.path(), "a.vmdk", "4M", &["write -P 1 0 1M"]);
+    let b = qemu_written(d.path(), "b.vmdk", "4M", &["write -P 1 0 1M"]);
     let same = |x: &Path, y: &Path, extra: &[&str]| {
         let (xs, ys) = (s(x), s(y));
         let mut args = vec!["compare"];
@@ -236,8 +227,7 @@ fn compare_like_qemu() {
     assert_eq!(same(&a, &b, &[]), 1);
 
     // Different sizes: the extra part must be zero unless strict.
-    let c = qemu_create(d.path(), "c.vmdk", "6M", &[]);
-    qemu_io(&c, &["write -P 1 0 1M"]);
+    let c = qemu_written(d.path(), "c.vmdk", "6M", &["write -P 1 0 1M"]);
     assert_eq!(same(&a, &c, &[]), 0);
     assert_eq!(same(&a, &c, &["-s"]), 1);
     qemu_io(&c, &["write -P 3 5M 512"]);
@@ -304,8 +294,7 @@ fn io_reads_and_writes_like_qemu_io() {
 #[test]
 fn io_failures() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "1M", &[]);
-    qemu_io(&img, &["write -P 1 0 64k"]);
+    let img = qemu_written(d.path(), "a.vmdk", "1M", &["write -P 1 0 64k"]);
     // Pattern mismatch: reported, later commands still run, exit status 1.
     let r = io(&img, &["read -P 2 0 4k", "read -P 1 0 4k"]);
     assert_eq!(r.code, 1);
@@ -340,11 +329,7 @@ fn io_failures() {
     assert_eq!(r.code, 1);
     let r = io(&img, &["read -P 300 0 512"]);
     assert_eq!(r.code, 1);
-    assert!(
-        r.stdout.contains("300 is not a valid pattern byte"),
-        "{}",
-        r.stdout
-    );
+    assert_contains!(r.stdout, "300 is not a valid pattern byte");
     // Nothing was written by any of that.
     qemu_io(&img, &["read -P 1 0 64k", "read -P 0 64k 960k"]);
     let r = vmdk(&["io", "-c", "read 0 512", &s(&d.path().join("missing.vmdk"))]);
@@ -460,8 +445,7 @@ fn io_discard_gives_space_back() {
         );
     }
     // Space freed at the end of the file cuts it.
-    let img = qemu_create(d.path(), "tail.vmdk", "128M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 64M"]);
+    let img = qemu_written(d.path(), "tail.vmdk", "128M", &["write -P 0x11 0 64M"]);
     let len = std::fs::metadata(&img).unwrap().len();
     assert_eq!(io(&img, &["discard 32M 32M"]).code, 0);
     let cut = std::fs::metadata(&img).unwrap().len();
@@ -469,24 +453,16 @@ fn io_discard_gives_space_back() {
     both_clean(&img);
     qemu_io(&img, &["read -P 0x11 0 32M", "read -P 0 32M 96M"]);
     // A streamOptimized image cannot deallocate its compressed grains, and says so.
-    let img = qemu_create(
-        d.path(),
-        "stream.vmdk",
-        "128M",
-        &["subformat=streamOptimized"],
-    );
+    let img = qemu_create_sub(d.path(), "stream.vmdk", "128M", "streamOptimized");
     qemu_io(&img, &["write -P 0x11 0 1M"]);
     let r = io(&img, &["discard 0 1M"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     // On stdout, where qemu-io too reports a command that failed.
     assert!(r.stdout.starts_with("discard failed: "), "{}", r.stdout);
-    assert!(
-        r.stdout.contains(
-            "stream.vmdk': cannot deallocate the grains of a compressed \
+    assert_contains!(
+        r.stdout,
+        "stream.vmdk': cannot deallocate the grains of a compressed \
              (streamOptimized) image: convert it to another subformat first"
-        ),
-        "{}",
-        r.stdout
     );
     qemu_io(&img, &["read -P 0x11 0 1M"]);
 }
@@ -502,7 +478,7 @@ fn errors_are_prefixed() {
     std::fs::write(&p, b"hello").unwrap();
     let r = vmdk(&["info", "-f", "vmdk", &s(&p)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("not a VMDK image"), "{}", r.stderr);
+    assert_contains!(r.stderr, "not a VMDK image");
     // Probed as raw otherwise, like qemu-img.
     let v = vmdk(&["info", "--output=json", &s(&p)]).json();
     assert_eq!(v["format"], "raw");

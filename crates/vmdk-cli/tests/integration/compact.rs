@@ -2,6 +2,7 @@
 //! `qemu-img compare` finds it identical to a copy taken before, and its files got smaller.
 
 use crate::common::*;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ fn files_size(dir: &Path) -> u64 {
 /// `before*`, keeping the names inside the descriptor working: the copy is converted.
 fn snapshot(img: &Path) -> PathBuf {
     let before = img.with_file_name("before.vmdk");
-    qemu_img(&["convert", "-f", "vmdk", "-O", "vmdk", &s(img), &s(&before)]);
+    qemu_to_vmdk(img, &before, "vmdk", "");
     before
 }
 
@@ -43,11 +44,7 @@ fn compact_and_compare(img: &Path, expect_smaller: bool) -> String {
         "qemu-img compare:\n{}{}",
         cmp.stdout, cmp.stderr
     );
-    assert!(
-        cmp.stdout.contains("Images are identical"),
-        "{}",
-        cmp.stdout
-    );
+    assert_contains!(cmp.stdout, "Images are identical");
     vmdk_ok(&["check", &s(img)]);
     let size_after = files_size(dir);
     if expect_smaller {
@@ -92,8 +89,7 @@ fn qemu_image_with_zeros_and_holes() {
 fn overlay_keeps_zeros_over_its_backing_file() {
     for zeroed_grain in [true, false] {
         let t = tempdir();
-        let base = qemu_create(t.path(), "base.vmdk", "16M", &[]);
-        qemu_io(&base, &["write -P 0xaa 0 16M"]);
+        qemu_written(t.path(), "base.vmdk", "16M", &["write -P 0xaa 0 16M"]);
         let img = t.path().join("d.vmdk");
         let mut args = vec![
             "create",
@@ -136,12 +132,7 @@ fn overlay_keeps_zeros_over_its_backing_file() {
 #[test]
 fn two_gb_max_extent_sparse() {
     let t = tempdir();
-    let img = qemu_create(
-        t.path(),
-        "d.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let img = qemu_create_sub(t.path(), "d.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(
         &img,
         &[
@@ -159,7 +150,7 @@ fn two_gb_max_extent_sparse() {
 #[test]
 fn refuses_what_it_cannot_compact() {
     let t = tempdir();
-    let stream = qemu_create(t.path(), "s.vmdk", "16M", &["subformat=streamOptimized"]);
+    let stream = qemu_create_sub(t.path(), "s.vmdk", "16M", "streamOptimized");
     let r = vmdk(&["compact", &s(&stream)]);
     assert_eq!(r.code, 1);
     assert!(
@@ -167,10 +158,10 @@ fn refuses_what_it_cannot_compact() {
         "{}",
         r.stderr
     );
-    let flat = qemu_create(t.path(), "f.vmdk", "16M", &["subformat=monolithicFlat"]);
+    let flat = qemu_create_sub(t.path(), "f.vmdk", "16M", "monolithicFlat");
     let r = vmdk(&["compact", &s(&flat)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("only sparse images"), "{}", r.stderr);
+    assert_contains!(r.stderr, "only sparse images");
     let raw = t.path().join("r.img");
     std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
     assert_eq!(vmdk(&["compact", &s(&raw)]).code, 1);

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::qemu_overlay;
 
 use crate::common::*;
 
@@ -132,11 +133,7 @@ fn refused(r: &Run, needle: &str, what: &str) {
         "{what} should fail\nstdout: {}\nstderr: {}",
         r.stdout, r.stderr
     );
-    assert!(
-        r.stderr.contains(needle),
-        "{what}: wanted {needle:?} in:\n{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, needle, "{what}");
 }
 
 fn qemu_clean(image: &Path) {
@@ -149,8 +146,7 @@ fn qemu_clean(image: &Path) {
 #[test]
 fn qemu_nbd_writer_excludes_vmdk_writers_and_readers_but_not_force_share() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x5a 0 1M"]);
+    let img = qemu_written(dir.path(), "a.vmdk", "16M", &["write -P 0x5a 0 1M"]);
     let sock = dir.path().join("nbd.sock");
     let held = Holder::qemu_nbd(&img, &sock, &[]);
     let i = s(&img);
@@ -162,11 +158,7 @@ fn qemu_nbd_writer_excludes_vmdk_writers_and_readers_but_not_force_share() {
     );
     let r = vmdk(&["info", &i]);
     refused(&r, "Failed to get shared \"write\" lock", "vmdk info");
-    assert!(
-        r.stderr.contains("Is another process using the image"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "Is another process using the image");
     refused(
         &vmdk(&["map", &i]),
         "Failed to get shared \"write\" lock",
@@ -276,7 +268,7 @@ fn readers_share_with_readers() {
 fn every_file_of_the_image_is_locked() {
     let dir = tempdir();
     // A flat extent: QEMU locks the data file too.
-    let flat = qemu_create(dir.path(), "f.vmdk", "8M", &["subformat=monolithicFlat"]);
+    let flat = qemu_create_sub(dir.path(), "f.vmdk", "8M", "monolithicFlat");
     let sock = dir.path().join("f.sock");
     let held = Holder::vmdk_serve(&flat, &sock, &[]);
     let data = dir.path().join("f-flat.vmdk");
@@ -304,12 +296,7 @@ fn every_file_of_the_image_is_locked() {
 #[test]
 fn twogb_extents_locked_against_qemu() {
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "s.vmdk",
-        "5G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let img = qemu_create_sub(dir.path(), "s.vmdk", "5G", "twoGbMaxExtentSparse");
     {
         let _held = Holder::qemu_nbd(&img, &dir.path().join("q.sock"), &[]);
         refused(
@@ -345,8 +332,7 @@ const FORCE_SHARE: &str = "force-share=on can only be used with read-only images
 
 /// The files of an overlay and its base, 16 MiB with data in both.
 fn chain(d: &Path) -> (PathBuf, PathBuf) {
-    let base = qemu_create(d, "base.vmdk", "16M", &[]);
-    qemu_io(&base, &["write -P 0x11 0 1M"]);
+    let base = qemu_written(d, "base.vmdk", "16M", &["write -P 0x11 0 1M"]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     qemu_io(&top, &["write -P 0x22 1M 1M"]);
     (base, top)
@@ -385,11 +371,7 @@ fn qemu_refuses_u(args: &[&str], image: &Path) {
 fn qemu_takes_no_u(args: &[&str]) {
     let r = tool("qemu-img", args);
     assert_eq!(r.code, 1, "qemu-img {args:?}: {}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("invalid option -- 'U'"),
-        "qemu-img {args:?}: {}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "invalid option -- 'U'", "qemu-img {args:?}");
 }
 
 #[test]
@@ -427,8 +409,7 @@ fn rebase_refuses_force_share() {
 #[test]
 fn check_repair_refuses_force_share() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "16M", &["write -P 0x11 0 1M"]);
     let i = s(&img);
     for mode in ["all", "leaks"] {
         let args = ["check", "-U", "-r", mode, &i];
@@ -459,8 +440,7 @@ fn commit_refuses_force_share() {
 fn compact_refuses_force_share() {
     // No qemu-img counterpart (VMware's vdiskmanager -k).
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "16M", &["write -P 0 0 1M"]);
     ours_refuse_u(&["compact", "-U", &s(&img)], &img, &[&img]);
 }
 
@@ -534,7 +514,7 @@ fn serve_and_mount_read_write_refuse_force_share() {
     // qemu-nbd takes no -U.
     let r = tool("qemu-nbd", &["-U", "-k", &s(&sock), "-f", "vmdk", &i]);
     assert_eq!(r.code, 1, "qemu-nbd -U: {}", r.stderr);
-    assert!(r.stderr.contains("invalid option -- 'U'"), "{}", r.stderr);
+    assert_contains!(r.stderr, "invalid option -- 'U'");
     ours_refuse_u(&["serve", "-U", "-k", &s(&sock), &i], &img, &[&img]);
     assert!(!sock.exists(), "a refused server left its socket");
     // Read-only, -U serves: while a writer holds the image, too.
@@ -551,8 +531,7 @@ fn serve_and_mount_read_write_refuse_force_share() {
 #[test]
 fn convert_shares_its_sources_never_its_target() {
     let d = tempdir();
-    let src = qemu_create(d.path(), "src.vmdk", "16M", &[]);
-    qemu_io(&src, &["write -P 0x33 0 1M"]);
+    let src = qemu_written(d.path(), "src.vmdk", "16M", &["write -P 0x33 0 1M"]);
     let dst = qemu_create(d.path(), "dst.vmdk", "16M", &[]);
     let (sp, dp) = (s(&src), s(&dst));
     // A writer holds the source: -U reads it anyway, into a new file or onto an existing
@@ -602,9 +581,8 @@ fn convert_shares_its_sources_never_its_target() {
 fn convert_and_create_never_overwrite_their_input() {
     let dir = tempdir();
     let d = dir.path();
-    let img = qemu_create(d, "ex.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x77 0 256k"]);
-    let flat = qemu_create(d, "fl.vmdk", "8M", &["subformat=monolithicFlat"]);
+    let img = qemu_written(d, "ex.vmdk", "8M", &["write -P 0x77 0 256k"]);
+    let flat = qemu_create_sub(d, "fl.vmdk", "8M", "monolithicFlat");
     let base = qemu_create(d, "base.vmdk", "8M", &[]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     std::os::unix::fs::symlink("ex.vmdk", d.join("sym.vmdk")).unwrap();
@@ -714,11 +692,7 @@ fn convert_and_create_never_overwrite_their_input() {
         let args: Vec<&str> = c.iter().map(|a| a.as_str()).collect();
         let r = vmdk(&args);
         assert_ne!(r.code, 0, "{args:?} succeeded");
-        assert!(
-            r.stderr.contains("refusing to overwrite"),
-            "{args:?}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "refusing to overwrite", "{args:?}");
     }
     for (p, bytes) in &before {
         assert!(sha(p) == *bytes, "{} changed", p.display());
@@ -732,8 +706,7 @@ fn convert_and_create_never_overwrite_their_input() {
 #[test]
 fn creating_over_an_image_in_use_is_refused() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "busy.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x33 0 64k"]);
+    let img = qemu_written(dir.path(), "busy.vmdk", "8M", &["write -P 0x33 0 64k"]);
     let before = sha(&img);
     let sock = dir.path().join("b.sock");
     let held = Holder::qemu_nbd(&img, &sock, &["-r"]);
@@ -847,11 +820,7 @@ fn other_formats_are_named_and_refused_unless_raw_is_asked_for() {
             args.push(&f);
             let r = vmdk(&args);
             assert_ne!(r.code, 0, "{args:?}");
-            assert!(
-                r.stderr.contains(&format!("is a {desc} image")),
-                "{args:?}: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, &format!("is a {desc} image"), "{args:?}");
         }
         let r = vmdk(&["io", "-c", "read 0 512", &f]);
         refused(&r, &format!("is a {desc} image"), &format!("io on {name}"));
@@ -903,22 +872,11 @@ fn path_gate_judges_location() {
     std::fs::create_dir_all(t.join("vm")).unwrap();
     std::fs::create_dir_all(t.join("shared/deep")).unwrap();
     std::fs::create_dir_all(t.join("elsewhere")).unwrap();
-    let base = qemu_create(&t.join("vm"), "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 0x42 0 64k"]);
+    let base = qemu_written(&t.join("vm"), "base.vmdk", "8M", &["write -P 0x42 0 64k"]);
 
     // qemu-img writes the absolute path the user typed: inside the directory, so it opens.
     let abs_child = t.join("vm/abs.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        &s(&base),
-        "-F",
-        "vmdk",
-        &s(&abs_child),
-    ]);
+    qemu_overlay(&abs_child, &s(&base), "", "");
     vmdk_ok(&["io", "-c", "read -P 0x42 0 64k", &s(&abs_child)]);
     vmdk_ok(&["map", &s(&abs_child)]);
     // And so does ours.
@@ -938,19 +896,11 @@ fn path_gate_judges_location() {
         let c = t.join("vm").join(child);
         let r = vmdk(&["create", "-b", &backing, "-F", "vmdk", &s(&c)]);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("--allow-path"),
-            "create tells how to open it: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "--allow-path", "create tells how to open it");
         let r = vmdk(&["io", "-c", "read -P 0x24 0 64k", &s(&c)]);
         refused(&r, &backing, "outside without --allow-path");
-        assert!(
-            r.stderr.contains("lies outside the image's directory"),
-            "{}",
-            r.stderr
-        );
-        assert!(r.stderr.contains("hint: "), "{}", r.stderr);
+        assert_contains!(r.stderr, "lies outside the image's directory");
+        assert_contains!(r.stderr, "hint: ");
         vmdk_ok(&[
             "io",
             "--allow-path",
@@ -959,19 +909,13 @@ fn path_gate_judges_location() {
             "read -P 0x24 0 64k",
             &s(&c),
         ]);
-        let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-            .args(["io", "-c", "read -P 0x24 0 64k", &s(&c)])
-            .env(
+        Run::of(
+            vmdk_command(&["io", "-c", "read -P 0x24 0 64k", &s(&c)]).env(
                 "VMDK_ALLOW_PATHS",
                 format!("{}:{}", s(&t.join("nope")), s(&t.join("shared/deep"))),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            ),
+        )
+        .expect(0, "VMDK_ALLOW_PATHS");
         // Another tree stays shut.
         refused(
             &vmdk(&[

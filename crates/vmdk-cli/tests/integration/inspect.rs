@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::{qemu_create_as, qemu_to_vmdk};
 
 use crate::common::*;
 
@@ -72,28 +73,8 @@ fn qemu_image(d: &Path, sub: &str, size: u64) -> PathBuf {
         );
     }
     let out = d.join(format!("{sub}.vmdk"));
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        &format!("subformat={sub}"),
-        &s(&src),
-        &s(&out),
-    ]);
+    qemu_to_vmdk(&src, &out, "", &format!("subformat={sub}"));
     out
-}
-
-/// The real-world samples (`shared/samples/realworld` beside the checkout); read-only.
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world samples are missing from {}",
-        dir.display()
-    );
-    dir
 }
 
 fn copy(from: &Path, d: &Path, name: &str) -> PathBuf {
@@ -121,7 +102,7 @@ fn qemu_single_file_images_are_safe() {
         // Human output says the same.
         let h = vmdk(&["inspect", &s(&img)]);
         assert_eq!(h.code, 0);
-        assert!(h.stdout.contains("verdict: safe"), "{}", h.stdout);
+        assert_contains!(h.stdout, "verdict: safe");
     }
     // qemu-img create's empty images and zeroed-grain images too.
     let empty = qemu_create(d, "empty.vmdk", "1G", &[]);
@@ -172,16 +153,7 @@ fn other_formats_named_vmdk_are_named() {
     }
     // A fixed VHD marks only its last sector.
     let fixed = d.join("fixed.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=fixed",
-        &s(&fixed),
-        "4M",
-    ]);
+    qemu_create_as("vpc", &fixed, "4M", "subformat=fixed");
     let j = assert_unsafe(&fixed, &[], "foreign-format");
     assert_eq!(j["format"], "vpc");
     let raw = d.join("raw.vmdk");
@@ -338,7 +310,7 @@ fn unreadable_files_exit_2() {
     let d = t.path();
     let r = vmdk(&["inspect", &s(&d.join("missing.vmdk"))]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("missing.vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "missing.vmdk");
     let r = vmdk(&["inspect", &s(d)]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     // A FIFO is refused at once (reading it would wait for a writer forever).
@@ -457,8 +429,7 @@ fn qemu_info(file: &Path) -> Result<Option<String>, String> {
 
 /// A qemu-made monolithicSparse image with data, and its descriptor text.
 fn sparse_with_text(d: &Path) -> (Vec<u8>, String) {
-    let img = qemu_create(d, "good.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x61 0 64k"]);
+    let img = qemu_written(d, "good.vmdk", "16M", &["write -P 0x61 0 64k"]);
     let bytes = std::fs::read(&img).unwrap();
     let area = &bytes[512..512 + 20 * 512];
     let end = area.iter().position(|&b| b == 0).unwrap();
@@ -623,7 +594,7 @@ fn what_qemu_refuses_or_reads_elsewhere_is_named() {
     std::fs::write(&f, &zero).unwrap();
     let info = tool("qemu-img", &["info", "--output=json", &s(&f)]);
     assert_eq!(info.code, 0, "{}", info.stderr);
-    assert!(info.stdout.contains("/etc/hostname"), "{}", info.stdout);
+    assert_contains!(info.stdout, "/etc/hostname");
     let j = assert_unsafe(&f, &[], "capacity-zero-descriptor");
     assert!(j["reasons"].to_string().contains("/etc/hostname"), "{j:#}");
 }
@@ -732,21 +703,7 @@ fn differential_against_qemu_img() {
 
 /// A ustar header block for a hostile archive (the library's writer makes only honest ones).
 fn tar_header(name: &[u8], size: u64, typeflag: u8, linkname: &[u8]) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name);
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = typeflag;
-    h[157..157 + linkname.len()].copy_from_slice(linkname);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    tar_block(name, size, typeflag, linkname, b"ustar\x0000")
 }
 
 /// One member of a hand-made archive: header name, data, typeflag, link name.

@@ -20,6 +20,7 @@
 //! are replayed with what they stand for, or left out, as each test says.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_create_as;
 
 use crate::common::*;
 
@@ -700,16 +701,7 @@ fn iotest_059_qcow2_with_small_clusters_to_stream_optimized() {
     let r = Replay::new();
     for d in [&r.ours, &r.qemu] {
         let q = s(&d.join("t.vmdk.qcow2"));
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            &q,
-            "1G",
-        ]);
+        qemu_create_as("qcow2", &q, "1G", "cluster_size=4096");
         for c in ["write -P 0xa 0 512", "write -P 0xb 10240 512"] {
             tool("qemu-io", &["-f", "qcow2", "-c", c, &q]).expect(0, c);
         }
@@ -860,7 +852,7 @@ fn iotest_059_afl9_sample() {
     }
     let q = tool("qemu-img", &["info", &i]);
     assert_eq!(q.code, 1);
-    assert!(q.stderr.contains("L1 size too big"), "{}", q.stderr);
+    assert_contains!(q.stderr, "L1 size too big");
 }
 
 /// Extent names with spaces (059's descriptor edge cases; qemu quotes names in the
@@ -1068,11 +1060,7 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(
-        theirs.stdout.contains("read failed: Invalid argument"),
-        "{}",
-        theirs.stdout
-    );
+    assert_contains!(theirs.stdout, "read failed: Invalid argument");
     let forced = vmdk(&[
         "io",
         "--ignore-cid-mismatch",
@@ -1101,11 +1089,7 @@ fn iotest_225_vmdk_backing_file_correlation() {
         &["-f", "vmdk", "-c", "read 0 512", &s(&r.qemu("t.vmdk"))],
     );
     assert_eq!(theirs.code, 1);
-    assert!(
-        theirs.stderr.contains("Could not open backing file"),
-        "{}",
-        theirs.stderr
-    );
+    assert_contains!(theirs.stderr, "Could not open backing file");
 }
 
 /// iotest 279, "qemu-img info --backing-chain": base <- mid <- top; `info --backing-chain`

@@ -103,11 +103,7 @@ fn commit_keep_and_deeper_base() {
     let other = qemu_create(d, "other.vmdk", "32M", &[]);
     let r = vmdk(&["commit", "-b", &s(&other), &s(&top)]);
     assert_ne!(r.code, 0);
-    assert!(
-        r.stderr.contains("not in the backing chain"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "not in the backing chain");
     let _ = (base, mid);
 }
 
@@ -116,10 +112,8 @@ fn rebase_keeps_the_guest_view() {
     let dir = tempdir();
     let d = dir.path();
     let (base, mid, top) = chain(d, "r-");
-    let other = qemu_create(d, "other.vmdk", "32M", &[]);
-    qemu_io(&other, &["write -P 0x41 0 16M"]);
-    let small = qemu_create(d, "small.vmdk", "8M", &[]);
-    qemu_io(&small, &["write -P 0x51 0 8M"]);
+    qemu_written(d, "other.vmdk", "32M", &["write -P 0x41 0 16M"]);
+    let small = qemu_written(d, "small.vmdk", "8M", &["write -P 0x51 0 8M"]);
     let want = raw_of(&top);
     // qemu-img cannot do any of this for VMDK.
     assert_ne!(
@@ -149,8 +143,7 @@ fn rebase_keeps_the_guest_view() {
 fn rebase_unsafe_only_rewrites_the_reference() {
     let dir = tempdir();
     let d = dir.path();
-    let base = qemu_create(d, "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 0x61 0 1M"]);
+    let base = qemu_written(d, "base.vmdk", "8M", &["write -P 0x61 0 1M"]);
     let top = qemu_child(d, "top.vmdk", &base, None);
     std::fs::copy(&base, d.join("copy.vmdk")).unwrap();
     let grains_before = vmdk_ok(&["map", "--output=json", &s(&top)]);
@@ -172,12 +165,7 @@ fn amend_changes_only_the_named_lines() {
     let dir = tempdir();
     let d = dir.path();
     for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse"] {
-        let img = qemu_create(
-            d,
-            &format!("{sub}.vmdk"),
-            "20M",
-            &[&format!("subformat={sub}")],
-        );
+        let img = qemu_create_sub(d, &format!("{sub}.vmdk"), "20M", sub);
         qemu_io(&img, &["write -P 0x71 0 1M"]);
         let want = raw_of(&img);
         let desc = |p: &Path| {
@@ -244,12 +232,7 @@ fn resize_grows_every_writable_subformat() {
         "twoGbMaxExtentSparse",
         "twoGbMaxExtentFlat",
     ] {
-        let img = qemu_create(
-            d,
-            &format!("{sub}.vmdk"),
-            "100M",
-            &[&format!("subformat={sub}")],
-        );
+        let img = qemu_create_sub(d, &format!("{sub}.vmdk"), "100M", sub);
         qemu_io(&img, &["write -P 7 0 1M", "write -P 8 99M 1M"]);
         let i = s(&img);
         // qemu-img cannot resize a VMDK at all.
@@ -279,8 +262,7 @@ fn resize_grows_every_writable_subformat() {
         qemu_img(&["check", &i]);
     }
     // A directory with no room left moves to the end of the file.
-    let big = qemu_create(d, "big.vmdk", "64M", &[]);
-    qemu_io(&big, &["write -P 5 0 64k"]);
+    let big = qemu_written(d, "big.vmdk", "64M", &["write -P 5 0 64k"]);
     vmdk_ok(&["resize", &s(&big), "300G"]);
     qemu_img(&["check", &s(&big)]);
     qemu_io(
@@ -298,12 +280,12 @@ fn resize_grows_every_writable_subformat() {
 fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let dir = tempdir();
     let d = dir.path();
-    let flat = qemu_create(d, "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    let flat = qemu_create_sub(d, "f.vmdk", "5G", "twoGbMaxExtentFlat");
     qemu_io(&flat, &["write -P 3 0 1M", "write -P 4 4G 1M"]);
     let f = s(&flat);
     let r = vmdk(&["resize", &f, "100M"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("--shrink"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--shrink");
     vmdk_ok(&["resize", "--shrink", &f, "100M"]);
     assert!(qemu_img(&["info", &f]).contains("virtual size: 100 MiB"));
     assert!(!d.join("f-f003.vmdk").exists() && !d.join("f-f002.vmdk").exists());
@@ -324,7 +306,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     let before = raw_of(&sparse);
     let r = vmdk(&["resize", "--shrink", &s(&sparse), "10M"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("offset 62914560"), "{}", r.stderr);
+    assert_contains!(r.stderr, "offset 62914560");
     assert_eq!(
         raw_of(&sparse),
         before,
@@ -339,7 +321,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
         "content changed by the shrink"
     );
     // twoGbMaxExtentSparse: whole extents past the new end go when they hold only zeros.
-    let split = qemu_create(d, "t.vmdk", "5G", &["subformat=twoGbMaxExtentSparse"]);
+    let split = qemu_create_sub(d, "t.vmdk", "5G", "twoGbMaxExtentSparse");
     qemu_io(&split, &["write -P 7 0 1M", "write -P 0 4500M 64k"]);
     vmdk_ok(&["resize", "--shrink", &s(&split), "3G"]);
     assert!(qemu_img(&["info", &s(&split)]).contains("virtual size: 3 GiB"));
@@ -347,7 +329,7 @@ fn resize_shrinks_only_when_asked_and_only_zeros_past_the_end() {
     qemu_img(&["check", &s(&split)]);
     vmdk_ok(&["check", &s(&split)]);
     qemu_io(&split, &["read -P 7 0 1M", "read -P 0 1M 1M"]);
-    let stream = qemu_create(d, "st.vmdk", "100M", &["subformat=streamOptimized"]);
+    let stream = qemu_create_sub(d, "st.vmdk", "100M", "streamOptimized");
     assert_ne!(vmdk(&["resize", &s(&stream), "1G"]).code, 0);
     // qemu-io's truncate, through vmdk io.
     vmdk_ok(&[

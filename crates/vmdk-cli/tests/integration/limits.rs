@@ -5,9 +5,10 @@
 
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::qemu_create_as;
 
 use crate::common::*;
 
@@ -206,12 +207,7 @@ fn descriptor_naming_one_sparse_file_19000_times() {
 #[test]
 fn ten_thousand_extent_two_gb_max_extent_sparse() {
     let d = tempdir();
-    qemu_create(
-        d.path(),
-        "base.vmdk",
-        "2G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    qemu_create_sub(d.path(), "base.vmdk", "2G", "twoGbMaxExtentSparse");
     let base = d.path().join("base-s001.vmdk");
     assert!(base.exists(), "qemu-img did not make base-s001.vmdk");
     // One descriptor per extent must fit the hard limit on open files.
@@ -423,11 +419,7 @@ fn huge_empty_disks_map_and_compare_in_moments() {
     let r = vmdk_limited(&["compare", "-s", &z1, &sp], None);
     assert!(r.took < Duration::from_secs(20), "{}: {:?}", r.what, r.took);
     assert_eq!(r.run.code, 1, "{}", r.run.stderr);
-    assert!(
-        r.run.stdout.contains("Offset 0 block status mismatch"),
-        "{}",
-        r.run.stdout
-    );
+    assert_contains!(r.run.stdout, "Offset 0 block status mismatch");
     // The end of the disk, through the qemu-io style map and a read.
     let end = (size - 4096).to_string();
     let read = format!("read -P 0 {end} 4096");
@@ -467,12 +459,7 @@ fn qcow2_sharing_one_table(
     let mut entry = be64(&p, l1_offset);
     if entry == 0 {
         let len = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(len + 512)
-            .unwrap();
+        truncate(&p, len + 512);
         entry = len;
     }
     let l1: Vec<u8> = (0..l1_size).flat_map(|_| entry.to_be_bytes()).collect();
@@ -543,6 +530,31 @@ fn qcow2_of_32_million_entries_measures_in_moments() {
     }
 }
 
+/// `vmdk map` of an image over the million-entry qcow2 image (one line a 32 KiB piece), then
+/// its `measure -O vmdk` JSON, each within 20 s and `rss`.
+fn map_and_measure_million_entries(image: &str, rss: u64) -> serde_json::Value {
+    let out = bounded(&["map", image], 20, rss);
+    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
+    serde_json::from_str(&bounded(
+        &["measure", "-O", "vmdk", "--output=json", image],
+        20,
+        rss,
+    ))
+    .unwrap()
+}
+
+/// The million-entry qcow2 image of 512-byte clusters below: one of data, then zero clusters
+/// and holes alternating, in every 32 KiB of 512 MiB (all L2 tables are one).
+fn million_entry_qcow2(dir: &Path) -> PathBuf {
+    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
+    cmds.extend(
+        (1..64)
+            .step_by(2)
+            .map(|i| format!("write -z {} 512", i * 512)),
+    );
+    qcow2_sharing_one_table(dir, "w.qcow2", "512M", None, &cmds)
+}
+
 /// Every whole-disk walk over a qcow2 image of a million map entries (512 MiB of 512-byte
 /// clusters: one of data, then zero clusters and holes alternating, in every 32 KiB) runs in
 /// a few MiB: map, measure, convert, compare and dd (whose window over the source mapped a
@@ -550,13 +562,7 @@ fn qcow2_of_32_million_entries_measures_in_moments() {
 #[test]
 fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
     let d = tempdir();
-    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
-    cmds.extend(
-        (1..64)
-            .step_by(2)
-            .map(|i| format!("write -z {} 512", i * 512)),
-    );
-    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let w = million_entry_qcow2(d.path());
     let ws = s(&w);
     // The pattern: 0x5a in the first 512 bytes of every 32 KiB, zeros elsewhere (`skip` is a
     // multiple of 32 KiB).
@@ -581,14 +587,7 @@ fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
         assert_eq!(len, 512 * MIB, "{}", p.display());
     };
     let rss = 48 * MIB;
-    let out = bounded(&["map", &ws], 20, rss);
-    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
-    let m: serde_json::Value = serde_json::from_str(&bounded(
-        &["measure", "-O", "vmdk", "--output=json", &ws],
-        20,
-        rss,
-    ))
-    .unwrap();
+    let m = map_and_measure_million_entries(&ws, rss);
     assert_eq!(m["required"], m["fully-allocated"]);
     let raw = d.path().join("w.raw");
     bounded(&["convert", "-O", "raw", &ws, &s(&raw)], 20, rss);
@@ -618,28 +617,14 @@ fn qcow2_of_a_million_entries_walks_in_bounded_memory() {
 fn qcow2_of_half_a_million_tables_maps_in_moments() {
     let d = tempdir();
     let p = d.path().join("d.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        &s(&p),
-        "16G",
-    ]);
+    qemu_create_as("qcow2", &p, "16G", "cluster_size=512");
     let (l1_size, l1_offset) = l1_of(&p);
     let first = std::fs::metadata(&p).unwrap().len().next_multiple_of(512);
     let l1: Vec<u8> = (0..l1_size)
         .flat_map(|i| (first + i * 512).to_be_bytes())
         .collect();
     patch(&p, l1_offset, &l1);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(first + l1_size * 512)
-        .unwrap();
+    truncate(&p, first + l1_size * 512);
     let ps = s(&p);
     let out = bounded(&["map", "--output=json", &ps], 10, 64 * MIB);
     let e = one_entry(&out, "map");
@@ -659,24 +644,11 @@ fn qcow2_of_half_a_million_tables_maps_in_moments() {
 #[test]
 fn qcow2_overlay_over_a_million_entries_maps_in_moments() {
     let d = tempdir();
-    let mut cmds = vec!["write -P 0x5a 0 512".to_string()];
-    cmds.extend(
-        (1..64)
-            .step_by(2)
-            .map(|i| format!("write -z {} 512", i * 512)),
-    );
-    let w = qcow2_sharing_one_table(d.path(), "w.qcow2", "512M", None, &cmds);
+    let w = million_entry_qcow2(d.path());
     let t = qcow2_sharing_one_table(d.path(), "t.qcow2", "16G", Some("w.qcow2"), &[]);
     let (ws, ts) = (s(&w), s(&t));
     let rss = 48 * MIB;
-    let out = bounded(&["map", &ts], 20, rss);
-    assert_eq!(out.lines().count(), 1 + 512 * MIB as usize / 32768, "map");
-    let m: serde_json::Value = serde_json::from_str(&bounded(
-        &["measure", "-O", "vmdk", "--output=json", &ts],
-        20,
-        rss,
-    ))
-    .unwrap();
+    let m = map_and_measure_million_entries(&ts, rss);
     let grains = 512 * MIB / 65536;
     let empty: serde_json::Value = serde_json::from_str(&vmdk_ok(&[
         "measure",

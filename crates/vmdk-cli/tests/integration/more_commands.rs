@@ -5,6 +5,8 @@
 //! and the man pages say, against what the commands take.
 
 use crate::common::*;
+use vmdk_test_support::qemu::qemu_overlay;
+use vmdk_test_support::qemu::SUBFORMATS;
 
 fn scribbled(dir: &std::path::Path) -> std::path::PathBuf {
     let img = qemu_create(dir, "m.vmdk", "64M", &[]);
@@ -221,19 +223,8 @@ fn bench_prints_what_qemu_img_bench_prints() {
 #[test]
 fn info_children_match_qemu() {
     let dir = tempdir();
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ] {
-        let img = qemu_create(
-            dir.path(),
-            &format!("{sub}.vmdk"),
-            "5G",
-            &[&format!("subformat={sub}")],
-        );
+    for sub in SUBFORMATS {
+        let img = qemu_create_sub(dir.path(), &format!("{sub}.vmdk"), "5G", sub);
         let i = s(&img);
         let ours = vmdk(&["info", "--output=json", &i]).json();
         let theirs: serde_json::Value =
@@ -276,8 +267,7 @@ fn convert_options_scripts_use() {
     std::fs::write(p("busy.raw"), vec![0xeeu8; 64 << 20]).unwrap();
     vmdk_ok(&["convert", "-n", &i, &s(&p("busy.raw"))]);
     qemu_img(&["compare", "-f", "vmdk", "-F", "raw", &i, &s(&p("busy.raw"))]);
-    let busy = qemu_create(d, "busy.vmdk", "64M", &[]);
-    qemu_io(&busy, &["write -P 0xee 0 64M"]);
+    let busy = qemu_written(d, "busy.vmdk", "64M", &["write -P 0xee 0 64M"]);
     vmdk_ok(&["convert", "-n", "-O", "vmdk", &i, &s(&busy)]);
     qemu_img(&["compare", &i, &s(&busy)]);
     qemu_img(&["check", &s(&busy)]);
@@ -380,11 +370,7 @@ fn convert_salvage_turns_read_errors_into_zeros() {
     assert_ne!(r.code, 0);
     let r = vmdk(&["convert", "--salvage", "-O", "raw", &s(&st), &s(&out)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("warning: error while reading offset 0"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "warning: error while reading offset 0");
     let got = std::fs::read(&out).unwrap();
     assert!(
         got[..65536].iter().all(|&b| b == 0),
@@ -500,8 +486,7 @@ fn io_commands_match_qemu_io() {
 #[test]
 fn serve_takes_a_qemu_nbd_command_line() {
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "n.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x5c 0 64k"]);
+    let img = qemu_written(dir.path(), "n.vmdk", "8M", &["write -P 0x5c 0 64k"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -608,8 +593,8 @@ fn io_p_is_ignored_where_qemu_io_ignores_it() {
         let name = c.split(' ').next().unwrap();
         let refusal = format!("{name}: invalid option -- 'p'");
         assert_eq!((o.code, t.code), (1, 1), "{c}");
-        assert!(o.stdout.contains(&refusal), "{c}: {}", o.stdout);
-        assert!(t.stderr.contains(&refusal), "{c}: qemu-io: {}", t.stderr);
+        assert_contains!(o.stdout, &refusal, "{c}");
+        assert_contains!(t.stderr, &refusal, "{c}: qemu-io");
     }
     qemu_img(&["compare", &s(&ours), &s(&theirs)]);
 }
@@ -620,21 +605,6 @@ fn io_p_is_ignored_where_qemu_io_ignores_it() {
 // a format a command does not take and for an image of another format) is checked against
 // what the command really takes, found by running it: each format qemu-img can create is
 // tried with each format option.
-
-/// Run `vmdk` in `dir`.
-fn vmdk_in(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The image formats qemu-img lists ("Supported image formats") that `qemu-img create`
 /// makes and `qemu-img info` then names back: the formats help text is checked for. Each
@@ -995,17 +965,7 @@ fn help_names_exactly_the_formats_each_option_takes() {
     let p = pristine.path();
     let universe = qemu_image_formats(p);
     qemu_create(p, "v.vmdk", "1M", &[]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "v.vmdk",
-        "-F",
-        "vmdk",
-        &s(&p.join("vovl.vmdk")),
-    ]);
+    qemu_overlay(p.join("vovl.vmdk"), "v.vmdk", "", "");
     std::fs::write(p.join("r.raw"), vec![0u8; 1 << 20]).unwrap();
     let taken = taken_formats(p, &universe);
     let set = |v: &[&str]| {
@@ -1233,7 +1193,7 @@ fn completion_scripts_cover_every_command() {
     }
     let r = vmdk(&["completions", "tcsh"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("possible values: bash"), "{}", r.stderr);
+    assert_contains!(r.stderr, "possible values: bash");
     // bash loads it, registers it for vmdk, and completes a command and an option.
     let vmdk_bin = env!("CARGO_BIN_EXE_vmdk");
     let script = format!(

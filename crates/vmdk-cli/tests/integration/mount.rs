@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 
@@ -223,15 +224,7 @@ fn every_subformat_reads_like_qemu() {
         ("twoGbMaxExtentFlat", &big_src),
     ] {
         let img = d.join(format!("{sub}.vmdk"));
-        qemu_img(&[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            &format!("subformat={sub}"),
-            &s(src),
-            &s(&img),
-        ]);
+        qemu_to_vmdk(src, &img, "", &format!("subformat={sub}"));
         let raw = qemu_raw(&img, d, &format!("{sub}.raw"));
         let m = Mounted::start(&img, &d.join(format!("mnt-{sub}")), &[]);
         let meta = std::fs::metadata(m.disk()).unwrap();
@@ -438,7 +431,7 @@ fn ext4_checks_clean_through_the_mount() {
     )
     .expect(0, "mkfs.ext4");
     let img = d.join("fs.vmdk");
-    qemu_img(&["convert", "-O", "vmdk", &s(&raw), &s(&img)]);
+    qemu_to_vmdk(&raw, &img, "", "");
     let m = Mounted::start(&img, &d.join("mnt"), &[]);
     let disk = s(&m.disk());
     // Through a read-only loop device where this machine allows one, else on the file.
@@ -572,7 +565,7 @@ fn hostile_images_fail_to_mount() {
     // And a mount point that is not a directory.
     let out = vmdk(&["mount", &s(&good), &s(&truncated)]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
+    assert_contains!(out.stderr, "not a directory");
 }
 
 /// Undo steps run in reverse on drop, so a failing test still unmounts and detaches.

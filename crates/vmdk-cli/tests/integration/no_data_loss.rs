@@ -187,17 +187,9 @@ fn convert_onto_a_full_file_system_fails_clearly() {
         a.extend([srcs.as_str(), outs.as_str()]);
         let r = vmdk(&a);
         assert_eq!(r.code, 1, "{name}: {}{}", r.stdout, r.stderr);
-        assert!(
-            r.stderr.contains("No space left on device"),
-            "{name}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "No space left on device", "{name}");
         let stem = name.split('.').next().unwrap();
-        assert!(
-            r.stderr.contains(stem),
-            "{name}: names no file: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, stem, "{name}: names no file");
         for e in std::fs::read_dir(fs.path()).unwrap() {
             std::fs::remove_file(e.unwrap().path()).unwrap();
         }

@@ -5,24 +5,21 @@
 
 use std::path::Path;
 use std::process::Command;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
-use crate::common::{self, qemu_create, qemu_img, qemu_io, s, tempdir, Run};
+use crate::common::{
+    self, assert_contains, qemu_create, qemu_create_sub, qemu_img, qemu_io, qemu_written, s,
+    tempdir, tool, vmdk_command, Run,
+};
 use vmdk_test_support::servers::{env_for, files_under, FaultProxy, Moto, Nginx};
 
 /// `vmdk ARGS` with `env` (an S3 endpoint and credentials) added.
 fn vmdk_env(env: &[(String, String)], args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_ENDPOINT_URL")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(
+        vmdk_command(args)
+            .env_remove("AWS_ENDPOINT_URL")
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    )
 }
 
 /// Upload every file of `dir` under `s3://bucket/prefix/`.
@@ -53,20 +50,12 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     let d = dir("stream");
     let src = qemu_create(&root.join("sparse"), "tmp-src.vmdk", "48M", &[]);
     qemu_io(&src, &["write -P 0x21 0 2M", "write -P 0x33 30M 5M"]);
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&d.join("s.vmdk")),
-    ]);
+    qemu_to_vmdk(&src, d.join("s.vmdk"), "", "subformat=streamOptimized");
     std::fs::remove_file(&src).unwrap();
     cases.push(("stream", d, "s.vmdk"));
 
     let d = dir("twogb");
-    let p = qemu_create(&d, "t.vmdk", "5G", &["subformat=twoGbMaxExtentSparse"]);
+    let p = qemu_create_sub(&d, "t.vmdk", "5G", "twoGbMaxExtentSparse");
     qemu_io(
         &p,
         &[
@@ -78,13 +67,12 @@ fn make_cases(root: &Path) -> Vec<(&'static str, std::path::PathBuf, &'static st
     cases.push(("twogb", d, "t.vmdk"));
 
     let d = dir("flat");
-    let p = qemu_create(&d, "f.vmdk", "16M", &["subformat=monolithicFlat"]);
+    let p = qemu_create_sub(&d, "f.vmdk", "16M", "monolithicFlat");
     qemu_io(&p, &["write -P 0x66 3M 2M"]);
     cases.push(("flat", d, "f.vmdk"));
 
     let d = dir("chain");
-    let base = qemu_create(&d, "base.vmdk", "32M", &[]);
-    qemu_io(&base, &["write -P 0x01 0 8M"]);
+    let base = qemu_written(&d, "base.vmdk", "32M", &["write -P 0x01 0 8M"]);
     let mid = common::qemu_child(&d, "mid.vmdk", &base, None);
     qemu_io(&mid, &["write -P 0x02 4M 8M"]);
     let top = common::qemu_child(&d, "top.vmdk", &mid, None);
@@ -154,11 +142,7 @@ fn every_subformat_reads_from_s3_and_http_like_the_local_file() {
             }
             let out = tmp.path().join(format!("{case}.out"));
             let r = vmdk_env(&env, &["convert", "-p", "-O", "raw", &url, &s(&out)]);
-            assert!(
-                r.stderr.contains("(100.00/100%)"),
-                "{what}: progress: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, "(100.00/100%)", "{what}: progress");
             r.expect(0, &what);
             assert!(
                 std::fs::read(&out).unwrap() == want,
@@ -220,7 +204,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
     let raw = tmp.path().join("disk.raw");
     std::fs::write(&raw, &disk).unwrap();
     let src = tmp.path().join("src.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&src)]);
+    qemu_to_vmdk(&raw, &src, "raw", "");
 
     // The same file name as the object: the descriptor names its extent by it.
     std::fs::create_dir(tmp.path().join("local")).unwrap();
@@ -289,7 +273,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
             ],
         );
         assert_eq!(r.code, 1, "{sub}: {}", r.stderr);
-        assert!(r.stderr.contains("front to back"), "{sub}: {}", r.stderr);
+        assert_contains!(r.stderr, "front to back", "{sub}");
         assert!(!moto.exists("out", "m.vmdk"));
     }
     // Over the source itself: refused before anything is written.
@@ -305,7 +289,7 @@ fn stream_outputs_upload_byte_identical_and_random_access_ones_are_refused() {
         ],
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("refusing to overwrite"), "{}", r.stderr);
+    assert_contains!(r.stderr, "refusing to overwrite");
     assert_eq!(moto.open_uploads("out"), 0);
 }
 
@@ -325,7 +309,7 @@ fn qcow2_outputs_upload_as_the_local_file() {
     let raw = tmp.path().join("disk.raw");
     std::fs::write(&raw, &disk).unwrap();
     let src = tmp.path().join("src.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&src)]);
+    qemu_to_vmdk(&raw, &src, "raw", "");
 
     for (case, extra) in [
         ("plain", &[][..]),
@@ -365,7 +349,7 @@ fn qcow2_outputs_upload_as_the_local_file() {
         ],
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("preallocation"), "{}", r.stderr);
+    assert_contains!(r.stderr, "preallocation");
     assert!(!moto.exists("qcw", "out/p.qcow2"));
     assert_eq!(moto.open_uploads("qcw"), 0);
 }
@@ -461,11 +445,7 @@ fn faults_are_retried_or_clear_errors() {
     let env = moto.env();
     let r = vmdk_env(&env, &["info", "s3://bkt/evil.vmdk"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("outside the image's directory"),
-        "{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, "outside the image's directory");
     let r = vmdk_env(
         &env,
         &["convert", "-O", "raw", "s3://bkt/evil.vmdk", &s(&out)],
@@ -475,7 +455,7 @@ fn faults_are_retried_or_clear_errors() {
     // A missing object, and a missing bucket.
     let r = vmdk_env(&env, &["info", "s3://bkt/nothing.vmdk"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no such object"), "{}", r.stderr);
+    assert_contains!(r.stderr, "no such object");
 
     // The server killed mid-convert: an error naming the object, well before the default
     // retry budget.
@@ -536,15 +516,14 @@ fn wrong_credentials_are_a_clear_error() {
         &moto.env(),
         &["convert", "-O", "raw", &s(&raw), "s3://bkt/o.raw"],
     );
-    assert!(r.stderr.contains("access denied"), "{}", r.stderr);
+    assert_contains!(r.stderr, "access denied");
     assert_eq!(r.code, 1, "{}", r.stderr);
 }
 
 /// `vmdk ARGS` with no AWS settings in the environment but `env` (HOME, AWS_PROFILE, ...):
 /// whatever else it needs must come from the shared config files.
 fn vmdk_profile(env: &[(&str, String)], args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmdk"));
-    c.args(args).env_remove("RUST_LOG");
+    let mut c = vmdk_command(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") {
             c.env_remove(k);
@@ -552,15 +531,7 @@ fn vmdk_profile(env: &[(&str, String)], args: &[&str]) -> Run {
     }
     // No instance metadata service to wait for when a profile gives nothing.
     c.env("AWS_EC2_METADATA_DISABLED", "true");
-    let out = c
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(c.envs(env.iter().map(|(k, v)| (k, v))))
 }
 
 #[test]
@@ -568,8 +539,7 @@ fn credentials_region_and_endpoint_come_from_aws_profiles() {
     let moto = Moto::start(&[]);
     moto.create_bucket("prof");
     let tmp = tempdir();
-    let img = qemu_create(tmp.path(), "a.vmdk", "16M", &[]);
-    qemu_io(&img, &["write -P 0x3c 1M 2M"]);
+    let img = qemu_written(tmp.path(), "a.vmdk", "16M", &["write -P 0x3c 1M 2M"]);
     let want = qemu_raw(&img, &tmp.path().join("ref.raw"));
 
     // The default profile of ~/.aws, in a HOME of the test's own.
@@ -749,7 +719,7 @@ fn remote_ovas_read_in_place_and_ova_create_uploads_to_s3() {
         let r = tmp.path().join(format!("d{i}.raw"));
         std::fs::write(&r, &raw).unwrap();
         let v = tmp.path().join(format!("d{i}.vmdk"));
-        qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&r), &s(&v)]);
+        qemu_to_vmdk(&r, &v, "raw", "");
         d.push((r, v));
     }
     let local = www.join("app.ova");
@@ -790,7 +760,7 @@ fn remote_ovas_read_in_place_and_ova_create_uploads_to_s3() {
         }
         let r = vmdk_env(&env, &["info", &format!("{url}/nothing.vmdk")]);
         assert_eq!(r.code, 1, "{}", r.stderr);
-        assert!(r.stderr.contains("no member"), "{}", r.stderr);
+        assert_contains!(r.stderr, "no member");
     }
 
     // ova create straight into S3: the same archive as the local one (but for what differs
@@ -896,23 +866,14 @@ fn remote_info_shows_the_protocol_as_qemu_does() {
     let tmp = tempdir();
     let www = tmp.path().join("www");
     std::fs::create_dir(&www).unwrap();
-    let img = qemu_create(&www, "a.vmdk", "64M", &[]);
-    qemu_io(&img, &["write -P 1 1M 2M"]);
+    qemu_written(&www, "a.vmdk", "64M", &["write -P 1 1M 2M"]);
     std::fs::write(www.join("r.raw"), vec![3u8; 1 << 20]).unwrap();
     let nginx = Nginx::start(&www);
     for name in ["a.vmdk", "r.raw"] {
         let url = nginx.url(name);
         let ours = vmdk_env(&[], &["info", "--output", "json", &url]).json();
-        let out = Command::new("qemu-img")
-            .args(["info", "--output", "json", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = tool("qemu-img", &["info", "--output", "json", &url]).expect(0, name);
+        let theirs: serde_json::Value = serde_json::from_str(&out).unwrap();
         // qemu-img reads through its curl driver (qemu-block-extra); the child node and
         // the absent allocation must agree.
         assert_eq!(ours["children"], theirs["children"], "{name}: children");

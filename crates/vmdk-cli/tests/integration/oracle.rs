@@ -1,6 +1,7 @@
 //! `vmdk info` and `vmdk map` against qemu-img on images qemu made.
 
 use std::path::Path;
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
 use serde_json::Value;
@@ -95,8 +96,7 @@ fn assert_human_map_matches(image: &Path) {
 #[test]
 fn info_monolithic_sparse() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "10M", &[]);
-    qemu_io(&img, &["write -P 0xab 60k 10k"]);
+    let img = qemu_written(d.path(), "a.vmdk", "10M", &["write -P 0xab 60k 10k"]);
     assert_info_matches(&img, false);
     let human = vmdk_ok(&["info", &s(&img)]);
     assert!(
@@ -121,22 +121,14 @@ fn info_stream_optimized() {
     let src = qemu_create(d.path(), "src.vmdk", "4M", &[]);
     qemu_io(&src, &["write -P 1 0 100k", "write -P 2 3M 64k"]);
     let img = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&img),
-    ]);
+    qemu_to_vmdk(&src, &img, "", "subformat=streamOptimized");
     assert_info_matches(&img, false);
 }
 
 #[test]
 fn info_two_gb_max_extent_flat() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "f.vmdk", "5G", &["subformat=twoGbMaxExtentFlat"]);
+    let img = qemu_create_sub(d.path(), "f.vmdk", "5G", "twoGbMaxExtentFlat");
     assert_info_matches(&img, false);
     let v = vmdk(&["info", "--output=json", &s(&img)]).json();
     assert!(v.get("cluster-size").is_none());
@@ -167,8 +159,7 @@ fn info_two_gb_max_extent_sparse_and_extras() {
 #[test]
 fn info_backing_chain() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "base.vmdk", "8M", &[]);
-    qemu_io(&base, &["write -P 1 0 64k"]);
+    let base = qemu_written(d.path(), "base.vmdk", "8M", &["write -P 1 0 64k"]);
     let top = qemu_child(d.path(), "top.vmdk", &base, None);
     assert_info_matches(&top, false);
     assert_info_matches(&top, true);
@@ -208,19 +199,15 @@ fn info_unknown_keys_and_unsafe_paths() {
     let r = vmdk(&["info", &s(&desc)]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stderr.starts_with("vmdk: "), "{}", r.stderr);
-    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--allow-unsafe-paths");
     for cmd in ["map", "check"] {
         let r = vmdk(&[cmd, &s(&desc)]);
         assert_eq!(r.code, 1, "{cmd}");
-        assert!(
-            r.stderr.contains("--allow-unsafe-paths"),
-            "{cmd}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "--allow-unsafe-paths", "{cmd}");
     }
     let r = vmdk(&["io", "-c", "read 0 512", &s(&desc)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("--allow-unsafe-paths"), "{}", r.stderr);
+    assert_contains!(r.stderr, "--allow-unsafe-paths");
 
     let v = vmdk(&["info", "--output=json", "--allow-unsafe-paths", &s(&desc)]).json();
     let data = &v["format-specific"]["data"];
@@ -288,8 +275,7 @@ fn map_two_and_three_level_chains() {
 #[test]
 fn map_child_larger_than_backing() {
     let d = tempdir();
-    let base = qemu_create(d.path(), "small.vmdk", "1M", &[]);
-    qemu_io(&base, &["write -P 5 0 64k"]);
+    let base = qemu_written(d.path(), "small.vmdk", "1M", &["write -P 5 0 64k"]);
     let top = qemu_child(d.path(), "big.vmdk", &base, Some("4M"));
     qemu_io(&top, &["write -P 6 2M 64k"]);
     assert_map_matches(&top, &[]);
@@ -304,15 +290,7 @@ fn map_stream_optimized() {
         &["write -P 1 0 200k", "write -P 2 1M 64k", "write -P 3 7M 1M"],
     );
     let img = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&src),
-        &s(&img),
-    ]);
+    qemu_to_vmdk(&src, &img, "", "subformat=streamOptimized");
     assert_map_matches(&img, &[]);
     // Human output refuses compressed clusters, as qemu-img does.
     let r = vmdk(&["map", &s(&img)]);
@@ -328,16 +306,11 @@ fn map_stream_optimized() {
 #[test]
 fn map_multi_extent_sparse_and_flat() {
     let d = tempdir();
-    let t = qemu_create(
-        d.path(),
-        "t.vmdk",
-        "3G",
-        &["subformat=twoGbMaxExtentSparse"],
-    );
+    let t = qemu_create_sub(d.path(), "t.vmdk", "3G", "twoGbMaxExtentSparse");
     qemu_io(&t, &["write -P 1 2047M 2M", "write -P 2 0 4k"]);
     assert_map_matches(&t, &[]);
     assert_human_map_matches(&t);
-    let f = qemu_create(d.path(), "f.vmdk", "4M", &["subformat=monolithicFlat"]);
+    let f = qemu_create_sub(d.path(), "f.vmdk", "4M", "monolithicFlat");
     qemu_io(&f, &["write -P 1 1M 64k", "write -P 2 3M 4k"]);
     assert_map_matches(&f, &[]);
     assert_human_map_matches(&f);
@@ -398,7 +371,7 @@ fn info_extent_access_and_uuid() {
 
     // A stream file whose embedded descriptor says RDONLY (as VirtualBox, ovftool and
     // vmdktool write them): shown, and writes are refused.
-    let img = qemu_create(d.path(), "s.vmdk", "4M", &["subformat=streamOptimized"]);
+    let img = qemu_create_sub(d.path(), "s.vmdk", "4M", "streamOptimized");
     qemu_io(&img, &["write -P 7 0 64k"]);
     let desc_at = read_u64(&img, 28) * 512;
     let desc_len = read_u64(&img, 36) as usize * 512;
@@ -434,8 +407,7 @@ fn info_extent_access_and_uuid() {
 #[test]
 fn map_json_prints_nothing_on_failure() {
     let d = tempdir();
-    let img = qemu_create(d.path(), "a.vmdk", "64M", &[]);
-    qemu_io(&img, &["write -P 1 0 1M"]);
+    let img = qemu_written(d.path(), "a.vmdk", "64M", &["write -P 1 0 1M"]);
     // The grain directory points past the end of the file.
     patch(&img, 56, &(1u64 << 30).to_le_bytes());
     for (what, path) in [

@@ -10,19 +10,9 @@
 //! * Hostile archives and descriptors are refused with a message, never a panic.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_to_vmdk;
 
 use crate::common::*;
-
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world VMDK samples are missing: expected them in {}",
-        dir.display()
-    );
-    dir.canonicalize().expect("canonical samples path")
-}
 
 /// `tar -cf OUT -C DIR MEMBERS...` (GNU format, as ovftool-era tools write).
 fn tar_create(out: &Path, dir: &Path, members: &[&str]) {
@@ -76,7 +66,7 @@ fn our_ova_is_ordered_well_formed_and_verifiable() {
     let d = dir.path();
     let raw = raw_disk(d);
     let sparse = d.join("second.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", &s(&raw), &s(&sparse)]);
+    qemu_to_vmdk(&raw, &sparse, "raw", "");
     let ova = d.join("app.ova");
     vmdk_ok(&[
         "ova",
@@ -225,7 +215,7 @@ fn our_ova_is_ordered_well_formed_and_verifiable() {
     let before = std::fs::read(&ova).unwrap();
     let r = vmdk(&["convert", "-U", "-O", "raw", &second, &s(&ova)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("refusing to overwrite"), "{}", r.stderr);
+    assert_contains!(r.stderr, "refusing to overwrite");
     assert!(std::fs::read(&ova).unwrap() == before, "the OVA changed");
 }
 
@@ -467,7 +457,7 @@ fn from_ovf_refuses_the_machine_flags_and_honours_the_rest() {
     }
     // -m and -p: one worker, progress records on stderr.
     let r = with(&["-m", "1", "-p", &s(&raw)], &d.join("progress.ova"));
-    assert!(r.stderr.contains("(100.00/100%)"), "{}", r.stderr);
+    assert_contains!(r.stderr, "(100.00/100%)");
 }
 
 const VBOX_OVF: &str = r#"<?xml version="1.0"?>
@@ -718,7 +708,7 @@ fn reads_a_vmware_style_ova_in_place() {
     tar_create(&ova2, &b.dir, &["app.ovf", "app.mf", &b.disk]);
     let r = vmdk(&["ova", "info", &s(&ova2)]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("MISMATCH"), "{}", r.stdout);
+    assert_contains!(r.stdout, "MISMATCH");
 }
 
 #[test]
@@ -778,7 +768,7 @@ fn members_are_read_only_and_never_overwritten_by_their_own_readers() {
     let before = std::fs::read(&b.ova).unwrap();
     let r = vmdk(&["io", "-c", "write 0 512", &format!("{ova}/test-disk1.vmdk")]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("read-only"), "{}", r.stderr);
+    assert_contains!(r.stderr, "read-only");
     // Converting the OVA's disk onto the OVA itself is refused before anything is
     // truncated.
     let r = vmdk(&["convert", "-O", "raw", &ova, &ova]);
@@ -794,24 +784,12 @@ fn members_are_read_only_and_never_overwritten_by_their_own_readers() {
     assert!(std::fs::read(&b.ova).unwrap() == before, "the OVA changed");
     let r = vmdk(&["info", &format!("{ova}/missing.vmdk")]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no member of that name"), "{}", r.stderr);
+    assert_contains!(r.stderr, "no member of that name");
 }
 
 /// A GNU tar header for `name` of `size` bytes, type `kind`, with a correct checksum.
 fn header(name: &str, size: u64, kind: u8) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = kind;
-    h[257..265].copy_from_slice(b"ustar  \0");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    tar_block(name.as_bytes(), size, kind, b"", b"ustar  \0")
 }
 
 fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
@@ -914,13 +892,9 @@ fn hostile_archives_are_refused_cleanly() {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             let r = vmdk(&a);
             assert_eq!(r.code, 1, "{name} {a:?}: {}{}", r.stdout, r.stderr);
-            assert!(r.stderr.contains(msg), "{name} {a:?}: {}", r.stderr);
+            assert_contains!(r.stderr, msg, "{name} {a:?}");
             assert!(!r.stderr.contains("panicked"), "{name}: {}", r.stderr);
-            assert!(
-                r.stderr.contains(&format!("{name}.ova")),
-                "{name}: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, &format!("{name}.ova"), "{name}");
         }
     }
     // `.ova.gz` names are claimed too, to say what they are.
@@ -928,14 +902,14 @@ fn hostile_archives_are_refused_cleanly() {
     std::fs::write(&p, &gz).unwrap();
     let r = vmdk(&["info", &s(&p)]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("gzip"), "{}", r.stderr);
+    assert_contains!(r.stderr, "gzip");
     // The well-formed archive reads.
     let p = d.join("good.ova");
     std::fs::write(&p, &good).unwrap();
     vmdk_ok(&["check", &s(&p)]);
     let r = vmdk(&["ova", "info", &s(&d.join("laughs.ova"))]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("DTD"), "{}", r.stderr);
+    assert_contains!(r.stderr, "DTD");
 }
 
 /// Hex SHA-256 of `data`.
@@ -1131,11 +1105,7 @@ fn member_names_and_bytes_are_the_ones_gnu_tar_extracts() {
         let r = vmdk(&["ova", "info", "--output=json", &s(&ova)]);
         if refused {
             assert_eq!(r.code, 1, "{case}: {}{}", r.stdout, r.stderr);
-            assert!(
-                r.stderr.contains("refusing the archive"),
-                "{case}: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, "refusing the archive", "{case}");
             let r = vmdk(&["info", &format!("{}/hidden.vmdk", s(&ova))]);
             assert_eq!(r.code, 1, "{case}: {}", r.stderr);
             continue;
@@ -1183,7 +1153,7 @@ fn member_names_and_bytes_are_the_ones_gnu_tar_extracts() {
     .unwrap();
     let r = vmdk(&["info", &s(&ova)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+    assert_contains!(r.stderr, "is a directory");
 }
 
 /// A small streamOptimized disk holding `fill` in its first 64 KiB.
@@ -1193,17 +1163,7 @@ fn small_disk(dir: &Path, name: &str, fill: u8) -> PathBuf {
     d[..65536].fill(fill);
     std::fs::write(&raw, d).unwrap();
     let out = dir.join(name);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        &s(&raw),
-        &s(&out),
-    ]);
+    qemu_to_vmdk(&raw, &out, "raw", "subformat=streamOptimized");
     std::fs::remove_file(raw).unwrap();
     out
 }
@@ -1251,20 +1211,12 @@ fn duplicate_member_names_are_errors_and_never_read() {
             "{case}: {}",
             r.stdout
         );
-        assert!(
-            r.stdout.contains("SHA256(disk.vmdk): MISMATCH"),
-            "{case}: {}",
-            r.stdout
-        );
+        assert_contains!(r.stdout, "SHA256(disk.vmdk): MISMATCH", "{case}");
         // Reading a disk out of it is refused, by the archive's name and the member's.
         for name in [s(&ova), format!("{}/disk.vmdk", s(&ova))] {
             let r = vmdk(&["info", &name]);
             assert_eq!(r.code, 1, "{case} {name}: {}", r.stdout);
-            assert!(
-                r.stderr.contains("2 members named \"disk.vmdk\""),
-                "{case}: {}",
-                r.stderr
-            );
+            assert_contains!(r.stderr, "2 members named \"disk.vmdk\"", "{case}");
         }
     }
 }
@@ -1292,7 +1244,7 @@ fn members_and_disks_the_manifest_omits_are_errors() {
         "unlisted-member: \"disk.vmdk\" is not listed in the manifest \"a.mf\"",
         "unlisted-member: \"notes.txt\" is not listed",
     ] {
-        assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);
+        assert_contains!(r.stdout, want, "{want}:\n");
     }
     let j = vmdk(&["ova", "info", "--output=json", &s(&ova)]).json();
     let codes: Vec<&str> = j["findings"]
@@ -1319,12 +1271,9 @@ fn members_and_disks_the_manifest_omits_are_errors() {
     tar_create(&ova, d, &["a.ovf", "a.mf", "disk.vmdk"]);
     let r = vmdk(&["ova", "info", &s(&ova)]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains(
-            "missing-member: the manifest lists \"gone.vmdk\", which is not in the archive"
-        ),
-        "{}",
-        r.stdout
+    assert_contains!(
+        r.stdout,
+        "missing-member: the manifest lists \"gone.vmdk\", which is not in the archive"
     );
     // The complete manifest: clean, exit 0.
     std::fs::write(
@@ -1375,27 +1324,15 @@ fn names_from_files_are_escaped_in_every_command() {
     let r = vmdk(&["ova", "info", &s(&ova)]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!has_raw_controls(&r.stdout), "{:?}", r.stdout);
-    assert!(
-        r.stdout.contains("\\x1b[2J\\x1b]0;pwned\\x07disk.vmdk"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("notes\\x1b]0;pwned\\x07.txt"),
-        "{}",
-        r.stdout
-    );
+    assert_contains!(r.stdout, "\\x1b[2J\\x1b]0;pwned\\x07disk.vmdk");
+    assert_contains!(r.stdout, "notes\\x1b]0;pwned\\x07.txt");
     assert!(
         r.stdout
             .contains("disk\\xe2\\x80\\xaekdmv.vmdk\\xc2\\x9b2J"),
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("x\\x0dSHA256(disk.vmdk): ok"),
-        "{}",
-        r.stdout
-    );
+    assert_contains!(r.stdout, "x\\x0dSHA256(disk.vmdk): ok");
     // JSON: escaped as \uXXXX, so safe to show and parsed back to the true names.
     let r = vmdk(&["ova", "info", "--output=json", &s(&ova)]);
     assert!(!has_raw_controls(&r.stdout), "{:?}", r.stdout);
@@ -1440,11 +1377,7 @@ fn names_from_files_are_escaped_in_every_command() {
         let r = vmdk(&[cmd, &s(&missing)]);
         assert_eq!(r.code, 1, "{cmd}: {}", r.stderr);
         assert!(!has_raw_controls(&r.stderr), "{cmd}: {:?}", r.stderr);
-        assert!(
-            r.stderr.contains("gone\\x1b]0;pwned\\x07.bin"),
-            "{cmd}: {}",
-            r.stderr
-        );
+        assert_contains!(r.stderr, "gone\\x1b]0;pwned\\x07.bin", "{cmd}");
     }
 }
 
@@ -1459,7 +1392,7 @@ fn a_dotdot_member_is_refused_without_a_hint_that_cannot_help() {
         a.push(&ps);
         let r = vmdk(&a);
         assert_eq!(r.code, 1, "{a:?}: {}", r.stderr);
-        assert!(r.stderr.contains("climbs out"), "{}", r.stderr);
+        assert_contains!(r.stderr, "climbs out");
         // No option makes such an archive acceptable.
         assert!(!r.stderr.contains("--allow-path"), "{}", r.stderr);
     }

@@ -12,14 +12,7 @@ const SIZE: &str = "12M";
 
 /// `qemu-io -f qcow2 -c CMD... IMAGE`, expecting success.
 fn qio(image: &Path, cmds: &[&str]) {
-    let mut args = vec!["-f", "qcow2"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    let img = s(image);
-    args.push(&img);
-    let out = tool("qemu-io", &args).expect(0, &format!("qemu-io {cmds:?}"));
+    let out = qemu_io_as("qcow2", image, cmds);
     assert!(!out.contains("failed"), "qemu-io {cmds:?}: {out}");
 }
 
@@ -115,8 +108,7 @@ fn shapes(dir: &Path) -> Vec<(String, PathBuf)> {
     );
     out.push(("extl2-over-base".into(), xtop));
     // A qcow2 over a VMDK.
-    let vbase = qemu_create(dir, "vbase.vmdk", SIZE, &[]);
-    qemu_io(&vbase, &["write -P 0xaa 0 2M"]);
+    qemu_written(dir, "vbase.vmdk", SIZE, &["write -P 0xaa 0 2M"]);
     let over = qcreate(dir, "over-vmdk.qcow2", "", Some(("vbase.vmdk", "vmdk")));
     qio(&over, &["write -P 0xbb 1M 64k"]);
     out.push(("over-vmdk".into(), over));
@@ -274,11 +266,7 @@ fn refused(args: &[&str], needle: &str) {
     let r = vmdk(args);
     assert_ne!(r.code, 0, "{args:?} succeeded");
     assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "{args:?}: wanted '{needle}' in:\n{}",
-        r.stderr
-    );
+    assert_contains!(r.stderr, needle, "{args:?}: wanted '{needle}' in:\n");
 }
 
 #[test]
@@ -307,20 +295,10 @@ fn hostile_qcow2_files_get_clear_errors() {
     };
     // Truncated inside the header, and before the L1 table.
     let t = copy("trunc.qcow2");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&t)
-        .unwrap()
-        .set_len(50)
-        .unwrap();
+    truncate(&t, 50);
     refused(&["info", &s(&t)], "");
     let t = copy("trunc2.qcow2");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&t)
-        .unwrap()
-        .set_len(65536)
-        .unwrap();
+    truncate(&t, 65536);
     run(&t, "past the end");
     // L1 table past the end of the file.
     let p = copy("l1.qcow2");
@@ -425,19 +403,11 @@ fn as_qemu_reads(p: &Path, fail: Option<(&str, &[&str])>) {
     match fail {
         Some((qemu_says, we_say)) => {
             assert_eq!(q.code, 1, "{stem}: qemu-img convert succeeded");
-            assert!(
-                q.stderr.contains(qemu_says),
-                "{stem}: qemu said {}",
-                q.stderr
-            );
+            assert_contains!(q.stderr, qemu_says, "{stem}: qemu said");
             assert_eq!(r.code, 1, "{stem}: we converted what qemu refuses");
             let name = format!("'{}'", s(p));
             for needle in we_say.iter().chain([&name.as_str()]) {
-                assert!(
-                    r.stderr.contains(needle),
-                    "{stem}: no '{needle}' in {}",
-                    r.stderr
-                );
+                assert_contains!(r.stderr, needle, "{stem}: no '{needle}' in");
             }
         }
         None => {
@@ -508,7 +478,7 @@ fn compressed_clusters_inflate_to_a_whole_cluster_or_fail_as_in_qemu() {
     // compare reads it through the same decoder.
     let r = vmdk(&["compare", &s(&p), &s(&base)]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("inflates to only 100"), "{}", r.stderr);
+    assert_contains!(r.stderr, "inflates to only 100");
     // 100 bytes more than a cluster.
     let long = stored_deflate(&[0x44; 65636]);
     as_qemu_reads(&with_stream("long.qcow2", &long, long.len() as u64), None);

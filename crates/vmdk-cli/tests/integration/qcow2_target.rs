@@ -5,6 +5,8 @@
 //! backing file hold only what differs from the backing file.
 
 use std::path::{Path, PathBuf};
+use vmdk_test_support::qemu::qemu_to_vmdk;
+use vmdk_test_support::qemu::SUBFORMATS;
 
 use crate::common::*;
 use serde_json::Value;
@@ -33,28 +35,14 @@ fn patterned_raw(dir: &Path) -> PathBuf {
 
 /// The VMDK subformats qemu-img writes, each made from the patterned raw disk.
 fn vmdk_sources(dir: &Path, raw: &Path) -> Vec<(String, PathBuf)> {
-    [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ]
-    .iter()
-    .map(|sub| {
-        let p = dir.join(format!("{sub}.vmdk"));
-        qemu_img(&[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            &format!("subformat={sub}"),
-            &s(raw),
-            &s(&p),
-        ]);
-        (sub.to_string(), p)
-    })
-    .collect()
+    SUBFORMATS
+        .iter()
+        .map(|sub| {
+            let p = dir.join(format!("{sub}.vmdk"));
+            qemu_to_vmdk(raw, &p, "", &format!("subformat={sub}"));
+            (sub.to_string(), p)
+        })
+        .collect()
 }
 
 fn info(p: &Path) -> Value {
@@ -240,14 +228,14 @@ fn backing_file_outputs_hold_only_the_differences() {
     let raw = patterned_raw(d.path());
     let changed = changed_copy(d.path(), &raw);
     let bvmdk = d.path().join("base.vmdk");
-    qemu_img(&["convert", "-O", "vmdk", &s(&raw), &s(&bvmdk)]);
+    qemu_to_vmdk(&raw, &bvmdk, "", "");
     let bq = d.path().join("base.qcow2");
     qemu_img(&["convert", "-O", "qcow2", &s(&raw), &s(&bq)]);
     // The source is a VMDK overlay of the base (its own layer holds the changes) and a
     // flat copy of the changed disk: either way only the differences are stored.
     let sources = [changed.clone(), {
         let p = d.path().join("changed.vmdk");
-        qemu_img(&["convert", "-O", "vmdk", &s(&changed), &s(&p)]);
+        qemu_to_vmdk(&changed, &p, "", "");
         p
     }];
     let out = d.path().join("out.qcow2");
@@ -335,17 +323,13 @@ fn refused_combinations_say_why() {
         a.extend([r.as_str(), o.as_str()]);
         let run = vmdk(&a);
         assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
-        assert!(run.stderr.contains(msg), "{args:?}: {}", run.stderr);
+        assert_contains!(run.stderr, msg, "{args:?}");
     }
     // The source is never overwritten by its own output.
     let q = d.path().join("q.qcow2");
     vmdk_ok(&["convert", "-O", "qcow2", &r, &s(&q)]);
     let run = vmdk(&["convert", "-O", "qcow2", &s(&q), &s(&q)]);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("refusing to overwrite"),
-        "{}",
-        run.stderr
-    );
+    assert_contains!(run.stderr, "refusing to overwrite");
     assert_same(&raw, &q, "source kept");
 }

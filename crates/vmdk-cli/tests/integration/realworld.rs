@@ -15,24 +15,11 @@
 //! place), so each test works on a copy. Without the samples the tests fail: they are the
 //! point of this file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
-
-/// Where the samples are: `<repository>/../shared/samples/realworld`.
-fn samples() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = repo.join("../shared/samples/realworld");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the real-world VMDK samples are missing: expected them in {} (the shared/ folder \
-         beside the repository checkout, as CI lays it out)",
-        dir.display()
-    );
-    dir.canonicalize().expect("canonical samples path")
-}
 
 /// A writable copy of the samples with the gzip members expanded (what `prepare.sh` does).
 fn prepared() -> tempfile::TempDir {
@@ -134,32 +121,9 @@ fn expectations(root: &Path) -> Vec<(String, Expect)> {
     rows
 }
 
-/// Run `vmdk ARGS` in `dir` (the README: open each file from its own folder).
-fn vmdk_in(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmdk"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("spawning vmdk");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
+/// Run `qemu-img ARGS` in `dir`.
 fn qemu_in(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("spawning qemu-img");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(Command::new("qemu-img").args(args).current_dir(dir))
 }
 
 /// sha256 of a file, reading only its data: holes (most of the all-zero 8 GiB disks) are
@@ -397,5 +361,5 @@ fn map_json_failing_part_way_prints_nothing() {
     let r = vmdk_in(&dir, &["map", "two.vmdk"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.starts_with("Offset"), "{}", r.stdout);
-    assert!(r.stderr.contains("sesparse.vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "sesparse.vmdk");
 }

@@ -583,12 +583,7 @@ fn serves_two_gb_max_extent_flat() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "flat.vmdk",
-        "8M",
-        &["subformat=twoGbMaxExtentFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "flat.vmdk", "8M", "twoGbMaxExtentFlat");
     qemu_io(&img, &["write -P 0x42 100k 50k", "write -P 0x43 8188k 4k"]);
     check_read_only_export(dir.path(), &img);
 }
@@ -616,12 +611,7 @@ fn allocation_depth_as_qemu_nbd() {
             "write -P 0x13 70M 4k",  // beyond the base's end
         ],
     );
-    let fbase = qemu_create(
-        dir.path(),
-        "fbase.vmdk",
-        "6M",
-        &["subformat=monolithicFlat"],
-    );
+    let fbase = qemu_create_sub(dir.path(), "fbase.vmdk", "6M", "monolithicFlat");
     qemu_io(&fbase, &["write -P 0x21 0 1M", "write -P 0x22 3M 4k"]);
     let ftop = qemu_child(dir.path(), "ftop.vmdk", &fbase, Some("8M"));
     qemu_io(&ftop, &["write -P 0x23 512k 64k", "write -z 3M 64k"]);
@@ -709,12 +699,7 @@ fn serves_short_flat_file() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "short.vmdk",
-        "8M",
-        &["subformat=monolithicFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "short.vmdk", "8M", "monolithicFlat");
     qemu_io(&img, &["write -P 0x5a 0 8M"]);
     let flat = dir.path().join("short-flat.vmdk");
     let f = std::fs::OpenOptions::new().write(true).open(&flat).unwrap();
@@ -852,15 +837,14 @@ fn open_options_are_honoured() {
     qemu_io(&base, &["write -P 0x5 0 4k"]);
     let r = vmdk(&["serve", "-b", "127.0.0.1:1", &s(&top)]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("parentCID"), "{}", r.stderr);
+    assert_contains!(r.stderr, "parentCID");
     let srv = Served::tcp(&top, &["-r", "-t", "--ignore-cid-mismatch"]);
     qemu_io_nbd_with(&["-r"], &srv.url(), &cmds(&["read -P 0x5 0 4k"]));
     drop(srv);
 
     // A child naming its parent by an absolute path outside its directory.
     let other = tempdir();
-    let far = qemu_create(other.path(), "far.vmdk", "8M", &[]);
-    qemu_io(&far, &["write -P 0x6 4k 4k"]);
+    let far = qemu_written(other.path(), "far.vmdk", "8M", &["write -P 0x6 4k 4k"]);
     let child = dir.path().join("farchild.vmdk");
     ok(
         "qemu-img",
@@ -963,8 +947,7 @@ fn trim_and_zero_writes_give_space_back() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "trim.vmdk", "128M", &[]);
-    qemu_io(&img, &["write -P 0x11 0 96M"]);
+    let img = qemu_written(dir.path(), "trim.vmdk", "128M", &["write -P 0x11 0 96M"]);
     let (full, len) = (allocated(&img), std::fs::metadata(&img).unwrap().len());
     let sock = dir.path().join("nbd.sock");
     let mut srv = Served::unix(&img, &sock, &["--persistent"]);
@@ -1216,12 +1199,7 @@ fn sigterm_with_stuck_client() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(
-        dir.path(),
-        "stuck.vmdk",
-        "64M",
-        &["subformat=twoGbMaxExtentFlat"],
-    );
+    let img = qemu_create_sub(dir.path(), "stuck.vmdk", "64M", "twoGbMaxExtentFlat");
     let mut srv = Served::tcp(&img, &[]);
     let mut c = RawClient::tcp(srv.port());
     for i in 0..400u64 {
@@ -2013,7 +1991,7 @@ fn tls_as_qemu_nbd_takes_it() {
     // A client that does not start TLS is told TLS is required.
     let r = tool("qemu-img", &["info", &format!("nbd://127.0.0.1:{port}")]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("TLS"), "plain qemu client: {}", r.stderr);
+    assert_contains!(r.stderr, "TLS", "plain qemu client");
     // libnbd says only "not supported"; its debug output shows the server's reason.
     let r = Command::new("nbdinfo")
         .arg(format!("nbd://127.0.0.1:{port}"))
@@ -2093,7 +2071,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("/nonexistent"), "{}", r.stderr);
+    assert_contains!(r.stderr, "/nonexistent");
     let r = vmdk(&[
         "serve",
         "--object",
@@ -2103,7 +2081,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("tls1"), "{}", r.stderr);
+    assert_contains!(r.stderr, "tls1");
     let r = vmdk(&[
         "serve",
         "--object",
@@ -2116,7 +2094,7 @@ fn tls_as_qemu_nbd_takes_it() {
         &s(&img),
     ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("server endpoint"), "{}", r.stderr);
+    assert_contains!(r.stderr, "server endpoint");
 }
 
 /// qemu-nbd's options each do what qemu-nbd's do: `-k SOCKET --fork --pid-file` (returns
@@ -2129,8 +2107,7 @@ fn qemu_nbd_options_each_take_effect() {
         return;
     }
     let dir = tempdir();
-    let img = qemu_create(dir.path(), "opts.vmdk", "8M", &[]);
-    qemu_io(&img, &["write -P 0x3c 0 64k"]);
+    let img = qemu_written(dir.path(), "opts.vmdk", "8M", &["write -P 0x3c 0 64k"]);
     let sock = dir.path().join("nbd.sock");
     let pid_file = dir.path().join("nbd.pid");
     vmdk_ok(&[
@@ -2212,5 +2189,5 @@ fn qemu_nbd_options_each_take_effect() {
     // -f takes only vmdk.
     let r = vmdk(&["serve", "-f", "qcow2", "-k", &s(&sock), &s(&img)]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("vmdk"), "{}", r.stderr);
+    assert_contains!(r.stderr, "vmdk");
 }

@@ -3,9 +3,12 @@
 //! write pass `qemu-img check` and `qemu-img compare`, and our streamOptimized output is no
 //! larger than qemu-img's.
 
+use crate::common::IN_PLACE_SUBFORMATS;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmdk_test_support::qemu::SUBFORMATS;
+use vmdk_test_support::qemu::{qemu_overlay, qemu_to_vmdk};
 
 use crate::common::{self, assert_same, qemu_img, qemu_io, qemu_raw, Dir};
 use vmdk::convert::{
@@ -89,25 +92,13 @@ fn raw_via_ours(src: &Path, format: Option<&str>, dst: &Path, threads: usize) ->
 
 /// What `qemu-img convert -O raw` makes of `image` (probed by qemu-img itself).
 fn oracle(image: &Path) -> Vec<u8> {
-    let raw = image.with_extension("oracle.raw");
     let fmt = qemu_img(&["info", "--output=json", image.to_str().unwrap()]);
     let fmt = if fmt.contains("\"format\": \"vmdk\"") {
         "vmdk"
     } else {
         "raw"
     };
-    qemu_img(&[
-        "convert",
-        "-f",
-        fmt,
-        "-O",
-        "raw",
-        image.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
-    let data = std::fs::read(&raw).unwrap();
-    std::fs::remove_file(&raw).unwrap();
-    data
+    common::qemu_raw_as(image, fmt, false)
 }
 
 fn check_raw_output(what: &str, image: &Path, format: Option<&str>, dir: &Dir) {
@@ -131,17 +122,7 @@ fn check_raw_output(what: &str, image: &Path, format: Option<&str>, dir: &Dir) {
 }
 
 fn qemu_convert(src: &Path, dst: &Path, subformat: &str) {
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        &format!("subformat={subformat}"),
-        src.to_str().unwrap(),
-        dst.to_str().unwrap(),
-    ]);
+    qemu_to_vmdk(src, dst, "raw", &format!("subformat={subformat}"));
 }
 
 const SIZE: u64 = 5 * MIB + 3 * 512;
@@ -153,13 +134,7 @@ fn qemu_images_to_raw_match_qemu() {
     make_source(&src, SIZE);
     check_raw_output("raw source", &src, Some("raw"), &dir);
     check_raw_output("probed raw source", &src, None, &dir);
-    for sub in [
-        "monolithicSparse",
-        "monolithicFlat",
-        "twoGbMaxExtentSparse",
-        "twoGbMaxExtentFlat",
-        "streamOptimized",
-    ] {
+    for sub in SUBFORMATS {
         let img = dir.path(&format!("{sub}.vmdk"));
         qemu_convert(&src, &img, sub);
         check_raw_output(sub, &img, None, &dir);
@@ -175,17 +150,7 @@ fn chain_to_raw_matches_qemu() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let mid = dir.path("mid.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        mid.to_str().unwrap(),
-    ]);
+    qemu_overlay(&mid, "base.vmdk", "", "");
     qemu_io(
         &mid,
         &[
@@ -195,17 +160,7 @@ fn chain_to_raw_matches_qemu() {
         ],
     );
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "mid.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "mid.vmdk", "", "");
     qemu_io(
         &top,
         &["write -P 0x33 65000 70000", "write -P 0x44 5M 1536"],
@@ -328,14 +283,10 @@ fn raw_to_every_subformat_passes_qemu() {
     let dir = Dir::new();
     let src = dir.path("src.raw");
     let disk = make_source(&src, SIZE);
-    for sub in [
-        Subformat::MonolithicSparse,
-        Subformat::MonolithicFlat,
-        Subformat::TwoGbMaxExtentSparse,
-        Subformat::TwoGbMaxExtentFlat,
-        Subformat::Vmfs,
-        Subformat::StreamOptimized,
-    ] {
+    for sub in IN_PLACE_SUBFORMATS
+        .into_iter()
+        .chain([Subformat::StreamOptimized])
+    {
         let name = sub.create_type();
         let out = dir.path(&format!("{name}.vmdk"));
         let s = open_source(&src, Some("raw"), &OpenOptions::new()).unwrap();
@@ -364,17 +315,7 @@ fn raw_to_every_subformat_passes_qemu() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     qemu_io(&top, &["write -P 0x77 12345 100000", "write -z 1M 1M"]);
     let out = dir.path("flattened.vmdk");
     let s = open_source(&top, None, &OpenOptions::new()).unwrap();
@@ -550,17 +491,7 @@ fn convert_onto_backing_file_copies_top_layer_only() {
     let base = dir.path("base.vmdk");
     qemu_convert(&src, &base, "monolithicSparse");
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     // Zeros over base data must survive as zeros in the new image.
     qemu_io(&top, &["write -P 0x61 70000 9000", "write -z 1M 128k"]);
     let out = dir.path("out.vmdk");

@@ -6,6 +6,7 @@
 
 use crate::common::build::{self, SECTOR};
 use crate::common::*;
+use vmdk_test_support::qemu::{qemu_create_as, qemu_to_vmdk};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -253,16 +254,7 @@ fn entry_past_the_end_is_not_taken_for_a_grain_allocated_later() {
 fn split_sparse_extent_corruption_leaves_every_file_untouched() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("split.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=twoGbMaxExtentSparse",
-        p.to_str().unwrap(),
-        "3G",
-    ]);
+    qemu_create_as("vmdk", &p, "3G", "subformat=twoGbMaxExtentSparse");
     qemu_io(&p, &["write -P 1 0 64k", "write -P 2 2G 64k"]);
     let e2 = d.path().join("split-s002.vmdk");
     assert!(e2.exists());
@@ -280,15 +272,7 @@ fn stream_append_into_a_shared_table() {
     let src = qemu_sparse(d.path(), "64M");
     qemu_io(&src, &["write -P 3 33M 64k"]);
     let p = d.path().join("s.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        src.to_str().unwrap(),
-        p.to_str().unwrap(),
-    ]);
+    qemu_to_vmdk(&src, &p, "", "subformat=streamOptimized");
     std::fs::remove_file(&src).unwrap();
     let t0 = read_u32(&p, gde_at(&p, 0));
     put_u32(&p, gde_at(&p, 1), t0);

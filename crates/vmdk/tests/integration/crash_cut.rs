@@ -9,6 +9,7 @@
 
 use crate::common::crash::*;
 use crate::common::*;
+use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -171,16 +172,7 @@ fn write_overlay() {
     let start = qemu_files(|d| {
         qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), "2M"]);
         qemu_io(&d.join("base.vmdk"), &["write -P 0xaa 0 2M"]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-b",
-            "base.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "disk.vmdk"),
-        ]);
+        qemu_overlay(q(d, "disk.vmdk"), "base.vmdk", "", "");
     });
     guest_writes(
         "write/overlay",
@@ -233,15 +225,7 @@ fn write_cowd_and_stream_optimized() {
             &build::cowd(&disk, 16, None, &build::nonzero),
         );
         let stream = q(d, "stream.vmdk");
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            &stream,
-            "2M",
-        ]);
+        qemu_create_as("vmdk", &stream, "2M", "subformat=streamOptimized");
         qemu_io(&d.join("stream.vmdk"), &["write -P 0x31 0 192k"]);
     });
     let acts = [
@@ -295,7 +279,7 @@ fn write_grain_table_allocation() {
 fn write_zeroes_with_zeroed_grains() {
     let start = qemu_files(|d| {
         let disk = q(d, "disk.vmdk");
-        qemu_img(&["create", "-f", "vmdk", "-o", "zeroed_grain=on", &disk, "2M"]);
+        qemu_create_as("vmdk", &disk, "2M", "zeroed_grain=on");
         qemu_io(&d.join("disk.vmdk"), &["write -P 0x77 0 1M"]);
     });
     guest_writes(
@@ -319,18 +303,7 @@ fn zeroed_overlay(size: &str, fill: impl FnOnce(&Path)) -> Files {
     qemu_files(|d| {
         qemu_img(&["create", "-f", "vmdk", &q(d, "base.vmdk"), size]);
         qemu_io(&d.join("base.vmdk"), &[&format!("write -P 0xaa 0 {size}")]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "-b",
-            "base.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "disk.vmdk"),
-        ]);
+        qemu_overlay(q(d, "disk.vmdk"), "base.vmdk", "zeroed_grain=on", "");
         fill(&d.join("disk.vmdk"));
     })
 }
@@ -603,18 +576,12 @@ fn commit_chain_of(d: &Path, subformat: &str) {
         &d.join("base.vmdk"),
         &["write -P 0xb1 0 512k", "write -P 0xb2 1M 256k"],
     );
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-o",
-        &format!("subformat={subformat}"),
-        "-b",
+    qemu_overlay(
+        q(d, "top.vmdk"),
         "base.vmdk",
-        "-F",
-        "vmdk",
-        &q(d, "top.vmdk"),
-    ]);
+        &format!("subformat={subformat}"),
+        "",
+    );
     qemu_io(
         &d.join("top.vmdk"),
         &[
@@ -693,16 +660,7 @@ fn commit_into_lower_base() {
     // namespace the chain was in.
     let start = qemu_files(|d| {
         commit_chain(d);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-b",
-            "top.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "top2.vmdk"),
-        ]);
+        qemu_overlay(q(d, "top2.vmdk"), "top.vmdk", "", "");
         qemu_io(
             &d.join("top2.vmdk"),
             &["write -P 0x81 0 8k", "write -P 0x82 1M 64k"],
@@ -795,18 +753,12 @@ fn rebase_bases(d: &Path) {
 fn rebase_start(subformat: &str) -> Files {
     qemu_files(|d| {
         rebase_bases(d);
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            &format!("subformat={subformat}"),
-            "-b",
+        qemu_overlay(
+            q(d, "top.vmdk"),
             "old-base.vmdk",
-            "-F",
-            "vmdk",
-            &q(d, "top.vmdk"),
-        ]);
+            &format!("subformat={subformat}"),
+            "",
+        );
         qemu_io(&d.join("top.vmdk"), &["write -P 0x71 64k 100k"]);
     })
 }
@@ -1195,15 +1147,12 @@ fn amend_descriptor() {
     let start = qemu_files(|d| {
         qemu_img(&["create", "-f", "vmdk", &q(d, "disk.vmdk"), "2M"]);
         qemu_io(&d.join("disk.vmdk"), &["write -P 0x61 0 100k"]);
-        qemu_img(&[
-            "create",
-            "-f",
+        qemu_create_as(
             "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentSparse",
-            &q(d, "split.vmdk"),
+            q(d, "split.vmdk"),
             "2M",
-        ]);
+            "subformat=twoGbMaxExtentSparse",
+        );
         qemu_io(&d.join("split.vmdk"), &["write -P 0x62 0 100k"]);
     });
     amend_cuts("amend/embedded descriptor", &start, "/d/disk.vmdk");

@@ -5,6 +5,7 @@
 
 use crate::common::build::{self, Grain, SECTOR};
 use crate::common::*;
+use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay, qemu_to_vmdk};
 
 use crate::common::alloc;
 use std::path::{Path, PathBuf};
@@ -573,16 +574,7 @@ fn cid_mismatch() {
     let base = d.path("base.vmdk");
     let child = d.path("child.vmdk");
     qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "1M"]);
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        child.to_str().unwrap(),
-    ]);
+    qemu_overlay(&child, "base.vmdk", "", "");
     Image::open(&child).unwrap();
     // Writing to the base changes its CID: the child no longer matches.
     qemu_io(&base, &["write -P 0x42 0 4k"]);
@@ -893,15 +885,7 @@ fn seed_images(d: &Dir) -> Vec<(String, Vec<u8>, Option<String>)> {
     let ms = qemu_sparse(d, "seed-ms.vmdk", "1M");
     out.push(("ms".to_string(), std::fs::read(&ms).unwrap(), None));
     let zg = d.path("seed-zg.vmdk");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-o",
-        "zeroed_grain=on",
-        zg.to_str().unwrap(),
-        "1M",
-    ]);
+    qemu_create_as("vmdk", &zg, "1M", "zeroed_grain=on");
     qemu_io(
         &zg,
         &["write -P 1 0 64k", "write -z 64k 64k", "write -P 2 512k 1k"],
@@ -910,15 +894,7 @@ fn seed_images(d: &Dir) -> Vec<(String, Vec<u8>, Option<String>)> {
     let raw = d.path("seed.raw");
     std::fs::write(&raw, sample_disk(1 << 20)).unwrap();
     let qs = d.path("seed-qs.vmdk");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        raw.to_str().unwrap(),
-        qs.to_str().unwrap(),
-    ]);
+    qemu_to_vmdk(&raw, &qs, "", "subformat=streamOptimized");
     out.push(("qs".to_string(), std::fs::read(&qs).unwrap(), None));
     let (vs, _, _) = stream_file(d);
     out.push(("vs".to_string(), vs, None));

@@ -4,6 +4,7 @@
 //! against real qemu processes.)
 
 use std::path::Path;
+use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay};
 
 use crate::common::*;
 use vmdk::{ErrorKind, FileId, OpenOptions};
@@ -60,17 +61,7 @@ fn writing_operations_refuse_force_share() {
     let base = dir.path("base.vmdk");
     let top = dir.path("top.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", base.to_str().unwrap(), "1M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     let before = (std::fs::read(&base).unwrap(), std::fs::read(&top).unwrap());
     let shared = OpenOptions::new().force_share(true);
     let none = |_: u64, _: u64| {};
@@ -147,28 +138,9 @@ fn writing_operations_refuse_force_share() {
 fn file_ids_cover_descriptor_extents_and_chain() {
     let dir = Dir::new();
     let base = dir.path("base.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=twoGbMaxExtentFlat",
-        base.to_str().unwrap(),
-        "3G",
-    ]);
+    qemu_create_as("vmdk", &base, "3G", "subformat=twoGbMaxExtentFlat");
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     let img = OpenOptions::new().open(&top).unwrap();
     let ids = img.file_ids();
     let id = |n: &str| FileId::of_path(&dir.path(n)).unwrap().unwrap();

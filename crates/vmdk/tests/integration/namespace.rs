@@ -2,6 +2,7 @@
 //! backing chains, converting and the path gate work the same without a file system, which
 //! is what lets archives and object stores hold images.
 
+use crate::common::IN_PLACE_SUBFORMATS;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,13 +36,7 @@ fn create_in(ns: &Arc<MemNamespace>, name: &str, size: u64, sub: Subformat, back
 
 #[test]
 fn every_subformat_is_created_written_and_read_back_in_memory() {
-    for sub in [
-        Subformat::MonolithicSparse,
-        Subformat::MonolithicFlat,
-        Subformat::TwoGbMaxExtentSparse,
-        Subformat::TwoGbMaxExtentFlat,
-        Subformat::Vmfs,
-    ] {
+    for sub in IN_PLACE_SUBFORMATS {
         let ns = mem();
         let size = 5 << 20;
         create_in(&ns, "/vm/disk.vmdk", size, sub, None);

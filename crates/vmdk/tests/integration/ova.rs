@@ -13,7 +13,7 @@
 
 use crate::common::alloc;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vmdk::ova::tar::gnu_header;
@@ -24,6 +24,15 @@ use vmdk::Image;
 
 /// One case at a time, so live bytes are this case's.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// In the process of its own that [`alloc::alone`] runs `test` in, the lock that keeps the
+/// cases of this file from running at once; `None` in the calling process (which returns).
+fn alone_and_serial(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !alloc::alone(test) {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
+}
 
 /// Run `f`, returning what it returned, its wall time and the most memory it held at once.
 fn measured<T>(f: impl FnOnce() -> T) -> (T, Duration, usize) {
@@ -64,10 +73,10 @@ fn hex_sha256(data: &[u8]) -> String {
 
 #[test]
 fn a_member_named_on_every_manifest_line_is_hashed_once() {
-    if !alloc::alone("ova::a_member_named_on_every_manifest_line_is_hashed_once") {
+    let Some(_one) = alone_and_serial("ova::a_member_named_on_every_manifest_line_is_hashed_once")
+    else {
         return;
-    }
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let dir = tempfile::tempdir().unwrap();
     let disk: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let line = format!("SHA256(disk.vmdk)= {}\n", hex_sha256(&disk));
@@ -110,10 +119,10 @@ fn many_line_descriptor(lines: usize) -> String {
 
 #[test]
 fn descriptor_lines_inside_an_ova_index_the_archive_once() {
-    if !alloc::alone("ova::descriptor_lines_inside_an_ova_index_the_archive_once") {
+    let Some(_one) = alone_and_serial("ova::descriptor_lines_inside_an_ova_index_the_archive_once")
+    else {
         return;
-    }
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let dir = tempfile::tempdir().unwrap();
     let lines = 20_000;
     let desc = many_line_descriptor(lines);

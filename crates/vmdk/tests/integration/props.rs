@@ -2,6 +2,7 @@
 //! extent boundaries) equal the bytes qemu reads; the same from 8 threads sharing one image.
 
 use crate::common::*;
+use vmdk_test_support::qemu::{qemu_overlay, qemu_to_vmdk};
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -53,15 +54,7 @@ fn make_fixture(kind: &str) -> Fixture {
             data[(3 << 20)..(3 << 20) + 100_000].fill(0x42);
             std::fs::write(&raw, &data).unwrap();
             let p = d.path("st.vmdk");
-            qemu_img(&[
-                "convert",
-                "-O",
-                "vmdk",
-                "-o",
-                "subformat=streamOptimized",
-                raw.to_str().unwrap(),
-                p.to_str().unwrap(),
-            ]);
+            qemu_to_vmdk(&raw, &p, "", "subformat=streamOptimized");
             p
         }
         "chain" => {
@@ -69,18 +62,7 @@ fn make_fixture(kind: &str) -> Fixture {
             qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "4M"]);
             qemu_io(&base, &["write -P 0xa1 0 3M", "write -P 0xa2 3500k 100k"]);
             let child = d.path("child.vmdk");
-            qemu_img(&[
-                "create",
-                "-f",
-                "vmdk",
-                "-o",
-                "zeroed_grain=on",
-                "-b",
-                "base.vmdk",
-                "-F",
-                "vmdk",
-                child.to_str().unwrap(),
-            ]);
+            qemu_overlay(&child, "base.vmdk", "zeroed_grain=on", "");
             qemu_io(
                 &child,
                 &[

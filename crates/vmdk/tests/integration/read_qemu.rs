@@ -2,6 +2,7 @@
 //! or ranges of it for big sparse disks), and `Image::map` agrees with `qemu-img map`.
 
 use crate::common::*;
+use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay, qemu_to_vmdk};
 
 use std::path::{Path, PathBuf};
 use vmdk::Image;
@@ -25,25 +26,9 @@ fn make(d: &Dir, sub: &str, extra: &str, size: &str) -> PathBuf {
         let raw = d.path("src.raw");
         qemu_img(&["create", "-f", "raw", raw.to_str().unwrap(), size]);
         qemu_io_raw(&raw);
-        qemu_img(&[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            &opts,
-            raw.to_str().unwrap(),
-            img.to_str().unwrap(),
-        ]);
+        qemu_to_vmdk(&raw, &img, "", &opts);
     } else {
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            &opts,
-            img.to_str().unwrap(),
-            size,
-        ]);
+        qemu_create_as("vmdk", &img, size, &opts);
         scribble(&img);
         if extra.contains("zeroed_grain=on") {
             // Whole-grain zero writes become zeroed-grain GTEs; partial ones write zeros.
@@ -165,15 +150,7 @@ fn options_matrix() {
 fn descriptor_fields_reflect_options() {
     let d = Dir::new();
     let p = d.path("a.vmdk");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-o",
-        "adapter_type=lsilogic,hwversion=21",
-        p.to_str().unwrap(),
-        "1M",
-    ]);
+    qemu_create_as("vmdk", &p, "1M", "adapter_type=lsilogic,hwversion=21");
     let img = Image::open(&p).unwrap();
     assert_eq!(img.descriptor().ddb("ddb.adapterType"), Some("lsilogic"));
     assert_eq!(img.descriptor().ddb("ddb.virtualHWVersion"), Some("21"));
@@ -205,15 +182,7 @@ fn two_gb_extent_boundaries() {
     for sub in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
         let d = Dir::new();
         let p = d.path("big.vmdk");
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            &format!("subformat={sub}"),
-            p.to_str().unwrap(),
-            "5G",
-        ]);
+        qemu_create_as("vmdk", &p, "5G", &format!("subformat={sub}"));
         let b2 = 2 * GIB;
         let b4 = 4 * GIB;
         qemu_io(
@@ -302,31 +271,11 @@ fn multi_tib_sparse() {
         (size - GIB, GIB),
         ((3u64 << 40) - GIB / 2, GIB),
     ] {
-        let out = qemu_img(&[
-            "map",
-            "--output=json",
-            "-f",
-            "vmdk",
+        let theirs = qemu_map_args(&[
             &format!("--start-offset={start}"),
             &format!("--max-length={len}"),
             p.to_str().unwrap(),
         ]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let theirs = merge_map(
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|e| QMap {
-                    start: e["start"].as_u64().unwrap(),
-                    length: e["length"].as_u64().unwrap(),
-                    depth: e["depth"].as_u64().unwrap(),
-                    present: e["present"].as_bool().unwrap(),
-                    zero: e["zero"].as_bool().unwrap(),
-                    data: e["data"].as_bool().unwrap(),
-                    offset: e.get("offset").and_then(|o| o.as_u64()),
-                })
-                .collect(),
-        );
         let ours = merge_map(img.map(start, len).unwrap().iter().map(to_qmap).collect());
         assert_eq!(ours, theirs, "map window {start}+{len}");
     }
@@ -451,17 +400,7 @@ fn child_larger_than_parent() {
     let child = d.path("child.vmdk");
     qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "1M"]);
     qemu_io(&base, &["write -P 0x10 0 1M"]);
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        child.to_str().unwrap(),
-        "3M",
-    ]);
+    qemu_overlay(&child, "base.vmdk", "", "3M");
     qemu_io(&child, &["write -P 0x20 2M 4k"]);
     assert_same("larger child", &our_raw(&child), &qemu_raw(&child));
 }
@@ -471,15 +410,7 @@ fn child_larger_than_parent() {
 fn chain_over_flat_and_stream() {
     let d = Dir::new();
     let base = d.path("base.vmdk");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        base.to_str().unwrap(),
-        "3M",
-    ]);
+    qemu_create_as("vmdk", &base, "3M", "subformat=monolithicFlat");
     qemu_io(&base, &["write -P 0x31 0 3M"]);
     let child = d.path("child.vmdk");
     create_child(&base, &child, "subformat=twoGbMaxExtentSparse");
@@ -519,15 +450,7 @@ fn random_write_sequences() {
         } else {
             format!("subformat={sub},{extra}")
         };
-        qemu_img(&[
-            "create",
-            "-f",
-            "vmdk",
-            "-o",
-            &opts,
-            base.to_str().unwrap(),
-            &size.to_string(),
-        ]);
+        qemu_create_as("vmdk", &base, &size.to_string(), &opts);
         let mut random_writes = |layer: &Path| {
             let mut cmds = Vec::new();
             for _ in 0..12 {
@@ -590,15 +513,7 @@ fn random_stream_images() {
         cmd.arg(&raw);
         run(&mut cmd);
         let base = d.path("base.vmdk");
-        qemu_img(&[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            raw.to_str().unwrap(),
-            base.to_str().unwrap(),
-        ]);
+        qemu_to_vmdk(&raw, &base, "", "subformat=streamOptimized");
         let mut top = base.clone();
         if seed % 2 == 1 {
             let child = d.path("child.vmdk");

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use vmdk::{create, CreateOptions, Image, OpenOptions, Subformat};
+use vmdk_test_support::qemu::qemu_overlay;
 
 const SIZE: u64 = 5 << 20;
 
@@ -208,28 +209,10 @@ fn chain_flattened_into_every_subformat() {
     qemu_img(&["create", "-f", "vmdk", base.to_str().unwrap(), "4M"]);
     qemu_io(&base, &["write -P 0x31 0 1M", "write -P 0x32 3M 100k"]);
     let mid = dir.path("mid.vmdk");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        mid.to_str().unwrap(),
-    ]);
+    qemu_overlay(&mid, "base.vmdk", "", "");
     qemu_io(&mid, &["write -P 0x33 500k 70k", "write -z 3M 64k"]);
     let top = dir.path("top.vmdk");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vmdk",
-        "-b",
-        "mid.vmdk",
-        "-F",
-        "vmdk",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay(&top, "mid.vmdk", "", "");
     qemu_io(&top, &["write -P 0x34 2M 4k"]);
     let expected = qemu_raw(&top);
     let src = Image::open(&top).unwrap();

@@ -42,17 +42,22 @@ pub fn qemu_io(image: &Path, cmds: &[&str]) {
 
 /// The raw bytes qemu-img reads from `image` (with `-U`: the test may hold it open).
 pub fn qemu_raw(image: &Path) -> Vec<u8> {
+    qemu_raw_as(image, "vmdk", true)
+}
+
+/// The raw bytes `qemu-img convert [-U] -f FORMAT -O raw` makes of `image`.
+pub fn qemu_raw_as(image: &Path, format: &str, force_share: bool) -> Vec<u8> {
     let raw = image.with_extension("oracle.raw");
-    qemu_img(&[
-        "convert",
-        "-U",
-        "-f",
-        "vmdk",
-        "-O",
-        "raw",
-        image.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
+    let (image_s, raw_s) = (image.to_str().unwrap(), raw.to_str().unwrap());
+    let share: &[&str] = if force_share { &["-U"] } else { &[] };
+    qemu_img(
+        &[
+            &["convert"],
+            share,
+            &["-f", format, "-O", "raw", image_s, raw_s],
+        ]
+        .concat(),
+    );
     let data = std::fs::read(&raw).unwrap();
     std::fs::remove_file(&raw).unwrap();
     data
@@ -88,6 +93,15 @@ pub fn assert_same(what: &str, ours: &[u8], theirs: &[u8]) {
         );
     }
 }
+
+/// The subformats written in place: every one but streamOptimized (which only appends).
+pub const IN_PLACE_SUBFORMATS: [vmdk::Subformat; 5] = [
+    vmdk::Subformat::MonolithicSparse,
+    vmdk::Subformat::MonolithicFlat,
+    vmdk::Subformat::TwoGbMaxExtentSparse,
+    vmdk::Subformat::TwoGbMaxExtentFlat,
+    vmdk::Subformat::Vmfs,
+];
 
 /// A temp dir with a path helper.
 pub struct Dir(pub tempfile::TempDir);
@@ -182,13 +196,12 @@ pub fn merge_map(v: Vec<QMap>) -> Vec<QMap> {
 
 /// `qemu-img map --output=json IMAGE`, parsed and merged.
 pub fn qemu_map(image: &Path) -> Vec<QMap> {
-    let out = qemu_img(&[
-        "map",
-        "--output=json",
-        "-f",
-        "vmdk",
-        image.to_str().unwrap(),
-    ]);
+    qemu_map_args(&[image.to_str().unwrap()])
+}
+
+/// `qemu-img map --output=json -f vmdk ARGS...` (options, then the image), parsed and merged.
+pub fn qemu_map_args(args: &[&str]) -> Vec<QMap> {
+    let out = qemu_img(&[&["map", "--output=json", "-f", "vmdk"], args].concat());
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     merge_map(
         v.as_array()
