@@ -148,3 +148,59 @@ pub fn vmdk_options(opts: &[(String, String)], allow_backing: bool) -> Result<Vm
     v.create.namespace = Some(crate::namespace());
     Ok(v)
 }
+
+/// `-p` and `-q` of the commands that show progress.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ProgressArgs {
+    /// Show progress.
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+}
+
+impl ProgressArgs {
+    /// Run `op` with a progress callback that draws a bar (or qemu-img's percentages) when
+    /// `-p` is given without `-q`; the bar ends, marked as failed or not, when `op` does.
+    pub fn run<T>(
+        &self,
+        op: impl FnOnce(&(dyn Fn(u64, u64) + Sync)) -> vmdk::Result<T>,
+    ) -> Result<T> {
+        let pb = crate::progress::Progress::new(self.progress && !self.quiet);
+        let result = op(&|done, total| pb.update(done, total));
+        pb.end(result.is_ok());
+        Ok(result?)
+    }
+}
+
+/// The image a command changes: a VMDK (`-f vmdk`, or no `-f`), opened with the open flags,
+/// which may not include `-U`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmdkTarget {
+    /// Image format (only vmdk).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}
+
+impl VmdkTarget {
+    /// Refuse another format and `-U` for `image`, before anything is opened, as qemu-img
+    /// does.
+    pub fn check_writable(&self, image: &Path) -> Result<()> {
+        require_vmdk(self.format.as_deref())?;
+        refuse_force_share(&self.open, image)
+    }
+}
+
+/// The image a command reads: its format (`-f`, probed from the content when absent) and
+/// the open flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Image format (vmdk, qcow2 or raw); probed from the content when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}

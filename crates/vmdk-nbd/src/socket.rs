@@ -23,41 +23,30 @@ pub(crate) trait Socket: Read + Write + Send + Sync {
     }
 }
 
-impl Socket for TcpStream {
-    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        Some(std::os::fd::AsFd::as_fd(self))
-    }
-    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
-        self.shutdown(how)
-    }
-    fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout)
-    }
-    fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_write_timeout(timeout)
-    }
+/// The two plain stream sockets answer with their own methods of the same names.
+macro_rules! plain_socket {
+    ($($t:ty),*) => {$(
+        impl Socket for $t {
+            fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
+                Ok(Box::new(self.try_clone()?))
+            }
+            fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+                Some(std::os::fd::AsFd::as_fd(self))
+            }
+            fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
+                self.shutdown(how)
+            }
+            fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+                self.set_read_timeout(timeout)
+            }
+            fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
+                self.set_write_timeout(timeout)
+            }
+        }
+    )*};
 }
 
-impl Socket for UnixStream {
-    fn try_clone_box(&self) -> io::Result<Box<dyn Socket>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn plain_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        Some(std::os::fd::AsFd::as_fd(self))
-    }
-    fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
-        self.shutdown(how)
-    }
-    fn set_read_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout)
-    }
-    fn set_write_timeout_socket(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_write_timeout(timeout)
-    }
-}
+plain_socket!(TcpStream, UnixStream);
 
 /// The server's side of a connection that is not a socket: what it writes goes to `W` (for
 /// [`crate::Server::serve_stream`]). Handles share the writer; shutting any of them down

@@ -87,7 +87,7 @@ impl ObjectNamespace {
     pub fn stat(&self, name: &Path) -> Result<Option<ObjectInfo>> {
         let n = ObjectName::parse(name)?;
         let store = self.shared.stores.get(&n, &self.shared.config)?;
-        let loc = location(&n, name)?;
+        let loc = n.location(name)?;
         match runtime().block_on(store.head(&loc)) {
             Ok(meta) => Ok(Some(ObjectInfo::new(&n, &meta))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -101,7 +101,7 @@ impl ObjectNamespace {
     pub fn read_range(&self, name: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
         let n = ObjectName::parse(name)?;
         let store = self.shared.stores.get(&n, &self.shared.config)?;
-        let loc = location(&n, name)?;
+        let loc = n.location(name)?;
         let opts = object_store::GetOptions {
             range: Some(object_store::GetRange::Bounded(
                 offset..offset.saturating_add(len),
@@ -125,20 +125,10 @@ impl ObjectNamespace {
             return Err(Error::unsupported("HTTP URLs are read-only").with_path(name));
         }
         let store = self.shared.stores.get(&n, &self.shared.config)?;
-        let loc = location(&n, name)?;
+        let loc = n.location(name)?;
         runtime()
             .block_on(store.put(&loc, PutPayload::from(data)))
             .map(|_| ())
             .map_err(|e| error(e, name, "cannot store"))
     }
-}
-
-fn location(n: &ObjectName, name: &Path) -> Result<object_store::path::Path> {
-    object_store::path::Path::parse(&n.key).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!("invalid object key \"{}\": {e}", n.key),
-        )
-        .with_path(name)
-    })
 }

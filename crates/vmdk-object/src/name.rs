@@ -42,6 +42,20 @@ pub struct ObjectName {
     pub key: String,
 }
 
+impl ObjectName {
+    /// The object's key as `object_store` takes it; a key it refuses is an error naming
+    /// `name`, the name the caller gave.
+    pub fn location(&self, name: &Path) -> Result<object_store::path::Path> {
+        object_store::path::Path::parse(&self.key).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid object key \"{}\": {e}", self.key),
+            )
+            .with_path(name)
+        })
+    }
+}
+
 /// The scheme of `name` if it is an object name (cheap: a prefix test).
 pub fn scheme_of(name: &Path) -> Option<Scheme> {
     let s = name.to_str()?;

@@ -43,20 +43,10 @@ impl ObjectNamespace {
         self.shared.stores.get(n, &self.shared.config)
     }
 
-    fn location(n: &ObjectName, name: &Path) -> Result<object_store::path::Path> {
-        object_store::path::Path::parse(&n.key).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid object key \"{}\": {e}", n.key),
-            )
-            .with_path(name)
-        })
-    }
-
     fn head(&self, name: &Path) -> Result<(ObjectName, object_store::ObjectMeta)> {
         let n = ObjectName::parse(name)?;
         let store = self.store(&n)?;
-        let loc = Self::location(&n, name)?;
+        let loc = n.location(name)?;
         let meta = runtime()
             .block_on(store.head(&loc))
             .map_err(|e| error(e, name, "cannot open"))?;
@@ -107,7 +97,7 @@ impl Namespace for ObjectNamespace {
             .with_path(name));
         }
         let store = self.store(&n)?;
-        let loc = Self::location(&n, name)?;
+        let loc = n.location(name)?;
         let upload = runtime()
             .block_on(store.put_multipart(&loc))
             .map_err(|e| error(e, name, "cannot start the upload"))?;
@@ -129,7 +119,7 @@ impl Namespace for ObjectNamespace {
             .stores
             .multipart(&n, &self.shared.config)?
             .ok_or_else(|| Error::unsupported("no multipart uploads here").with_path(name))?;
-        let loc = Self::location(&n, name)?;
+        let loc = n.location(name)?;
         Ok(Box::new(AppendUpload::start(
             store,
             loc,
@@ -152,7 +142,7 @@ impl Namespace for ObjectNamespace {
             return Err(Error::unsupported("HTTP URLs are read-only").with_path(name));
         }
         let store = self.store(&n)?;
-        let loc = Self::location(&n, name)?;
+        let loc = n.location(name)?;
         runtime()
             .block_on(store.delete(&loc))
             .map_err(|e| error(e, name, "cannot remove"))

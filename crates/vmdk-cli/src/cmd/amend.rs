@@ -6,16 +6,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use vmdk::amend::AmendOptions;
 
-use crate::opts::{open_vmdk, split_options, OpenArgs};
+use crate::opts::{open_vmdk, split_options, VmdkTarget};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Options, comma separated key=value: adapter_type, hwversion, toolsversion, compat6.
     #[arg(short = 'o', value_name = "OPTIONS", required = true)]
     options: Vec<String>,
-    /// Image format (only vmdk).
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    target: VmdkTarget,
     /// Show progress (accepted for qemu-img compatibility: amending is instant).
     #[arg(short = 'p')]
     progress: bool,
@@ -25,8 +24,6 @@ pub struct Args {
     /// Accepted for qemu-img compatibility.
     #[arg(long)]
     force: bool,
-    #[command(flatten)]
-    open: OpenArgs,
     /// The image (not needed with `-o help`).
     image: Option<PathBuf>,
 }
@@ -44,8 +41,8 @@ pub fn run(a: Args) -> Result<u8> {
     let Some(image) = &a.image else {
         bail!("Expecting one image file name");
     };
-    let o = a.open.options().writable(true).open_backing(false);
-    let img = open_vmdk(image, a.format.as_deref(), &o)?;
+    let o = a.target.open.options().writable(true).open_backing(false);
+    let img = open_vmdk(image, a.target.format.as_deref(), &o)?;
     vmdk::amend::amend(&img, &m)?;
     Ok(0)
 }

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use vmdk::commit::CommitOptions;
 
-use crate::opts::OpenArgs;
+use crate::opts::{ProgressArgs, VmdkTarget};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Image format (only vmdk).
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    target: VmdkTarget,
     /// Commit into this image of the backing chain instead of the direct backing file
     /// (implies -d).
     #[arg(short = 'b', value_name = "BASE")]
@@ -20,34 +19,24 @@ pub struct Args {
     /// Leave the overlay as it is instead of emptying it.
     #[arg(short = 'd')]
     keep: bool,
-    /// Show progress.
-    #[arg(short = 'p')]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Cache mode (accepted for qemu-img compatibility).
     #[arg(short = 't', value_name = "CACHE")]
     cache: Option<String>,
-    #[command(flatten)]
-    open: OpenArgs,
     /// The overlay.
     image: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    crate::opts::require_vmdk(a.format.as_deref())?;
-    crate::opts::refuse_force_share(&a.open, &a.image)?;
-    let pb = crate::progress::Progress::new(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| pb.update(done, total);
+    a.target.check_writable(&a.image)?;
     let c = CommitOptions {
         keep_overlay: a.keep || a.base.is_some(),
         base: a.base.clone(),
     };
-    let result = vmdk::commit::commit(&a.image, &c, &a.open.options(), &progress);
-    pb.end(result.is_ok());
-    result?;
-    if !a.quiet {
+    a.progress
+        .run(|progress| vmdk::commit::commit(&a.image, &c, &a.target.open.options(), progress))?;
+    if !a.progress.quiet {
         println!("Image committed.");
     }
     Ok(0)

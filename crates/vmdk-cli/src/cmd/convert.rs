@@ -7,24 +7,22 @@ use vmdk::qcow2::Qcow2CreateOptions;
 use vmdk::{ConvertOptions, ImageFormat};
 
 use crate::opts::{
-    open_disk, output_format, split_options, vmdk_options, vmdk_options_help, OpenArgs,
+    open_disk, output_format, split_options, vmdk_options, vmdk_options_help, ProgressArgs,
+    SourceArgs,
 };
-use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Source format (vmdk, qcow2 or raw); probed from the content when absent.
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Output format: raw, vmdk or qcow2.
     #[arg(short = 'O', value_name = "FMT", default_value = "raw")]
     out_format: String,
     /// Output options, comma separated key=value (`-o help` lists them).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    /// Show progress on stderr (a bar on a terminal, else qemu-img style percentages).
-    #[arg(short = 'p')]
-    progress: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Worker threads (0 = one per CPU).
     #[arg(short = 'm', value_name = "THREADS", default_value_t = 0)]
     threads: usize,
@@ -33,9 +31,6 @@ pub struct Args {
     /// VMDK and raw output refuse it).
     #[arg(short = 'c')]
     compress: bool,
-    /// Quiet: no progress, even with -p.
-    #[arg(short = 'q')]
-    quiet: bool,
     /// The target exists already: write into it instead of creating it.
     #[arg(short = 'n')]
     no_create: bool,
@@ -69,8 +64,6 @@ pub struct Args {
     /// stopping.
     #[arg(long)]
     salvage: bool,
-    #[command(flatten)]
-    open: OpenArgs,
     /// Source image (not needed with `-o help`).
     src: Option<PathBuf>,
     /// Destination file (not needed with `-o help`).
@@ -131,8 +124,8 @@ pub fn run(a: Args) -> Result<u8> {
             }
             if let Some(b) = &a.backing {
                 v.create.backing_file = Some(b.clone());
-                v.create.allow_unsafe_paths = a.open.allow_unsafe_paths;
-                v.create.allow_paths = crate::opts::allowed_dirs(&a.open.allow_path);
+                v.create.allow_unsafe_paths = a.source.open.allow_unsafe_paths;
+                v.create.allow_paths = crate::opts::allowed_dirs(&a.source.open.allow_path);
             }
             if let Some(l) = v.compression_level {
                 copts.compression_level = l;
@@ -152,16 +145,16 @@ pub fn run(a: Args) -> Result<u8> {
             Target::Raw
         }
     };
-    let src = open_disk(&src_path, a.format.as_deref(), &a.open.options())?;
-    let pb = Progress::new(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| pb.update(done, total);
-    let r = match &target {
-        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &progress),
-        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &progress),
-        Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &progress),
-    };
-    pb.end(r.is_ok());
-    r?;
+    let src = open_disk(
+        &src_path,
+        a.source.format.as_deref(),
+        &a.source.open.options(),
+    )?;
+    a.progress.run(|progress| match &target {
+        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, progress),
+        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, progress),
+        Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, progress),
+    })?;
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {
         eprintln!("vmdk: {salvaged} stretch(es) could not be read and were written as zeros");
@@ -182,8 +175,8 @@ fn qcow2_options(opts: &[(String, String)], a: &Args) -> Result<Qcow2CreateOptio
     let mut q = Qcow2CreateOptions {
         backing_file: a.backing.clone(),
         backing_format: a.backing_format.clone(),
-        allow_unsafe_paths: a.open.allow_unsafe_paths,
-        allow_paths: crate::opts::allowed_dirs(&a.open.allow_path),
+        allow_unsafe_paths: a.source.open.allow_unsafe_paths,
+        allow_paths: crate::opts::allowed_dirs(&a.source.open.allow_path),
         ..Default::default()
     };
     q.apply_options(opts)?;

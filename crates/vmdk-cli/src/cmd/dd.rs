@@ -13,22 +13,19 @@ use anyhow::{bail, Context, Result};
 use vmdk::source_window::SourceWindow;
 use vmdk::{ConvertOptions, ImageFormat};
 
-use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};
+use crate::opts::{open_disk, output_format, split_options, vmdk_options, SourceArgs};
 use vmdk::qemu_syntax::parse_size;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Input format (vmdk, qcow2 or raw); probed from the content when absent.
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Output format: raw (default) or vmdk.
     #[arg(short = 'O', value_name = "FMT", default_value = "raw")]
     out_format: String,
     /// Output options for vmdk (`subformat=...`).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    #[command(flatten)]
-    open: OpenArgs,
     /// Operands: bs=BLOCK_SIZE (default 512), count=BLOCKS, skip=BLOCKS, osize=SIZE,
     /// if=INPUT, of=OUTPUT.
     #[arg(value_name = "OPERAND", required = true)]
@@ -68,7 +65,7 @@ pub fn run(a: Args) -> Result<u8> {
     let Some(output) = output else {
         bail!("Must specify both input and output files");
     };
-    let src = open_disk(&input, a.format.as_deref(), &a.open.options())?;
+    let src = open_disk(&input, a.source.format.as_deref(), &a.source.open.options())?;
     let size = src.size();
     let start = skip
         .checked_mul(bs)

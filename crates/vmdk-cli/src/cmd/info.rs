@@ -13,7 +13,7 @@ use vmdk::report::qcow2_info::qcow2_info;
 use vmdk::report::text::escape;
 use vmdk::Image;
 
-use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::opts::{image_format, Fmt, SourceArgs};
 use crate::output::{Node, OutputFormat};
 use vmdk::qemu_syntax::size_to_str;
 
@@ -26,12 +26,8 @@ pub struct Args {
     /// blank line).
     #[arg(long)]
     backing_chain: bool,
-    /// Image format (vmdk, qcow2 or raw); probed from the content when absent (an image of
-    /// another format is then named and described).
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
     #[command(flatten)]
-    open: OpenArgs,
+    source: SourceArgs,
     /// The image.
     image: PathBuf,
 }
@@ -47,10 +43,10 @@ pub fn run(a: Args) -> Result<u8> {
 /// The info of `a.image` (shown as `name`), and with `--backing-chain` of every layer below.
 fn chain_infos(a: Args, name: &str) -> Result<Vec<Node>> {
     let name = name.to_string();
-    Ok(match image_format(&a.image, a.format.as_deref())? {
-        Fmt::Raw => vec![raw_info(&a.image, &name, &a.open.options())?],
+    Ok(match image_format(&a.image, a.source.format.as_deref())? {
+        Fmt::Raw => vec![raw_info(&a.image, &name, &a.source.open.options())?],
         Fmt::Foreign(ForeignFormat::Qcow2) => {
-            let opts = a.open.options().open_backing(a.backing_chain);
+            let opts = a.source.open.options().open_backing(a.backing_chain);
             let img = Qcow2Image::open_with(&a.image, &opts)?;
             let mut infos = vec![qcow2_info(&img, &name)];
             if a.backing_chain {
@@ -58,7 +54,10 @@ fn chain_infos(a: Args, name: &str) -> Result<Vec<Node>> {
                     let bname = vmdk::report::names::path_combine(&name, bname);
                     let sub = Args {
                         image: b.to_path_buf(),
-                        format: img.extensions().backing_format.clone(),
+                        source: SourceArgs {
+                            format: img.extensions().backing_format.clone(),
+                            ..a.source.clone()
+                        },
                         ..a
                     };
                     infos.extend(chain_infos(sub, &bname)?);
@@ -66,9 +65,9 @@ fn chain_infos(a: Args, name: &str) -> Result<Vec<Node>> {
             }
             infos
         }
-        Fmt::Foreign(f) => vec![foreign_info(&a.image, &name, f, &a.open.options())?],
+        Fmt::Foreign(f) => vec![foreign_info(&a.image, &name, f, &a.source.open.options())?],
         Fmt::Vmdk => {
-            let opts = a.open.options().open_backing(a.backing_chain);
+            let opts = a.source.open.options().open_backing(a.backing_chain);
             let img = Image::open_with(&a.image, &opts)?;
             let layers = chain(&img, &name);
             let n = if a.backing_chain { layers.len() } else { 1 };

@@ -11,7 +11,7 @@ use vmdk::report::names::display;
 use vmdk::Disk;
 use vmdk::Image;
 
-use crate::opts::{image_format, Fmt, OpenArgs};
+use crate::opts::{image_format, Fmt, SourceArgs};
 use crate::output::OutputFormat;
 use vmdk::format::foreign::ForeignFormat;
 use vmdk::qcow2::Qcow2Image;
@@ -28,11 +28,8 @@ pub struct Args {
     /// How many bytes to map at most.
     #[arg(long, value_name = "LEN", value_parser = parse_size)]
     max_length: Option<u64>,
-    /// Image format (vmdk, qcow2 or raw); probed from the content when absent.
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
     #[command(flatten)]
-    open: OpenArgs,
+    source: SourceArgs,
     /// The image.
     image: PathBuf,
 }
@@ -42,14 +39,14 @@ pub fn run(a: Args) -> Result<u8> {
     let start = a.start_offset.unwrap_or(0);
     // Open before printing anything: a failure prints no output at all.
     let (source, mut conv): (Box<dyn Disk>, MapReporter) =
-        match image_format(&a.image, a.format.as_deref())? {
+        match image_format(&a.image, a.source.format.as_deref())? {
             Fmt::Vmdk => {
-                let img = Image::open_with(&a.image, &a.open.options())?;
+                let img = Image::open_with(&a.image, &a.source.open.options())?;
                 let conv = MapReporter::for_image(&img, &name);
                 (Box::new(img), conv)
             }
             Fmt::Foreign(ForeignFormat::Qcow2) => {
-                let img = Qcow2Image::open_with(&a.image, &a.open.options())?;
+                let img = Qcow2Image::open_with(&a.image, &a.source.open.options())?;
                 let conv = MapReporter::for_qcow2(&img, &name);
                 (Box::new(img), conv)
             }
@@ -62,7 +59,7 @@ pub fn run(a: Args) -> Result<u8> {
                 .into())
             }
             Fmt::Raw => {
-                let raw = RawFile::open_with(&a.image, &a.open.options())?;
+                let raw = RawFile::open_with(&a.image, &a.source.open.options())?;
                 (Box::new(raw), MapReporter::for_raw(&name))
             }
         };

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use vmdk::rebase::RebaseOptions;
 
-use crate::opts::OpenArgs;
+use crate::opts::{ProgressArgs, VmdkTarget};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Image format (only vmdk).
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    target: VmdkTarget,
     /// The new backing file, relative to the image ("" makes the image standalone).
     #[arg(short = 'b', value_name = "BACKING", required = true)]
     backing: String,
@@ -22,38 +21,28 @@ pub struct Args {
     /// Unsafe: only change the reference; the data is not compared.
     #[arg(short = 'u')]
     unsafe_mode: bool,
-    /// Show progress.
-    #[arg(short = 'p')]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Cache modes (accepted for qemu-img compatibility).
     #[arg(short = 't', value_name = "CACHE")]
     cache: Option<String>,
     /// Source cache mode (accepted for qemu-img compatibility).
     #[arg(short = 'T', value_name = "CACHE")]
     src_cache: Option<String>,
-    #[command(flatten)]
-    open: OpenArgs,
     /// The overlay.
     image: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    crate::opts::require_vmdk(a.format.as_deref())?;
-    crate::opts::refuse_force_share(&a.open, &a.image)?;
+    a.target.check_writable(&a.image)?;
     if a.backing_format.as_deref().is_some_and(|f| f != "vmdk") {
         bail!("backing format must be vmdk (a VMDK's backing file is a VMDK)");
     }
-    let pb = crate::progress::Progress::new(a.progress && !a.quiet);
-    let progress = |done: u64, total: u64| pb.update(done, total);
     let r = RebaseOptions {
         backing: a.backing.clone(),
         unsafe_mode: a.unsafe_mode,
     };
-    let result = vmdk::rebase::rebase(&a.image, &r, &a.open.options(), &progress);
-    pb.end(result.is_ok());
-    result?;
+    a.progress
+        .run(|progress| vmdk::rebase::rebase(&a.image, &r, &a.target.open.options(), progress))?;
     Ok(0)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::opts::{open_vmdk, OpenArgs};
+use crate::opts::{open_vmdk, VmdkTarget};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("op").required(true)))]
@@ -23,23 +23,25 @@ pub struct Args {
     /// Delete a snapshot.
     #[arg(short = 'd', value_name = "SNAPSHOT", group = "op")]
     delete: Option<String>,
-    /// Image format (only vmdk).
-    #[arg(short = 'f', value_name = "FMT")]
-    format: Option<String>,
+    #[command(flatten)]
+    target: VmdkTarget,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
-    #[command(flatten)]
-    open: OpenArgs,
     /// The image.
     image: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<u8> {
     let writable = !a.list;
-    let opts = a.open.options().writable(writable).open_backing(false);
+    let opts = a
+        .target
+        .open
+        .options()
+        .writable(writable)
+        .open_backing(false);
     // Open it anyway: a missing or locked image is an error, as in qemu-img.
-    let _img = open_vmdk(&a.image, a.format.as_deref(), &opts)?;
+    let _img = open_vmdk(&a.image, a.target.format.as_deref(), &opts)?;
     if let Some(s) = a.create {
         bail!("Could not create snapshot '{s}': Operation not supported");
     }

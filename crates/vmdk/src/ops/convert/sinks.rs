@@ -36,12 +36,7 @@ pub fn convert_to_raw(
         .target_namespace
         .clone()
         .unwrap_or_else(|| crate::ova::default_namespace());
-    refuse_to_overwrite(
-        &*ns,
-        dst,
-        &src.file_ids(),
-        "the source image (or one of its files)",
-    )?;
+    refuse_to_overwrite_source(&*ns, dst, src)?;
     let block = if opts.min_sparse == 0 {
         RAW_ZERO_BLOCK
     } else {
@@ -178,12 +173,7 @@ pub fn convert_to_vmdk(
             .target_namespace
             .clone()
             .unwrap_or_else(|| create.namespace());
-        refuse_to_overwrite(
-            &*ns,
-            dst,
-            &src.file_ids(),
-            "the source image (or one of its files)",
-        )?;
+        refuse_to_overwrite_source(&*ns, dst, src)?;
         let sink = ns.create_stream(dst, true)?;
         let writer = StreamWriter::new(sink, dst, size, create, opts.compression_level)?;
         return convert_to_stream(src, writer, opts, threads, progress);
@@ -210,12 +200,7 @@ pub fn convert_to_vmdk(
         ..Default::default()
     };
     let img = if opts.target_exists {
-        refuse_to_overwrite(
-            &*ns,
-            dst,
-            &src.file_ids(),
-            "the source image (or one of its files)",
-        )?;
+        refuse_to_overwrite_source(&*ns, dst, src)?;
         let img = open.open(dst)?;
         if img.size() < size {
             return Err(Error::invalid(format!(
@@ -375,4 +360,18 @@ fn write_runs(
     }
     pool.put(buf);
     Ok(())
+}
+
+/// Refuse to write the output `dst` over the source or one of its files, however named.
+fn refuse_to_overwrite_source(
+    ns: &dyn crate::storage::namespace::Namespace,
+    dst: &Path,
+    src: &dyn Disk,
+) -> Result<()> {
+    refuse_to_overwrite(
+        ns,
+        dst,
+        &src.file_ids(),
+        "the source image (or one of its files)",
+    )
 }
