@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use vmdk::format::qemu_view;
-use vmdk::inspect::{inspect_storage, InspectPolicy, Verdict};
-use vmdk::namespace::OpenMode;
-use vmdk::paths::PathPolicy;
+use vmdk::ops::inspect::{inspect_storage, InspectPolicy, Verdict};
+use vmdk::storage::namespace::OpenMode;
+use vmdk::storage::paths::PathPolicy;
 use vmdk::storage::{FileId, MemStorage, Storage};
 use vmdk::{MemNamespace, Namespace, OpenOptions};
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vmdk::convert::Source;
+use vmdk::Disk;
 use vmdk::qcow2::Qcow2Image;
 use vmdk::{MemNamespace, OpenOptions};
 
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let mut off = 0;
     while off < n {
         let len = (n - off).min(buf.len() as u64) as usize;
-        if Source::read_at(&img, &mut buf[..len], off).is_err() {
+        if Disk::read_at(&img, &mut buf[..len], off).is_err() {
             break;
         }
         off += len as u64;
@@ -44,6 +44,6 @@ fuzz_target!(|data: &[u8]| {
     if img.size() > 1000 {
         let at = img.size() / 2 + 123;
         let len = 1000.min(img.size() - at) as usize;
-        let _ = Source::read_at(&img, &mut buf[..len], at);
+        let _ = Disk::read_at(&img, &mut buf[..len], at);
     }
 });

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
-use vmdk::namespace::RouterNamespace;
 use vmdk::ova::OvaBackend;
+use vmdk::storage::namespace::RouterNamespace;
 
 /// Where every command opens, probes and creates images: `s3://` and `http(s)://` objects
 /// (OVAs among them), names inside OVA archives among host files, and host files. The

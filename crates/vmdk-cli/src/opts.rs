@@ -43,7 +43,7 @@ impl OpenArgs {
 /// `--allow-path` directories followed by those of `VMDK_ALLOW_PATHS`.
 pub fn allowed_dirs(flags: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = flags.to_vec();
-    dirs.extend(vmdk::paths::PathPolicy::dirs_from_env());
+    dirs.extend(vmdk::storage::paths::PathPolicy::dirs_from_env());
     dirs
 }
 

@@ -17,7 +17,7 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartId, PutPayload};
 use tokio::task::JoinSet;
-use vmdk::namespace::AppendOutput;
+use vmdk::storage::namespace::AppendOutput;
 use vmdk::storage::{FileId, Storage};
 use vmdk::{Error, Result};
 

@@ -3,7 +3,7 @@
 //! to `s3://` as they are written.
 //!
 //! An [`ObjectBackend`] is a value: put it in a
-//! [`RouterNamespace`](vmdk::namespace::RouterNamespace) (beside the OVA backend, as the
+//! [`RouterNamespace`](vmdk::storage::namespace::RouterNamespace) (beside the OVA backend, as the
 //! `vmdk` command does) and pass that router to the library (`OpenOptions::in_namespace`,
 //! the operations' options); every open, probe and convert through it then accepts object
 //! names. The library keeps no registry of backends. Reads are ranged GETs of whole blocks, several in flight, cached
@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use vmdk::namespace::{Backend, Namespace, OpenMode};
+use vmdk::storage::namespace::{Backend, Namespace, OpenMode};
 use vmdk::Result;
 use vmdk::Storage;
 

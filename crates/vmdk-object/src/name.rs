@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmdk::paths::PathPolicy;
+use vmdk::storage::paths::PathPolicy;
 use vmdk::{Error, ErrorKind, Result};
 
 /// Which service a name is on.

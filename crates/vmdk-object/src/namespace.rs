@@ -6,8 +6,8 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmdk::namespace::{AppendOutput, Namespace, OpenMode, StreamSink};
-use vmdk::paths::PathPolicy;
+use vmdk::storage::namespace::{AppendOutput, Namespace, OpenMode, StreamSink};
+use vmdk::storage::paths::PathPolicy;
 use vmdk::storage::{FileId, Storage};
 use vmdk::{Error, ErrorKind, Result};
 

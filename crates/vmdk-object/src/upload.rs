@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use object_store::{MultipartUpload, PutPayload};
 use tokio::task::JoinSet;
-use vmdk::namespace::StreamSink;
+use vmdk::storage::namespace::StreamSink;
 use vmdk::Result;
 
 use crate::client::{error, io_error, runtime};

@@ -230,9 +230,11 @@ pub fn convert(
             .transpose()?;
         let src = vmdk::open_disk(&src, src_format, &oopts)?;
         match &target {
-            Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
-            Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, &report),
-            Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, &report),
+            Target::Vmdk(c) => vmdk::ops::convert::convert_to_vmdk(&*src, &dst, c, &copts, &report),
+            Target::Qcow2(c) => {
+                vmdk::ops::convert::convert_to_qcow2(&*src, &dst, c, &copts, &report)
+            }
+            Target::Raw => vmdk::ops::convert::convert_to_raw(&*src, &dst, &copts, &report),
         }
     });
     result.map_err(to_py)?;

@@ -3,7 +3,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use vmdk::inspect::InspectPolicy;
+use vmdk::ops::inspect::InspectPolicy;
 
 use crate::errors::to_py;
 use crate::info::ToPy;
@@ -31,7 +31,7 @@ pub fn inspect<'py>(
         pol.max_virtual_size = max_size;
     }
     let rep = py
-        .allow_threads(|| vmdk::inspect::inspect_path(&path, &pol))
+        .allow_threads(|| vmdk::ops::inspect::inspect_path(&path, &pol))
         .map_err(to_py)?;
     vmdk::report::inspect::inspect_json(&rep).to_py(py)
 }

@@ -22,8 +22,8 @@ mod pyfile;
 use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
-use vmdk::namespace::RouterNamespace;
 use vmdk::ova::OvaBackend;
+use vmdk::storage::namespace::RouterNamespace;
 
 /// Where the module opens, probes and creates images, as the CLI does: `s3://` and
 /// `http(s)://` objects, names inside OVA archives, host files. Built once per process

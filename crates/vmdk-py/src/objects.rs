@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use vmdk::namespace::Namespace;
+use vmdk::storage::namespace::Namespace;
 use vmdk_object::ObjectInfo;
 
 use crate::errors::to_py;

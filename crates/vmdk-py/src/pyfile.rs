@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use vmdk::namespace::{Namespace, OpenMode};
+use vmdk::storage::namespace::{Namespace, OpenMode};
 use vmdk::{ErrorKind, FileId, Storage};
 
 use crate::errors::to_py;
@@ -118,7 +118,10 @@ impl Namespace for FileObjectNamespace {
         if mode.writable {
             return Err(Self::refuse(name, "open for writing"));
         }
-        match self.files.get(&vmdk::paths::normalize_lexically(name)) {
+        match self
+            .files
+            .get(&vmdk::storage::paths::normalize_lexically(name))
+        {
             Some((_, s)) => Ok(s.clone()),
             None => Err(vmdk::Error::io(
                 io::Error::new(
@@ -139,7 +142,7 @@ impl Namespace for FileObjectNamespace {
     fn identity(&self, name: &Path) -> vmdk::Result<Option<FileId>> {
         Ok(self
             .files
-            .get(&vmdk::paths::normalize_lexically(name))
+            .get(&vmdk::storage::paths::normalize_lexically(name))
             .map(|(ino, _)| FileId {
                 dev: u64::MAX,
                 ino: *ino,
@@ -170,7 +173,7 @@ pub fn open_file_objects(
             cursor: Mutex::new(()),
         });
         by_name.insert(
-            vmdk::paths::normalize_lexically(&rel),
+            vmdk::storage::paths::normalize_lexically(&rel),
             (i as u64 + 1, storage),
         );
     }

@@ -7,15 +7,15 @@
 
 use std::path::Path;
 
-use vmdk::convert::{self, ConvertOptions};
+use vmdk::ops::convert::{self, ConvertOptions};
 use vmdk::{CreateOptions, OpenOptions, Subformat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let none = |_: u64, _: u64| {};
     if args.first().map(String::as_str) == Some("compare") {
-        let a = convert::open_source(Path::new(&args[1]), None, &OpenOptions::new())?;
-        let b = convert::open_source(Path::new(&args[2]), None, &OpenOptions::new())?;
+        let a = vmdk::open_disk(Path::new(&args[1]), None, &OpenOptions::new())?;
+        let b = vmdk::open_disk(Path::new(&args[2]), None, &OpenOptions::new())?;
         println!("{:?}", convert::compare(&*a, &*b, &none)?);
         return Ok(());
     }
@@ -39,7 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => pos.push(a),
         }
     }
-    let src = convert::open_source(Path::new(&pos[0]), fmt.as_deref(), &OpenOptions::new())?;
+    let fmt = fmt.map(|f| f.parse::<vmdk::ImageFormat>()).transpose()?;
+    let src = vmdk::open_disk(Path::new(&pos[0]), fmt, &OpenOptions::new())?;
     let dst = Path::new(&pos[1]);
     if out_fmt == "raw" {
         convert::convert_to_raw(&*src, dst, &opts, &none)?;

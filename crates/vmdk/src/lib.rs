@@ -7,7 +7,7 @@
 //! The crate is layered; each folder is a layer and uses only those before it (a test,
 //! `layers.rs`, checks every `crate::` path against this order):
 //! - [`format`](mod@format): on-disk structures as pure functions over byte slices (no I/O), fuzzed;
-//!   with [`error`] and [`text`] (escaping names for terminals), the base of everything;
+//!   with `error` and [`text`] (escaping names for terminals), the base of everything;
 //! - [`storage`]: [`Storage`] (positional I/O on one file) and [`storage::namespace`]
 //!   (names to files, the path gate, QEMU's locks): the only code that touches `std::fs`;
 //! - [`ova`]: OVA archives as a namespace of byte ranges, and the archive-writing primitives;
@@ -141,7 +141,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod error;
+mod error;
 #[cfg(feature = "nbd")]
 pub mod export;
 pub mod extent;
@@ -158,21 +158,6 @@ pub mod text;
 #[cfg(test)]
 mod layers;
 
-// The paths modules had before the layers became folders, kept so that callers (the CLI,
-// the Python module, tests, fuzz targets) compile unchanged. Hidden: the documented paths
-// are the layers above; which of these stay is the public-API curation's decision.
-#[doc(hidden)]
-pub use extent::map;
-#[doc(hidden)]
-pub use image::{raw, reader as io_adapter, walk, write};
-#[doc(hidden)]
-pub use ops::{
-    amend, check, commit, compact, convert, create, inspect, measure, rebase, repair, resize,
-    source_window, stream_writer,
-};
-#[doc(hidden)]
-pub use storage::{aligned_buf, lock, namespace, paths};
-
 pub use error::{Error, ErrorKind, Result};
 pub use extent::map::{ExtentFile, MapEntry, MapTarget};
 pub use image::reader::ImageReader;
@@ -185,11 +170,6 @@ pub use ops::open_disk;
 pub use ova::default_namespace;
 pub use storage::namespace::{LocalNamespace, MemNamespace, Namespace, OpenMode, RouterNamespace};
 pub use storage::{FileId, FileStorage, MemStorage, Storage};
-// Earlier names of `Disk` and `open_disk` (with the format as a string), for callers that
-// still use them.
-#[doc(hidden)]
-pub use ops::{convert::Source, open_source};
-
 #[cfg(test)]
 mod send_sync {
     fn assert_send_sync<T: Send + Sync>() {}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::amend::AmendOptions;
+use vmdk::ops::amend::AmendOptions;
 
 use crate::opts::{open_vmdk, split_options, VmdkTarget};
 
@@ -31,7 +31,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<u8> {
     let opts = split_options(&a.options)?;
     if opts.iter().any(|(k, _)| k == "help" || k == "?") {
-        print!("{}", vmdk::amend::AMEND_OPTIONS_HELP);
+        print!("{}", vmdk::ops::amend::AMEND_OPTIONS_HELP);
         return Ok(0);
     }
     let mut m = AmendOptions::default();
@@ -43,6 +43,6 @@ pub fn run(a: Args) -> Result<u8> {
     };
     let o = a.target.open.options().writable(true).open_backing(false);
     let img = open_vmdk(image, a.target.format.as_deref(), &o)?;
-    vmdk::amend::amend(&img, &m)?;
+    vmdk::ops::amend::amend(&img, &m)?;
     Ok(0)
 }

@@ -54,10 +54,10 @@ pub fn run(a: Args) -> Result<u8> {
     let r = match a.repair {
         Some(mode) => {
             let mode = match mode {
-                Repair::Leaks => vmdk::repair::RepairMode::Leaks,
-                Repair::All => vmdk::repair::RepairMode::All,
+                Repair::Leaks => vmdk::ops::repair::RepairMode::Leaks,
+                Repair::All => vmdk::ops::repair::RepairMode::All,
             };
-            let o = vmdk::repair::repair(&a.image, mode, &a.open.options())?;
+            let o = vmdk::ops::repair::repair(&a.image, mode, &a.open.options())?;
             for n in &o.notes {
                 eprintln!("Warning: {}", Printable(n));
             }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use vmdk::commit::CommitOptions;
+use vmdk::ops::commit::CommitOptions;
 
 use crate::opts::{ProgressArgs, VmdkTarget};
 
@@ -34,8 +34,9 @@ pub fn run(a: Args) -> Result<u8> {
         keep_overlay: a.keep || a.base.is_some(),
         base: a.base.clone(),
     };
-    a.progress
-        .run(|progress| vmdk::commit::commit(&a.image, &c, &a.target.open.options(), progress))?;
+    a.progress.run(|progress| {
+        vmdk::ops::commit::commit(&a.image, &c, &a.target.open.options(), progress)
+    })?;
     if !a.progress.quiet {
         println!("Image committed.");
     }

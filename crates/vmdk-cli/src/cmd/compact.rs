@@ -19,9 +19,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     a.target.check_writable(&a.image)?;
-    let stats = a
-        .progress
-        .run(|progress| vmdk::compact::compact(&a.image, &a.target.open.options(), progress))?;
+    let stats = a.progress.run(|progress| {
+        vmdk::ops::compact::compact(&a.image, &a.target.open.options(), progress)
+    })?;
     if !a.progress.quiet {
         println!(
             "Image compacted: {} zero grains dropped, {} grains moved, {} -> {} bytes ({} bytes freed).",

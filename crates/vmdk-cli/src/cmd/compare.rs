@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<u8> {
     }
     let pb = Progress::new(a.progress && !a.quiet);
     let progress = |done: u64, total: u64| pb.update(done, total);
-    let r = vmdk::convert::compare_with(&*sa, &*sb, a.threads, &progress);
+    let r = vmdk::ops::convert::compare_with(&*sa, &*sb, a.threads, &progress);
     // The comparison is complete even when it stopped at a difference: show 100%, as
     // qemu-img does, before the verdict.
     pb.end(r.is_ok());
@@ -85,7 +85,7 @@ pub fn run(a: Args) -> Result<u8> {
     };
     if a.strict {
         let limit = content_diff.unwrap_or(common).min(common);
-        match vmdk::convert::first_allocation_difference(&*sa, &*sb, limit) {
+        match vmdk::ops::convert::first_allocation_difference(&*sa, &*sb, limit) {
             Ok(Some(off)) => {
                 say(&format!("Strict mode: Offset {off} block status mismatch!"));
                 return Ok(1);

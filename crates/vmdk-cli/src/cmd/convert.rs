@@ -86,7 +86,7 @@ pub fn run(a: Args) -> Result<u8> {
         bail!("Must specify image file name");
     };
     let min_sparse = match &a.sparse_size {
-        None => vmdk::convert::RAW_ZERO_BLOCK,
+        None => vmdk::ops::convert::RAW_ZERO_BLOCK,
         Some(v) => vmdk::qemu_syntax::parse_size(v)
             .map_err(|_| anyhow::anyhow!("Invalid buffer size for sparse output specified"))?,
     };
@@ -151,9 +151,9 @@ pub fn run(a: Args) -> Result<u8> {
         &a.source.open.options(),
     )?;
     a.progress.run(|progress| match &target {
-        Target::Vmdk(c) => vmdk::convert::convert_to_vmdk(&*src, &dst, c, &copts, progress),
-        Target::Qcow2(c) => vmdk::convert::convert_to_qcow2(&*src, &dst, c, &copts, progress),
-        Target::Raw => vmdk::convert::convert_to_raw(&*src, &dst, &copts, progress),
+        Target::Vmdk(c) => vmdk::ops::convert::convert_to_vmdk(&*src, &dst, c, &copts, progress),
+        Target::Qcow2(c) => vmdk::ops::convert::convert_to_qcow2(&*src, &dst, c, &copts, progress),
+        Target::Raw => vmdk::ops::convert::convert_to_raw(&*src, &dst, &copts, progress),
     })?;
     let salvaged = copts.salvaged.load(std::sync::atomic::Ordering::Relaxed);
     if salvaged > 0 {
@@ -166,7 +166,7 @@ pub fn run(a: Args) -> Result<u8> {
 /// What convert writes.
 enum Target {
     Raw,
-    Vmdk(vmdk::create::CreateOptions),
+    Vmdk(vmdk::ops::create::CreateOptions),
     Qcow2(Qcow2CreateOptions),
 }
 

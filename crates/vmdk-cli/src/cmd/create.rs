@@ -136,11 +136,11 @@ pub fn run(a: Args) -> Result<u8> {
 /// not follow by default, say how to open the new image rather than leave the user to find
 /// out from a refusal.
 fn note_backing_outside(image: &std::path::Path, backing: &str, allowed: &[PathBuf]) {
-    let policy = vmdk::paths::PathPolicy {
+    let policy = vmdk::storage::paths::PathPolicy {
         allow_unsafe: false,
         allowed_dirs: allowed.to_vec(),
     };
-    if vmdk::paths::resolve(image, backing, "backing file", &policy).is_ok() {
+    if vmdk::storage::paths::resolve(image, backing, "backing file", &policy).is_ok() {
         return;
     }
     let dir = std::path::Path::new(image)

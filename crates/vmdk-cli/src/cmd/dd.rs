@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use vmdk::source_window::SourceWindow;
+use vmdk::ops::source_window::SourceWindow;
 use vmdk::{ConvertOptions, ImageFormat};
 
 use crate::opts::{open_disk, output_format, split_options, vmdk_options, SourceArgs};
@@ -86,11 +86,11 @@ pub fn run(a: Args) -> Result<u8> {
             if let Some((k, _)) = opts.first() {
                 bail!("Invalid parameter '{k}'");
             }
-            vmdk::convert::convert_to_raw(&window, &output, &copts, &|_, _| {})?
+            vmdk::ops::convert::convert_to_raw(&window, &output, &copts, &|_, _| {})?
         }
         ImageFormat::Vmdk => {
             let v = vmdk_options(&opts, false)?;
-            vmdk::convert::convert_to_vmdk(&window, &output, &v.create, &copts, &|_, _| {})?
+            vmdk::ops::convert::convert_to_vmdk(&window, &output, &v.create, &copts, &|_, _| {})?
         }
         ImageFormat::Qcow2 => unreachable!("refused by output_format"),
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::inspect::{InspectPolicy, InspectReport, Verdict};
+use vmdk::ops::inspect::{InspectPolicy, InspectReport, Verdict};
 use vmdk::report::text::Printable;
 
 use vmdk::qemu_syntax::{parse_size, size_to_str};
@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<u8> {
     if let Some(s) = &a.max_size {
         policy.max_virtual_size = Some(parse_size(s)?);
     }
-    let rep = match vmdk::inspect::inspect_in(&crate::namespace(), &a.file, &policy) {
+    let rep = match vmdk::ops::inspect::inspect_in(&crate::namespace(), &a.file, &policy) {
         Ok(r) => r,
         Err(e) => {
             // Not a verdict: the file could not be read at all.

@@ -240,8 +240,8 @@ fn truncate(path: &std::path::Path, args: &[&str], open: vmdk::OpenOptions) -> R
     };
     let size =
         parse_size(size).map_err(|_| anyhow::anyhow!("non-numeric truncate argument -- {size}"))?;
-    let r = vmdk::resize::ResizeOptions { shrink: true };
-    vmdk::resize::resize(path, size, &r, &open)?;
+    let r = vmdk::ops::resize::ResizeOptions { shrink: true };
+    vmdk::ops::resize::resize(path, size, &r, &open)?;
     Ok(true)
 }
 

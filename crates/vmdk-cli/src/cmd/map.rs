@@ -5,7 +5,7 @@ use std::io::{Seek, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use vmdk::raw::RawFile;
+use vmdk::image::raw::RawFile;
 use vmdk::report::map::{print_map, MapReporter};
 use vmdk::report::names::display;
 use vmdk::Disk;

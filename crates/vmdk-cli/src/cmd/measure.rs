@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::measure::{measure, MeasureInput};
+use vmdk::ops::measure::{measure, MeasureInput};
 use vmdk::ImageFormat;
 
 use crate::opts::{open_disk, output_format, split_options, vmdk_options, OpenArgs};

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use vmdk::lock::{FileRole, LockRequest};
 use vmdk::ops::ova_create::{self, OvaOptions};
 use vmdk::ova::{self, ApplianceSpec, Controller, Firmware, OvaInfo, OvfSource};
 use vmdk::report::ova::{ova_info, status_name};
 use vmdk::report::text::Printable;
+use vmdk::storage::lock::{FileRole, LockRequest};
 
 use crate::opts::OpenArgs;
 use crate::output::OutputFormat;

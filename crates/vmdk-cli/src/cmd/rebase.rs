@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::rebase::RebaseOptions;
+use vmdk::ops::rebase::RebaseOptions;
 
 use crate::opts::{ProgressArgs, VmdkTarget};
 
@@ -42,7 +42,8 @@ pub fn run(a: Args) -> Result<u8> {
         backing: a.backing.clone(),
         unsafe_mode: a.unsafe_mode,
     };
-    a.progress
-        .run(|progress| vmdk::rebase::rebase(&a.image, &r, &a.target.open.options(), progress))?;
+    a.progress.run(|progress| {
+        vmdk::ops::rebase::rebase(&a.image, &r, &a.target.open.options(), progress)
+    })?;
     Ok(0)
 }

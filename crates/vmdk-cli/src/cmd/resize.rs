@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use vmdk::resize::ResizeOptions;
+use vmdk::ops::resize::ResizeOptions;
 
 use crate::opts::OpenArgs;
 use vmdk::qemu_syntax::parse_size;
@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<u8> {
         _ => parse_size(&a.size).map_err(|_| anyhow::anyhow!("Invalid image size specified."))?,
     };
     let r = ResizeOptions { shrink: a.shrink };
-    vmdk::resize::resize(&a.image, new_size, &r, &a.open.options())?;
+    vmdk::ops::resize::resize(&a.image, new_size, &r, &a.open.options())?;
     if !a.quiet {
         println!("Image resized.");
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Once};
 
-use vmdk::namespace::{Backend, Namespace, OpenMode};
+use vmdk::storage::namespace::{Backend, Namespace, OpenMode};
 use vmdk_object::{Config, ObjectBackend};
 use vmdk_test_support::servers::{FaultProxy, Moto};
 

@@ -1,26 +1,26 @@
 //! Extents: the pieces a virtual disk is made of, each mapped onto a host file (or onto
-//! nothing, for ZERO extents), and [`map`], the answers a map gives (extents produce them,
+//! nothing, for ZERO extents), and `map`, the answers a map gives (extents produce them,
 //! so they live here rather than above).
 
 pub(crate) mod allocation;
-pub mod budget;
+pub(crate) mod budget;
 mod compact;
-pub mod compressed;
-pub mod entries;
+pub(crate) mod compressed;
+pub(crate) mod entries;
 pub(crate) mod free_space;
-pub mod grain_directory;
-pub mod grain_table;
+pub(crate) mod grain_directory;
+pub(crate) mod grain_table;
 mod grow;
 mod make_empty;
-pub mod map;
-pub mod metadata;
+pub(crate) mod map;
+pub(crate) mod metadata;
 mod repair;
 mod shrink;
 pub(crate) mod space_scan;
-pub mod sparse;
-pub mod sparse_write;
-pub mod write_guard;
-pub mod write_map;
+pub(crate) mod sparse;
+pub(crate) mod sparse_write;
+pub(crate) mod write_guard;
+pub(crate) mod write_map;
 
 use std::sync::Arc;
 
@@ -28,10 +28,9 @@ use crate::error::Result;
 use crate::extent::map::{ExtentFile, MapTarget};
 use crate::format::descriptor::{ExtentAccess, ExtentType};
 pub use compact::CompactStats;
-pub use grain_directory::GrainDirectory;
 pub(crate) use repair::ExtentFindings;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
-pub use write_map::WriteOp;
+pub(crate) use write_map::WriteOp;
 
 /// How an extent stores its bytes.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ pub use crate::format::sparse_header::MAX_GD_ENTRIES;
 pub const MAX_COMPRESSED_GRAIN: u64 = 16 << 20;
 
 /// A sparse extent opened for reading (and writing, see `sparse_write.rs`): its header and
-/// its [`GrainDirectory`].
+/// its `GrainDirectory`.
 #[derive(Debug)]
 pub struct SparseExtent {
     pub(super) file: Arc<ExtentFile>,

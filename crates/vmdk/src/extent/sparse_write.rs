@@ -55,7 +55,7 @@ impl SparseExtent {
         )
     }
 
-    /// Write zeros over `[off, off+len)` as `op` (a [`WriteOp::Zeroes`]) says: whole grains
+    /// Write zeros over `[off, off+len)` as `op` (a `WriteOp::Zeroes`) says: whole grains
     /// become zeroed-grain entries where the extent supports them, unallocated where that
     /// reads as zeros and unmapping is allowed, and are written with zeros otherwise. The
     /// space of grains no longer stored goes back. Without `may_unmap`
@@ -74,10 +74,10 @@ impl SparseExtent {
     }
 
     /// Deallocate the whole grains inside `[off, off+len)` where the result still reads as
-    /// zeros, as `op` (a [`WriteOp::Discard`]) says: unallocated when nothing shows through,
+    /// zeros, as `op` (a `WriteOp::Discard`) says: unallocated when nothing shows through,
     /// zeroed-grain entries otherwise when supported. Anything else is left alone (discard
     /// is advisory). The grains' space goes back (see
-    /// [`GrainDirectory::release_cleared`](crate::extent::GrainDirectory)).
+    /// `GrainDirectory::release_cleared`).
     pub fn discard(&self, off: u64, len: u64, op: WriteOp, durable: bool) -> Result<()> {
         debug_assert!(matches!(op, WriteOp::Discard { .. }));
         // Discards only change entries: nothing is ever filled.

@@ -3,11 +3,11 @@
 
 pub mod cowd_header;
 pub mod descriptor;
-pub mod descriptor_edit;
+pub(crate) mod descriptor_edit;
 pub mod error;
 pub mod foreign;
 pub mod grain_entry;
-pub mod layout;
+pub(crate) mod layout;
 pub(crate) mod le;
 pub mod marker;
 pub mod qemu_view;

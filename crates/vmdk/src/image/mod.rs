@@ -3,9 +3,9 @@
 //! [`Image::map_layer`], [`Image::read_at`]) through the one walk over its extents.
 //! Opening (probing, the descriptor, extents, backing chain, CID check, locks) is in
 //! `open.rs`, what a file is in `probe.rs`, and how to open in `options.rs`; writing (the
-//! one write walk, the CID update) in [`write`](mod@write). [`Disk`] (`disk.rs`) is what whole-disk
+//! one write walk, the CID update) in `write`](mod@write). [`Disk` (`disk.rs`) is what whole-disk
 //! operations read, whatever the format ([`ImageFormat`]); [`raw`] is raw files as disks,
-//! [`walk`] walks disks' maps in bounded batches, [`reader`] is `std::io::Read + Seek` over
+//! [`walk`] walks disks' maps in bounded batches, `reader` is `std::io::Read + Seek` over
 //! an image.
 
 use std::collections::HashSet;
@@ -27,9 +27,9 @@ mod open;
 mod options;
 mod probe;
 pub mod raw;
-pub mod reader;
+pub(crate) mod reader;
 pub mod walk;
-pub mod write;
+pub(crate) mod write;
 
 pub use disk::{Disk, ImageFormat};
 pub use options::{OpenOptions, DEFAULT_MAX_CHAIN_DEPTH, MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE};

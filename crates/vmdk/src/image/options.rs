@@ -116,9 +116,9 @@ impl OpenOptions {
     /// that dropped it quietly would take the locks the caller asked it not to take, or
     /// write an image another process may be using. This is the one place that decides:
     /// [`Image::open_with`] asks it of every writable open, [`crate::open_disk()`] of every
-    /// writable disk, and every operation that writes ([`crate::resize::resize`],
-    /// [`crate::rebase::rebase`], [`crate::commit::commit`], [`crate::compact::compact`],
-    /// [`crate::repair::repair`]) before it opens anything.
+    /// writable disk, and every operation that writes (`crate::resize::resize`,
+    /// `crate::rebase::rebase`, `crate::commit::commit`, `crate::compact::compact`,
+    /// `crate::repair::repair`) before it opens anything.
     pub fn refuse_force_share(&self, path: &Path) -> Result<()> {
         if self.force_share {
             return Err(Error::invalid(FORCE_SHARE_READ_ONLY).with_path(path));

@@ -122,6 +122,6 @@ pub fn foreign_format_error(path: &Path, format: ForeignFormat, readable: &str) 
     .with_path(path)
 }
 
-/// What [`crate::convert::open_source`] (and a qcow2 image's backing chain) reads, as
+/// What [`crate::ops::open_disk()`] (and a qcow2 image's backing chain) reads, as
 /// [`foreign_format_error`] names it.
 pub const SOURCE_FORMATS: &str = "VMDK, qcow2 or raw";

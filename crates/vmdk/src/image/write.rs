@@ -314,7 +314,7 @@ impl Image {
 
     /// Deallocate what can be deallocated in `[offset, offset+len)`, keeping it reading as
     /// zeros: whole grains of sparse extents (their space goes back to the host, see
-    /// [`GrainDirectory::release_cleared`](crate::extent::GrainDirectory)), and the bytes of
+    /// `GrainDirectory::release_cleared`), and the bytes of
     /// flat extents, punched out of their files where the file system can. Advisory: parts
     /// that cannot be deallocated keep their data, as a TRIM allows. An image in which
     /// nothing can ever be deallocated (compressed grains, or a backing file that would show

@@ -156,7 +156,7 @@ pub use crate::format::layout::{geometry, random_cid, EMBEDDED_DESC_SECTORS, SPL
 pub use crate::format::sparse_header::{DEFAULT_GRAIN_SECTORS, DEFAULT_GT_ENTRIES};
 
 /// The descriptor qemu-img would write for these options (plus a `ddb.uuid`), with the
-/// given extent lines and parent (see [`NewDescriptor`]).
+/// given extent lines and parent (see `NewDescriptor`).
 pub fn default_descriptor(
     opts: &CreateOptions,
     size: u64,
@@ -176,7 +176,7 @@ pub fn default_descriptor(
     .build(extents))
 }
 
-/// The header of a new hosted sparse extent (see [`layout::sparse_layout`]).
+/// The header of a new hosted sparse extent (see `layout::sparse_layout`).
 pub fn sparse_layout(
     capacity: u64,
     zeroed_grain: bool,

@@ -27,7 +27,7 @@ pub mod create;
 pub mod create_options;
 pub mod inspect;
 pub mod measure;
-pub mod open_disk;
+mod open_disk;
 pub mod ova_create;
 pub mod rebase;
 pub mod repair;
@@ -35,4 +35,4 @@ pub mod resize;
 pub mod source_window;
 pub mod stream_writer;
 
-pub use open_disk::{open_disk, open_source};
+pub use open_disk::open_disk;

@@ -30,12 +30,3 @@ pub fn open_disk(
         ImageFormat::Qcow2 => Box::new(Qcow2Image::open_with(path, opts)?),
     })
 }
-
-/// [`open_disk`] with the format by qemu's name (`"vmdk"`, `"raw"`, `"qcow2"`); another
-/// name is qemu-img's "Unknown driver" error, naming `path`.
-pub fn open_source(path: &Path, format: Option<&str>, opts: &OpenOptions) -> Result<Box<dyn Disk>> {
-    let format = format
-        .map(|f| f.parse::<ImageFormat>().map_err(|e| e.with_path(path)))
-        .transpose()?;
-    open_disk(path, format, opts)
-}

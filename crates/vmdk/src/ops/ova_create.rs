@@ -4,7 +4,7 @@
 //! engine ([`convert_to_stream`]); a sink computes its SHA-256 as the bytes go by. Only
 //! when every disk is written are the disk headers, the descriptor (now knowing each
 //! file's size) and the manifest written into the space left for them
-//! ([`ova::layout`](crate::ova::layout) has the archive's layout and those primitives).
+//! (`ova::layout` has the archive's layout and those primitives).
 //! Nothing is read back and nothing is copied. The output is written front to back but for
 //! those ranges ([`Namespace::create_append`]), so it can be an upload to object storage,
 //! which keeps only the parts holding them until they are filled in.

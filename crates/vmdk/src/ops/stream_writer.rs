@@ -13,7 +13,7 @@
 //!
 //! The file is written front to back and never revisited, so it can go to a pipe-like
 //! destination, and memory stays at one grain table plus the grain directory whatever the
-//! disk size. Compression is separate from writing: a [`GrainEncoder`] turns grains into
+//! disk size. Compression is separate from writing: a `GrainEncoder` turns grains into
 //! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
 //! records down in disk order; [`crate::ops::convert::convert_to_vmdk`] runs encoders on all cores.
 
@@ -265,7 +265,7 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Lay down a batch of records made by [`GrainEncoder::encode`]: `records` holds them back
+    /// Lay down a batch of records made by `GrainEncoder::encode`: `records` holds them back
     /// to back, and `grains` lists `(grain number, offset of its record in records)` in
     /// ascending grain order, continuing after everything written before.
     pub fn write_encoded(&mut self, records: &[u8], grains: &[(u64, usize)]) -> Result<()> {

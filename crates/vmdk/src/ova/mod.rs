@@ -11,8 +11,8 @@
 //! below extents and images: so the image layer's default namespace can hold the OVA
 //! backend as a value, with no registry for this module to fill in from above.
 //!
-//! Writing: the primitives [`layout`] (the descriptor's and manifest's space reserved at
-//! the front and filled in last, members written in place and hashed), [`compose`] and
+//! Writing: the primitives `layout` (the descriptor's and manifest's space reserved at
+//! the front and filled in last, members written in place and hashed), `compose` and
 //! [`Template`]. Converting disks into members is the operation
 //! [`ops::ova_create`](crate::ops::ova_create), above this layer.
 //!
@@ -35,9 +35,9 @@
 
 mod archive;
 mod backend;
-pub mod compose;
+pub(crate) mod compose;
 mod inspect;
-pub mod layout;
+pub(crate) mod layout;
 pub mod manifest;
 mod member_storage;
 mod namespace;

@@ -39,10 +39,6 @@ pub const COMPAT_LAZY_REFCOUNTS: u64 = 1;
 pub const EXT_END: u32 = 0;
 /// The backing file's format name.
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-/// Names of feature bits.
-pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
-/// The external data file's name.
-pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 /// Full disk encryption parameters.
 pub const EXT_CRYPTO: u32 = 0x0537_be77;
 /// Persistent dirty bitmaps.
@@ -94,11 +90,6 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Whether `head` starts with the qcow2 magic.
-pub fn is_qcow2(head: &[u8]) -> bool {
-    head.len() >= 8 && be32(head, 0) == MAGIC && matches!(be32(head, 4), 2 | 3)
 }
 
 impl Header {

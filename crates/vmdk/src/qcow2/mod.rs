@@ -6,17 +6,17 @@
 //! clusters on its own workers, through the project's namespace and locks, which a
 //! self-contained block driver does not expose.
 //!
-//! Writing is ours too: [`writer`] lays out a new image in one pass from clusters that
+//! Writing is ours too: `writer` lays out a new image in one pass from clusters that
 //! arrive in disk order (compressed on the pipeline's workers), which a general driver's
 //! allocate-as-you-write interface cannot take (see the commit that added it).
 
-pub mod header;
-pub mod l2;
+pub(crate) mod header;
+pub(crate) mod l2;
 mod l2_cache;
-pub mod layout;
-pub mod options;
-pub mod source;
-pub mod writer;
+pub(crate) mod layout;
+pub(crate) mod options;
+pub(crate) mod source;
+pub(crate) mod writer;
 
 pub use layout::{Compat, Preallocation, Qcow2CreateOptions};
 pub use options::QCOW2_OPTIONS_HELP;

@@ -30,7 +30,7 @@ use super::layout::{
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
-/// A qcow2 image being written front to back (see the [module docs](self)).
+/// A qcow2 image being written front to back (see the module docs).
 pub struct Qcow2Writer {
     out: Arc<dyn Storage>,
     path: PathBuf,

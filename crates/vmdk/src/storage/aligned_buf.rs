@@ -34,11 +34,6 @@ impl AlignedBuf {
         self.len
     }
 
-    /// Whether no bytes are in use.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Drop the bytes in use (the memory is kept).
     pub fn clear(&mut self) {
         self.len = 0;

@@ -13,7 +13,7 @@
 //! aligned_buf.rs  the page-aligned buffer bulk copies read into and write from
 //! ```
 
-pub mod aligned_buf;
+pub(crate) mod aligned_buf;
 pub mod lock;
 pub mod namespace;
 pub mod paths;

@@ -11,9 +11,8 @@ use vmdk_test_support::qemu::SUBFORMATS;
 use vmdk_test_support::qemu::{qemu_overlay, qemu_to_vmdk};
 
 use crate::common::{self, assert_same, qemu_img, qemu_io, qemu_raw, Dir};
-use vmdk::convert::{
-    compare, compare_with, convert_to_raw, convert_to_vmdk, open_source, CompareResult,
-    ConvertOptions,
+use vmdk::ops::convert::{
+    compare, compare_with, convert_to_raw, convert_to_vmdk, CompareResult, ConvertOptions,
 };
 use vmdk::{CreateOptions, OpenOptions, Subformat};
 
@@ -75,7 +74,8 @@ fn nonzero_4k(data: &[u8]) -> u64 {
 }
 
 fn raw_via_ours(src: &Path, format: Option<&str>, dst: &Path, threads: usize) -> Vec<u8> {
-    let s = open_source(src, format, &OpenOptions::new()).unwrap();
+    let format = format.map(|f| f.parse::<vmdk::ImageFormat>().unwrap());
+    let s = vmdk::open_disk(src, format, &OpenOptions::new()).unwrap();
     let opts = ConvertOptions {
         threads,
         ..Default::default()
@@ -174,7 +174,7 @@ fn our_stream_output_passes_qemu_and_is_small() {
     let src = dir.path("src.raw");
     let disk = make_source(&src, SIZE);
     let ours = dir.path("ours.vmdk");
-    let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
     let create = CreateOptions {
         subformat: Subformat::StreamOptimized,
         ..Default::default()
@@ -244,7 +244,7 @@ fn stream_output_of_sparse_and_empty_disks() {
         .set_len(40 * MIB)
         .unwrap();
     let out = dir.path("empty.vmdk");
-    let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
     let create = CreateOptions {
         subformat: Subformat::StreamOptimized,
         ..Default::default()
@@ -265,7 +265,7 @@ fn stream_output_of_sparse_and_empty_disks() {
     f.write_all_at(&[3u8; 1000], size - 1000).unwrap();
     drop(f);
     let out = dir.path("spread.vmdk");
-    let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
     convert_to_vmdk(&*s, &out, &create, &ConvertOptions::default(), &none).unwrap();
     qemu_img(&["check", out.to_str().unwrap()]);
     assert!(
@@ -289,7 +289,7 @@ fn raw_to_every_subformat_passes_qemu() {
     {
         let name = sub.create_type();
         let out = dir.path(&format!("{name}.vmdk"));
-        let s = open_source(&src, Some("raw"), &OpenOptions::new()).unwrap();
+        let s = vmdk::open_disk(&src, Some(vmdk::ImageFormat::Raw), &OpenOptions::new()).unwrap();
         let create = CreateOptions {
             subformat: sub,
             ..Default::default()
@@ -318,7 +318,7 @@ fn raw_to_every_subformat_passes_qemu() {
     qemu_overlay(&top, "base.vmdk", "", "");
     qemu_io(&top, &["write -P 0x77 12345 100000", "write -z 1M 1M"]);
     let out = dir.path("flattened.vmdk");
-    let s = open_source(&top, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&top, None, &OpenOptions::new()).unwrap();
     convert_to_vmdk(
         &*s,
         &out,
@@ -337,7 +337,7 @@ fn compression_flag_like_qemu() {
     let dir = Dir::new();
     let src = dir.path("src.raw");
     let disk = make_source(&src, SIZE);
-    let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
     let opts = ConvertOptions {
         compress: true,
         ..Default::default()
@@ -357,8 +357,8 @@ fn compression_flag_like_qemu() {
 }
 
 fn cmp(a: &Path, b: &Path) -> CompareResult {
-    let a = open_source(a, None, &OpenOptions::new()).unwrap();
-    let b = open_source(b, None, &OpenOptions::new()).unwrap();
+    let a = vmdk::open_disk(a, None, &OpenOptions::new()).unwrap();
+    let b = vmdk::open_disk(b, None, &OpenOptions::new()).unwrap();
     let r = compare(&*a, &*b, &none).unwrap();
     for threads in [1, 3] {
         assert_eq!(compare_with(&*a, &*b, threads, &none).unwrap(), r);
@@ -448,20 +448,20 @@ fn open_source_probes_content() {
     let dir = Dir::new();
     let src = dir.path("disk.vmdk"); // a raw file with a misleading name
     make_source(&src, SIZE);
-    let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
     assert_eq!(s.size(), SIZE);
     let img = dir.path("image.raw"); // a VMDK with a misleading name
     qemu_convert(&src, &img, "monolithicSparse");
-    let s = open_source(&img, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&img, None, &OpenOptions::new()).unwrap();
     assert_eq!(s.size(), SIZE.next_multiple_of(512));
-    assert!(open_source(&img, Some("vmdk"), &OpenOptions::new()).is_ok());
-    assert!(open_source(&src, Some("vmdk"), &OpenOptions::new()).is_err());
-    assert!(open_source(&src, Some("qcow2"), &OpenOptions::new()).is_err());
+    assert!(vmdk::open_disk(&img, Some(vmdk::ImageFormat::Vmdk), &OpenOptions::new()).is_ok());
+    assert!(vmdk::open_disk(&src, Some(vmdk::ImageFormat::Vmdk), &OpenOptions::new()).is_err());
+    assert!(vmdk::open_disk(&src, Some(vmdk::ImageFormat::Qcow2), &OpenOptions::new()).is_err());
 }
 
 #[test]
 fn stream_writer_serial_api() {
-    use vmdk::stream_writer::StreamWriter;
+    use vmdk::ops::stream_writer::StreamWriter;
     let dir = Dir::new();
     let size = 70 * MIB + 512;
     let out = dir.path("serial.vmdk");
@@ -495,7 +495,7 @@ fn convert_onto_backing_file_copies_top_layer_only() {
     // Zeros over base data must survive as zeros in the new image.
     qemu_io(&top, &["write -P 0x61 70000 9000", "write -z 1M 128k"]);
     let out = dir.path("out.vmdk");
-    let s = open_source(&top, None, &OpenOptions::new()).unwrap();
+    let s = vmdk::open_disk(&top, None, &OpenOptions::new()).unwrap();
     let create = CreateOptions {
         backing_file: Some("base.vmdk".into()),
         ..Default::default()
@@ -558,7 +558,7 @@ fn scattered_grains_reuse_buffers_cleanly() {
     for sub in [Subformat::StreamOptimized, Subformat::MonolithicSparse] {
         for threads in [1, 2] {
             let out = dir.path(&format!("scatter-{}-{threads}.vmdk", sub.create_type()));
-            let s = open_source(&stream, None, &OpenOptions::new()).unwrap();
+            let s = vmdk::open_disk(&stream, None, &OpenOptions::new()).unwrap();
             let create = CreateOptions {
                 subformat: sub,
                 ..Default::default()
@@ -594,7 +594,7 @@ fn odd_sized_raw_source() {
         Subformat::MonolithicFlat,
     ] {
         let out = dir.path(&format!("odd-{}.vmdk", sub.create_type()));
-        let s = open_source(&src, None, &OpenOptions::new()).unwrap();
+        let s = vmdk::open_disk(&src, None, &OpenOptions::new()).unwrap();
         let create = CreateOptions {
             subformat: sub,
             ..Default::default()

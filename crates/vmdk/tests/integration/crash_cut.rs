@@ -14,12 +14,12 @@ use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay};
 use std::path::Path;
 use std::sync::Arc;
 
-use vmdk::amend::{amend, AmendOptions};
-use vmdk::commit::{commit, CommitOptions};
-use vmdk::convert::{convert_to_vmdk, ConvertOptions};
-use vmdk::rebase::{rebase, RebaseOptions};
-use vmdk::repair::{repair, RepairMode};
-use vmdk::resize::{resize, ResizeOptions};
+use vmdk::ops::amend::{amend, AmendOptions};
+use vmdk::ops::commit::{commit, CommitOptions};
+use vmdk::ops::convert::{convert_to_vmdk, ConvertOptions};
+use vmdk::ops::rebase::{rebase, RebaseOptions};
+use vmdk::ops::repair::{repair, RepairMode};
+use vmdk::ops::resize::{resize, ResizeOptions};
 use vmdk::{create, AdapterType, CreateOptions, MemNamespace, Namespace, Subformat};
 
 const GRAIN: u64 = 65536;
@@ -985,7 +985,7 @@ fn compact_cuts(name: &str, start: &Files, chain: bool) {
     let image = "/d/disk.vmdk";
     let old = view(start, image, chain);
     let run = record(start, |ns| {
-        let stats = vmdk::compact::compact(Path::new(image), &ns.opts(), &|_, _| {}).unwrap();
+        let stats = vmdk::ops::compact::compact(Path::new(image), &ns.opts(), &|_, _| {}).unwrap();
         assert!(stats.zero_grains > 0 && stats.moved_grains > 0, "{stats:?}");
     });
     assert!(

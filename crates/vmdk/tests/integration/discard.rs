@@ -12,8 +12,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmdk::namespace::{LocalNamespace, Namespace, OpenMode};
-use vmdk::paths::PathPolicy;
+use vmdk::storage::namespace::{LocalNamespace, Namespace, OpenMode};
+use vmdk::storage::paths::PathPolicy;
 use vmdk::{create, CreateOptions, ErrorKind, FileId, OpenOptions, Storage, Subformat};
 
 const MIB: u64 = 1 << 20;

@@ -1259,7 +1259,7 @@ fn map_prefix_and_walker_cost_entries_not_bytes() {
         }
     }
     // The walker yields the same stretches (maybe cut where a batch ends).
-    let mut w = vmdk::walk::MapWalker::new(&img, 0, size);
+    let mut w = vmdk::image::walk::MapWalker::new(&img, 0, size);
     let mut pos = 0;
     let mut steps = 0;
     while let Some(e) = w.next().unwrap() {
@@ -1275,7 +1275,7 @@ fn map_prefix_and_walker_cost_entries_not_bytes() {
     );
     // Comparing with itself reads the data but skips the 4 EiB of zeros.
     let t0 = std::time::Instant::now();
-    let r = vmdk::convert::compare(&img, &img, &|_, _| {}).unwrap();
+    let r = vmdk::ops::convert::compare(&img, &img, &|_, _| {}).unwrap();
     assert_eq!(r, vmdk::CompareResult::Identical);
     assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
 }

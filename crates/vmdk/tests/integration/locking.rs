@@ -68,13 +68,13 @@ fn writing_operations_refuse_force_share() {
     let refused: Vec<(&str, vmdk::Error)> = vec![
         (
             "resize",
-            vmdk::resize::resize(&top, 2 << 20, &Default::default(), &shared).unwrap_err(),
+            vmdk::ops::resize::resize(&top, 2 << 20, &Default::default(), &shared).unwrap_err(),
         ),
         (
             "rebase",
-            vmdk::rebase::rebase(
+            vmdk::ops::rebase::rebase(
                 &top,
-                &vmdk::rebase::RebaseOptions {
+                &vmdk::ops::rebase::RebaseOptions {
                     backing: String::new(),
                     unsafe_mode: false,
                 },
@@ -85,9 +85,9 @@ fn writing_operations_refuse_force_share() {
         ),
         (
             "rebase -u",
-            vmdk::rebase::rebase(
+            vmdk::ops::rebase::rebase(
                 &top,
-                &vmdk::rebase::RebaseOptions {
+                &vmdk::ops::rebase::RebaseOptions {
                     backing: String::new(),
                     unsafe_mode: true,
                 },
@@ -98,15 +98,16 @@ fn writing_operations_refuse_force_share() {
         ),
         (
             "commit",
-            vmdk::commit::commit(&top, &Default::default(), &shared, &none).unwrap_err(),
+            vmdk::ops::commit::commit(&top, &Default::default(), &shared, &none).unwrap_err(),
         ),
         (
             "compact",
-            vmdk::compact::compact(&top, &shared, &none).unwrap_err(),
+            vmdk::ops::compact::compact(&top, &shared, &none).unwrap_err(),
         ),
         (
             "repair",
-            vmdk::repair::repair(&top, vmdk::repair::RepairMode::All, &shared).unwrap_err(),
+            vmdk::ops::repair::repair(&top, vmdk::ops::repair::RepairMode::All, &shared)
+                .unwrap_err(),
         ),
         (
             "open_disk",
@@ -158,10 +159,11 @@ fn convert_refuses_its_own_input() {
     qemu_img(&["create", "-q", "-f", "vmdk", p.to_str().unwrap(), "4M"]);
     qemu_io(&p, &["write -P 0x61 0 64k"]);
     let before = std::fs::read(&p).unwrap();
-    let src = vmdk::open_source(&p, None, &OpenOptions::new().force_share(true)).unwrap();
-    let e = vmdk::convert::convert_to_raw(&*src, &p, &Default::default(), &|_, _| {}).unwrap_err();
+    let src = vmdk::open_disk(&p, None, &OpenOptions::new().force_share(true)).unwrap();
+    let e =
+        vmdk::ops::convert::convert_to_raw(&*src, &p, &Default::default(), &|_, _| {}).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    let e = vmdk::convert::convert_to_vmdk(
+    let e = vmdk::ops::convert::convert_to_vmdk(
         &*src,
         &p,
         &Default::default(),

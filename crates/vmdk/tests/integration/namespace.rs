@@ -6,8 +6,8 @@ use crate::common::IN_PLACE_SUBFORMATS;
 use std::path::Path;
 use std::sync::Arc;
 
-use vmdk::convert::{convert_to_raw, convert_to_vmdk, open_source, ConvertOptions};
-use vmdk::create::{create, CreateOptions, Subformat};
+use vmdk::ops::convert::{convert_to_raw, convert_to_vmdk, ConvertOptions};
+use vmdk::ops::create::{create, CreateOptions, Subformat};
 use vmdk::{ErrorKind, Image, MemNamespace, Namespace, OpenOptions};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -137,7 +137,7 @@ fn converting_between_namespaces_never_touches_the_host() {
     raw[70_000..170_000].copy_from_slice(&pattern(100_000, 3));
     raw[2_500_000..2_500_512].copy_from_slice(&pattern(512, 4));
     src_ns.insert("/in/disk.raw", raw.clone());
-    let src = open_source(Path::new("/in/disk.raw"), None, &in_ns(&src_ns)).unwrap();
+    let src = vmdk::open_disk(Path::new("/in/disk.raw"), None, &in_ns(&src_ns)).unwrap();
 
     let out = mem();
     let convert_opts = ConvertOptions {
@@ -186,9 +186,14 @@ fn a_sequential_sink_is_enough_for_stream_output() {
     let ns = mem();
     let opts = CreateOptions::default();
     let sink = ns.create_stream(Path::new("/s/out.vmdk"), true).unwrap();
-    let mut w =
-        vmdk::stream_writer::StreamWriter::new(sink, Path::new("/s/out.vmdk"), 1 << 20, &opts, 6)
-            .unwrap();
+    let mut w = vmdk::ops::stream_writer::StreamWriter::new(
+        sink,
+        Path::new("/s/out.vmdk"),
+        1 << 20,
+        &opts,
+        6,
+    )
+    .unwrap();
     let g = pattern(65536, 5);
     w.write_grain(3, &g).unwrap();
     w.finish().unwrap();

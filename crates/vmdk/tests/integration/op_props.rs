@@ -13,11 +13,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use vmdk::amend::{amend, AmendOptions};
-use vmdk::commit::{commit, CommitOptions};
-use vmdk::rebase::{rebase, RebaseOptions};
-use vmdk::repair::{repair, RepairMode};
-use vmdk::resize::{resize, ResizeOptions};
+use vmdk::ops::amend::{amend, AmendOptions};
+use vmdk::ops::commit::{commit, CommitOptions};
+use vmdk::ops::rebase::{rebase, RebaseOptions};
+use vmdk::ops::repair::{repair, RepairMode};
+use vmdk::ops::resize::{resize, ResizeOptions};
 use vmdk::{create, AdapterType, CreateOptions, ErrorKind, MemNamespace, Namespace};
 
 const MIB: u64 = 1 << 20;
@@ -195,7 +195,7 @@ fn apply_op(ns: &Arc<CrashNamespace>, m: &mut Model, op: &Op) {
             }
         }
         Op::Compact => {
-            vmdk::compact::compact(Path::new(TOP), &ns.opts(), &|_, _| {}).unwrap();
+            vmdk::ops::compact::compact(Path::new(TOP), &ns.opts(), &|_, _| {}).unwrap();
         }
         Op::RepairLeaks => {
             let out = repair(Path::new(TOP), RepairMode::Leaks, &ns.opts()).unwrap();

@@ -226,7 +226,8 @@ fn chain_flattened_into_every_subformat() {
             subformat: sub,
             ..Default::default()
         };
-        vmdk::convert::convert_to_vmdk(&src, &out, &opts, &Default::default(), &|_, _| {}).unwrap();
+        vmdk::ops::convert::convert_to_vmdk(&src, &out, &opts, &Default::default(), &|_, _| {})
+            .unwrap();
         assert_same(sub.create_type(), &qemu_raw(&out), &expected);
         assert!(Image::open(&out).unwrap().backing().is_none());
         qemu_img(&["check", out.to_str().unwrap()]);

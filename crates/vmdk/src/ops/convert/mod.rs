@@ -17,22 +17,17 @@
 //! the writer, so memory is bounded (tens of MiB) whatever the disk size.
 //!
 //! What is read is any [`Disk`](crate::image::Disk) (opened by
-//! [`open_disk`](fn@crate::ops::open_disk)). The parts: [`options`],
-//! `pipeline` (planner, workers, in-order writer), [`sinks`] (raw, sparse VMDK and stream
-//! outputs), [`qcow2_sink`] (qcow2 output) and [`compare`](mod@compare).
+//! [`open_disk`](fn@crate::ops::open_disk)). The parts: `options`,
+//! `pipeline` (planner, workers, in-order writer), `sinks` (raw, sparse VMDK and stream
+//! outputs), `qcow2_sink` (qcow2 output) and `compare`.
 
-pub mod compare;
-pub mod options;
+mod compare;
+mod options;
 pub(crate) mod pipeline;
-pub mod qcow2_sink;
-pub mod sinks;
+mod qcow2_sink;
+mod sinks;
 
 pub use compare::{compare, compare_with, first_allocation_difference, CompareResult};
 pub use options::{ConvertOptions, Progress, RAW_ZERO_BLOCK};
 pub use qcow2_sink::convert_to_qcow2;
 pub use sinks::{convert_to_raw, convert_to_stream, convert_to_vmdk};
-// The names convert's callers used before the disk abstraction moved below the operations.
-#[doc(hidden)]
-pub use crate::image::Disk as Source;
-#[doc(hidden)]
-pub use crate::ops::open_disk::open_source;

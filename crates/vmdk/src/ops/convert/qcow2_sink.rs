@@ -114,10 +114,10 @@ fn open_backing(
     Ok(Some((fmt.to_string(), src)))
 }
 
-/// Write `src` to a new qcow2 image at `dst` (see the [module docs](self)).
+/// Write `src` to a new qcow2 image at `dst` (see the module docs).
 ///
 /// The output goes through `opts.target_namespace` (host files by default), created and
-/// locked like every other output, as an [`AppendOutput`](crate::namespace::AppendOutput):
+/// locked like every other output, as an [`AppendOutput`](crate::storage::namespace::AppendOutput):
 /// front to back but for the header and L1 table, filled in last, so object storage can
 /// take it as an upload (`preallocation=metadata`, which writes all over the file, cannot
 /// go there). `opts.compress` stores clusters compressed; `opts.target_exists` (`-n`) is

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmdk::format::descriptor::Descriptor;
-use vmdk::paths::normalize_lexically;
+use vmdk::storage::paths::normalize_lexically;
 use vmdk::{FileId, Image, MapTarget, MemNamespace, Namespace, OpenMode, OpenOptions, Storage};
 
 use super::Rng;
