@@ -19,6 +19,7 @@ mod hostile;
 mod locking;
 mod namespace;
 mod op_props;
+mod operations;
 mod ova;
 mod props;
 mod read_built;
