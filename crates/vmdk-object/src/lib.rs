@@ -28,6 +28,7 @@ mod files;
 pub mod name;
 mod namespace;
 mod profile;
+mod profile_file;
 mod reader;
 mod upload;
 

@@ -1,9 +1,9 @@
 //! AWS shared config and credentials files (`~/.aws/config`, `~/.aws/credentials`, or
 //! `AWS_CONFIG_FILE` / `AWS_SHARED_CREDENTIALS_FILE`), profile chosen by `AWS_PROFILE`,
-//! read by the AWS SDK's own `aws-config` (its parser, and its `credential_process`
-//! provider), not by code of ours. The SDK's whole profile provider is not used: built
-//! without an HTTP client (object_store has its own), it cannot call STS or SSO, and it
-//! insists on one even for static keys.
+//! read by [`crate::profile_file`]; a `credential_process` runs through the AWS SDK's own
+//! provider. The SDK's whole profile provider is not used: built without an HTTP client
+//! (object_store has its own), it cannot call STS or SSO, and it insists on one even for
+//! static keys.
 //! `object_store` reads only environment variables; this fills in what a profile says and
 //! the environment does not, with the SDK's precedence (environment first).
 
@@ -11,19 +11,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use aws_config::credential_process::CredentialProcessProvider;
-use aws_config::profile::{Profile, ProfileSet};
 use aws_credential_types::provider::ProvideCredentials;
-use aws_runtime::env_config::file::EnvConfigFiles;
-// `aws_config::profile::load`, the SDK's one public way to read and merge the profile files,
-// takes its file system and environment as these `os_shim_internal` types (the SDK's
-// `ProviderConfig::profile` is crate-private, `ProfileSet::parse` needs a crate-private
-// `Source`). `Fs::real()` and `Env::real()` are the documented real-OS values; the
-// alternative is a profile parser of our own, which the SDK's precedence rules (and its
-// `credential_process` provider) would then have to follow by hand.
-use aws_types::os_shim_internal::{Env, Fs};
 use object_store::aws::AwsCredential;
 use object_store::CredentialProvider;
 use vmdk::{Error, ErrorKind, Result};
+
+use crate::profile_file::{ProfileFiles, Properties};
 
 /// What the selected profile adds to the environment's S3 settings.
 #[derive(Debug, Default)]
@@ -56,23 +49,23 @@ fn set(var: &str) -> bool {
 /// `AWS_PROFILE` and no `default` profile). A profile named by `AWS_PROFILE` that the
 /// files do not hold, or files that do not parse, are errors.
 pub async fn load() -> Result<Option<ProfileSettings>> {
-    let files = EnvConfigFiles::default();
-    let set_ = aws_config::profile::load(&Fs::real(), &Env::real(), &files, None)
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("cannot read the AWS config or credentials file: {e}"),
-            )
-        })?;
-    settings(&set_)
+    let files = ProfileFiles::load().map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("cannot read the AWS config or credentials file: {e}"),
+        )
+    })?;
+    settings(&files)
 }
 
-fn settings(profiles: &ProfileSet) -> Result<Option<ProfileSettings>> {
-    let name = profiles.selected_profile().to_string();
-    let Some(p) = profiles.get_profile(&name) else {
+fn settings(profiles: &ProfileFiles) -> Result<Option<ProfileSettings>> {
+    let name = std::env::var("AWS_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let Some(p) = profiles.get(&name) else {
         if set("AWS_PROFILE") {
-            let known: Vec<&str> = profiles.profiles().collect();
+            let known: Vec<&str> = profiles.names().collect();
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
@@ -91,10 +84,10 @@ fn settings(profiles: &ProfileSet) -> Result<Option<ProfileSettings>> {
         return Ok(None);
     };
     let region = (!set("AWS_REGION") && !set("AWS_DEFAULT_REGION"))
-        .then(|| p.get("region").map(str::to_string))
+        .then(|| p.get("region").cloned())
         .flatten();
     let endpoint = (!set("AWS_ENDPOINT_URL") && !set("AWS_ENDPOINT_URL_S3"))
-        .then(|| p.get("endpoint_url").map(str::to_string))
+        .then(|| p.get("endpoint_url").cloned())
         .flatten();
     let credentials = if set("AWS_ACCESS_KEY_ID") {
         None
@@ -111,7 +104,7 @@ fn settings(profiles: &ProfileSet) -> Result<Option<ProfileSettings>> {
 
 /// The profile's credentials: its static keys, else its `credential_process`; a profile
 /// that gets them from an AWS service is refused with what to do instead.
-fn credentials(name: &str, p: &Profile) -> Result<Option<Arc<ProfileCredentials>>> {
+fn credentials(name: &str, p: &Properties) -> Result<Option<Arc<ProfileCredentials>>> {
     let bad = |why: String| {
         Error::new(
             ErrorKind::InvalidArgument,
@@ -125,11 +118,11 @@ fn credentials(name: &str, p: &Profile) -> Result<Option<Arc<ProfileCredentials>
         Source::Static(Arc::new(AwsCredential {
             key_id: key.to_string(),
             secret_key: secret.to_string(),
-            token: p.get("aws_session_token").map(str::to_string),
+            token: p.get("aws_session_token").cloned(),
         }))
     } else if let Some(cmd) = p.get("credential_process") {
         Source::Process(CredentialProcessProvider::new(cmd.to_string()))
-    } else if let Some(k) = SERVICE_KEYS.iter().find(|k| p.get(k).is_some()) {
+    } else if let Some(k) = SERVICE_KEYS.iter().find(|k| p.contains_key(**k)) {
         return Err(bad(format!(
             "its credentials come through {k}, which needs a call to AWS STS or SSO that \
              vmdk does not make; export the resulting credentials (for example with \
