@@ -49,13 +49,7 @@ fn set(var: &str) -> bool {
 /// `AWS_PROFILE` and no `default` profile). A profile named by `AWS_PROFILE` that the
 /// files do not hold, or files that do not parse, are errors.
 pub async fn load() -> Result<Option<ProfileSettings>> {
-    let files = ProfileFiles::load().map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!("cannot read the AWS config or credentials file: {e}"),
-        )
-    })?;
-    settings(&files)
+    settings(&ProfileFiles::load()?)
 }
 
 fn settings(profiles: &ProfileFiles) -> Result<Option<ProfileSettings>> {

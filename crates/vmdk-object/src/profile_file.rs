@@ -13,6 +13,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use vmdk::{Error, ErrorKind, Result};
+
+/// A line of a profile file that does not parse: its number and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {0}: {1}")]
+pub struct LineError(pub usize, pub &'static str);
+
 /// One profile's properties, keys in lower case.
 pub type Properties = BTreeMap<String, String>;
 
@@ -43,7 +50,7 @@ impl ProfileFiles {
     /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`). A
     /// file that does not exist holds no profile; one that cannot be read or parsed is an
     /// error naming it.
-    pub fn load() -> Result<ProfileFiles, String> {
+    pub fn load() -> Result<ProfileFiles> {
         let mut files = ProfileFiles::default();
         for (var, default, is_config) in [
             ("AWS_CONFIG_FILE", "config", true),
@@ -55,17 +62,28 @@ impl ProfileFiles {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) => {
+                    return Err(Error::io(e, "cannot read the AWS profile file").with_path(&path))
+                }
             };
-            files
-                .parse_into(&text, is_config)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            files.parse_into(&text, is_config).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("not an AWS profile file: {e}"),
+                )
+                .with_path(&path)
+            })?;
         }
         Ok(files)
     }
 
-    /// Add the profiles of one file's `text` (the config file when `is_config`).
-    pub fn parse_into(&mut self, text: &str, is_config: bool) -> Result<(), String> {
+    /// Add the profiles of one file's `text` (the config file when `is_config`); what is
+    /// wrong with a line that does not parse, naming the line.
+    pub fn parse_into(
+        &mut self,
+        text: &str,
+        is_config: bool,
+    ) -> std::result::Result<(), LineError> {
         // The profile the lines below belong to; `None` inside a section that is no
         // profile (skipped), and before the first section.
         let mut current: Option<String> = None;
@@ -79,10 +97,10 @@ impl ProfileFiles {
             if let Some(rest) = trimmed.strip_prefix('[') {
                 let end = rest
                     .find(']')
-                    .ok_or_else(|| format!("line {}: a section header without ']'", n + 1))?;
+                    .ok_or_else(|| LineError(n + 1, "a section header without ']'"))?;
                 let after = rest[end + 1..].trim();
                 if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
-                    return Err(format!("line {}: text after a section header", n + 1));
+                    return Err(LineError(n + 1, "text after a section header"));
                 }
                 let header: Vec<&str> = rest[..end].split_whitespace().collect();
                 in_section = true;
@@ -103,13 +121,13 @@ impl ProfileFiles {
             }
             let (key, value) = trimmed
                 .split_once('=')
-                .ok_or_else(|| format!("line {}: expected 'key = value'", n + 1))?;
+                .ok_or_else(|| LineError(n + 1, "expected 'key = value'"))?;
             if !in_section {
-                return Err(format!("line {}: a property outside any section", n + 1));
+                return Err(LineError(n + 1, "a property outside any section"));
             }
             let key = key.trim().to_ascii_lowercase();
             if key.is_empty() {
-                return Err(format!("line {}: a property without a name", n + 1));
+                return Err(LineError(n + 1, "a property without a name"));
             }
             if let Some(name) = &current {
                 let profile = self.profiles.entry(name.clone()).or_default();

@@ -12,6 +12,8 @@ use vmdk::ops::repair::{repair, RepairMode};
 use vmdk::ops::resize::{resize, ResizeOptions};
 use vmdk::{AdapterType, Image, OpenOptions};
 
+use vmdk_test_support::qemu::{qemu_create_as, qemu_overlay};
+
 use crate::common::{qemu_img, qemu_io, qemu_raw, Dir as TempDir};
 
 const MIB: u64 = 1 << 20;
@@ -86,7 +88,7 @@ fn rebase_keeps_the_guest_view_and_flattens() {
 fn resize_grows_and_shrinks_as_qemu_reads_it() {
     let dir = TempDir::new();
     let img = dir.path("r.vmdk");
-    qemu_img(&["create", "-q", "-f", "vmdk", s(&img), "8M"]);
+    qemu_create_as("vmdk", &img, "8M", "");
     qemu_io(&img, &["write -P 7 7M 64k", "write -P 8 1M 64k"]);
     let open = OpenOptions::new();
     resize(&img, 16 * MIB, &ResizeOptions::default(), &open).unwrap();
@@ -108,7 +110,7 @@ fn resize_grows_and_shrinks_as_qemu_reads_it() {
 fn amend_changes_descriptor_fields_only() {
     let dir = TempDir::new();
     let img = dir.path("a.vmdk");
-    qemu_img(&["create", "-q", "-f", "vmdk", s(&img), "8M"]);
+    qemu_create_as("vmdk", &img, "8M", "");
     qemu_io(&img, &["write -P 5 0 64k"]);
     let before = qemu_raw(&img);
     let w = OpenOptions::new().writable(true).open(&img).unwrap();
@@ -131,7 +133,7 @@ fn amend_changes_descriptor_fields_only() {
 fn repair_gives_back_leaked_clusters() {
     let dir = TempDir::new();
     let img = dir.path("l.vmdk");
-    qemu_img(&["create", "-q", "-f", "vmdk", s(&img), "8M"]);
+    qemu_create_as("vmdk", &img, "8M", "");
     qemu_io(&img, &["write -P 3 0 64k", "write -P 4 64k 64k"]);
     // Grain 0's entry cleared in both table copies: its space is named by nothing, as a
     // crash between allocating and publishing leaves it.
