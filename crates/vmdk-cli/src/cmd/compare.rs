@@ -74,9 +74,10 @@ pub fn run(a: Args) -> Result<u8> {
     // The comparison is complete even when it stopped at a difference: show 100%, as
     // qemu-img does, before the verdict.
     pb.end(r.is_ok());
+    // qemu-img's exit status tells a failed allocation test (3) from a failed read (4).
     let r = match r {
         Ok(r) => r,
-        Err(e) => return fail(2, e),
+        Err(e) => return fail(e.qemu_exit_code(), e.error),
     };
     let common = size_a.min(size_b);
     let content_diff = match r {
@@ -91,7 +92,7 @@ pub fn run(a: Args) -> Result<u8> {
                 return Ok(1);
             }
             Ok(None) => {}
-            Err(e) => return fail(2, e),
+            Err(e) => return fail(e.qemu_exit_code(), e.error),
         }
     }
     match r {

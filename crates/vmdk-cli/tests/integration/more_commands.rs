@@ -379,6 +379,45 @@ fn convert_salvage_turns_read_errors_into_zeros() {
     assert!(got[65536..] == data[65536..], "the rest is intact");
 }
 
+#[test]
+fn compare_exit_status_says_which_step_failed_as_qemu_img_does() {
+    // A grain whose zlib stream is broken: reading it fails, and qemu-img compare exits 4
+    // ("Error while reading offset 0"), with and without -s; an image that does not open
+    // is 2.
+    let dir = tempdir();
+    let d = dir.path();
+    let a = qemu_create(d, "a.vmdk", "8M", &[]);
+    qemu_io(&a, &["write -P 1 0 64k"]);
+    let st = d.join("s.vmdk");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&a),
+        &s(&st),
+    ]);
+    let broken = d.join("broken.vmdk");
+    std::fs::copy(&st, &broken).unwrap();
+    patch(&broken, 65536 + 12 + 2, &[0xff; 16]);
+    let (st, broken, missing) = (s(&st), s(&broken), s(&d.join("missing.vmdk")));
+    for args in [
+        vec!["compare", &st, &broken],
+        vec!["compare", "-s", &st, &broken],
+        vec!["compare", &st, &missing],
+    ] {
+        let ours = vmdk(&args);
+        let theirs = tool("qemu-img", &args);
+        assert_eq!(
+            ours.code, theirs.code,
+            "{args:?}: {} / {}",
+            ours.stderr, theirs.stderr
+        );
+        assert_ne!(ours.code, 0);
+    }
+}
+
 /// Lines of `out` with the timing figures (which differ from run to run) blanked.
 fn untimed(out: &str) -> String {
     out.lines()

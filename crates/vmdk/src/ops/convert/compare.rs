@@ -28,6 +28,59 @@ pub enum CompareResult {
     },
 }
 
+/// Which step of a comparison failed, as `qemu-img compare` tells them apart in its exit
+/// status: mapping a stretch ("Sector allocation test failed", 3) or reading it ("Error
+/// while reading offset ...", 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareStage {
+    /// Asking a source what a stretch holds (its map, qemu's block status).
+    Allocation,
+    /// Reading a stretch's bytes (a short read, bad compressed data, ...).
+    Read,
+}
+
+/// A comparison that could not finish: the [`Error`], and the step it failed at.
+#[derive(Debug)]
+pub struct CompareError {
+    /// The step that failed.
+    pub stage: CompareStage,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl CompareError {
+    /// `qemu-img compare`'s exit status for this failure: 3 when mapping failed, 4 when
+    /// reading did (2, an image that does not open, comes before any comparison).
+    pub fn qemu_exit_code(&self) -> u8 {
+        match self.stage {
+            CompareStage::Allocation => 3,
+            CompareStage::Read => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for CompareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for CompareError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl From<CompareError> for Error {
+    fn from(e: CompareError) -> Error {
+        e.error
+    }
+}
+
+fn at_stage(stage: CompareStage) -> impl Fn(Error) -> CompareError {
+    move |error| CompareError { stage, error }
+}
+
 /// Virtual bytes per compare work item at most (mapped at once by the worker).
 const COMPARE_CHUNK: u64 = 32 << 20;
 /// Bytes read from each source at once when comparing.
@@ -46,7 +99,11 @@ const COMPARE_READ: u64 = 1 << 20;
 /// The cost is proportional to the data and the map entries of the two sources, not to
 /// their size: stretches where neither holds data are skipped without being read or cut
 /// into work items.
-pub fn compare(a: &dyn Disk, b: &dyn Disk, progress: Progress) -> Result<CompareResult> {
+pub fn compare(
+    a: &dyn Disk,
+    b: &dyn Disk,
+    progress: Progress,
+) -> std::result::Result<CompareResult, CompareError> {
     compare_with(a, b, 0, progress)
 }
 
@@ -59,8 +116,12 @@ struct CompareItems<'a> {
 
 impl CompareItems<'_> {
     /// The next item `[start, end)`, or `None` when nothing is left.
-    fn next(&mut self) -> Result<Option<(u64, u64)>> {
-        while let Some((start, _, ea, eb)) = self.pairs.next()? {
+    fn next(&mut self) -> std::result::Result<Option<(u64, u64)>, CompareError> {
+        while let Some((start, _, ea, eb)) = self
+            .pairs
+            .next()
+            .map_err(at_stage(CompareStage::Allocation))?
+        {
             if ea.target.is_data() || eb.target.is_data() {
                 let end = (start + COMPARE_CHUNK).min(self.total);
                 self.pairs.skip_to(end);
@@ -74,10 +135,14 @@ impl CompareItems<'_> {
 /// The first offset below `end` where one source has something allocated (anything but
 /// [`MapTarget::Unallocated`]) and the other does not: `qemu-img compare -s`'s block-status
 /// comparison. Huge unallocated stretches cost one step.
-pub fn first_allocation_difference(a: &dyn Disk, b: &dyn Disk, end: u64) -> Result<Option<u64>> {
+pub fn first_allocation_difference(
+    a: &dyn Disk,
+    b: &dyn Disk,
+    end: u64,
+) -> std::result::Result<Option<u64>, CompareError> {
     let allocated = |t: &MapTarget| !matches!(t, MapTarget::Unallocated);
     let mut pairs = PairWalker::new(a, b, 0, end);
-    while let Some((start, _, ea, eb)) = pairs.next()? {
+    while let Some((start, _, ea, eb)) = pairs.next().map_err(at_stage(CompareStage::Allocation))? {
         if allocated(&ea.target) != allocated(&eb.target) {
             return Ok(Some(start));
         }
@@ -91,7 +156,7 @@ pub fn compare_with(
     b: &dyn Disk,
     threads: usize,
     progress: Progress,
-) -> Result<CompareResult> {
+) -> std::result::Result<CompareResult, CompareError> {
     let (sa, sb) = (a.size(), b.size());
     let total = sa.max(sb);
     let threads = worker_count(threads);
@@ -102,8 +167,8 @@ pub fn compare_with(
     let first_diff = AtomicU64::new(u64::MAX);
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
-    let error: Mutex<Option<Error>> = Mutex::new(None);
-    let fail = |e: Error| {
+    let error: Mutex<Option<CompareError>> = Mutex::new(None);
+    let fail = |e: CompareError| {
         failed.store(true, Ordering::Relaxed);
         let mut g = error.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
@@ -174,11 +239,14 @@ fn compare_range(
     found_before: &AtomicU64,
     ba: &mut AlignedBuf,
     bb: &mut AlignedBuf,
-) -> Result<Option<u64>> {
+) -> std::result::Result<Option<u64>, CompareError> {
     // Walked in batches, not mapped whole: an item's map can hold 65,536 entries per source
     // (512-byte clusters alternating data and holes) on every worker at once.
     let mut pairs = PairWalker::new(a, b, start, end);
-    while let Some((pos, stretch_end, ea, eb)) = pairs.next()? {
+    let read_error = at_stage(CompareStage::Read);
+    while let Some((pos, stretch_end, ea, eb)) =
+        pairs.next().map_err(at_stage(CompareStage::Allocation))?
+    {
         let (da, db) = (ea.target.is_data(), eb.target.is_data());
         if !(da || db) {
             continue;
@@ -194,10 +262,10 @@ fn compare_range(
             ba.resize(len, 0);
             bb.resize(len, 0);
             if da {
-                read_piece(&ea, at, ba)?;
+                read_piece(&ea, at, ba).map_err(&read_error)?;
             }
             if db {
-                read_piece(&eb, at, bb)?;
+                read_piece(&eb, at, bb).map_err(&read_error)?;
             }
             let found = match (da, db) {
                 (true, true) => first_mismatch(ba, bb),

@@ -27,7 +27,9 @@ pub(crate) mod pipeline;
 mod qcow2_sink;
 mod sinks;
 
-pub use compare::{compare, compare_with, first_allocation_difference, CompareResult};
+pub use compare::{
+    compare, compare_with, first_allocation_difference, CompareError, CompareResult, CompareStage,
+};
 pub use options::{ConvertOptions, Progress, RAW_ZERO_BLOCK};
 pub use qcow2_sink::convert_to_qcow2;
 pub use sinks::{convert_to_raw, convert_to_stream, convert_to_vmdk};
