@@ -28,19 +28,9 @@ fn s(p: &Path) -> &str {
 fn chain(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
     let base = dir.path("base.vmdk");
     let top = dir.path("top.vmdk");
-    qemu_img(&["create", "-q", "-f", "vmdk", s(&base), "8M"]);
+    qemu_create_as("vmdk", &base, "8M", "");
     qemu_io(&base, &["write -P 1 1M 64k"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        s(&top),
-    ]);
+    qemu_overlay(&top, "base.vmdk", "", "");
     qemu_io(&top, &["write -P 2 3M 64k"]);
     (base, top)
 }
