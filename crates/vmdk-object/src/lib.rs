@@ -130,6 +130,8 @@ impl Config {
 pub(crate) struct Shared {
     config: Config,
     stores: client::Stores,
+    /// Objects this process has seen exist (see [`ObjectNamespace`]'s `identity`).
+    seen: namespace::SeenObjects,
 }
 
 /// Claims `s3://`, `http://` and `https://` names for the [`ObjectNamespace`].
@@ -146,6 +148,7 @@ impl ObjectBackend {
                 shared: Arc::new(Shared {
                     config,
                     stores: Default::default(),
+                    seen: Default::default(),
                 }),
             }),
         }

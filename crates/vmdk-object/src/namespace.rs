@@ -38,6 +38,39 @@ fn identity(n: &ObjectName) -> FileId {
     }
 }
 
+/// Objects seen to exist, by name. An object's identity is its name's (see `identity`),
+/// so once an object is known to exist, asking again needs no request: a name inside a
+/// remote OVA is routed through the archive object, and every line of a descriptor there
+/// names a member that is resolved, identified and opened (each asking whether the archive
+/// exists, a HEAD request each: 6 per line before). Only objects found are kept (one made
+/// later is found), a removal through this namespace forgets it, and opening still asks
+/// (so an object removed elsewhere fails there, with the store's answer). Bounded: all are
+/// forgotten when it is full.
+#[derive(Debug, Default)]
+pub(crate) struct SeenObjects(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
+
+/// Objects [`SeenObjects`] holds at most.
+const SEEN_OBJECTS: usize = 4096;
+
+impl SeenObjects {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn contains(&self, name: &Path) -> bool {
+        self.lock().contains(name)
+    }
+    fn insert(&self, name: &Path) {
+        let mut seen = self.lock();
+        if seen.len() >= SEEN_OBJECTS {
+            seen.clear();
+        }
+        seen.insert(name.to_path_buf());
+    }
+    fn forget(&self, name: &Path) {
+        self.lock().remove(name);
+    }
+}
+
 impl ObjectNamespace {
     fn store(&self, n: &ObjectName) -> Result<Arc<dyn object_store::ObjectStore>> {
         self.shared.stores.get(n, &self.shared.config)
@@ -50,6 +83,7 @@ impl ObjectNamespace {
         let meta = runtime()
             .block_on(store.head(&loc))
             .map_err(|e| error(e, name, "cannot open"))?;
+        self.shared.seen.insert(name);
         Ok((n, meta))
     }
 }
@@ -129,6 +163,9 @@ impl Namespace for ObjectNamespace {
     }
 
     fn identity(&self, name: &Path) -> Result<Option<FileId>> {
+        if self.shared.seen.contains(name) {
+            return Ok(Some(identity(&ObjectName::parse(name)?)));
+        }
         match self.head(name) {
             Ok((n, _)) => Ok(Some(identity(&n))),
             Err(e) if e.to_string().ends_with("no such object") => Ok(None),
@@ -143,6 +180,7 @@ impl Namespace for ObjectNamespace {
         }
         let store = self.store(&n)?;
         let loc = n.location(name)?;
+        self.shared.seen.forget(name);
         runtime()
             .block_on(store.delete(&loc))
             .map_err(|e| error(e, name, "cannot remove"))

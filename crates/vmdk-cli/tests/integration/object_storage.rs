@@ -902,3 +902,52 @@ fn remote_info_shows_the_protocol_as_qemu_does() {
         }
     }
 }
+
+#[test]
+fn a_descriptor_inside_a_remote_ova_costs_a_request_per_extent_not_six() {
+    // A twoGbMaxExtentSparse disk of ten extent files in a tar: opening it names ten
+    // members, each routed through the archive object. Whether the archive exists is asked
+    // once, not for every resolve, identity and open of every line (65 requests before).
+    let moto = Moto::start(&[]);
+    moto.create_bucket("split");
+    let tmp = tempdir();
+    let d = tmp.path();
+    qemu_create_sub(d, "d.vmdk", "20G", "twoGbMaxExtentSparse");
+    qemu_io(&d.join("d.vmdk"), &["write -P 7 3G 64k"]);
+    let mut members = vec!["d.vmdk".to_string()];
+    members.extend((1..=10).map(|i| format!("d-s{i:03}.vmdk")));
+    let mut tar = Command::new("tar");
+    tar.arg("cf")
+        .arg(d.join("x.ova"))
+        .arg("-C")
+        .arg(d)
+        .args(&members);
+    assert!(tar.status().unwrap().success());
+    moto.put("split", "x.ova", &std::fs::read(d.join("x.ova")).unwrap());
+    let r = vmdk_env(
+        &moto.env(),
+        &["-v", "info", "--output", "json", "s3://split/x.ova/d.vmdk"],
+    );
+    assert_eq!(r.json()["virtual-size"], 20u64 << 30);
+    let requests: usize = r
+        .stderr
+        .split_once("object storage: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count: {}", r.stderr));
+    assert!(
+        requests <= 2 * members.len(),
+        "{requests} requests: {}",
+        r.stderr
+    );
+    let out = d.join("out.raw");
+    vmdk_env(
+        &moto.env(),
+        &["convert", "-O", "raw", "s3://split/x.ova/d.vmdk", &s(&out)],
+    )
+    .expect(0, "convert out of the remote OVA");
+    let got = std::fs::File::open(&out).unwrap();
+    let mut buf = vec![0u8; 65536];
+    std::os::unix::fs::FileExt::read_exact_at(&got, &mut buf, 3 << 30).unwrap();
+    assert!(buf.iter().all(|&b| b == 7));
+}
