@@ -146,7 +146,7 @@ impl<'a> PairWalker<'a> {
     }
 
     /// Continue from `pos` (forward only): what lies before it is not visited.
-    pub fn skip_to(&mut self, pos: u64) {
+    pub(crate) fn skip_to(&mut self, pos: u64) {
         self.pos = self.pos.max(pos).min(self.end);
     }
 

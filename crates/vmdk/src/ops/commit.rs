@@ -236,7 +236,7 @@ fn copy_down(
 impl Image {
     /// Deallocate every grain of this image's own extents (not its backing files'), so it
     /// reads as its backing file. The image is consumed: its cached tables would be stale.
-    pub fn make_empty(self) -> Result<()> {
+    pub(crate) fn make_empty(self) -> Result<()> {
         if !self.is_writable() {
             return Err(
                 Error::new(ErrorKind::ReadOnly, "the image is open read-only")
@@ -257,7 +257,7 @@ impl Image {
     }
 
     /// Record `cid` as the parent's CID in the descriptor (after the parent changed).
-    pub fn set_parent_cid(&self, cid: u32) -> Result<()> {
+    pub(crate) fn set_parent_cid(&self, cid: u32) -> Result<()> {
         self.edit_descriptor(&[("parentCID", Some(format!("{cid:08x}")))], |d| {
             d.parent_cid = cid
         })

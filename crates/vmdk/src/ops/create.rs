@@ -15,7 +15,7 @@ use crate::storage::{FileId, Storage};
 
 /// Refuse to create (and so truncate) `path` in `ns` when it is one of the files in `spare`,
 /// however it is named: a symlink or hard link to an input is the input.
-pub fn refuse_to_overwrite(
+pub(crate) fn refuse_to_overwrite(
     ns: &dyn Namespace,
     path: &Path,
     spare: &[FileId],
@@ -157,7 +157,7 @@ pub use crate::format::sparse_header::{DEFAULT_GRAIN_SECTORS, DEFAULT_GT_ENTRIES
 
 /// The descriptor qemu-img would write for these options (plus a `ddb.uuid`), with the
 /// given extent lines and parent (see `NewDescriptor`).
-pub fn default_descriptor(
+pub(crate) fn default_descriptor(
     opts: &CreateOptions,
     size: u64,
     extents: Vec<ExtentLine>,
@@ -177,7 +177,7 @@ pub fn default_descriptor(
 }
 
 /// The header of a new hosted sparse extent (see `layout::sparse_layout`).
-pub fn sparse_layout(
+pub(crate) fn sparse_layout(
     capacity: u64,
     zeroed_grain: bool,
     compress: bool,
@@ -188,7 +188,7 @@ pub fn sparse_layout(
 }
 
 /// Write a new sparse extent file laid out by [`sparse_layout`], with `desc` embedded.
-pub fn write_sparse_extent(
+pub(crate) fn write_sparse_extent(
     ns: &dyn Namespace,
     path: &Path,
     header: &SparseHeader,
@@ -217,7 +217,7 @@ pub fn write_sparse_extent(
 }
 
 /// Create a flat extent file of `size` bytes (a hole until written).
-pub fn flat_extent(ns: &dyn Namespace, path: &Path, size: u64) -> Result<Arc<dyn Storage>> {
+pub(crate) fn flat_extent(ns: &dyn Namespace, path: &Path, size: u64) -> Result<Arc<dyn Storage>> {
     let f = ns.create(path, true)?;
     f.set_len(size)
         .map_err(|e| Error::io(e, "could not resize file").with_path(path))?;
@@ -236,7 +236,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
 
 /// [`create`], refusing also to overwrite or truncate any of the files `spare` (typically
 /// the files of the image being converted into the new one).
-pub fn create_sparing(
+pub(crate) fn create_sparing(
     path: &Path,
     size: u64,
     opts: &CreateOptions,

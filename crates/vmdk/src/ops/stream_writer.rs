@@ -14,7 +14,7 @@
 //! The file is written front to back and never revisited, so it can go to a pipe-like
 //! destination, and memory stays at one grain table plus the grain directory whatever the
 //! disk size. Compression is separate from writing: a `GrainEncoder` turns grains into
-//! finished on-disk records on any thread, and [`StreamWriter::write_encoded`] lays batches of
+//! finished on-disk records on any thread, and `StreamWriter::write_encoded` lays batches of
 //! records down in disk order; [`crate::ops::convert::convert_to_vmdk`] runs encoders on all cores.
 
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use crate::storage::namespace::StreamSink;
 
 pub use crate::extent::compressed::MAX_LEVEL;
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
-pub const GRAIN_SECTORS: u64 = StreamLayout::GRAIN_SECTORS;
+pub(crate) const GRAIN_SECTORS: u64 = StreamLayout::GRAIN_SECTORS;
 /// Grain-table entries per table.
 pub const GT_ENTRIES: u64 = StreamLayout::GT_ENTRIES;
 /// Sectors reserved for the embedded descriptor (at least; more if it needs more).
@@ -80,7 +80,7 @@ impl std::fmt::Debug for StreamWriter {
 impl StreamWriter {
     /// Create (or truncate) `path` in `opts`'s namespace as a streamOptimized image of
     /// `size` bytes (rounded up to 512), with the descriptor
-    /// [`crate::ops::create::default_descriptor`] makes for `opts`. `level` is the zlib level
+    /// `crate::ops::create::default_descriptor` makes for `opts`. `level` is the zlib level
     /// [`StreamWriter::write_grain`] compresses at.
     pub fn create(
         path: &Path,
@@ -268,7 +268,7 @@ impl StreamWriter {
     /// Lay down a batch of records made by `GrainEncoder::encode`: `records` holds them back
     /// to back, and `grains` lists `(grain number, offset of its record in records)` in
     /// ascending grain order, continuing after everything written before.
-    pub fn write_encoded(&mut self, records: &[u8], grains: &[(u64, usize)]) -> Result<()> {
+    pub(crate) fn write_encoded(&mut self, records: &[u8], grains: &[(u64, usize)]) -> Result<()> {
         let mut done = 0usize;
         for (i, &(grain, off)) in grains.iter().enumerate() {
             let end = grains.get(i + 1).map_or(records.len(), |g| g.1);

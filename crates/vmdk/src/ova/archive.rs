@@ -44,7 +44,11 @@ impl Archive {
     /// [`Archive::from_storage`].
     ///
     /// [`RouterNamespace::open_file`]: crate::storage::namespace::RouterNamespace::open_file
-    pub fn open_in(ns: &dyn Namespace, path: &Path, lock: Option<LockRequest>) -> Result<Archive> {
+    pub(crate) fn open_in(
+        ns: &dyn Namespace,
+        path: &Path,
+        lock: Option<LockRequest>,
+    ) -> Result<Archive> {
         let mode = OpenMode {
             lock,
             ..OpenMode::read_only()
@@ -96,7 +100,7 @@ impl Archive {
     }
 
     /// The identity of member `m`.
-    pub fn member_id(&self, m: &Member) -> Option<FileId> {
+    pub(crate) fn member_id(&self, m: &Member) -> Option<FileId> {
         self.id.map(|id| member_id(id, m.offset))
     }
 
@@ -173,7 +177,7 @@ impl Archive {
     }
 
     /// All of member `m`, at most `max` bytes.
-    pub fn read_member(&self, m: &Member, max: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_member(&self, m: &Member, max: u64) -> Result<Vec<u8>> {
         let name = self.path.join(&m.name);
         if m.size > max {
             return Err(Error::corrupt(format!(
@@ -190,7 +194,7 @@ impl Archive {
     }
 
     /// The OVF descriptor member (the first `.ovf` file), if any.
-    pub fn ovf_member(&self) -> Option<&Member> {
+    pub(crate) fn ovf_member(&self) -> Option<&Member> {
         self.index.files_ending(".ovf").next()
     }
 

@@ -16,7 +16,7 @@ use super::tar::{Member, MemberKind, TarIndex};
 use crate::error::{Error, Result};
 
 /// Largest manifest read.
-pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
+pub(crate) const MAX_MANIFEST_SIZE: u64 = 1 << 20;
 const CHUNK: u64 = 1 << 20;
 
 /// A digest algorithm a manifest may name.
@@ -49,7 +49,7 @@ impl Algorithm {
         }
     }
     /// A fresh hasher.
-    pub fn hasher(self) -> Box<dyn DynDigest + Send> {
+    pub(crate) fn hasher(self) -> Box<dyn DynDigest + Send> {
         match self {
             Algorithm::Sha1 => Box::new(sha1::Sha1::default()),
             Algorithm::Sha256 => Box::new(sha2::Sha256::default()),
@@ -149,7 +149,7 @@ fn line_target<'a>(index: &'a TarIndex, e: &Entry) -> Result<(&'a Member, Algori
 /// Every line of `entries` against the members of `index`, without computing a digest: a
 /// line whose member exists as a regular file counts as [`Status::Match`]. For a vetter
 /// whose reads must stay bounded (what the manifest covers, not whether it is right).
-pub fn check_listing(index: &TarIndex, entries: &[Entry]) -> Vec<Check> {
+pub(crate) fn check_listing(index: &TarIndex, entries: &[Entry]) -> Vec<Check> {
     entries
         .iter()
         .map(|e| Check {
@@ -227,7 +227,7 @@ fn compute(
 }
 
 /// The digest of member `m`: a reader thread reads ahead while this one hashes.
-pub fn digest_member(arch: &Archive, m: &Member, alg: Algorithm) -> std::io::Result<String> {
+pub(crate) fn digest_member(arch: &Archive, m: &Member, alg: Algorithm) -> std::io::Result<String> {
     let storage = arch.storage();
     let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
     std::thread::scope(|s| {

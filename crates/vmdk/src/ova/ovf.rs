@@ -16,13 +16,13 @@ use roxmltree::{Document, Node, ParsingOptions};
 use crate::error::{Error, Result};
 
 /// OVF 1.x envelope namespace.
-pub const OVF_NS_1: &str = "http://schemas.dmtf.org/ovf/envelope/1";
+pub(crate) const OVF_NS_1: &str = "http://schemas.dmtf.org/ovf/envelope/1";
 /// OVF 2.x envelope namespace.
-pub const OVF_NS_2: &str = "http://schemas.dmtf.org/ovf/envelope/2";
+pub(crate) const OVF_NS_2: &str = "http://schemas.dmtf.org/ovf/envelope/2";
 /// VMware's extension namespace.
-pub const VMW_NS: &str = "http://www.vmware.com/schema/ovf";
+pub(crate) const VMW_NS: &str = "http://www.vmware.com/schema/ovf";
 /// Largest OVF descriptor read (real ones are tens of KiB).
-pub const MAX_OVF_SIZE: u64 = 16 << 20;
+pub(crate) const MAX_OVF_SIZE: u64 = 16 << 20;
 /// Most XML nodes accepted in a descriptor.
 const MAX_NODES: u32 = 1_000_000;
 
@@ -231,7 +231,7 @@ impl Controllers<'_> {
 
 /// The factor an allocation-unit string stands for: `byte`, `byte * 2^N`, `byte * 10^N`,
 /// and the older `KB`/`MB`/`GB`/`TB` and `KiloBytes`... names; `None` when unknown.
-pub fn units_factor(units: &str) -> Option<u64> {
+pub(crate) fn units_factor(units: &str) -> Option<u64> {
     let u: String = units.chars().filter(|c| !c.is_whitespace()).collect();
     let u = u.to_ascii_lowercase();
     let named = match u.as_str() {

@@ -35,7 +35,7 @@ use crate::text::escape;
 /// Size of a tar header and the unit member data is padded to.
 pub const BLOCK: u64 = 512;
 /// Most members an archive may hold (an OVA has a handful).
-pub const MAX_MEMBERS: usize = 10_000;
+pub(crate) const MAX_MEMBERS: usize = 10_000;
 /// Largest GNU long-name or pax extended-header record accepted.
 const MAX_EXTENSION: u64 = 1 << 20;
 
@@ -203,12 +203,12 @@ impl TarIndex {
 }
 
 /// Whether `head` starts like a gzip stream (an `.ova.gz`, or a `.ova` that was gzipped).
-pub fn is_gzip(head: &[u8]) -> bool {
+pub(crate) fn is_gzip(head: &[u8]) -> bool {
     head.starts_with(&[0x1f, 0x8b])
 }
 
 /// Read the index of the tar archive in `storage` (named `path` in errors).
-pub fn read_index(storage: &dyn Storage, path: &Path) -> Result<TarIndex> {
+pub(crate) fn read_index(storage: &dyn Storage, path: &Path) -> Result<TarIndex> {
     let len = storage
         .len()
         .map_err(|e| Error::io(e, "getting archive size").with_path(path))?;
@@ -455,7 +455,7 @@ fn checksum_matches(block: &[u8; 512]) -> bool {
 /// Whether a file starting with `head` is a tar archive to GNU tar: its first block is a
 /// header whose checksum matches (an all-zero block is the end of an empty archive, not a
 /// header). The magic is not required: tar reads old v7 headers, which have none.
-pub fn is_tar_header(head: &[u8]) -> bool {
+pub(crate) fn is_tar_header(head: &[u8]) -> bool {
     let Some(block) = head.get(..BLOCK as usize) else {
         return false;
     };

@@ -53,7 +53,7 @@ impl QEntry {
 }
 
 /// qemu-img's `entry_mergeable`.
-pub fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
+pub(crate) fn mergeable(curr: &QEntry, next: &QEntry) -> bool {
     curr.length != 0
         && curr.zero == next.zero
         && curr.data == next.data
@@ -213,7 +213,7 @@ impl MapReporter {
 }
 
 /// qemu-img's merging of map entries: each entry pushed joins the current one when
-/// [`mergeable`], else the current one is done. One merge for the JSON list, the printed
+/// `mergeable`, else the current one is done. One merge for the JSON list, the printed
 /// report and the Python module's list.
 #[derive(Debug)]
 pub struct MapMerger {

@@ -38,7 +38,7 @@ pub fn chain<'a>(img: &'a Image, name: &str) -> Vec<(&'a Image, String)> {
 }
 
 /// The name qemu would show for extent `i` of `img` (shown as `name`).
-pub fn extent_name(img: &Image, name: &str, i: usize) -> Option<String> {
+pub(crate) fn extent_name(img: &Image, name: &str, i: usize) -> Option<String> {
     let e = img.extents().get(i)?;
     let f = e.file()?;
     if f.path() == img.path() {

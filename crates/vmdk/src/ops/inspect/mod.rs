@@ -62,9 +62,9 @@ use crate::storage::Storage;
 
 /// Bytes of one grain directory (primary or redundant) read at most: 1 MiB of entries
 /// covers 8 TiB of virtual disk at the usual geometry (64 KiB grains, 512-entry tables).
-pub const MAX_GD_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_GD_BYTES: u64 = 1 << 20;
 /// Grain tables read at most, spread evenly over the directory.
-pub const MAX_SAMPLED_TABLES: usize = 256;
+pub(crate) const MAX_SAMPLED_TABLES: usize = 256;
 /// Reasons of one kind listed one by one; the rest are counted in one more reason.
 const MAX_REASONS_PER_CODE: usize = 8;
 
