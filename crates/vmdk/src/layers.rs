@@ -163,6 +163,25 @@ fn visit(dir: &Path, src: &Path, problems: &mut Vec<String>) {
             ));
         }
         if top != "extent" {
+            // The extent layer is named by its face only (`crate::extent::X`, re-exported
+            // in extent/mod.rs), never by one of its files.
+            for (i, _) in code.match_indices("crate::extent::") {
+                let rest = &code[i + "crate::extent::".len()..];
+                let seg: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                // A lower-case segment followed by `::` is a module (a file); types and
+                // their variants (`ExtentKind::Sparse`) are the face.
+                let module = seg.starts_with(|c: char| c.is_ascii_lowercase());
+                if module && rest[seg.len()..].starts_with("::") {
+                    problems.push(format!(
+                        "{}: names `crate::extent::{seg}::`, a file of the extent layer: \
+                         name what extent/mod.rs re-exports instead",
+                        rel.display()
+                    ));
+                }
+            }
             for name in EXTENT_INTERNALS {
                 if code.contains(name) {
                     problems.push(format!(

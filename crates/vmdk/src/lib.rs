@@ -159,7 +159,7 @@ pub mod text;
 mod layers;
 
 pub use error::{Error, ErrorKind, Result};
-pub use extent::map::{ExtentFile, MapEntry, MapTarget};
+pub use extent::{ExtentFile, MapEntry, MapTarget};
 pub use image::reader::ImageReader;
 pub use image::{probe, DescriptorLocation, Disk, FileFormat, Image, ImageFormat, OpenOptions};
 pub use ops::check::{check, CheckReport};

@@ -25,9 +25,18 @@ pub(crate) mod write_map;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::extent::map::{ExtentFile, MapTarget};
+
 use crate::format::descriptor::{ExtentAccess, ExtentType};
+// The layer's face: what the layers above name, always as `crate::extent::X` (never a
+// file of this folder; `layers.rs` checks it).
+pub(crate) use budget::ExtentBudget;
 pub use compact::CompactStats;
+pub(crate) use compressed::GrainEncoder;
+pub use compressed::{CompressedGrain, MAX_LEVEL};
+pub(crate) use grain_table::DEFAULT_CACHE_BYTES;
+pub(crate) use map::MapBuilder;
+pub use map::{ExtentFile, MapEntry, MapTarget};
+pub(crate) use metadata::Region;
 pub(crate) use repair::ExtentFindings;
 pub use sparse::{GrainEntry, SparseExtent, SparseFlavor};
 pub(crate) use write_map::WriteOp;

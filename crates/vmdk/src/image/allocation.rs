@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
-use crate::extent::map::{MapEntry, MapTarget};
+use crate::extent::{MapEntry, MapTarget};
 use crate::image::Image;
 
 /// Entries asked of the image at a time.

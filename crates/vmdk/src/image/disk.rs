@@ -15,7 +15,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::extent::map::MapEntry;
+use crate::extent::MapEntry;
 use crate::format::foreign::ForeignFormat;
 use crate::image::raw::RawFile;
 use crate::image::{foreign_format_error, probe_in, FileFormat, Image, SOURCE_FORMATS};

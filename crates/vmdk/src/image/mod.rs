@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
 use crate::extent::{Extent, ExtentKind};
+use crate::extent::{MapBuilder, MapEntry, MapTarget};
 use crate::format::descriptor::{Descriptor, ExtentAccess};
 use crate::storage::namespace::Namespace;
 use crate::storage::{FileId, Storage};

@@ -14,8 +14,8 @@ use super::{
     MAX_DIRECTORY_MEMORY, MAX_VIRTUAL_SIZE,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::budget::ExtentBudget;
-use crate::extent::map::ExtentFile;
+use crate::extent::ExtentBudget;
+use crate::extent::ExtentFile;
 use crate::extent::SparseExtent;
 use crate::format::descriptor::{ExtentType, CID_NONE};
 use crate::format::sparse_header::SparseHeader;

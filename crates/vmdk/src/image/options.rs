@@ -74,7 +74,7 @@ impl Default for OpenOptions {
             ignore_cid_mismatch: false,
             open_backing: true,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
-            grain_table_cache_bytes: crate::extent::grain_table::DEFAULT_CACHE_BYTES,
+            grain_table_cache_bytes: crate::extent::DEFAULT_CACHE_BYTES,
             durable: false,
             namespace: None,
         }

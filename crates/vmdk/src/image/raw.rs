@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extent::map::{ExtentFile, MapBuilder, MapEntry, MapTarget};
+use crate::extent::{ExtentFile, MapBuilder, MapEntry, MapTarget};
 use crate::image::OpenOptions;
 use crate::storage::lock::{FileRole, LockRequest};
 use crate::storage::namespace::OpenMode;

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
-use crate::extent::map::{MapEntry, MapTarget};
+use crate::extent::{MapEntry, MapTarget};
 use crate::image::Disk;
 
 /// Entries asked of the source at a time.

@@ -461,7 +461,7 @@ impl Image {
 
 /// Punch `[at, at+len)` out of a flat extent's file; whether the file system could (where
 /// it cannot, nothing changed).
-fn punch(file: &crate::extent::map::ExtentFile, at: u64, len: u64) -> Result<bool> {
+fn punch(file: &crate::extent::ExtentFile, at: u64, len: u64) -> Result<bool> {
     file.storage
         .punch_hole(at, len)
         .map_err(|e| Error::io(e, "punching a hole").with_path(&file.path))

@@ -25,7 +25,7 @@
 //! times at one table costs one walk.
 
 use crate::error::Result;
-use crate::extent::metadata::Region;
+use crate::extent::Region;
 use crate::extent::{ExtentFindings, ExtentKind, SparseExtent, SparseFlavor};
 use crate::format::marker::{
     is_end_of_stream, GrainMarker, MetadataMarker, FOOTER_SIZE, GRAIN_MARKER_SIZE, MARKER_EOS,

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::extent::map::MapTarget;
+use crate::extent::MapTarget;
 use crate::image::walk::MapWalker;
 use crate::image::{Image, OpenOptions};
 use crate::storage::aligned_buf::AlignedBuf;

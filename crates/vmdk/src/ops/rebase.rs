@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::extent::map::{MapEntry, MapTarget};
+use crate::extent::{MapEntry, MapTarget};
 use crate::format::descriptor::CID_NONE;
 use crate::image::walk::{NoDisk, PairWalker};
 use crate::image::Disk;

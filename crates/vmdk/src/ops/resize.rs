@@ -205,7 +205,7 @@ fn shrink(img: &Image, new_size: u64) -> Result<()> {
     let path = img.path();
     let mut sectors = Vec::new();
     let mut drop_files: Vec<PathBuf> = Vec::new();
-    let mut cut: Option<(std::sync::Arc<crate::extent::map::ExtentFile>, u64)> = None;
+    let mut cut: Option<(std::sync::Arc<crate::extent::ExtentFile>, u64)> = None;
     let mut sparse_cut: Option<(&SparseExtent, u64, Vec<u64>)> = None;
     // Sparse data past the new end refuses the shrink before anything changes.
     for e in img.extents() {

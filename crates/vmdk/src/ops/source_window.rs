@@ -2,7 +2,7 @@
 //! the conversion engine then copies it like any disk, holes and zero grains included.
 
 use crate::error::{Error, Result};
-use crate::extent::map::{MapBuilder, MapEntry, MapTarget};
+use crate::extent::{MapBuilder, MapEntry, MapTarget};
 use crate::image::Disk;
 use crate::storage::FileId;
 

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::extent::compressed::GrainEncoder;
+use crate::extent::GrainEncoder;
 use crate::format::descriptor::{ExtentAccess, ExtentLine, ExtentType};
 use crate::format::grain_entry::{GrainCoding, GrainEntry, SparseFlavor};
 use crate::format::layout::StreamLayout;
@@ -30,7 +30,7 @@ use crate::format::{is_zero, SECTOR_SIZE};
 use crate::ops::create::{CreateOptions, Subformat};
 use crate::storage::namespace::StreamSink;
 
-pub use crate::extent::compressed::MAX_LEVEL;
+pub use crate::extent::MAX_LEVEL;
 /// Grain size of new stream images, in sectors (64 KiB, what VMware and qemu-img use).
 pub(crate) const GRAIN_SECTORS: u64 = StreamLayout::GRAIN_SECTORS;
 /// Grain-table entries per table.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::names::{chain, display, extent_name};
 use crate::error::Result;
-use crate::extent::map::{ExtentFile, MapEntry, MapTarget};
 use crate::extent::ExtentKind;
+use crate::extent::{ExtentFile, MapEntry, MapTarget};
 use crate::image::walk::MapWalker;
 use crate::image::Disk;
 use crate::image::Image;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use super::options::*;
 use super::pipeline::*;
 use crate::error::{Error, Result};
-use crate::extent::map::{MapEntry, MapTarget};
+use crate::extent::{MapEntry, MapTarget};
 use crate::format::is_zero;
 use crate::image::walk::PairWalker;
 use crate::image::Disk;

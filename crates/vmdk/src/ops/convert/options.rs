@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::pipeline::*;
 use crate::error::Result;
-use crate::extent::map::MapEntry;
+use crate::extent::MapEntry;
 use crate::storage::namespace::Namespace;
 
 /// Options for conversions.

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{mpsc, Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::extent::compressed::GrainEncoder;
-use crate::extent::map::{MapEntry, MapTarget};
+use crate::extent::GrainEncoder;
+use crate::extent::{MapEntry, MapTarget};
 use crate::format::is_zero;
 use crate::format::SECTOR_SIZE;
 use crate::image::Disk;

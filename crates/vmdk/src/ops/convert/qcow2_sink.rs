@@ -19,7 +19,7 @@ use std::path::Path;
 use super::options::*;
 use super::pipeline::*;
 use crate::error::{Error, Result};
-use crate::extent::map::MapEntry;
+use crate::extent::MapEntry;
 use crate::format::is_zero;
 use crate::image::OpenOptions;
 use crate::image::{Disk, ImageFormat};
