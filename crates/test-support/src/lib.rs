@@ -6,11 +6,13 @@
 //! - [`Tmpfs`]: a small tmpfs to fill (the full-disk tests of the library and the command).
 //! - [`servers`]: moto's S3 server, nginx and a fault-injecting proxy on loopback ports (the
 //!   object-storage tests of `vmdk-object` and `vmdk-cli`).
+//! - [`sparse`]: comparing large sparse files by their data, not by reading their holes.
 //! - [`qemu`]: qemu-img making the images the oracle tests start from (converts, overlays,
 //!   creates), and the subformats it makes.
 
 pub mod qemu;
 pub mod servers;
+pub mod sparse;
 mod tmpfs;
 
 pub use tmpfs::Tmpfs;
