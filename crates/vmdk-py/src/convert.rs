@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use vmdk::ops::create_options::VmdkOptions;
 use vmdk::qcow2::{Compat, Qcow2CreateOptions};
 use vmdk::{AdapterType, ConvertOptions, CreateOptions, ImageFormat, Subformat};
 
@@ -66,7 +67,7 @@ pub fn create(
     allow_paths: Vec<PathBuf>,
     options: Option<&str>,
 ) -> PyResult<()> {
-    let mut opts = create_options(
+    let opts = create_options(
         subformat,
         adapter_type,
         backing,
@@ -76,29 +77,22 @@ pub fn create(
         zeroed_grain,
         allow_paths,
     )?;
-    let mut size = size;
-    let mut backing_fmt = None;
-    for (k, v) in qemu_options(options)? {
-        match k.as_str() {
-            "size" => size = Some(vmdk::qemu_syntax::parse_size(&v).map_err(to_py)?),
-            "backing_fmt" => backing_fmt = Some(v),
-            _ => opts.set_option(&k, &v).map_err(to_py)?,
-        }
-    }
+    // The `-o` text goes over the keywords, with create's own parser.
+    let v = VmdkOptions::parse_onto(opts, &qemu_options(options)?, true).map_err(to_py)?;
     py.allow_threads(|| {
-        if backing_fmt.is_some() {
+        if v.backing_fmt.is_some() {
             vmdk::ops::create_options::check_backing_format(
                 &path,
-                &opts,
-                backing_fmt.as_deref(),
+                &v.create,
+                v.backing_fmt.as_deref(),
                 false,
             )?;
         }
-        let size = match size {
+        let size = match v.size.or(size) {
             Some(s) => s,
-            None => vmdk::ops::create_options::size_from_backing(&path, &opts, false)?,
+            None => vmdk::ops::create_options::size_from_backing(&path, &v.create, false)?,
         };
-        vmdk::create(&path, size, &opts)
+        vmdk::create(&path, size, &v.create)
     })
     .map_err(to_py)
 }
@@ -153,7 +147,7 @@ pub fn convert(
     let mut compression_level = None;
     let target = match format.parse::<ImageFormat>() {
         Ok(ImageFormat::Vmdk) => {
-            let mut c = create_options(
+            let c = create_options(
                 subformat,
                 adapter_type,
                 None,
@@ -164,13 +158,9 @@ pub fn convert(
                 Vec::new(),
             )?;
             // convert takes the backing file and the size from elsewhere, as qemu-img does.
-            let v =
-                vmdk::ops::create_options::VmdkOptions::parse(&options, false).map_err(to_py)?;
-            for (k, val) in &options {
-                c.set_option(k, val).map_err(to_py)?;
-            }
+            let v = VmdkOptions::parse_onto(c, &options, false).map_err(to_py)?;
             compression_level = v.compression_level;
-            Target::Vmdk(c)
+            Target::Vmdk(v.create)
         }
         Ok(ImageFormat::Qcow2) => {
             let mut q = Qcow2CreateOptions {

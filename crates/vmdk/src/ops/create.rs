@@ -266,10 +266,9 @@ pub(crate) fn create_sparing(
     let parent = match &opts.backing_file {
         None => None,
         Some(b) => {
-            if b.is_empty() || b.contains('\0') {
-                return Err(Error::invalid("invalid backing file name").with_path(path));
-            }
-            let parent = super::create_options::open_backing(path, opts).map_err(|e| {
+            let bpath = super::create_options::backing_path(path, b)?;
+            let open = super::create_options::backing_open_options(opts);
+            let parent = open.open(&bpath).map_err(|e| {
                 Error::new(e.kind(), "could not open backing file")
                     .with_path(path)
                     .with_source(e)

@@ -4,7 +4,7 @@
 //! here, not in a front end, so that the CLI's `create`, `convert -O vmdk` and `dd` and the
 //! Python module take the same words and refuse the same things.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::{Image, OpenOptions};
@@ -103,7 +103,20 @@ impl VmdkOptions {
     /// `allow_backing` says whether `backing_file`, `backing_fmt` and `size` are accepted
     /// (create) or not (convert, which takes them from -B and the source).
     pub fn parse(opts: &[(String, String)], allow_backing: bool) -> Result<VmdkOptions> {
-        let mut v = VmdkOptions::default();
+        Self::parse_onto(CreateOptions::default(), opts, allow_backing)
+    }
+
+    /// [`VmdkOptions::parse`] applied on top of `base` (options already set another way,
+    /// such as the Python module's keywords): what the options name replaces `base`'s.
+    pub fn parse_onto(
+        base: CreateOptions,
+        opts: &[(String, String)],
+        allow_backing: bool,
+    ) -> Result<VmdkOptions> {
+        let mut v = VmdkOptions {
+            create: base,
+            ..VmdkOptions::default()
+        };
         for (k, val) in opts {
             match k.as_str() {
                 "backing_file" | "backing_fmt" | "size" if !allow_backing => {
@@ -172,10 +185,21 @@ pub fn open_backing(path: &Path, opts: &CreateOptions) -> Result<Image> {
     let Some(b) = &opts.backing_file else {
         return Err(Error::invalid("no backing file").with_path(path));
     };
+    backing_open_options(opts).open(&backing_path(path, b)?)
+}
+
+/// Where the backing file named `b` of the new image `path` is: relative to its directory.
+/// An empty name, or one holding a NUL, is refused.
+pub(crate) fn backing_path(path: &Path, b: &str) -> Result<PathBuf> {
     if b.is_empty() || b.contains('\0') {
         return Err(Error::invalid("invalid backing file name").with_path(path));
     }
-    let bpath = crate::storage::paths::directory_of(path).join(b);
+    Ok(crate::storage::paths::directory_of(path).join(b))
+}
+
+/// How a new image's backing file is opened: with `opts`'s path gate and namespace, and
+/// without excluding its other users, as qemu-img does (only its size and CID are read).
+pub(crate) fn backing_open_options(opts: &CreateOptions) -> OpenOptions {
     OpenOptions {
         allow_unsafe_paths: opts.allow_unsafe_paths,
         allow_paths: opts.allow_paths.clone(),
@@ -183,7 +207,6 @@ pub fn open_backing(path: &Path, opts: &CreateOptions) -> Result<Image> {
         namespace: opts.namespace.clone(),
         ..Default::default()
     }
-    .open(&bpath)
 }
 
 #[cfg(test)]
