@@ -2,14 +2,10 @@
 //! zeroed grain counts as allocated: it hides the backing file), merged into runs and
 //! walked in bounded batches: qemu-io's `map` and `alloc`.
 
-use std::collections::VecDeque;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::extent::{MapEntry, MapTarget};
+use crate::image::walk::MapWalker;
 use crate::image::Image;
-
-/// Entries asked of the image at a time.
-const BATCH: usize = 1024;
 
 /// A stretch `[start, start + length)` that the image itself holds (`allocated`), or that
 /// falls through to its backing chain.
@@ -25,13 +21,10 @@ pub struct AllocationRun {
 
 /// Yields the [`AllocationRun`]s of `[start, end)` of one image (not its backing chain), in
 /// order, each as long as it runs: a huge unallocated stretch is one step.
-#[derive(Debug)]
 pub struct AllocationWalker<'a> {
-    img: &'a Image,
-    end: u64,
-    /// Where the next batch starts.
-    next_map: u64,
-    queue: VecDeque<MapEntry>,
+    entries: MapWalker<'a>,
+    /// An entry taken that starts the next run.
+    pending: Option<MapEntry>,
 }
 
 impl<'a> AllocationWalker<'a> {
@@ -40,37 +33,20 @@ impl<'a> AllocationWalker<'a> {
     pub fn new(img: &'a Image, start: u64, end: u64) -> Result<Self> {
         img.map_layer(start, 0)?;
         Ok(AllocationWalker {
-            img,
-            end: end.min(img.size()),
-            next_map: start,
-            queue: VecDeque::new(),
+            entries: MapWalker::layer(img, start, end.min(img.size())),
+            pending: None,
         })
-    }
-
-    fn next_entry(&mut self) -> Result<Option<MapEntry>> {
-        if self.queue.is_empty() && self.next_map < self.end {
-            let batch =
-                self.img
-                    .map_layer_prefix(self.next_map, self.end - self.next_map, BATCH)?;
-            match batch.last() {
-                Some(e) if e.start + e.length > self.next_map => self.next_map = e.start + e.length,
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "mapping made no progress at offset {}",
-                        self.next_map
-                    )))
-                }
-            }
-            self.queue.extend(batch);
-        }
-        Ok(self.queue.pop_front())
     }
 
     /// The next run, or `None` at the end.
     #[allow(clippy::should_implement_trait)] // fallible: Iterator would hide the Result
     pub fn next(&mut self) -> Result<Option<AllocationRun>> {
-        let Some(first) = self.next_entry()? else {
-            return Ok(None);
+        let first = match self.pending.take() {
+            Some(e) => e,
+            None => match self.entries.next()? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
         };
         let allocated = |e: &MapEntry| !matches!(e.target, MapTarget::Unallocated);
         let mut run = AllocationRun {
@@ -78,9 +54,9 @@ impl<'a> AllocationWalker<'a> {
             length: first.length,
             allocated: allocated(&first),
         };
-        while let Some(e) = self.next_entry()? {
+        while let Some(e) = self.entries.next()? {
             if allocated(&e) != run.allocated {
-                self.queue.push_front(e);
+                self.pending = Some(e);
                 break;
             }
             run.length += e.length;

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
 use crate::extent::{MapEntry, MapTarget};
-use crate::image::Disk;
+use crate::image::{Disk, Image};
 
 /// Entries asked of the source at a time.
 const BATCH: usize = 1024;
@@ -18,7 +18,7 @@ const BATCH: usize = 1024;
 /// (when `end` is beyond it) the walker yields one [`MapTarget::Zero`] entry of depth 0, so
 /// two sources of different sizes can be walked side by side.
 pub struct MapWalker<'a> {
-    src: &'a dyn Disk,
+    src: Mapped<'a>,
     size: u64,
     end: u64,
     /// Where the next batch starts.
@@ -26,12 +26,30 @@ pub struct MapWalker<'a> {
     queue: VecDeque<MapEntry>,
 }
 
+/// What a walker maps: a whole disk (through its backing chain), or one image's own layer.
+enum Mapped<'a> {
+    Disk(&'a dyn Disk),
+    Layer(&'a Image),
+}
+
 impl<'a> MapWalker<'a> {
     /// A walker over `[start, end)` of `src`.
     pub fn new(src: &'a dyn Disk, start: u64, end: u64) -> Self {
         MapWalker {
-            src,
+            src: Mapped::Disk(src),
             size: src.size(),
+            end,
+            next_map: start,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// A walker over `[start, end)` of what `img` itself holds, not its backing chain
+    /// ([`Image::map_layer`]: stretches it leaves to the chain are unallocated).
+    pub fn layer(img: &'a Image, start: u64, end: u64) -> Self {
+        MapWalker {
+            src: Mapped::Layer(img),
+            size: img.size(),
             end,
             next_map: start,
             queue: VecDeque::new(),
@@ -48,9 +66,11 @@ impl<'a> MapWalker<'a> {
             }
             if self.next_map < self.size {
                 let to = self.end.min(self.size);
-                let batch = self
-                    .src
-                    .map_prefix(self.next_map, to - self.next_map, BATCH)?;
+                let (at, len) = (self.next_map, to - self.next_map);
+                let batch = match self.src {
+                    Mapped::Disk(d) => d.map_prefix(at, len, BATCH)?,
+                    Mapped::Layer(img) => img.map_layer_prefix(at, len, BATCH)?,
+                };
                 match batch.last() {
                     Some(e) if e.start + e.length > self.next_map => {
                         self.next_map = e.start + e.length
